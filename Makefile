@@ -1,0 +1,43 @@
+# etcdguard: each target installs what it needs on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ETCD35_BIN := $(CURDIR)/.cache/etcd-3.5/usr/bin
+export ETCDGUARD_ETCD35_BIN ?= $(ETCD35_BIN)
+PYTEST_ARGS ?=
+
+.PHONY: all venv etcd lint test test-fast demo bench packages clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+etcd:
+	bash scripts/install-etcd.sh
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: venv etcd lint
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests/unit $(PYTEST_ARGS)
+
+demo: venv etcd
+	$(PY) scripts/demo.py
+
+bench: venv etcd
+	$(PY) tests/bench/run.py
+
+clean:
+	rm -rf $(VENV) .cache dist build *.egg-info

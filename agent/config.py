@@ -1,0 +1,225 @@
+"""Agent configuration: TOML into frozen dataclasses.
+
+Everything discovery can find is optional here; explicit keys always win over
+what discovery finds. Errors name the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError
+from .tomlconf import Table, load_toml
+
+DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/agent.toml")
+RUNTIMES = ("static-pod", "systemd", "process")
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    runtime: Optional[str] = None  # None: detect
+    manifest: Optional[Path] = None
+    unit: Optional[str] = None
+    unit_file: Optional[Path] = None  # where the unit lives, when not in the usual dirs
+    start_command: Optional[tuple[str, ...]] = None
+    pid_file: Optional[Path] = None
+    endpoints: Optional[tuple[str, ...]] = None
+    cacert: Optional[Path] = None
+    cert: Optional[Path] = None
+    key: Optional[Path] = None
+    name: Optional[str] = None
+    data_dir: Optional[Path] = None
+    peer_url: Optional[str] = None
+    restore_tool: Optional[Path] = None
+    dial_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class ApiserverSettings:
+    manifest: Optional[Path] = None
+    unit: Optional[str] = None
+    start_command: Optional[tuple[str, ...]] = None
+    pid_file: Optional[Path] = None
+    health_url: Optional[str] = None  # probed to prove it is stopped / started
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    dir: Path = Path("/var/lib/etcdguard/snapshots")
+    interval: float = 3600.0
+    keep: int = 24
+    max_age: Optional[float] = None
+    timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    bump_revision: int = 1_000_000_000
+    stop_timeout: float = 60.0
+    start_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "tcp://0.0.0.0:7479"
+    secret_key: Optional[Path] = Path("/etc/etcdguard/keys/agent.key_secret")
+    authorized_keys: Optional[Path] = Path("/etc/etcdguard/keys/authorized")
+    insecure: bool = False
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: Optional[str] = "127.0.0.1:9479"
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    dir: Path = Path("/var/lib/etcdguard")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    source: str = "<defaults>"
+    etcd: EtcdSettings = field(default_factory=EtcdSettings)
+    apiserver: Optional[ApiserverSettings] = None
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    restore: RestoreSettings = field(default_factory=RestoreSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    state: StateSettings = field(default_factory=StateSettings)
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    """Read and validate an agent config file."""
+    return parse_agent_config(load_toml(path), str(path))
+
+
+def parse_agent_config(data: dict[str, Any], source: str) -> AgentConfig:
+    """Validate already-parsed TOML; pure, so unit tests feed it dicts."""
+    top = Table(source, "", data)
+    etcd = _etcd(Table(source, "etcd", top.data.get("etcd")))
+    apiserver = None
+    if top.has("apiserver"):
+        apiserver = _apiserver(Table(source, "apiserver", top.data.get("apiserver")))
+    backup = _backup(Table(source, "backup", top.data.get("backup")))
+    restore = _restore(Table(source, "restore", top.data.get("restore")))
+    server = _server(Table(source, "server", top.data.get("server")))
+    metrics_t = Table(source, "metrics", top.data.get("metrics"))
+    metrics = MetricsSettings(listen=metrics_t.listen("listen", MetricsSettings.listen))
+    if metrics_t.has("enabled") and not metrics_t.flag("enabled", True):
+        metrics = MetricsSettings(listen=None)
+    metrics_t.finish()
+    state_t = Table(source, "state", top.data.get("state"))
+    state = StateSettings(dir=state_t.path("dir", StateSettings.dir) or StateSettings.dir)
+    state_t.finish()
+    for section in ("etcd", "apiserver", "backup", "restore", "server", "metrics", "state"):
+        top._get(section)
+    top.finish()
+    return AgentConfig(
+        source=source, etcd=etcd, apiserver=apiserver, backup=backup, restore=restore,
+        server=server, metrics=metrics, state=state,
+    )
+
+
+def _etcd(t: Table) -> EtcdSettings:
+    endpoints = t.text_list("endpoints")
+    for url in endpoints or ():
+        if not url.startswith(("http://", "https://")):
+            raise t.error("endpoints", "URLs starting with http:// or https://")
+    peer_url = t.text("peer_url")
+    if peer_url is not None and not peer_url.startswith(("http://", "https://")):
+        raise t.error("peer_url", "a URL starting with http:// or https://")
+    s = EtcdSettings(
+        runtime=t.choice("runtime", RUNTIMES),
+        manifest=t.path("manifest"),
+        unit=t.text("unit"),
+        unit_file=t.path("unit_file"),
+        start_command=t.text_list("start_command"),
+        pid_file=t.path("pid_file"),
+        endpoints=endpoints,
+        cacert=t.path("cacert"),
+        cert=t.path("cert"),
+        key=t.path("key"),
+        name=t.text("name"),
+        data_dir=t.path("data_dir"),
+        peer_url=peer_url,
+        restore_tool=t.path("restore_tool"),
+        dial_timeout=t.duration("dial_timeout", 5.0) or 5.0,
+    )
+    if (s.cert is None) != (s.key is None):
+        raise ConfigError(f"{t.source}: etcd.cert and etcd.key must be given together")
+    if s.runtime == "process" and not s.start_command:
+        raise ConfigError(
+            f"{t.source}: etcd.runtime = 'process' needs etcd.start_command "
+            "(the command that starts this member)"
+        )
+    if s.runtime == "process" and s.pid_file is None:
+        raise ConfigError(f"{t.source}: etcd.runtime = 'process' needs etcd.pid_file")
+    if s.runtime == "systemd" and s.unit is None:
+        s = EtcdSettings(**{**s.__dict__, "unit": "etcd.service"})
+    t.finish()
+    return s
+
+
+def _apiserver(t: Table) -> ApiserverSettings:
+    s = ApiserverSettings(
+        manifest=t.path("manifest"),
+        unit=t.text("unit"),
+        start_command=t.text_list("start_command"),
+        pid_file=t.path("pid_file"),
+        health_url=t.text("health_url"),
+    )
+    given = [k for k in ("manifest", "unit", "start_command") if getattr(s, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"{t.source}: [apiserver] needs exactly one of manifest, unit or start_command"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
+    if s.start_command is not None and s.pid_file is None:
+        raise ConfigError(f"{t.source}: apiserver.start_command needs apiserver.pid_file")
+    t.finish()
+    return s
+
+
+def _backup(t: Table) -> BackupSettings:
+    d = BackupSettings()
+    s = BackupSettings(
+        dir=t.path("dir", d.dir) or d.dir,
+        interval=t.duration("interval", d.interval) or d.interval,
+        keep=t.integer("keep", d.keep, minimum=1) or d.keep,
+        max_age=t.duration("max_age"),
+        timeout=t.duration("timeout", d.timeout) or d.timeout,
+    )
+    t.finish()
+    return s
+
+
+def _restore(t: Table) -> RestoreSettings:
+    d = RestoreSettings()
+    bump = t.integer("bump_revision", d.bump_revision, minimum=0)
+    s = RestoreSettings(
+        bump_revision=d.bump_revision if bump is None else bump,
+        stop_timeout=t.duration("stop_timeout", d.stop_timeout) or d.stop_timeout,
+        start_timeout=t.duration("start_timeout", d.start_timeout) or d.start_timeout,
+    )
+    t.finish()
+    return s
+
+
+def _server(t: Table) -> ServerSettings:
+    d = ServerSettings()
+    listen = t.text("listen", d.listen) or d.listen
+    if not listen.startswith(("tcp://", "ipc://")):
+        raise t.error("listen", "a ZeroMQ endpoint such as 'tcp://0.0.0.0:7479'")
+    s = ServerSettings(
+        listen=listen,
+        secret_key=t.path("secret_key", d.secret_key),
+        authorized_keys=t.path("authorized_keys", d.authorized_keys),
+        insecure=t.flag("insecure", False),
+        enabled=t.flag("enabled", True),
+    )
+    t.finish()
+    return s

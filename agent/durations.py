@@ -1,0 +1,56 @@
+"""Human durations ("90s", "15m", "1h30m", "2d") for config files and output."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(text: str) -> float:
+    """Return seconds for a duration string; raise ValueError naming the accepted form."""
+    s = text.strip().lower()
+    if not s:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(s):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(s):
+        raise ValueError(
+            f"{text!r} is not a duration; use a number with a unit, e.g. '90s', '15m', '1h', '1h30m', '2d'"
+        )
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Short, readable rendering: 0.4s, 42s, 5m12s, 3h05m, 2d04h."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"
+
+
+def format_bytes(n: float) -> str:
+    """Binary units, one decimal: 512 B, 1.5 KiB, 300.0 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

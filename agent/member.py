@@ -1,0 +1,75 @@
+"""The local etcd member as discovery found it: one plain value."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """Files for a TLS client connection to etcd (as etcdctl's --cacert/--cert/--key)."""
+
+    cacert: Optional[Path] = None
+    cert: Optional[Path] = None
+    key: Optional[Path] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cacert is not None or self.cert is not None
+
+
+@dataclass(frozen=True)
+class LocalMember:
+    """How etcd runs on this node. Paths are host paths (container paths already mapped)."""
+
+    name: str
+    data_dir: Path
+    endpoints: tuple[str, ...]          # client URLs the agent talks to, best first
+    peer_url: Optional[str] = None      # this member's --initial-advertise-peer-urls (first)
+    tls: ClientTLS = field(default_factory=ClientTLS)
+    runtime: Optional[str] = None       # static-pod | systemd | process
+    manifest: Optional[Path] = None
+    unit: Optional[str] = None
+    initial_cluster: Optional[str] = None
+    image: Optional[str] = None         # static pod container image (carries the etcd version)
+    peer_tls: ClientTLS = field(default_factory=ClientTLS)
+    sources: tuple[tuple[str, str], ...] = ()  # (field, where it came from) for `check`
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[0]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in list(out.items()):
+            if isinstance(value, Path):
+                out[key] = str(value)
+        for group in ("tls", "peer_tls"):
+            out[group] = {k: (str(v) if v is not None else None) for k, v in out[group].items()}
+        out["endpoints"] = list(self.endpoints)
+        out["sources"] = dict(self.sources)
+        return out
+
+
+def split_endpoint(url: str) -> tuple[str, int, bool]:
+    """(host, port, is_https) of an etcd client URL; raises ValueError if unusable."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL with a host")
+    port = parts.port or 2379
+    return parts.hostname, port, parts.scheme == "https"
+
+
+def prefer_local(urls: list[str]) -> list[str]:
+    """Order client URLs so loopback ones come first; 0.0.0.0 means 127.0.0.1 here."""
+    out: list[str] = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.hostname in ("0.0.0.0", "::", "[::]"):
+            url = url.replace(parts.netloc, f"127.0.0.1:{parts.port or 2379}", 1)
+        if url not in out:
+            out.append(url)
+    return sorted(out, key=lambda u: 0 if urlsplit(u).hostname in ("127.0.0.1", "localhost", "::1") else 1)

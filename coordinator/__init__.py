@@ -1,0 +1,1 @@
+"""etcdguard coordinator: the off-node snapshot vault and cluster-wide restores."""
