@@ -1,0 +1,1 @@
+"""How etcd and kube-apiserver are stopped and started on this node."""
