@@ -8,8 +8,9 @@ to a default.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from .durations import parse_duration
 from .errors import ConfigError
