@@ -1,0 +1,94 @@
+"""One backup run: snapshot, verify, catalog, retention, metrics. Shared by the
+daemon's schedule, `etcdguard-agent snapshot` and the coordinator's requests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from .config import AgentConfig
+from .durations import format_bytes, format_duration
+from .errors import Aborted, EtcdguardError, EtcdUnavailable, SnapshotCorrupt, ToolError
+from .etcd_api import Cancellation
+from .member import LocalMember
+from .metrics import AgentMetrics
+from .snapshots import Progress, Source, take_snapshot
+from .store import SnapshotMeta, SnapshotStore
+from .tools import SnapshotTool, find_tool
+
+log = logging.getLogger(__name__)
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, Aborted):
+        return "aborted"
+    if isinstance(exc, EtcdUnavailable):
+        return "timeout" if "DEADLINE_EXCEEDED" in str(exc) else "etcd_unavailable"
+    if isinstance(exc, SnapshotCorrupt):
+        return "corrupt"
+    if isinstance(exc, ToolError):
+        return "tool"
+    if isinstance(exc, OSError):
+        return "disk"
+    return "other"
+
+
+class BackupRunner:
+    """Takes snapshots one at a time (a single slot: two can never overlap)."""
+
+    def __init__(self, config: AgentConfig, member: LocalMember, metrics: AgentMetrics) -> None:
+        self.config = config
+        self.member = member
+        self.metrics = metrics
+        self.store = SnapshotStore(config.backup.dir)
+        self.slot = threading.Lock()
+        self._tool: Optional[SnapshotTool] = None
+        self._tool_checked = False
+        self.current: Optional[Cancellation] = None
+
+    def tool(self) -> Optional[SnapshotTool]:
+        if not self._tool_checked:
+            self._tool_checked = True
+            try:
+                self._tool = find_tool(self.config.etcd.restore_tool)
+            except ToolError as exc:
+                log.warning("no snapshot tool (%s): snapshot revisions will be lower bounds", exc)
+        return self._tool
+
+    def refresh_store_metrics(self) -> list[SnapshotMeta]:
+        metas = self.store.list()
+        self.metrics.retained.set(len(metas))
+        self.metrics.store_bytes.set(sum(m.size for m in metas))
+        if metas:
+            newest = metas[0]
+            self.metrics.record_success(newest.created_unix, newest.size, newest.revision)
+        return metas
+
+    def run_once(self, progress: Optional[Progress] = None, cancel: Optional[Cancellation] = None) -> SnapshotMeta:
+        """Take one snapshot now; raises EtcdguardError (already counted in metrics)."""
+        cancel = cancel or Cancellation()
+        with self.slot:
+            self.current = cancel
+            started = time.monotonic()
+            try:
+                meta = take_snapshot(
+                    Source(self.member.endpoint, self.member.tls, self.member.name, self.config.etcd.dial_timeout),
+                    self.store, tool=self.tool(), cancel=cancel,
+                    timeout=self.config.backup.timeout, progress=progress,
+                )
+            except (EtcdguardError, OSError) as exc:
+                self.metrics.record_failure(failure_reason(exc))
+                if isinstance(exc, EtcdUnavailable):
+                    self.metrics.etcd_up.set(0)
+                raise
+            finally:
+                self.current = None
+            self.metrics.etcd_up.set(1)
+            self.metrics.record_success(meta.created_unix, meta.size, meta.revision, time.monotonic() - started)
+            log.info("snapshot %s: %s, revision %d, sha256 %s..., %s", meta.name, format_bytes(meta.size),
+                     meta.revision, meta.sha256[:12], format_duration(time.monotonic() - started))
+            self.store.apply_retention(self.config.backup.keep, self.config.backup.max_age)
+            self.refresh_store_metrics()
+            return meta

@@ -1,0 +1,101 @@
+"""`etcdguard-agent check`: a list of typed results; a check never changes anything."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import AgentConfig
+from .errors import EtcdguardError
+from .etcd_api import EtcdClient
+from .member import LocalMember
+from .tools import find_tool
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint}
+
+
+def _readable(path: Path) -> Optional[str]:
+    if not path.exists():
+        return "does not exist"
+    if not os.access(path, os.R_OK):
+        return "not readable by this user"
+    return None
+
+
+def _writable_dir(path: Path) -> tuple[bool, str]:
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return False, f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return False, f"{probe} is not writable by this user"
+    return True, (f"{path} writable" if probe == path else f"{path} will be created in {probe}")
+
+
+def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    for label, path in (("cacert", member.tls.cacert), ("cert", member.tls.cert), ("key", member.tls.key)):
+        if path is None:
+            continue
+        problem = _readable(path)
+        results.append(CheckResult(
+            f"tls {label}", problem is None, f"{path} {problem or 'readable'}",
+            "" if problem is None else f"fix the file or set etcd.{label} in {config.source}",
+        ))
+    try:
+        with EtcdClient(member.endpoint, member.tls, config.etcd.dial_timeout) as client:
+            st = client.status()
+        if st.healthy:
+            results.append(CheckResult(
+                "etcd", True,
+                f"{member.endpoint}: etcd {st.version}, revision {st.revision}, "
+                f"{'leader' if st.is_leader else 'follower'}, db {st.db_size} bytes",
+            ))
+        else:
+            why = "; ".join(st.errors) or "no leader"
+            results.append(CheckResult("etcd", False, f"{member.endpoint}: unhealthy: {why}",
+                                       "look at the etcd logs and `etcdctl endpoint status --cluster`"))
+    except EtcdguardError as exc:
+        results.append(CheckResult("etcd", False, str(exc),
+                                   "is etcd running? are etcd.endpoints and the TLS files right?"))
+    db = member.data_dir / "member" / "snap" / "db"
+    if not member.data_dir.is_dir():
+        results.append(CheckResult("data dir", False, f"{member.data_dir} does not exist",
+                                   f"set etcd.data_dir in {config.source}"))
+    elif not db.exists():
+        results.append(CheckResult("data dir", False, f"{member.data_dir} has no member/snap/db",
+                                   "is this really the member's data dir?"))
+    else:
+        results.append(CheckResult("data dir", True, f"{member.data_dir} (member/snap/db present)"))
+    try:
+        tool = find_tool(config.etcd.restore_tool)
+        results.append(CheckResult(
+            "restore tool", True,
+            f"{tool.path} ({tool.kind} {tool.version}"
+            + (", supports --bump-revision)" if tool.supports_bump else ", no --bump-revision)"),
+        ))
+    except EtcdguardError as exc:
+        results.append(CheckResult("restore tool", False, str(exc),
+                                   "install etcdutl (etcd >= 3.5) or etcdctl, or set etcd.restore_tool"))
+    ok, detail = _writable_dir(config.backup.dir)
+    results.append(CheckResult("backup dir", ok, detail,
+                               "" if ok else f"fix permissions or set backup.dir in {config.source}"))
+    if config.apiserver is not None and config.apiserver.manifest is not None:
+        present = config.apiserver.manifest.exists()
+        results.append(CheckResult("apiserver manifest", present, str(config.apiserver.manifest),
+                                   "" if present else "set apiserver.manifest, or remove [apiserver]"))
+    return results

@@ -1,0 +1,311 @@
+"""etcdguard-agent: the agent daemon and its one-shot commands.
+
+Exit codes: 0 ok, 1 operation failed, 2 usage or config error, 3 refused as unsafe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
+from .durations import format_bytes, format_duration
+from .errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
+from .logsetup import setup_logging
+from .member import ClientTLS, LocalMember
+
+PROG = "etcdguard-agent"
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+    """Register a subcommand: its help, its arguments and its handler."""
+    def wrap(fn: Handler) -> Handler:
+        COMMANDS[name] = (help, args, fn)
+        return fn
+    return wrap
+
+
+def _common(p: argparse.ArgumentParser, top: bool) -> None:
+    # --config and --verbose are accepted before and after the subcommand.
+    default: Any = None if top else argparse.SUPPRESS
+    p.add_argument("--config", type=Path, default=default, metavar="PATH",
+                   help=f"agent config file (default {DEFAULT_CONFIG_PATH})")
+    p.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="etcdguard agent: verified etcd snapshots and node-local restores.",
+        epilog="Without a subcommand the daemon runs (same as `run`).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _common(parser, top=True)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help, add_args, _) in COMMANDS.items():
+        sp = subs.add_parser(name, help=help, description=help)
+        _common(sp, top=False)
+        add_args(sp)
+    return parser
+
+
+def load_config(args: argparse.Namespace, required: bool = True) -> Optional[AgentConfig]:
+    """The config named by --config, else the default file; None if absent and not required."""
+    path: Optional[Path] = args.config
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists() and not required:
+            return None
+        path = DEFAULT_CONFIG_PATH
+    return load_agent_config(path)
+
+
+def discover_member(config: AgentConfig) -> LocalMember:
+    from .discovery import discover
+
+    return discover(config)
+
+
+def emit(args: argparse.Namespace, obj: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=2, sort_keys=True))
+    else:
+        print(text)
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+# -- run -------------------------------------------------------------------
+@command("run", "run the agent daemon (the default)", lambda p: None)
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import AgentDaemon
+
+    config = load_config(args)
+    assert config is not None
+    daemon = AgentDaemon(args.config or DEFAULT_CONFIG_PATH, config)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+# -- check -----------------------------------------------------------------
+@command("check", "validate config and discovery; print the member and every problem", _json_flag)
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import run_checks
+
+    config = load_config(args)
+    assert config is not None
+    member = discover_member(config)
+    results = run_checks(config, member)
+    problems = [r for r in results if not r.ok]
+    if args.json:
+        emit(args, {"member": member.to_json(), "checks": [r.to_json() for r in results],
+                    "ok": not problems}, "")
+    else:
+        print(f"member {member.name} ({member.runtime or 'unknown runtime'})")
+        print(f"  data dir   {member.data_dir}")
+        print(f"  endpoints  {', '.join(member.endpoints)}")
+        print(f"  peer url   {member.peer_url or '-'}")
+        if member.tls.enabled:
+            print(f"  tls        ca={member.tls.cacert} cert={member.tls.cert} key={member.tls.key}")
+        for field, source in member.sources:
+            log.debug("%s from %s", field, source)
+        print("checks")
+        for r in results:
+            print(f"  {'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
+            if r.hint and not r.ok:
+                print(f"         hint: {r.hint}")
+        print(f"{len(problems)} problem(s)" if problems else "all checks passed")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+# -- snapshot --------------------------------------------------------------
+def _snapshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="write the snapshot to FILE instead of the store (like etcdctl snapshot save)")
+    _json_flag(p)
+    g = p.add_argument_group("connection (etcdctl's flags; override the config, or replace it)")
+    g.add_argument("--endpoints", metavar="URL", help="the member to snapshot (exactly one)")
+    g.add_argument("--cacert", type=Path, metavar="FILE", help="CA bundle of the etcd server")
+    g.add_argument("--cert", type=Path, metavar="FILE", help="client certificate")
+    g.add_argument("--key", type=Path, metavar="FILE", help="client key")
+
+
+def _endpoint_from_flag(value: str, tls: bool) -> str:
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if len(urls) != 1:
+        raise UsageError(f"--endpoints: a snapshot is taken from exactly one member, got {len(urls)}")
+    url = urls[0]
+    if "://" not in url:
+        url = ("https://" if tls else "http://") + url
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoints {value!r}: expected http(s)://HOST:PORT")
+    return url
+
+
+def _progress_printer(enabled: bool) -> Optional[Callable[[int], None]]:
+    if not enabled:
+        return None
+    tty = sys.stderr.isatty()
+
+    def show(n: int) -> None:
+        if tty:
+            sys.stderr.write(f"\rreceived {format_bytes(n)}   ")
+            sys.stderr.flush()
+        elif n % (64 << 20) < (8 << 20):
+            sys.stderr.write(f"received {format_bytes(n)}\n")
+    return show
+
+
+@command("snapshot", "take one verified snapshot now", _snapshot_args)
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from .backup import BackupRunner
+    from .metrics import AgentMetrics
+    from .snapshots import Source, save_to_file
+    from .tools import find_tool
+
+    for flag in ("cacert", "cert", "key"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise UsageError(f"--{flag} {path}: no such file")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key must be given together")
+    config = load_config(args, required=args.endpoints is None)
+    flag_tls = ClientTLS(args.cacert, args.cert, args.key)
+    if config is None:
+        if args.output is None:
+            raise UsageError(f"no config file ({DEFAULT_CONFIG_PATH}): give --output FILE for the snapshot")
+        endpoint = _endpoint_from_flag(args.endpoints, flag_tls.enabled)
+        source = Source(endpoint, flag_tls)
+        tool = None
+        try:
+            tool = find_tool()
+        except EtcdguardError as exc:
+            log.warning("%s: the revision recorded will be a lower bound", exc)
+    else:
+        member = discover_member(config)
+        endpoint = _endpoint_from_flag(args.endpoints, True) if args.endpoints else member.endpoint
+        tls = flag_tls if flag_tls.enabled else member.tls
+        source = Source(endpoint, tls, member.name, config.etcd.dial_timeout)
+    progress = _progress_printer(not args.json)
+    if args.output is not None:
+        if config is not None:
+            try:
+                tool = find_tool(config.etcd.restore_tool)
+            except EtcdguardError as exc:
+                log.warning("%s: the revision recorded will be a lower bound", exc)
+                tool = None
+        meta = save_to_file(source, args.output, tool=tool, progress=progress,
+                            timeout=config.backup.timeout if config else 1800.0)
+    else:
+        assert config is not None
+        runner = BackupRunner(config, member, AgentMetrics())
+        runner.store.prepare()
+        meta = runner.run_once(progress=progress)
+    if progress is not None and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    emit(args, meta.to_json(),
+         f"snapshot saved: {meta.path}\n  size {format_bytes(meta.size)} ({meta.size} bytes), "
+         f"revision {meta.revision}, sha256 {meta.sha256}\n  verified: SHA-256 trailer ok, "
+         f"took {format_duration(meta.duration_seconds)}")
+    return EXIT_OK
+
+
+# -- verify ----------------------------------------------------------------
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, metavar="FILE", help="snapshot file to check")
+    _json_flag(p)
+
+
+@command("verify", "check a snapshot file's integrity (trailer, and its sidecar if present)", _verify_args)
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .errors import SnapshotCorrupt
+    from .snapshot_file import verify_file
+    from .store import SnapshotMeta
+
+    sidecar = Path(str(args.file) + ".json")
+    expect_sha = expect_size = None
+    if sidecar.exists():
+        try:
+            meta = SnapshotMeta.from_json(json.loads(sidecar.read_text()), str(sidecar))
+        except (OSError, ValueError) as exc:
+            raise SnapshotCorrupt(f"{sidecar}: unreadable metadata sidecar: {exc}") from None
+        expect_sha, expect_size = meta.sha256, meta.size
+    try:
+        d = verify_file(args.file, expect_sha, expect_size)
+    except SnapshotCorrupt as exc:
+        if args.json:
+            emit(args, {"path": str(args.file), "ok": False, "error": str(exc)}, "")
+            return EXIT_FAILED
+        raise
+    emit(args, {"path": str(args.file), "ok": True, "size": d.size, "sha256": d.sha256,
+                "sidecar": sidecar.exists()},
+         f"ok: {args.file}: {format_bytes(d.size)}, sha256 {d.sha256}, SHA-256 trailer matches"
+         + (", sidecar matches" if sidecar.exists() else ""))
+    return EXIT_OK
+
+
+# -- snapshots ---------------------------------------------------------------
+@command("snapshots", "list the snapshots in the local store, newest first", _json_flag)
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    import time
+
+    from .store import SnapshotStore
+
+    config = load_config(args)
+    assert config is not None
+    metas = SnapshotStore(config.backup.dir).list()
+    if args.json:
+        emit(args, [m.to_json() for m in metas], "")
+        return EXIT_OK
+    if not metas:
+        print(f"no snapshots in {config.backup.dir}")
+    for m in metas:
+        print(f"{m.name}  {format_bytes(m.size):>10}  rev {m.revision:<10} "
+              f"{format_duration(time.time() - m.created_unix)} ago  sha256 {m.sha256[:16]}")
+    return EXIT_OK
+
+
+def _load_extensions() -> None:
+    """Commands that live in their own modules register themselves on import."""
+    import importlib
+
+    for module in ("restore_cli",):
+        try:
+            importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    _load_extensions()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    name = args.command or "run"
+    if args.command is None:
+        args.json = False
+    handler = COMMANDS[name][2]
+    try:
+        return handler(args)
+    except EtcdguardError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

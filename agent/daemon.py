@@ -1,0 +1,223 @@
+"""The agent daemon: scheduled snapshots, metrics, systemd notifications.
+
+Signal handlers only set flags and wake the loop; the loop decides. A snapshot
+runs in a worker thread so the loop keeps answering the watchdog and can cancel
+it on SIGTERM (its temp file is removed, the catalog stays unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Optional
+
+from . import schedule
+from .backup import BackupRunner
+from .config import AgentConfig, load_agent_config
+from .discovery import discover
+from .durations import format_bytes, format_duration
+from .errors import EtcdguardError
+from .etcd_api import Cancellation, EtcdClient
+from .metrics import AgentMetrics, MetricsServer
+from .notify import Notifier
+from .store import SnapshotMeta
+
+log = logging.getLogger(__name__)
+
+STATUS_REFRESH = 15.0
+STOP_GRACE = 30.0
+
+
+class AgentDaemon:
+    def __init__(self, config_path: Optional[Path], config: AgentConfig, root: Path = Path("/")) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.root = root
+        self.notifier = Notifier()
+        self.metrics = AgentMetrics()
+        self.metrics.interval.set(config.backup.interval)
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        self._rng = random.Random()
+        self._worker: Optional[threading.Thread] = None
+        self._worker_result: Optional[BaseException | SnapshotMeta] = None
+        self._progress = 0
+        self._failures = 0
+        self._cancel: Optional[Cancellation] = None
+        self.runner: Optional[BackupRunner] = None
+        self.metrics_server: Optional[MetricsServer] = None
+        self.services: list[Any] = []   # extra long-lived parts (the control server), each with start/stop
+        self.on_ready: Optional[Callable[[], None]] = None
+
+    # -- signals -----------------------------------------------------------
+    def _on_term(self, signum: int, frame: Optional[FrameType]) -> None:
+        self._stop = True
+        if self._cancel is not None:
+            self._cancel.cancel(f"signal {signal.Signals(signum).name}")
+        self._wake.set()
+
+    def _on_hup(self, signum: int, frame: Optional[FrameType]) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def request_stop(self) -> None:
+        self._on_term(signal.SIGTERM, None)
+
+    # -- setup -------------------------------------------------------------
+    def _build(self, config: AgentConfig) -> BackupRunner:
+        member = discover(config, self.root)
+        runner = BackupRunner(config, member, self.metrics)
+        runner.store.prepare()
+        runner.refresh_store_metrics()
+        return runner
+
+    def _health_check(self, runner: BackupRunner) -> str:
+        try:
+            with EtcdClient(runner.member.endpoint, runner.member.tls, self.config.etcd.dial_timeout) as c:
+                st = c.status()
+            self.metrics.etcd_up.set(1 if st.healthy else 0)
+            return f"etcd {st.version} at {runner.member.endpoint}, revision {st.revision}"
+        except EtcdguardError as exc:
+            self.metrics.etcd_up.set(0)
+            log.warning("first health check failed: %s", exc)
+            return f"etcd at {runner.member.endpoint} not answering"
+
+    def _start_metrics(self) -> None:
+        if self.config.metrics.listen:
+            self.metrics_server = MetricsServer(self.metrics.registry, self.config.metrics.listen)
+            self.metrics_server.start()
+            log.info("metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
+
+    # -- the loop ----------------------------------------------------------
+    def _start_backup(self, runner: BackupRunner) -> None:
+        cancel = Cancellation()
+        self._cancel = cancel
+        self._progress = 0
+
+        def progress(n: int) -> None:
+            self._progress = n
+
+        def work() -> None:
+            try:
+                self._worker_result = runner.run_once(progress=progress, cancel=cancel)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which reports it
+                self._worker_result = exc
+            finally:
+                self._wake.set()
+
+        self._worker_result = None
+        self._worker = threading.Thread(target=work, name="snapshot", daemon=True)
+        self._worker.start()
+
+    def _finish_backup(self) -> float:
+        """Log the worker's outcome; return when the next snapshot is due."""
+        assert self._worker is not None
+        self._worker.join()
+        self._worker = None
+        self._cancel = None
+        now = time.time()
+        result = self._worker_result
+        interval = self.config.backup.interval
+        if isinstance(result, SnapshotMeta):
+            self._failures = 0
+            return schedule.after_success(now, interval, self._rng)
+        self._failures += 1
+        log.error("snapshot failed (%d in a row): %s", self._failures, result)
+        return schedule.after_failure(now, interval, self._failures)
+
+    def status_line(self, runner: BackupRunner, next_due: float) -> str:
+        if self._worker is not None:
+            return f"taking snapshot: {format_bytes(self._progress)} so far"
+        newest = runner.store.newest()
+        last = "no snapshot yet" if newest is None else (
+            f"last snapshot {format_duration(time.time() - newest.created_unix)} ago, "
+            f"{format_bytes(newest.size)}, revision {newest.revision}")
+        failing = f"; {self._failures} failed in a row" if self._failures else ""
+        return f"{last}{failing}; next in {format_duration(max(0.0, next_due - time.time()))}"
+
+    def _do_reload(self) -> Optional[BackupRunner]:
+        self._reload = False
+        if self.config_path is None:
+            log.info("SIGHUP: no config file to reload")
+            return None
+        self.notifier.reloading()
+        try:
+            config = load_agent_config(self.config_path)
+            runner = self._build(config)
+        except EtcdguardError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return None
+        if config.metrics.listen != self.config.metrics.listen:
+            if self.metrics_server:
+                self.metrics_server.stop()
+            self.config = config
+            self._start_metrics()
+        self.config = config
+        self.metrics.interval.set(config.backup.interval)
+        log.info("configuration reloaded from %s", self.config_path)
+        return runner
+
+    def run(self) -> int:
+        runner = self._build(self.config)
+        self.runner = runner
+        self._start_metrics()
+        for service in self.services:
+            service.start()
+        health = self._health_check(runner)
+        newest = runner.store.newest()
+        next_due = schedule.first_due(newest.created_unix if newest else None, self.config.backup.interval,
+                                      time.time())
+        log.info("agent ready: member %s, %s, store %s, every %s, keep %d", runner.member.name, health,
+                 runner.store.dir, format_duration(self.config.backup.interval), self.config.backup.keep)
+        self.notifier.ready(self.status_line(runner, next_due))
+        if self.on_ready is not None:
+            self.on_ready()
+        tick = min(STATUS_REFRESH, self.notifier.watchdog_interval or STATUS_REFRESH)
+        try:
+            while not self._stop:
+                if self._worker is not None and not self._worker.is_alive():
+                    next_due = self._finish_backup()
+                if self._reload and self._worker is None:
+                    new = self._do_reload()
+                    if new is not None:
+                        runner = self.runner = new
+                        newest = runner.store.newest()
+                        next_due = min(next_due, schedule.first_due(
+                            newest.created_unix if newest else None, self.config.backup.interval, time.time()))
+                if self._worker is None and time.time() >= next_due and not self._stop:
+                    self._start_backup(runner)
+                self.notifier.watchdog()
+                self.notifier.status(self.status_line(runner, next_due))
+                wait = tick if self._worker is not None else min(tick, max(0.0, next_due - time.time()))
+                self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        if self._worker is not None:
+            if self._cancel is not None:
+                self._cancel.cancel("agent stopping")
+            self._worker.join(STOP_GRACE)
+            if self._worker.is_alive():
+                log.error("snapshot worker did not stop within %ss", STOP_GRACE)
+            elif isinstance(self._worker_result, BaseException):
+                log.info("in-flight snapshot aborted: %s", self._worker_result)
+        for service in reversed(self.services):
+            service.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        log.info("agent stopped")

@@ -1,0 +1,198 @@
+"""The agent's only door to etcd's gRPC API (python-etcd3's generated stubs).
+
+Kept small on purpose: status, the snapshot stream, hashkv and member list.
+Everything else in the agent works on the plain values returned here.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .errors import EtcdUnavailable
+from .member import ClientTLS, split_endpoint
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import etcd3
+    import grpc
+    from etcd3 import etcdrpc
+
+
+@dataclass(frozen=True)
+class EtcdStatus:
+    endpoint: str
+    version: str
+    db_size: int
+    leader: int
+    member_id: int
+    cluster_id: int
+    revision: int
+    raft_term: int
+    raft_index: int
+    errors: tuple[str, ...]
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader == self.member_id
+
+    @property
+    def healthy(self) -> bool:
+        return self.leader != 0 and not self.errors
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+
+
+class Cancellation:
+    """A cancel request that can reach a blocked gRPC stream from another thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], Any]] = []
+        self.reason = ""
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        with self._lock:
+            self.reason = reason
+            self._event.set()
+            callbacks = list(self._callbacks)
+        for cb in callbacks:
+            cb()
+
+    def on_cancel(self, cb: Callable[[], Any]) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(cb)
+                return
+        cb()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
+def _describe(exc: Exception, endpoint: str) -> str:
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        name = code.name if code is not None else "ERROR"
+        return f"etcd at {endpoint} did not answer: {name}: {details}"
+    return f"etcd at {endpoint} did not answer: {exc}"
+
+
+class EtcdClient:
+    """A connection to one member. Every call has a deadline."""
+
+    def __init__(self, endpoint: str, tls: Optional[ClientTLS] = None, timeout: float = 5.0) -> None:
+        tls = tls or ClientTLS()
+        host, port, https = split_endpoint(endpoint)
+        self.endpoint = endpoint
+        self.timeout = timeout
+        if https and tls.cacert is None:
+            raise EtcdUnavailable(f"{endpoint} is https but no CA file is configured (etcd.cacert / --cacert)")
+        try:
+            self._client = etcd3.client(
+                host=host,
+                port=port,
+                ca_cert=str(tls.cacert) if https and tls.cacert else None,
+                cert_key=str(tls.key) if https and tls.key else None,
+                cert_cert=str(tls.cert) if https and tls.cert else None,
+                timeout=timeout,
+                grpc_options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+            )
+        except OSError as exc:
+            raise EtcdUnavailable(f"cannot read TLS file for {endpoint}: {exc}") from None
+        self._meta = {"credentials": self._client.call_credentials, "metadata": self._client.metadata}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> EtcdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def status(self) -> EtcdStatus:
+        try:
+            r = self._client.maintenancestub.Status(etcdrpc.StatusRequest(), self.timeout, **self._meta)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+        return EtcdStatus(
+            endpoint=self.endpoint,
+            version=r.version,
+            db_size=r.dbSize,
+            leader=r.leader,
+            member_id=r.header.member_id,
+            cluster_id=r.header.cluster_id,
+            revision=r.header.revision,
+            raft_term=r.raftTerm,
+            raft_index=r.raftIndex,
+            errors=tuple(getattr(r, "errors", ())),
+        )
+
+    def members(self) -> list[MemberInfo]:
+        try:
+            r = self._client.clusterstub.MemberList(etcdrpc.MemberListRequest(), self.timeout, **self._meta)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+        return [
+            MemberInfo(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs)) for m in r.members
+        ]
+
+    def hashkv(self, revision: int = 0) -> tuple[int, int]:
+        """(hash, revision) of the key-value store, as `etcdctl endpoint hashkv`."""
+        try:
+            r = self._client.maintenancestub.HashKV(
+                etcdrpc.HashKVRequest(revision=revision), self.timeout, **self._meta
+            )
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+        return r.hash, r.header.revision
+
+    def snapshot_stream(self, cancel: Optional[Cancellation] = None, timeout: float = 1800.0) -> Iterator[bytes]:
+        """Yield the snapshot's bytes as etcd sends them (about 32 KiB a message).
+
+        The stream is cancelled when ``cancel`` fires; the caller then sees
+        EtcdUnavailable (or Aborted from its own check).
+        """
+        try:
+            call = self._client.maintenancestub.Snapshot(etcdrpc.SnapshotRequest(), timeout, **self._meta)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+        if cancel is not None:
+            cancel.on_cancel(call.cancel)
+        try:
+            for message in call:
+                yield message.blob
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+        finally:
+            call.cancel()
+
+    def put(self, key: str, value: str) -> None:
+        """For tools and tests; the agent itself never writes to etcd."""
+        try:
+            self._client.put(key, value)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+
+    def get(self, key: str) -> Optional[bytes]:
+        try:
+            value, _ = self._client.get(key)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+        return value  # type: ignore[no-any-return]

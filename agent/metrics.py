@@ -1,0 +1,114 @@
+"""Prometheus metrics of the agent, on a private registry with a stoppable HTTP server.
+
+`etcdguard_backup_age_seconds` is computed at scrape time from the last
+success, so a wedged daemon shows a growing age instead of a frozen one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from . import __version__
+
+FAILURE_REASONS = ("etcd_unavailable", "corrupt", "tool", "disk", "aborted", "timeout", "other")
+DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+
+
+class AgentMetrics:
+    def __init__(self, registry: Optional[CollectorRegistry] = None, prefix: str = "etcdguard") -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        p = prefix
+        self._last_success: Optional[float] = None
+        self.last_success = Gauge(
+            f"{p}_backup_last_success_timestamp_seconds",
+            "Unix time of the last verified snapshot (0: none yet)", registry=r)
+        self.age = Gauge(f"{p}_backup_age_seconds",
+                         "Seconds since the last verified snapshot (+Inf: none yet)", registry=r)
+        self.age.set_function(self._age)
+        self.last_size = Gauge(f"{p}_backup_last_size_bytes", "Size of the last verified snapshot", registry=r)
+        self.duration = Histogram(f"{p}_backup_duration_seconds", "Time to take and verify a snapshot",
+                                  buckets=DURATION_BUCKETS, registry=r)
+        self.failures = Counter(f"{p}_backup_failures_total", "Snapshots that failed, by reason",
+                                ["reason"], registry=r)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason=reason)
+        self.last_revision = Gauge(f"{p}_backup_last_revision", "etcd revision of the last verified snapshot",
+                                   registry=r)
+        self.interval = Gauge(f"{p}_backup_interval_seconds", "Configured backup interval", registry=r)
+        self.retained = Gauge(f"{p}_snapshots_retained", "Snapshots in the local store", registry=r)
+        self.store_bytes = Gauge(f"{p}_snapshot_store_bytes", "Bytes used by the local store", registry=r)
+        self.restore_in_progress = Gauge(f"{p}_restore_in_progress", "1 while a restore runs here", registry=r)
+        self.restore_last_result = Gauge(
+            f"{p}_restore_last_result", "Last restore here: 1 success, 0 failure, -1 none yet", registry=r)
+        self.restore_last_result.set(-1)
+        self.etcd_up = Gauge(f"{p}_etcd_up", "1 if the local etcd answered at the last attempt", registry=r)
+        self.build_info = Gauge(f"{p}_build_info", "etcdguard version", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+
+    def _age(self) -> float:
+        if self._last_success is None:
+            return float("inf")
+        return max(0.0, time.time() - self._last_success)
+
+    def record_success(self, when: float, size: int, revision: int, duration: Optional[float] = None) -> None:
+        if self._last_success is None or when > self._last_success:
+            self._last_success = when
+            self.last_success.set(when)
+            self.last_size.set(size)
+            self.last_revision.set(revision)
+        if duration is not None:
+            self.duration.observe(duration)
+
+    def record_failure(self, reason: str) -> None:
+        self.failures.labels(reason=reason if reason in FAILURE_REASONS else "other").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves /metrics from a registry; start() and stop() are idempotent."""
+
+    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.registry = registry
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404, "try /metrics")
+                    return
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

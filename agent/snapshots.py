@@ -1,0 +1,156 @@
+"""Taking one verified snapshot of the local member.
+
+The stream goes straight to a temp file inside the store directory (so the
+final rename stays on one filesystem), hashed on the way; memory use does not
+depend on the snapshot's size. Only a snapshot whose SHA-256 trailer checks
+out, and whose file is fsync'ed, gets a name and a sidecar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import fsutil
+from .errors import Aborted, EtcdguardError, SnapshotError, ToolError
+from .etcd_api import Cancellation, EtcdClient
+from .member import ClientTLS
+from .snapshot_file import TrailerHasher
+from .store import SnapshotMeta, SnapshotStore, iso_utc, snapshot_name
+from .tools import SnapshotTool, snapshot_status
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+WRITE_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a snapshot comes from."""
+
+    endpoint: str
+    tls: ClientTLS
+    member_name: str = ""
+    dial_timeout: float = 5.0
+
+
+def stream_to_file(
+    source: Source, temp: Path, *, cancel: Optional[Cancellation] = None,
+    timeout: float = 1800.0, progress: Optional[Progress] = None,
+) -> tuple[TrailerHasher, SnapshotMeta]:
+    """Write the member's snapshot stream to ``temp`` (0600), fsync it, check the trailer.
+
+    Returns the hasher and a provisional meta (revision from the status header,
+    a lower bound until the file itself is read). ``temp`` is removed on any failure.
+    """
+    started = time.time()
+    hasher = TrailerHasher()
+    try:
+        with EtcdClient(source.endpoint, source.tls, source.dial_timeout) as client:
+            status = client.status()
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as fh:
+                last_report = 0
+                for chunk in client.snapshot_stream(cancel, timeout):
+                    if cancel is not None and cancel.requested:
+                        raise Aborted(f"snapshot aborted: {cancel.reason}")
+                    fh.write(chunk)
+                    hasher.update(chunk)
+                    if progress is not None and hasher.size - last_report >= (8 << 20):
+                        last_report = hasher.size
+                        progress(hasher.size)
+                if cancel is not None and cancel.requested:
+                    raise Aborted(f"snapshot aborted: {cancel.reason}")
+                fh.flush()
+                os.fsync(fh.fileno())
+        hasher.check(f"snapshot from {source.endpoint}")
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        if isinstance(exc, EtcdguardError) and cancel is not None and cancel.requested:
+            raise Aborted(f"snapshot aborted: {cancel.reason}") from None
+        raise
+    if progress is not None:
+        progress(hasher.size)
+    meta = SnapshotMeta(
+        name="",
+        path=str(temp),
+        size=hasher.size,
+        sha256=hasher.sha256,
+        revision=status.revision,
+        created_at=iso_utc(started),
+        created_unix=started,
+        member_name=source.member_name,
+        member_id=f"{status.member_id:x}",
+        cluster_id=f"{status.cluster_id:x}",
+        etcd_version=status.version,
+        duration_seconds=0.0,
+        revision_source="status-header",
+    )
+    return hasher, meta
+
+
+def read_file_facts(meta: SnapshotMeta, temp: Path, tool: Optional[SnapshotTool]) -> SnapshotMeta:
+    """Replace the provisional revision with the file's own (via `snapshot status`)."""
+    if tool is None:
+        return meta
+    try:
+        st = snapshot_status(tool, temp)
+    except ToolError as exc:
+        log.warning("could not read the snapshot's revision with %s (%s); "
+                    "recording the status revision %d as a lower bound", tool.path, exc, meta.revision)
+        return meta
+    data = meta.to_json()
+    data.update(revision=st.revision, total_keys=st.total_keys, etcd_hash=st.hash,
+                revision_source="snapshot-status")
+    return SnapshotMeta(**data)
+
+
+def take_snapshot(
+    source: Source, store: SnapshotStore, *, tool: Optional[SnapshotTool] = None,
+    cancel: Optional[Cancellation] = None, timeout: float = 1800.0, progress: Optional[Progress] = None,
+) -> SnapshotMeta:
+    """Take, verify and catalog one snapshot; the catalog is unchanged on failure."""
+    fsutil.ensure_private_dir(store.dir)
+    temp = store.temp_path()
+    _, meta = stream_to_file(source, temp, cancel=cancel, timeout=timeout, progress=progress)
+    try:
+        meta = read_file_facts(meta, temp, tool)
+        if cancel is not None and cancel.requested:
+            raise Aborted(f"snapshot aborted: {cancel.reason}")
+        data = meta.to_json()
+        data.update(name=snapshot_name(meta.created_unix, meta.revision),
+                    duration_seconds=round(time.time() - meta.created_unix, 3))
+        return store.commit(temp, SnapshotMeta(**data))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def save_to_file(
+    source: Source, output: Path, *, tool: Optional[SnapshotTool] = None,
+    cancel: Optional[Cancellation] = None, timeout: float = 1800.0, progress: Optional[Progress] = None,
+) -> SnapshotMeta:
+    """Like `etcdctl snapshot save FILE`, verified, written atomically (no sidecar)."""
+    if output.is_dir():
+        raise SnapshotError(f"--output {output} is a directory; give a file name")
+    if not output.parent.is_dir():
+        raise SnapshotError(f"--output {output}: directory {output.parent} does not exist")
+    temp = output.parent / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
+    _, meta = stream_to_file(source, temp, cancel=cancel, timeout=timeout, progress=progress)
+    try:
+        meta = read_file_facts(meta, temp, tool)
+        os.rename(temp, output)
+        fsutil.fsync_dir(output.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    data = meta.to_json()
+    data.update(name=output.name, path=str(output), duration_seconds=round(time.time() - meta.created_unix, 3))
+    return SnapshotMeta(**data)

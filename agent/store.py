@@ -1,0 +1,170 @@
+"""The local snapshot catalog: one directory, a JSON sidecar per snapshot.
+
+A snapshot is in the catalog only when both its file and its sidecar exist,
+which are written in that order, each by temp + fsync + rename. Anything
+else found in the directory is leftover from an interrupted write.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from . import fsutil, retention
+from .errors import SnapshotError
+
+log = logging.getLogger(__name__)
+
+SNAP_SUFFIX = ".db"
+META_SUFFIX = ".db.json"
+NAME_RE = re.compile(r"^snap-\d{8}T\d{6}(?:\.\d{3})?Z-r\d+\.db$")
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """What is recorded about a verified snapshot (the sidecar's content)."""
+
+    name: str
+    path: str
+    size: int
+    sha256: str
+    revision: int
+    created_at: str          # ISO 8601 UTC
+    created_unix: float
+    member_name: str
+    member_id: str           # hex, as etcdctl prints it
+    cluster_id: str
+    etcd_version: str
+    duration_seconds: float
+    revision_source: str     # "snapshot-status" (tool read the file) or "status-header" (lower bound)
+    total_keys: Optional[int] = None
+    etcd_hash: Optional[int] = None
+    trailer_verified: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> SnapshotMeta:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: sidecar is not a JSON object")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ValueError(f"{where}: sidecar misses fields: {exc}") from None
+
+
+def snapshot_name(created_unix: float, revision: int) -> str:
+    """Sortable, self-describing file name: snap-20261124T033600.123Z-r4711.db."""
+    t = time.gmtime(created_unix)
+    ms = int((created_unix % 1) * 1000)
+    return f"snap-{time.strftime('%Y%m%dT%H%M%S', t)}.{ms:03d}Z-r{revision}{SNAP_SUFFIX}"
+
+
+def iso_utc(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+class SnapshotStore:
+    """List, add and delete snapshots in one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def prepare(self) -> list[Path]:
+        """Create the directory (0700) and remove leftovers of interrupted writes."""
+        fsutil.ensure_private_dir(self.dir)
+        removed = fsutil.remove_stale_temps(self.dir)
+        for entry in self.dir.iterdir():
+            if NAME_RE.match(entry.name) and not Path(str(entry) + ".json").exists():
+                # File renamed in but sidecar never written: it was never in the catalog.
+                entry.unlink()
+                removed.append(entry)
+        for path in removed:
+            log.info("removed leftover of an interrupted snapshot: %s", path.name)
+        return removed
+
+    def temp_path(self) -> Path:
+        return self.dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
+
+    def list(self) -> builtins.list[SnapshotMeta]:
+        """Catalog entries, newest first. Unreadable sidecars are skipped with a warning."""
+        if not self.dir.is_dir():
+            return []
+        out: list[SnapshotMeta] = []
+        for entry in self.dir.iterdir():
+            if not entry.name.endswith(META_SUFFIX):
+                continue
+            snap = self.dir / entry.name[: -len(".json")]
+            if not snap.is_file():
+                continue
+            try:
+                meta = SnapshotMeta.from_json(json.loads(entry.read_text()), str(entry))
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring snapshot with unreadable metadata %s: %s", entry, exc)
+                continue
+            out.append(_with_path(meta, snap))
+        out.sort(key=lambda m: (m.created_unix, m.name), reverse=True)
+        return out
+
+    def newest(self) -> Optional[SnapshotMeta]:
+        items = self.list()
+        return items[0] if items else None
+
+    def get(self, name_or_path: str) -> SnapshotMeta:
+        name = Path(name_or_path).name
+        for meta in self.list():
+            if meta.name == name:
+                return meta
+        raise SnapshotError(f"no snapshot named {name!r} in {self.dir}")
+
+    def commit(self, temp: Path, meta: SnapshotMeta) -> SnapshotMeta:
+        """Move a verified temp file into the catalog under ``meta.name``."""
+        final = self.dir / meta.name
+        if final.exists():
+            raise SnapshotError(f"{final} already exists; refusing to overwrite a snapshot")
+        os.rename(temp, final)
+        fsutil.fsync_dir(self.dir)
+        meta = _with_path(meta, final)
+        fsutil.atomic_write_json(self.dir / (meta.name + ".json"), meta.to_json())
+        return meta
+
+    def delete(self, meta: SnapshotMeta) -> None:
+        """Remove the sidecar first (leaving the catalog), then the file."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / (meta.name + ".json")).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / meta.name).unlink()
+        fsutil.fsync_dir(self.dir)
+
+    def apply_retention(
+        self, keep: int, max_age: Optional[float], now: Optional[float] = None
+    ) -> builtins.list[retention.Verdict]:
+        metas = {m.name: m for m in self.list()}
+        verdicts = retention.decide(
+            [retention.Aged(m.name, m.created_unix) for m in metas.values()],
+            keep, max_age, time.time() if now is None else now,
+        )
+        for v in verdicts:
+            if not v.keep:
+                log.info("retention: deleting %s (%s)", v.name, v.reason)
+                self.delete(metas[v.name])
+        return verdicts
+
+    def total_bytes(self) -> int:
+        return sum(m.size for m in self.list())
+
+
+def _with_path(meta: SnapshotMeta, path: Path) -> SnapshotMeta:
+    data = meta.to_json()
+    data["path"] = str(path)
+    return SnapshotMeta(**data)
