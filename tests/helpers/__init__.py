@@ -1,0 +1,1 @@
+"""Helpers shared by etcdguard's tests: real etcd processes, TLS material, ports."""

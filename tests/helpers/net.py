@@ -1,0 +1,111 @@
+"""Ports and polling for tests that run real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+import threading
+import time
+from typing import Callable, Optional, TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on now (the kernel's pick for port 0).
+
+    Never returns the same port twice in one test session, so two servers set up
+    side by side cannot be given the same port before either binds it.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        with _lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no fresh free port after 100 tries")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            low, high = (int(x) for x in fh.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
+def free_server_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port outside the kernel's ephemeral range, for servers that get restarted.
+
+    While a server is stopped, the kernel may hand its port (if it is in the
+    ephemeral range) to some outgoing connection as its local port, and the
+    restart then fails with "address already in use". Ports below the
+    ephemeral range are never picked for outgoing connections.
+    """
+    low, _high = _ephemeral_range()
+    lo, hi = 10000, low - 1
+    if hi - lo < 1000:  # unusual sysctl: fall back to the kernel's pick
+        return free_port(host)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(lo, hi)
+        with _lock:
+            if port in _handed_out:
+                continue
+        if _bindable(port, host):
+            with _lock:
+                if port in _handed_out:
+                    continue
+                _handed_out.add(port)
+            return port
+    return free_port(host)
+
+
+class WaitTimeout(AssertionError, TimeoutError):
+    """A polled condition never came true: a test failure (AssertionError) and a timeout."""
+
+
+def wait_until(
+    predicate: Callable[[], Optional[T]],
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value, and return that value.
+
+    Raises WaitTimeout (an AssertionError and a TimeoutError) naming ``what`` (and the last exception the predicate
+    raised, if any) when ``timeout`` seconds pass first, so a test failure says
+    what never happened instead of hanging or sleeping blindly.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: Optional[BaseException] = None
+    while True:
+        try:
+            result = predicate()
+        except Exception as exc:  # noqa: BLE001 - the predicate may fail while the thing starts up
+            last_exc = exc
+            result = None
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
+            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
+        time.sleep(interval)

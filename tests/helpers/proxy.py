@@ -1,0 +1,60 @@
+"""A throttling TCP proxy on 127.0.0.1, to make a snapshot stream slow enough to interrupt."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+
+class SlowProxy:
+    """Forwards 127.0.0.1:<port> to a target, limiting server->client bytes per second."""
+
+    def __init__(self, target_port: int, bytes_per_second: int) -> None:
+        self.target_port = target_port
+        self.rate = bytes_per_second
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            for src, dst, limit in ((client, upstream, 0), (upstream, client, self.rate)):
+                t = threading.Thread(target=self._pump, args=(src, dst, limit), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: int) -> None:
+        chunk = 16384 if not limit else max(1024, limit // 20)
+        with contextlib.suppress(OSError):
+            while not self._stop.is_set():
+                data = src.recv(chunk)
+                if not data:
+                    break
+                dst.sendall(data)
+                if limit:
+                    time.sleep(len(data) / limit)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        for s in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                s.close()
