@@ -624,13 +624,26 @@ def _with_config_file(found: _Found, root: Path) -> _Found:
     return dataclasses.replace(found, settings=config_file_settings(doc, f"config-file:{path}"))
 
 
+PARKED_MANIFESTS = "parked-manifests"  # the static-pod runtime parks manifests here during a restore
+
+
+def parked_manifest(config: AgentConfig, manifest: Path) -> Path:
+    """Where the static-pod runtime keeps ``manifest`` while etcd is stopped for a restore."""
+    return config.state.dir / PARKED_MANIFESTS / manifest.name
+
+
+def _manifest_present(config: AgentConfig, root: Path, manifest: Path) -> bool:
+    """In place, or parked by an interrupted restore (so resume and rollback still find the member)."""
+    return _under(root, manifest).is_file() or _under(root, parked_manifest(config, manifest)).is_file()
+
+
 def _detect(config: AgentConfig, root: Path) -> tuple[Optional[str], str, Optional[Path]]:
     """(runtime, its source, the manifest or unit file); DiscoveryError when nothing fits."""
     cfg = config.etcd
     manifest = cfg.manifest or DEFAULT_MANIFEST
     where = f"in {config.source}"
     if cfg.runtime == "static-pod" or (cfg.runtime is None and cfg.manifest is not None):
-        if not _under(root, manifest).is_file():
+        if not _manifest_present(config, root, manifest):
             raise DiscoveryError(
                 f"static-pod manifest {manifest} not found; set etcd.manifest {where} to the file "
                 "kubelet runs etcd from (or set etcd.runtime)"
@@ -647,7 +660,7 @@ def _detect(config: AgentConfig, root: Path) -> tuple[Optional[str], str, Option
         return "systemd", "config" if cfg.runtime else f"unit:{unit_file}", unit_file
     if cfg.runtime == "process":
         return "process", "config", None
-    if _under(root, manifest).is_file():
+    if _manifest_present(config, root, manifest):
         return "static-pod", f"manifest:{manifest}", manifest
     unit_file = _find_unit(cfg, root)
     if unit_file is not None:
@@ -681,7 +694,11 @@ def discover(config: AgentConfig, root: Path = Path("/"), *, hostname: Optional[
         return hostname if hostname is not None else socket.gethostname()
 
     if runtime == "static-pod" and artifact is not None:
-        found = _static_pod(artifact, root, origin)
+        if _under(root, artifact).is_file():
+            found = _static_pod(artifact, root, origin)
+        else:
+            found = dataclasses.replace(_static_pod(parked_manifest(config, artifact), root, origin),
+                                        manifest=artifact)
     elif runtime == "systemd" and artifact is not None:
         found = _systemd(cfg, root, artifact, origin, host)
     elif runtime == "process":

@@ -1,0 +1,51 @@
+"""The runtime interface: how one managed service (etcd or kube-apiserver) is
+stopped and started on this node. Backends: static-pod, systemd, process.
+
+`stop()` returns only when the service is PROVEN stopped (see proof.py) and
+raises StopNotProven otherwise; callers do nothing destructive after a raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+from ..errors import EtcdguardError
+
+
+class RuntimeError_(EtcdguardError):
+    """Stopping or starting a service failed."""
+
+
+class StopNotProven(RuntimeError_):
+    """The service could not be proven stopped within the bound; nothing further was done."""
+
+
+class Service(Protocol):
+    """One service on this node."""
+
+    name: str       # "etcd" or "kube-apiserver"
+    backend: str    # "static-pod" | "systemd" | "process"
+
+    def stop(self, timeout: float) -> None:
+        """Stop it and prove it stopped within ``timeout`` seconds, else raise StopNotProven."""
+
+    def start(self, timeout: float) -> None:
+        """Start it (launch the process / put the manifest back / systemctl start).
+
+        Returns once the start was requested and the process exists; health is the caller's job.
+        """
+
+    def is_running(self) -> bool:
+        """Best current knowledge; cheap, no side effects."""
+
+    def describe(self) -> str:
+        """One line for --plan: how this service is stopped and started here."""
+
+
+@dataclass(frozen=True)
+class NodeRuntime:
+    """The services a restore drives on this node."""
+
+    etcd: Service
+    apiserver: Optional[Service] = None

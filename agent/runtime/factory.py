@@ -1,0 +1,182 @@
+"""Build the node's runtime (etcd and kube-apiserver services) from config and discovery.
+
+Explicit config wins over what discovery found. Each service gets its stop
+proof here: etcd's client ports closed and its bbolt file lockable; the
+apiserver's port closed (from ``health_url`` or the command's
+``--secure-port``/``--bind-address``) and, for a static pod, no process
+running the manifest's command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import AgentConfig, ApiserverSettings
+from ..errors import ConfigError
+from ..member import LocalMember
+from .base import NodeRuntime, Service
+from .process import DEFAULT_KILL_GRACE, ProcessService
+from .proof import AllOf, PortsClosed, ProcessesGone, StopProof, etcd_proof
+from .static_pod import StaticPodService
+from .systemd import SystemdService
+
+log = logging.getLogger(__name__)
+
+ETCD = "etcd"
+APISERVER = "kube-apiserver"
+APISERVER_DEFAULT_PORT = 6443
+PARK_DIR = "parked-manifests"
+LOG_DIR = "logs"
+
+
+# ---------------------------------------------------------------------------
+# pure helpers
+
+
+def pod_command(doc: Any, container: Optional[str] = None) -> Optional[list[str]]:
+    """Pure: command + args of a pod manifest's container (named ``container``, else the first)."""
+    if not isinstance(doc, dict):
+        return None
+    spec = doc.get("spec")
+    containers = spec.get("containers") if isinstance(spec, dict) else None
+    if not isinstance(containers, list) or not containers:
+        return None
+    chosen = next((c for c in containers if isinstance(c, dict) and c.get("name") == container), None)
+    if chosen is None:
+        chosen = containers[0]
+    if not isinstance(chosen, dict):
+        return None
+    argv = [str(x) for x in (chosen.get("command") or []) + (chosen.get("args") or [])]
+    return argv or None
+
+
+def flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """Pure: the value of ``--flag=v`` or ``--flag v`` (last one wins), else None."""
+    value: Optional[str] = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+        elif arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def apiserver_address(argv: Optional[Sequence[str]], health_url: Optional[str]) -> str:
+    """Pure: the host:port (or URL) whose closing proves kube-apiserver stopped.
+
+    ``health_url`` when given; else ``--bind-address``:``--secure-port`` from the
+    command (kube-apiserver's defaults: all addresses, 6443), probed on loopback
+    when it binds all addresses.
+    """
+    if health_url:
+        return health_url
+    port = flag_value(argv or (), "--secure-port") or str(APISERVER_DEFAULT_PORT)
+    if not port.isdigit():
+        raise ConfigError(f"kube-apiserver --secure-port={port!r} is not a port number; set apiserver.health_url")
+    host = flag_value(argv or (), "--bind-address") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def read_manifest_command(paths: Sequence[Path], container: Optional[str]) -> Optional[list[str]]:
+    """The container command from the first readable manifest among ``paths`` (live, then parked)."""
+    from .. import miniyaml
+
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            doc = miniyaml.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not a manifest etcdguard can read: {exc}") from None
+        argv = pod_command(doc, container)
+        if argv is None:
+            raise ConfigError(f"{path}: no spec.containers[].command in the manifest")
+        return argv
+    return None
+
+
+# ---------------------------------------------------------------------------
+# building
+
+
+def make_runtime(
+    config: AgentConfig,
+    member: LocalMember,
+    state_dir: Path,
+    systemctl: str = "systemctl",
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> NodeRuntime:
+    """The etcd service (and kube-apiserver when configured) for this node."""
+    state_dir = Path(state_dir)
+    return NodeRuntime(
+        etcd=_etcd_service(config, member, state_dir, systemctl, kill_grace),
+        apiserver=(_apiserver_service(config.apiserver, state_dir, systemctl, kill_grace)
+                   if config.apiserver is not None else None),
+    )
+
+
+def _etcd_service(config: AgentConfig, member: LocalMember, state_dir: Path, systemctl: str,
+                  kill_grace: float) -> Service:
+    s = config.etcd
+    runtime = s.runtime or member.runtime
+    if runtime is None:
+        runtime = ("process" if s.start_command else "static-pod" if (s.manifest or member.manifest)
+                   else "systemd" if (s.unit or member.unit) else None)
+    if not member.endpoints:
+        raise ConfigError(f"{config.source}: no etcd client URL known; set etcd.endpoints")
+    try:
+        proof = etcd_proof(member.endpoints, member.data_dir)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: etcd endpoints cannot be probed: {exc}") from None
+    if runtime == "static-pod":
+        manifest = s.manifest or member.manifest
+        if manifest is None:
+            raise ConfigError(f"{config.source}: etcd runs as a static pod but no manifest is known; set etcd.manifest")
+        return StaticPodService(ETCD, manifest, state_dir / PARK_DIR, proof)
+    if runtime == "systemd":
+        return SystemdService(ETCD, s.unit or member.unit or "etcd.service", proof, systemctl=systemctl)
+    if runtime == "process":
+        if not s.start_command or s.pid_file is None:
+            raise ConfigError(f"{config.source}: the process runtime needs etcd.start_command and etcd.pid_file")
+        return ProcessService(ETCD, s.start_command, s.pid_file, state_dir / LOG_DIR / "etcd.log", proof,
+                              kill_grace=kill_grace)
+    raise ConfigError(
+        f"{config.source}: cannot tell how etcd is run on this node; set etcd.runtime "
+        "(static-pod, systemd or process) and its manifest, unit or start_command"
+    )
+
+
+def _apiserver_service(a: ApiserverSettings, state_dir: Path, systemctl: str, kill_grace: float) -> Service:
+    try:
+        if a.manifest is not None:
+            park_dir = state_dir / PARK_DIR
+            # after an interrupted restore the manifest may still be parked
+            argv = read_manifest_command([a.manifest, park_dir / a.manifest.name], APISERVER)
+            proofs: list[StopProof] = [PortsClosed((apiserver_address(argv, a.health_url),))]
+            if argv:
+                proofs.append(ProcessesGone(tuple(argv)))
+            else:
+                log.warning("%s: no manifest at %s (nor parked); proving stop by its port only", APISERVER,
+                            a.manifest)
+            return StaticPodService(APISERVER, a.manifest, park_dir, AllOf(tuple(proofs)))
+        if a.unit is not None:
+            proof = AllOf((PortsClosed((apiserver_address(None, a.health_url),)),))
+            return SystemdService(APISERVER, a.unit, proof, systemctl=systemctl)
+        if a.start_command is not None and a.pid_file is not None:
+            proof = AllOf((PortsClosed((apiserver_address(a.start_command, a.health_url),)),))
+            return ProcessService(APISERVER, a.start_command, a.pid_file,
+                                  state_dir / LOG_DIR / "kube-apiserver.log", proof, kill_grace=kill_grace)
+    except ValueError as exc:
+        raise ConfigError(f"[apiserver]: {exc}") from None
+    raise ConfigError("[apiserver] needs exactly one of manifest, unit or start_command (with pid_file)")

@@ -1,0 +1,276 @@
+"""The process runtime: a configured command the agent launches itself.
+
+Used for hand-run etcd, the demo and the tests. The pid lives in ``pid_file``;
+an etcd started by someone else is adopted by writing its pid there. A pid is
+only trusted while /proc says that process runs the configured program, so a
+recycled pid is never signalled.
+
+Stop is SIGTERM, then SIGKILL after a short grace (2 s by default): etcd is
+crash-safe (WAL + bbolt) and a restore sets the old data aside anyway, while a
+SIGTERM'd leader spends 5-9 s trying to hand over leadership. Stop returns only
+once the pid is gone and the stop proof holds.
+
+Note: a process started here is a child of the agent. Under systemd with the
+default ``KillMode=control-group`` stopping the agent's unit also stops it; a
+long-lived etcd is better run as its own unit (systemd runtime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..fsutil import atomic_write_bytes, ensure_private_dir
+from .base import RuntimeError_, StopNotProven
+from .proof import StopProof, cmdline, pid_alive, wait_proven
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KILL_GRACE = 2.0
+_POLL = 0.02
+# the agent's own systemd hand-offs; a child must not answer systemd on the agent's behalf
+_AGENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def child_env(base: Mapping[str, str]) -> dict[str, str]:
+    """Pure: ``base`` without the variables systemd gave the agent itself (NOTIFY_SOCKET, ...)."""
+    return {k: v for k, v in base.items() if k not in _AGENT_ONLY_ENV}
+
+
+def parse_pid(text: str) -> Optional[int]:
+    """Pure: the pid in a pid file's text (first token), or None if it holds none."""
+    token = text.strip().split(maxsplit=1)[0] if text.strip() else ""
+    if not token.isdigit():
+        return None
+    pid = int(token)
+    return pid if pid > 1 else None
+
+
+def program_matches(argv: Sequence[str], command: Sequence[str], exe: Optional[str] = None,
+                    resolved: Optional[str] = None) -> bool:
+    """Pure: does a process with ``argv`` (and /proc exe ``exe``) run ``command``'s program?
+
+    Matches on the program's base name, or on the executable's real path when
+    both are known (``resolved`` is the configured program's real path).
+    """
+    if not argv or not command:
+        return False
+    if os.path.basename(argv[0]) == os.path.basename(command[0]):
+        return True
+    return exe is not None and resolved is not None and exe == resolved
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """How the last stop went (for logs, --json and the bench)."""
+
+    pid: Optional[int]
+    signals: tuple[str, ...]    # e.g. ("SIGTERM",) or ("SIGTERM", "SIGKILL")
+    seconds: float              # signal to proof
+    evidence: str               # the proof's message
+
+
+class ProcessService:
+    """A service run as a detached process whose pid is kept in ``pid_file``."""
+
+    backend = "process"
+
+    def __init__(
+        self,
+        name: str,
+        start_command: Sequence[str],
+        pid_file: Path,
+        log_file: Path,
+        stop_proof: StopProof,
+        *,
+        kill_grace: float = DEFAULT_KILL_GRACE,
+        env: Optional[dict[str, str]] = None,
+        cwd: Optional[Path] = None,
+    ) -> None:
+        if not start_command:
+            raise ValueError(f"{name}: empty start_command")
+        self.name = name
+        self.start_command = tuple(start_command)
+        self.pid_file = Path(pid_file)
+        self.log_file = Path(log_file)
+        self.stop_proof = stop_proof
+        self.kill_grace = kill_grace
+        self.env = env
+        self.cwd = cwd
+        self.last_stop: Optional[StopOutcome] = None
+        self._child: Optional[subprocess.Popen[bytes]] = None
+        self._resolved: Optional[str] = None
+
+    # -- pid bookkeeping
+
+    def _resolved_program(self) -> Optional[str]:
+        if self._resolved is None:
+            found = shutil.which(self.start_command[0])
+            self._resolved = os.path.realpath(found) if found else ""
+        return self._resolved or None
+
+    def _runs_our_program(self, pid: int) -> bool:
+        try:
+            exe: Optional[str] = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            exe = None
+        return program_matches(cmdline(pid), self.start_command, exe, self._resolved_program())
+
+    def recorded_pid(self) -> Optional[int]:
+        """The pid in ``pid_file`` (not checked), or None."""
+        try:
+            text = self.pid_file.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RuntimeError_(f"{self.name}: cannot read pid file {self.pid_file}: {exc.strerror}") from None
+        return parse_pid(text)
+
+    def running_pid(self) -> Optional[int]:
+        """The recorded pid if that process is alive and runs the configured program."""
+        self._reap()
+        pid = self.recorded_pid()
+        if pid is None or not pid_alive(pid) or not self._runs_our_program(pid):
+            return None
+        return pid
+
+    def adopt(self, pid: int) -> None:
+        """Record a running process started by someone else (same program) as this service."""
+        if not pid_alive(pid) or not self._runs_our_program(pid):
+            raise RuntimeError_(
+                f"{self.name}: pid {pid} does not run {os.path.basename(self.start_command[0])}; not adopted"
+            )
+        self._write_pid(pid)
+
+    def _write_pid(self, pid: int) -> None:
+        if not self.pid_file.parent.is_dir():
+            ensure_private_dir(self.pid_file.parent, 0o755)
+        atomic_write_bytes(self.pid_file, f"{pid}\n".encode(), mode=0o644)
+
+    def _forget_pid(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+
+    def _reap(self) -> None:
+        if self._child is not None and self._child.poll() is not None:
+            self._child = None
+
+    # -- Service
+
+    def is_running(self) -> bool:
+        return self.running_pid() is not None
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} (process): stop = SIGTERM the pid in {self.pid_file}, SIGKILL after "
+            f"{self.kill_grace:g}s, then prove {self.stop_proof.describe()}; start = run "
+            f"{os.path.basename(self.start_command[0])} detached, output to {self.log_file}"
+        )
+
+    def start(self, timeout: float) -> None:
+        """Launch the command detached (own session) unless the recorded pid already runs it.
+
+        Refuses when the stop proof fails (e.g. the port answers) but no pid is
+        recorded: something else runs it, and a second copy would only fight it.
+        """
+        if self.running_pid() is not None:
+            log.info("%s already running (pid %s); start is a no-op", self.name, self.recorded_pid())
+            return
+        ok, why = self.stop_proof.check()
+        if not ok:
+            raise RuntimeError_(
+                f"{self.name} not started: {why}, but {self.pid_file} names no live {self.name}. "
+                f"If that is the {self.name} to manage, adopt it by writing its pid to {self.pid_file}."
+            )
+        ensure_private_dir(self.log_file.parent)
+        fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            os.write(fd, f"---- etcdguard: starting {self.name} at {stamp} ----\n".encode())
+            try:
+                child = subprocess.Popen(
+                    list(self.start_command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=fd,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                    env=child_env(os.environ if self.env is None else self.env),
+                    cwd=self.cwd,
+                )
+            except OSError as exc:
+                raise RuntimeError_(
+                    f"{self.name}: cannot run {self.start_command[0]}: {exc.strerror or exc}"
+                ) from None
+        finally:
+            os.close(fd)
+        try:
+            self._write_pid(child.pid)
+        except OSError as exc:
+            # an unrecorded process could never be stopped by us: take it down again
+            child.kill()
+            child.wait()
+            raise RuntimeError_(f"{self.name}: cannot write pid file {self.pid_file}: {exc.strerror}") from None
+        self._child = child
+        log.info("%s started: pid %d, output in %s", self.name, child.pid, self.log_file)
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, SIGKILL after ``kill_grace``, wait for the pid to go, then prove it stopped."""
+        started = time.monotonic()
+        deadline = started + max(0.0, timeout)
+        pid = self.running_pid()
+        signals: list[str] = []
+        if pid is not None:
+            self._signal(pid, signal.SIGTERM)
+            signals.append("SIGTERM")
+            if not self._wait_gone(pid, min(deadline, time.monotonic() + self.kill_grace)):
+                self._signal(pid, signal.SIGKILL)
+                signals.append("SIGKILL")
+                if not self._wait_gone(pid, deadline):
+                    raise StopNotProven(
+                        f"{self.name}: pid {pid} still alive {timeout:.1f}s after SIGTERM and SIGKILL "
+                        "(uninterruptible I/O?). Nothing further was done."
+                    )
+        evidence = wait_proven(self.stop_proof, deadline - time.monotonic(), self.name)
+        if pid is not None:
+            self._forget_pid()
+        self.last_stop = StopOutcome(pid, tuple(signals), time.monotonic() - started, evidence)
+        log.info("%s stopped%s (%s): %s", self.name, f" pid {pid}" if pid else " (was not running)",
+                 "+".join(signals) or "no signal", evidence)
+
+    def _signal(self, pid: int, sig: signal.Signals) -> None:
+        child = self._child
+        if child is not None and child.pid == pid:
+            if child.poll() is None:  # our unreaped child: its pid cannot have been reused
+                child.send_signal(sig)
+            return
+        if not self._runs_our_program(pid):  # re-check right before signalling
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise StopNotProven(f"{self.name}: not allowed to signal pid {pid}; run the agent as root") from None
+
+    def _wait_gone(self, pid: int, until: float) -> bool:
+        child = self._child if self._child is not None and self._child.pid == pid else None
+        while True:
+            if child is not None:
+                if child.poll() is not None:  # exited and reaped
+                    self._child = None
+                    return True
+            elif not pid_alive(pid) or not self._runs_our_program(pid):
+                return True
+            if time.monotonic() >= until:
+                return False
+            time.sleep(_POLL)

@@ -1,0 +1,367 @@
+"""Proof that a service is stopped, not an assumption that it is.
+
+etcd is stopped when no TCP connect to any of its client URLs succeeds AND an
+exclusive ``flock`` on ``<data-dir>/member/snap/db`` can be taken: etcd's bbolt
+backend holds that lock for as long as the process lives, so a free lock means
+no etcd (from any runtime, or started by hand) has this data open.
+kube-apiserver is stopped when its port refuses connections and no process
+runs its command line.
+
+Each proof is a small object with ``check() -> (ok, why)``; ``wait_proven``
+polls one with a deadline and raises StopNotProven naming what still holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+from urllib.parse import urlsplit
+
+from .base import StopNotProven
+
+POLL_INTERVAL = 0.05
+CONNECT_TIMEOUT = 0.5
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+class StopProof(Protocol):
+    """Something that can say, right now and without side effects, whether a service is gone."""
+
+    def check(self) -> tuple[bool, str]:
+        """(True, what was proven) or (False, what still holds)."""
+
+    def describe(self) -> str:
+        """One line: what this proof checks."""
+
+
+# ---------------------------------------------------------------------------
+# addresses
+
+
+def host_port(url_or_hostport: str, default_port: int = 2379) -> tuple[str, int]:
+    """(host, port) to connect to for a client URL (``https://h:p``) or ``host:port``.
+
+    Wildcard listen addresses (0.0.0.0, ::) mean "this node", so they map to loopback.
+    Raises ValueError for anything that has no TCP host.
+    """
+    text = url_or_hostport.strip()
+    if not text:
+        raise ValueError("empty address")
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https", "tcp"):
+            raise ValueError(f"{url_or_hostport!r}: only http, https and tcp URLs can be probed")
+        host, port = parts.hostname or "", parts.port or default_port
+    else:
+        parts = urlsplit("//" + text)
+        try:
+            host, port = parts.hostname or "", parts.port or default_port
+        except ValueError:
+            raise ValueError(f"{url_or_hostport!r} is not host:port") from None
+    if host in _WILDCARD_HOSTS:
+        host = "::1" if host == "::" else "127.0.0.1"
+    if not host:
+        raise ValueError(f"{url_or_hostport!r} has no host")
+    return host, port
+
+
+def port_state(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> tuple[str, str]:
+    """("open" | "closed" | "unknown", detail) for a TCP connect to host:port.
+
+    Only an active refusal (or an address this node no longer has) counts as
+    closed. A connect that times out is "unknown": a hung server with a full
+    accept queue drops SYNs, and that is not proof it is gone.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return "open", "accepts connections"
+    except ConnectionRefusedError:
+        return "closed", "refused"
+    except socket.timeout:
+        return "unknown", f"no answer within {timeout:g}s"
+    except OSError as exc:
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "closed", exc.strerror or str(exc)
+        return "unknown", exc.strerror or str(exc)
+
+
+def port_answers(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Does a TCP connect to host:port succeed?"""
+    return port_state(host, port, timeout)[0] == "open"
+
+
+# ---------------------------------------------------------------------------
+# the bbolt lock
+
+
+def db_path(data_dir: Path) -> Path:
+    """etcd's bbolt file inside a data dir."""
+    return Path(data_dir) / "member" / "snap" / "db"
+
+
+def flock_free(path: Path) -> Optional[bool]:
+    """True if an exclusive flock on ``path`` can be taken now (released at once),
+    False if someone holds it, None if the file does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
+def lock_holders(path: Path, locks_file: Path = Path("/proc/locks")) -> list[int]:
+    """Pids /proc/locks names as holding a lock on ``path`` (best effort; [] if unknown)."""
+    try:
+        st = os.stat(path)
+        text = locks_file.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return []
+    return parse_proc_locks(text, os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+
+
+def parse_proc_locks(text: str, major: int, minor: int, inode: int) -> list[int]:
+    """Pure: pids in /proc/locks text holding a lock on device major:minor, inode.
+
+    A line looks like ``7: FLOCK  ADVISORY  WRITE 12249 fe:00:2172385 0 EOF``
+    (device numbers in hex, inode in decimal); blocked waiters (``->``) are skipped.
+    """
+    pids: list[int] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or "->" in fields[1]:
+            continue
+        pid_field, dev_field = fields[4], fields[5]
+        dev_parts = dev_field.split(":")
+        if len(dev_parts) != 3:
+            continue
+        try:
+            maj, mnr, ino = int(dev_parts[0], 16), int(dev_parts[1], 16), int(dev_parts[2])
+            pid = int(pid_field)
+        except ValueError:
+            continue
+        if (maj, mnr, ino) == (major, minor, inode) and pid > 0 and pid not in pids:
+            pids.append(pid)
+    return pids
+
+
+# ---------------------------------------------------------------------------
+# processes
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie, which holds no files or ports, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+    return state not in ("Z", "X")
+
+
+def cmdline(pid: int) -> list[str]:
+    """argv of ``pid`` from /proc ([] if it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return []
+    return [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0") if part]
+
+
+def process_label(pid: int) -> str:
+    """'pid 123 (etcd)' for messages."""
+    argv = cmdline(pid)
+    return f"pid {pid} ({os.path.basename(argv[0])})" if argv else f"pid {pid}"
+
+
+def same_command(argv: Sequence[str], command: Sequence[str]) -> bool:
+    """Pure: is ``argv`` (from /proc) the process ``command`` describes?
+
+    Arguments must match exactly; the program matches by its base name, since a
+    container or PATH lookup may show it with or without a directory.
+    """
+    if not argv or not command or len(argv) != len(command):
+        return False
+    return os.path.basename(argv[0]) == os.path.basename(command[0]) and list(argv[1:]) == list(command[1:])
+
+
+def find_processes(match: Callable[[list[str]], bool]) -> list[int]:
+    """Live pids (other than ours) whose argv satisfies ``match``."""
+    own = os.getpid()
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        pid = int(entry)
+        argv = cmdline(pid)
+        if argv and match(argv) and pid_alive(pid):
+            found.append(pid)
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------------
+# proofs
+
+
+@dataclass(frozen=True)
+class PortsClosed:
+    """No TCP connect to any of these addresses succeeds."""
+
+    addresses: tuple[str, ...]  # URLs or host:port
+    connect_timeout: float = CONNECT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            raise ValueError("no address to probe")
+        for address in self.addresses:
+            host_port(address)  # raises ValueError now, not in the middle of a stop
+
+    def check(self) -> tuple[bool, str]:
+        problems = []
+        for address in self.addresses:
+            host, port = host_port(address)
+            state, detail = port_state(host, port, self.connect_timeout)
+            if state == "open":
+                problems.append(f"port {host}:{port} still answers")
+            elif state == "unknown":
+                problems.append(f"port {host}:{port} not proven closed ({detail})")
+        if problems:
+            return False, "; ".join(problems)
+        return True, f"port {', '.join(self._targets())} closed"
+
+    def _targets(self) -> list[str]:
+        return [":".join(str(x) for x in host_port(a)) for a in self.addresses]
+
+    def describe(self) -> str:
+        return f"no TCP connect succeeds on {', '.join(self._targets())}"
+
+
+@dataclass(frozen=True)
+class DbUnlocked:
+    """etcd's bbolt file in ``data_dir`` can be flock'ed exclusively (or does not exist)."""
+
+    data_dir: Path
+
+    def check(self) -> tuple[bool, str]:
+        path = db_path(self.data_dir)
+        try:
+            free = flock_free(path)
+        except OSError as exc:
+            return False, f"cannot test the lock on {path}: {exc.strerror or exc}"
+        if free is None:
+            return True, f"{path} absent (nothing holds it)"
+        if free:
+            return True, f"{path} flock obtainable"
+        holders = lock_holders(path)
+        who = ", ".join(process_label(p) for p in holders) if holders else "an unknown process"
+        return False, f"{path} is locked by {who}"
+
+    def describe(self) -> str:
+        return f"exclusive flock on {db_path(self.data_dir)} obtainable"
+
+
+@dataclass(frozen=True)
+class ProcessesGone:
+    """No live process runs ``command`` (exactly, program matched by base name)."""
+
+    command: tuple[str, ...]
+
+    def check(self) -> tuple[bool, str]:
+        pids = find_processes(lambda argv: same_command(argv, self.command))
+        if pids:
+            return False, f"{', '.join(process_label(p) for p in pids)} still runs {self._short()}"
+        return True, f"no process runs {self._short()}"
+
+    def _short(self) -> str:
+        return os.path.basename(self.command[0]) if self.command else "(empty command)"
+
+    def describe(self) -> str:
+        return f"no process runs the command of {self._short()}"
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """Every one of ``proofs`` holds; the message lists what holds and what does not."""
+
+    proofs: tuple[StopProof, ...]
+
+    def check(self) -> tuple[bool, str]:
+        results = [p.check() for p in self.proofs]
+        failed = [why for ok, why in results if not ok]
+        if failed:
+            return False, "; ".join(failed)
+        return True, "; ".join(why for _ok, why in results)
+
+    def describe(self) -> str:
+        return " and ".join(p.describe() for p in self.proofs)
+
+
+def etcd_proof(client_urls: Sequence[str], data_dir: Path) -> AllOf:
+    """The etcd proof: client ports closed AND the bbolt file lockable."""
+    return AllOf((PortsClosed(tuple(client_urls)), DbUnlocked(Path(data_dir))))
+
+
+def wait_proven(proof: StopProof, timeout: float, what: str, interval: float = POLL_INTERVAL) -> str:
+    """Poll ``proof`` until it holds (returns its message) or ``timeout`` passes.
+
+    Always checks at least once, so ``timeout=0`` is a single check.
+    Raises StopNotProven naming ``what`` and what still holds.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        ok, why = proof.check()
+        if ok:
+            return why
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StopNotProven(
+                f"{what} not proven stopped after {timeout:.1f}s: {why}. "
+                "Nothing further was done; find what still runs it and stop it, then retry."
+            )
+        time.sleep(min(interval, left))
+
+
+# ---------------------------------------------------------------------------
+# the functions callers use
+
+
+def etcd_stopped(client_urls: Sequence[str], data_dir: Path) -> tuple[bool, str]:
+    """One check: (True, evidence) if etcd serving ``data_dir`` is gone, else (False, what holds)."""
+    return etcd_proof(client_urls, data_dir).check()
+
+
+def wait_etcd_stopped(client_urls: Sequence[str], data_dir: Path, timeout: float) -> str:
+    """Wait until etcd is proven stopped; raise StopNotProven after ``timeout`` seconds."""
+    return wait_proven(etcd_proof(client_urls, data_dir), timeout, f"etcd (data dir {data_dir})")
+
+
+def wait_port_closed(url_or_hostport: str, timeout: float) -> str:
+    """Wait until nothing accepts TCP connections on the address; raise StopNotProven otherwise."""
+    return wait_proven(PortsClosed((url_or_hostport,)), timeout, url_or_hostport)
+
+
+def wait_processes_gone(command: Sequence[str], timeout: float) -> str:
+    """Wait until no process runs ``command``; raise StopNotProven otherwise."""
+    return wait_proven(ProcessesGone(tuple(command)), timeout, os.path.basename(command[0]))
