@@ -180,7 +180,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag} {path}: no such file")
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key must be given together")
-    config = load_config(args, required=args.endpoints is None)
+    # Given etcdctl's flags and no --config, work like etcdctl: ignore any default config file.
+    config = None if args.endpoints and args.config is None else load_config(args)
     flag_tls = ClientTLS(args.cacert, args.cert, args.key)
     if config is None:
         if args.output is None:
@@ -306,6 +307,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,6 +25,7 @@ from .errors import EtcdguardError
 from .etcd_api import Cancellation, EtcdClient
 from .metrics import AgentMetrics, MetricsServer
 from .notify import Notifier
+from .opstate import OperationStore
 from .store import SnapshotMeta
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,13 @@ class AgentDaemon:
                         newest = runner.store.newest()
                         next_due = min(next_due, schedule.first_due(
                             newest.created_unix if newest else None, self.config.backup.interval, time.time()))
+                restoring = self._refresh_restore_metrics()
                 if self._worker is None and time.time() >= next_due and not self._stop:
-                    self._start_backup(runner)
+                    if restoring:
+                        log.info("a restore is running on this node; backup postponed")
+                        next_due = time.time() + STATUS_REFRESH
+                    else:
+                        self._start_backup(runner)
                 self.notifier.watchdog()
                 self.notifier.status(self.status_line(runner, next_due))
                 wait = tick if self._worker is not None else min(tick, max(0.0, next_due - time.time()))
@@ -205,6 +211,17 @@ class AgentDaemon:
         finally:
             self._shutdown()
         return 0
+
+    def _refresh_restore_metrics(self) -> bool:
+        """Restore state comes from the operation records on disk (restores run in other processes)."""
+        ops = OperationStore(self.config.state.dir)
+        restoring = ops.locked()
+        self.metrics.restore_in_progress.set(1 if restoring else 0)
+        finished = [o.record() for o in ops.all()]
+        states = [r.get("state") for r in finished if r.get("state") != "running"]
+        if states:
+            self.metrics.restore_last_result.set(1 if states[-1] in ("done", "rolled-back") else 0)
+        return restoring
 
     def _shutdown(self) -> None:
         self.notifier.stopping()

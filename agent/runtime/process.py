@@ -31,7 +31,7 @@ from typing import Optional
 
 from ..fsutil import atomic_write_bytes, ensure_private_dir
 from .base import RuntimeError_, StopNotProven
-from .proof import StopProof, cmdline, pid_alive, wait_proven
+from .proof import StopProof, cmdline, find_processes, pid_alive, same_command, wait_proven
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,14 @@ class ProcessService:
             return
         ok, why = self.stop_proof.check()
         if not ok:
+            # Exactly our command running, just unrecorded (an earlier run died between launching it
+            # and writing the pid file): adopt it rather than start a second copy or give up.
+            same = find_processes(lambda argv: same_command(argv, self.start_command))
+            if len(same) == 1:
+                self._write_pid(same[0])
+                log.warning("%s: adopted pid %d, which runs the configured command but was not recorded",
+                            self.name, same[0])
+                return
             raise RuntimeError_(
                 f"{self.name} not started: {why}, but {self.pid_file} names no live {self.name}. "
                 f"If that is the {self.name} to manage, adopt it by writing its pid to {self.pid_file}."

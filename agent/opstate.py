@@ -1,0 +1,173 @@
+"""Durable records of restore operations under the agent's state dir.
+
+Layout: ``<state>/operations/<op>/`` holds ``op.json`` (what the operation is),
+``steps/<step>.json`` (each finished step's result, written atomically after
+the step's effect is durable) and ``journal.jsonl`` (every start/end, appended
+and fsync'ed, for the operator). A step whose result file exists is finished:
+re-running it returns the recorded result instead of acting twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from . import fsutil
+from .errors import UnsafeRefusal, UsageError
+
+OP_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def new_op_id(now: Optional[float] = None) -> str:
+    t = time.gmtime(time.time() if now is None else now)
+    return f"r{time.strftime('%Y%m%dT%H%M%SZ', t)}-{secrets.token_hex(3)}"
+
+
+def check_op_id(op: str) -> str:
+    if not OP_ID_RE.match(op):
+        raise UsageError(f"operation id {op!r} is not valid (letters, digits, '.', '_', '-'; at most 64)")
+    return op
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: str
+    result: dict[str, Any]
+    finished_at: float
+
+
+class Operation:
+    """One operation's directory."""
+
+    def __init__(self, root: Path, op: str) -> None:
+        self.op = check_op_id(op)
+        self.dir = root / op
+        self.steps_dir = self.dir / "steps"
+
+    def exists(self) -> bool:
+        return (self.dir / "op.json").exists()
+
+    def create(self, record: dict[str, Any]) -> None:
+        fsutil.ensure_private_dir(self.dir.parent)
+        fsutil.ensure_private_dir(self.dir)
+        fsutil.ensure_private_dir(self.steps_dir)
+        fsutil.atomic_write_json(self.dir / "op.json", {**record, "op": self.op})
+        self.journal("created")
+
+    def record(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.dir / "op.json").read_text())
+        except FileNotFoundError:
+            raise UsageError(f"no operation {self.op!r} on this node") from None
+        return data
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        data = {**self.record(), **fields}
+        fsutil.atomic_write_json(self.dir / "op.json", data)
+        return data
+
+    def finished(self, step: str) -> Optional[StepRecord]:
+        path = self.steps_dir / f"{step}.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        return StepRecord(step, data["result"], data["finished_at"])
+
+    def finish(self, step: str, result: dict[str, Any]) -> StepRecord:
+        rec = StepRecord(step, result, time.time())
+        fsutil.atomic_write_json(self.steps_dir / f"{step}.json",
+                                 {"step": step, "result": result, "finished_at": rec.finished_at})
+        self.journal("finished", step=step, result=result)
+        return rec
+
+    def forget(self, step: str) -> None:
+        """Drop a step's record (after it was undone by a rollback)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.steps_dir / f"{step}.json").unlink()
+            fsutil.fsync_dir(self.steps_dir)
+
+    def journal(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"t": round(time.time(), 3), "event": event, **fields}, sort_keys=True) + "\n"
+        path = self.dir / "journal.jsonl"
+        created = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsutil.fsync_dir(self.dir)
+
+    def journal_lines(self) -> list[dict[str, Any]]:
+        """Journal entries; a torn last line (crash mid-append) is skipped."""
+        out: list[dict[str, Any]] = []
+        try:
+            text = (self.dir / "journal.jsonl").read_text()
+        except FileNotFoundError:
+            return out
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
+class OperationStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.root = state_dir / "operations"
+
+    def get(self, op: str) -> Operation:
+        return Operation(self.root, op)
+
+    def all(self) -> list[Operation]:
+        if not self.root.is_dir():
+            return []
+        ops = [Operation(self.root, d.name) for d in self.root.iterdir() if d.is_dir() and OP_ID_RE.match(d.name)]
+        return sorted((o for o in ops if o.exists()), key=lambda o: o.record().get("created_at", 0))
+
+    @contextlib.contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """One restore activity per node at a time (flock; released if the process dies)."""
+        fsutil.ensure_private_dir(self.state_dir)
+        fd = os.open(self.state_dir / "restore.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise UnsafeRefusal(
+                        f"another restore activity is running on this node (lock {self.state_dir}/restore.lock); "
+                        f"refusing to {what}"
+                    ) from None
+                raise
+            yield
+        finally:
+            os.close(fd)
+
+    def locked(self) -> bool:
+        """True while some process holds the restore lock (for the daemon: skip backups)."""
+        path = self.state_dir / "restore.lock"
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False

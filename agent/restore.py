@@ -1,0 +1,477 @@
+"""Node-local restore: the steps only this node can do, each idempotent and journaled.
+
+Slow work (verify, restore into a new directory) happens while etcd still
+runs; downtime is stop -> rename -> start. Old data is renamed aside, never
+deleted by a restore. A finished step's result is on disk before the next
+step starts, so a re-run (same op id) continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import fsutil
+from .config import AgentConfig
+from .errors import EtcdguardError, EtcdUnavailable, ToolError, UnsafeRefusal, UsageError
+from .etcd_api import EtcdClient, EtcdStatus
+from .member import LocalMember
+from .opstate import Operation, OperationStore, new_op_id
+from .restore_plan import (
+    STEPS,
+    PlannedStep,
+    RestoreParams,
+    aside_member,
+    build_plan,
+    bump_for,
+    prepared_member,
+    restore_target,
+    workspace_dir,
+)
+from .runtime.base import NodeRuntime
+from .runtime.proof import etcd_stopped
+from .snapshot_file import verify_file
+from .tools import SnapshotTool, restore_argv, snapshot_status
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str], None]   # (step, message)
+BEFORE_SWAP = ("preflight", "prepare", "fence", "stop")
+SELINUX_XATTR = "security.selinux"
+
+
+class StepFailed(EtcdguardError):
+    """A restore step failed; the message says which step, why, and what was undone."""
+
+    def __init__(self, step: str, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.step = step
+        self.exit_code = exit_code
+
+
+@dataclass
+class Outcome:
+    op: str
+    ok: bool
+    state: str
+    steps: list[dict[str, Any]]
+    error: Optional[str] = None
+    failed_step: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "ok": self.ok, "state": self.state, "steps": self.steps,
+                "error": self.error, "failed_step": self.failed_step}
+
+
+def _noop(step: str, message: str) -> None:
+    return None
+
+
+class NodeRestorer:
+    """Runs restore steps for one member on this node."""
+
+    def __init__(self, config: AgentConfig, member: LocalMember, runtime: NodeRuntime, tool: SnapshotTool,
+                 progress: Progress = _noop) -> None:
+        self.config = config
+        self.member = member
+        self.runtime = runtime
+        self.tool = tool
+        self.ops = OperationStore(config.state.dir)
+        self.progress = progress
+
+    # -- planning (no side effects beyond reading) ----------------------------
+    def live_revision(self) -> Optional[int]:
+        try:
+            with EtcdClient(self.member.endpoint, self.member.tls, self.config.etcd.dial_timeout) as c:
+                return c.status().revision
+        except EtcdguardError:
+            return None
+
+    def make_params(self, snapshot: Path, op: Optional[str] = None, *, initial_cluster: Optional[str] = None,
+                    token: Optional[str] = None, peer_url: Optional[str] = None,
+                    bump_revision: Optional[int] = None) -> RestoreParams:
+        """Read the snapshot (verify + revision) and fill in every parameter of the restore."""
+        op = op or new_op_id()
+        peer = peer_url or self.member.peer_url
+        if not peer:
+            raise UsageError("this member's peer URL is unknown: set etcd.peer_url in the agent config")
+        digest = verify_file(snapshot)
+        status = snapshot_status(self.tool, snapshot)
+        configured = self.config.restore.bump_revision if bump_revision is None else bump_revision
+        bump = bump_for(configured, status.revision, self.live_revision()) if self.tool.supports_bump else 0
+        cluster = initial_cluster or f"{self.member.name}={peer}"
+        tok = token or f"etcdguard-{op}"
+        data_dir = self.member.data_dir
+        argv = restore_argv(self.tool, snapshot, restore_target(data_dir, op), name=self.member.name,
+                                initial_cluster=cluster, token=tok, peer_url=peer, bump_revision=bump)
+        return RestoreParams(
+            op=op, snapshot=str(snapshot.resolve()), snapshot_sha256=digest.sha256, snapshot_size=digest.size,
+            snapshot_revision=status.revision, name=self.member.name, peer_url=peer, initial_cluster=cluster,
+            token=tok, data_dir=str(data_dir), bump_revision=bump, restore_argv=tuple(argv),
+        )
+
+    def runtime_descriptions(self) -> tuple[str, ...]:
+        services = [self.runtime.etcd] + ([self.runtime.apiserver] if self.runtime.apiserver else [])
+        return tuple(s.describe() for s in services)
+
+    def plan(self, params: RestoreParams) -> list[PlannedStep]:
+        api = self.runtime.apiserver.describe() if self.runtime.apiserver else None
+        return build_plan(params, self.runtime.etcd.describe(), api)
+
+    # -- operation bookkeeping ---------------------------------------------
+    def open_operation(self, params: RestoreParams, kind: str = "local") -> Operation:
+        op = self.ops.get(params.op)
+        if op.exists():
+            recorded = RestoreParams.from_json(op.record()["params"])
+            if recorded.snapshot_sha256 != params.snapshot_sha256:
+                raise UnsafeRefusal(f"operation {params.op} was started with a different snapshot "
+                                    f"(sha256 {recorded.snapshot_sha256[:16]}...); use a new operation id")
+            return op
+        for other in self.ops.all():
+            state = other.record().get("state")
+            if state in ("running", "failed-needs-attention"):
+                raise UnsafeRefusal(f"operation {other.op} on this node is {state}; finish it "
+                                    f"(restore --op {other.op} --yes) or roll it back first")
+        op.create({"kind": kind, "created_at": time.time(), "state": "running", "params": params.to_json()})
+        return op
+
+    def params_of(self, op: Operation) -> RestoreParams:
+        return RestoreParams.from_json(op.record()["params"])
+
+    # -- the steps -----------------------------------------------------------
+    def run_step(self, op: Operation, step: str, **kwargs: Any) -> dict[str, Any]:
+        """Run one step unless already finished; return its (recorded) result."""
+        if step not in STEPS:
+            raise UsageError(f"unknown restore step {step!r}")
+        done = op.finished(step)
+        if done is not None:
+            self.progress(step, "already done (recorded)")
+            return done.result
+        p = self.params_of(op)
+        op.journal("started", step=step)
+        self.progress(step, "running")
+        result: dict[str, Any] = getattr(self, f"_step_{step}")(p, **kwargs)
+        op.finish(step, result)
+        self.progress(step, "done")
+        return result
+
+    def _step_preflight(self, p: RestoreParams) -> dict[str, Any]:
+        verify_file(Path(p.snapshot), p.snapshot_sha256, p.snapshot_size)
+        if not Path(p.restore_argv[0]).exists():
+            raise ToolError(f"restore tool {p.restore_argv[0]} is gone")
+        data_dir = Path(p.data_dir)
+        if not data_dir.is_dir():
+            raise UnsafeRefusal(f"data dir {data_dir} does not exist; create it (owned as etcd expects) first")
+        free = fsutil.free_bytes(data_dir)
+        if free < 2 * p.snapshot_size:
+            raise UnsafeRefusal(f"not enough free disk on {data_dir}'s filesystem: {free} bytes free, "
+                                f"need >= {2 * p.snapshot_size} (2x the snapshot)")
+        return {"free_bytes": free, "live_member": (data_dir / "member").is_dir()}
+
+    def _step_prepare(self, p: RestoreParams) -> dict[str, Any]:
+        data_dir = Path(p.data_dir)
+        ws = workspace_dir(data_dir, p.op)
+        if ws.exists():
+            # Our own scratch area from an interrupted prepare of this very operation.
+            shutil.rmtree(ws)
+        fsutil.ensure_private_dir(ws)
+        out = subprocess.run(list(p.restore_argv), capture_output=True, text=True, env=self.tool.env(),
+                             timeout=self.config.restore.start_timeout * 10, check=False)
+        if out.returncode != 0:
+            raise ToolError(f"{Path(p.restore_argv[0]).name} snapshot restore failed (exit {out.returncode}): "
+                            f"{(out.stderr or out.stdout).strip()[-800:]}")
+        prepared = prepared_member(data_dir, p.op)
+        if not (prepared / "snap" / "db").is_file():
+            raise ToolError(f"restore produced no {prepared}/snap/db")
+        reference = data_dir / "member" if (data_dir / "member").is_dir() else data_dir
+        total = copy_ownership_and_sync(reference, prepared)
+        return {"prepared": str(prepared), "bytes": total}
+
+    def _step_fence(self, p: RestoreParams) -> dict[str, Any]:
+        if self.runtime.apiserver is None:
+            return {"apiserver": "none"}
+        self.runtime.apiserver.stop(self.config.restore.stop_timeout)
+        return {"apiserver": "stopped"}
+
+    def _step_stop(self, p: RestoreParams) -> dict[str, Any]:
+        started = time.monotonic()
+        self.runtime.etcd.stop(self.config.restore.stop_timeout)
+        return {"etcd": "stopped", "seconds": round(time.monotonic() - started, 3)}
+
+    def _prove_stopped(self, p: RestoreParams) -> None:
+        ok, why = etcd_stopped(self.member.endpoints, Path(p.data_dir))
+        if not ok:
+            raise UnsafeRefusal(f"etcd is not proven stopped ({why}); refusing to touch {p.data_dir}")
+
+    def _step_swap(self, p: RestoreParams) -> dict[str, Any]:
+        data_dir = Path(p.data_dir)
+        live, prepared, aside = data_dir / "member", prepared_member(data_dir, p.op), aside_member(data_dir, p.op)
+        self._prove_stopped(p)
+        if aside.exists():
+            # Resumed: the live data was already set aside by this operation.
+            if prepared.exists() and live.exists():
+                raise UnsafeRefusal(f"{live} reappeared after it was set aside; refusing to swap (is etcd running?)")
+            if not prepared.exists() and not live.exists():
+                raise UnsafeRefusal(f"neither {prepared} nor {live} exists; the old data is in {aside}")
+        elif not prepared.exists():
+            raise UnsafeRefusal(f"prepared data {prepared} is missing; nothing was swapped (re-run the restore)")
+        elif live.exists():
+            os.rename(live, aside)
+            fsutil.fsync_dir(data_dir)
+        if prepared.exists():
+            os.rename(prepared, live)
+            fsutil.fsync_dir(data_dir)
+            for empty in (prepared.parent, prepared.parent.parent):  # our scratch dirs, now empty
+                with contextlib.suppress(OSError):
+                    os.rmdir(empty)
+            fsutil.fsync_dir(data_dir)
+        return {"live": str(live), "kept": str(aside) if aside.exists() else None}
+
+    def _wait_healthy(self, min_revision: int, timeout: float) -> EtcdStatus:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while True:
+            try:
+                with EtcdClient(self.member.endpoint, self.member.tls, min(5.0, timeout)) as c:
+                    st = c.status()
+                if st.healthy and st.revision >= min_revision:
+                    return st
+                last = f"revision {st.revision}, leader {st.leader:x}, errors {list(st.errors)}"
+            except EtcdUnavailable as exc:
+                last = str(exc)
+            if time.monotonic() >= deadline:
+                raise EtcdUnavailable(f"etcd not healthy within {timeout:.0f}s: {last}")
+            time.sleep(0.1)
+
+    def _step_start(self, p: RestoreParams, wait: bool = True) -> dict[str, Any]:
+        self.runtime.etcd.start(self.config.restore.start_timeout)
+        if not wait:
+            return {"etcd": "started"}
+        st = self._wait_healthy(0, self.config.restore.start_timeout)
+        return {"etcd": "healthy", "revision": st.revision}
+
+    def _step_verify(self, p: RestoreParams) -> dict[str, Any]:
+        st = self._wait_healthy(0, self.config.restore.start_timeout)
+        if st.revision < p.expected_min_revision:
+            raise UnsafeRefusal(f"restored revision {st.revision} is below the expected {p.expected_min_revision}")
+        with EtcdClient(self.member.endpoint, self.member.tls, self.config.etcd.dial_timeout) as c:
+            names = sorted(m.name for m in c.members())
+            hashkv, _ = c.hashkv()
+        planned = sorted(part.split("=", 1)[0] for part in p.initial_cluster.split(","))
+        if names != planned:
+            raise UnsafeRefusal(f"member list {names} differs from the planned {planned}")
+        return {"revision": st.revision, "members": names, "hashkv": hashkv, "cluster_id": f"{st.cluster_id:x}"}
+
+    def _step_unfence(self, p: RestoreParams) -> dict[str, Any]:
+        if self.runtime.apiserver is None:
+            return {"apiserver": "none"}
+        self.runtime.apiserver.start(self.config.restore.start_timeout)
+        return {"apiserver": self._wait_apiserver()}
+
+    def _wait_apiserver(self) -> str:
+        """With apiserver.health_url set, wait until it answers 200; else report 'started'."""
+        url = self.config.apiserver.health_url if self.config.apiserver else None
+        if not url:
+            return "started"
+        deadline = time.monotonic() + self.config.restore.start_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            ok, last = probe_http(url)
+            if ok:
+                return "healthy"
+            time.sleep(0.2)
+        raise EtcdguardError(f"kube-apiserver started but {url} did not answer 200 within "
+                             f"{self.config.restore.start_timeout:.0f}s: {last}")
+
+    # -- undo ----------------------------------------------------------------
+    def undo_before_swap(self, op: Operation) -> list[str]:
+        """Remove the prepared data and make sure etcd and kube-apiserver run again."""
+        p = self.params_of(op)
+        notes: list[str] = []
+        ws = workspace_dir(Path(p.data_dir), p.op)
+        if ws.exists():
+            shutil.rmtree(ws)
+            notes.append(f"removed prepared data {ws}")
+        for step in BEFORE_SWAP:  # a retry starts over from preflight
+            op.forget(step)
+        op.journal("undone", before="swap")
+        return notes + self._restart_all()
+
+    def swap_back(self, op: Operation, label: str = "failed") -> list[str]:
+        """Put the pre-restore data back (the restored data is kept in the workspace)."""
+        p = self.params_of(op)
+        data_dir = Path(p.data_dir)
+        live, aside = data_dir / "member", aside_member(data_dir, p.op)
+        notes: list[str] = []
+        if not aside.exists():
+            notes.append(f"{aside} does not exist: the live data was never set aside, nothing to swap back")
+            return notes + self._restart_all()
+        if self.runtime.apiserver is not None:
+            self.runtime.apiserver.stop(self.config.restore.stop_timeout)
+        self.runtime.etcd.stop(self.config.restore.stop_timeout)
+        self._prove_stopped(p)
+        if live.exists():
+            keep = workspace_dir(data_dir, p.op) / f"{label}-member"
+            fsutil.ensure_private_dir(keep.parent)
+            if keep.exists():
+                raise UnsafeRefusal(f"{keep} already exists; move it away and retry")
+            os.rename(live, keep)
+            notes.append(f"restored data moved to {keep}")
+        os.rename(aside, live)
+        fsutil.fsync_dir(data_dir)
+        notes.append(f"pre-restore data back in {live}")
+        op.journal("swapped-back", label=label)
+        return notes + self._restart_all()
+
+    def _restart_all(self) -> list[str]:
+        notes: list[str] = []
+        if not self.runtime.etcd.is_running():
+            self.runtime.etcd.start(self.config.restore.start_timeout)
+            notes.append("etcd started")
+        self._wait_healthy(0, self.config.restore.start_timeout)
+        if self.runtime.apiserver is not None and not self.runtime.apiserver.is_running():
+            self.runtime.apiserver.start(self.config.restore.start_timeout)
+            notes.append(f"kube-apiserver {self._wait_apiserver()}")
+        return notes
+
+    # -- whole operations ----------------------------------------------------
+    def run(self, params: RestoreParams) -> Outcome:
+        """All steps in order; on failure undo as the design's table says, then raise StepFailed."""
+        with self.ops.exclusive(f"restore {params.op}"):
+            op = self.open_operation(params)
+            results: list[dict[str, Any]] = []
+            for step in STEPS:
+                try:
+                    results.append({"step": step, **self.run_step(op, step)})
+                except (EtcdguardError, OSError, subprocess.SubprocessError) as exc:
+                    op.journal("failed", step=step, error=str(exc))
+                    raise self._recover(op, step, exc) from exc
+            op.update(state="done", finished_at=time.time())
+            return Outcome(params.op, True, "done", results)
+
+    def _recover(self, op: Operation, step: str, exc: BaseException) -> StepFailed:
+        code = exc.exit_code if isinstance(exc, EtcdguardError) else 1
+        try:
+            if step in BEFORE_SWAP:
+                notes = self.undo_before_swap(op)
+                op.update(state="failed", failed_step=step, error=str(exc))
+            elif step == "unfence":
+                notes = ["data is restored; kube-apiserver did not start: start it by hand"]
+                op.update(state="failed-needs-attention", failed_step=step, error=str(exc))
+            else:
+                notes = self.swap_back(op)
+                for s in ("swap", "start", "verify"):
+                    op.forget(s)
+                op.update(state="failed", failed_step=step, error=str(exc))
+        except (EtcdguardError, OSError) as undo_exc:
+            op.update(state="failed-needs-attention", failed_step=step, error=str(exc), undo_error=str(undo_exc))
+            return StepFailed(step, f"step {step} failed: {exc}; undoing it ALSO failed: {undo_exc}. "
+                                    f"Look at {op.dir}/journal.jsonl", exit_code=1)
+        return StepFailed(step, f"step {step} failed: {exc}; undone: {'; '.join(notes) or 'nothing to undo'}",
+                          exit_code=code)
+
+    def rollback(self, op_id: str) -> Outcome:
+        """Swap the pre-restore data back in for a finished operation."""
+        with self.ops.exclusive(f"roll back {op_id}"):
+            op = self.ops.get(op_id)
+            record = op.record()
+            if record.get("state") == "rolled-back":
+                return Outcome(op_id, True, "rolled-back", [], error=None)
+            op.journal("rollback-started")
+            if op.finished("swap") is None and not aside_member(Path(self.params_of(op).data_dir), op_id).exists():
+                # Never swapped: rolling back means no prepared data and etcd + kube-apiserver running.
+                notes = self.undo_before_swap(op)
+            else:
+                notes = self.swap_back(op, label="rolled-back")
+            op.update(state="rolled-back", rolled_back_at=time.time())
+            return Outcome(op_id, True, "rolled-back", [{"step": "rollback", "notes": notes}])
+
+    def cleanup(self, op_id: str) -> list[str]:
+        """Delete an operation's kept data (only when the operator asks)."""
+        with self.ops.exclusive(f"clean up {op_id}"):
+            op = self.ops.get(op_id)
+            record = op.record()
+            if record.get("state") not in ("done", "rolled-back", "failed"):
+                raise UnsafeRefusal(f"operation {op_id} is {record.get('state')}; clean up only finished operations")
+            p = self.params_of(op)
+            removed = []
+            for path in (aside_member(Path(p.data_dir), op_id), workspace_dir(Path(p.data_dir), op_id)):
+                if path.exists():
+                    shutil.rmtree(path)
+                    removed.append(str(path))
+            op.update(cleaned_at=time.time())
+            op.journal("cleaned", removed=removed)
+            return removed
+
+
+def probe_http(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """GET a local health endpoint (a self-signed apiserver cert is accepted: this is a liveness probe)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:
+            return resp.status == 200, f"HTTP {resp.status}"
+    except (OSError, urllib.error.URLError) as exc:
+        return False, str(exc)
+
+
+def kept_dirs(data_dir: Path, op: str) -> list[tuple[str, int]]:
+    """(path, bytes) of what an operation keeps on disk."""
+    out = []
+    for path in (aside_member(data_dir, op), workspace_dir(data_dir, op)):
+        if path.exists():
+            out.append((str(path), du(path)))
+    return out
+
+
+def du(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def copy_ownership_and_sync(reference: Path, tree: Path) -> int:
+    """Give ``tree`` the owner, group (and SELinux label) of ``reference``; the top dir also
+    its mode. fsync every file and directory. Returns the bytes in the tree."""
+    st = os.stat(reference)
+    label: Optional[bytes] = None
+    with contextlib.suppress(OSError, AttributeError):
+        label = os.getxattr(reference, SELINUX_XATTR)
+    total = 0
+    for root, dirs, files in os.walk(tree):
+        for name in [*dirs, *files]:
+            _adopt(os.path.join(root, name), st, label)
+        for f in files:
+            path = os.path.join(root, f)
+            total += os.lstat(path).st_size
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsutil.fsync_dir(Path(root))
+    _adopt(str(tree), st, label)
+    os.chmod(tree, st.st_mode & 0o7777)
+    return total
+
+
+def _adopt(path: str, st: os.stat_result, label: Optional[bytes]) -> None:
+    os.lchown(path, st.st_uid, st.st_gid)
+    if label is not None:
+        with contextlib.suppress(OSError):
+            os.setxattr(path, SELINUX_XATTR, label, follow_symlinks=False)

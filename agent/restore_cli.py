@@ -1,0 +1,168 @@
+"""etcdguard-agent restore / rollback / restores / cleanup (single-node restores)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cli import _json_flag, command, discover_member, emit, load_config
+from .config import AgentConfig
+from .durations import format_bytes, format_duration
+from .errors import EXIT_OK, UsageError
+from .opstate import OperationStore, check_op_id
+from .restore import NodeRestorer, kept_dirs
+from .restore_plan import RestoreParams
+from .runtime.factory import make_runtime
+from .store import SnapshotStore
+from .tools import find_tool
+
+
+def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
+    member = discover_member(config)
+    runtime = make_runtime(config, member, config.state.dir)
+    tool = find_tool(config.etcd.restore_tool)
+    started = time.monotonic()
+    index = {"n": 0}
+
+    def progress(step: str, message: str) -> None:
+        if quiet:
+            return
+        if message == "running":
+            index["n"] += 1
+        sys.stderr.write(f"[{format_duration(time.monotonic() - started):>6}] {step:<9} {message}\n")
+        sys.stderr.flush()
+
+    return NodeRestorer(config, member, runtime, tool, progress)
+
+
+def resolve_snapshot(config: AgentConfig, ref: str) -> Path:
+    """A file path, a snapshot name in the local store, or `latest`."""
+    store = SnapshotStore(config.backup.dir)
+    if ref == "latest":
+        newest = store.newest()
+        if newest is None:
+            raise UsageError(f"no snapshots in {config.backup.dir}; give a snapshot file")
+        return Path(newest.path)
+    path = Path(ref)
+    if path.is_file():
+        return path
+    candidate = config.backup.dir / ref
+    if candidate.is_file():
+        return candidate
+    raise UsageError(f"snapshot {ref!r}: no such file, and no snapshot of that name in {config.backup.dir}")
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshot", nargs="?", metavar="SNAPSHOT",
+                   help="snapshot file, a name in the local store, or 'latest'")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true", help="print every step that would run; change nothing")
+    mode.add_argument("--yes", action="store_true", help="run the restore")
+    p.add_argument("--op", metavar="OP", help="operation id (to resume an interrupted restore; default: new)")
+    _json_flag(p)
+
+
+@command("restore", "restore this single-member cluster from a snapshot (--plan or --yes)", _restore_args)
+def cmd_restore(args: argparse.Namespace) -> int:
+    if not args.plan and not args.yes:
+        raise UsageError("restore needs --plan (show what would happen) or --yes (do it)")
+    config = load_config(args)
+    assert config is not None
+    restorer = _restorer(config, quiet=False)
+    params: RestoreParams
+    op_id = check_op_id(args.op) if args.op else None
+    existing = op_id is not None and restorer.ops.get(op_id).exists()
+    if existing:
+        assert op_id is not None
+        params = restorer.params_of(restorer.ops.get(op_id))
+        if args.snapshot and resolve_snapshot(config, args.snapshot).resolve() != Path(params.snapshot):
+            raise UsageError(f"operation {op_id} restores {params.snapshot}, not {args.snapshot}")
+    else:
+        if not args.snapshot:
+            raise UsageError("give the SNAPSHOT to restore (or --op OP of an existing operation)")
+        params = restorer.make_params(resolve_snapshot(config, args.snapshot), op_id)
+    if args.plan:
+        steps = restorer.plan(params)
+        from .restore_plan import render_plan
+
+        emit(args, {"op": params.op, "params": params.to_json(),
+                    "steps": [{"step": s.step, "destructive": s.destructive, "what": s.what} for s in steps]},
+             render_plan(params, steps, restorer.runtime_descriptions()))
+        return EXIT_OK
+    outcome = restorer.run(params)
+    kept = kept_dirs(Path(params.data_dir), params.op)
+    emit(args, {**outcome.to_json(), "kept": [{"path": p, "bytes": b} for p, b in kept]},
+         f"restore {params.op} done: member {params.name} serves the snapshot's data "
+         f"(revision >= {params.expected_min_revision})\n"
+         + "".join(f"  kept: {p} ({format_bytes(b)})\n" for p, b in kept)
+         + f"  roll back with: etcdguard-agent rollback {params.op}\n"
+         f"  delete kept data with: etcdguard-agent cleanup {params.op} --yes")
+    return EXIT_OK
+
+
+def _op_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("op", metavar="OP", help="operation id (see `etcdguard-agent restores`)")
+    _json_flag(p)
+
+
+@command("rollback", "put back the data a finished restore set aside", _op_args)
+def cmd_rollback(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    assert config is not None
+    outcome = _restorer(config, quiet=args.json).rollback(check_op_id(args.op))
+    emit(args, outcome.to_json(), f"rolled back {args.op}: the pre-restore data is live again")
+    return EXIT_OK
+
+
+def _cleanup_args(p: argparse.ArgumentParser) -> None:
+    _op_args(p)
+    p.add_argument("--yes", action="store_true", help="really delete (without it: show what would go)")
+
+
+@command("cleanup", "delete the data one finished operation kept (only with --yes)", _cleanup_args)
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    assert config is not None
+    op_id = check_op_id(args.op)
+    restorer = _restorer(config, quiet=True)
+    params = restorer.params_of(restorer.ops.get(op_id))
+    kept = kept_dirs(Path(params.data_dir), op_id)
+    if not args.yes:
+        emit(args, {"op": op_id, "would_delete": [{"path": p, "bytes": b} for p, b in kept]},
+             "would delete:\n" + "".join(f"  {p} ({format_bytes(b)})\n" for p, b in kept)
+             + "run again with --yes to delete")
+        return EXIT_OK
+    removed = restorer.cleanup(op_id)
+    emit(args, {"op": op_id, "deleted": removed}, "deleted:\n" + "".join(f"  {p}\n" for p in removed))
+    return EXIT_OK
+
+
+@command("restores", "list restore operations on this node and the data they keep", _json_flag)
+def cmd_restores(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    assert config is not None
+    rows: list[dict[str, Any]] = []
+    for op in OperationStore(config.state.dir).all():
+        rec = op.record()
+        params = rec.get("params", {})
+        kept = kept_dirs(Path(params.get("data_dir", "/nonexistent")), op.op)
+        rows.append({"op": op.op, "state": rec.get("state"), "kind": rec.get("kind"),
+                     "created_at": rec.get("created_at"), "snapshot": params.get("snapshot"),
+                     "failed_step": rec.get("failed_step"), "error": rec.get("error"),
+                     "kept": [{"path": p, "bytes": b} for p, b in kept]})
+    if args.json:
+        emit(args, rows, "")
+        return EXIT_OK
+    if not rows:
+        print("no restore operations on this node")
+    for r in rows:
+        age = format_duration(time.time() - (r["created_at"] or 0))
+        print(f"{r['op']}  {r['state']:<22} {age} ago  {r['snapshot']}")
+        if r["error"]:
+            print(f"    failed at {r['failed_step']}: {r['error']}")
+        for k in r["kept"]:
+            print(f"    kept {k['path']} ({format_bytes(k['bytes'])})")
+    return EXIT_OK

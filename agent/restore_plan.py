@@ -1,0 +1,121 @@
+"""The node-local restore plan: pure data, printed by `--plan`, executed by restore.py.
+
+Directory scheme (all inside the data dir, so every rename stays on one
+filesystem even when the data dir is a mount point):
+  <data_dir>/member                       live data (etcd's configured data dir is unchanged)
+  <data_dir>/.etcdguard-<op>/data/member  prepared (restored) data, made while etcd still runs
+  <data_dir>/member.etcdguard-<op>        the pre-restore data, set aside at the swap, kept for rollback
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+STEPS = ("preflight", "prepare", "fence", "stop", "swap", "start", "verify", "unfence")
+DESTRUCTIVE = frozenset({"fence", "stop", "swap", "start", "unfence"})
+
+
+def workspace_dir(data_dir: Path, op: str) -> Path:
+    return data_dir / f".etcdguard-{op}"
+
+
+def restore_target(data_dir: Path, op: str) -> Path:
+    """The --data-dir given to the restore tool (it must not exist yet)."""
+    return workspace_dir(data_dir, op) / "data"
+
+
+def prepared_member(data_dir: Path, op: str) -> Path:
+    return restore_target(data_dir, op) / "member"
+
+
+def aside_member(data_dir: Path, op: str) -> Path:
+    return data_dir / f"member.etcdguard-{op}"
+
+
+def bump_for(configured: int, snapshot_revision: int, live_revision: Optional[int]) -> int:
+    """How far to bump: the configured amount, more if the live store is already beyond it.
+
+    The restored revision (snapshot + bump) must exceed every revision a client
+    may have seen, or watch caches would see revisions go backwards.
+    """
+    if configured <= 0:
+        return 0
+    if live_revision is not None and snapshot_revision + configured <= live_revision:
+        return live_revision - snapshot_revision + configured
+    return configured
+
+
+@dataclass(frozen=True)
+class RestoreParams:
+    op: str
+    snapshot: str
+    snapshot_sha256: str
+    snapshot_size: int
+    snapshot_revision: int
+    name: str
+    peer_url: str
+    initial_cluster: str
+    token: str
+    data_dir: str
+    bump_revision: int          # 0 when the tool cannot bump
+    restore_argv: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["restore_argv"] = list(self.restore_argv)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RestoreParams:
+        return cls(**{**data, "restore_argv": tuple(data["restore_argv"])})
+
+    @property
+    def expected_min_revision(self) -> int:
+        return self.snapshot_revision + self.bump_revision
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step: str
+    destructive: bool
+    what: str
+
+
+def build_plan(p: RestoreParams, etcd_runtime: str, apiserver_runtime: Optional[str]) -> list[PlannedStep]:
+    data = Path(p.data_dir)
+    live = data / "member"
+    prepared = prepared_member(data, p.op)
+    aside = aside_member(data, p.op)
+    bump = (f"revision bumped by {p.bump_revision:,} (restored revision >= {p.expected_min_revision:,})"
+            if p.bump_revision else "no revision bump (the restore tool does not support --bump-revision)")
+    steps = [
+        PlannedStep("preflight", False,
+                    f"verify {p.snapshot} (sha256 {p.snapshot_sha256[:16]}..., {p.snapshot_size} bytes, "
+                    f"revision {p.snapshot_revision}); restore tool present; free disk >= 2x snapshot"),
+        PlannedStep("prepare", False,
+                    f"while etcd runs: {shlex.join(p.restore_argv)}; copy owner/mode of {live}; {bump}"),
+        PlannedStep("fence", True, "stop kube-apiserver and prove it stopped"
+                    if apiserver_runtime else "no kube-apiserver configured on this node: nothing to fence"),
+        PlannedStep("stop", True, f"stop etcd; prove: client port refuses and {live}/snap/db is lockable"),
+        PlannedStep("swap", True, f"rename {live} -> {aside} (kept for rollback); rename {prepared} -> {live}"),
+        PlannedStep("start", True, "start etcd; wait until healthy"),
+        PlannedStep("verify", False, f"revision >= {p.expected_min_revision}; member {p.name} healthy"),
+        PlannedStep("unfence", True, "start kube-apiserver"
+                    if apiserver_runtime else "no kube-apiserver configured: nothing to start"),
+    ]
+    return steps
+
+
+def render_plan(p: RestoreParams, steps: list[PlannedStep], runtimes: tuple[str, ...] = ()) -> str:
+    lines = [f"restore plan {p.op} for member {p.name} (data dir {p.data_dir})",
+             f"  initial cluster {p.initial_cluster}, token {p.token}"]
+    lines += [f"  {r}" for r in runtimes]
+    for i, s in enumerate(steps, 1):
+        mark = "!" if s.destructive else " "
+        lines.append(f" {mark}{i}. {s.step:<9} {s.what}")
+    lines.append("  (! = downtime / changes the running node; nothing has been changed)")
+    return "\n".join(lines)
+
