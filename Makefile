@@ -7,7 +7,7 @@ ETCD35_BIN := $(CURDIR)/.cache/etcd-3.5/usr/bin
 export ETCDGUARD_ETCD35_BIN ?= $(ETCD35_BIN)
 PYTEST_ARGS ?=
 
-.PHONY: all venv etcd lint test test-fast demo bench packages clean
+.PHONY: all venv etcd tools lint test test-fast demo bench packages clean
 
 all: test
 
@@ -23,11 +23,15 @@ venv: $(VENV)/.installed
 etcd:
 	bash scripts/install-etcd.sh
 
+# promtool, systemd-analyze, lintian, rpm, rpmlint, nfpm: the packaging tests use them.
+tools: venv
+	bash scripts/install-packaging-tools.sh
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-test: venv etcd lint
+test: venv etcd tools lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: venv
@@ -38,6 +42,11 @@ demo: venv etcd
 
 bench: venv etcd
 	$(PY) tests/bench/run.py
+
+# dist/etcdguard_<version>_all.deb and dist/etcdguard-<version>-1.noarch.rpm, linted.
+packages:
+	bash scripts/install-packaging-tools.sh
+	bash packaging/build.sh
 
 clean:
 	rm -rf $(VENV) .cache dist build *.egg-info

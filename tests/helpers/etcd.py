@@ -282,6 +282,8 @@ class EtcdMember:
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._log_offset = 0
         self._lock = threading.Lock()
+        # registered up front: a test may have the agent start it from ``command``
+        _register(self)
 
     def __repr__(self) -> str:
         return f"EtcdMember({self.name!r}, {self.client_url}, etcd {self.build.version}, pid={self.pid})"
@@ -370,7 +372,6 @@ class EtcdMember:
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
                 raise RuntimeError(f"{self!r} is already running")
-            _register(self)
             self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with open(self.log_path, "ab") as log:
                 log.write(f"---- harness: starting {self.name} ----\n".encode())

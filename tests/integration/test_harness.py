@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 import stat
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,12 +20,17 @@ from tests.helpers.etcd import (
     EtcdCluster,
     EtcdctlError,
     EtcdMember,
+    build_for,
     load_data,
+    missing_build_reason,
     run_etcdctl,
     value_for,
 )
 from tests.helpers.net import WaitTimeout, free_port, free_server_port, wait_until
 from tests.helpers.tls import TLSMaterial
+
+if TYPE_CHECKING:
+    from tests.conftest import EtcdFactory
 
 
 def test_wait_until_returns_value_and_names_what_timed_out() -> None:
@@ -209,3 +216,29 @@ def test_etcd_environment_is_clean(etcd_member: EtcdMember, monkeypatch: pytest.
     assert not [e for e in env_of_etcd if e.startswith((b"ETCD_", b"ETCDCTL_"))]
     members = json.loads(etcd_member.etcdctl("member", "list", "-w", "json").stdout)["members"]
     assert [x["name"] for x in members] == [etcd_member.name]
+
+
+def test_launch_moves_to_new_ports_when_one_is_taken(etcd_factory: EtcdFactory) -> None:
+    build = build_for("3.4") or build_for("3.5")  # build-independent harness logic: one build is enough
+    if build is None:
+        pytest.skip(missing_build_reason("3.4"))
+    # bound but not listening: etcd's bind fails, while peers probing the port are refused at once
+    with socket.socket() as squatter, socket.socket() as squatter2:
+        squatter.bind(("127.0.0.1", 0))
+        taken = squatter.getsockname()[1]
+        m = etcd_factory.member(build, client_port=taken)  # launch() retries on fresh ports
+        assert m.client_port != taken
+        assert "address already in use" in m.log_path.read_text()
+        m.put("/harness/moved", "yes")
+        assert m.get("/harness/moved") == "yes"
+
+        squatter2.bind(("127.0.0.1", 0))
+        taken2 = squatter2.getsockname()[1]
+        c = etcd_factory.cluster(build, size=3, start=False)
+        c.members[1].peer_port = taken2
+        c._assign("retry")
+        c.launch()
+        assert c.members[1].peer_port != taken2
+        assert c.members[1].peer_url in c.members[0].initial_cluster
+        assert "address already in use" in c.members[1].log_path.read_text()
+        assert c.leader() in c.members

@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+from etcdguard.agent.errors import UnsafeRefusal, UsageError
+from etcdguard.agent.opstate import OperationStore, check_op_id, new_op_id
+from etcdguard.agent.restore_plan import (
+    STEPS,
+    RestoreParams,
+    aside_member,
+    build_plan,
+    bump_for,
+    prepared_member,
+    render_plan,
+    workspace_dir,
+)
+from etcdguard.agent.tools import SnapshotTool, restore_argv
+
+
+def test_bump_default_and_when_live_is_ahead():
+    assert bump_for(1_000_000_000, 500, None) == 1_000_000_000
+    assert bump_for(1_000_000_000, 500, 10_000) == 1_000_000_000
+    # live store already far beyond snapshot + bump: bump more so revisions never go backwards
+    assert bump_for(1_000, 500, 10_000) == 10_000 - 500 + 1_000
+    assert 500 + bump_for(1_000, 500, 10_000) > 10_000
+    assert bump_for(0, 500, 10_000) == 0
+
+
+def test_directories_stay_inside_the_data_dir():
+    d = Path("/var/lib/etcd")
+    for path in (workspace_dir(d, "op1"), prepared_member(d, "op1"), aside_member(d, "op1")):
+        assert path.parent == d or path.parent.parent == d or path.parent.parent.parent == d
+        assert str(path).startswith("/var/lib/etcd/")
+    assert aside_member(d, "op1").name == "member.etcdguard-op1"
+
+
+def _params(tool: SnapshotTool, bump: int) -> RestoreParams:
+    argv = restore_argv(tool, Path("/s.db"), Path("/var/lib/etcd/.etcdguard-op1/data"), name="cp1",
+                        initial_cluster="cp1=https://10.0.0.1:2380", token="etcdguard-op1",
+                        peer_url="https://10.0.0.1:2380", bump_revision=bump)
+    return RestoreParams(op="op1", snapshot="/s.db", snapshot_sha256="ab" * 32, snapshot_size=100,
+                         snapshot_revision=42, name="cp1", peer_url="https://10.0.0.1:2380",
+                         initial_cluster="cp1=https://10.0.0.1:2380", token="etcdguard-op1",
+                         data_dir="/var/lib/etcd", bump_revision=bump if tool.supports_bump else 0,
+                         restore_argv=tuple(argv))
+
+
+def test_restore_argv_uses_bump_only_where_supported():
+    new = SnapshotTool(Path("/usr/bin/etcdutl"), "etcdutl", "3.5.16", True)
+    old = SnapshotTool(Path("/usr/bin/etcdctl"), "etcdctl", "3.4.23", False)
+    argv = list(_params(new, 1000).restore_argv)
+    assert argv[:4] == ["/usr/bin/etcdutl", "snapshot", "restore", "/s.db"]
+    assert argv[argv.index("--initial-cluster-token") + 1] == "etcdguard-op1"
+    assert argv[-3:] == ["--bump-revision", "1000", "--mark-compacted"]
+    assert "--bump-revision" not in _params(old, 1000).restore_argv
+
+
+def test_plan_lists_every_step_and_marks_downtime():
+    tool = SnapshotTool(Path("/usr/bin/etcdutl"), "etcdutl", "3.5.16", True)
+    p = _params(tool, 1000)
+    steps = build_plan(p, "etcd (static-pod): ...", None)
+    assert [s.step for s in steps] == list(STEPS)
+    assert [s.step for s in steps if s.destructive] == ["fence", "stop", "swap", "start", "unfence"]
+    assert p.expected_min_revision == 1042
+    text = render_plan(p, steps, ("etcd (static-pod): ...",))
+    assert "member.etcdguard-op1" in text and "nothing has been changed" in text
+    assert "nothing to fence" in text
+
+
+def test_params_round_trip():
+    tool = SnapshotTool(Path("/usr/bin/etcdctl"), "etcdctl", "3.4.23", False)
+    p = _params(tool, 0)
+    assert RestoreParams.from_json(p.to_json()) == p
+
+
+def test_operation_records_steps_and_tolerates_torn_journal(tmp_path):
+    ops = OperationStore(tmp_path)
+    op = ops.get("op1")
+    op.create({"state": "running", "created_at": 1.0, "params": {}})
+    assert op.finished("prepare") is None
+    op.finish("prepare", {"bytes": 5})
+    assert op.finished("prepare").result == {"bytes": 5}
+    with open(op.dir / "journal.jsonl", "a") as fh:
+        fh.write('{"t": 1, "event": "torn')  # a crash mid-append
+    events = [e["event"] for e in op.journal_lines()]
+    assert events == ["created", "finished"]
+    op.forget("prepare")
+    assert op.finished("prepare") is None
+    assert [o.op for o in ops.all()] == ["op1"]
+    assert (op.dir / "op.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_one_restore_activity_at_a_time(tmp_path):
+    ops = OperationStore(tmp_path)
+    with ops.exclusive("restore a"):
+        assert ops.locked()
+        with pytest.raises(UnsafeRefusal, match="another restore activity"), ops.exclusive("restore b"):
+            pass
+    assert not ops.locked()
+
+
+@pytest.mark.parametrize("bad", ["", "..", ".", "-x", "../x", "a/b", "x" * 65, "a b"])
+def test_bad_op_ids(bad):
+    with pytest.raises(UsageError):
+        check_op_id(bad)
+    assert check_op_id(new_op_id())
