@@ -25,7 +25,8 @@ from typing import Any, Optional
 from . import fsutil
 from .errors import UnsafeRefusal, UsageError
 
-OP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a file name: never "." or ".."
+# A file name: never "." or "..".
+OP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def new_op_id(now: Optional[float] = None) -> str:
@@ -35,7 +36,8 @@ def new_op_id(now: Optional[float] = None) -> str:
 
 def check_op_id(op: str) -> str:
     if not OP_ID_RE.match(op):
-        raise UsageError(f"operation id {op!r} is not valid (letters, digits, '.', '_', '-', starting with a letter or digit; at most 64)")
+        raise UsageError(f"operation id {op!r} is not valid: letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit, at most 64")
     return op
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Optional, Union
 
 from .errors import SnapshotCorrupt
 
@@ -21,20 +21,19 @@ READ_CHUNK = 1 << 20
 class TrailerHasher:
     """Hashes a snapshot stream chunk by chunk without holding it in memory.
 
-    Keeps the newest 32 bytes back from the body digest, since those may be
-    the trailer; also digests the whole stream (the file's sha256).
+    One SHA-256 pass over the body: the newest 32 bytes are held back (they may
+    be the trailer), and the whole file's digest is the body digest continued
+    with those 32 bytes, so no byte is hashed twice.
     """
 
     def __init__(self) -> None:
         self._body = hashlib.sha256()
-        self._whole = hashlib.sha256()
         self._held = b""
         self.size = 0
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: Union[bytes, memoryview]) -> None:
         if not chunk:
             return
-        self._whole.update(chunk)
         self.size += len(chunk)
         if len(chunk) >= TRAILER_SIZE:
             if self._held:
@@ -43,14 +42,16 @@ class TrailerHasher:
             self._body.update(view[:-TRAILER_SIZE])
             self._held = bytes(view[-TRAILER_SIZE:])
         else:
-            data = self._held + chunk
+            data = self._held + bytes(chunk)
             self._body.update(data[:-TRAILER_SIZE])
             self._held = data[-TRAILER_SIZE:]
 
     @property
     def sha256(self) -> str:
         """Hex digest of everything seen so far (the whole file)."""
-        return self._whole.hexdigest()
+        whole = self._body.copy()
+        whole.update(self._held)
+        return whole.hexdigest()
 
     def trailer_ok(self) -> bool:
         return len(self._held) == TRAILER_SIZE and self._body.digest() == self._held

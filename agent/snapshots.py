@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 from . import fsutil
 from .errors import Aborted, EtcdguardError, SnapshotError, ToolError
@@ -40,6 +42,44 @@ class Source:
     dial_timeout: float = 5.0
 
 
+class _Writer:
+    """Hashes and writes chunks on its own thread, so receiving the next message from
+    etcd overlaps with hashing and writing the last (hashlib and file writes release
+    the GIL). The queue is bounded: memory stays flat whatever the snapshot's size."""
+
+    def __init__(self, fh: BinaryIO, hasher: TrailerHasher, depth: int = 64) -> None:
+        self.fh = fh
+        self.hasher = hasher
+        self.queue: queue.Queue[Optional[memoryview]] = queue.Queue(depth)
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                chunk = self.queue.get()
+                if chunk is None:
+                    return
+                self.fh.write(chunk)
+                self.hasher.update(chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
+            self.error = exc
+            while self.queue.get() is not None:  # drain so the producer never blocks
+                pass
+
+    def put(self, chunk: memoryview) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(chunk)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def stream_to_file(
     source: Source, temp: Path, *, cancel: Optional[Cancellation] = None,
     timeout: float = 1800.0, progress: Optional[Progress] = None,
@@ -56,15 +96,19 @@ def stream_to_file(
             status = client.status()
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as fh:
-                last_report = 0
-                for chunk in client.snapshot_stream(cancel, timeout):
-                    if cancel is not None and cancel.requested:
-                        raise Aborted(f"snapshot aborted: {cancel.reason}")
-                    fh.write(chunk)
-                    hasher.update(chunk)
-                    if progress is not None and hasher.size - last_report >= (8 << 20):
-                        last_report = hasher.size
-                        progress(hasher.size)
+                writer = _Writer(fh, hasher)
+                received = last_report = 0
+                try:
+                    for chunk in client.snapshot_stream(cancel, timeout):
+                        if cancel is not None and cancel.requested:
+                            raise Aborted(f"snapshot aborted: {cancel.reason}")
+                        writer.put(chunk)
+                        received += len(chunk)
+                        if progress is not None and received - last_report >= (8 << 20):
+                            last_report = received
+                            progress(received)
+                finally:
+                    writer.close()
                 if cancel is not None and cancel.requested:
                     raise Aborted(f"snapshot aborted: {cancel.reason}")
                 fh.flush()

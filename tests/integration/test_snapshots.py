@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from etcdguard.agent.backup import BackupRunner
 from etcdguard.agent.config import load_agent_config
 from etcdguard.agent.discovery import discover
 from etcdguard.agent.errors import EtcdUnavailable
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.store import SnapshotStore
+
 from tests.helpers.agentconf import AGENT, agent_sections, run_agent, write_agent_config
 from tests.helpers.etcd import run_etcdctl
 from tests.helpers.net import wait_until

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from etcdguard.agent.config import load_agent_config, parse_agent_config
 from etcdguard.agent.durations import format_duration, parse_duration
 from etcdguard.agent.errors import ConfigError
@@ -101,7 +100,7 @@ def test_errors_name_file_key_and_expectation(data, fragment):
 def test_bad_toml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[etcd\nname=1")
-    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load_agent_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         load_agent_config(tmp_path / "missing.toml")

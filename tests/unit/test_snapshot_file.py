@@ -2,7 +2,6 @@ import hashlib
 import os
 
 import pytest
-
 from etcdguard.agent.errors import SnapshotCorrupt
 from etcdguard.agent.snapshot_file import TrailerHasher, verify_file
 
@@ -56,3 +55,23 @@ def test_truncated_and_tiny_and_missing(tmp_path):
         verify_file(f)
     with pytest.raises(SnapshotCorrupt, match="no such file"):
         verify_file(tmp_path / "nope.db")
+
+
+def test_pbwire_extracts_the_blob_like_protobuf():
+    import warnings
+
+    from etcdguard.agent.pbwire import WireError, snapshot_blob
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from etcd3 import etcdrpc
+
+    blob = os.urandom(40_000)
+    msg = etcdrpc.SnapshotResponse(remaining_bytes=123456789, blob=blob)
+    msg.header.cluster_id = 2**63 + 5
+    msg.header.revision = 77
+    data = msg.SerializeToString()
+    assert bytes(snapshot_blob(data)) == blob
+    assert bytes(snapshot_blob(etcdrpc.SnapshotResponse(remaining_bytes=1).SerializeToString())) == b""
+    with pytest.raises(WireError):
+        snapshot_blob(data[:-1])

@@ -1,0 +1,340 @@
+"""The vault (content-addressed store, resolve, retention, atomic pulls) and the daemon's
+pure decisions about what goes into it."""
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from etcdguard.agent import fsutil
+from etcdguard.agent.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
+from etcdguard.coordinator.daemon import MemberView, choose_backup_member, choose_pull, cluster_summary
+from etcdguard.coordinator.vault import Incoming, Vault, VaultDiskError, VaultEntry, resolve_ref
+
+T0 = 1_790_000_000.0
+
+
+def snapshot_bytes(seed: str, size: int = 4096) -> bytes:
+    """A file that passes etcd's trailer check: body + sha256(body)."""
+    body = (seed.encode() * (size // max(1, len(seed)) + 1))[:size]
+    return body + hashlib.sha256(body).digest()
+
+
+def incoming_for(data: bytes, member: str = "m2", created: float = T0, revision: int = 7) -> Incoming:
+    return Incoming(sha256=hashlib.sha256(data).hexdigest(), size=len(data), source_member=member,
+                    original_name=f"snap-{int(created)}-r{revision}.db", revision=revision, cluster_id="cafe",
+                    member_id="beef", etcd_version="3.5.16", created_at="2026-09-21T10:13:20Z",
+                    created_unix=created)
+
+
+def writer(data: bytes):
+    def fetch(dest: Path) -> None:
+        with fsutil.atomic_writer(dest) as fh:
+            fh.write(data)
+    return fetch
+
+
+@pytest.fixture
+def vault(tmp_path) -> Vault:
+    v = Vault(tmp_path / "vault")
+    v.prepare()
+    return v
+
+
+def add(vault: Vault, seed: str, created: float = T0, member: str = "m2") -> VaultEntry:
+    data = snapshot_bytes(seed)
+    entry, pulled = vault.pull(incoming_for(data, member, created), writer(data), verify=True)
+    assert pulled
+    return entry
+
+
+# -- storing and listing --------------------------------------------------------
+
+
+def test_pull_stores_by_sha256_with_metadata(vault):
+    data = snapshot_bytes("a")
+    sha = hashlib.sha256(data).hexdigest()
+    entry, pulled = vault.pull(incoming_for(data), writer(data), verify=True, now=lambda: T0 + 5)
+    assert pulled
+    assert entry.path == str(vault.dir / f"{sha}.db")
+    assert Path(entry.path).read_bytes() == data
+    assert stat.S_IMODE(os.stat(entry.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(vault.dir).st_mode) == 0o700
+    meta = json.loads((vault.dir / f"{sha}.json").read_text())
+    assert meta["sha256"] == sha
+    assert meta["size"] == len(data)
+    assert meta["source_member"] == "m2"
+    assert meta["original_name"] == f"snap-{int(T0)}-r7.db"
+    assert (meta["revision"], meta["cluster_id"], meta["etcd_version"]) == (7, "cafe", "3.5.16")
+    assert meta["created_unix"] == T0 and meta["pulled_unix"] == T0 + 5
+    assert meta["pulled_at"] == "2026-09-21T14:13:25Z"
+    assert "path" not in meta
+    assert vault.list() == [entry]
+    assert sorted(p.name for p in vault.dir.iterdir()) == [f"{sha}.db", f"{sha}.json"]
+
+
+def test_same_snapshot_is_stored_once_and_not_fetched_again(vault):
+    data = snapshot_bytes("a")
+    first, _ = vault.pull(incoming_for(data), writer(data))
+
+    def must_not_fetch(dest: Path) -> None:
+        raise AssertionError("fetched a snapshot the vault already has")
+
+    again, pulled = vault.pull(incoming_for(data, member="m3"), must_not_fetch)
+    assert not pulled
+    assert again == first
+    assert len(vault.list()) == 1
+
+
+def test_list_is_newest_first_by_when_taken(vault):
+    old = add(vault, "old", T0)
+    new = add(vault, "new", T0 + 100)
+    mid = add(vault, "mid", T0 + 50)
+    assert [e.sha256 for e in vault.list()] == [new.sha256, mid.sha256, old.sha256]
+    assert vault.newest() == new
+
+
+def test_reopened_vault_lists_the_same(vault):
+    entries = [add(vault, s, T0 + i) for i, s in enumerate("abc")]
+    again = Vault(vault.dir)
+    assert again.prepare() == []
+    assert again.list() == sorted(entries, key=lambda e: e.created_unix, reverse=True)
+
+
+# -- atomicity ------------------------------------------------------------------
+
+
+def test_failed_fetch_leaves_nothing(vault):
+    data = snapshot_bytes("a")
+
+    def dies_midway(dest: Path) -> None:
+        with open(dest, "wb") as fh:
+            fh.write(data[:100])
+        raise SnapshotCorrupt("agent went away")
+
+    with pytest.raises(SnapshotCorrupt):
+        vault.pull(incoming_for(data), dies_midway)
+    assert list(vault.dir.iterdir()) == []
+    assert vault.list() == []
+
+
+def test_wrong_size_or_hash_is_refused_and_removed(vault):
+    data = snapshot_bytes("a")
+    with pytest.raises(SnapshotCorrupt, match=r"received 4127 bytes .* expected 4128"):
+        vault.pull(incoming_for(data), writer(data[:-1]))
+    other = snapshot_bytes("b")
+    with pytest.raises(SnapshotCorrupt, match="sha256"):
+        vault.pull(incoming_for(data), writer(other), verify=True)
+    assert list(vault.dir.iterdir()) == []
+
+
+def test_prepare_cleans_temps_and_half_committed_entries(vault):
+    keep = add(vault, "keep")
+    # a pull that crashed while writing: its temp file
+    (vault.dir / f"{fsutil.TEMP_PREFIX}123-456.partial").write_bytes(b"x" * 10)
+    # a pull that crashed between renaming the data in and writing the sidecar
+    orphan_data = snapshot_bytes("orphan")
+    orphan_sha = hashlib.sha256(orphan_data).hexdigest()
+    (vault.dir / f"{orphan_sha}.db").write_bytes(orphan_data)
+    # a sidecar whose data file someone removed: not listed, but left for an operator to see
+    lonely = add(vault, "lonely", T0 + 10)
+    Path(lonely.path).unlink()
+    assert [e.sha256 for e in vault.list()] == [keep.sha256]
+
+    removed = Vault(vault.dir).prepare()
+    assert sorted(p.name for p in removed) == sorted([f"{fsutil.TEMP_PREFIX}123-456.partial", f"{orphan_sha}.db"])
+    assert sorted(p.name for p in vault.dir.iterdir()) == sorted(
+        [f"{keep.sha256}.db", f"{keep.sha256}.json", f"{lonely.sha256}.json"])
+    assert [e.sha256 for e in vault.list()] == [keep.sha256]
+
+
+def test_file_without_sidecar_is_not_listed(vault):
+    data = snapshot_bytes("x")
+    (vault.dir / f"{hashlib.sha256(data).hexdigest()}.db").write_bytes(data)
+    assert vault.list() == []
+    assert vault.has(hashlib.sha256(data).hexdigest()) is None
+
+
+def test_unreadable_or_mismatched_sidecars_are_not_listed(vault):
+    a = add(vault, "a")
+    b = add(vault, "b", T0 + 1)
+    (vault.dir / f"{a.sha256}.json").write_text("{not json")
+    meta = json.loads((vault.dir / f"{b.sha256}.json").read_text())
+    meta["sha256"] = "0" * 64
+    (vault.dir / f"{b.sha256}.json").write_text(json.dumps(meta))
+    (vault.dir / "notes.json").write_text("{}")
+    assert vault.list() == []
+
+
+def test_pull_refuses_when_the_disk_is_too_small(vault):
+    data = snapshot_bytes("a")
+    huge = Incoming(**{**incoming_for(data).__dict__, "size": 1 << 60})
+    with pytest.raises(VaultDiskError, match="lower \\[vault\\] keep"):
+        vault.pull(huge, writer(data))
+    assert list(vault.dir.iterdir()) == []
+
+
+# -- resolve ----------------------------------------------------------------------
+
+
+def fake(sha: str, created: float) -> VaultEntry:
+    return VaultEntry(sha256=sha, size=1, source_member="m1", original_name="s.db", revision=1, cluster_id="c",
+                      member_id="m", etcd_version="3.4.23", created_at="", created_unix=created, pulled_at="",
+                      pulled_unix=created)
+
+
+ENTRIES = [fake("abcd" + "1" * 60, T0), fake("abce" + "2" * 60, T0 + 2), fake("ffff" + "3" * 60, T0 + 1)]
+
+
+def test_resolve_latest_and_prefixes():
+    assert resolve_ref(ENTRIES, "latest").sha256.startswith("abce")
+    assert resolve_ref(ENTRIES, "abcd").sha256 == "abcd" + "1" * 60
+    assert resolve_ref(ENTRIES, "FFFF3").sha256 == "ffff" + "3" * 60
+    assert resolve_ref(ENTRIES, "abce" + "2" * 60).sha256 == "abce" + "2" * 60
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("abc", "at least 4 hex digits"),
+    ("xyz1", "is not a snapshot id"),
+    ("abcd" + "1" * 61, "is not a snapshot id"),
+    ("abcf", "no snapshot 'abcf'"),
+    ("abc1", "no snapshot"),
+])
+def test_resolve_errors_are_usage_errors(ref, message):
+    with pytest.raises(UsageError, match=message) as info:
+        resolve_ref(ENTRIES, ref)
+    assert info.value.exit_code == 2
+
+
+def test_resolve_ambiguous_prefix_lists_the_candidates():
+    with pytest.raises(UsageError) as info:
+        resolve_ref(ENTRIES + [fake("abcd" + "9" * 60, T0)], "abcd")
+    assert info.value.exit_code == 2
+    assert "ambiguous: 2 snapshots" in str(info.value)
+    assert "abcd111111111111" in str(info.value) and "abcd999999999999" in str(info.value)
+
+
+def test_resolve_latest_in_an_empty_vault(vault):
+    with pytest.raises(UsageError, match="holds no snapshots yet"):
+        vault.resolve("latest")
+
+
+def test_resolve_against_the_directory(vault):
+    a = add(vault, "a", T0)
+    b = add(vault, "b", T0 + 1)
+    assert vault.resolve("latest") == b
+    assert vault.resolve(a.sha256[:8]) == a
+
+
+# -- retention ----------------------------------------------------------------------
+
+
+def test_retention_keeps_the_newest_n(vault):
+    entries = [add(vault, f"s{i}", T0 + i) for i in range(5)]
+    verdicts = vault.apply_retention(keep=2)
+    assert [v.keep for v in verdicts] == [True, True, False, False, False]
+    kept = [e.sha256 for e in vault.list()]
+    assert kept == [entries[4].sha256, entries[3].sha256]
+    for gone in entries[:3]:
+        assert not Path(gone.path).exists()
+        assert not (vault.dir / f"{gone.sha256}.json").exists()
+
+
+def test_retention_never_deletes_the_newest(vault):
+    only = add(vault, "only")
+    assert vault.apply_retention(keep=1)[0].keep
+    assert vault.list() == [only]
+
+
+# -- what the daemon pulls ------------------------------------------------------------
+
+
+def view(name, leader=False, healthy=True, reachable=True, snaps=(), busy=None, cluster="c1"):
+    if not reachable:
+        return MemberView(name, f"tcp://127.0.0.1:{7000 + int(name[-1])}", False, error="timed out")
+    report = {
+        "agent": {"version": "0.1.0", "busy": busy},
+        "etcd": {"healthy": healthy, "is_leader": leader, "cluster_id": cluster, "revision": 10},
+        "snapshots": [{"name": f"{name}-{i}.db", "sha256": f"{name}{i}".ljust(64, "0"),
+                       "created_unix": t, "size": 10, "revision": 5} for i, t in enumerate(snaps)],
+    }
+    return MemberView(name, f"tcp://127.0.0.1:{7000 + int(name[-1])}", True, report=report)
+
+
+def nothing_in_vault(sha: str) -> bool:
+    return False
+
+
+def test_pull_prefers_a_follower_as_fresh_as_the_leader():
+    views = [view("m1", leader=True, snaps=[T0 + 60]), view("m2", snaps=[T0]), view("m3", snaps=[T0 + 30])]
+    choice = choose_pull(views, nothing_in_vault, None, interval=3600)
+    assert choice.member == "m3"
+    assert choice.snapshot["name"] == "m3-0.db"
+    assert choice.sentence.startswith("pulling m3-0.db of follower m3")
+
+
+def test_pull_takes_the_leader_when_followers_are_stale():
+    views = [view("m1", leader=True, snaps=[T0 + 7200]), view("m2", snaps=[T0]), view("m3")]
+    choice = choose_pull(views, nothing_in_vault, None, interval=3600)
+    assert choice.member == "m1"
+    assert "of leader m1" in choice.sentence
+
+
+def test_pull_ignores_unhealthy_and_unreachable_members():
+    views = [view("m1", leader=True, snaps=[T0]), view("m2", healthy=False, snaps=[T0 + 60]),
+             view("m3", reachable=False)]
+    assert choose_pull(views, nothing_in_vault, None, 3600).member == "m1"
+
+
+def test_pull_skips_what_the_vault_has_or_what_is_older():
+    views = [view("m1", leader=True), view("m2", snaps=[T0])]
+    has = choose_pull(views, lambda sha: sha.startswith("m20"), None, 3600)
+    assert has.member is None and has.failure is None
+    assert has.sentence.startswith("the vault already has the newest snapshot")
+    older = choose_pull(views, nothing_in_vault, T0 + 1, 3600)
+    assert older.member is None and older.failure is None
+
+
+@pytest.mark.parametrize(("views", "failure", "words"), [
+    ([view("m1", reachable=False), view("m2", reachable=False)], "unreachable", "no agent answered"),
+    ([view("m1", healthy=False, snaps=[T0])], "unreachable", "no member reports a healthy etcd"),
+    ([view("m1", leader=True), view("m2")], "no_snapshot", "no healthy member has a snapshot"),
+])
+def test_pull_reports_why_nothing_can_be_pulled(views, failure, words):
+    choice = choose_pull(views, nothing_in_vault, None, 3600)
+    assert (choice.member, choice.failure) == (None, failure)
+    assert words in choice.sentence
+
+
+def test_backup_member_defaults_to_an_idle_healthy_follower():
+    views = [view("m1", leader=True), view("m2", busy="snapshot.take"), view("m3")]
+    chosen, why = choose_backup_member(views, None)
+    assert chosen.name == "m3"
+    assert why == "follower m3 (sparing the leader)"
+    only_leader = [view("m1", leader=True), view("m2", healthy=False), view("m3", reachable=False)]
+    assert choose_backup_member(only_leader, None)[0].name == "m1"
+
+
+def test_backup_member_refusals():
+    views = [view("m1", leader=True), view("m2", healthy=False), view("m3", reachable=False)]
+    assert choose_backup_member(views, "m1")[0].name == "m1"
+    with pytest.raises(UnsafeRefusal, match=r"agent of member m3 .* is unreachable") as info:
+        choose_backup_member(views, "m3")
+    assert info.value.exit_code == 3
+    with pytest.raises(UnsafeRefusal, match="etcd on member m2 is not healthy"):
+        choose_backup_member(views, "m2")
+    with pytest.raises(UsageError, match="no member named 'm9'"):
+        choose_backup_member(views, "m9")
+    with pytest.raises(EtcdUnavailable, match="no member has a healthy etcd"):
+        choose_backup_member([view("m2", healthy=False), view("m3", reachable=False)], None)
+
+
+def test_cluster_summary_flags_disagreement():
+    ok = cluster_summary([view("m1", leader=True), view("m2"), view("m3", reachable=False)])
+    assert (ok["leader"], ok["cluster_id"], ok["consistent"]) == ("m1", "c1", True)
+    assert (ok["reachable"], ok["healthy"]) == (2, 2)
+    split = cluster_summary([view("m1", leader=True), view("m2", leader=True, cluster="c2")])
+    assert split["leader"] is None and split["cluster_id"] is None and not split["consistent"]
+    assert split["cluster_ids"] == ["c1", "c2"]
