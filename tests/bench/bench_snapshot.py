@@ -72,7 +72,7 @@ def main() -> int:
             row = bench_size(args.build, size, args.repeat, Path(tmp))
             print(row, flush=True)
             rows.append(row)
-    path = save("snapshot", {"rows": rows})
+    path = save(f"snapshot-{args.build}", {"rows": rows})
     print(f"wrote {path}")
     return 0
 

@@ -1,0 +1,119 @@
+"""`make bench`: every benchmark in one run, results as JSON (tests/bench/results/) and as
+the tables in docs/benchmarks.md. Ratios compare etcdguard with the plain etcdctl
+procedure on the same data in the same run; nothing here is a pass/fail test.
+
+    python tests/bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "tests" / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def run(script: str, *args: str) -> None:
+    path = ROOT / "tests" / "bench" / script
+    if not path.exists():
+        print(f"skipping {script}: not present")
+        return
+    print(f"== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(path), *args], check=True, cwd=ROOT)
+
+
+def load(name: str) -> Any:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    out = ["| " + " | ".join(title for _, title in columns) + " |",
+           "|" + "---|" * len(columns)]
+    for r in rows:
+        out.append("| " + " | ".join(str(r.get(key, "")) for key, _ in columns) + " |")
+    return "\n".join(out)
+
+
+def render() -> str:
+    cpu = ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    parts = [
+        "# Benchmarks",
+        "",
+        "Produced by `make bench` (`tests/bench/run.py`); raw numbers in `tests/bench/results/*.json`.",
+        "Every ratio compares etcdguard with the plain etcdctl procedure on the same member and data,",
+        "in the same run. Single runs on a shared machine are noisy: read ratios, not absolute seconds.",
+        "",
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.python_implementation()} "
+        f"{platform.python_version()}, {cpu or platform.machine()}.",
+        "",
+    ]
+    snaps = [r for name in ("snapshot-3.4", "snapshot-3.5") if load(name) for r in load(name)["rows"]]
+    if snaps:
+        parts += [
+            "## Snapshot: `etcdguard-agent snapshot` vs `etcdctl snapshot save` + `snapshot status`",
+            "",
+            "Both write the file, fsync it and read its revision; etcdguard also verifies the SHA-256",
+            "trailer and records metadata. Time ratio < 1 means etcdguard is faster. Peak RSS is the",
+            "agent process's VmHWM (flat with size means the stream is not held in memory).",
+            "",
+            table(snaps, [("etcd", "etcd"), ("size_mb", "data MB"), ("snapshot_bytes", "snapshot bytes"),
+                          ("manual_seconds", "etcdctl s"), ("agent_seconds", "etcdguard s"),
+                          ("time_ratio_agent_to_manual", "time ratio"), ("agent_peak_rss_mib", "peak RSS MiB")]),
+            "",
+        ]
+    restores = [r for name in ("restore-3.4", "restore-3.5") if load(name) for r in load(name)["rows"]]
+    if restores:
+        parts += [
+            "## Single-member restore: downtime",
+            "",
+            "Manual: stop etcd, `snapshot restore` into a new dir, swap dirs, start, wait healthy (all of it is",
+            "downtime). etcdguard restores into the new dir while etcd still runs; downtime is stop -> start",
+            "healthy, read from the operation journal.",
+            "",
+            table(restores, [("etcd", "etcd"), ("size_mb", "data MB"), ("manual_downtime_seconds", "manual downtime s"),
+                             ("etcdguard_downtime_seconds", "etcdguard downtime s"),
+                             ("downtime_ratio_etcdguard_to_manual", "downtime ratio"),
+                             ("etcdguard_total_seconds", "etcdguard total s")]),
+            "",
+        ]
+    transfer = load("transfer")
+    if transfer:
+        rows = transfer.get("rows", [transfer])
+        parts += [
+            "## Vault pull over ZeroMQ CURVE vs `cp` + sync",
+            "",
+            table(rows, [(k, k) for k in rows[0]]),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
+    args = ap.parse_args()
+    sizes, size, repeat = ("50", "50", "1") if args.quick else ("100,300", "300", "3")
+    for build in ("3.4", "3.5"):
+        run("bench_snapshot.py", "--sizes-mb", sizes, "--build", build, "--repeat", repeat)
+        run("bench_restore.py", "--size-mb", size, "--build", build, "--repeat", repeat)
+    run("bench_transfer.py", "--size-mb", size, "--json", str(RESULTS / "transfer.json"))
+    DOC.write_text(render() + "\n")
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
