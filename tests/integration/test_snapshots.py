@@ -205,3 +205,30 @@ def test_daemon_notifies_ready_and_serves_metrics(etcd_member, tmp_path):
         _, err = proc.communicate(timeout=30)
         sock.close()
     assert proc.returncode == 0, err
+
+
+def test_sighup_reloads_config(etcd_member, tmp_path):
+    sections = agent_sections(etcd_member, tmp_path, runtime=None)
+    cfg = write_agent_config(tmp_path / "agent.toml", sections)
+    store = SnapshotStore(tmp_path / "snapshots")
+    log = tmp_path / "agent.log"
+    with open(log, "w") as log_fh:
+        proc = subprocess.Popen([*AGENT, "--config", str(cfg), "run"], stdout=subprocess.DEVNULL, stderr=log_fh)
+    try:
+        wait_until(lambda: len(store.list()) == 1, timeout=30, what="the start-up snapshot")
+        # A broken config is refused and the running one kept ...
+        cfg.write_text("[backup]\ninterval = 'soon'\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed, keeping the running configuration" in log.read_text(), timeout=30,
+                   what="the broken config to be refused")
+        assert "backup.interval" in log.read_text()
+        # ... a good one takes effect: interval 1h -> 1s means more snapshots soon.
+        sections["backup"]["interval"] = "1s"
+        write_agent_config(cfg, sections)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(store.list()) >= 3, timeout=30, what="snapshots at the reloaded interval")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, log.read_text()
+    assert "configuration reloaded" in log.read_text()
