@@ -13,50 +13,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__
+from .clikit import CommandLine
 from .config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
 from .durations import format_bytes, format_duration
 from .errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
-from .logsetup import setup_logging
 from .member import ClientTLS, LocalMember
 
 PROG = "etcdguard-agent"
 log = logging.getLogger(__name__)
 
-Handler = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
-
-
-def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
-    """Register a subcommand: its help, its arguments and its handler."""
-    def wrap(fn: Handler) -> Handler:
-        COMMANDS[name] = (help, args, fn)
-        return fn
-    return wrap
-
-
-def _common(p: argparse.ArgumentParser, top: bool) -> None:
-    # --config and --verbose are accepted before and after the subcommand.
-    default: Any = None if top else argparse.SUPPRESS
-    p.add_argument("--config", type=Path, default=default, metavar="PATH",
-                   help=f"agent config file (default {DEFAULT_CONFIG_PATH})")
-    p.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
-                   help="debug logging")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="etcdguard agent: verified etcd snapshots and node-local restores.",
-        epilog="Without a subcommand the daemon runs (same as `run`).",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _common(parser, top=True)
-    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help, add_args, _) in COMMANDS.items():
-        sp = subs.add_parser(name, help=help, description=help)
-        _common(sp, top=False)
-        add_args(sp)
-    return parser
+CLI = CommandLine(
+    PROG, "etcdguard agent: verified etcd snapshots and node-local restores.", DEFAULT_CONFIG_PATH,
+    epilog="Without a subcommand the daemon runs (same as `run`). "
+           "Exit codes: 0 ok, 1 operation failed, 2 usage or config error, 3 refused as unsafe.",
+    default_command="run",
+)
+command = CLI.command
 
 
 def load_config(args: argparse.Namespace, required: bool = True) -> Optional[AgentConfig]:
@@ -94,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args)
     assert config is not None
     daemon = AgentDaemon(args.config or DEFAULT_CONFIG_PATH, config)
+    from .server import attach_server
+    attach_server(daemon)
     daemon.install_signal_handlers()
     return daemon.run()
 
@@ -291,19 +265,4 @@ def _load_extensions() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _load_extensions()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    name = args.command or "run"
-    if args.command is None:
-        args.json = False
-    handler = COMMANDS[name][2]
-    try:
-        return handler(args)
-    except EtcdguardError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-
+    return CLI.main(argv)

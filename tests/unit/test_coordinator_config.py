@@ -11,7 +11,12 @@ else:  # pragma: no cover
 
 from etcdguard.agent import keys
 from etcdguard.agent.errors import ConfigError
-from etcdguard.coordinator.config import load_coordinator_config, load_keys, parse_coordinator_config
+from etcdguard.coordinator.config import (
+    load_coordinator_config,
+    load_keys,
+    parse_coordinator_config,
+    require_members,
+)
 
 MEMBER = {"name": "cp1", "agent": "tcp://10.0.0.1:7479", "public_key": "/etc/etcdguard/keys/cp1.key"}
 
@@ -118,7 +123,6 @@ def test_bad_toml_names_the_file(tmp_path):
      r"coordinator\.insecure: expected true or false, got a string 'yes'"),
     ({"members": [MEMBER], "coordinator": {"control_socket": "/run/" + "x" * 120}},
      r"coordinator\.control_socket: expected a path of at most 107 bytes"),
-    ({}, r"coordinator\.toml: no \[\[members\]\]"),
     ({"members": []}, r"members: expected \[\[members\]\] tables"),
     ({"members": {"name": "cp1"}}, r"members: expected \[\[members\]\] tables"),
     ({"members": ["cp1"]}, r"\[members\[0\]\] must be a table, got a string"),
@@ -143,6 +147,14 @@ def test_errors_name_file_key_and_expectation(data, expected):
     message = error_of(data)
     assert message.startswith("coordinator.toml: ")
     assert re.search(expected, message), message
+
+
+def test_members_may_be_missing_from_the_file_but_the_daemon_needs_them():
+    c = parse({})
+    assert c.members == ()
+    with pytest.raises(ConfigError, match=r"coordinator\.toml: no \[\[members\]\]: expected one"):
+        require_members(c)
+    require_members(parse({"members": [MEMBER]}))
 
 
 def test_insecure_needs_no_keys():

@@ -251,12 +251,14 @@ def test_retention_never_deletes_the_newest(vault):
 # -- what the daemon pulls ------------------------------------------------------------
 
 
-def view(name, leader=False, healthy=True, reachable=True, snaps=(), busy=None, cluster="c1"):
+def view(name, leader=False, healthy=True, reachable=True, snaps=(), busy=None, cluster="c1", leader_id="a1"):
     if not reachable:
         return MemberView(name, f"tcp://127.0.0.1:{7000 + int(name[-1])}", False, error="timed out")
+    member_id = f"a{name[-1]}"
     report = {
         "agent": {"version": "0.1.0", "busy": busy},
-        "etcd": {"healthy": healthy, "is_leader": leader, "cluster_id": cluster, "revision": 10},
+        "etcd": {"healthy": healthy, "is_leader": leader, "cluster_id": cluster, "revision": 10,
+                 "member_id": member_id, "leader": member_id if leader else leader_id},
         "snapshots": [{"name": f"{name}-{i}.db", "sha256": f"{name}{i}".ljust(64, "0"),
                        "created_unix": t, "size": 10, "revision": 5} for i, t in enumerate(snaps)],
     }
@@ -331,10 +333,15 @@ def test_backup_member_refusals():
         choose_backup_member([view("m2", healthy=False), view("m3", reachable=False)], None)
 
 
-def test_cluster_summary_flags_disagreement():
+def test_cluster_summary_names_the_leader_and_flags_disagreement():
     ok = cluster_summary([view("m1", leader=True), view("m2"), view("m3", reachable=False)])
-    assert (ok["leader"], ok["cluster_id"], ok["consistent"]) == ("m1", "c1", True)
+    assert (ok["leader"], ok["leader_id"], ok["cluster_id"], ok["consistent"]) == ("m1", "a1", "c1", True)
     assert (ok["reachable"], ok["healthy"]) == (2, 2)
+    # the leader's own agent is down: the followers still say who leads
+    unseen = cluster_summary([view("m1", reachable=False), view("m2"), view("m3")])
+    assert (unseen["leader"], unseen["leader_id"], unseen["consistent"]) == (None, "a1", True)
     split = cluster_summary([view("m1", leader=True), view("m2", leader=True, cluster="c2")])
     assert split["leader"] is None and split["cluster_id"] is None and not split["consistent"]
-    assert split["cluster_ids"] == ["c1", "c2"]
+    assert split["cluster_ids"] == ["c1", "c2"] and split["leaders"] == ["m1", "m2"]
+    none = cluster_summary([view("m1", leader_id=None), view("m2", leader_id=None)])
+    assert none["leader"] is None and none["leader_id"] is None

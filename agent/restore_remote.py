@@ -1,0 +1,239 @@
+"""Restore steps requested over the control channel, for a cluster-wide restore.
+
+The coordinator runs a restore as numbered steps on every member; each
+``restore.step`` request runs one step here through NodeRestorer, which
+records the step's result in the agent's state dir before answering. A
+repeated (op_id, step) therefore returns the recorded result and never acts
+twice, also across agent restarts.
+
+Rules this module adds for remote steps:
+- the operation record (``kind = "cluster"``) is created by ``prepare``,
+  which carries the parameters; ``preflight`` before that only checks what
+  needs no snapshot;
+- a step runs only after every earlier step of the plan finished here;
+- ``prepare`` repeated with other parameters is a conflict, as is any new
+  step in an operation that is no longer running;
+- every member must bump the revision by exactly the planned amount, so the
+  planned ``bump_revision`` is used as given;
+- each step holds the node's restore lock while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import fsutil
+from .backup import BackupRunner
+from .errors import EtcdguardError, ToolError, UnsafeRefusal
+from .opstate import Operation, OperationStore
+from .protocol import CONFLICT, ProtocolError
+from .restore import NodeRestorer
+from .restore_plan import STEPS as PLAN_STEPS
+from .restore_plan import RestoreParams
+from .runtime.factory import make_runtime
+from .tools import restore_argv
+from .transfer import NotFound
+
+log = logging.getLogger(__name__)
+
+JOURNAL_TAIL = 20
+OPEN_STATES = ("running", "failed-needs-attention")
+
+
+def restore_active(state_dir: Path) -> bool:
+    """A restore holds the lock now, or an operation is still running (between its steps)."""
+    ops = OperationStore(state_dir)
+    if ops.locked():
+        return True
+    return any(o.record().get("state") == "running" for o in ops.all())
+
+
+def snapshot_in_use(state_dir: Path, path: Path) -> bool:
+    """Does an operation that is not finished restore from this file?"""
+    resolved = str(path.resolve())
+    for op in OperationStore(state_dir).all():
+        record = op.record()
+        if record.get("state") in OPEN_STATES and record.get("params", {}).get("snapshot") == resolved:
+            return True
+    return False
+
+
+def operation_status(state_dir: Path, op_id: str) -> dict[str, Any]:
+    """restore.status: the operation's state, each finished step's result, the journal's tail."""
+    op = OperationStore(state_dir).get(op_id)
+    if not op.exists():
+        raise NotFound(f"no operation {op_id!r} on this node")
+    record = op.record()
+    steps: dict[str, Any] = {}
+    for step in PLAN_STEPS:
+        done = op.finished(step)
+        if done is not None:
+            steps[step] = done.result
+    return {"op": op_id, "state": record.get("state"), "kind": record.get("kind"),
+            "failed_step": record.get("failed_step"), "error": record.get("error"),
+            "steps": steps, "journal_tail": op.journal_lines()[-JOURNAL_TAIL:]}
+
+
+class RemoteRestore:
+    """Runs restore.step requests. Used from one thread (the server's long-op worker)."""
+
+    def __init__(self, runner: Callable[[], BackupRunner], snapshot_path: Callable[[str], Path]) -> None:
+        self._runner = runner
+        self._snapshot_path = snapshot_path
+        self._restorer: Optional[tuple[int, NodeRestorer]] = None
+
+    def restorer(self) -> NodeRestorer:
+        """The NodeRestorer for the daemon's current configuration (rebuilt after a reload)."""
+        runner: BackupRunner = self._runner()
+        if self._restorer is not None and self._restorer[0] == id(runner):
+            return self._restorer[1]
+        tool = runner.tool()
+        if tool is None:
+            raise ToolError("no etcdutl or etcdctl found on this node (set etcd.restore_tool); cannot restore")
+        config = runner.config
+        runtime = make_runtime(config, runner.member, config.state.dir)
+
+        def progress(step: str, message: str) -> None:
+            log.info("restore step %s: %s", step, message)
+
+        restorer = NodeRestorer(config, runner.member, runtime, tool, progress)
+        self._restorer = (id(runner), restorer)
+        return restorer
+
+    def step(self, args: dict[str, Any], who: str) -> dict[str, Any]:
+        """Run (or answer from the record) one restore.step; ``who`` names the requester for the journal."""
+        op_id, step = args["op_id"], args["step"]
+        restorer = self.restorer()
+        op = restorer.ops.get(op_id)
+        try:
+            if step == "rollback":
+                return self._rollback(restorer, op)
+            if step == "cleanup":
+                if not op.exists():
+                    raise NotFound(f"no operation {op_id!r} on this node")
+                return {"op": op_id, "removed": restorer.cleanup(op_id)}
+            with restorer.ops.exclusive(f"run restore step {step} of {op_id}"):
+                if not op.exists():
+                    if step == "preflight":
+                        return self._preflight_without_operation(restorer)
+                    if step != "prepare":
+                        raise NotFound(f"no operation {op_id!r} on this node (it is created by its prepare step)")
+                    op = self._open(restorer, op_id, args["params"], who)
+                else:
+                    state = op.record().get("state")
+                    if state != "running":
+                        # A finished step answers with its record; nothing new runs in a closed operation.
+                        recorded = self._recorded(op, step)
+                        if recorded is None:
+                            raise ProtocolError(CONFLICT, f"operation {op_id} is {state}; step {step} cannot "
+                                                          "run in it (a new restore needs a new operation id)")
+                        return recorded
+                    if step == "prepare":
+                        self._check_same_prepare(restorer, op, args["params"])
+                self._check_order(op, step)
+                if step == "prepare":
+                    pre = restorer.run_step(op, "preflight")
+                    return {**restorer.run_step(op, "prepare"), "preflight": pre}
+                result = restorer.run_step(op, step)
+                if step == PLAN_STEPS[-1] and op.record().get("state") == "running":
+                    op.update(state="done", finished_at=time.time())
+                return result
+        except subprocess.SubprocessError as exc:
+            self._journal_failure(op, step, exc, who)
+            raise ToolError(f"restore step {step}: {exc}") from None
+        except (EtcdguardError, OSError) as exc:
+            if not isinstance(exc, (NotFound, ProtocolError)):
+                self._journal_failure(op, step, exc, who)
+            raise
+
+    @staticmethod
+    def _recorded(op: Operation, step: str) -> Optional[dict[str, Any]]:
+        done = op.finished(step)
+        if done is None:
+            return None
+        if step == "prepare":
+            pre = op.finished("preflight")
+            return {**done.result, "preflight": pre.result if pre is not None else None}
+        return done.result
+
+    @staticmethod
+    def _journal_failure(op: Operation, step: str, exc: BaseException, who: str) -> None:
+        if op.exists():
+            with contextlib.suppress(OSError):
+                op.journal("failed", step=step, error=str(exc), by=who)
+
+    @staticmethod
+    def _check_order(op: Operation, step: str) -> None:
+        """A step runs only after every step before it in the plan is recorded as finished."""
+        for earlier in PLAN_STEPS[: PLAN_STEPS.index(step)]:
+            if earlier == "preflight" and step == "prepare":
+                continue   # prepare runs it first
+            if op.finished(earlier) is None:
+                raise UnsafeRefusal(f"operation {op.op}: step {step} needs step {earlier} finished first "
+                                    "on this node")
+
+    @staticmethod
+    def _preflight_without_operation(restorer: NodeRestorer) -> dict[str, Any]:
+        """Checks that need no snapshot yet (the operation is created by prepare); nothing is recorded."""
+        data_dir = restorer.member.data_dir
+        if not data_dir.is_dir():
+            raise UnsafeRefusal(f"data dir {data_dir} does not exist")
+        if not restorer.tool.path.exists():
+            raise ToolError(f"restore tool {restorer.tool.path} is gone")
+        return {"recorded": False, "free_bytes": fsutil.free_bytes(data_dir),
+                "live_member": (data_dir / "member").is_dir(), "member": restorer.member.name,
+                "tool": {"path": str(restorer.tool.path), "version": restorer.tool.version,
+                         "supports_bump": restorer.tool.supports_bump}}
+
+    def _open(self, restorer: NodeRestorer, op_id: str, params: dict[str, Any], who: str) -> Operation:
+        member = restorer.member
+        if params["name"] != member.name:
+            raise UnsafeRefusal(f"this agent serves member {member.name!r}, not {params['name']!r}; "
+                                "check the coordinator's member list")
+        bump = params["bump_revision"]
+        if bump > 0 and not restorer.tool.supports_bump:
+            raise UnsafeRefusal(f"{restorer.tool.kind} {restorer.tool.version} cannot --bump-revision; "
+                                "plan the restore with bump_revision = 0 on every member")
+        snapshot = self._snapshot_path(params["snapshot"])
+        p = restorer.make_params(snapshot, op_id, initial_cluster=params["initial_cluster"],
+                                 token=params["token"], peer_url=params["peer_url"], bump_revision=bump)
+        if p.bump_revision != bump:
+            # make_params raises the bump past this member's own live revision; a cluster needs the
+            # same bump on every member, so the planned one is used as given.
+            target = Path(p.restore_argv[p.restore_argv.index("--data-dir") + 1])
+            argv = restore_argv(restorer.tool, Path(p.snapshot), target, name=p.name,
+                                initial_cluster=p.initial_cluster, token=p.token, peer_url=p.peer_url,
+                                bump_revision=bump)
+            p = dataclasses.replace(p, bump_revision=bump, restore_argv=tuple(argv))
+        op = restorer.open_operation(p, kind="cluster")
+        op.journal("requested", by=who)
+        return op
+
+    @staticmethod
+    def _check_same_prepare(restorer: NodeRestorer, op: Operation, params: dict[str, Any]) -> None:
+        p: RestoreParams = restorer.params_of(op)
+        planned = {"snapshot": Path(p.snapshot).name, "name": p.name, "initial_cluster": p.initial_cluster,
+                   "token": p.token, "peer_url": p.peer_url, "bump_revision": p.bump_revision}
+        differs = sorted(k for k, v in planned.items() if params.get(k) != v)
+        if differs:
+            raise ProtocolError(CONFLICT, f"operation {op.op} was prepared with other {', '.join(differs)}; "
+                                          "use a new operation id")
+
+    @staticmethod
+    def _rollback(restorer: NodeRestorer, op: Operation) -> dict[str, Any]:
+        """Put this node back as it was: swap the old data back, or undo what ran before the swap."""
+        if not op.exists():
+            raise NotFound(f"no operation {op.op!r} on this node")
+        if op.finished("swap") is not None or op.record().get("state") == "rolled-back":
+            return restorer.rollback(op.op).to_json()
+        with restorer.ops.exclusive(f"roll back {op.op}"):
+            notes = restorer.undo_before_swap(op)
+            op.update(state="rolled-back", rolled_back_at=time.time())
+        return {"op": op.op, "ok": True, "state": "rolled-back", "steps": [{"step": "rollback", "notes": notes}],
+                "error": None, "failed_step": None}

@@ -1,0 +1,265 @@
+"""etcdguardctl: the operator's tool. Talks to the coordinator daemon over its control socket.
+
+The daemon does the work (a dropped ssh session does not abandon a backup);
+this tool only sends the request, shows progress on stderr and renders the
+result. ``keygen`` is the exception: it works alone, without a config or a
+daemon, because keys are made before either exists.
+
+Exit codes: 0 ok, 1 operation failed, 2 usage or config error, 3 refused as unsafe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from etcdguard.agent.clikit import CommandLine
+from etcdguard.agent.durations import format_bytes, format_duration
+from etcdguard.agent.errors import EXIT_OK, EtcdguardError, UsageError
+
+from . import control
+from .config import DEFAULT_CONFIG_PATH, CoordinatorConfig, load_coordinator_config
+
+PROG = "etcdguardctl"
+DEFAULT_KEY_DIR = Path("/etc/etcdguard/keys")
+log = logging.getLogger(__name__)
+
+CLI = CommandLine(
+    PROG, "etcdguard control: the coordinator's vault, members and keys.", DEFAULT_CONFIG_PATH,
+    epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or config error, 3 refused as unsafe.",
+    interrupted="interrupted (a backup already started goes on in the daemon)",
+)
+command = CLI.command
+
+
+def load_config(args: argparse.Namespace) -> CoordinatorConfig:
+    return load_coordinator_config(args.config or DEFAULT_CONFIG_PATH)
+
+
+def emit(args: argparse.Namespace, obj: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def ask(args: argparse.Namespace, cmd: str, cmd_args: Optional[dict[str, Any]] = None,
+        on_progress: Optional[Callable[[dict[str, Any]], None]] = None) -> Any:
+    config = load_config(args)
+    return control.request(config.coordinator.control_socket, cmd, cmd_args, on_progress=on_progress)
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    return f"{format_duration(float(seconds))} ago"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# -- status ------------------------------------------------------------------
+@command("status", "each member's agent, etcd health, role, revision and newest backup; the vault's newest",
+         _json_flag)
+def cmd_status(args: argparse.Namespace) -> int:
+    report = ask(args, "status")
+    if args.json:
+        emit(args, report, "")
+        return EXIT_OK
+    rows = [["MEMBER", "AGENT", "REACHABLE", "ETCD", "ROLE", "REVISION", "NEWEST BACKUP"]]
+    for m in report["members"]:
+        etcd = m.get("etcd") or {}
+        if not m["reachable"]:
+            rows.append([m["name"], m["agent"], "no", "-", "-", "-", "-"])
+            continue
+        health = "healthy" if m["healthy"] else "UNHEALTHY"
+        role = "leader" if m["is_leader"] else ("follower" if m["healthy"] else "-")
+        newest = m.get("newest_backup")
+        backup = "none" if not newest else f"{_age(newest.get('age_seconds'))} (rev {newest.get('revision')})"
+        busy = f" [busy: {m['busy']}]" if m.get("busy") else ""
+        rows.append([m["name"], m["agent"], "yes", health + (f" {etcd.get('version')}" if etcd.get("version") else ""),
+                     role, str(m.get("revision") if m.get("revision") is not None else "-"), backup + busy])
+    print(_table(rows))
+    for m in report["members"]:
+        if not m["reachable"]:
+            print(f"  {m['name']}: {m['error']}")
+        elif not m["healthy"]:
+            print(f"  {m['name']}: etcd: {(m.get('etcd') or {}).get('error') or 'not healthy'}")
+    c = report["cluster"]
+    ids = c["cluster_ids"]
+    cluster = (f"cluster id {ids[0]}" if len(ids) == 1 else
+               "cluster id unknown" if not ids else f"MEMBERS DISAGREE on the cluster id: {', '.join(ids)}")
+    if len(c["leaders"]) > 1 or len(c["leader_ids"]) > 1:
+        leader = ("MEMBERS DISAGREE on the leader: "
+                  + ", ".join(c["leaders"] or c["leader_ids"]))
+    elif c["leader"]:
+        leader = f"leader {c['leader']}"
+    elif c["leader_id"]:
+        leader = f"leader is member id {c['leader_id']} (its agent did not answer)"
+    else:
+        leader = "NO LEADER"
+    print(f"\n{cluster}; {leader}; {c['reachable']}/{c['members']} agents reachable, {c['healthy']} healthy")
+    v = report["vault"]
+    newest = v.get("newest")
+    if newest:
+        print(f"vault: {v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
+              f"{newest['sha256'][:12]} from {newest['source_member']}, revision {newest['revision']}, "
+              f"taken {_age(v.get('newest_age_seconds'))}")
+    else:
+        print(f"vault: empty ({v['dir']})")
+    co = report["coordinator"]
+    parts = []
+    if co.get("busy"):
+        parts.append(f"busy: {co['busy']}")
+    if co.get("next_pull_in_seconds") is not None:
+        parts.append(f"next pull in {format_duration(co['next_pull_in_seconds'])}")
+    last = co.get("last_pull")
+    if last:
+        parts.append(f"last pull {'ok' if last.get('ok') else 'FAILED'}: {last.get('message')}")
+    if parts:
+        print("coordinator: " + "; ".join(parts))
+    return EXIT_OK
+
+
+# -- snapshots -----------------------------------------------------------------
+@command("snapshots", "list the snapshots in the vault, newest first", _json_flag)
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    entries = ask(args, "snapshots")
+    if args.json:
+        emit(args, entries, "")
+        return EXIT_OK
+    if not entries:
+        print("the vault is empty (take one with `etcdguardctl backup`)")
+        return EXIT_OK
+    now = time.time()
+    rows = [["ID", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD"]]
+    for e in entries:
+        rows.append([e["sha256"][:12], e["created_at"], format_duration(max(0.0, now - e["created_unix"])),
+                     format_bytes(e["size"]), str(e["revision"]), e["source_member"], e["etcd_version"] or "-"])
+    print(_table(rows))
+    return EXIT_OK
+
+
+# -- backup --------------------------------------------------------------------
+def _backup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--member", metavar="NAME", help="the member to take it on (default: a healthy follower)")
+    _json_flag(p)
+
+
+class ProgressPrinter:
+    """Progress on stderr: one updating line on a terminal, a line per 10% otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self._last_step = -1
+        self._open = False
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if "bytes" in p and "total" in p:
+            done, total = int(p["bytes"]), max(1, int(p["total"]))
+            pct = 100 * done // total
+            text = f"{p.get('member', '')}: {format_bytes(done)} / {format_bytes(total)} ({pct}%)"
+            if self.tty:
+                sys.stderr.write(f"\r{text}   ")
+                self._open = True
+            elif pct // 10 != self._last_step or done >= total:
+                self._last_step = pct // 10
+                sys.stderr.write(text + "\n")
+        elif p.get("message"):
+            self.finish()
+            sys.stderr.write(f"{p['message']}\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self._open:
+            sys.stderr.write("\n")
+            self._open = False
+
+
+@command("backup", "take a snapshot now on one member and pull it into the vault", _backup_args)
+def cmd_backup(args: argparse.Namespace) -> int:
+    if args.member is not None and not args.member:
+        raise UsageError("--member: give a member name")
+    printer = ProgressPrinter()
+    try:
+        result = ask(args, "backup", {"member": args.member} if args.member else {}, on_progress=printer)
+    finally:
+        printer.finish()
+    e = result["entry"]
+    took = float(result.get("duration_seconds") or 0)
+    earlier = "" if result["pulled"] else f" (identical to a snapshot stored earlier from {e['source_member']})"
+    emit(args, result,
+         f"{'pulled' if result['pulled'] else 'already in the vault:'} {e['sha256'][:12]} from member "
+         f"{result['member']}{earlier}: {format_bytes(e['size'])}, revision {e['revision']}, "
+         f"taken {e['created_at']}\n"
+         f"  vault file {e['path']} (sha256 {e['sha256']}, checked end to end; {format_duration(took)})")
+    return EXIT_OK
+
+
+# -- keygen --------------------------------------------------------------------
+def _keygen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="key name: NAME.key (public) and NAME.key_secret are written")
+    p.add_argument("--dir", type=Path, default=DEFAULT_KEY_DIR, metavar="DIR",
+                   help=f"where to write them (default {DEFAULT_KEY_DIR}; created 0700 if missing)")
+    _json_flag(p)
+
+
+@command("keygen", "make a CURVE keypair: NAME.key (public, to distribute) and NAME.key_secret (0600)",
+         _keygen_args)
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Needs neither a config nor a daemon: keys come first. Never overwrites a key."""
+    from etcdguard.agent import keys
+
+    directory: Path = args.dir
+    try:
+        public_path, secret_path = keys.generate(args.name, directory)
+    except PermissionError as exc:
+        raise EtcdguardError(f"cannot write keys in {directory}: permission denied ({exc.filename})") from None
+    except OSError as exc:
+        raise EtcdguardError(f"cannot write keys in {directory}: {exc.strerror or exc}") from None
+    public = keys.load_public(public_path).decode("ascii")
+    emit(args, {"name": args.name, "public_key": str(public_path), "secret_key": str(secret_path),
+                "public": public},
+         f"wrote {public_path} (public) and {secret_path} (secret, 0600)\n"
+         f"  public key {public}\n"
+         "  An agent's NAME.key goes to the coordinator host ([[members]] public_key); the coordinator's\n"
+         "  NAME.key goes into every agent's authorized_keys directory. The secret stays on this host.")
+    return EXIT_OK
+
+
+# -- restore (a later version) -------------------------------------------------
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="vault id (a sha256 prefix) or 'latest'")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true", help="print the restore plan; change nothing")
+    mode.add_argument("--yes", action="store_true", help="run the restore")
+    mode.add_argument("--resume", metavar="OP", help="resume an interrupted restore")
+    mode.add_argument("--rollback", metavar="OP", help="roll back an interrupted restore")
+    _json_flag(p)
+
+
+@command("restore", "restore the whole cluster from a vault snapshot (not available in this version)",
+         _restore_args)
+def cmd_restore(args: argparse.Namespace) -> int:
+    raise UsageError("restore is not available in this version of etcdguardctl; to restore a single-member "
+                     "cluster use `etcdguard-agent restore` on that node")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return CLI.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

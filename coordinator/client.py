@@ -1,0 +1,539 @@
+"""The coordinator's client for one agent: requests with deadlines, and snapshot transfers.
+
+One DEALER socket per agent, a CURVE client that knows the agent's public
+key, so the coordinator talks only to the real agent and the agent admits
+only known coordinators. Every request carries a fresh id and a reply is
+taken only when its id matches; after a deadline passes the socket is closed
+(LINGER 0) and a new one made, so a late reply to an abandoned request can
+never be mistaken for the answer to a new one.
+
+Retries resend the same request id: the agent answers a repeat with the
+reply it recorded, or attaches it to the still running request, so a retry
+never runs anything twice. Only requests that are idempotent, or deduplicated
+by the agent, are retried by default; ``snapshot.take`` is not.
+
+Transfers follow the ZeroMQ guide's credit-based file transfer (fileio3):
+``credit`` chunk requests are kept in flight, each addressed by offset, so
+throughput does not wait on round trips, memory stays at ``credit`` chunks,
+and a broken connection is resumed from the last contiguous byte. A fetched
+file is written to a temp file next to ``dest``, verified (sha256 and etcd's
+SHA-256 trailer), fsync'ed and renamed; on failure nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import zmq
+from etcdguard.agent import fsutil
+from etcdguard.agent import protocol as P
+from etcdguard.agent.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
+from etcdguard.agent.transfer import KnownSizeDigest
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]   # (bytes done, total bytes)
+
+DEFAULT_RETRIES = 2
+# Safe to resend: reads, offset-addressed writes, and steps the agent deduplicates by (op_id, step).
+RETRYABLE = frozenset({
+    "ping", "status", "snapshot.list", "snapshot.fetch", "snapshot.put", "snapshot.put.abort",
+    "restore.status", "restore.step",
+})
+STALL_PROBE = 5.0          # seconds without any reply before a transfer reconnects and resumes
+MAX_RESYNCS = 5            # put: gap errors in a row (without progress) before giving up
+READ_CHUNK = 1 << 20
+HASH_THREAD = True         # fetch: hash in a helper thread, next to receiving and writing
+WRITEBACK = 8 << 20        # fetch: start writeback every this many bytes (0: only the closing fsync)
+MAX_MESSAGE = P.MAX_CHUNK + P.MAX_HEADER + 4096
+
+
+class AgentUnreachable(EtcdguardError):
+    """The agent did not answer within the deadline: down, unreachable, or refusing this coordinator's key."""
+
+
+class AgentClient:
+    """Requests to one agent. Not for concurrent use from several threads at once: calls are serialised,
+    so use a second client for a transfer that should not hold up heartbeats."""
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: str,
+        *,
+        server_public_key: Optional[bytes],
+        client_public: Optional[bytes],
+        client_secret: Optional[bytes],
+        insecure: bool = False,
+        context: Optional[zmq.Context[Any]] = None,
+    ) -> None:
+        if not insecure:
+            missing = [n for n, v in (("the agent's public key", server_public_key),
+                                      ("the coordinator's public key", client_public),
+                                      ("the coordinator's secret key", client_secret)) if not v]
+            if missing:
+                raise ConfigError(f"agent {name} ({endpoint}): CURVE needs {', '.join(missing)} "
+                                  "(or insecure = true for plain TCP)")
+        self.name = name
+        self.endpoint = endpoint
+        self.insecure = insecure
+        self._server_key = server_public_key
+        self._public = client_public
+        self._secret = client_secret
+        self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
+        self._sock: Optional[zmq.Socket[Any]] = None
+        self._lock = threading.RLock()
+        self.reconnects = 0        # sockets thrown away after a deadline or a stall (for tests and metrics)
+
+    # -- socket --------------------------------------------------------------
+    def _socket(self) -> zmq.Socket[Any]:
+        if self._sock is None:
+            sock: zmq.Socket[Any] = self._ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+            if not self.insecure:
+                assert self._server_key and self._public and self._secret
+                sock.curve_serverkey = self._server_key
+                sock.curve_publickey = self._public
+                sock.curve_secretkey = self._secret
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _reset(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+            self.reconnects += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(0)
+                self._sock = None
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, sock: zmq.Socket[Any], frames: list[bytes], until: float) -> bool:
+        """Queue a message; False if it could not be queued before ``until`` (the socket is mute)."""
+        while True:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames) < 2)
+                return True
+            except zmq.Again:
+                left = until - time.monotonic()
+                if left <= 0 or not sock.poll(max(1, int(left * 1000)), zmq.POLLOUT):
+                    return False
+
+    @staticmethod
+    def _decode(frames: list[zmq.Frame]) -> Optional[tuple[P.Reply, Optional[memoryview]]]:
+        """(reply, data) of a received message; None (logged) if it breaks the protocol."""
+        try:
+            if len(frames) > P.MAX_FRAMES:
+                raise P.ProtocolError(P.BAD_REQUEST, f"reply has {len(frames)} frames")
+            # The header is decoded on its own so a data chunk is never copied; MAXMSGSIZE bounds it.
+            reply = P.decode_reply([frames[0].bytes])
+        except P.ProtocolError as exc:
+            log.warning("ignoring a malformed reply: %s", exc.message)
+            return None
+        data = frames[1].buffer if len(frames) == 2 else None
+        if data is not None and (not reply.ok or len(data) > P.MAX_CHUNK):
+            log.warning("ignoring a reply with an unexpected data frame (%d bytes)", len(data))
+            return None
+        return reply, data
+
+    # -- requests ------------------------------------------------------------
+    def request(
+        self, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float = 10.0,
+        retries: Optional[int] = None, data: Optional[bytes] = None,
+    ) -> tuple[P.Reply, Optional[memoryview]]:
+        """Send one request and wait for its reply (ok or error) and data frame.
+
+        ``timeout`` is the deadline for the whole call; it is shared evenly by
+        the attempts. Raises AgentUnreachable when no attempt got an answer.
+        """
+        if retries is None:
+            retries = DEFAULT_RETRIES if op in RETRYABLE else 0
+        rid = P.new_request_id()
+        frames = P.encode_request(op, args or {}, rid, data)
+        attempts = max(1, retries + 1)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            for attempt in range(attempts):
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                until = now + (deadline - now) / (attempts - attempt)
+                sock = self._socket()
+                if self._send(sock, frames, until):
+                    got = self._await(sock, rid, until)
+                    if got is not None:
+                        return got
+                log.debug("agent %s: no answer to %s (attempt %d of %d)", self.name, op, attempt + 1, attempts)
+                self._reset()
+        raise AgentUnreachable(
+            f"agent {self.name} at {self.endpoint} did not answer {op} within {timeout:g}s "
+            f"({attempts} attempt{'s' if attempts > 1 else ''}); is the agent running and reachable, "
+            "and is this coordinator's public key in its authorized_keys?")
+
+    def _await(self, sock: zmq.Socket[Any], rid: str, until: float) -> Optional[tuple[P.Reply, Optional[memoryview]]]:
+        while True:
+            left = until - time.monotonic()
+            if left <= 0 or not sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                return None
+            got = self._decode(sock.recv_multipart(copy=False))
+            if got is None:
+                continue
+            reply = got[0]
+            # An error reply without an id answers a request the agent could not read: on this socket
+            # only ours is outstanding (stale requests died with the sockets they were sent on).
+            if reply.id == rid or (reply.id is None and not reply.ok):
+                return got
+            log.debug("agent %s: dropping a stale reply %s", self.name, reply.id)
+
+    def call(
+        self, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float = 10.0,
+        retries: Optional[int] = None, data: Optional[bytes] = None,
+    ) -> dict[str, Any]:
+        """The result of ``op``; RemoteError for an error reply, AgentUnreachable after the deadline."""
+        reply, _ = self.request(op, args, timeout=timeout, retries=retries, data=data)
+        return reply.raise_for_error()
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        return self.call("status", timeout=timeout)
+
+    # -- fetch ---------------------------------------------------------------
+    def fetch_snapshot(
+        self, name: str, dest: Path, *, expected_sha256: str, expected_size: int,
+        progress: Optional[Progress] = None, credit: int = 4, chunk: int = 1 << 20, timeout: float = 30.0,
+    ) -> None:
+        """Copy snapshot ``name`` from the agent to ``dest``, verified end to end.
+
+        ``timeout`` bounds the time without progress: the transfer reconnects
+        and resumes at the last contiguous byte after a stall, and gives up
+        (AgentUnreachable) when no data arrived for ``timeout`` seconds. On any
+        failure no file exists at ``dest`` (unless one was there before) and no
+        temp file is left.
+        """
+        _check_transfer_args(credit, chunk)
+        if expected_size <= 0:
+            raise UsageError(f"expected_size must be > 0, got {expected_size}")
+        dest = Path(dest)
+        tmp = dest.parent / f"{fsutil.TEMP_PREFIX}{dest.name}-{os.getpid()}-{time.time_ns()}.partial"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with self._lock:
+                sha, trailer_ok = self._pull(name, fd, sha256=expected_sha256, total=expected_size,
+                                             progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+            if sha != expected_sha256:
+                raise SnapshotCorrupt(f"{name} from agent {self.name}: received data has sha256 {sha}, "
+                                      f"expected {expected_sha256}")
+            if not trailer_ok:
+                raise SnapshotCorrupt(f"{name} from agent {self.name}: the SHA-256 trailer does not match "
+                                      "(not an etcd snapshot, or corrupted)")
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.rename(tmp, dest)
+            fsutil.fsync_dir(dest.parent)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _pull(self, name: str, fd: int, *, sha256: str, total: int, progress: Optional[Progress], credit: int,
+              chunk: int, timeout: float) -> tuple[str, bool]:
+        sink = FileSink(fd, total, hash_thread=HASH_THREAD, writeback=WRITEBACK)
+        try:
+            self._pull_into(sink, name, sha256=sha256, total=total, progress=progress, credit=credit, chunk=chunk,
+                            timeout=timeout)
+            return sink.finish()
+        finally:
+            sink.close()
+
+    def _pull_into(self, sink: FileSink, name: str, *, sha256: str, total: int, progress: Optional[Progress],
+                   credit: int, chunk: int, timeout: float) -> None:
+        stall = max(0.2, min(STALL_PROBE, timeout / 3))
+        last_progress = time.monotonic()
+        prefix = uuid.uuid4().hex[:16]
+        generation = 0
+        inflight: dict[str, int] = {}            # request id -> offset
+        early: dict[int, zmq.Frame] = {}         # chunks that arrived ahead of a missing one
+        next_offset = 0
+        sock = self._socket()
+        while sink.size < total:
+            while len(inflight) < credit and next_offset < total:
+                size = min(chunk, total - next_offset)
+                rid = f"{prefix}-{generation}-{next_offset}"
+                frames = P.encode_request("snapshot.fetch", {"name": name, "offset": next_offset, "size": size}, rid)
+                if not self._send(sock, frames, time.monotonic() + stall):
+                    break
+                inflight[rid] = next_offset
+                next_offset += size
+            now = time.monotonic()
+            if now - last_progress > timeout:
+                raise AgentUnreachable(f"agent {self.name} at {self.endpoint}: no data for {timeout:g}s while "
+                                       f"fetching {name} ({sink.size} of {total} bytes received)")
+            wait = min(stall, last_progress + timeout - now)
+            if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+                # Nothing for a while: the connection may have broken with requests in it. Start a
+                # fresh socket and ask again from the last contiguous byte.
+                self._reset()
+                sock = self._socket()
+                generation += 1
+                inflight.clear()
+                early.clear()
+                next_offset = sink.size
+                continue
+            message = sock.recv_multipart(copy=False)
+            got = self._decode(message)
+            if got is None:
+                continue
+            reply, data = got
+            offset = inflight.pop(reply.id, None) if reply.id is not None else None
+            if offset is None:
+                continue   # stale
+            result = reply.raise_for_error()
+            _check_chunk(name, result, offset, data, sha256=sha256, total=total)
+            assert data is not None
+            if offset == sink.size:
+                sink.write(data)
+                while sink.size in early:
+                    sink.write(early.pop(sink.size).buffer)
+                last_progress = time.monotonic()
+                if progress is not None:
+                    progress(sink.size, total)
+            elif offset > sink.size:
+                early[offset] = message[1]
+
+
+    # -- put -----------------------------------------------------------------
+    def put_snapshot(
+        self, src: Path, upload: str, *, progress: Optional[Progress] = None, chunk: int = 1 << 20,
+        credit: int = 4, timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Upload ``src`` into the agent's staging area as ``upload``; returns the final put result
+        (``staged`` names the file for a restore). The file is checked (trailer) before it is sent;
+        the agent checks sha256 and trailer again before it accepts it. ``timeout`` bounds the
+        time without progress, as for fetch_snapshot."""
+        _check_transfer_args(credit, chunk)
+        src = Path(src)
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            total = os.fstat(fd).st_size
+            sha256 = _digest_fd(fd, total, src)
+            with self._lock:
+                return self._push(fd, upload, total=total, sha256=sha256, progress=progress, credit=credit,
+                                  chunk=chunk, timeout=timeout)
+        finally:
+            os.close(fd)
+
+    def _probe(self, upload: str, total: int, sha256: str, timeout: float) -> dict[str, Any]:
+        """Ask where the upload stands (an empty chunk at offset 0 is acknowledged with ``received``)."""
+        return self.call("snapshot.put", {"upload": upload, "offset": 0, "total_size": total, "sha256": sha256,
+                                          "final": total == 0}, data=b"", timeout=timeout)
+
+    def _push(self, fd: int, upload: str, *, total: int, sha256: str, progress: Optional[Progress], credit: int,
+              chunk: int, timeout: float) -> dict[str, Any]:
+        stall = max(0.2, min(STALL_PROBE, timeout / 3))
+        last_progress = time.monotonic()
+        state = self._probe(upload, total, sha256, timeout)
+        if state["complete"]:
+            return state
+        acked = int(state["received"])
+        next_offset = acked
+        prefix = uuid.uuid4().hex[:16]
+        generation = 0
+        resyncs = 0
+        inflight: dict[str, int] = {}   # request id -> offset
+        sent_final = False
+        sock = self._socket()
+
+        def resync() -> Optional[dict[str, Any]]:
+            nonlocal sock, generation, next_offset, acked, sent_final
+            self._reset()
+            left = max(0.5, last_progress + timeout - time.monotonic())
+            st = self._probe(upload, total, sha256, left)
+            sock = self._socket()
+            generation += 1
+            inflight.clear()
+            acked = max(acked, int(st["received"])) if not st["complete"] else total
+            next_offset = int(st["received"])
+            sent_final = False
+            return st if st["complete"] else None
+
+        while True:
+            while len(inflight) < credit and not sent_final:
+                n = min(chunk, total - next_offset)   # 0 only for an empty final chunk (all bytes already there)
+                data = os.pread(fd, n, next_offset)
+                if len(data) != n:
+                    raise SnapshotCorrupt(f"upload {upload}: the source file shrank while it was being sent")
+                final = next_offset + n == total
+                rid = f"{prefix}-{generation}-{next_offset}"
+                frames = P.encode_request("snapshot.put", {"upload": upload, "offset": next_offset,
+                                                           "total_size": total, "sha256": sha256, "final": final},
+                                          rid, data)
+                if not self._send(sock, frames, time.monotonic() + stall):
+                    break
+                inflight[rid] = next_offset
+                next_offset += n
+                sent_final = final
+            now = time.monotonic()
+            if now - last_progress > timeout:
+                raise AgentUnreachable(f"agent {self.name} at {self.endpoint}: no progress for {timeout:g}s "
+                                       f"while uploading {upload} ({acked} of {total} bytes acknowledged)")
+            wait = min(stall, last_progress + timeout - now)
+            if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+                done = resync()
+                if done is not None:
+                    return done
+                continue
+            got = self._decode(sock.recv_multipart(copy=False))
+            if got is None:
+                continue
+            reply, _ = got
+            if reply.id is None or reply.id not in inflight:
+                continue   # stale
+            inflight.pop(reply.id)
+            if not reply.ok and reply.error_code == P.BAD_REQUEST and resyncs < MAX_RESYNCS:
+                # Most likely a gap after a lost message: ask where the agent stands and go on from there.
+                resyncs += 1
+                log.info("agent %s: upload %s: %s; resuming", self.name, upload, reply.error_message)
+                done = resync()
+                if done is not None:
+                    return done
+                continue
+            result = reply.raise_for_error()
+            received = int(result.get("received", 0))
+            if received > acked:
+                acked = received
+                resyncs = 0
+                last_progress = time.monotonic()
+                if progress is not None:
+                    progress(acked, total)
+            if result.get("complete"):
+                return result
+
+
+class FileSink:
+    """Writes a fetched file strictly in order and hashes it.
+
+    Hashing runs in a helper thread (hashlib releases the GIL on large
+    buffers), so it overlaps with receiving and writing; writeback of the
+    written data is started every ``writeback`` bytes, so the closing fsync
+    has little left to do and the dirty page cache stays small.
+    """
+
+    def __init__(self, fd: int, total: int, *, hash_thread: bool = True, writeback: int = 8 << 20,
+                 queue_size: int = 16) -> None:
+        self.fd = fd
+        self.size = 0
+        self.digest = KnownSizeDigest(total)
+        self._writeback = writeback
+        self._started = 0
+        self._error: Optional[BaseException] = None
+        self._queue: Optional[queue.Queue[Optional[memoryview]]] = None
+        self._thread: Optional[threading.Thread] = None
+        if hash_thread:
+            self._queue = queue.Queue(queue_size)
+            self._thread = threading.Thread(target=self._hash, name="fetch-sha256", daemon=True)
+            self._thread.start()
+
+    def _hash(self) -> None:
+        assert self._queue is not None
+        while True:
+            view = self._queue.get()
+            if view is None:
+                return
+            if self._error is None:
+                try:
+                    self.digest.update(view)
+                except ValueError as exc:
+                    self._error = exc
+
+    def write(self, data: memoryview) -> None:
+        written = 0
+        while written < len(data):
+            written += os.write(self.fd, data[written:])
+        self.size += len(data)
+        if self._queue is not None:
+            self._queue.put(data)
+        else:
+            self.digest.update(data)
+        if self._writeback and self.size - self._started >= self._writeback:
+            # Linux starts writeback of dirty pages in the range (and drops clean ones)
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(self.fd, self._started, self.size - self._started, os.POSIX_FADV_DONTNEED)
+            self._started = self.size
+
+    def close(self) -> None:
+        """Stop the hashing thread (idempotent)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def finish(self) -> tuple[str, bool]:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self.digest.finish()
+
+
+def _check_transfer_args(credit: int, chunk: int) -> None:
+    if not 1 <= chunk <= P.MAX_CHUNK:
+        raise UsageError(f"chunk must be 1 to {P.MAX_CHUNK} bytes, got {chunk}")
+    if not 1 <= credit <= 64:
+        raise UsageError(f"credit must be 1 to 64 chunks, got {credit}")
+
+
+def _check_chunk(name: str, result: dict[str, Any], offset: int, data: Optional[memoryview], *, sha256: str,
+                 total: int) -> None:
+    """A fetch reply must describe the file we expect and carry the bytes we asked for."""
+    if result.get("total") != total:
+        raise SnapshotCorrupt(f"{name}: the agent's file has {result.get('total')} bytes, expected {total}")
+    if result.get("sha256") != sha256:
+        raise SnapshotCorrupt(f"{name}: the agent's file has sha256 {result.get('sha256')}, expected {sha256}")
+    n = len(data) if data is not None else -1
+    if result.get("offset") != offset or result.get("size") != n or n <= 0:
+        raise P.ProtocolError(P.BAD_REQUEST, f"{name}: reply for offset {offset} carries {n} bytes at offset "
+                                             f"{result.get('offset')} (size {result.get('size')})")
+
+
+def _digest_fd(fd: int, total: int, path: Path) -> str:
+    """sha256 of a snapshot file; refuses one whose etcd trailer does not match."""
+    digest = KnownSizeDigest(total)
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    offset = 0
+    while offset < total:
+        n = os.preadv(fd, [view[: min(READ_CHUNK, total - offset)]], offset)
+        if n <= 0:
+            raise SnapshotCorrupt(f"{path}: the file shrank while it was being read")
+        digest.update(view[:n])
+        offset += n
+    sha, trailer_ok = digest.finish()
+    if not trailer_ok:
+        raise SnapshotCorrupt(f"{path}: the SHA-256 trailer does not match (not an etcd snapshot, or corrupted); "
+                              "refusing to upload it")
+    return sha

@@ -1,0 +1,202 @@
+"""Coordinator configuration: TOML into frozen dataclasses.
+
+Parsing is pure (``parse_coordinator_config`` takes a dict), so every rule is
+unit-tested without files. Errors name the file, the key and what was
+expected; unknown keys are errors. Key *files* are read only by the daemon
+(``load_member_keys``), so ``etcdguardctl`` can still reach the daemon when the
+operator may not read the coordinator's secret key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from etcdguard.agent.errors import ConfigError
+from etcdguard.agent.protocol import NAME_PATTERN
+from etcdguard.agent.tomlconf import Table, load_toml
+
+DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/coordinator.toml")
+AGENT_PORT = 7479
+
+_NAME_RE = re.compile(NAME_PATTERN)
+# tcp://HOST:PORT with a DNS name, an IPv4 address or a bracketed IPv6 address.
+_ENDPOINT_RE = re.compile(
+    r"tcp://(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})"
+)
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    state_dir: Path = Path("/var/lib/etcdguard-coordinator")
+    control_socket: Path = Path("/run/etcdguard/coordinator.sock")
+    secret_key: Optional[Path] = Path("/etc/etcdguard/keys/coordinator.key_secret")
+    insecure: bool = False          # plain TCP to the agents (no CURVE); logged as a warning at start
+    request_timeout: float = 5.0    # deadline of one short request (status, list) to an agent
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    dir: Path = Path("/var/lib/etcdguard-coordinator/vault")
+    interval: float = 3600.0
+    keep: int = 48
+    timeout: float = 1800.0         # deadline for an agent to take a snapshot, and for one transfer
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: Optional[str] = "127.0.0.1:9480"   # None: no metrics endpoint
+
+
+@dataclass(frozen=True)
+class MemberSettings:
+    name: str
+    agent: str                      # tcp://HOST:PORT of the member's agent
+    public_key: Optional[Path]      # the agent's public key file (None only with insecure = true)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    source: str = "<defaults>"
+    coordinator: CoordinatorSettings = field(default_factory=CoordinatorSettings)
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    members: tuple[MemberSettings, ...] = ()
+
+    def member(self, name: str) -> Optional[MemberSettings]:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
+
+
+def load_coordinator_config(path: Path) -> CoordinatorConfig:
+    """Read and validate a coordinator config file."""
+    return parse_coordinator_config(load_toml(path), str(path))
+
+
+def parse_coordinator_config(data: dict[str, Any], source: str) -> CoordinatorConfig:
+    """Validate already-parsed TOML; pure, so unit tests feed it dicts."""
+    top = Table(source, "", data)
+    coordinator = _coordinator(Table(source, "coordinator", top.data.get("coordinator")))
+    vault = _vault(Table(source, "vault", top.data.get("vault")))
+    metrics_t = Table(source, "metrics", top.data.get("metrics"))
+    metrics = MetricsSettings(listen=metrics_t.listen("listen", MetricsSettings.listen))
+    if metrics_t.has("enabled") and not metrics_t.flag("enabled", True):
+        metrics = MetricsSettings(listen=None)
+    metrics_t.finish()
+    members = _members(source, top.data.get("members"), coordinator.insecure)
+    for section in ("coordinator", "vault", "metrics", "members"):
+        top._get(section)
+    top.finish()
+    return CoordinatorConfig(source=source, coordinator=coordinator, vault=vault, metrics=metrics,
+                             members=members)
+
+
+def _coordinator(t: Table) -> CoordinatorSettings:
+    d = CoordinatorSettings()
+    insecure = t.flag("insecure", False)
+    secret_key = t.path("secret_key", None if insecure else d.secret_key)
+    s = CoordinatorSettings(
+        state_dir=t.path("state_dir", d.state_dir) or d.state_dir,
+        control_socket=t.path("control_socket", d.control_socket) or d.control_socket,
+        secret_key=secret_key,
+        insecure=insecure,
+        request_timeout=t.duration("request_timeout", d.request_timeout) or d.request_timeout,
+    )
+    # sun_path holds 108 bytes including the terminating NUL.
+    if len(str(s.control_socket).encode()) > 107:
+        raise t.error("control_socket", "a path of at most 107 bytes (a Unix socket address)")
+    t.finish()
+    return s
+
+
+def _vault(t: Table) -> VaultSettings:
+    d = VaultSettings()
+    s = VaultSettings(
+        dir=t.path("dir", d.dir) or d.dir,
+        interval=t.duration("interval", d.interval) or d.interval,
+        keep=t.integer("keep", d.keep, minimum=1) or d.keep,
+        timeout=t.duration("timeout", d.timeout) or d.timeout,
+    )
+    t.finish()
+    return s
+
+
+def require_members(config: CoordinatorConfig) -> None:
+    """The daemon needs members; the file may lack them (the packaged one does) until it is set up."""
+    if not config.members:
+        raise ConfigError(
+            f"{config.source}: no [[members]]: expected one [[members]] table (name, agent, public_key) "
+            "per etcd member"
+        )
+
+
+def _members(source: str, value: Any, insecure: bool) -> tuple[MemberSettings, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{source}: members: expected [[members]] tables (an array of tables), "
+                          f"got {'an empty array' if isinstance(value, list) else type(value).__name__}")
+    members: list[MemberSettings] = []
+    names: dict[str, int] = {}
+    endpoints: dict[str, int] = {}
+    for index, entry in enumerate(value):
+        t = Table(source, f"members[{index}]", entry)
+        name = t.text("name")
+        if name is None:
+            raise t.error("name", "the member's etcd name (its --name), e.g. 'cp1'")
+        if not _NAME_RE.fullmatch(name):
+            raise t.error("name", "a member name of letters, digits, '.', '_' or '-' (at most 128)")
+        agent = t.text("agent")
+        if agent is None:
+            raise t.error("agent", f"the agent's ZeroMQ endpoint, e.g. 'tcp://10.0.0.1:{AGENT_PORT}'")
+        match = _ENDPOINT_RE.fullmatch(agent)
+        if match is None or not 1 <= int(match.group("port")) <= 65535:
+            raise t.error("agent", f"tcp://HOST:PORT, e.g. 'tcp://10.0.0.1:{AGENT_PORT}'")
+        public_key = t.path("public_key")
+        if public_key is None and not insecure:
+            raise t.error("public_key", "the path of the agent's public key file (NAME.key from "
+                          "`etcdguardctl keygen`); only [coordinator] insecure = true goes without")
+        t.finish()
+        if name in names:
+            raise ConfigError(f"{source}: members[{index}].name: {name!r} is already the name of "
+                              f"members[{names[name]}]; member names must be unique")
+        if agent in endpoints:
+            raise ConfigError(f"{source}: members[{index}].agent: {agent!r} is already the agent of "
+                              f"members[{endpoints[agent]}]; each member has its own agent")
+        names[name] = index
+        endpoints[agent] = index
+        members.append(MemberSettings(name=name, agent=agent, public_key=public_key))
+    return tuple(members)
+
+
+# ---------------------------------------------------------------------------
+# Key files (side effects: the daemon reads them at start and on reload).
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The coordinator's keypair and each member's agent public key (all None when insecure)."""
+
+    public: Optional[bytes]
+    secret: Optional[bytes]
+    members: dict[str, Optional[bytes]]
+
+
+def load_keys(config: CoordinatorConfig) -> Keys:
+    """Read every key file the config names; ConfigError (exit 2) names the config key and the file."""
+    from etcdguard.agent import keys
+
+    if config.coordinator.insecure:
+        return Keys(None, None, {m.name: None for m in config.members})
+    secret_path = config.coordinator.secret_key
+    assert secret_path is not None
+    public, secret = keys.load_keypair(secret_path, f"{config.source}: coordinator.secret_key")
+    members: dict[str, Optional[bytes]] = {}
+    for index, m in enumerate(config.members):
+        assert m.public_key is not None
+        members[m.name] = keys.load_public(m.public_key, f"{config.source}: members[{index}].public_key")
+    return Keys(public, secret, members)
