@@ -26,6 +26,7 @@ from .etcd_api import Cancellation, EtcdClient
 from .metrics import AgentMetrics, MetricsServer
 from .notify import Notifier
 from .opstate import OperationStore
+from .restore_remote import restore_active
 from .store import SnapshotMeta
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class AgentDaemon:
     def _refresh_restore_metrics(self) -> bool:
         """Restore state comes from the operation records on disk (restores run in other processes)."""
         ops = OperationStore(self.config.state.dir)
-        restoring = ops.locked()
+        restoring = restore_active(self.config.state.dir)
         self.metrics.restore_in_progress.set(1 if restoring else 0)
         finished = [o.record() for o in ops.all()]
         states = [r.get("state") for r in finished if r.get("state") != "running"]

@@ -96,8 +96,12 @@ class NodeRestorer:
 
     def make_params(self, snapshot: Path, op: Optional[str] = None, *, initial_cluster: Optional[str] = None,
                     token: Optional[str] = None, peer_url: Optional[str] = None,
-                    bump_revision: Optional[int] = None) -> RestoreParams:
-        """Read the snapshot (verify + revision) and fill in every parameter of the restore."""
+                    bump_revision: Optional[int] = None, exact_bump: bool = False) -> RestoreParams:
+        """Read the snapshot (verify + revision) and fill in every parameter of the restore.
+
+        The bump is raised past this member's live revision unless ``exact_bump`` (a cluster
+        restore, where every member must bump by the same planned amount).
+        """
         op = op or new_op_id()
         peer = peer_url or self.member.peer_url
         if not peer:
@@ -105,7 +109,12 @@ class NodeRestorer:
         digest = verify_file(snapshot)
         status = snapshot_status(self.tool, snapshot)
         configured = self.config.restore.bump_revision if bump_revision is None else bump_revision
-        bump = bump_for(configured, status.revision, self.live_revision()) if self.tool.supports_bump else 0
+        if not self.tool.supports_bump:
+            bump = 0
+        elif exact_bump:
+            bump = configured
+        else:
+            bump = bump_for(configured, status.revision, self.live_revision())
         cluster = initial_cluster or f"{self.member.name}={peer}"
         tok = token or f"etcdguard-{op}"
         data_dir = self.member.data_dir

@@ -21,7 +21,6 @@ Rules this module adds for remote steps:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import subprocess
 import time
@@ -37,7 +36,6 @@ from .restore import NodeRestorer
 from .restore_plan import STEPS as PLAN_STEPS
 from .restore_plan import RestoreParams
 from .runtime.factory import make_runtime
-from .tools import restore_argv
 from .transfer import NotFound
 
 log = logging.getLogger(__name__)
@@ -201,16 +199,10 @@ class RemoteRestore:
             raise UnsafeRefusal(f"{restorer.tool.kind} {restorer.tool.version} cannot --bump-revision; "
                                 "plan the restore with bump_revision = 0 on every member")
         snapshot = self._snapshot_path(params["snapshot"])
+        # A cluster needs the same bump on every member: the planned one is used as given.
         p = restorer.make_params(snapshot, op_id, initial_cluster=params["initial_cluster"],
-                                 token=params["token"], peer_url=params["peer_url"], bump_revision=bump)
-        if p.bump_revision != bump:
-            # make_params raises the bump past this member's own live revision; a cluster needs the
-            # same bump on every member, so the planned one is used as given.
-            target = Path(p.restore_argv[p.restore_argv.index("--data-dir") + 1])
-            argv = restore_argv(restorer.tool, Path(p.snapshot), target, name=p.name,
-                                initial_cluster=p.initial_cluster, token=p.token, peer_url=p.peer_url,
-                                bump_revision=bump)
-            p = dataclasses.replace(p, bump_revision=bump, restore_argv=tuple(argv))
+                                 token=params["token"], peer_url=params["peer_url"], bump_revision=bump,
+                                 exact_bump=True)
         op = restorer.open_operation(p, kind="cluster")
         op.journal("requested", by=who)
         return op

@@ -31,7 +31,7 @@ class TrailerHasher:
         self._held = b""
         self.size = 0
 
-    def update(self, chunk: Union[bytes, memoryview]) -> None:
+    def update(self, chunk: Union[bytes, bytearray, memoryview]) -> None:
         if not chunk:
             return
         self.size += len(chunk)

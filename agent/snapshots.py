@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 WRITE_BUFFER = 1 << 20
+BATCH_BYTES = 1 << 20  # etcd sends 32 KiB messages; the writer thread gets them 1 MiB at a time
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class _Writer:
     etcd overlaps with hashing and writing the last (hashlib and file writes release
     the GIL). The queue is bounded: memory stays flat whatever the snapshot's size."""
 
-    def __init__(self, fh: BinaryIO, hasher: TrailerHasher, depth: int = 64) -> None:
+    def __init__(self, fh: BinaryIO, hasher: TrailerHasher, depth: int = 8) -> None:
         self.fh = fh
         self.hasher = hasher
-        self.queue: queue.Queue[Optional[memoryview]] = queue.Queue(depth)
+        self.queue: queue.Queue[Optional[list[memoryview]]] = queue.Queue(depth)
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
         self.thread.start()
@@ -58,20 +59,21 @@ class _Writer:
     def _run(self) -> None:
         try:
             while True:
-                chunk = self.queue.get()
-                if chunk is None:
+                batch = self.queue.get()
+                if batch is None:
                     return
-                self.fh.write(chunk)
-                self.hasher.update(chunk)
+                for chunk in batch:
+                    self.fh.write(chunk)
+                    self.hasher.update(chunk)
         except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
             self.error = exc
             while self.queue.get() is not None:  # drain so the producer never blocks
                 pass
 
-    def put(self, chunk: memoryview) -> None:
+    def put(self, batch: list[memoryview]) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put(chunk)
+        self.queue.put(batch)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -97,16 +99,24 @@ def stream_to_file(
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as fh:
                 writer = _Writer(fh, hasher)
-                received = last_report = 0
+                received = last_report = batched = 0
+                batch: list[memoryview] = []
                 try:
                     for chunk in client.snapshot_stream(cancel, timeout):
+                        batch.append(chunk)
+                        batched += len(chunk)
+                        if batched < BATCH_BYTES:
+                            continue
                         if cancel is not None and cancel.requested:
                             raise Aborted(f"snapshot aborted: {cancel.reason}")
-                        writer.put(chunk)
-                        received += len(chunk)
+                        writer.put(batch)
+                        received += batched
+                        batch, batched = [], 0
                         if progress is not None and received - last_report >= (8 << 20):
                             last_report = received
                             progress(received)
+                    if batch:
+                        writer.put(batch)
                 finally:
                     writer.close()
                 if cancel is not None and cancel.requested:

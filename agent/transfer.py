@@ -15,7 +15,6 @@ restart: the sender learns ``received = 0`` and starts over.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import Any, Callable, Optional, Union
 from . import fsutil
 from .errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
 from .protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
-from .snapshot_file import TRAILER_SIZE
+from .snapshot_file import TRAILER_SIZE, TrailerHasher
 from .store import SnapshotMeta, SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -44,44 +43,26 @@ OPEN_IDLE = 60.0                # seconds before an idle one is closed
 Buffer = Union[bytes, bytearray, memoryview]
 
 
-class KnownSizeDigest:
-    """sha256 of a file of known size and its etcd trailer check, in one hashing pass.
-
-    The trailer is the sha256 of everything before the last 32 bytes, so the
-    body is hashed once; a copy of that state gives the body digest and
-    feeding it the trailer gives the file's digest.
-    """
+class KnownSizeDigest(TrailerHasher):
+    """TrailerHasher for a transfer whose size was declared up front: more bytes than
+    declared is an error, and finish() insists every byte arrived."""
 
     def __init__(self, total: int) -> None:
         if total < 0:
             raise ValueError("total must be >= 0")
+        super().__init__()
         self.total = total
-        self.size = 0
-        self._body_end = max(0, total - TRAILER_SIZE)
-        self._hash = hashlib.sha256()
-        self._tail = bytearray()
 
     def update(self, data: Buffer) -> None:
-        n = len(data)
-        if self.size + n > self.total:
-            raise ValueError(f"{self.size + n} bytes is more than the declared {self.total}")
-        view = memoryview(data)
-        if self.size < self._body_end:
-            k = min(n, self._body_end - self.size)
-            self._hash.update(view[:k])
-            view = view[k:]
-        if len(view):
-            self._tail += view
-        self.size += n
+        if self.size + len(data) > self.total:
+            raise ValueError(f"{self.size + len(data)} bytes is more than the declared {self.total}")
+        super().update(data)
 
     def finish(self) -> tuple[str, bool]:
         """(sha256 hex of the whole file, trailer ok). Call once, after all bytes."""
         if self.size != self.total:
             raise ValueError(f"digest finished after {self.size} of {self.total} bytes")
-        body = self._hash.copy().digest()
-        self._hash.update(self._tail)
-        ok = self.total > TRAILER_SIZE and body == bytes(self._tail)
-        return self._hash.hexdigest(), ok
+        return self.sha256, self.total > TRAILER_SIZE and self.trailer_ok()
 
 
 class NotFound(EtcdguardError):

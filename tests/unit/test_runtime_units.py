@@ -46,7 +46,7 @@ from etcdguard.agent.runtime.proof import (
 from etcdguard.agent.runtime.static_pod import StaticPodService, is_within, move_preserving
 from etcdguard.agent.runtime.systemd import SystemdService
 
-from tests.helpers.net import free_port
+from tests.helpers.net import free_port, wait_until
 from tests.helpers.standins import SystemctlStandin
 
 
@@ -221,6 +221,8 @@ def test_processes_gone_sees_a_running_command() -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(60)", "etcdguard-unit-test-marker"]
     proc = subprocess.Popen(argv)
     try:
+        # Until the child has exec'd, /proc shows the parent's argv: poll for the new one.
+        wait_until(lambda: not ProcessesGone(tuple(argv)).check()[0], timeout=10, what="the child's argv in /proc")
         ok, why = ProcessesGone(tuple(argv)).check()
         assert not ok and f"pid {proc.pid}" in why
     finally:
