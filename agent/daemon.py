@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable, Optional
 
 from . import schedule
@@ -27,6 +25,7 @@ from .metrics import AgentMetrics, MetricsServer
 from .notify import Notifier
 from .opstate import OperationStore
 from .restore_remote import restore_active
+from .signals import SignalFlags
 from .store import SnapshotMeta
 
 log = logging.getLogger(__name__)
@@ -35,17 +34,15 @@ STATUS_REFRESH = 15.0
 STOP_GRACE = 30.0
 
 
-class AgentDaemon:
+class AgentDaemon(SignalFlags):
     def __init__(self, config_path: Optional[Path], config: AgentConfig, root: Path = Path("/")) -> None:
+        super().__init__()
         self.config_path = config_path
         self.config = config
         self.root = root
         self.notifier = Notifier()
         self.metrics = AgentMetrics()
         self.metrics.interval.set(config.backup.interval)
-        self._wake = threading.Event()
-        self._stop = False
-        self._reload = False
         self._rng = random.Random()
         self._worker: Optional[threading.Thread] = None
         self._worker_result: Optional[BaseException | SnapshotMeta] = None
@@ -57,24 +54,9 @@ class AgentDaemon:
         self.services: list[Any] = []   # extra long-lived parts (the control server), each with start/stop
         self.on_ready: Optional[Callable[[], None]] = None
 
-    # -- signals -----------------------------------------------------------
-    def _on_term(self, signum: int, frame: Optional[FrameType]) -> None:
-        self._stop = True
+    def _stop_requested(self, reason: str) -> None:
         if self._cancel is not None:
-            self._cancel.cancel(f"signal {signal.Signals(signum).name}")
-        self._wake.set()
-
-    def _on_hup(self, signum: int, frame: Optional[FrameType]) -> None:
-        self._reload = True
-        self._wake.set()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def request_stop(self) -> None:
-        self._on_term(signal.SIGTERM, None)
+            self._cancel.cancel(reason)
 
     # -- setup -------------------------------------------------------------
     def _build(self, config: AgentConfig) -> BackupRunner:

@@ -18,13 +18,11 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import random
-import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable, Optional, Protocol
 
 from etcdguard.agent import __version__, schedule
@@ -40,6 +38,7 @@ from etcdguard.agent.errors import (
 from etcdguard.agent.metrics import MetricsServer
 from etcdguard.agent.notify import Notifier
 from etcdguard.agent.protocol import BUSY, RemoteError
+from etcdguard.agent.signals import SignalFlags
 
 from .config import CoordinatorConfig, Keys, MemberSettings, load_coordinator_config, load_keys, require_members
 from .control import ControlServer, Emit, PeerCred
@@ -376,9 +375,10 @@ def _discard(_: Mapping[str, Any]) -> None:
     return None
 
 
-class CoordinatorDaemon:
+class CoordinatorDaemon(SignalFlags):
     def __init__(self, config_path: Optional[Path], config: CoordinatorConfig,
                  client_factory: Optional[ClientFactory] = None) -> None:
+        super().__init__()
         self.config_path = config_path
         self.config = config
         self._custom_factory = client_factory
@@ -392,32 +392,12 @@ class CoordinatorDaemon:
         self.metrics_server: Optional[MetricsServer] = None
         self._slot = threading.Lock()          # one long operation (pull or backup) at a time
         self._doing: Optional[str] = None      # what the slot holder does, for status
-        self._wake = threading.Event()
-        self._stop = False
-        self._reload = False
         self._rng = random.Random()
         self._worker: Optional[threading.Thread] = None
         self._worker_ok = False
         self._failures = 0
         self.last_pull: Optional[dict[str, Any]] = None
         self.next_due = 0.0
-
-    # -- signals -----------------------------------------------------------
-    def _on_term(self, signum: int, frame: Optional[FrameType]) -> None:
-        self._stop = True
-        self._wake.set()
-
-    def _on_hup(self, signum: int, frame: Optional[FrameType]) -> None:
-        self._reload = True
-        self._wake.set()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def request_stop(self) -> None:
-        self._on_term(signal.SIGTERM, None)
 
     # -- setup -------------------------------------------------------------
     def _factory(self, config: CoordinatorConfig) -> ClientFactory:

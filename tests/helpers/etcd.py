@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent.runtime.proof import cmdline, pid_alive
+
 from .net import free_server_port, wait_until
 from .tls import TLSMaterial
 
@@ -197,26 +199,6 @@ def kill_leftovers() -> list[str]:
 atexit.register(kill_leftovers)
 
 
-def _pid_alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie (exited but not yet reaped by its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-    return state not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return []
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-
-
 def _serves_data_dir(argv: list[str], data_dir: str) -> bool:
     if not argv or os.path.basename(argv[0]) != "etcd":
         return False
@@ -360,7 +342,7 @@ class EtcdMember:
             pid = int(entry.name)
             if pid in found or pid == os.getpid():
                 continue
-            if _serves_data_dir(_cmdline(pid), data_dir) and _pid_alive(pid):
+            if _serves_data_dir(cmdline(pid), data_dir) and pid_alive(pid):
                 found.append(pid)
         return found
 
@@ -412,7 +394,7 @@ class EtcdMember:
         for pid in self.pids():
             if proc is not None and pid == proc.pid:
                 continue
-            if _serves_data_dir(_cmdline(pid), data_dir):  # re-check right before signalling
+            if _serves_data_dir(cmdline(pid), data_dir):  # re-check right before signalling
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 

@@ -138,12 +138,19 @@ def test_process_adopts_etcd_started_by_hand(member: EtcdMember, tmp_path: Path)
     member.put("/adopted", "yes")
     svc = process_service(member, tmp_path / "state")
     assert not svc.is_running()
+    # Something else serves this member with another command line: never start a second etcd.
+    other = ProcessService("etcd", [*member.command, "--log-level=info"], svc.pid_file, svc.log_file,
+                           etcd_proof([member.client_url], member.data_dir))
     with pytest.raises(RuntimeError_, match="adopt it by writing its pid"):
-        svc.start(30)  # a second etcd on the same data dir would only fight the first
+        other.start(30)
     assert member.pids() == [member.pid]
+    assert not svc.pid_file.exists()
 
-    svc.pid_file.parent.mkdir(parents=True)
-    svc.pid_file.write_text(f"{member.pid}\n")
+    # Exactly the configured command, just unrecorded (e.g. the agent died before writing the
+    # pid file): start adopts it instead of launching a second copy.
+    svc.start(30)
+    assert svc.pid_file.read_text().strip() == str(member.pid)
+    assert member.pids() == [member.pid]
     assert svc.is_running()
     svc.stop(STOP_TIMEOUT)
     assert_etcd_gone(member)
