@@ -47,6 +47,7 @@ class AgentDaemon(SignalFlags):
         self._worker: Optional[threading.Thread] = None
         self._worker_result: Optional[BaseException | SnapshotMeta] = None
         self._progress = 0
+        self._restore_note = ""
         self._failures = 0
         self._cancel: Optional[Cancellation] = None
         self.runner: Optional[BackupRunner] = None
@@ -128,7 +129,8 @@ class AgentDaemon(SignalFlags):
             f"last snapshot {format_duration(time.time() - newest.created_unix)} ago, "
             f"{format_bytes(newest.size)}, revision {newest.revision}")
         failing = f"; {self._failures} failed in a row" if self._failures else ""
-        return f"{last}{failing}; next in {format_duration(max(0.0, next_due - time.time()))}"
+        return (f"{self._restore_note}{last}{failing}; "
+                f"next in {format_duration(max(0.0, next_due - time.time()))}")
 
     def _do_reload(self) -> Optional[BackupRunner]:
         self._reload = False
@@ -200,10 +202,17 @@ class AgentDaemon(SignalFlags):
         ops = OperationStore(self.config.state.dir)
         restoring = restore_active(self.config.state.dir)
         self.metrics.restore_in_progress.set(1 if restoring else 0)
-        finished = [o.record() for o in ops.all()]
-        states = [r.get("state") for r in finished if r.get("state") != "running"]
+        all_ops = ops.all()
+        records = [o.record() for o in all_ops]
+        states = [r.get("state") for r in records if r.get("state") != "running"]
         if states:
             self.metrics.restore_last_result.set(1 if states[-1] in ("done", "rolled-back") else 0)
+        self._restore_note = ""
+        for op, record in zip(all_ops, records):
+            if record.get("state") == "running":
+                tail = op.journal_lines()[-1:] or [{}]
+                event = " ".join(str(tail[0].get(k, "")) for k in ("step", "event")).strip()
+                self._restore_note = f"restore {op.op} running ({event or 'started'}); "
         return restoring
 
     def _shutdown(self) -> None:

@@ -232,3 +232,35 @@ def test_sighup_reloads_config(etcd_member, tmp_path):
         proc.wait(timeout=30)
     assert proc.returncode == 0, log.read_text()
     assert "configuration reloaded" in log.read_text()
+
+
+def test_open_restore_postpones_backups_and_shows_in_status(etcd_member, tmp_path):
+    import os
+    import socket
+
+    from etcdguard.agent.opstate import OperationStore
+
+    op = OperationStore(tmp_path / "state").get("r-open")
+    op.create({"state": "running", "created_at": 1.0, "params": {}})
+    op.finish("prepare", {"bytes": 1})
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    cfg = write_agent_config(tmp_path / "agent.toml", agent_sections(etcd_member, tmp_path, runtime=None))
+    log = tmp_path / "agent.log"
+    with open(log, "w") as log_fh:
+        proc = subprocess.Popen([*AGENT, "--config", str(cfg), "run"], stdout=subprocess.DEVNULL, stderr=log_fh,
+                                env={**os.environ, "NOTIFY_SOCKET": str(sock_path)})
+    try:
+        statuses: list[str] = []
+        wait_until(lambda: statuses.append(sock.recv(4096).decode()) or any(
+            "restore r-open running (prepare finished)" in s for s in statuses), timeout=30,
+            what="STATUS= naming the open restore")
+        wait_until(lambda: "backup postponed" in log.read_text(), timeout=30, what="the backup to be postponed")
+        assert SnapshotStore(tmp_path / "snapshots").list() == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        sock.close()
+    assert proc.returncode == 0, log.read_text()
