@@ -27,6 +27,7 @@ from tests.helpers.etcd import (
     kill_leftovers,
     missing_build_reason,
 )
+from tests.helpers.kubelet import TestKubelet
 from tests.helpers.tls import TLSMaterial, make_tls
 
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
@@ -187,3 +188,14 @@ def etcd_member_tls(etcd_factory: EtcdFactory, etcd_build: EtcdBuild, tls_materi
 def etcd_cluster3(etcd_factory: EtcdFactory, etcd_build: EtcdBuild) -> EtcdCluster:
     """Three plain-HTTP members of the parametrized build, healthy with one leader."""
     return etcd_factory.cluster(etcd_build, size=3)
+
+
+@pytest.fixture
+def kubelet(tmp_path: Path) -> Iterator[TestKubelet]:
+    """The test kubelet on a temp manifests dir (static-pod runtime tests); stopped at teardown."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    k = TestKubelet(manifests, tmp_path / "kubelet-logs").start()
+    yield k
+    k.stop_all()
+    assert k.errors == []

@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,15 +222,6 @@ def test_stop_not_proven_swaps_nothing(adopted: tuple[EtcdMember, Path], tmp_pat
 
 
 # -- static-pod runtime -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def kubelet(tmp_path: Path) -> Iterator[TestKubelet]:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    k = TestKubelet(manifests, tmp_path / "kubelet-logs").start()
-    yield k
-    k.stop_all()
 
 
 def test_static_pod_restore_and_rollback(etcd_factory: EtcdFactory, etcd_build: EtcdBuild, kubelet: TestKubelet,

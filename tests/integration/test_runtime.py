@@ -91,16 +91,6 @@ def member(etcd_factory: EtcdFactory, etcd_build: EtcdBuild) -> EtcdMember:
     return etcd_factory.member(etcd_build, start=False)
 
 
-@pytest.fixture
-def kubelet(tmp_path: Path) -> Iterator[TestKubelet]:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    k = TestKubelet(manifests, tmp_path / "kubelet-logs").start()
-    yield k
-    k.stop_all()
-    assert k.errors == []
-
-
 # ---------------------------------------------------------------------------
 # process backend
 
