@@ -94,8 +94,36 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
     ok, detail = _writable_dir(config.backup.dir)
     results.append(CheckResult("backup dir", ok, detail,
                                "" if ok else f"fix permissions or set backup.dir in {config.source}"))
+    results.append(_server_check(config))
     if config.apiserver is not None and config.apiserver.manifest is not None:
         present = config.apiserver.manifest.exists()
         results.append(CheckResult("apiserver manifest", present, str(config.apiserver.manifest),
                                    "" if present else "set apiserver.manifest, or remove [apiserver]"))
     return results
+
+
+def _server_check(config: AgentConfig) -> CheckResult:
+    """The control server's keys load exactly as the daemon will load them."""
+    from . import keys
+    from .server import load_authorized
+
+    s = config.server
+    if not s.enabled:
+        return CheckResult("control server", True, "disabled ([server] enabled = false)")
+    if s.insecure:
+        return CheckResult("control server", True, f"{s.listen}: plain TCP (insecure = true): no authentication")
+    hint = "create keys with `etcdguardctl keygen NAME --dir DIR` (see docs/coordinator.md)"
+    if s.secret_key is None or s.authorized_keys is None:
+        return CheckResult("control server", False, "server.secret_key and server.authorized_keys must be set", hint)
+    try:
+        public, _ = keys.load_keypair(s.secret_key, "server.secret_key")
+        authorized = load_authorized(s.authorized_keys, "server.authorized_keys")
+    except EtcdguardError as exc:
+        return CheckResult("control server", False, str(exc), hint)
+    if not authorized:
+        return CheckResult("control server", False,
+                           f"{s.authorized_keys} holds no coordinator .key file: no coordinator can connect",
+                           "copy the coordinator's public key there")
+    return CheckResult("control server", True,
+                       f"{s.listen}: CURVE, agent key {keys.fingerprint(public)}, "
+                       f"{len(authorized)} authorized coordinator key(s)")
