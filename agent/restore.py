@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, str], None]   # (step, message)
 BEFORE_SWAP = ("preflight", "prepare", "fence", "stop")
 SELINUX_XATTR = "security.selinux"
+# The restore tool runs while etcd still serves (no downtime), so it may take long on a big
+# snapshot; the bound only catches a tool that hangs.
+PREPARE_TIMEOUT = 3600.0
 
 
 class StepFailed(EtcdguardError):
@@ -191,8 +194,12 @@ class NodeRestorer:
             # Our own scratch area from an interrupted prepare of this very operation.
             shutil.rmtree(ws)
         fsutil.ensure_private_dir(ws)
-        out = subprocess.run(list(p.restore_argv), capture_output=True, text=True, env=self.tool.env(),
-                             timeout=self.config.restore.start_timeout * 10, check=False)
+        try:
+            out = subprocess.run(list(p.restore_argv), capture_output=True, text=True, env=self.tool.env(),
+                                 timeout=PREPARE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise ToolError(f"{Path(p.restore_argv[0]).name} snapshot restore did not finish within "
+                            f"{PREPARE_TIMEOUT:.0f}s") from None
         if out.returncode != 0:
             raise ToolError(f"{Path(p.restore_argv[0]).name} snapshot restore failed (exit {out.returncode}): "
                             f"{(out.stderr or out.stdout).strip()[-800:]}")
