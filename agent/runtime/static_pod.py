@@ -13,16 +13,14 @@ leaves the manifest in one place or the other, at worst in both.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
-from ..fsutil import TEMP_PREFIX, ensure_private_dir, fsync_dir
+from ..fsutil import atomic_writer, ensure_private_dir, fsync_dir
 from .base import RuntimeError_
 from .proof import StopProof, wait_proven
 
@@ -49,23 +47,13 @@ def move_preserving(src: Path, dst: Path, force_copy: bool = False) -> None:
             fsync_dir(src.parent)
         return
     data = src.read_bytes()
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), st.st_mode & 0o7777)
-            if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-                os.fchown(fh.fileno(), st.st_uid, st.st_gid)
-            os.fchmod(fh.fileno(), st.st_mode & 0o7777)  # chown clears setuid bits; set mode last
-            os.fsync(fh.fileno())
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.rename(tmp, dst)
-        fsync_dir(dst.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(dst, st.st_mode & 0o7777) as fh:
+        fh.write(data)
+        fh.flush()
+        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+            os.fchmod(fh.fileno(), st.st_mode & 0o7777)  # chown clears setuid bits; set the mode again
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.unlink(src)
     fsync_dir(src.parent)
 
