@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import AgentConfig
-from .errors import EtcdguardError
-from .etcd_api import EtcdClient
-from .member import LocalMember
-from .tools import find_tool
+from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.agent.config import AgentConfig
+from etcdguard.agent.discovery.member import LocalMember
+from etcdguard.agent.etcd.client import EtcdClient
+from etcdguard.agent.etcd.tools import find_tool
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,8 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
 
 def _server_check(config: AgentConfig) -> CheckResult:
     """The control server's keys load exactly as the daemon will load them."""
-    from . import keys
-    from .server import load_authorized
+    from etcdguard.agent.control.server import load_authorized
+    from etcdguard.agent.wire import keys
 
     s = config.server
     if not s.enabled:

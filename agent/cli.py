@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .clikit import CommandLine
-from .config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
-from .durations import format_bytes, format_duration
-from .errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
-from .member import ClientTLS, LocalMember
+from etcdguard.agent.base.clikit import CommandLine
+from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
+from etcdguard.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
+from etcdguard.agent.discovery.member import ClientTLS, LocalMember
 
 PROG = "etcdguard-agent"
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def load_config(args: argparse.Namespace, required: bool = True) -> Optional[Age
 
 
 def discover_member(config: AgentConfig) -> LocalMember:
-    from .discovery import discover
+    from etcdguard.agent.discovery.discover import discover
 
     return discover(config)
 
@@ -61,12 +61,12 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 # -- run -------------------------------------------------------------------
 @command("run", "run the agent daemon (the default)", lambda p: None)
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import AgentDaemon
+    from etcdguard.agent.daemon import AgentDaemon
 
     config = load_config(args)
     assert config is not None
     daemon = AgentDaemon(args.config or DEFAULT_CONFIG_PATH, config)
-    from .server import attach_server
+    from etcdguard.agent.control.server import attach_server
     attach_server(daemon)
     daemon.install_signal_handlers()
     return daemon.run()
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- check -----------------------------------------------------------------
 @command("check", "validate config and discovery; print the member and every problem", _json_flag)
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks import run_checks
+    from etcdguard.agent.checks import run_checks
 
     config = load_config(args)
     assert config is not None
@@ -143,10 +143,10 @@ def _progress_printer(enabled: bool) -> Optional[Callable[[int], None]]:
 
 @command("snapshot", "take one verified snapshot now", _snapshot_args)
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from .backup import BackupRunner
-    from .metrics import AgentMetrics
-    from .snapshots import Source, save_to_file
-    from .tools import find_tool
+    from etcdguard.agent.etcd.tools import find_tool
+    from etcdguard.agent.metrics import AgentMetrics
+    from etcdguard.agent.snapshots.backup import BackupRunner
+    from etcdguard.agent.snapshots.take import Source, save_to_file
 
     for flag in ("cacert", "cert", "key"):
         path = getattr(args, flag)
@@ -204,9 +204,9 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 
 @command("verify", "check a snapshot file's integrity (trailer, and its sidecar if present)", _verify_args)
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .errors import SnapshotCorrupt
-    from .snapshot_file import verify_file
-    from .store import SnapshotMeta
+    from etcdguard.agent.base.errors import SnapshotCorrupt
+    from etcdguard.agent.snapshots.integrity import verify_file
+    from etcdguard.agent.snapshots.store import SnapshotMeta
 
     sidecar = Path(str(args.file) + ".json")
     expect_sha = expect_size = None
@@ -235,7 +235,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_snapshots(args: argparse.Namespace) -> int:
     import time
 
-    from .store import SnapshotStore
+    from etcdguard.agent.snapshots.store import SnapshotStore
 
     config = load_config(args)
     assert config is not None
@@ -255,7 +255,7 @@ def _load_extensions() -> None:
     """Commands that live in their own modules register themselves on import."""
     import importlib
 
-    for module in ("restore_cli",):
+    for module in ("restore.cli",):
         try:
             importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:

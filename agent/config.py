@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ConfigError
-from .tomlconf import Table, load_toml
+from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.base.tomlconf import Table, load_toml
 
 DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/agent.toml")
 RUNTIMES = ("static-pod", "systemd", "process")

@@ -14,19 +14,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import schedule
-from .backup import BackupRunner
-from .config import AgentConfig, load_agent_config
-from .discovery import discover
-from .durations import format_bytes, format_duration
-from .errors import EtcdguardError
-from .etcd_api import Cancellation, EtcdClient
-from .metrics import AgentMetrics, MetricsServer
-from .notify import Notifier
-from .opstate import OperationStore
-from .restore_remote import restore_active
-from .signals import SignalFlags
-from .store import SnapshotMeta
+from etcdguard.agent.base import schedule
+from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.agent.base.notify import Notifier
+from etcdguard.agent.base.signals import SignalFlags
+from etcdguard.agent.config import AgentConfig, load_agent_config
+from etcdguard.agent.discovery.discover import discover
+from etcdguard.agent.etcd.client import Cancellation, EtcdClient
+from etcdguard.agent.metrics import AgentMetrics, MetricsServer
+from etcdguard.agent.restore.journal import OperationStore
+from etcdguard.agent.restore.remote import restore_active
+from etcdguard.agent.snapshots.backup import BackupRunner
+from etcdguard.agent.snapshots.store import SnapshotMeta
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.errors import ConfigError
-from etcdguard.agent.protocol import NAME_PATTERN
-from etcdguard.agent.tomlconf import Table, load_toml
+from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.base.tomlconf import Table, load_toml
+from etcdguard.agent.wire.protocol import NAME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/coordinator.toml")
 AGENT_PORT = 7479
@@ -188,7 +188,7 @@ class Keys:
 
 def load_keys(config: CoordinatorConfig) -> Keys:
     """Read every key file the config names; ConfigError (exit 2) names the config key and the file."""
-    from etcdguard.agent import keys
+    from etcdguard.agent.wire import keys
 
     if config.coordinator.insecure:
         return Keys(None, None, {m.name: None for m in config.members})

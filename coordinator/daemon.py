@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
-from etcdguard.agent import __version__, schedule
-from etcdguard.agent.durations import format_bytes, format_duration
-from etcdguard.agent.errors import (
+from etcdguard.agent import __version__
+from etcdguard.agent.base import schedule
+from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.errors import (
     EtcdguardError,
     EtcdUnavailable,
     SnapshotCorrupt,
@@ -35,15 +36,21 @@ from etcdguard.agent.errors import (
     UnsafeRefusal,
     UsageError,
 )
+from etcdguard.agent.base.notify import Notifier
+from etcdguard.agent.base.signals import SignalFlags
 from etcdguard.agent.metrics import MetricsServer
-from etcdguard.agent.notify import Notifier
-from etcdguard.agent.protocol import BUSY, RemoteError
-from etcdguard.agent.signals import SignalFlags
-
-from .config import CoordinatorConfig, Keys, MemberSettings, load_coordinator_config, load_keys, require_members
-from .control import ControlServer, Emit, PeerCred
-from .metrics import CoordinatorMetrics
-from .vault import Incoming, Vault, VaultDiskError, VaultEntry
+from etcdguard.agent.wire.protocol import BUSY, RemoteError
+from etcdguard.coordinator.config import (
+    CoordinatorConfig,
+    Keys,
+    MemberSettings,
+    load_coordinator_config,
+    load_keys,
+    require_members,
+)
+from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
+from etcdguard.coordinator.metrics import CoordinatorMetrics
+from etcdguard.coordinator.vault.store import Incoming, Vault, VaultDiskError, VaultEntry
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ PROGRESS_EVERY = 0.25   # seconds between progress lines to a control client
 
 
 # ---------------------------------------------------------------------------
-# What the daemon needs of an agent client (coordinator/client.py's AgentClient).
+# What the daemon needs of an agent client (coordinator/agents/client.py's AgentClient).
 
 
 class AgentLink(Protocol):
@@ -75,8 +82,7 @@ ClientFactory = Callable[[MemberSettings], AgentLink]
 
 def default_client_factory(config: CoordinatorConfig, keys: Keys) -> ClientFactory:
     import zmq
-
-    from .client import AgentClient
+    from etcdguard.coordinator.agents.client import AgentClient
 
     context: zmq.Context[Any] = zmq.Context.instance()
 
@@ -90,7 +96,7 @@ def default_client_factory(config: CoordinatorConfig, keys: Keys) -> ClientFacto
 
 def _unreachable_types() -> tuple[type[BaseException], ...]:
     try:
-        from .client import AgentUnreachable
+        from etcdguard.coordinator.agents.client import AgentUnreachable
     except ImportError:   # pragma: no cover - the client module ships with the coordinator
         return ()
     return (AgentUnreachable,)

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 from etcdguard.agent import __version__
-from etcdguard.agent.errors import EtcdguardError
-from etcdguard.agent.logsetup import setup_logging
-
-from .config import DEFAULT_CONFIG_PATH, load_coordinator_config
+from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.agent.base.logsetup import setup_logging
+from etcdguard.coordinator.config import DEFAULT_CONFIG_PATH, load_coordinator_config
 
 PROG = "etcdguard-coordinator"
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        from .daemon import CoordinatorDaemon
+        from etcdguard.coordinator.daemon import CoordinatorDaemon
 
         config = load_coordinator_config(args.config)
         daemon = CoordinatorDaemon(args.config, config)

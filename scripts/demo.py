@@ -20,10 +20,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from etcdguard.agent.base.errors import EtcdguardError
 from etcdguard.agent.config import load_agent_config
-from etcdguard.agent.discovery import discover
-from etcdguard.agent.errors import EtcdguardError
-from etcdguard.agent.etcd_api import EtcdClient
+from etcdguard.agent.discovery.discover import discover
+from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.agent.runtime.factory import make_runtime
 
 ROOT = Path(__file__).resolve().parents[1]

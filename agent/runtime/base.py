@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
-from ..errors import EtcdguardError
+from etcdguard.agent.base.errors import EtcdguardError
 
 
 class RuntimeError_(EtcdguardError):

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import AgentConfig, ApiserverSettings
-from ..errors import ConfigError
-from ..member import LocalMember
-from .base import NodeRuntime, Service
-from .process import DEFAULT_KILL_GRACE, ProcessService
-from .proof import AllOf, PortsClosed, ProcessesGone, StopProof, etcd_proof
-from .static_pod import StaticPodService
-from .systemd import SystemdService
+from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.config import AgentConfig, ApiserverSettings
+from etcdguard.agent.discovery.member import LocalMember
+from etcdguard.agent.runtime.base import NodeRuntime, Service
+from etcdguard.agent.runtime.process import DEFAULT_KILL_GRACE, ProcessService
+from etcdguard.agent.runtime.proof import AllOf, PortsClosed, ProcessesGone, StopProof, etcd_proof
+from etcdguard.agent.runtime.static_pod import StaticPodService
+from etcdguard.agent.runtime.systemd import SystemdService
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def apiserver_address(argv: Optional[Sequence[str]], health_url: Optional[str]) 
 
 def read_manifest_command(paths: Sequence[Path], container: Optional[str]) -> Optional[list[str]]:
     """The container command from the first readable manifest among ``paths`` (live, then parked)."""
-    from .. import miniyaml
+    from etcdguard.agent.discovery import miniyaml
 
     for path in paths:
         try:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..fsutil import atomic_write_bytes, ensure_private_dir
-from .base import RuntimeError_, StopNotProven
-from .proof import StopProof, cmdline, find_processes, pid_alive, same_command, wait_proven
+from etcdguard.agent.base.fsutil import atomic_write_bytes, ensure_private_dir
+from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
+from etcdguard.agent.runtime.proof import StopProof, cmdline, find_processes, pid_alive, same_command, wait_proven
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 from urllib.parse import urlsplit
 
-from .base import StopNotProven
+from etcdguard.agent.runtime.base import StopNotProven
 
 POLL_INTERVAL = 0.05
 CONNECT_TIMEOUT = 0.5

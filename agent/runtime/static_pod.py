@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ConfigError
-from ..fsutil import atomic_writer, ensure_private_dir, fsync_dir
-from .base import RuntimeError_
-from .proof import StopProof, wait_proven
+from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.base.fsutil import atomic_writer, ensure_private_dir, fsync_dir
+from etcdguard.agent.runtime.base import RuntimeError_
+from etcdguard.agent.runtime.proof import StopProof, wait_proven
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
-from .base import RuntimeError_, StopNotProven
-from .proof import StopProof, wait_proven
+from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
+from etcdguard.agent.runtime.proof import StopProof, wait_proven
 
 log = logging.getLogger(__name__)
 

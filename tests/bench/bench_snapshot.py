@@ -24,9 +24,9 @@ AGENT = [sys.executable, "-m", "etcdguard.agent"]
 WARM = """
 import sys, time
 from pathlib import Path
-from etcdguard.agent.member import ClientTLS
-from etcdguard.agent.snapshots import Source, save_to_file
-from etcdguard.agent.tools import find_tool
+from etcdguard.agent.discovery.member import ClientTLS
+from etcdguard.agent.snapshots.take import Source, save_to_file
+from etcdguard.agent.etcd.tools import find_tool
 tool = find_tool()
 t = time.perf_counter()
 save_to_file(Source(sys.argv[1], ClientTLS()), Path(sys.argv[2]), tool=tool)

@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import zmq  # noqa: E402
-from etcdguard.agent.protocol import RemoteError  # noqa: E402
+from etcdguard.agent.wire.protocol import RemoteError  # noqa: E402
 
 from tests.helpers.agents import AgentProcess, CoordinatorKeys  # noqa: E402
 from tests.helpers.etcd import EtcdMember, build_for, load_data  # noqa: E402

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent import keys
-from etcdguard.agent.backup import BackupRunner
 from etcdguard.agent.config import load_agent_config
-from etcdguard.agent.discovery import discover
+from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.metrics import AgentMetrics
-from etcdguard.agent.store import SnapshotMeta, SnapshotStore
-from etcdguard.coordinator.client import AgentClient
+from etcdguard.agent.snapshots.backup import BackupRunner
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.wire import keys
+from etcdguard.coordinator.agents.client import AgentClient
 
 from .agentconf import AGENT, adopt, agent_sections, write_agent_config
 from .etcd import EtcdCluster, EtcdMember, clean_env

@@ -38,7 +38,7 @@ def parse_manifest(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
-        from etcdguard.agent import miniyaml
+        from etcdguard.agent.discovery import miniyaml
 
         return miniyaml.loads(text)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from etcdguard.agent.member import ClientTLS
+from etcdguard.agent.discovery.member import ClientTLS
 
 _CA_EXT = """\
 basicConstraints = critical, CA:TRUE

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import zmq
-from etcdguard.agent import protocol as P
-from etcdguard.agent.errors import EXIT_UNSAFE, ConfigError, SnapshotCorrupt, UnsafeRefusal, UsageError
-from etcdguard.agent.server import Throttle, ZapLog, error_code, fit_list
-from etcdguard.agent.snapshot_file import TrailerHasher
-from etcdguard.agent.transfer import KnownSizeDigest, NotFound
-from etcdguard.coordinator.client import AgentClient, AgentUnreachable, FileSink
+from etcdguard.agent.base.errors import EXIT_UNSAFE, ConfigError, SnapshotCorrupt, UnsafeRefusal, UsageError
+from etcdguard.agent.control.server import Throttle, ZapLog, error_code, fit_list
+from etcdguard.agent.control.transfer import KnownSizeDigest, NotFound
+from etcdguard.agent.snapshots.integrity import TrailerHasher
+from etcdguard.agent.wire import protocol as P
+from etcdguard.coordinator.agents.client import AgentClient, AgentUnreachable, FileSink
 
 from tests.helpers.agentconf import AGENT, render_toml
 from tests.helpers.agents import AgentProcess, CoordinatorKeys
@@ -108,7 +108,7 @@ def test_throttle_counts_what_it_held_back():
 def test_zap_log_turns_refusals_into_warnings(caplog, tmp_path):
     zap = ZapLog(tmp_path, Throttle())
     key = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
-    with caplog.at_level("DEBUG", logger="etcdguard.agent.server"):
+    with caplog.at_level("DEBUG", logger="etcdguard.agent.control.server"):
         zap.debug("%s (CURVE) domain=%s client_key=%s", "DENIED", "*", key)
         zap.debug("%s (CURVE) domain=%s client_key=%s", "DENIED", "*", key)   # throttled
         zap.debug("ALLOWED (CURVE) domain=%s client_key=%s", "*", b"x")
@@ -271,7 +271,7 @@ def run_agent_cli(config: Path) -> tuple[int, str]:
                                   "no-authorized-dir", "bad-authorized-key", "port-taken"])
 def test_refuses_to_start_without_usable_keys(tmp_path, case):
     kdir = tmp_path / "keys"
-    from etcdguard.agent import keys
+    from etcdguard.agent.wire import keys
 
     public, secret = keys.generate("agent", kdir)
     authorized = kdir / "authorized"

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from etcdguard.agent import keys
-from etcdguard.agent.errors import ConfigError
-from etcdguard.coordinator import control
+from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.wire import keys
+from etcdguard.coordinator.control import server as control
 
 from tests.helpers.agentconf import render_toml
 from tests.helpers.net import wait_until
 
-CTL = [sys.executable, "-m", "etcdguard.coordinator.cli"]
+CTL = [sys.executable, "-m", "etcdguard.coordinator.ctl.cli"]
 DAEMON = [sys.executable, "-m", "etcdguard.coordinator.daemon_cli"]
 
 
@@ -246,8 +246,8 @@ def test_daemon_config_problems_exit_2_with_the_key_named(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
 def test_agent_killed_mid_pull_leaves_nothing_and_the_next_pull_succeeds(etcd_factory, etcd_build, tmp_path):
-    from etcdguard.coordinator.client import AgentUnreachable
-    from etcdguard.coordinator.vault import Incoming, Vault
+    from etcdguard.coordinator.agents.client import AgentUnreachable
+    from etcdguard.coordinator.vault.store import Incoming, Vault
 
     from tests.helpers.agents import AgentProcess, CoordinatorKeys
     from tests.helpers.etcd import load_data

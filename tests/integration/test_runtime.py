@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from etcdguard.agent.config import AgentConfig, ApiserverSettings, EtcdSettings
-from etcdguard.agent.member import LocalMember
+from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.runtime.process import ProcessService

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.backup import BackupRunner
+from etcdguard.agent.base.errors import EtcdUnavailable
 from etcdguard.agent.config import load_agent_config
-from etcdguard.agent.discovery import discover
-from etcdguard.agent.errors import EtcdUnavailable
+from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.metrics import AgentMetrics
-from etcdguard.agent.store import SnapshotStore
+from etcdguard.agent.snapshots.backup import BackupRunner
+from etcdguard.agent.snapshots.store import SnapshotStore
 
 from tests.helpers.agentconf import AGENT, agent_sections, run_agent, write_agent_config
 from tests.helpers.etcd import run_etcdctl
@@ -238,7 +238,7 @@ def test_open_restore_postpones_backups_and_shows_in_status(etcd_member, tmp_pat
     import os
     import socket
 
-    from etcdguard.agent.opstate import OperationStore
+    from etcdguard.agent.restore.journal import OperationStore
 
     op = OperationStore(tmp_path / "state").get("r-open")
     op.create({"state": "running", "created_at": 1.0, "params": {}})

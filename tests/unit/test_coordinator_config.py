@@ -9,8 +9,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from etcdguard.agent import keys
-from etcdguard.agent.errors import ConfigError
+from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.wire import keys
 from etcdguard.coordinator.config import (
     load_coordinator_config,
     load_keys,

@@ -3,8 +3,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from etcdguard.agent.base.errors import DiscoveryError
 from etcdguard.agent.config import AgentConfig, parse_agent_config
-from etcdguard.agent.discovery import (
+from etcdguard.agent.discovery.discover import (
     discover,
     etcd_command,
     expand_specifiers,
@@ -15,8 +16,7 @@ from etcdguard.agent.discovery import (
     read_service,
     split_exec,
 )
-from etcdguard.agent.errors import DiscoveryError
-from etcdguard.agent.member import ClientTLS
+from etcdguard.agent.discovery.member import ClientTLS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 KUBEADM = FIXTURES / "kubeadm"

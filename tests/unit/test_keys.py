@@ -8,8 +8,8 @@ import stat
 import pytest
 import zmq
 import zmq.auth
-from etcdguard.agent import keys
-from etcdguard.agent.errors import EXIT_USAGE, ConfigError, UsageError
+from etcdguard.agent.base.errors import EXIT_USAGE, ConfigError, UsageError
+from etcdguard.agent.wire import keys
 
 
 def mode(path) -> int:

@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.miniyaml import YAMLError, loads
+from etcdguard.agent.discovery.miniyaml import YAMLError, loads
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kubeadm"
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import (
     AgentConfig,
     ApiserverSettings,
@@ -33,7 +34,6 @@ from etcdguard.agent.config import (
     load_agent_config,
     parse_agent_config,
 )
-from etcdguard.agent.errors import ConfigError
 from etcdguard.agent.metrics import AgentMetrics
 
 from tests.helpers.etcd import build_for, clean_env, missing_build_reason
@@ -491,7 +491,7 @@ def test_packaged_coordinator_config_has_the_design_keys() -> None:
 
 def test_packaged_coordinator_config_loads_with_the_coordinator_loader() -> None:
     try:
-        from etcdguard.coordinator import config as coordinator_config  # type: ignore[attr-defined]
+        from etcdguard.coordinator import config as coordinator_config
     except ImportError:
         pytest.skip("etcdguard.coordinator.config does not exist yet; the file is checked with tomllib above")
     loader = getattr(coordinator_config, "load_coordinator_config", None)

@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.errors import UnsafeRefusal, UsageError
-from etcdguard.agent.opstate import OperationStore, check_op_id, new_op_id
-from etcdguard.agent.restore_plan import (
+from etcdguard.agent.base.errors import UnsafeRefusal, UsageError
+from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv
+from etcdguard.agent.restore.journal import OperationStore, check_op_id, new_op_id
+from etcdguard.agent.restore.plan import (
     STEPS,
     RestoreParams,
     aside_member,
@@ -13,7 +14,6 @@ from etcdguard.agent.restore_plan import (
     render_plan,
     workspace_dir,
 )
-from etcdguard.agent.tools import SnapshotTool, restore_argv
 
 
 def test_bump_default_and_when_live_is_ahead():

@@ -1,7 +1,7 @@
 import random
 
-from etcdguard.agent import schedule
-from etcdguard.agent.retention import Aged, decide
+from etcdguard.agent.base import schedule
+from etcdguard.agent.base.retention import Aged, decide
 
 NOW = 1_800_000_000.0
 

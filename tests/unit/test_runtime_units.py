@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import AgentConfig, ApiserverSettings, EtcdSettings
-from etcdguard.agent.errors import ConfigError
-from etcdguard.agent.member import LocalMember
+from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
 from etcdguard.agent.runtime.factory import (
     apiserver_address,

@@ -2,8 +2,8 @@ import hashlib
 import os
 
 import pytest
-from etcdguard.agent.errors import SnapshotCorrupt
-from etcdguard.agent.snapshot_file import TrailerHasher, verify_file
+from etcdguard.agent.base.errors import SnapshotCorrupt
+from etcdguard.agent.snapshots.integrity import TrailerHasher, verify_file
 
 
 def fake_snapshot(size: int) -> bytes:
@@ -60,7 +60,7 @@ def test_truncated_and_tiny_and_missing(tmp_path):
 def test_pbwire_extracts_the_blob_like_protobuf():
     import warnings
 
-    from etcdguard.agent.pbwire import WireError, snapshot_blob
+    from etcdguard.agent.etcd.pbwire import WireError, snapshot_blob
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

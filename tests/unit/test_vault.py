@@ -8,10 +8,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from etcdguard.agent import fsutil
-from etcdguard.agent.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
 from etcdguard.coordinator.daemon import MemberView, choose_backup_member, choose_pull, cluster_summary
-from etcdguard.coordinator.vault import Incoming, Vault, VaultDiskError, VaultEntry, resolve_ref
+from etcdguard.coordinator.vault.store import Incoming, Vault, VaultDiskError, VaultEntry, resolve_ref
 
 T0 = 1_790_000_000.0
 

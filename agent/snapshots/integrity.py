@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
 
-from .errors import SnapshotCorrupt
+from etcdguard.agent.base.errors import SnapshotCorrupt
 
 TRAILER_SIZE = 32
 READ_CHUNK = 1 << 20

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from . import fsutil, retention
-from .errors import SnapshotError
+from etcdguard.agent.base import fsutil, retention
+from etcdguard.agent.base.errors import SnapshotError
 
 log = logging.getLogger(__name__)
 

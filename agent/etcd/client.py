@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import EtcdUnavailable
-from .member import ClientTLS, split_endpoint
-from .pbwire import snapshot_blob
+from etcdguard.agent.base.errors import EtcdUnavailable
+from etcdguard.agent.discovery.member import ClientTLS, split_endpoint
+from etcdguard.agent.etcd.pbwire import snapshot_blob
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

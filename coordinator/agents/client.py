@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
-from etcdguard.agent import fsutil
-from etcdguard.agent import protocol as P
-from etcdguard.agent.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
-from etcdguard.agent.transfer import KnownSizeDigest
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
+from etcdguard.agent.control.transfer import KnownSizeDigest
+from etcdguard.agent.wire import protocol as P
 
 log = logging.getLogger(__name__)
 

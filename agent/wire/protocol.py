@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional, Union
 
-from .errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
+from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
 
 PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes of the JSON header frame

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import fsutil
-from .config import AgentConfig
-from .errors import EtcdguardError, EtcdUnavailable, ToolError, UnsafeRefusal, UsageError
-from .etcd_api import EtcdClient, EtcdStatus
-from .member import LocalMember
-from .opstate import Operation, OperationStore, new_op_id
-from .restore_plan import (
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import EtcdguardError, EtcdUnavailable, ToolError, UnsafeRefusal, UsageError
+from etcdguard.agent.config import AgentConfig
+from etcdguard.agent.discovery.member import LocalMember
+from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
+from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv, snapshot_status
+from etcdguard.agent.restore.journal import Operation, OperationStore, new_op_id
+from etcdguard.agent.restore.plan import (
     STEPS,
     PlannedStep,
     RestoreParams,
@@ -35,10 +36,9 @@ from .restore_plan import (
     restore_target,
     workspace_dir,
 )
-from .runtime.base import NodeRuntime
-from .runtime.proof import etcd_stopped
-from .snapshot_file import verify_file
-from .tools import SnapshotTool, restore_argv, snapshot_status
+from etcdguard.agent.runtime.base import NodeRuntime
+from etcdguard.agent.runtime.proof import etcd_stopped
+from etcdguard.agent.snapshots.integrity import verify_file
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Threads, and who owns what:
   and a reply waits at most ETCD_WAIT for it (else it carries the last answer
   and its age), so a slow etcd never stalls heartbeats, fetches or puts;
 - the long-op worker is a single slot for snapshot.take and restore.step
-  (agent/restore_remote.py): a second long op while one runs gets ``busy``.
+  (agent/restore/remote.py): a second long op while one runs gets ``busy``.
 Workers hand their replies back over an inproc PUSH/PULL pair.
 
 Security: with CURVE, a ZAP authenticator admits only the public keys found
@@ -20,7 +20,7 @@ the ZAP User-Id (the peer's CURVE key), never to anything the peer claims.
 
 Retries are safe: a request id seen again gets the recorded reply (a small
 LRU), or joins the still running request; restore steps are also recorded on
-disk per (operation id, step) by agent/opstate.py.
+disk per (operation id, step) by agent/restore/journal.py.
 """
 
 from __future__ import annotations
@@ -38,15 +38,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import zmq
-
-from . import __version__, fsutil, keys
-from .backup import BackupRunner
-from .config import AgentConfig
-from .errors import EXIT_UNSAFE, ConfigError, EtcdguardError, UsageError
-from .etcd_api import Cancellation, EtcdClient
-from .member import LocalMember
-from .opstate import OperationStore
-from .protocol import (
+from etcdguard.agent import __version__
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import EXIT_UNSAFE, ConfigError, EtcdguardError, UsageError
+from etcdguard.agent.config import AgentConfig
+from etcdguard.agent.control.transfer import FetchFiles, NotFound, Staging
+from etcdguard.agent.discovery.member import LocalMember
+from etcdguard.agent.etcd.client import Cancellation, EtcdClient
+from etcdguard.agent.restore.journal import OperationStore
+from etcdguard.agent.restore.remote import RemoteRestore, operation_status, restore_active, snapshot_in_use
+from etcdguard.agent.snapshots.backup import BackupRunner
+from etcdguard.agent.snapshots.store import SnapshotStore
+from etcdguard.agent.wire import keys
+from etcdguard.agent.wire.protocol import (
     BAD_REQUEST,
     BUSY,
     CONFLICT,
@@ -62,12 +66,9 @@ from .protocol import (
     encode_error,
     encode_reply,
 )
-from .restore_remote import RemoteRestore, operation_status, restore_active, snapshot_in_use
-from .store import SnapshotStore
-from .transfer import FetchFiles, NotFound, Staging
 
 if TYPE_CHECKING:
-    from .daemon import AgentDaemon
+    from etcdguard.agent.daemon import AgentDaemon
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from . import fsutil
-from .errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
-from .protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
-from .snapshot_file import TRAILER_SIZE, TrailerHasher
-from .store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
+from etcdguard.agent.snapshots.integrity import TRAILER_SIZE, TrailerHasher
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.wire.protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import fsutil
-from .errors import UnsafeRefusal, UsageError
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import UnsafeRefusal, UsageError
 
 # A file name: never "." or "..".
 OP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

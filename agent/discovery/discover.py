@@ -31,10 +31,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import miniyaml
-from .config import AgentConfig, EtcdSettings
-from .errors import DiscoveryError
-from .member import ClientTLS, LocalMember, prefer_local, split_endpoint
+from etcdguard.agent.base.errors import DiscoveryError
+from etcdguard.agent.config import AgentConfig, EtcdSettings
+from etcdguard.agent.discovery import miniyaml
+from etcdguard.agent.discovery.member import ClientTLS, LocalMember, prefer_local, split_endpoint
 
 DEFAULT_MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")
 APISERVER_MANIFEST_NAME = "kube-apiserver.yaml"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ToolError
+from etcdguard.agent.base.errors import ToolError
 
 TOOL_TIMEOUT = 600.0
 

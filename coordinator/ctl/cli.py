@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.clikit import CommandLine
-from etcdguard.agent.durations import format_bytes, format_duration
-from etcdguard.agent.errors import EXIT_OK, EtcdguardError, UsageError
-
-from . import control
-from .config import DEFAULT_CONFIG_PATH, CoordinatorConfig, load_coordinator_config
+from etcdguard.agent.base.clikit import CommandLine
+from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.errors import EXIT_OK, EtcdguardError, UsageError
+from etcdguard.coordinator.config import DEFAULT_CONFIG_PATH, CoordinatorConfig, load_coordinator_config
+from etcdguard.coordinator.control import server as control
 
 PROG = "etcdguardctl"
 DEFAULT_KEY_DIR = Path("/etc/etcdguard/keys")
@@ -220,7 +219,7 @@ def _keygen_args(p: argparse.ArgumentParser) -> None:
          _keygen_args)
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Needs neither a config nor a daemon: keys come first. Never overwrites a key."""
-    from etcdguard.agent import keys
+    from etcdguard.agent.wire import keys
 
     directory: Path = args.dir
     try:

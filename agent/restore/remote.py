@@ -27,16 +27,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import fsutil
-from .backup import BackupRunner
-from .errors import EtcdguardError, ToolError, UnsafeRefusal
-from .opstate import Operation, OperationStore
-from .protocol import CONFLICT, ProtocolError
-from .restore import NodeRestorer
-from .restore_plan import STEPS as PLAN_STEPS
-from .restore_plan import RestoreParams
-from .runtime.factory import make_runtime
-from .transfer import NotFound
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import EtcdguardError, ToolError, UnsafeRefusal
+from etcdguard.agent.control.transfer import NotFound
+from etcdguard.agent.restore.journal import Operation, OperationStore
+from etcdguard.agent.restore.plan import STEPS as PLAN_STEPS
+from etcdguard.agent.restore.plan import RestoreParams
+from etcdguard.agent.restore.steps import NodeRestorer
+from etcdguard.agent.runtime.factory import make_runtime
+from etcdguard.agent.snapshots.backup import BackupRunner
+from etcdguard.agent.wire.protocol import CONFLICT, ProtocolError
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__
-from .errors import EtcdguardError
-from .logsetup import setup_logging
+from etcdguard.agent import __version__
+from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.agent.base.logsetup import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 AddArgs = Callable[[argparse.ArgumentParser], None]

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
-from . import fsutil
-from .errors import Aborted, EtcdguardError, SnapshotError, ToolError
-from .etcd_api import Cancellation, EtcdClient
-from .member import ClientTLS
-from .snapshot_file import TrailerHasher
-from .store import SnapshotMeta, SnapshotStore, iso_utc, snapshot_name
-from .tools import SnapshotTool, snapshot_status
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import Aborted, EtcdguardError, SnapshotError, ToolError
+from etcdguard.agent.discovery.member import ClientTLS
+from etcdguard.agent.etcd.client import Cancellation, EtcdClient
+from etcdguard.agent.etcd.tools import SnapshotTool, snapshot_status
+from etcdguard.agent.snapshots.integrity import TrailerHasher
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore, iso_utc, snapshot_name
 
 log = logging.getLogger(__name__)
 

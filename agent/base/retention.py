@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from .durations import format_duration
+from etcdguard.agent.base.durations import format_duration
 
 
 @dataclass(frozen=True)

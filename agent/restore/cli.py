@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import _json_flag, command, discover_member, emit, load_config
-from .config import AgentConfig
-from .durations import format_bytes, format_duration
-from .errors import EXIT_OK, UsageError
-from .opstate import OperationStore, check_op_id
-from .restore import NodeRestorer, kept_dirs
-from .restore_plan import RestoreParams
-from .runtime.factory import make_runtime
-from .store import SnapshotStore
-from .tools import find_tool
+from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.errors import EXIT_OK, UsageError
+from etcdguard.agent.cli import _json_flag, command, discover_member, emit, load_config
+from etcdguard.agent.config import AgentConfig
+from etcdguard.agent.etcd.tools import find_tool
+from etcdguard.agent.restore.journal import OperationStore, check_op_id
+from etcdguard.agent.restore.plan import RestoreParams
+from etcdguard.agent.restore.steps import NodeRestorer, kept_dirs
+from etcdguard.agent.runtime.factory import make_runtime
+from etcdguard.agent.snapshots.store import SnapshotStore
 
 
 def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
@@ -86,7 +86,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         params = restorer.make_params(resolve_snapshot(config, args.snapshot), op_id)
     if args.plan:
         steps = restorer.plan(params)
-        from .restore_plan import render_plan
+        from etcdguard.agent.restore.plan import render_plan
 
         emit(args, {"op": params.op, "params": params.to_json(),
                     "steps": [{"step": s.step, "destructive": s.destructive, "what": s.what} for s in steps]},

@@ -22,10 +22,9 @@ import struct
 from pathlib import Path
 
 import zmq
+from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.errors import ConfigError, UsageError
 from zmq.utils import z85
-
-from . import fsutil
-from .errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .durations import parse_duration
-from .errors import ConfigError
+from etcdguard.agent.base.durations import parse_duration
+from etcdguard.agent.base.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -8,15 +8,15 @@ import threading
 import time
 from typing import Optional
 
-from .config import AgentConfig
-from .durations import format_bytes, format_duration
-from .errors import Aborted, EtcdguardError, EtcdUnavailable, SnapshotCorrupt, ToolError
-from .etcd_api import Cancellation
-from .member import LocalMember
-from .metrics import AgentMetrics
-from .snapshots import Progress, Source, take_snapshot
-from .store import SnapshotMeta, SnapshotStore
-from .tools import SnapshotTool, find_tool
+from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.errors import Aborted, EtcdguardError, EtcdUnavailable, SnapshotCorrupt, ToolError
+from etcdguard.agent.config import AgentConfig
+from etcdguard.agent.discovery.member import LocalMember
+from etcdguard.agent.etcd.client import Cancellation
+from etcdguard.agent.etcd.tools import SnapshotTool, find_tool
+from etcdguard.agent.metrics import AgentMetrics
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.snapshots.take import Progress, Source, take_snapshot
 
 log = logging.getLogger(__name__)
 

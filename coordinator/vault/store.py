@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent import fsutil, retention
-from etcdguard.agent.errors import SnapshotCorrupt, SnapshotError, UsageError
-from etcdguard.agent.snapshot_file import verify_file
-from etcdguard.agent.store import iso_utc
+from etcdguard.agent.base import fsutil, retention
+from etcdguard.agent.base.errors import SnapshotCorrupt, SnapshotError, UsageError
+from etcdguard.agent.snapshots.integrity import verify_file
+from etcdguard.agent.snapshots.store import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class VaultEntry:
 
 
 def newest_first_key(e: VaultEntry) -> tuple[float, str]:
-    """The order retention uses too (agent/retention.py), so "newest" means the same everywhere."""
+    """The order retention uses too (agent/base/retention.py), so "newest" means the same everywhere."""
     return (e.created_unix, e.sha256)
 
 
