@@ -33,6 +33,7 @@ class EtcdSettings:
     data_dir: Optional[Path] = None
     peer_url: Optional[str] = None
     restore_tool: Optional[Path] = None
+    wal_dir: Optional[Path] = None
     dial_timeout: float = 5.0
 
 
@@ -43,6 +44,25 @@ class ApiserverSettings:
     start_command: Optional[tuple[str, ...]] = None
     pid_file: Optional[Path] = None
     health_url: Optional[str] = None  # probed to prove it is stopped / started
+
+
+@dataclass(frozen=True)
+class RestartSettings:
+    """A service restarted after a cluster restore (kube-controller-manager, kube-scheduler, ...),
+    so that nothing serves from caches filled before the restore."""
+
+    manifest: Optional[Path] = None
+    unit: Optional[str] = None
+    start_command: Optional[tuple[str, ...]] = None
+    pid_file: Optional[Path] = None
+
+    @property
+    def label(self) -> str:
+        if self.manifest is not None:
+            return self.manifest.stem
+        if self.unit is not None:
+            return self.unit
+        return Path((self.start_command or ("command",))[0]).name
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,7 @@ class AgentConfig:
     source: str = "<defaults>"
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     apiserver: Optional[ApiserverSettings] = None
+    restart: tuple[RestartSettings, ...] = ()
     backup: BackupSettings = field(default_factory=BackupSettings)
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -104,6 +125,7 @@ def parse_agent_config(data: dict[str, Any], source: str) -> AgentConfig:
     apiserver = None
     if top.has("apiserver"):
         apiserver = _apiserver(Table(source, "apiserver", top.data.get("apiserver")))
+    restart = _restarts(source, top.data.get("restart"))
     backup = _backup(Table(source, "backup", top.data.get("backup")))
     restore = _restore(Table(source, "restore", top.data.get("restore")))
     server = _server(Table(source, "server", top.data.get("server")))
@@ -115,11 +137,11 @@ def parse_agent_config(data: dict[str, Any], source: str) -> AgentConfig:
     state_t = Table(source, "state", top.data.get("state"))
     state = StateSettings(dir=state_t.path("dir", StateSettings.dir) or StateSettings.dir)
     state_t.finish()
-    for section in ("etcd", "apiserver", "backup", "restore", "server", "metrics", "state"):
+    for section in ("etcd", "apiserver", "restart", "backup", "restore", "server", "metrics", "state"):
         top._get(section)
     top.finish()
     return AgentConfig(
-        source=source, etcd=etcd, apiserver=apiserver, backup=backup, restore=restore,
+        source=source, etcd=etcd, apiserver=apiserver, restart=restart, backup=backup, restore=restore,
         server=server, metrics=metrics, state=state,
     )
 
@@ -147,6 +169,7 @@ def _etcd(t: Table) -> EtcdSettings:
         data_dir=t.path("data_dir"),
         peer_url=peer_url,
         restore_tool=t.path("restore_tool"),
+        wal_dir=t.path("wal_dir"),
         dial_timeout=t.duration("dial_timeout", 5.0) or 5.0,
     )
     if (s.cert is None) != (s.key is None):
@@ -182,6 +205,27 @@ def _apiserver(t: Table) -> ApiserverSettings:
         raise ConfigError(f"{t.source}: apiserver.start_command needs apiserver.pid_file")
     t.finish()
     return s
+
+
+def _restarts(source: str, value: Any) -> tuple[RestartSettings, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: restart: expected [[restart]] tables (an array of tables)")
+    out = []
+    for index, entry in enumerate(value):
+        t = Table(source, f"restart[{index}]", entry)
+        r = RestartSettings(manifest=t.path("manifest"), unit=t.text("unit"),
+                            start_command=t.text_list("start_command"), pid_file=t.path("pid_file"))
+        given = [k for k in ("manifest", "unit", "start_command") if getattr(r, k) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"{source}: [[restart]] #{index + 1} needs exactly one of manifest, unit or "
+                              "start_command" + (f" (got {', '.join(given)})" if given else ""))
+        if r.start_command is not None and r.pid_file is None:
+            raise ConfigError(f"{source}: restart[{index}].start_command needs restart[{index}].pid_file")
+        t.finish()
+        out.append(r)
+    return tuple(out)
 
 
 def _backup(t: Table) -> BackupSettings:

@@ -15,42 +15,29 @@ and wake the loop, which keeps answering the systemd watchdog.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional
 
 from etcdguard.agent import __version__
 from etcdguard.agent.base import schedule
 from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import (
-    EtcdguardError,
-    EtcdUnavailable,
-    SnapshotCorrupt,
-    SnapshotError,
-    UnsafeRefusal,
-    UsageError,
-)
+from etcdguard.agent.base.errors import EtcdguardError, SnapshotError, UnsafeRefusal, UsageError
 from etcdguard.agent.base.notify import Notifier
 from etcdguard.agent.base.signals import SignalFlags
 from etcdguard.agent.metrics import MetricsServer
 from etcdguard.agent.wire.protocol import BUSY, RemoteError
-from etcdguard.coordinator.config import (
-    CoordinatorConfig,
-    Keys,
-    MemberSettings,
-    load_coordinator_config,
-    load_keys,
-    require_members,
-)
+from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, default_client_factory, read_report
+from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
+from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members
 from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
 from etcdguard.coordinator.metrics import CoordinatorMetrics
-from etcdguard.coordinator.vault.store import Incoming, Vault, VaultDiskError, VaultEntry
+from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull, failure_reason
+from etcdguard.coordinator.vault.store import Incoming, Vault, VaultEntry
 
 log = logging.getLogger(__name__)
 
@@ -58,303 +45,6 @@ STATUS_REFRESH = 15.0
 STOP_GRACE = 30.0
 BUSY_POLL = 2.0
 PROGRESS_EVERY = 0.25   # seconds between progress lines to a control client
-
-
-# ---------------------------------------------------------------------------
-# What the daemon needs of an agent client (coordinator/agents/client.py's AgentClient).
-
-
-class AgentLink(Protocol):
-    def call(self, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float = 10.0,
-             retries: Optional[int] = None, data: Optional[bytes] = None) -> dict[str, Any]: ...
-
-    def status(self, timeout: float = 5.0) -> dict[str, Any]: ...
-
-    def fetch_snapshot(self, name: str, dest: Path, *, expected_sha256: str, expected_size: int,
-                       progress: Optional[Callable[[int, int], None]] = None, credit: int = 4,
-                       chunk: int = 1 << 20, timeout: float = 30.0) -> None: ...
-
-    def close(self) -> None: ...
-
-
-ClientFactory = Callable[[MemberSettings], AgentLink]
-
-
-def default_client_factory(config: CoordinatorConfig, keys: Keys) -> ClientFactory:
-    import zmq
-    from etcdguard.coordinator.agents.client import AgentClient
-
-    context: zmq.Context[Any] = zmq.Context.instance()
-
-    def make(member: MemberSettings) -> AgentLink:
-        client: AgentLink = AgentClient(member.name, member.agent, server_public_key=keys.members.get(member.name),
-                           client_public=keys.public, client_secret=keys.secret,
-                           insecure=config.coordinator.insecure, context=context)
-        return client
-    return make
-
-
-def _unreachable_types() -> tuple[type[BaseException], ...]:
-    try:
-        from etcdguard.coordinator.agents.client import AgentUnreachable
-    except ImportError:   # pragma: no cover - the client module ships with the coordinator
-        return ()
-    return (AgentUnreachable,)
-
-
-# ---------------------------------------------------------------------------
-# The cluster as the agents report it (plain data), and the pure decisions.
-
-
-@dataclass(frozen=True)
-class MemberView:
-    """One member at one moment: its agent's status report, or why there is none."""
-
-    name: str
-    agent: str
-    reachable: bool
-    error: Optional[str] = None
-    report: Optional[Mapping[str, Any]] = None
-
-    @property
-    def etcd(self) -> Mapping[str, Any]:
-        e = (self.report or {}).get("etcd")
-        return e if isinstance(e, Mapping) else {}
-
-    @property
-    def healthy(self) -> bool:
-        return self.reachable and self.etcd.get("healthy") is True
-
-    @property
-    def is_leader(self) -> bool:
-        return self.etcd.get("is_leader") is True
-
-    @property
-    def busy(self) -> Optional[str]:
-        agent = (self.report or {}).get("agent")
-        busy = agent.get("busy") if isinstance(agent, Mapping) else None
-        return str(busy) if busy else None
-
-    @property
-    def snapshots(self) -> list[Mapping[str, Any]]:
-        snaps = (self.report or {}).get("snapshots")
-        return [s for s in snaps if isinstance(s, Mapping)] if isinstance(snaps, list) else []
-
-    @property
-    def newest(self) -> Optional[Mapping[str, Any]]:
-        snaps = self.snapshots
-        return max(snaps, key=lambda s: float(s.get("created_unix") or 0)) if snaps else None
-
-
-@dataclass(frozen=True)
-class PullChoice:
-    """What a scheduled pull should do: fetch ``snapshot`` from ``member``, or nothing."""
-
-    sentence: str
-    member: Optional[str] = None
-    snapshot: Optional[Mapping[str, Any]] = None
-    failure: Optional[str] = None   # a metrics reason when there is nothing to pull but should be
-
-
-def choose_pull(views: Sequence[MemberView], in_vault: Callable[[str], bool],
-                vault_newest: Optional[float], interval: float) -> PullChoice:
-    """Pure: the newest verified snapshot of a healthy member, a follower's if one is as fresh.
-
-    A follower's snapshot counts as "as fresh" when it is at most one interval
-    older than the freshest; only then is the leader spared. Snapshots of
-    unhealthy members are not pulled: a partitioned member serves a
-    fresh-looking snapshot of stale data.
-    """
-    reachable = [v for v in views if v.reachable]
-    if not reachable:
-        return PullChoice(f"no agent answered ({len(views)} configured)", failure="unreachable")
-    healthy = [v for v in reachable if v.healthy]
-    if not healthy:
-        return PullChoice(f"{len(reachable)} agent(s) answered but no member reports a healthy etcd",
-                          failure="unreachable")
-    candidates = [(v, v.newest) for v in healthy if v.newest is not None]
-    if not candidates:
-        return PullChoice("no healthy member has a snapshot in its store yet", failure="no_snapshot")
-    freshest = max(float(s.get("created_unix") or 0) for _, s in candidates)
-
-    def rank(item: tuple[MemberView, Optional[Mapping[str, Any]]]) -> tuple[bool, bool, float, str]:
-        v, s = item
-        assert s is not None
-        created = float(s.get("created_unix") or 0)
-        return (created >= freshest - interval, not v.is_leader, created, v.name)
-
-    view, snap = max(candidates, key=rank)
-    assert snap is not None
-    role = "leader" if view.is_leader else "follower"
-    sha = str(snap.get("sha256", ""))
-    label = f"{snap.get('name')} of {role} {view.name} (revision {snap.get('revision')}, sha256 {sha[:12]})"
-    if in_vault(sha):
-        return PullChoice(f"the vault already has the newest snapshot, {label}")
-    created = float(snap.get("created_unix") or 0)
-    if vault_newest is not None and created <= vault_newest:
-        return PullChoice(f"the newest snapshot of a healthy member, {label}, is not newer than the vault's")
-    return PullChoice(f"pulling {label}", member=view.name, snapshot=snap)
-
-
-def choose_backup_member(views: Sequence[MemberView], requested: Optional[str]) -> tuple[MemberView, str]:
-    """Pure: the member to take a snapshot on now, and why. Raises for impossible requests."""
-    if requested is not None:
-        for v in views:
-            if v.name == requested:
-                break
-        else:
-            raise UsageError(f"no member named {requested!r} in the configuration "
-                             f"(members: {', '.join(v.name for v in views)})")
-        if not v.reachable:
-            raise UnsafeRefusal(f"refused: the agent of member {v.name} ({v.agent}) is unreachable: {v.error}")
-        if not v.healthy:
-            raise UnsafeRefusal(f"refused: etcd on member {v.name} is not healthy "
-                                f"({v.etcd.get('error') or 'no health report'}); a snapshot of it may hold "
-                                "stale data")
-        return v, f"member {v.name} as requested ({'leader' if v.is_leader else 'follower'})"
-    healthy = [v for v in views if v.healthy]
-    if not healthy:
-        reachable = sum(1 for v in views if v.reachable)
-        raise EtcdUnavailable(f"no member has a healthy etcd ({reachable} of {len(views)} agents answered); "
-                              "nothing to take a snapshot of")
-    followers = sorted((v for v in healthy if not v.is_leader), key=lambda v: (v.busy is not None, v.name))
-    if followers:
-        return followers[0], f"follower {followers[0].name} (sparing the leader)"
-    return healthy[0], f"leader {healthy[0].name} (no healthy follower)"
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The metrics label for a failed vault copy."""
-    if isinstance(exc, _unreachable_types()):
-        return "unreachable"
-    if isinstance(exc, RemoteError):
-        return "busy" if exc.code == BUSY else "transfer"
-    if isinstance(exc, SnapshotCorrupt):
-        return "checksum"
-    if isinstance(exc, (VaultDiskError, OSError)):
-        return "disk"
-    return "other"
-
-
-def member_row(v: MemberView, now: float) -> dict[str, Any]:
-    """One member's line of `etcdguardctl status` (plain data)."""
-    report = v.report or {}
-    agent = report.get("agent") if isinstance(report.get("agent"), Mapping) else {}
-    newest = v.newest
-    etcd = dict(v.etcd) if v.reachable else None
-    return {
-        "name": v.name,
-        "agent": v.agent,
-        "reachable": v.reachable,
-        "error": v.error,
-        "agent_version": agent.get("version") if agent else None,
-        "busy": v.busy,
-        "healthy": v.healthy,
-        "is_leader": v.is_leader,
-        "etcd": etcd,
-        "revision": v.etcd.get("revision"),
-        "cluster_id": v.etcd.get("cluster_id"),
-        "member_id": v.etcd.get("member_id"),
-        "restore_tool": report.get("restore_tool"),
-        "disk": report.get("disk"),
-        "newest_backup": None if newest is None else {
-            "name": newest.get("name"), "sha256": newest.get("sha256"), "size": newest.get("size"),
-            "revision": newest.get("revision"), "created_at": newest.get("created_at"),
-            "age_seconds": max(0.0, now - float(newest.get("created_unix") or 0)),
-        },
-    }
-
-
-def cluster_summary(views: Sequence[MemberView]) -> dict[str, Any]:
-    """Leader and cluster id as the reachable members report them, and whether they agree.
-
-    The leader is named by the member id each member reports; it is mapped to
-    a name through the members' own ids, so a leader whose agent is down still
-    shows (by id) instead of looking like a cluster without a leader.
-    """
-    up = [v for v in views if v.reachable]
-    ids = sorted({str(v.etcd["cluster_id"]) for v in up if v.etcd.get("cluster_id")})
-    leader_ids = sorted({str(v.etcd["leader"]) for v in up if v.etcd.get("leader")})
-    names = {str(v.etcd["member_id"]): v.name for v in up if v.etcd.get("member_id")}
-    claimed = sorted(v.name for v in up if v.is_leader)
-    leader_id = leader_ids[0] if len(leader_ids) == 1 else None
-    leader = names.get(leader_id) if leader_id is not None else None
-    if leader is None and leader_id is None and len(claimed) == 1:
-        leader = claimed[0]
-    return {
-        "leader": leader,
-        "leader_id": leader_id,
-        "leaders": claimed,              # members that say they lead (more than one: split brain)
-        "leader_ids": leader_ids,        # the leaders the members point at (more than one: disagreement)
-        "cluster_id": ids[0] if len(ids) == 1 else None,
-        "cluster_ids": ids,
-        "consistent": len(ids) <= 1 and len(leader_ids) <= 1 and len(claimed) <= 1,
-        "reachable": len(up),
-        "healthy": sum(1 for v in views if v.healthy),
-        "members": len(views),
-    }
-
-
-# ---------------------------------------------------------------------------
-# Links to the agents.
-
-
-class MemberLinks:
-    """One client per member for short requests, and a fresh one for each long transfer.
-
-    A client's socket is used by one thread at a time (the lock), so a status
-    request waits at most one short request; a transfer never holds it.
-    """
-
-    def __init__(self, config: CoordinatorConfig, factory: ClientFactory) -> None:
-        self.config = config
-        self.factory = factory
-        self._clients: dict[str, AgentLink] = {}
-        self._locks = {m.name: threading.Lock() for m in config.members}
-
-    def settings(self, name: str) -> MemberSettings:
-        m = self.config.member(name)
-        if m is None:
-            raise UsageError(f"no member named {name!r} in {self.config.source}")
-        return m
-
-    def call(self, name: str, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float) -> dict[str, Any]:
-        with self._locks[name]:
-            client = self._clients.get(name)
-            if client is None:
-                client = self._clients[name] = self.factory(self.settings(name))
-            return client.call(op, args, timeout=timeout)
-
-    def status(self, name: str, timeout: float) -> dict[str, Any]:
-        with self._locks[name]:
-            client = self._clients.get(name)
-            if client is None:
-                client = self._clients[name] = self.factory(self.settings(name))
-            return client.status(timeout=timeout)
-
-    def dedicated(self, name: str) -> AgentLink:
-        """A client of its own for one long operation; the caller closes it."""
-        return self.factory(self.settings(name))
-
-    def survey(self, timeout: float) -> list[MemberView]:
-        """Every member's status, asked in parallel."""
-        members = self.config.members
-
-        def ask(m: MemberSettings) -> MemberView:
-            try:
-                return MemberView(m.name, m.agent, True, report=self.status(m.name, timeout))
-            except EtcdguardError as exc:
-                return MemberView(m.name, m.agent, False, error=str(exc))
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(members)),
-                                                   thread_name_prefix="survey") as pool:
-            return list(pool.map(ask, members))
-
-    def close(self) -> None:
-        for name, client in list(self._clients.items()):
-            with self._locks[name]:
-                client.close()
-        self._clients.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -527,12 +217,10 @@ class CoordinatorDaemon(SignalFlags):
                     if exc.code != BUSY or self._stop:
                         raise
                     # Wait out a snapshot the agent takes on its own; never wait on a restore.
-                    report = client.status(timeout=self.config.coordinator.request_timeout)
-                    restore = report.get("restore")
-                    restore = restore if isinstance(restore, Mapping) else {}
-                    agent = report.get("agent")
-                    busy = str(agent.get("busy") or "") if isinstance(agent, Mapping) else ""
-                    if restore.get("locked") or restore.get("last_state") == "running" or busy.startswith("restore"):
+                    view = read_report(name, "", client.status(timeout=self.config.coordinator.request_timeout))
+                    restore = view.report.restore if view.report is not None else None
+                    busy = view.busy or ""
+                    if restore is None or restore.locked or restore.open_ops or busy.startswith("restore"):
                         raise UnsafeRefusal(f"refused: a restore operation is in progress on member {name} "
                                             f"({exc.message})") from None
                     emit({"stage": "wait", "member": name,
@@ -607,7 +295,7 @@ class CoordinatorDaemon(SignalFlags):
                 self.last_pull = {"at": time.time(), "ok": choice.failure is None, "message": choice.sentence}
                 return choice.failure is None
             try:
-                entry, _ = self._pull(choice.member, choice.snapshot, _discard)
+                entry, _ = self._pull(choice.member, choice.snapshot.to_json(), _discard)
             except EtcdguardError as exc:
                 reason = failure_reason(exc)
                 self.metrics.record_failure(reason)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -46,9 +47,15 @@ from etcdguard.agent.control.transfer import FetchFiles, NotFound, Staging
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.restore.journal import OperationStore
-from etcdguard.agent.restore.remote import RemoteRestore, operation_status, restore_active, snapshot_in_use
+from etcdguard.agent.restore.remote import (
+    OPEN_STATES,
+    RemoteRestore,
+    operation_status,
+    restore_active,
+    snapshot_in_use,
+)
 from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.snapshots.store import SnapshotStore
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
 from etcdguard.agent.wire import keys
 from etcdguard.agent.wire.protocol import (
     BAD_REQUEST,
@@ -65,6 +72,17 @@ from etcdguard.agent.wire.protocol import (
     decode_request,
     encode_error,
     encode_reply,
+)
+from etcdguard.agent.wire.report import (
+    AgentInfo,
+    AgentReport,
+    ClusterMember,
+    DiskInfo,
+    EtcdHealth,
+    MemberConfig,
+    RestoreInfo,
+    SnapshotSummary,
+    ToolInfo,
 )
 
 if TYPE_CHECKING:
@@ -254,11 +272,11 @@ class EtcdProbe:
         self._running = False
         self._started = 0
         self._finished = 0
-        self._result: Optional[dict[str, Any]] = None
+        self._result: Optional[EtcdHealth] = None
         self._at = 0.0
         self._client: Optional[tuple[str, EtcdClient]] = None
 
-    def get(self, member: LocalMember, dial_timeout: float, wait: float = ETCD_WAIT) -> dict[str, Any]:
+    def get(self, member: LocalMember, dial_timeout: float, wait: float = ETCD_WAIT) -> EtcdHealth:
         with self._cond:
             if not self._running:
                 self._running = True
@@ -268,44 +286,45 @@ class EtcdProbe:
             wanted = self._started
             self._cond.wait_for(lambda: self._finished >= wanted, timeout=wait)
             if self._result is None:
-                return {**_NO_ETCD, "error": f"etcd at {member.endpoint} has not answered yet", "age": None}
-            return {**self._result, "age": round(time.monotonic() - self._at, 3)}
+                return EtcdHealth(error=f"etcd at {member.endpoint} has not answered yet")
+            return dataclasses.replace(self._result, age=round(time.monotonic() - self._at, 3))
 
     def _probe(self, member: LocalMember, timeout: float) -> None:
         try:
             result = self._ask(member, timeout)
         except Exception as exc:   # the probe thread's outermost level: logged, reported in status
             log.exception("etcd status probe failed")
-            result = {**_NO_ETCD, "error": f"etcd status probe failed: {exc}"}
+            result = EtcdHealth(error=f"etcd status probe failed: {exc}")
         with self._cond:
             self._result, self._at = result, time.monotonic()
             self._finished = self._started
             self._running = False
             self._cond.notify_all()
 
-    def _ask(self, member: LocalMember, timeout: float) -> dict[str, Any]:
+    def _ask(self, member: LocalMember, timeout: float) -> EtcdHealth:
         try:
             if self._client is None or self._client[0] != member.endpoint:
                 self.close()
                 self._client = (member.endpoint, EtcdClient(member.endpoint, member.tls, timeout))
-            st = self._client[1].status()
+            client = self._client[1]
+            st = client.status()
+            members = client.members()
+            alarms = client.alarms()
         except EtcdguardError as exc:
             self.close()
-            return {**_NO_ETCD, "error": str(exc)}
-        return {"healthy": st.healthy, "error": "; ".join(st.errors) or None, "version": st.version,
-                "revision": st.revision, "member_id": f"{st.member_id:x}", "cluster_id": f"{st.cluster_id:x}",
-                "leader": f"{st.leader:x}" if st.leader else None, "is_leader": st.is_leader,
-                "db_size": st.db_size}
+            return EtcdHealth(error=str(exc))
+        return EtcdHealth(
+            healthy=st.healthy and not alarms, error="; ".join([*st.errors, *alarms]) or None, version=st.version,
+            revision=st.revision, member_id=f"{st.member_id:x}", cluster_id=f"{st.cluster_id:x}",
+            leader=f"{st.leader:x}" if st.leader else None, is_leader=st.is_leader, is_learner=st.is_learner,
+            db_size=st.db_size, alarms=tuple(alarms),
+            members=tuple(ClusterMember(f"{m.id:x}", m.name, m.peer_urls, m.is_learner) for m in members))
 
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):   # a broken channel may fail to close; it is dropped anyway
                 client[1].close()
-
-
-_NO_ETCD: dict[str, Any] = {"healthy": False, "error": None, "version": None, "revision": None, "member_id": None,
-                            "cluster_id": None, "leader": None, "is_leader": False, "db_size": None}
 
 
 # ---------------------------------------------------------------------------
@@ -811,6 +830,9 @@ class AgentServer:
 
     # -- status (status worker) ----------------------------------------------
     def _status(self) -> dict[str, Any]:
+        return self.report().to_json()
+
+    def report(self) -> AgentReport:
         runner = self._runner()
         config, member = runner.config, runner.member
         job = self.long_job
@@ -819,24 +841,40 @@ class AgentServer:
         ops = OperationStore(config.state.dir)
         all_ops = ops.all()
         last = all_ops[-1] if all_ops else None
-        return {
-            "agent": {"version": __version__, "busy": busy},
-            "member": {"name": member.name, "peer_url": member.peer_url, "data_dir": str(member.data_dir),
-                       "runtime": config.etcd.runtime or member.runtime, "endpoints": list(member.endpoints)},
-            "etcd": self.etcd_probe.get(member, config.etcd.dial_timeout),
-            "restore_tool": None if tool is None else {
-                "path": str(tool.path), "kind": tool.kind, "version": tool.version,
-                "supports_bump": tool.supports_bump},
-            "disk": {"data_dir_free": _free(member.data_dir), "store_free": _free(runner.store.dir)},
-            "snapshots": [m.to_json() for m in runner.store.list()[:STATUS_SNAPSHOTS]],
-            "restore": {"locked": ops.locked(), "last_op": last.op if last else None,
-                        "last_state": last.record().get("state") if last else None},
-        }
+        records = [(o.op, o.record().get("state")) for o in all_ops]
+        apiserver = config.apiserver
+        return AgentReport(
+            agent=AgentInfo(version=__version__, busy=busy),
+            member=MemberConfig(
+                name=member.name, peer_url=member.peer_url, data_dir=str(member.data_dir),
+                wal_dir=str(member.wal_dir) if member.wal_dir else None,
+                runtime=config.etcd.runtime or member.runtime, endpoints=tuple(member.endpoints),
+                initial_cluster=member.initial_cluster, quota_backend_bytes=member.quota_backend_bytes,
+                apiserver=None if apiserver is None else str(apiserver.manifest or apiserver.unit or "command"),
+                restart=tuple(str(r.manifest or r.unit or "command") for r in config.restart)),
+            etcd=self.etcd_probe.get(member, config.etcd.dial_timeout),
+            restore_tool=None if tool is None else ToolInfo(str(tool.path), tool.kind, tool.version,
+                                                            tool.supports_bump),
+            disk=DiskInfo(data_dir_free=_free(member.data_dir),
+                          wal_dir_free=_free(member.wal_dir) if member.wal_dir else None,
+                          store_free=_free(runner.store.dir)),
+            snapshots=tuple(summary(m) for m in runner.store.list()[:STATUS_SNAPSHOTS]),
+            restore=RestoreInfo(locked=ops.locked(), last_op=last.op if last else None,
+                                last_state=records[-1][1] if records else None,
+                                open_ops=tuple(op for op, state in records if state in OPEN_STATES)),
+        )
 
     # -- long ops (long-op worker) -------------------------------------------
     def _take(self, cancel: Cancellation) -> Result:
         meta = self._runner().run_once(cancel=cancel)
         return {"snapshot": meta.to_json()}, None
+
+
+def summary(meta: SnapshotMeta) -> SnapshotSummary:
+    """What the status report tells of a catalogued snapshot."""
+    return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.revision,
+                           created_at=meta.created_at, created_unix=meta.created_unix, member_name=meta.member_name,
+                           member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version)
 
 
 def _free(path: Path) -> Optional[int]:

@@ -787,10 +787,18 @@ def _assemble(config: AgentConfig, found: _Found, root: Path, apiserver_manifest
     )
     if found.image:
         sources.append(("image", f"manifest:{found.manifest}"))
+    wal_dir: Optional[Path] = cfg.wal_dir
+    if wal_dir is not None:
+        sources.append(("wal_dir", "config"))
+    elif s.get("wal-dir", ("", ""))[0]:
+        wal_dir = mapped("wal-dir", "etcd.wal_dir")
+        sources.append(("wal_dir", s["wal-dir"][1]))
+    quota = s.get("quota-backend-bytes", ("", ""))[0]
     return LocalMember(
         name=name, data_dir=data_dir, endpoints=tuple(endpoints), peer_url=peer_url, tls=tls,
         runtime=found.runtime, manifest=found.manifest, unit=found.unit,
-        initial_cluster=initial_cluster, image=found.image, peer_tls=peer_tls, sources=tuple(sources),
+        initial_cluster=initial_cluster, image=found.image, peer_tls=peer_tls, wal_dir=wal_dir,
+        quota_backend_bytes=int(quota) if quota.isdigit() and int(quota) > 0 else None, sources=tuple(sources),
     )
 
 

@@ -36,6 +36,8 @@ class LocalMember:
     initial_cluster: Optional[str] = None
     image: Optional[str] = None         # static pod container image (carries the etcd version)
     peer_tls: ClientTLS = field(default_factory=ClientTLS)
+    wal_dir: Optional[Path] = None      # a separate --wal-dir (host path), else the WAL is in data_dir/member
+    quota_backend_bytes: Optional[int] = None   # --quota-backend-bytes; None: etcd's default (2 GiB)
     sources: tuple[tuple[str, str], ...] = ()  # (field, where it came from) for `check`
 
     @property
@@ -44,6 +46,7 @@ class LocalMember:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["wal_dir"] = str(self.wal_dir) if self.wal_dir is not None else None
         for key, value in list(out.items()):
             if isinstance(value, Path):
                 out[key] = str(value)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from etcdguard.agent.base.errors import EtcdUnavailable
 from etcdguard.agent.discovery.member import ClientTLS, split_endpoint
-from etcdguard.agent.etcd.pbwire import snapshot_blob
+from etcdguard.agent.etcd.pbwire import parse_member_list, parse_status, snapshot_blob
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -42,6 +42,7 @@ class EtcdStatus:
     raft_term: int
     raft_index: int
     errors: tuple[str, ...]
+    is_learner: bool = False
 
     @property
     def is_leader(self) -> bool:
@@ -58,6 +59,7 @@ class MemberInfo:
     name: str
     peer_urls: tuple[str, ...]
     client_urls: tuple[str, ...]
+    is_learner: bool = False
 
 
 class Cancellation:
@@ -137,32 +139,46 @@ class EtcdClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def status(self) -> EtcdStatus:
+    def _unary(self, method: str, request: Any, parse: Callable[[bytes], Any]) -> Any:
+        """One unary call whose reply is read by pbwire (python-etcd3's messages lack newer fields)."""
+        call = self._client.channel.unary_unary(method, request_serializer=type(request).SerializeToString,
+                                                response_deserializer=parse)
         try:
-            r = self._client.maintenancestub.Status(etcdrpc.StatusRequest(), self.timeout, **self._meta)
+            return call(request, self.timeout, **self._meta)
         except grpc.RpcError as exc:
             raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+
+    def status(self) -> EtcdStatus:
+        r = self._unary("/etcdserverpb.Maintenance/Status", etcdrpc.StatusRequest(), parse_status)
         return EtcdStatus(
             endpoint=self.endpoint,
             version=r.version,
-            db_size=r.dbSize,
+            db_size=r.db_size,
             leader=r.leader,
             member_id=r.header.member_id,
             cluster_id=r.header.cluster_id,
             revision=r.header.revision,
-            raft_term=r.raftTerm,
-            raft_index=r.raftIndex,
-            errors=tuple(getattr(r, "errors", ())),
+            raft_term=r.raft_term,
+            raft_index=r.raft_index,
+            errors=r.errors,
+            is_learner=r.is_learner,
         )
 
     def members(self) -> list[MemberInfo]:
+        _, members = self._unary("/etcdserverpb.Cluster/MemberList", etcdrpc.MemberListRequest(),
+                                 parse_member_list)
+        return [MemberInfo(m.id, m.name, m.peer_urls, m.client_urls, m.is_learner) for m in members]
+
+    def alarms(self) -> list[str]:
+        """Active alarms cluster-wide, as ``<member id hex>:<ALARM>`` (e.g. ``8e9e05c52164694d:NOSPACE``)."""
         try:
-            r = self._client.clusterstub.MemberList(etcdrpc.MemberListRequest(), self.timeout, **self._meta)
+            r = self._client.maintenancestub.Alarm(
+                etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET, memberID=0, alarm=etcdrpc.NONE),
+                self.timeout, **self._meta)
         except grpc.RpcError as exc:
             raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
-        return [
-            MemberInfo(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs)) for m in r.members
-        ]
+        names = {v: k for k, v in etcdrpc.AlarmType.items()}
+        return [f"{a.memberID:x}:{names.get(a.alarm, str(a.alarm))}" for a in r.alarms]
 
     def hashkv(self, revision: int = 0) -> tuple[int, int]:
         """(hash, revision) of the key-value store, as `etcdctl endpoint hashkv`."""

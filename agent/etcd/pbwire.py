@@ -1,14 +1,29 @@
-"""Just enough protobuf wire format to take the blob out of a SnapshotResponse.
+"""Just enough protobuf wire format to read etcd's replies without the protobuf runtime.
 
-The snapshot stream is ~10,000 messages per 300 MB; decoding each with the
-pure-Python protobuf runtime (which python-etcd3 0.12 requires) costs more
-than the network. SnapshotResponse is {1: header, 2: remaining_bytes, 3: blob,
-4: version}; we skip everything but field 3 and return it without a copy.
+Hand-written because python-etcd3 0.12's generated messages predate etcd 3.4:
+they have no ``Member.isLearner`` or ``StatusResponse.errors``/``isLearner``,
+so those fields are dropped silently by the generated parser. Reading the
+wire directly gets them, and it is also faster: the snapshot stream is
+~10,000 messages per 300 MB, and decoding each with the pure-Python protobuf
+runtime (which python-etcd3 0.12 requires) costs more than the network.
+
+Messages read here (field numbers from etcd's rpc.proto):
+  SnapshotResponse {1 header, 2 remaining_bytes, 3 blob, 4 version}
+  StatusResponse   {1 header, 2 version, 3 dbSize, 4 leader, 5 raftIndex, 6 raftTerm,
+                    7 raftAppliedIndex, 8 errors (repeated), 9 dbSizeInUse, 10 isLearner}
+  MemberListResponse {1 header, 2 members (repeated Member)}
+  Member           {1 ID, 2 name, 3 peerURLs (repeated), 4 clientURLs (repeated), 5 isLearner}
+  ResponseHeader   {1 cluster_id, 2 member_id, 3 revision, 4 raft_term}
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Union
+
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
+
+Value = Union[int, memoryview]
 
 
 class WireError(ValueError):
@@ -31,34 +46,144 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise WireError("varint too long")
 
 
-def field_bytes(message: bytes, number: int) -> memoryview:
-    """The (last) length-delimited field ``number`` of a message; empty if absent."""
+def fields(message: Union[bytes, memoryview]) -> list[tuple[int, Value]]:
+    """Every (field number, value) of a message in order: ints for varint and fixed
+    fields, memoryviews (no copy) for length-delimited ones."""
     buf = memoryview(message)
     pos = 0
-    found = buf[0:0]
+    out: list[tuple[int, Value]] = []
     while pos < len(buf):
         key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
+        number, wire = key >> 3, key & 7
         if wire == VARINT:
-            _, pos = _varint(buf, pos)
-        elif wire == I64:
-            pos += 8
-        elif wire == I32:
-            pos += 4
+            value, pos = _varint(buf, pos)
+            out.append((number, value))
+        elif wire in (I64, I32):
+            width = 8 if wire == I64 else 4
+            if pos + width > len(buf):
+                raise WireError("truncated fixed-width field")
+            out.append((number, int.from_bytes(buf[pos:pos + width], "little")))
+            pos += width
         elif wire == LEN:
             length, pos = _varint(buf, pos)
             end = pos + length
             if end > len(buf):
                 raise WireError("truncated length-delimited field")
-            if field == number:
-                found = buf[pos:end]
+            out.append((number, buf[pos:end]))
             pos = end
         else:
             raise WireError(f"unsupported wire type {wire}")
-        if pos > len(buf):
-            raise WireError("truncated field")
+    return out
+
+
+def field_bytes(message: bytes, number: int) -> memoryview:
+    """The (last) length-delimited field ``number`` of a message; empty if absent."""
+    found = memoryview(b"")
+    for n, value in fields(message):
+        if n == number and isinstance(value, memoryview):
+            found = value
     return found
 
 
 def snapshot_blob(message: bytes) -> memoryview:
     return field_bytes(message, 3)
+
+
+def _int(value: Value) -> int:
+    if not isinstance(value, int):
+        raise WireError("expected a varint field, got a length-delimited one")
+    return value
+
+
+def _text(value: Value) -> str:
+    if not isinstance(value, memoryview):
+        raise WireError("expected a string field, got a varint")
+    return bytes(value).decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Header:
+    cluster_id: int = 0
+    member_id: int = 0
+    revision: int = 0
+    raft_term: int = 0
+
+
+def parse_header(message: Union[bytes, memoryview]) -> Header:
+    values = {1: 0, 2: 0, 3: 0, 4: 0}
+    for n, v in fields(message):
+        if n in values:
+            values[n] = _int(v)
+    return Header(values[1], values[2], values[3], values[4])
+
+
+@dataclass(frozen=True)
+class Status:
+    header: Header
+    version: str
+    db_size: int
+    leader: int
+    raft_index: int
+    raft_term: int
+    errors: tuple[str, ...]
+    is_learner: bool
+
+
+def parse_status(message: bytes) -> Status:
+    header = Header()
+    version, errors = "", []
+    ints = {3: 0, 4: 0, 5: 0, 6: 0, 10: 0}
+    for n, v in fields(message):
+        if n == 1:
+            header = parse_header(_bytes(v))
+        elif n == 2:
+            version = _text(v)
+        elif n == 8:
+            errors.append(_text(v))
+        elif n in ints:
+            ints[n] = _int(v)
+    return Status(header, version, ints[3], ints[4], ints[5], ints[6], tuple(errors), bool(ints[10]))
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+
+def parse_member_list(message: bytes) -> tuple[Header, tuple[Member, ...]]:
+    header = Header()
+    members: list[Member] = []
+    for n, v in fields(message):
+        if n == 1:
+            header = parse_header(_bytes(v))
+        elif n == 2:
+            members.append(_parse_member(_bytes(v)))
+    return header, tuple(members)
+
+
+def _parse_member(message: memoryview) -> Member:
+    mid, name, learner = 0, "", False
+    peers: list[str] = []
+    clients: list[str] = []
+    for n, v in fields(message):
+        if n == 1:
+            mid = _int(v)
+        elif n == 2:
+            name = _text(v)
+        elif n == 3:
+            peers.append(_text(v))
+        elif n == 4:
+            clients.append(_text(v))
+        elif n == 5:
+            learner = bool(_int(v))
+    return Member(mid, name, tuple(peers), tuple(clients), learner)
+
+
+def _bytes(value: Value) -> memoryview:
+    if not isinstance(value, memoryview):
+        raise WireError("expected an embedded message, got a varint")
+    return value

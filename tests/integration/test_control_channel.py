@@ -198,7 +198,7 @@ def test_status_over_curve_and_unknown_keys_refused(etcd_member, tmp_path, ckeys
         assert st["disk"]["data_dir_free"] > 0 and st["disk"]["store_free"] > 0
         assert [s["name"] for s in st["snapshots"]] == [agent.seeded.name]
         assert st["snapshots"][0]["sha256"] == agent.seeded.sha256
-        assert st["restore"] == {"locked": False, "last_op": None, "last_state": None}
+        assert st["restore"] == {"locked": False, "last_op": None, "last_state": None, "open_ops": []}
         assert st["agent"]["busy"] is None
         assert client.call("ping") == {"pong": True, "version": st["agent"]["version"]}
         assert [s["name"] for s in client.call("snapshot.list")["snapshots"]] == [agent.seeded.name]
@@ -703,7 +703,7 @@ def test_restore_steps_are_recorded_and_deduplicated(etcd_member, tmp_path, ckey
             client.call("snapshot.put.abort", {"upload": "up"})
         assert info.value.code == P.UNSAFE
         status = client.status()
-        assert status["restore"] == {"locked": False, "last_op": "op1", "last_state": "running"}
+        assert status["restore"] == {"locked": False, "last_op": "op1", "last_state": "running", "open_ops": ["op1"]}
         # roll back before the swap: the prepared data goes, etcd keeps running untouched
         rolled = step("rollback")
         assert rolled["state"] == "rolled-back"

@@ -28,6 +28,7 @@ from etcdguard.agent.config import (
     BackupSettings,
     EtcdSettings,
     MetricsSettings,
+    RestartSettings,
     RestoreSettings,
     ServerSettings,
     StateSettings,
@@ -419,7 +420,7 @@ def test_packaged_agent_config_comments_show_the_real_defaults() -> None:
 
 
 AGENT_SECTIONS = {
-    "etcd": EtcdSettings, "apiserver": ApiserverSettings, "backup": BackupSettings,
+    "etcd": EtcdSettings, "apiserver": ApiserverSettings, "restart": RestartSettings, "backup": BackupSettings,
     "restore": RestoreSettings, "server": ServerSettings, "metrics": MetricsSettings, "state": StateSettings,
 }
 EXTRA_KEYS = {"metrics": {"enabled"}}  # accepted by the parser without being a field
@@ -448,8 +449,9 @@ def test_documented_agent_keys_are_accepted_by_the_loader() -> None:
     """A documented key given a wrong value is rejected for its value, never as unknown."""
     for section, keys in agent_keys().items():
         for key in keys:
+            table = {key: {"bad": 1}}
             with pytest.raises(ConfigError) as err:
-                parse_agent_config({section: {key: {"bad": 1}}}, "t.toml")
+                parse_agent_config({section: [table] if section == "restart" else table}, "t.toml")
             assert "unknown key" not in str(err.value), (section, key)
             assert key in str(err.value), (section, key, str(err.value))
 
@@ -457,7 +459,7 @@ def test_documented_agent_keys_are_accepted_by_the_loader() -> None:
 def test_packaged_agent_config_mentions_every_key() -> None:
     text = AGENT_TOML.read_text()
     for section, keys in agent_keys().items():
-        assert f"#[{section}]" in text, section
+        assert f"#[{section}]" in text or f"#[[{section}]]" in text, section
         for key in keys:
             assert re.search(rf"\b{key}\b", text), (section, key)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from etcdguard.agent.base import fsutil
 from etcdguard.agent.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
-from etcdguard.coordinator.daemon import MemberView, choose_backup_member, choose_pull, cluster_summary
+from etcdguard.agent.wire.report import AgentReport
+from etcdguard.coordinator.agents.view import MemberView, cluster_summary
+from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull
 from etcdguard.coordinator.vault.store import Incoming, Vault, VaultDiskError, VaultEntry, resolve_ref
 
 T0 = 1_790_000_000.0
@@ -257,12 +259,13 @@ def view(name, leader=False, healthy=True, reachable=True, snaps=(), busy=None, 
     member_id = f"a{name[-1]}"
     report = {
         "agent": {"version": "0.1.0", "busy": busy},
+        "member": {"name": name, "data_dir": f"/var/lib/etcd-{name}"},
         "etcd": {"healthy": healthy, "is_leader": leader, "cluster_id": cluster, "revision": 10,
                  "member_id": member_id, "leader": member_id if leader else leader_id},
         "snapshots": [{"name": f"{name}-{i}.db", "sha256": f"{name}{i}".ljust(64, "0"),
-                       "created_unix": t, "size": 10, "revision": 5} for i, t in enumerate(snaps)],
+                       "created_unix": t, "created_at": "-", "size": 10, "revision": 5} for i, t in enumerate(snaps)],
     }
-    return MemberView(name, f"tcp://127.0.0.1:{7000 + int(name[-1])}", True, report=report)
+    return MemberView(name, f"tcp://127.0.0.1:{7000 + int(name[-1])}", True, report=AgentReport.from_json(report))
 
 
 def nothing_in_vault(sha: str) -> bool:
@@ -273,7 +276,7 @@ def test_pull_prefers_a_follower_as_fresh_as_the_leader():
     views = [view("m1", leader=True, snaps=[T0 + 60]), view("m2", snaps=[T0]), view("m3", snaps=[T0 + 30])]
     choice = choose_pull(views, nothing_in_vault, None, interval=3600)
     assert choice.member == "m3"
-    assert choice.snapshot["name"] == "m3-0.db"
+    assert choice.snapshot is not None and choice.snapshot.name == "m3-0.db"
     assert choice.sentence.startswith("pulling m3-0.db of follower m3")
 
 

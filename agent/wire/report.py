@@ -1,0 +1,135 @@
+"""The agent's status report: one typed value the agent sends and the coordinator reads.
+
+The agent builds it (agent/control/server.py) from what it knows of its
+member, etcd, tools, disk, store and restore operations; the coordinator
+decodes it once (``AgentReport.from_json``) and decides on the typed value:
+the vault pull, the backup member, the restore plan's preflight. A field the
+agent cannot know (etcd down, tool missing) is None, never a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from etcdguard.agent.wire.typed import from_json, to_json
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    version: str
+    busy: Optional[str] = None          # what the single long-op slot does now
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """The member as discovery and config describe it (no etcd call needed)."""
+
+    name: str
+    data_dir: str
+    peer_url: Optional[str] = None
+    wal_dir: Optional[str] = None               # a separate --wal-dir, else None
+    runtime: Optional[str] = None               # static-pod | systemd | process
+    endpoints: tuple[str, ...] = ()
+    initial_cluster: Optional[str] = None       # the member's configured --initial-cluster
+    quota_backend_bytes: Optional[int] = None   # --quota-backend-bytes (None: etcd's default)
+    apiserver: Optional[str] = None             # how kube-apiserver is fenced here (None: not on this node)
+    restart: tuple[str, ...] = ()               # what is restarted after a cluster restore
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    """One entry of etcd's member list as this member sees it."""
+
+    id: str                       # hex, as etcdctl prints it
+    name: str
+    peer_urls: tuple[str, ...]
+    is_learner: bool = False
+
+
+@dataclass(frozen=True)
+class EtcdHealth:
+    """The local etcd's answer to the agent's last probe (``age`` seconds ago)."""
+
+    healthy: bool = False
+    error: Optional[str] = None
+    version: Optional[str] = None
+    revision: Optional[int] = None
+    member_id: Optional[str] = None
+    cluster_id: Optional[str] = None
+    leader: Optional[str] = None
+    is_leader: bool = False
+    is_learner: bool = False
+    db_size: Optional[int] = None
+    members: tuple[ClusterMember, ...] = ()
+    alarms: tuple[str, ...] = ()
+    age: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    path: str
+    kind: str                   # etcdutl | etcdctl
+    version: str
+    supports_bump: bool
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    data_dir_free: Optional[int] = None
+    wal_dir_free: Optional[int] = None
+    store_free: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """A catalogued snapshot as the coordinator needs it (the sidecar's main facts)."""
+
+    name: str
+    size: int
+    sha256: str
+    revision: int
+    created_at: str
+    created_unix: float
+    member_name: str = ""
+    member_id: str = ""
+    cluster_id: str = ""
+    etcd_version: str = ""
+    pinned: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = to_json(self)
+        return data
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    locked: bool = False                        # a restore step holds the node's lock now
+    last_op: Optional[str] = None
+    last_state: Optional[str] = None
+    open_ops: tuple[str, ...] = ()              # operations not finished (running or needing attention)
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    agent: AgentInfo
+    member: MemberConfig
+    etcd: EtcdHealth = field(default_factory=EtcdHealth)
+    restore_tool: Optional[ToolInfo] = None
+    disk: DiskInfo = field(default_factory=DiskInfo)
+    snapshots: tuple[SnapshotSummary, ...] = ()
+    restore: RestoreInfo = field(default_factory=RestoreInfo)
+
+    @property
+    def newest(self) -> Optional[SnapshotSummary]:
+        """The newest snapshot in the member's store (by revision, then time)."""
+        return max(self.snapshots, key=lambda s: (s.revision, s.created_unix), default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = to_json(self)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> AgentReport:
+        """Raises ValueError naming the field when the report is malformed."""
+        return from_json(cls, data, "status")

@@ -1,0 +1,103 @@
+"""What the vault should do, decided as data: which snapshot to pull, which member to back up.
+
+Pure functions over the members' typed views that return the decision and
+one sentence saying why; the daemon logs the sentence and carries it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from etcdguard.agent.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
+from etcdguard.agent.wire.protocol import BUSY, RemoteError
+from etcdguard.agent.wire.report import SnapshotSummary
+from etcdguard.coordinator.agents.view import MemberView
+from etcdguard.coordinator.vault.store import VaultDiskError
+
+
+@dataclass(frozen=True)
+class PullChoice:
+    """What a scheduled pull should do: fetch ``snapshot`` from ``member``, or nothing."""
+
+    sentence: str
+    member: Optional[str] = None
+    snapshot: Optional[SnapshotSummary] = None
+    failure: Optional[str] = None   # a metrics reason when there is nothing to pull but should be
+
+
+def choose_pull(views: Sequence[MemberView], in_vault: Callable[[str], bool],
+                vault_newest: Optional[float], interval: float) -> PullChoice:
+    """The newest verified snapshot of a healthy member, a follower's if one is as fresh.
+
+    A follower's snapshot counts as "as fresh" when it is at most one interval
+    older than the freshest; only then is the leader spared. Snapshots of
+    unhealthy members are not pulled: a partitioned member serves a
+    fresh-looking snapshot of stale data.
+    """
+    reachable = [v for v in views if v.reachable]
+    if not reachable:
+        return PullChoice(f"no agent answered ({len(views)} configured)", failure="unreachable")
+    healthy = [v for v in reachable if v.healthy]
+    if not healthy:
+        return PullChoice(f"{len(reachable)} agent(s) answered but no member reports a healthy etcd",
+                          failure="unreachable")
+    candidates = [(v, s) for v in healthy for s in (v.newest,) if s is not None]
+    if not candidates:
+        return PullChoice("no healthy member has a snapshot in its store yet", failure="no_snapshot")
+    freshest = max(s.created_unix for _, s in candidates)
+
+    def rank(item: tuple[MemberView, SnapshotSummary]) -> tuple[bool, bool, float, str]:
+        v, s = item
+        return (s.created_unix >= freshest - interval, not v.is_leader, s.created_unix, v.name)
+
+    view, snap = max(candidates, key=rank)
+    role = "leader" if view.is_leader else "follower"
+    label = f"{snap.name} of {role} {view.name} (revision {snap.revision}, sha256 {snap.sha256[:12]})"
+    if in_vault(snap.sha256):
+        return PullChoice(f"the vault already has the newest snapshot, {label}")
+    if vault_newest is not None and snap.created_unix <= vault_newest:
+        return PullChoice(f"the newest snapshot of a healthy member, {label}, is not newer than the vault's")
+    return PullChoice(f"pulling {label}", member=view.name, snapshot=snap)
+
+
+def choose_backup_member(views: Sequence[MemberView], requested: Optional[str]) -> tuple[MemberView, str]:
+    """The member to take a snapshot on now, and why. Raises for impossible requests."""
+    if requested is not None:
+        for v in views:
+            if v.name == requested:
+                break
+        else:
+            raise UsageError(f"no member named {requested!r} in the configuration "
+                             f"(members: {', '.join(v.name for v in views)})")
+        if not v.reachable:
+            raise UnsafeRefusal(f"refused: the agent of member {v.name} ({v.agent}) is unreachable: {v.error}")
+        if not v.healthy:
+            raise UnsafeRefusal(f"refused: etcd on member {v.name} is not healthy "
+                                f"({v.etcd.error or 'no health report'}); a snapshot of it may hold stale data")
+        return v, f"member {v.name} as requested ({'leader' if v.is_leader else 'follower'})"
+    healthy = [v for v in views if v.healthy]
+    if not healthy:
+        reachable = sum(1 for v in views if v.reachable)
+        raise EtcdUnavailable(f"no member has a healthy etcd ({reachable} of {len(views)} agents answered); "
+                              "nothing to take a snapshot of")
+    followers = sorted((v for v in healthy if not v.is_leader), key=lambda v: (v.busy is not None, v.name))
+    if followers:
+        return followers[0], f"follower {followers[0].name} (sparing the leader)"
+    return healthy[0], f"leader {healthy[0].name} (no healthy follower)"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The metrics label for a failed vault copy."""
+    from etcdguard.coordinator.agents.client import AgentUnreachable
+
+    if isinstance(exc, AgentUnreachable):
+        return "unreachable"
+    if isinstance(exc, RemoteError):
+        return "busy" if exc.code == BUSY else "transfer"
+    if isinstance(exc, SnapshotCorrupt):
+        return "checksum"
+    if isinstance(exc, (VaultDiskError, OSError)):
+        return "disk"
+    return "other"
