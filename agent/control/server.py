@@ -84,6 +84,7 @@ from etcdguard.agent.wire.report import (
     SnapshotSummary,
     ToolInfo,
 )
+from etcdguard.agent.wire.typed import to_json
 
 if TYPE_CHECKING:
     from etcdguard.agent.daemon import AgentDaemon
@@ -258,6 +259,19 @@ def load_authorized(directory: Path, what: str) -> dict[str, Path]:
 # etcd status, asked in the background
 
 
+def etcd_health(client: EtcdClient) -> EtcdHealth:
+    """Ask etcd now: status, member list and alarms (raises EtcdUnavailable)."""
+    st = client.status()
+    members = client.members()
+    alarms = client.alarms()
+    return EtcdHealth(
+        healthy=st.healthy and not alarms, error="; ".join([*st.errors, *alarms]) or None, version=st.version,
+        revision=st.revision, member_id=f"{st.member_id:x}", cluster_id=f"{st.cluster_id:x}",
+        leader=f"{st.leader:x}" if st.leader else None, is_leader=st.is_leader, is_learner=st.is_learner,
+        db_size=st.db_size, alarms=tuple(alarms),
+        members=tuple(ClusterMember(f"{m.id:x}", m.name, m.peer_urls, m.is_learner) for m in members))
+
+
 class EtcdProbe:
     """The local member's status for `status` replies, asked off the reply path.
 
@@ -306,19 +320,10 @@ class EtcdProbe:
             if self._client is None or self._client[0] != member.endpoint:
                 self.close()
                 self._client = (member.endpoint, EtcdClient(member.endpoint, member.tls, timeout))
-            client = self._client[1]
-            st = client.status()
-            members = client.members()
-            alarms = client.alarms()
+            return etcd_health(self._client[1])
         except EtcdguardError as exc:
             self.close()
             return EtcdHealth(error=str(exc))
-        return EtcdHealth(
-            healthy=st.healthy and not alarms, error="; ".join([*st.errors, *alarms]) or None, version=st.version,
-            revision=st.revision, member_id=f"{st.member_id:x}", cluster_id=f"{st.cluster_id:x}",
-            leader=f"{st.leader:x}" if st.leader else None, is_leader=st.is_leader, is_learner=st.is_learner,
-            db_size=st.db_size, alarms=tuple(alarms),
-            members=tuple(ClusterMember(f"{m.id:x}", m.name, m.peer_urls, m.is_learner) for m in members))
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -713,12 +718,14 @@ class AgentServer:
         if op == "restore.status":
             self._send(router, peer.identity, answer(rid, lambda: (self._restore_status(args["op_id"]), None)))
             return
-        if op == "status":
-            job = self._new_job("status", rid, peer, long=False)
+        if op in ("status", "etcd.inspect"):
+            job = self._new_job(op, rid, peer, long=False)
             assert self._status_worker is not None
-            if not self._status_worker.submit(job, lambda: (self._status(), None)):
+            quick: Handler = ((lambda: (self._status(), None)) if op == "status"
+                              else (lambda: (self._inspect(args.get("hashkv_revision")), None)))
+            if not self._status_worker.submit(job, quick):
                 self._jobs.pop(job.id, None)
-                self._send(router, peer.identity, encode_error(rid, BUSY, "too many status requests waiting"))
+                self._send(router, peer.identity, encode_error(rid, BUSY, f"too many {op} requests waiting"))
             return
 
         # Ops with effects: a request id seen before gets the recorded reply.
@@ -857,12 +864,27 @@ class AgentServer:
                                                             tool.supports_bump),
             disk=DiskInfo(data_dir_free=_free(member.data_dir),
                           wal_dir_free=_free(member.wal_dir) if member.wal_dir else None,
-                          store_free=_free(runner.store.dir)),
+                          store_free=_free(runner.store.dir), staging_free=_free(self.staging.dir)),
             snapshots=tuple(summary(m) for m in runner.store.list()[:STATUS_SNAPSHOTS]),
             restore=RestoreInfo(locked=ops.locked(), last_op=last.op if last else None,
                                 last_state=records[-1][1] if records else None,
                                 open_ops=tuple(op for op, state in records if state in OPEN_STATES)),
         )
+
+    def _inspect(self, hashkv_revision: Optional[int]) -> dict[str, Any]:
+        """etcd asked now (not the probe's cached answer): for a restore's fence and verify checks."""
+        runner = self._runner()
+        member = runner.member
+        result: dict[str, Any] = {"member": member.name}
+        try:
+            with EtcdClient(member.endpoint, member.tls, runner.config.etcd.dial_timeout) as client:
+                result["etcd"] = to_json(etcd_health(client))
+                if hashkv_revision is not None:
+                    hash_, revision = client.hashkv(hashkv_revision)
+                    result["hashkv"] = {"hash": hash_, "revision": revision, "asked": hashkv_revision}
+        except EtcdguardError as exc:
+            result["etcd"] = to_json(EtcdHealth(error=str(exc)))
+        return result
 
     # -- long ops (long-op worker) -------------------------------------------
     def _take(self, cancel: Cancellation) -> Result:

@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any, Optional, Union
 
 from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
+from etcdguard.agent.restore.phases import OUTCOMES, WIRE_STEPS
 
 PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes of the JSON header frame
@@ -329,7 +330,7 @@ class OpSpec:
                                      "which must be an earlier required string")
 
 
-STEPS = ("preflight", "prepare", "fence", "stop", "swap", "start", "verify", "unfence", "rollback", "cleanup")
+STEPS = WIRE_STEPS   # agent/restore/phases.py names them once
 _STEP_PATTERN = "|".join(STEPS)
 
 _OP_ID = Str(OP_ID_PATTERN, "an operation id")
@@ -344,8 +345,11 @@ PREPARE_PARAMS: Schema = MappingProxyType({
     "peer_url": Str(PEER_URL_PATTERN, "a peer URL ('https://host:port')"),
     "bump_revision": Int(0, MAX_BUMP_REVISION),   # 0: no bump (etcd < 3.5.10)
 })
+FINISH_PARAMS: Schema = MappingProxyType({
+    "outcome": Str("|".join(OUTCOMES), "how the operation ended (" + ", ".join(OUTCOMES) + ")"),
+})
 STEP_PARAMS: Mapping[str, Schema] = MappingProxyType({
-    step: (PREPARE_PARAMS if step == "prepare" else MappingProxyType({})) for step in STEPS
+    step: {"prepare": PREPARE_PARAMS, "finish": FINISH_PARAMS}.get(step, MappingProxyType({})) for step in STEPS
 })
 
 
@@ -396,10 +400,12 @@ OPS: Mapping[str, OpSpec] = _ops(
     OpSpec("snapshot.put.abort", MappingProxyType({"upload": _UPLOAD}), doc="drop a partial upload"),
     OpSpec("restore.step", MappingProxyType({
         "op_id": _OP_ID,
-        "step": Str(_STEP_PATTERN, "a restore step (" + ", ".join(STEPS) + ")", max_len=16),
+        "step": Str(_STEP_PATTERN, "a restore step (" + ", ".join(STEPS) + ")", max_len=32),
         "params": Dependent("step", STEP_PARAMS),
     }), destructive=True, check=_check_restore_step, doc="run one step of a restore, once per (op_id, step)"),
     OpSpec("restore.status", MappingProxyType({"op_id": _OP_ID}), doc="recorded steps of an operation"),
+    OpSpec("etcd.inspect", MappingProxyType({"hashkv_revision": Int(0, MAX_OFFSET, required=False)}),
+           doc="the local etcd asked now: status, member list, alarms, and hashkv at a revision when given"),
 )
 
 

@@ -79,6 +79,7 @@ class DiskInfo:
     data_dir_free: Optional[int] = None
     wal_dir_free: Optional[int] = None
     store_free: Optional[int] = None
+    staging_free: Optional[int] = None          # where a cluster restore's snapshot is uploaded
 
 
 @dataclass(frozen=True)

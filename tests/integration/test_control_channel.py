@@ -195,7 +195,7 @@ def test_status_over_curve_and_unknown_keys_refused(etcd_member, tmp_path, ckeys
         assert etcd["db_size"] > 0
         assert st["restore_tool"]["path"] == str(etcd_member.build.restore_tool)
         assert st["restore_tool"]["version"] == etcd_member.build.version
-        assert st["disk"]["data_dir_free"] > 0 and st["disk"]["store_free"] > 0
+        assert st["disk"]["data_dir_free"] > 0 and st["disk"]["store_free"] > 0 and st["disk"]["staging_free"] > 0
         assert [s["name"] for s in st["snapshots"]] == [agent.seeded.name]
         assert st["snapshots"][0]["sha256"] == agent.seeded.sha256
         assert st["restore"] == {"locked": False, "last_op": None, "last_state": None, "open_ops": []}

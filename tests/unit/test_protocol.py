@@ -74,15 +74,16 @@ def test_limits_and_codes():
 def test_registry_declares_the_ops_and_flags():
     assert set(P.OPS) == {
         "ping", "status", "snapshot.list", "snapshot.take", "snapshot.fetch", "snapshot.put",
-        "snapshot.put.abort", "restore.step", "restore.status",
+        "snapshot.put.abort", "restore.step", "restore.status", "etcd.inspect",
     }
     assert {n for n, s in P.OPS.items() if s.destructive} == {"restore.step"}
     assert {n for n, s in P.OPS.items() if s.data} == {"snapshot.put"}
     assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch"}
     assert P.STEPS == ("preflight", "prepare", "fence", "stop", "swap", "start", "verify",
-                       "unfence", "rollback", "cleanup")
+                       "unfence", "restart-controllers", "undo-prepare", "undo-fence", "undo-stop", "undo-swap",
+                       "undo-start", "rollback", "cleanup", "finish")
     assert set(P.STEP_PARAMS) == set(P.STEPS)
-    assert [s for s in P.STEPS if P.STEP_PARAMS[s]] == ["prepare"]
+    assert [s for s in P.STEPS if P.STEP_PARAMS[s]] == ["prepare", "finish"]
 
 
 def test_a_destructive_op_must_declare_op_id_and_step():
@@ -108,9 +109,12 @@ VALID = [
     ("snapshot.put.abort", {"upload": "up-1"}, None),
     ("restore.step", {"op_id": "op-1", "step": "prepare", "params": PREPARE}, None),
     ("restore.step", {"op_id": "op-1", "step": "prepare", "params": {**PREPARE, "bump_revision": 0}}, None),
-    *[("restore.step", {"op_id": "op-1", "step": s}, None) for s in P.STEPS if s != "prepare"],
+    *[("restore.step", {"op_id": "op-1", "step": s}, None) for s in P.STEPS if s not in ("prepare", "finish")],
+    ("restore.step", {"op_id": "op-1", "step": "finish", "params": {"outcome": "rolled-back"}}, None),
     ("restore.step", {"op_id": "op-1", "step": "fence", "params": {}}, None),
     ("restore.status", {"op_id": "20261124T033600Z-1a2b"}, None),
+    ("etcd.inspect", {}, None),
+    ("etcd.inspect", {"hashkv_revision": 1_000_000_042}, None),
 ]
 
 
@@ -669,6 +673,8 @@ def step_request(draw):
     args = {"op_id": draw(op_ids), "step": name}
     if name == "prepare":
         args["params"] = draw(prepare_params())
+    elif name == "finish":
+        args["params"] = {"outcome": draw(st.sampled_from(["done", "failed", "rolled-back"]))}
     elif draw(st.booleans()):
         args["params"] = {}
     return ("restore.step", args, None)
@@ -923,7 +929,8 @@ def test_fuzz_mutated_requests(item, mutation, data):
     elif mutation == "drop":
         path = draw(st.sampled_from(leaf_paths(header)))
         del at(header, path)[path[-1]]
-        optional = path == ("args", "params") and args.get("step") != "prepare"
+        optional = ((path == ("args", "params") and args.get("step") not in ("prepare", "finish"))
+                    or path == ("args", "hashkv_revision"))
         if not optional:
             must_fail_naming = path[-1]
         frames[0] = raw(header)
