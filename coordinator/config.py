@@ -46,6 +46,19 @@ class VaultSettings:
 
 
 @dataclass(frozen=True)
+class RestoreSettings:
+    """The cluster-wide restore (etcdguardctl restore)."""
+
+    bump_revision: int = 1_000_000_000   # raised past the live revision when that is needed
+    safety_snapshot: bool = True         # snapshot the live cluster into the vault first, when it answers
+    start_timeout: float = 120.0         # etcd on every member to reach quorum and health after the swap
+    fence_settle: float = 1.0            # with every kube-apiserver stopped the revision must stay still this long
+    step_timeout: float = 300.0          # one step on one member (stop, swap, start, ...)
+    prepare_timeout: float = 3600.0      # staging and the restore tool, while etcd still serves
+    agent_down: float = 60.0             # an agent that stops answering mid-restore gets this long to come back
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: Optional[str] = "127.0.0.1:9480"   # None: no metrics endpoint
 
@@ -62,6 +75,7 @@ class CoordinatorConfig:
     source: str = "<defaults>"
     coordinator: CoordinatorSettings = field(default_factory=CoordinatorSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
+    restore: RestoreSettings = field(default_factory=RestoreSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     members: tuple[MemberSettings, ...] = ()
 
@@ -82,17 +96,18 @@ def parse_coordinator_config(data: dict[str, Any], source: str) -> CoordinatorCo
     top = Table(source, "", data)
     coordinator = _coordinator(Table(source, "coordinator", top.data.get("coordinator")))
     vault = _vault(Table(source, "vault", top.data.get("vault")))
+    restore = _restore(Table(source, "restore", top.data.get("restore")))
     metrics_t = Table(source, "metrics", top.data.get("metrics"))
     metrics = MetricsSettings(listen=metrics_t.listen("listen", MetricsSettings.listen))
     if metrics_t.has("enabled") and not metrics_t.flag("enabled", True):
         metrics = MetricsSettings(listen=None)
     metrics_t.finish()
     members = _members(source, top.data.get("members"), coordinator.insecure)
-    for section in ("coordinator", "vault", "metrics", "members"):
+    for section in ("coordinator", "vault", "restore", "metrics", "members"):
         top._get(section)
     top.finish()
-    return CoordinatorConfig(source=source, coordinator=coordinator, vault=vault, metrics=metrics,
-                             members=members)
+    return CoordinatorConfig(source=source, coordinator=coordinator, vault=vault, restore=restore,
+                             metrics=metrics, members=members)
 
 
 def _coordinator(t: Table) -> CoordinatorSettings:
@@ -120,6 +135,22 @@ def _vault(t: Table) -> VaultSettings:
         interval=t.duration("interval", d.interval) or d.interval,
         keep=t.integer("keep", d.keep, minimum=1) or d.keep,
         timeout=t.duration("timeout", d.timeout) or d.timeout,
+    )
+    t.finish()
+    return s
+
+
+def _restore(t: Table) -> RestoreSettings:
+    d = RestoreSettings()
+    bump = t.integer("bump_revision", d.bump_revision, minimum=0)
+    s = RestoreSettings(
+        bump_revision=d.bump_revision if bump is None else bump,
+        safety_snapshot=t.flag("safety_snapshot", d.safety_snapshot),
+        start_timeout=t.duration("start_timeout", d.start_timeout) or d.start_timeout,
+        fence_settle=t.duration("fence_settle", d.fence_settle) or d.fence_settle,
+        step_timeout=t.duration("step_timeout", d.step_timeout) or d.step_timeout,
+        prepare_timeout=t.duration("prepare_timeout", d.prepare_timeout) or d.prepare_timeout,
+        agent_down=t.duration("agent_down", d.agent_down) or d.agent_down,
     )
     t.finish()
     return s

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from etcdguard.agent import __version__
 from etcdguard.agent.base import schedule
@@ -36,6 +36,8 @@ from etcdguard.coordinator.agents.view import MemberView, cluster_summary, membe
 from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members
 from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
 from etcdguard.coordinator.metrics import CoordinatorMetrics
+from etcdguard.coordinator.restore.orchestrator import summarize
+from etcdguard.coordinator.restore.service import RestoreService
 from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull, failure_reason
 from etcdguard.coordinator.vault.store import Incoming, Vault, VaultEntry
 
@@ -71,6 +73,13 @@ def _discard(_: Mapping[str, Any]) -> None:
     return None
 
 
+def _member_arg(args: Mapping[str, Any]) -> Optional[str]:
+    member = args.get("member")
+    if member is not None and not isinstance(member, str):
+        raise UsageError("backup: 'member' must be a member name")
+    return member
+
+
 class CoordinatorDaemon(SignalFlags):
     def __init__(self, config_path: Optional[Path], config: CoordinatorConfig,
                  client_factory: Optional[ClientFactory] = None) -> None:
@@ -86,7 +95,7 @@ class CoordinatorDaemon(SignalFlags):
         self.links: Optional[MemberLinks] = None
         self.control: Optional[ControlServer] = None
         self.metrics_server: Optional[MetricsServer] = None
-        self._slot = threading.Lock()          # one long operation (pull or backup) at a time
+        self._slot = threading.Lock()          # one long operation (pull, backup, restore) at a time
         self._doing: Optional[str] = None      # what the slot holder does, for status
         self._rng = random.Random()
         self._worker: Optional[threading.Thread] = None
@@ -94,6 +103,11 @@ class CoordinatorDaemon(SignalFlags):
         self._failures = 0
         self.last_pull: Optional[dict[str, Any]] = None
         self.next_due = 0.0
+        self._restore_stop = threading.Event()
+        self.restores = RestoreService(
+            config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
+            safety_snapshot=self.safety_snapshot, slot=self._slot, on_change=self._restore_changed,
+            stop=self._restore_stop)
 
     # -- setup -------------------------------------------------------------
     def _factory(self, config: CoordinatorConfig) -> ClientFactory:
@@ -127,20 +141,60 @@ class CoordinatorDaemon(SignalFlags):
         return views
 
     # -- control requests ----------------------------------------------------
+    def _require_links(self) -> MemberLinks:
+        assert self.links is not None
+        return self.links
+
+    def _restore_changed(self) -> None:
+        self.refresh_restore_metrics()
+        self._wake.set()
+
     def handle(self, cmd: str, args: dict[str, Any], emit: Emit, peer: PeerCred) -> Any:
         """Serve one etcdguardctl request (in its own thread)."""
-        if cmd == "ping":
-            return {"version": __version__}
-        if cmd == "status":
-            return self.status_report()
-        if cmd == "snapshots":
-            return [e.to_json() for e in self.vault.list()]
-        if cmd == "backup":
-            member = args.get("member")
-            if member is not None and not isinstance(member, str):
-                raise UsageError("backup: 'member' must be a member name")
-            return self.backup(member, emit)
-        raise UsageError(f"unknown command {cmd!r} (this coordinator knows: status, snapshots, backup)")
+        handler = self.commands().get(cmd)
+        if handler is None:
+            raise UsageError(f"unknown command {cmd!r} (this coordinator knows: {', '.join(self.commands())})")
+        return handler(args, emit)
+
+    def commands(self) -> dict[str, Callable[[dict[str, Any], Emit], Any]]:
+        """etcdguardctl's commands: name -> handler(args, emit)."""
+        return {
+            "ping": lambda args, emit: {"version": __version__},
+            "status": lambda args, emit: self.status_report(),
+            "snapshots": lambda args, emit: [e.to_json() for e in self.vault.list()],
+            "backup": lambda args, emit: self.backup(_member_arg(args), emit),
+            "restore": self.restores.command,
+            "restores": lambda args, emit: [r.to_json() for r in self.restores.records()],
+        }
+
+    def safety_snapshot(self, op: str, emit: Emit) -> Optional[str]:
+        """Before a restore: a fresh snapshot of the live cluster into the vault, pinned until deleted.
+
+        Runs inside the restore, which holds the daemon's slot already."""
+        views = self._survey()
+        view, why = choose_backup_member(views, None)
+        emit({"message": f"pre-restore safety snapshot on {why}", "member": view.name})
+        meta = self._take(view.name, emit)
+        entry, _ = self._pull(view.name, meta, emit)
+        self.vault.pin(entry.sha256, f"pre-restore {op}")
+        emit({"message": f"pre-restore snapshot {entry.sha256[:12]} (revision {entry.revision}) is in the vault, "
+                         "pinned", "member": view.name})
+        return entry.sha256
+
+    def refresh_restore_metrics(self) -> None:
+        records = self.restores.records()
+        active = self.restores.active()
+        self.metrics.restore_in_progress.set(1 if active else 0)
+        self.metrics.restore_interrupted.set(sum(1 for r in records if r.state.value in
+                                                 ("interrupted", "paused", "needs-attention")))
+        ended = [r for r in records if r.state.value in ("done", "failed", "rolled-back")]
+        if ended:
+            last = summarize(ended[-1])
+            self.metrics.restore_last_result.set(0 if last.state == "failed" else 1)
+            for timing in last.phases:
+                self.metrics.restore_phase_duration.labels(phase=timing.phase).set(timing.seconds)
+            if last.downtime_seconds is not None:
+                self.metrics.restore_downtime.set(last.downtime_seconds)
 
     def status_report(self) -> dict[str, Any]:
         views = self._survey()
@@ -338,6 +392,9 @@ class CoordinatorDaemon(SignalFlags):
             self.next_due = schedule.after_failure(now, interval, self._failures)
 
     def status_line(self) -> str:
+        active = self.restores.active()
+        if active is not None:
+            return f"restore {active[0]}: {active[1]}"
         if self._doing:
             return self._doing
         newest = self.vault.newest()
@@ -401,6 +458,8 @@ class CoordinatorDaemon(SignalFlags):
         self.links = MemberLinks(self.config, self._factory(self.config))
         self.vault.prepare()
         self.refresh_vault_metrics()
+        self.restores.recover()
+        self.refresh_restore_metrics()
         self.control = ControlServer(self.config.coordinator.control_socket, self.handle)
         self.control.start()
         try:
@@ -440,6 +499,7 @@ class CoordinatorDaemon(SignalFlags):
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        self._restore_stop.set()   # a running restore stops at its next barrier, journaled as interrupted
         if self.control is not None:
             self.control.stop()
         # A pull or an etcdguardctl backup may still run: give it time to finish cleanly.

@@ -48,6 +48,20 @@ class CoordinatorMetrics:
         self.members_reachable = Gauge(f"{p}_members_reachable",
                                        "Agents the coordinator reached at its last attempt", registry=r)
         self.interval = Gauge(f"{p}_interval_seconds", "Configured vault interval", registry=r)
+        # the cluster restore (the agent's restore metrics carry the same names for node-local restores)
+        self.restore_in_progress = Gauge("etcdguard_restore_in_progress", "1 while a cluster restore runs",
+                                         registry=r)
+        self.restore_last_result = Gauge("etcdguard_restore_last_result",
+                                         "Last cluster restore: 1 success, 0 failure, -1 none yet", registry=r)
+        self.restore_last_result.set(-1)
+        self.restore_interrupted = Gauge("etcdguard_restore_interrupted",
+                                         "Cluster restores that are interrupted, paused or need attention",
+                                         registry=r)
+        self.restore_phase_duration = Gauge("etcdguard_restore_phase_duration_seconds",
+                                            "Duration of each phase of the last cluster restore", ["phase"],
+                                            registry=r)
+        self.restore_downtime = Gauge("etcdguard_restore_downtime_seconds",
+                                      "Downtime (fence to unfence) of the last cluster restore", registry=r)
         self.build_info = Gauge("etcdguard_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 

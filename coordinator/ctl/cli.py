@@ -238,25 +238,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- restore (a later version) -------------------------------------------------
-def _restore_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="vault id (a sha256 prefix) or 'latest'")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--plan", action="store_true", help="print the restore plan; change nothing")
-    mode.add_argument("--yes", action="store_true", help="run the restore")
-    mode.add_argument("--resume", metavar="OP", help="resume an interrupted restore")
-    mode.add_argument("--rollback", metavar="OP", help="roll back an interrupted restore")
-    _json_flag(p)
-
-
-@command("restore", "restore the whole cluster from a vault snapshot (not available in this version)",
-         _restore_args)
-def cmd_restore(args: argparse.Namespace) -> int:
-    raise UsageError("restore is not available in this version of etcdguardctl; to restore a single-member "
-                     "cluster use `etcdguard-agent restore` on that node")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import etcdguard.coordinator.ctl.restore  # noqa: F401 - registers the restore commands
+
     return CLI.main(argv)
 
 

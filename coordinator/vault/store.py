@@ -251,6 +251,36 @@ class Vault:
     def total_bytes(self) -> int:
         return sum(e.size for e in self.list())
 
+    @contextlib.contextmanager
+    def materialize(self, entry: VaultEntry) -> Iterator[Path]:
+        """A local, plaintext file of ``entry`` for as long as the block runs (here: the stored file)."""
+        path = self.data_path(entry.sha256)
+        if not path.is_file():
+            raise SnapshotError(f"vault {self.dir}: {entry.sha256[:12]} has no data file")
+        yield path
+
+    # -- pins ----------------------------------------------------------------
+    def pin_path(self, sha256: str) -> Path:
+        return self.dir / f"{sha256}.pin"
+
+    def pin(self, sha256: str, reason: str) -> None:
+        """Keep an entry whatever retention says, until ``unpin``."""
+        if self.has(sha256) is None:
+            raise UsageError(f"no snapshot {sha256[:12]} in the vault ({self.dir})")
+        fsutil.atomic_write_json(self.pin_path(sha256), {"reason": reason, "at": time.time()})
+
+    def unpin(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pin_path(sha256).unlink()
+            fsutil.fsync_dir(self.dir)
+
+    def pinned(self, sha256: str) -> Optional[str]:
+        try:
+            data = json.loads(self.pin_path(sha256).read_text())
+        except (OSError, ValueError):
+            return None
+        return str(data.get("reason", "pinned")) if isinstance(data, dict) else "pinned"
+
     # -- writing -----------------------------------------------------------
     def pull(self, incoming: Incoming, fetch: Fetcher, verify: bool = False,
              now: Optional[Callable[[], float]] = None) -> tuple[VaultEntry, bool]:
@@ -327,7 +357,7 @@ class Vault:
 
     def apply_retention(self, keep: int) -> builtins.list[retention.Verdict]:
         """Keep the ``keep`` newest entries (the newest always); delete the rest."""
-        entries = {e.sha256: e for e in self.list()}
+        entries = {e.sha256: e for e in self.list() if self.pinned(e.sha256) is None}
         verdicts = retention.decide(
             [retention.Aged(e.sha256, e.created_unix) for e in entries.values()], keep, None, time.time())
         for v in verdicts:

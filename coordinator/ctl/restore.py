@@ -1,0 +1,179 @@
+"""etcdguardctl restore / restores: the cluster-wide restore, which runs inside the daemon.
+
+``restore SNAPSHOT --plan`` shows the plan; ``--yes`` runs it (``--plan-id``:
+only while the plan is the reviewed one) and follows its progress;
+``--resume``, ``--rollback``, ``--attach`` and ``--cleanup`` act on an
+existing operation. Losing this terminal does not stop a restore: attach again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.errors import EXIT_OK, EXIT_UNSAFE, UsageError
+from etcdguard.agent.restore import phases as ph
+from etcdguard.coordinator.ctl.cli import _json_flag, _table, ask, command, emit
+from etcdguard.coordinator.restore.plan import RestorePlan, render_plan
+
+
+class RestoreProgress:
+    """Phases and members on stderr with the time since start; transfers as a line per 25% and member."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._pct: dict[str, int] = {}
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if p.get("heartbeat"):
+            return
+        stamp = f"[{format_duration(time.monotonic() - self.started):>6}]"
+        phase = str(p.get("phase", ""))
+        member = f"{p['member']}: " if p.get("member") else ""
+        if "bytes" in p and "total" in p:
+            done, total = int(p["bytes"]), max(1, int(p["total"]))
+            step = 100 * done // total // 25
+            key = f"{phase}/{p.get('member')}"
+            if self._pct.get(key) == step and done < total:
+                return
+            self._pct[key] = step
+            sys.stderr.write(f"{stamp} {phase:<19} {member}{format_bytes(done)} / {format_bytes(total)} "
+                             f"({100 * done // total}%)\n")
+        elif p.get("message"):
+            sys.stderr.write(f"{stamp} {phase:<19} {member}{p['message']}\n")
+        sys.stderr.flush()
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="vault id (a sha256 prefix) or 'latest'")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true", help="print the restore plan; change nothing")
+    mode.add_argument("--resume", metavar="OP", help="continue an interrupted or paused restore")
+    mode.add_argument("--rollback", metavar="OP", help="put every member back on its pre-restore data")
+    mode.add_argument("--attach", metavar="OP", help="follow a running restore (or show how one ended)")
+    mode.add_argument("--cleanup", metavar="OP", help="show (with --yes: delete) the data an ended restore kept")
+    p.add_argument("--yes", action="store_true", help="run the restore (with --rollback/--cleanup: confirm)")
+    p.add_argument("--plan-id", metavar="ID", help="with --yes: run only if the plan is still this one")
+    p.add_argument("--until", metavar="PHASE", choices=ph.CLUSTER_PHASES,
+                   help="with --yes: stop after PHASE (e.g. prepare: stage and restore ahead, without downtime); "
+                        "continue with --resume")
+    p.add_argument("--force", action="store_true",
+                   help="accept refusals that --plan marks as overridable (another etcd version, another cluster)")
+    _json_flag(p)
+
+
+def _mode(args: argparse.Namespace) -> str:
+    """Which restore action the flags ask for (``--yes`` also confirms --rollback/--cleanup)."""
+    for flag in ("resume", "rollback", "attach", "cleanup"):
+        if getattr(args, flag):
+            if args.yes and flag in ("resume", "attach"):
+                raise UsageError(f"--{flag} takes no --yes")
+            return flag
+    if args.plan:
+        if args.yes:
+            raise UsageError("give --plan or --yes, not both")
+        return "plan"
+    if args.yes:
+        return "run"
+    raise UsageError("restore needs --plan, --yes, --resume OP, --rollback OP, --attach OP or --cleanup OP")
+
+
+@command("restore", "restore the whole cluster from a vault snapshot (--plan first, then --yes)", _restore_args)
+def cmd_restore(args: argparse.Namespace) -> int:
+    mode = _mode(args)
+    if mode in ("plan", "run") and not args.snapshot:
+        raise UsageError("give the SNAPSHOT to restore: a vault id (sha256 prefix) or 'latest'")
+    if mode not in ("plan", "run") and args.snapshot:
+        raise UsageError(f"--{mode} takes an operation id, not a snapshot")
+    if args.plan_id and mode != "run":
+        raise UsageError("--plan-id goes with --yes")
+    if args.until and mode != "run":
+        raise UsageError("--until goes with --yes")
+    request: dict[str, Any] = {"mode": mode}
+    if mode in ("plan", "run"):
+        request.update(snapshot=args.snapshot, force=args.force)
+        if args.plan_id:
+            request["plan_id"] = args.plan_id
+        if args.until:
+            request["until"] = args.until
+    else:
+        request["op"] = getattr(args, mode)
+        request["yes"] = args.yes
+    if mode == "plan":
+        data = ask(args, "restore", request)
+        plan = RestorePlan.from_json(data)
+        emit(args, {**data, "op": plan.op}, render_plan(plan))
+        return EXIT_UNSAFE if plan.blocking else EXIT_OK
+    progress = None if args.json else RestoreProgress()
+    result = ask(args, "restore", request, on_progress=progress)
+    if mode == "cleanup":
+        emit(args, result, _render_cleanup(result))
+        return EXIT_OK
+    if isinstance(result, dict) and result.get("needs_yes"):
+        plan = RestorePlan.from_json(result["plan"])
+        emit(args, {**result, "op": plan.op}, render_plan(plan) + f"\n  confirm with: etcdguardctl restore "
+                                                                   f"--rollback {request['op']} --yes")
+        return EXIT_UNSAFE if plan.blocking else EXIT_OK
+    emit(args, result, render_summary(result))
+    return EXIT_OK if result.get("state") in ("done", "paused", "rolled-back") else 1
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    lines = [f"restore {s['op']}: {s['state'].upper()}" + (f" (failed in {s['failed_phase']})"
+                                                           if s.get("failed_phase") else "")]
+    if s.get("error"):
+        lines.append(f"  error: {s['error']}")
+    for timing in s.get("phases") or []:
+        lines.append(f"  {timing['phase']:<19} {format_duration(float(timing['seconds']))}")
+    if s.get("total_seconds") is not None:
+        lines.append(f"  total {format_duration(float(s['total_seconds']))}"
+                     + (f", downtime {format_duration(float(s['downtime_seconds']))} (fence to unfence)"
+                        if s.get("downtime_seconds") is not None else ""))
+    if s.get("new_cluster_id"):
+        lines.append(f"  cluster id {s.get('old_cluster_id') or '?'} -> {s['new_cluster_id']}")
+    for member, path in s.get("kept") or []:
+        lines.append(f"  {member}: pre-restore data kept in {path}")
+    if s.get("pre_restore_snapshot"):
+        lines.append(f"  pre-restore snapshot {s['pre_restore_snapshot'][:12]} is in the vault (pinned)")
+    for note in s.get("notes") or []:
+        lines.append(f"  note: {note}")
+    if s["state"] == "done":
+        lines.append(f"  delete the kept data once you are sure: etcdguardctl restore --cleanup {s['op']} --yes")
+    elif s["state"] in ("interrupted", "paused", "needs-attention"):
+        lines.append(f"  continue: etcdguardctl restore --resume {s['op']}   "
+                     f"roll back: etcdguardctl restore --rollback {s['op']}")
+    return "\n".join(lines)
+
+
+def _render_cleanup(result: dict[str, Any]) -> str:
+    lines = []
+    for member, info in sorted((result.get("members") or {}).items()):
+        if info.get("error"):
+            lines.append(f"  {member}: {info['error']}")
+        for path in info.get("removed") or []:
+            lines.append(f"  {member}: deleted {path}")
+        for kept in info.get("kept") or []:
+            lines.append(f"  {member}: would delete {kept.get('path')} ({format_bytes(int(kept.get('bytes', 0)))})")
+    head = "deleted:" if result.get("deleted") else "kept data (run again with --yes to delete it):"
+    return "\n".join([head, *lines]) if lines else "nothing kept on any member"
+
+
+@command("restores", "list the cluster restore operations and their state", _json_flag)
+def cmd_restores(args: argparse.Namespace) -> int:
+    records = ask(args, "restores")
+    if args.json:
+        emit(args, records, "")
+        return EXIT_OK
+    if not records:
+        print("no restore operations")
+        return EXIT_OK
+    rows = [["OP", "STATE", "STARTED", "SNAPSHOT", "PHASE"]]
+    for r in records:
+        reached = [p for p in ph.CLUSTER_PHASES if p in (r.get("phases") or {})]
+        rows.append([r["op"], r["state"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created_at"])),
+                     r["snapshot"][:12], r.get("failed_phase") or (reached[-1] if reached else "-")])
+    print(_table(rows))
+    return EXIT_OK

@@ -1,0 +1,156 @@
+"""The restore's door to the agents: steps that survive slow steps, restarts and lost replies.
+
+A restore step may run for minutes (``prepare`` of a large snapshot), and an
+agent may be restarted in the middle of one. ``ClusterAgents.step`` therefore
+waits in slices: when a slice passes without a reply it pings the agent; an
+agent that answers is still working (the step is re-sent, and the agent joins
+the resend to the running step, or answers it from its record), one that
+does not answer is given ``agent_down`` seconds to come back before the step
+fails. A ``busy`` agent (its own scheduled snapshot) is waited for. Every
+re-send is safe because agents deduplicate by (operation id, step).
+
+Each member gets a client of its own for the operation, so the members'
+steps run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.agent.wire.protocol import BUSY, NOT_FOUND, RemoteError
+from etcdguard.agent.wire.report import EtcdHealth
+from etcdguard.agent.wire.typed import from_json
+from etcdguard.coordinator.agents.client import AgentUnreachable
+from etcdguard.coordinator.agents.links import AgentLink, MemberLinks
+
+log = logging.getLogger(__name__)
+
+SLICE = 15.0            # seconds a step request waits before the agent is pinged
+PING_TIMEOUT = 3.0
+RETRY_PAUSE = 0.5       # between attempts while an agent is down or busy
+
+
+class Interrupted(EtcdguardError):
+    """The coordinator is stopping; the operation is left for a resume."""
+
+
+class StepTimeout(EtcdguardError):
+    """A step did not finish within its bound."""
+
+
+class ClusterAgents:
+    """Dedicated links to every member's agent for one operation."""
+
+    def __init__(self, links: MemberLinks, members: tuple[str, ...], *, agent_down: float = 60.0,
+                 stop: Optional[threading.Event] = None) -> None:
+        self.links = links
+        self.agent_down = agent_down
+        self.stop = stop or threading.Event()
+        self._clients: dict[str, AgentLink] = {}
+        self._lock = threading.Lock()
+        self.members = members
+
+    def client(self, member: str) -> AgentLink:
+        with self._lock:
+            c = self._clients.get(member)
+            if c is None:
+                c = self._clients[member] = self.links.dedicated(member)
+            return c
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+    def _pause(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise Interrupted("the coordinator is stopping")
+
+    def alive(self, member: str) -> bool:
+        try:
+            self.client(member).call("ping", {}, timeout=PING_TIMEOUT, retries=1)
+            return True
+        except EtcdguardError:
+            return False
+
+    def step(self, member: str, op: str, step: str, params: Optional[Mapping[str, Any]] = None, *,
+             bound: float) -> dict[str, Any]:
+        """Run restore.step ``step`` of ``op`` on ``member``: its (recorded) result, or raise.
+
+        ``bound`` limits the whole step. RemoteError carries the agent's refusal or failure;
+        AgentUnreachable means the agent stayed away for ``agent_down`` seconds.
+        """
+        args: dict[str, Any] = {"op_id": op, "step": step}
+        if params is not None:
+            args["params"] = dict(params)
+        deadline = time.monotonic() + bound
+        down_since: Optional[float] = None
+        while True:
+            if self.stop.is_set():
+                raise Interrupted("the coordinator is stopping")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StepTimeout(f"member {member}: step {step} did not finish within {bound:.0f}s")
+            try:
+                return self.client(member).call("restore.step", args, timeout=min(SLICE, left), retries=0)
+            except AgentUnreachable as exc:
+                if self.alive(member):
+                    down_since = None
+                    continue           # still working on it: ask again (joins the running step)
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > self.agent_down:
+                    raise AgentUnreachable(f"member {member}: the agent did not answer for {self.agent_down:.0f}s "
+                                           f"during step {step}: {exc}") from None
+                log.warning("member %s: agent not answering during %s; waiting for it", member, step)
+                self._pause(RETRY_PAUSE)
+            except RemoteError as exc:
+                if exc.code != BUSY:
+                    raise
+                log.info("member %s: agent busy (%s); step %s waits", member, exc.message, step)
+                self._pause(RETRY_PAUSE)
+
+    def undo(self, member: str, op: str, step: str, *, bound: float) -> Optional[dict[str, Any]]:
+        """An undo step; None when the agent has no such operation (nothing to undo there)."""
+        try:
+            return self.step(member, op, step, bound=bound)
+        except RemoteError as exc:
+            if exc.code == NOT_FOUND:
+                return None
+            raise
+
+    def upload(self, member: str, path: Path, upload: str, *, progress: Optional[Callable[[int, int], None]],
+               bound: float) -> dict[str, Any]:
+        """Stage ``path`` on ``member`` as ``upload``, resuming after a lost connection or an agent restart."""
+        deadline = time.monotonic() + bound
+        while True:
+            try:
+                return self.client(member).put_snapshot(path, upload, progress=progress, timeout=30.0)
+            except AgentUnreachable:
+                if time.monotonic() >= deadline or self.stop.is_set():
+                    raise
+                log.warning("member %s: upload %s interrupted; resuming", member, upload)
+                self._pause(RETRY_PAUSE)
+
+    def abort_upload(self, member: str, upload: str) -> bool:
+        result = self.client(member).call("snapshot.put.abort", {"upload": upload}, timeout=10.0)
+        return bool(result.get("removed"))
+
+    def inspect(self, member: str, hashkv_revision: Optional[int] = None,
+                timeout: float = 10.0) -> tuple[EtcdHealth, Optional[dict[str, Any]]]:
+        """etcd on ``member`` asked now: (health, hashkv result or None)."""
+        args: dict[str, Any] = {} if hashkv_revision is None else {"hashkv_revision": hashkv_revision}
+        result = self.client(member).call("etcd.inspect", args, timeout=timeout)
+        try:
+            health = from_json(EtcdHealth, result.get("etcd"), f"member {member}: etcd.inspect")
+        except ValueError as exc:
+            raise EtcdguardError(str(exc)) from None
+        hashkv = result.get("hashkv")
+        return health, hashkv if isinstance(hashkv, dict) else None

@@ -1,0 +1,376 @@
+"""The cluster restore inside the coordinator daemon: plan, run, resume, roll back, attach, clean up.
+
+The operation runs in a thread the daemon owns, so an operator's lost ssh
+session does not abandon a half-done restore: ``etcdguardctl`` only starts it
+and follows its progress, and ``restore --attach OP`` follows it again from
+anywhere. One operation at a time: a new one is refused (exit 3) while any
+journal holds an open operation (running, paused, interrupted or needing
+attention). At daemon start, operations the journal shows as running are
+marked interrupted: nothing runs them any more until the operator resumes
+or rolls them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from etcdguard.agent.base.errors import EtcdguardError, UnsafeRefusal, UsageError
+from etcdguard.agent.restore import phases as ph
+from etcdguard.agent.restore.journal import new_op_id
+from etcdguard.agent.snapshots.integrity import verify_file
+from etcdguard.agent.snapshots.store import iso_utc
+from etcdguard.agent.wire.typed import to_json
+from etcdguard.coordinator.agents.links import MemberLinks
+from etcdguard.coordinator.config import CoordinatorConfig
+from etcdguard.coordinator.restore.agents import ClusterAgents
+from etcdguard.coordinator.restore.journal import Journal, JournalStore, OperationRecord, set_state
+from etcdguard.coordinator.restore.orchestrator import Orchestrator, summarize
+from etcdguard.coordinator.restore.plan import (
+    KIND_FORWARD_ROLLBACK,
+    PlanOptions,
+    RestorePlan,
+    SnapshotRef,
+    Summary,
+    build_plan,
+)
+from etcdguard.coordinator.restore.states import ACTIVE, OPEN, OpState
+from etcdguard.coordinator.restore.steps import RunContext, Timeouts
+from etcdguard.coordinator.vault.store import Vault, VaultEntry
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Mapping[str, Any]], None]
+HEARTBEAT = 10.0     # seconds between keep-alive progress lines to a following etcdguardctl
+
+
+def snapshot_ref(entry: VaultEntry) -> SnapshotRef:
+    return SnapshotRef(id=entry.sha256, size=entry.size, revision=entry.revision, source_member=entry.source_member,
+                       created_at=entry.created_at, created_unix=entry.created_unix,
+                       etcd_version=entry.etcd_version, cluster_id=entry.cluster_id)
+
+
+@dataclass
+class Run:
+    """One operation being executed in this daemon: its progress events, for every follower."""
+
+    op: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    summary: Optional[Summary] = None
+    error: Optional[BaseException] = None
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        with self.cond:
+            self.events.append({"op": self.op, "t": round(time.time(), 3), **event})
+            self.cond.notify_all()
+
+    def finish(self, summary: Optional[Summary], error: Optional[BaseException]) -> None:
+        with self.cond:
+            self.summary, self.error, self.done = summary, error, True
+            self.cond.notify_all()
+
+    def follow(self, emit: Emit) -> Summary:
+        """Forward every event (past ones first) to ``emit`` until the operation ends; its summary."""
+        seen = 0
+        while True:
+            with self.cond:
+                if seen >= len(self.events) and not self.done:
+                    self.cond.wait(HEARTBEAT)
+                batch, seen = self.events[seen:], len(self.events)
+                finished = self.done and seen >= len(self.events)
+            for event in batch:
+                emit(event)
+            if not batch and not finished:
+                emit({"op": self.op, "message": "still working", "heartbeat": True})
+            if finished:
+                if self.summary is None:
+                    raise self.error if isinstance(self.error, EtcdguardError) else EtcdguardError(
+                        f"restore {self.op} stopped with an internal error: {self.error!r} (see the daemon's log)")
+                return self.summary
+
+
+class RestoreService:
+    """What the daemon's `restore` and `restores` commands do."""
+
+    def __init__(self, *, config: Callable[[], CoordinatorConfig], links: Callable[[], MemberLinks],
+                 vault: Callable[[], Vault], safety_snapshot: Callable[[str, Emit], Optional[str]],
+                 slot: threading.Lock, on_change: Callable[[], None] = lambda: None,
+                 stop: Optional[threading.Event] = None) -> None:
+        self._config = config
+        self._links = links
+        self._vault = vault
+        self._safety_snapshot = safety_snapshot
+        self._slot = slot
+        self._on_change = on_change
+        self.stop = stop or threading.Event()
+        self._runs: dict[str, Run] = {}
+        self._lock = threading.Lock()
+        self._verified: dict[tuple[str, int, float], Optional[str]] = {}
+
+    @property
+    def journals(self) -> JournalStore:
+        return JournalStore(self._config().coordinator.state_dir)
+
+    # -- daemon start ------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Mark operations that were running when the daemon stopped as interrupted; return them."""
+        interrupted = []
+        for rec in self.journals.all():
+            if rec.state in ACTIVE:
+                set_state(self.journals.journal(rec.op), rec, OpState.INTERRUPTED,
+                          why="the coordinator restarted while it ran")
+                interrupted.append(rec.op)
+                log.warning("restore %s was interrupted (in %s); resume it with `etcdguardctl restore --resume %s` "
+                            "or roll it back with `--rollback %s`", rec.op, (rec.reached() or ["?"])[-1], rec.op,
+                            rec.op)
+        for problem in self.journals.damaged():
+            log.error("%s", problem)
+        return interrupted
+
+    # -- reading -----------------------------------------------------------
+    def records(self) -> list[OperationRecord]:
+        return self.journals.all()
+
+    def open_operations(self) -> list[str]:
+        with self._lock:
+            running = [op for op, run in self._runs.items() if not run.done]
+        return sorted(set(running) | {r.op for r in self.records() if r.state in OPEN})
+
+    def active(self) -> Optional[tuple[str, str]]:
+        """(op, what it does now) of the operation running in this daemon, if any."""
+        with self._lock:
+            runs = [r for r in self._runs.values() if not r.done]
+        if not runs:
+            return None
+        run = runs[0]
+        with run.cond:
+            last = run.events[-1] if run.events else {}
+        phase = last.get("phase", "starting")
+        return run.op, f"{phase}: {last.get('message', '')}".strip(": ")
+
+    # -- planning ------------------------------------------------------------
+    def _verify_vault_copy(self, entry: VaultEntry) -> Optional[str]:
+        """None if the vault file matches its recorded sha256 and size; else the problem (cached per file)."""
+        try:
+            st = Path(entry.path).stat()
+        except OSError as exc:
+            return f"{entry.path}: {exc.strerror or exc}"
+        key = (entry.sha256, st.st_size, st.st_mtime)
+        if key not in self._verified:
+            try:
+                verify_file(Path(entry.path), entry.sha256, entry.size)
+                self._verified[key] = None
+            except EtcdguardError as exc:
+                self._verified[key] = str(exc)
+        return self._verified[key]
+
+    def plan(self, ref: str, *, force: bool = False, op: Optional[str] = None, kind: str = "restore",
+             rollback_of: Optional[str] = None, bump: Optional[int] = None) -> RestorePlan:
+        config = self._config()
+        vault = self._vault()
+        entry = vault.resolve(ref)
+        views = self._links().survey(config.coordinator.request_timeout)
+        r = config.restore
+        options = PlanOptions(force=force, bump_revision=r.bump_revision if bump is None else bump,
+                              safety_snapshot=r.safety_snapshot, start_timeout=r.start_timeout,
+                              fence_settle=r.fence_settle, kind=kind, rollback_of=rollback_of)
+        return build_plan(views, config.members, snapshot_ref(entry), options, op=op or new_op_id(),
+                          created_at=iso_utc(time.time()), vault_problem=self._verify_vault_copy(entry),
+                          open_operations=self.open_operations())
+
+    # -- the control command ---------------------------------------------------
+    def command(self, args: Mapping[str, Any], emit: Emit) -> Any:
+        mode = args.get("mode")
+        if mode == "plan":
+            return self.plan(_text(args, "snapshot"), force=bool(args.get("force"))).to_json()
+        if mode == "run":
+            return self.run(args, emit)
+        if mode in ("resume", "rollback", "attach", "cleanup"):
+            op = _text(args, "op")
+            if mode == "resume":
+                return to_json(self.resume(op, emit))
+            if mode == "rollback":
+                return self.rollback(op, emit, yes=bool(args.get("yes")))
+            if mode == "attach":
+                return to_json(self.attach(op, emit))
+            return self.cleanup(op, yes=bool(args.get("yes")))
+        raise UsageError(f"restore: unknown mode {mode!r} (plan, run, resume, rollback, attach, cleanup)")
+
+    def run(self, args: Mapping[str, Any], emit: Emit) -> dict[str, Any]:
+        plan = self.plan(_text(args, "snapshot"), force=bool(args.get("force")))
+        wanted = args.get("plan_id")
+        if wanted is not None and wanted != plan.plan_id:
+            raise UnsafeRefusal(f"refused: plan {wanted} is not the plan for the cluster as it is now "
+                                f"({plan.plan_id}); something changed since it was reviewed. Look at the new plan: "
+                                f"etcdguardctl restore {plan.snapshot.id[:12]} --plan")
+        until = args.get("until")
+        if until is not None and until not in ph.CLUSTER_PHASES:
+            raise UsageError(f"--until {until!r}: not a phase ({', '.join(ph.CLUSTER_PHASES)})")
+        return _json(self._launch_new(plan, emit, until=until))
+
+    def _launch_new(self, plan: RestorePlan, emit: Emit, until: Optional[str] = None) -> Summary:
+        if plan.blocking:
+            reasons = "\n".join(f"  - {(r.member + ': ') if r.member else ''}{r.message}" for r in plan.blocking)
+            raise UnsafeRefusal(f"restore refused, nothing was changed:\n{reasons}")
+        with self._lock:
+            if any(not r.done for r in self._runs.values()):
+                raise UnsafeRefusal("refused: another restore operation is running in this coordinator")
+            journal = self.journals.create(plan, until=until)
+            emit({"op": plan.op, "phase": "plan", "message": f"operation {plan.op} (plan {plan.plan_id}) started"})
+            run = self._start(journal, journal.replay(), "run")
+        return run.follow(emit)
+
+    def resume(self, op: str, emit: Emit) -> Summary:
+        journal = self.journals.journal(op)
+        rec = journal.replay()
+        if rec.state not in (OpState.INTERRUPTED, OpState.PAUSED, OpState.NEEDS_ATTENTION):
+            raise UsageError(f"restore {op} is {rec.state.value}; only an interrupted, paused or needs-attention "
+                             "operation can be resumed")
+        if rec.state == OpState.NEEDS_ATTENTION and rec.failed_phase in ph.BEFORE_CLIENTS:
+            raise UnsafeRefusal(f"restore {op}: its rollback failed ({rec.error}); fix that, then "
+                                f"`etcdguardctl restore --rollback {op}` finishes it")
+        with self._lock:
+            self._refuse_if_running(op)
+            run = self._start(journal, rec, "resume")
+        return run.follow(emit)
+
+    def rollback(self, op: str, emit: Emit, yes: bool = False) -> dict[str, Any]:
+        journal = self.journals.journal(op)
+        rec = journal.replay()
+        reached = rec.reached()
+        if rec.state == OpState.DONE or ph.UNFENCE in reached:
+            return self._forward_rollback(rec, emit, yes)
+        if rec.state not in (OpState.INTERRUPTED, OpState.PAUSED, OpState.NEEDS_ATTENTION, OpState.ROLLING_BACK):
+            raise UsageError(f"restore {op} is {rec.state.value}: nothing to roll back")
+        with self._lock:
+            self._refuse_if_running(op)
+            run = self._start(journal, rec, "rollback")
+        return _json(run.follow(emit))
+
+    def _forward_rollback(self, rec: OperationRecord, emit: Emit, yes: bool) -> dict[str, Any]:
+        """After unfence: a new restore of the pre-restore snapshot, bumped above the current revision."""
+        sha = rec.facts.get("pre_restore_snapshot")
+        if not sha:
+            raise UnsafeRefusal(f"restore {rec.op} reached unfence and has no pre-restore snapshot (the cluster did "
+                                "not answer before it); there is nothing to roll back to")
+        plan = self.plan(str(sha), kind=KIND_FORWARD_ROLLBACK, rollback_of=rec.op, force=True)
+        if not yes:
+            return {"plan": plan.to_json(), "needs_yes": True}
+        return _json(self._launch_new(plan, emit))
+
+    def attach(self, op: str, emit: Emit) -> Summary:
+        with self._lock:
+            run = self._runs.get(op)
+        if run is not None:
+            return run.follow(emit)
+        return summarize(self.journals.journal(op).replay())
+
+    def cleanup(self, op: str, yes: bool) -> dict[str, Any]:
+        """List (or with ``yes`` delete) the data an ended operation kept on each member."""
+        rec = self.journals.journal(op).replay()
+        if rec.state not in (OpState.DONE, OpState.FAILED, OpState.ROLLED_BACK):
+            raise UnsafeRefusal(f"restore {op} is {rec.state.value}; clean up only an operation that ended")
+        agents = ClusterAgents(self._links(), tuple(m.member for m in rec.plan.members), stop=self.stop)
+        out: dict[str, Any] = {"op": op, "members": {}}
+        try:
+            for m in rec.plan.members:
+                try:
+                    if yes:
+                        result = agents.undo(m.member, op, "cleanup", bound=600.0)
+                        out["members"][m.member] = {"removed": (result or {}).get("removed", [])}
+                    else:
+                        status = agents.client(m.member).call("restore.status", {"op_id": op}, timeout=10.0)
+                        out["members"][m.member] = {"kept": status.get("kept", [])}
+                except EtcdguardError as exc:
+                    out["members"][m.member] = {"error": str(exc)}
+        finally:
+            agents.close()
+        out["deleted"] = yes
+        return out
+
+    # -- running -------------------------------------------------------------
+    def _timeouts(self) -> Timeouts:
+        r = self._config().restore
+        return Timeouts(step=r.step_timeout, prepare=r.prepare_timeout, stage=r.prepare_timeout,
+                        agent_down=r.agent_down)
+
+    def _refuse_if_running(self, op: str) -> None:
+        if any(not r.done for r in self._runs.values()):
+            busy = next(r.op for r in self._runs.values() if not r.done)
+            raise UnsafeRefusal(f"refused: restore {busy} is running in this coordinator; follow it with "
+                                f"`etcdguardctl restore --attach {busy}`")
+
+    def _start(self, journal: Journal, rec: OperationRecord, how: str) -> Run:
+        run = Run(rec.op)
+        self._runs[rec.op] = run
+        thread = threading.Thread(target=self._execute, args=(journal, rec, run, how), name=f"restore-{rec.op}",
+                                  daemon=True)
+        thread.start()
+        return run
+
+    def _execute(self, journal: Journal, rec: OperationRecord, run: Run, how: str) -> None:
+        summary: Optional[Summary] = None
+        error: Optional[BaseException] = None
+        timeouts = self._timeouts()
+        agents = ClusterAgents(self._links(), tuple(m.member for m in rec.plan.members), stop=self.stop,
+                               agent_down=timeouts.agent_down)
+        try:
+            with self._hold_slot(run), self.journals.exclusive():
+                ctx = RunContext(plan=rec.plan, journal=journal, record=rec, agents=agents, emit=run.emit,
+                                 snapshot_file=lambda: self._snapshot_file(rec.plan),
+                                 safety_snapshot=lambda emit: self._safety_snapshot(rec.op, emit),
+                                 timeouts=timeouts)
+                orchestrator = Orchestrator(ctx)
+                self._on_change()
+                summary = orchestrator.rollback() if how == "rollback" else orchestrator.run()
+        except BaseException as exc:
+            error = exc
+            if not isinstance(exc, EtcdguardError):
+                log.exception("restore %s: internal error", rec.op)
+            with contextlib.suppress(EtcdguardError, ValueError):
+                if rec.state in ACTIVE:
+                    set_state(journal, rec, OpState.INTERRUPTED, why=f"stopped by an error: {exc}")
+        finally:
+            agents.close()
+            run.finish(summary, error)
+            self._on_change()
+
+    @contextlib.contextmanager
+    def _hold_slot(self, run: Run) -> Iterator[None]:
+        """The daemon's single slot: no vault pull or backup overlaps a restore."""
+        if not self._slot.acquire(blocking=False):
+            run.emit({"phase": "plan", "message": "waiting for the running vault pull or backup to finish"})
+            self._slot.acquire()
+        try:
+            yield
+        finally:
+            self._slot.release()
+
+    @contextlib.contextmanager
+    def _snapshot_file(self, plan: RestorePlan) -> Iterator[Path]:
+        vault = self._vault()
+        entry = vault.has(plan.snapshot.id)
+        if entry is None:
+            raise UsageError(f"snapshot {plan.snapshot.id[:12]} is no longer in the vault")
+        with vault.materialize(entry) as path:
+            yield path
+
+
+def _json(summary: Summary) -> dict[str, Any]:
+    data: dict[str, Any] = to_json(summary)
+    return data
+
+
+def _text(args: Mapping[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"restore: {key!r} must be given")
+    return value
