@@ -96,7 +96,7 @@ rpm_setup='
 sys.path.insert(0, "/usr/share/etcdguard/python")'
 for entry in "etcdguard-agent etcdguard.agent.cli" \
              "etcdguard-coordinator etcdguard.coordinator.daemon_cli" \
-             "etcdguardctl etcdguard.coordinator.ctl.cli"; do
+             "etcdguardctl etcdguard.coordinator.ctl.main"; do
   set -- $entry
   write_wrapper "$stage/bin-deb" "$1" "$2" ""
   write_wrapper "$stage/bin-rpm" "$1" "$2" "$rpm_setup"

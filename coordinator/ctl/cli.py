@@ -15,7 +15,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -238,11 +237,3 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    import etcdguard.coordinator.ctl.restore  # noqa: F401 - registers the restore commands
-
-    return CLI.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,6 @@ import re
 import socket
 import stat
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -22,14 +21,8 @@ from etcdguard.agent.wire import keys
 from etcdguard.coordinator.control import server as control
 
 from tests.helpers.agentconf import render_toml
+from tests.helpers.coordinator import DAEMON, Coordinator, coordinator_config, run_ctl, scrape
 from tests.helpers.net import wait_until
-
-CTL = [sys.executable, "-m", "etcdguard.coordinator.ctl.cli"]
-DAEMON = [sys.executable, "-m", "etcdguard.coordinator.daemon_cli"]
-
-
-def run_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, *args], check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def minimal_config(tmp_path: Path, socket_path: Optional[Path] = None) -> Path:
@@ -190,13 +183,19 @@ def test_ctl_config_errors_exit_2(tmp_path):
     assert "vault.keep: expected an integer >= 1" in r.stderr
 
 
-def test_restore_is_registered_but_not_available(tmp_path):
+def test_restore_usage_errors_exit_2_before_asking_the_daemon(tmp_path):
     r = run_ctl("restore", "--help")
     assert r.returncode == 0
-    assert "--plan" in r.stdout and "--rollback" in r.stdout
-    r = run_ctl("restore", "latest", "--plan", "--config", str(minimal_config(tmp_path)))
-    assert r.returncode == 2
-    assert "not available in this version" in r.stderr
+    for flag in ("--plan", "--yes", "--plan-id", "--resume", "--rollback", "--attach", "--cleanup", "--until"):
+        assert flag in r.stdout, flag
+    cfg = str(minimal_config(tmp_path))
+    for args, words in [(["latest"], "needs --plan, --yes"), (["--yes"], "give the SNAPSHOT"),
+                        (["latest", "--plan", "--yes"], "not both"), (["--resume", "r1", "--yes"], "no --yes"),
+                        (["latest", "--plan", "--plan-id", "x"], "--plan-id goes with --yes"),
+                        (["latest", "--resume", "r1"], "takes an operation id")]:
+        r = run_ctl("restore", *args, "--config", cfg)
+        assert r.returncode == 2, (args, r.stderr)
+        assert words in r.stderr, (args, r.stderr)
 
 
 def test_keygen_writes_a_usable_pair_without_config_or_daemon(tmp_path):
@@ -291,86 +290,6 @@ def test_agent_killed_mid_pull_leaves_nothing_and_the_next_pull_succeeds(etcd_fa
 
 
 # -- the daemon with three real agents (slow) -------------------------------------
-
-
-class Coordinator:
-    """etcdguard-coordinator as a subprocess, with its log in a file."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-
-    def start(self, env: Optional[dict[str, str]] = None) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*DAEMON, "--config", str(self.config)], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_ctl(*args, "--config", str(self.config))
-
-    def ctl_json(self, *args: str) -> Any:
-        r = self.ctl(*args, "--json")
-        assert r.returncode == 0, f"etcdguardctl {' '.join(args)}: {r.returncode}\n{r.stderr}\n{self.log_tail()}"
-        return json.loads(r.stdout)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def answers() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"coordinator exited with {self.proc.returncode}:\n{self.log_tail()}")
-            return self.ctl("snapshots", "--json").returncode == 0
-        wait_until(answers, timeout, interval=0.1, what="the coordinator's control socket")
-
-    def stop(self, timeout: float = 40.0) -> Optional[int]:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait(10)
-        return proc.returncode
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-
-def coordinator_config(tmp_path: Path, ckeys: Any, agents: list[Any], metrics_port: int) -> Path:
-    run = tmp_path / "run"
-    run.mkdir(mode=0o750, exist_ok=True)
-    cfg = tmp_path / "coordinator.toml"
-    text = render_toml({
-        "coordinator": {"state_dir": str(tmp_path / "cstate"), "control_socket": str(run / "coordinator.sock"),
-                        "secret_key": str(ckeys.secret_path), "request_timeout": "2s"},
-        "vault": {"dir": str(tmp_path / "vault"), "interval": "1h", "keep": 10, "timeout": "2m"},
-        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-    })
-    for a in agents:
-        text += (f'[[members]]\nname = "{a.member.name}"\nagent = "{a.endpoint}"\n'
-                 f'public_key = "{a.key_dir / "agent.key"}"\n\n')
-    cfg.write_text(text)
-    return cfg
-
-
-def scrape(port: int) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 @pytest.mark.slow
