@@ -107,7 +107,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         plan = RestorePlan.from_json(data)
         emit(args, {**data, "op": plan.op}, render_plan(plan))
         return EXIT_UNSAFE if plan.blocking else EXIT_OK
-    progress = None if args.json else RestoreProgress()
+    progress = RestoreProgress()   # on stderr, also with --json (stdout carries only the JSON)
     result = ask(args, "restore", request, on_progress=progress)
     if mode == "cleanup":
         emit(args, result, _render_cleanup(result))
