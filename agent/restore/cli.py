@@ -14,7 +14,7 @@ from etcdguard.agent.cli import _json_flag, command, discover_member, emit, load
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.etcd.tools import find_tool
 from etcdguard.agent.restore.journal import OperationStore, check_op_id
-from etcdguard.agent.restore.plan import RestoreParams
+from etcdguard.agent.restore.plan import RestoreParams, render_plan
 from etcdguard.agent.restore.steps import NodeRestorer, kept_dirs
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.store import SnapshotStore
@@ -86,8 +86,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
         params = restorer.make_params(resolve_snapshot(config, args.snapshot), op_id)
     if args.plan:
         steps = restorer.plan(params)
-        from etcdguard.agent.restore.plan import render_plan
-
         emit(args, {"op": params.op, "params": params.to_json(),
                     "steps": [{"step": s.step, "destructive": s.destructive, "what": s.what} for s in steps]},
              render_plan(params, steps, restorer.runtime_descriptions()))

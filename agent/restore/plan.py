@@ -77,6 +77,27 @@ class RestoreParams:
         return self.snapshot_revision + self.bump_revision
 
 
+def argv_problems(p: RestoreParams) -> list[str]:
+    """Why the recorded restore command cannot be trusted to restore the recorded file (pure).
+
+    The tool, the snapshot and the target must be absolute, and the command must
+    name exactly the snapshot whose sha256 was recorded: a relative path would
+    be read from whatever directory a resume runs in.
+    """
+    argv = list(p.restore_argv)
+    problems = []
+    if len(argv) < 6 or argv[1:3] != ["snapshot", "restore"]:
+        return [f"the recorded restore command is not `snapshot restore`: {shlex.join(argv)[:200]}"]
+    if not Path(argv[0]).is_absolute():
+        problems.append(f"the restore tool {argv[0]!r} is a relative path")
+    if argv[3] != p.snapshot or not Path(argv[3]).is_absolute():
+        problems.append(f"the restore command reads {argv[3]!r}, not the verified {p.snapshot}")
+    target = str(restore_target(Path(p.data_dir), p.op))
+    if argv[4] != "--data-dir" or argv[5] != target or not Path(target).is_absolute():
+        problems.append(f"the restore command writes to {argv[5]!r}, not {target}")
+    return problems
+
+
 @dataclass(frozen=True)
 class PlannedStep:
     step: str

@@ -134,6 +134,10 @@ class RemoteRestore:
                         return recorded
                     if step == "prepare":
                         self._check_same_prepare(restorer, op, args["params"])
+                    # A step of an operation created earlier (a retry, or after an agent restart):
+                    # its snapshot must still be the verified file before anything runs.
+                    for note in restorer.reverify(op, full=op.finished("prepare") is None):
+                        log.info("restore %s: %s", op_id, note)
                 self._check_order(op, step)
                 if step == "prepare":
                     pre = restorer.run_step(op, "preflight")

@@ -9,6 +9,7 @@ step starts, so a re-run (same op id) continues where the last one stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,16 +20,25 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import EtcdguardError, EtcdUnavailable, ToolError, UnsafeRefusal, UsageError
+from etcdguard.agent.base.errors import (
+    EtcdguardError,
+    EtcdUnavailable,
+    SnapshotCorrupt,
+    ToolError,
+    UnsafeRefusal,
+    UsageError,
+)
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
 from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv, snapshot_status
+from etcdguard.agent.restore import toolproc
 from etcdguard.agent.restore.journal import Operation, OperationStore, new_op_id
 from etcdguard.agent.restore.plan import (
     STEPS,
     PlannedStep,
     RestoreParams,
+    argv_problems,
     aside_member,
     build_plan,
     bump_for,
@@ -77,6 +87,12 @@ def _noop(step: str, message: str) -> None:
     return None
 
 
+def fingerprint(path: Path) -> list[int]:
+    """Cheap identity of a file's content: any write, rename over or truncate changes one of these."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 class NodeRestorer:
     """Runs restore steps for one member on this node."""
 
@@ -102,13 +118,16 @@ class NodeRestorer:
                     bump_revision: Optional[int] = None, exact_bump: bool = False) -> RestoreParams:
         """Read the snapshot (verify + revision) and fill in every parameter of the restore.
 
-        The bump is raised past this member's live revision unless ``exact_bump`` (a cluster
-        restore, where every member must bump by the same planned amount).
+        Every path recorded is absolute, so a resume restores the same file from
+        any working directory. The bump is raised past this member's live
+        revision unless ``exact_bump`` (a cluster restore, where every member must
+        bump by the same planned amount).
         """
         op = op or new_op_id()
         peer = peer_url or self.member.peer_url
         if not peer:
             raise UsageError("this member's peer URL is unknown: set etcd.peer_url in the agent config")
+        snapshot = snapshot.resolve()
         digest = verify_file(snapshot)
         status = snapshot_status(self.tool, snapshot)
         configured = self.config.restore.bump_revision if bump_revision is None else bump_revision
@@ -120,11 +139,12 @@ class NodeRestorer:
             bump = bump_for(configured, status.revision, self.live_revision())
         cluster = initial_cluster or f"{self.member.name}={peer}"
         tok = token or f"etcdguard-{op}"
-        data_dir = self.member.data_dir
-        argv = restore_argv(self.tool, snapshot, restore_target(data_dir, op), name=self.member.name,
-                                initial_cluster=cluster, token=tok, peer_url=peer, bump_revision=bump)
+        data_dir = Path(os.path.abspath(self.member.data_dir))
+        tool = dataclasses.replace(self.tool, path=Path(os.path.abspath(self.tool.path)))
+        argv = restore_argv(tool, snapshot, restore_target(data_dir, op), name=self.member.name,
+                            initial_cluster=cluster, token=tok, peer_url=peer, bump_revision=bump)
         return RestoreParams(
-            op=op, snapshot=str(snapshot.resolve()), snapshot_sha256=digest.sha256, snapshot_size=digest.size,
+            op=op, snapshot=str(snapshot), snapshot_sha256=digest.sha256, snapshot_size=digest.size,
             snapshot_revision=status.revision, name=self.member.name, peer_url=peer, initial_cluster=cluster,
             token=tok, data_dir=str(data_dir), bump_revision=bump, restore_argv=tuple(argv),
         )
@@ -151,8 +171,43 @@ class NodeRestorer:
             if state in ("running", "failed-needs-attention"):
                 raise UnsafeRefusal(f"operation {other.op} on this node is {state}; finish it "
                                     f"(restore --op {other.op} --yes) or roll it back first")
-        op.create({"kind": kind, "created_at": time.time(), "state": "running", "params": params.to_json()})
+        record: dict[str, Any] = {"kind": kind, "created_at": time.time(), "state": "running",
+                                  "params": params.to_json(),
+                                  "snapshot_fingerprint": fingerprint(Path(params.snapshot))}
+        op.create(record)
         return op
+
+    def reverify(self, op: Operation, full: bool = True) -> list[str]:
+        """Before a resumed operation runs any step: is its snapshot still the verified file?
+
+        The recorded command must name the recorded absolute path, and the file
+        must have the recorded size and sha256 (``full``), or at least the same
+        inode, size and timestamps (otherwise it is hashed again). Once prepared,
+        the file is no longer read, so a file that is gone is only noted.
+        Raises UnsafeRefusal (nothing is done) on any mismatch.
+        """
+        p = self.params_of(op)
+        prepared = op.finished("prepare") is not None
+        undo = (f"Nothing was done. Put the verified file back, or undo the operation with "
+                f"`etcdguard-agent rollback {op.op}`")
+        if not prepared:
+            problems = argv_problems(p)
+            if problems:
+                raise UnsafeRefusal(f"operation {op.op} cannot be resumed: {'; '.join(problems)}. {undo}")
+        path = Path(p.snapshot)
+        if not path.is_file():
+            if prepared:
+                return [f"{path} is gone; its data was already prepared"]
+            raise UnsafeRefusal(f"operation {op.op}: its snapshot {path} is gone. {undo}")
+        recorded = op.record().get("snapshot_fingerprint")
+        if not full and recorded == fingerprint(path):
+            return [f"{path} unchanged since it was verified (inode, size, times)"]
+        try:
+            verify_file(path, p.snapshot_sha256, p.snapshot_size)
+        except SnapshotCorrupt as exc:
+            raise UnsafeRefusal(f"operation {op.op}: {path} is no longer the snapshot it was started with "
+                                f"({exc}). {undo}") from None
+        return [f"{path} re-verified: sha256 {p.snapshot_sha256[:16]}..., {p.snapshot_size} bytes"]
 
     def params_of(self, op: Operation) -> RestoreParams:
         return RestoreParams.from_json(op.record()["params"])
@@ -169,12 +224,12 @@ class NodeRestorer:
         p = self.params_of(op)
         op.journal("started", step=step)
         self.progress(step, "running")
-        result: dict[str, Any] = getattr(self, f"_step_{step}")(p, **kwargs)
+        result: dict[str, Any] = getattr(self, f"_step_{step}")(op, p, **kwargs)
         op.finish(step, result)
         self.progress(step, "done")
         return result
 
-    def _step_preflight(self, p: RestoreParams) -> dict[str, Any]:
+    def _step_preflight(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
         verify_file(Path(p.snapshot), p.snapshot_sha256, p.snapshot_size)
         if not Path(p.restore_argv[0]).exists():
             raise ToolError(f"restore tool {p.restore_argv[0]} is gone")
@@ -187,19 +242,22 @@ class NodeRestorer:
                                 f"need >= {2 * p.snapshot_size} (2x the snapshot)")
         return {"free_bytes": free, "live_member": (data_dir / "member").is_dir()}
 
-    def _step_prepare(self, p: RestoreParams) -> dict[str, Any]:
+    def _step_prepare(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
+        problems = argv_problems(p)
+        if problems:
+            raise UnsafeRefusal(f"refusing to run the recorded restore command: {'; '.join(problems)}")
         data_dir = Path(p.data_dir)
         ws = workspace_dir(data_dir, p.op)
+        # A tool left running by an interrupted prepare of this operation would keep writing
+        # into the directory about to be redone: kill it (proven ours) first.
+        killed = toolproc.kill_leftovers(p.restore_argv, op.dir)
+        if killed:
+            op.journal("killed-leftover-tool", processes=killed)
         if ws.exists():
             # Our own scratch area from an interrupted prepare of this very operation.
             shutil.rmtree(ws)
         fsutil.ensure_private_dir(ws)
-        try:
-            out = subprocess.run(list(p.restore_argv), capture_output=True, text=True, env=self.tool.env(),
-                                 timeout=PREPARE_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            raise ToolError(f"{Path(p.restore_argv[0]).name} snapshot restore did not finish within "
-                            f"{PREPARE_TIMEOUT:.0f}s") from None
+        out = toolproc.run_tool(p.restore_argv, self.tool.env(), PREPARE_TIMEOUT, op.dir)
         if out.returncode != 0:
             raise ToolError(f"{Path(p.restore_argv[0]).name} snapshot restore failed (exit {out.returncode}): "
                             f"{(out.stderr or out.stdout).strip()[-800:]}")
@@ -210,13 +268,13 @@ class NodeRestorer:
         total = copy_ownership_and_sync(reference, prepared)
         return {"prepared": str(prepared), "bytes": total}
 
-    def _step_fence(self, p: RestoreParams) -> dict[str, Any]:
+    def _step_fence(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
         if self.runtime.apiserver is None:
             return {"apiserver": "none"}
         self.runtime.apiserver.stop(self.config.restore.stop_timeout)
         return {"apiserver": "stopped"}
 
-    def _step_stop(self, p: RestoreParams) -> dict[str, Any]:
+    def _step_stop(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
         started = time.monotonic()
         self.runtime.etcd.stop(self.config.restore.stop_timeout)
         return {"etcd": "stopped", "seconds": round(time.monotonic() - started, 3)}
@@ -226,7 +284,7 @@ class NodeRestorer:
         if not ok:
             raise UnsafeRefusal(f"etcd is not proven stopped ({why}); refusing to touch {p.data_dir}")
 
-    def _step_swap(self, p: RestoreParams) -> dict[str, Any]:
+    def _step_swap(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
         data_dir = Path(p.data_dir)
         live, prepared, aside = data_dir / "member", prepared_member(data_dir, p.op), aside_member(data_dir, p.op)
         self._prove_stopped(p)
@@ -266,14 +324,14 @@ class NodeRestorer:
                 raise EtcdUnavailable(f"etcd not healthy within {timeout:.0f}s: {last}")
             time.sleep(0.1)
 
-    def _step_start(self, p: RestoreParams, wait: bool = True) -> dict[str, Any]:
+    def _step_start(self, op: Operation, p: RestoreParams, wait: bool = True) -> dict[str, Any]:
         self.runtime.etcd.start(self.config.restore.start_timeout)
         if not wait:
             return {"etcd": "started"}
         st = self._wait_healthy(0, self.config.restore.start_timeout)
         return {"etcd": "healthy", "revision": st.revision}
 
-    def _step_verify(self, p: RestoreParams) -> dict[str, Any]:
+    def _step_verify(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
         st = self._wait_healthy(0, self.config.restore.start_timeout)
         if st.revision < p.expected_min_revision:
             raise UnsafeRefusal(f"restored revision {st.revision} is below the expected {p.expected_min_revision}")
@@ -285,7 +343,7 @@ class NodeRestorer:
             raise UnsafeRefusal(f"member list {names} differs from the planned {planned}")
         return {"revision": st.revision, "members": names, "hashkv": hashkv, "cluster_id": f"{st.cluster_id:x}"}
 
-    def _step_unfence(self, p: RestoreParams) -> dict[str, Any]:
+    def _step_unfence(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
         if self.runtime.apiserver is None:
             return {"apiserver": "none"}
         self.runtime.apiserver.start(self.config.restore.start_timeout)
@@ -310,7 +368,7 @@ class NodeRestorer:
     def undo_before_swap(self, op: Operation) -> list[str]:
         """Remove the prepared data and make sure etcd and kube-apiserver run again."""
         p = self.params_of(op)
-        notes: list[str] = []
+        notes = [f"killed leftover restore tool {k}" for k in toolproc.kill_leftovers(p.restore_argv, op.dir)]
         ws = workspace_dir(Path(p.data_dir), p.op)
         if ws.exists():
             shutil.rmtree(ws)
@@ -359,8 +417,15 @@ class NodeRestorer:
 
     # -- whole operations ----------------------------------------------------
     def run(self, params: RestoreParams) -> Outcome:
-        """All steps in order; on failure undo as the design's table says, then raise StepFailed."""
+        """All steps in order; on failure undo as the design's table says, then raise StepFailed.
+
+        A resumed operation first re-verifies its snapshot (reverify), before any step runs.
+        """
         with self.ops.exclusive(f"restore {params.op}"):
+            op = self.ops.get(params.op)
+            if op.exists():
+                for note in self.reverify(op, full=True):
+                    self.progress("resume", note)
             op = self.open_operation(params)
             results: list[dict[str, Any]] = []
             for step in STEPS:

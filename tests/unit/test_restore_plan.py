@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from etcdguard.agent.restore.journal import OperationStore, check_op_id, new_op_
 from etcdguard.agent.restore.plan import (
     STEPS,
     RestoreParams,
+    argv_problems,
     aside_member,
     build_plan,
     bump_for,
@@ -14,6 +16,7 @@ from etcdguard.agent.restore.plan import (
     render_plan,
     workspace_dir,
 )
+from etcdguard.agent.restore.toolproc import is_restore_command
 
 
 def test_bump_default_and_when_live_is_ahead():
@@ -103,3 +106,33 @@ def test_bad_op_ids(bad):
     with pytest.raises(UsageError):
         check_op_id(bad)
     assert check_op_id(new_op_id())
+
+
+# -- what a resume trusts -------------------------------------------------------------------------
+
+
+def test_recorded_command_must_name_the_verified_absolute_file():
+    tool = SnapshotTool(Path("/usr/bin/etcdutl"), "etcdutl", "3.5.16", True)
+    p = _params(tool, 1000)
+    assert argv_problems(p) == []
+    relative = dataclasses.replace(p, restore_argv=(p.restore_argv[0], "snapshot", "restore", "snap.db",
+                                                    *p.restore_argv[4:]))
+    assert any("reads 'snap.db', not the verified /s.db" in x for x in argv_problems(relative))
+    elsewhere = dataclasses.replace(p, restore_argv=(*p.restore_argv[:5], "/tmp/x", *p.restore_argv[6:]))
+    assert any("writes to '/tmp/x'" in x for x in argv_problems(elsewhere))
+    rel_tool = dataclasses.replace(p, restore_argv=("etcdutl", *p.restore_argv[1:]))
+    assert any("relative path" in x for x in argv_problems(rel_tool))
+    assert "not `snapshot restore`" in argv_problems(dataclasses.replace(p, restore_argv=("/bin/true",)))[0]
+
+
+def test_leftover_tool_is_recognised_by_its_exact_arguments():
+    tool = SnapshotTool(Path("/usr/bin/etcdutl"), "etcdutl", "3.5.16", True)
+    argv = list(_params(tool, 1000).restore_argv)
+    assert is_restore_command(argv, argv)
+    assert is_restore_command(["/bin/sh", "/opt/wrap/etcdutl", *argv[1:]], argv)     # a wrapper script
+    assert not is_restore_command(argv[:-1], argv)
+    other_op = [a.replace("op1", "op2") for a in argv]
+    assert not is_restore_command(other_op, argv)
+    assert not is_restore_command(argv[1:], argv)          # the arguments alone are not a process
+    assert not is_restore_command(["/usr/bin/etcd", "--data-dir", "/var/lib/etcd"], argv)
+

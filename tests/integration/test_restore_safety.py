@@ -1,0 +1,166 @@
+"""What a node-local restore refuses, and what a resumed one re-checks: real etcd, the real agent.
+
+Each test reproduces one way a restore went wrong (issue 9 items 1-4, issue 10's
+single-member rule): a resumed restore reading another file, a restore tool
+outliving the agent, a store file replaced behind its sidecar, another
+cluster's snapshot, bytes that only look like a snapshot, and a member of a
+3-member cluster split off by a restore of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from etcdguard.agent.runtime.proof import pid_alive
+
+from tests.helpers.agentconf import AGENT, adopt, agent_sections, write_agent_config
+from tests.helpers.etcd import EtcdMember
+from tests.helpers.net import wait_until
+
+SLEEPER = f"{sys.executable} -c 'import time; time.sleep(600)'"
+
+
+def agent_json(*args: str, ok: bool = True, cwd: Path | None = None, timeout: float = 180) -> dict[str, Any]:
+    r = subprocess.run([*AGENT, *args, "--json"], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                       check=False)
+    if ok:
+        assert r.returncode == 0, f"{args}: exit {r.returncode}\n{r.stderr}"
+    out = json.loads(r.stdout) if r.stdout.strip() else {}
+    return {"rc": r.returncode, "stderr": r.stderr, **(out if isinstance(out, dict) else {"rows": out})}
+
+
+def config_for(member: EtcdMember, workdir: Path, **etcd: Any) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    sections = agent_sections(member, workdir)
+    sections["etcd"].update(etcd)
+    sections["restore"] = {"stop_timeout": "20s", "start_timeout": "30s"}
+    adopt(member, workdir / "etcd.pid")
+    return write_agent_config(workdir / "agent.toml", sections)
+
+
+def hanging_tool(where: Path, real: Path, first_run: str) -> Path:
+    """A restore tool that runs ``first_run`` (a shell snippet ending in exec) the first time it is
+    asked to restore, and is the real tool after that; `version` and `--help` always pass through."""
+    where.mkdir(parents=True, exist_ok=True)
+    tool = where / real.name
+    mark = where / "first-run-done"
+    tool.write_text("#!/bin/sh\n"
+                    'case "$*" in *"snapshot restore"*--data-dir*)\n'
+                    f'  if [ ! -e {mark} ]; then touch {mark}; {first_run}; fi;;\n'
+                    "esac\n"
+                    f'exec {real} "$@"\n')
+    tool.chmod(0o755)
+    return tool
+
+
+def kill_pid(pid_file: Path) -> None:
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def start_and_kill_in_prepare(cfg: Path, snapshot: str, op: str, cwd: Path, pid_file: Path) -> int:
+    """Start `restore --yes`, wait until its restore tool runs, SIGKILL the agent; return the tool's pid."""
+    proc = subprocess.Popen([*AGENT, "--config", str(cfg), "restore", snapshot, "--yes", "--op", op], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60,
+                   what="the restore tool to start")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate(timeout=30)
+    return int(pid_file.read_text())
+
+
+def store_snapshot(cfg: Path) -> dict[str, Any]:
+    return agent_json("--config", str(cfg), "snapshot")
+
+
+# -- item 1: a resume restores exactly the recorded, verified file ---------------------------------
+
+
+def test_killed_in_prepare_the_tool_dies_and_a_resume_restores_only_the_verified_file(
+        etcd_member: EtcdMember, tmp_path: Path) -> None:
+    member = etcd_member
+    tool_pid_file = tmp_path / "tool.pid"
+    tool = hanging_tool(tmp_path / "bin", member.build.restore_tool,
+                        f'echo $$ > {tool_pid_file}; exec {SLEEPER} "$@"')
+    cfg = config_for(member, tmp_path / "agent", restore_tool=str(tool))
+    member.put("/k1", "before")
+    dir_a, dir_b = tmp_path / "a", tmp_path / "b"
+    dir_a.mkdir()
+    dir_b.mkdir()
+    first = store_snapshot(cfg)
+    shutil.copyfile(first["path"], dir_a / "snap.db")
+    member.etcdctl("del", "/k1")
+    member.put("/other", "a later snapshot")
+    second = store_snapshot(cfg)
+    shutil.copyfile(second["path"], dir_b / "snap.db")   # another file of the same (relative) name
+    op = "r-killed-in-prepare"
+    pid = member.pid
+    try:
+        tool_pid = start_and_kill_in_prepare(cfg, "snap.db", op, dir_a, tool_pid_file)
+        wait_until(lambda: not pid_alive(tool_pid), timeout=10, what="the restore tool to die with the agent")
+    finally:
+        kill_pid(tool_pid_file)
+    record = json.loads((tmp_path / "agent" / "state" / "operations" / op / "op.json").read_text())
+    argv = record["params"]["restore_argv"]
+    assert argv[3] == str(dir_a / "snap.db") and Path(argv[0]).is_absolute()
+
+    # The recorded file changed since it was verified: refused before any step, etcd untouched.
+    original = (dir_a / "snap.db").read_bytes()
+    shutil.copyfile(dir_b / "snap.db", dir_a / "snap.db")
+    refused = agent_json("--config", str(cfg), "restore", "--op", op, "--yes", ok=False, cwd=dir_b)
+    assert refused["rc"] == 3, refused["stderr"]
+    assert f"{dir_a / 'snap.db'} is no longer the snapshot it was started with" in refused["stderr"]
+    assert member.pids() == [pid] and member.get("/other") == "a later snapshot"
+
+    # With the verified file back, a resume from another directory restores it, not ./snap.db.
+    (dir_a / "snap.db").write_bytes(original)
+    done = agent_json("--config", str(cfg), "restore", "--op", op, "--yes", cwd=dir_b)
+    assert done["state"] == "done"
+    assert member.get("/k1") == "before" and member.get("/other") is None
+
+
+def test_resume_kills_a_leftover_restore_tool_before_redoing_prepare(etcd_member: EtcdMember,
+                                                                      tmp_path: Path) -> None:
+    member = etcd_member
+    tool_pid_file, leftover_file = tmp_path / "tool.pid", tmp_path / "leftover.pid"
+    # The first run leaves a detached process running this operation's restore command (as a
+    # tool that escaped its parent would), then hangs itself.
+    detached = (f"{sys.executable} -c 'import os, sys, time; os.setsid(); "
+                "open(sys.argv[1], \"w\").write(str(os.getpid())); time.sleep(600)' "
+                f'{leftover_file} "$@" </dev/null >/dev/null 2>&1 &')
+    tool = hanging_tool(tmp_path / "bin", member.build.restore_tool,
+                        f'{detached} echo $$ > {tool_pid_file}; exec {SLEEPER} "$@"')
+    cfg = config_for(member, tmp_path / "agent", restore_tool=str(tool))
+    member.put("/k1", "before")
+    snap = store_snapshot(cfg)
+    member.put("/k2", "after")
+    op = "r-leftover-tool"
+    try:
+        start_and_kill_in_prepare(cfg, snap["path"], op, tmp_path, tool_pid_file)
+        wait_until(lambda: leftover_file.exists() and leftover_file.read_text().strip(), timeout=10,
+                   what="the detached leftover to start")
+        leftover = int(leftover_file.read_text())
+        assert pid_alive(leftover)
+        done = agent_json("--config", str(cfg), "restore", "--op", op, "--yes")
+        assert done["state"] == "done"
+        assert not pid_alive(leftover), "the leftover restore tool was not killed"
+    finally:
+        kill_pid(leftover_file)
+        kill_pid(tool_pid_file)
+    journal = [json.loads(line) for line in
+               (tmp_path / "agent" / "state" / "operations" / op / "journal.jsonl").read_text().splitlines()]
+    kills = [e for e in journal if e["event"] == "killed-leftover-tool"]
+    assert len(kills) == 1 and f"pid {leftover} " in kills[0]["processes"][0]
+    assert member.get("/k1") == "before" and member.get("/k2") is None
+
