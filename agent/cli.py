@@ -202,30 +202,56 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     _json_flag(p)
 
 
-@command("verify", "check a snapshot file's integrity (trailer, and its sidecar if present)", _verify_args)
+@command("verify", "check a snapshot file is intact and restorable (trailer, bbolt, snapshot status, sidecar)",
+         _verify_args)
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 only for a file a restore would accept: its SHA-256 trailer, bbolt meta pages,
+    `snapshot status` (where an etcd tool is found) and its sidecar (if any) all agree."""
     from etcdguard.agent.base.errors import SnapshotCorrupt
-    from etcdguard.agent.snapshots.integrity import verify_file
+    from etcdguard.agent.etcd.tools import find_tool
+    from etcdguard.agent.snapshots.integrity import sidecar_problems, verify_restorable
     from etcdguard.agent.snapshots.store import SnapshotMeta
 
     sidecar = Path(str(args.file) + ".json")
-    expect_sha = expect_size = None
-    if sidecar.exists():
-        try:
-            meta = SnapshotMeta.from_json(json.loads(sidecar.read_text()), str(sidecar))
-        except (OSError, ValueError) as exc:
-            raise SnapshotCorrupt(f"{sidecar}: unreadable metadata sidecar: {exc}") from None
-        expect_sha, expect_size = meta.sha256, meta.size
+    config = None
     try:
-        d = verify_file(args.file, expect_sha, expect_size)
+        config = load_config(args, required=False)
+    except EtcdguardError as exc:
+        if args.config is not None:
+            raise
+        log.warning("%s: looking for an etcd tool on PATH instead", exc)   # verify needs no config
+    tool = None
+    try:
+        tool = find_tool(config.etcd.restore_tool if config is not None else None)
+    except EtcdguardError as exc:
+        log.warning("%s: `snapshot status` not run, the file is checked without an etcd tool", exc)
+    try:
+        meta = None
+        if sidecar.exists():
+            try:
+                meta = SnapshotMeta.from_json(json.loads(sidecar.read_text()), str(sidecar))
+            except (OSError, ValueError) as exc:
+                raise SnapshotCorrupt(f"{sidecar}: unreadable metadata sidecar: {exc}") from None
+        check = verify_restorable(args.file, tool=tool)
+        if meta is not None:
+            problems = sidecar_problems(meta, check.digest, check.revision)
+            if problems:
+                raise SnapshotCorrupt(f"{args.file}: does not match its sidecar {sidecar}: {'; '.join(problems)}")
     except SnapshotCorrupt as exc:
         if args.json:
-            emit(args, {"path": str(args.file), "ok": False, "error": str(exc)}, "")
+            emit(args, {"path": str(args.file), "ok": False, "error": str(exc), "exit": EXIT_FAILED}, "")
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise
+    d = check.digest
+    status = (f"{check.tool} snapshot status: revision {check.revision}, {check.total_keys} keys"
+              if check.tool else "no etcd tool found: snapshot status not run")
     emit(args, {"path": str(args.file), "ok": True, "size": d.size, "sha256": d.sha256,
-                "sidecar": sidecar.exists()},
-         f"ok: {args.file}: {format_bytes(d.size)}, sha256 {d.sha256}, SHA-256 trailer matches"
+                "sidecar": sidecar.exists(), "revision": check.revision, "total_keys": check.total_keys,
+                "tool": check.tool, "members": sorted(m.name for m in check.members),
+                "cluster_id_computed": check.computed_cluster_id},
+         f"ok: {args.file}: {format_bytes(d.size)}, sha256 {d.sha256}, SHA-256 trailer matches, "
+         f"bbolt meta pages valid; {status}"
          + (", sidecar matches" if sidecar.exists() else ""))
     return EXIT_OK
 

@@ -2,7 +2,10 @@
 
 etcd appends the SHA-256 of the database to the snapshot stream: the last 32
 bytes of a snapshot file are the digest of everything before them. Checking
-that trailer proves the file is exactly what the member sent.
+that trailer proves the file is exactly what the member sent, but not that it
+is an etcd database ("hello" followed by its digest passes).
+``verify_restorable`` adds what makes a file restorable: bbolt's meta pages
+(pure code, bbolt.py) and, where an etcd tool is present, ``snapshot status``.
 """
 
 from __future__ import annotations
@@ -10,9 +13,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
-from etcdguard.agent.base.errors import SnapshotCorrupt
+from etcdguard.agent.base.errors import SnapshotCorrupt, ToolError
+from etcdguard.agent.snapshots import bbolt
+
+if TYPE_CHECKING:
+    from etcdguard.agent.etcd.tools import SnapshotTool
+    from etcdguard.agent.snapshots.store import SnapshotMeta
 
 TRAILER_SIZE = 32
 READ_CHUNK = 1 << 20
@@ -111,3 +119,80 @@ def verify_file(path: Path, expect_sha256: Optional[str] = None, expect_size: Op
     if expect_sha256 is not None and d.sha256 != expect_sha256:
         raise SnapshotCorrupt(f"{path}: sha256 {d.sha256} differs from the recorded {expect_sha256}")
     return d
+
+
+@dataclass(frozen=True)
+class SnapshotCheck:
+    """What a restorable snapshot file was found to be."""
+
+    digest: FileDigest
+    revision: Optional[int]                   # from `snapshot status`; None without a tool
+    total_keys: Optional[int]
+    members: tuple[bbolt.BoltMember, ...]     # from the database's members bucket
+    members_problem: Optional[str] = None     # why the members could not be read (not fatal)
+    tool: Optional[str] = None                # "etcdutl 3.5.16" when `snapshot status` ran
+
+    @property
+    def computed_cluster_id(self) -> Optional[str]:
+        """The cluster id etcd derives from these members (exact while the membership is unchanged)."""
+        return f"{bbolt.cluster_id_of([m.id for m in self.members]):x}" if self.members else None
+
+
+def verify_restorable(path: Path, expect_sha256: Optional[str] = None, expect_size: Optional[int] = None,
+                      tool: Optional[SnapshotTool] = None) -> SnapshotCheck:
+    """verify_file, then prove the file is an etcd database: bbolt meta pages, and
+    `snapshot status` where ``tool`` is given. Raises SnapshotCorrupt naming the file."""
+    from etcdguard.agent.etcd.tools import snapshot_status
+
+    d = verify_file(path, expect_sha256, expect_size)
+    db_size = d.size - TRAILER_SIZE
+    try:
+        with open(path, "rb") as fh:
+            problem = bbolt.meta_problem(fh.read(min(db_size, bbolt.HEAD_BYTES)))
+            if problem is not None:
+                raise SnapshotCorrupt(f"{path}: not an etcd snapshot: {problem}")
+            members: tuple[bbolt.BoltMember, ...] = ()
+            members_problem = None
+            try:
+                members = tuple(bbolt.read_members(_reader(fh), db_size))
+            except bbolt.BoltError as exc:
+                members_problem = str(exc)
+    except OSError as exc:
+        raise SnapshotCorrupt(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    revision = total_keys = None
+    label = None
+    if tool is not None:
+        label = f"{tool.kind} {tool.version}"
+        try:
+            st = snapshot_status(tool, path)
+        except ToolError as exc:
+            raise SnapshotCorrupt(f"{path}: not restorable: {exc}") from None
+        revision, total_keys = st.revision, st.total_keys
+    return SnapshotCheck(d, revision, total_keys, members, members_problem, label)
+
+
+def _reader(fh: BinaryIO) -> bbolt.ReadAt:
+    def read_at(offset: int, length: int) -> bytes:
+        fh.seek(offset)
+        return fh.read(length)
+    return read_at
+
+
+def sidecar_problems(meta: SnapshotMeta, digest: FileDigest, file_revision: Optional[int]) -> list[str]:
+    """How a snapshot file differs from what its sidecar recorded (pure; [] when it matches).
+
+    A sidecar revision read from the file itself must be equal; one from etcd's
+    status header before the stream started is a lower bound.
+    """
+    problems = []
+    if digest.size != meta.size:
+        problems.append(f"size {digest.size} differs from the recorded {meta.size}")
+    if digest.sha256 != meta.sha256:
+        problems.append(f"sha256 {digest.sha256} differs from the recorded {meta.sha256}")
+    if file_revision is not None:
+        if meta.revision_source == "snapshot-status" and file_revision != meta.revision:
+            problems.append(f"revision {file_revision} (snapshot status) differs from the recorded {meta.revision}")
+        elif meta.revision_source != "snapshot-status" and file_revision < meta.revision:
+            problems.append(f"revision {file_revision} (snapshot status) is below the recorded lower bound "
+                            f"{meta.revision}")
+    return problems

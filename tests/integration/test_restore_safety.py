@@ -9,6 +9,7 @@ cluster's snapshot, bytes that only look like a snapshot, and a member of a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any
 
 from etcdguard.agent.runtime.proof import pid_alive
 
-from tests.helpers.agentconf import AGENT, adopt, agent_sections, write_agent_config
+from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config
 from tests.helpers.etcd import EtcdMember
 from tests.helpers.net import wait_until
 
@@ -163,4 +164,32 @@ def test_resume_kills_a_leftover_restore_tool_before_redoing_prepare(etcd_member
     kills = [e for e in journal if e["event"] == "killed-leftover-tool"]
     assert len(kills) == 1 and f"pid {leftover} " in kills[0]["processes"][0]
     assert member.get("/k1") == "before" and member.get("/k2") is None
+
+
+# -- item 4: verify means restorable ------------------------------------------------------------------
+
+
+def test_verify_refuses_bytes_that_are_not_an_etcd_snapshot(etcd_member: EtcdMember, tmp_path: Path) -> None:
+    cfg = config_for(etcd_member, tmp_path / "agent")
+    hello = tmp_path / "hello.db"
+    hello.write_bytes(b"hello" + hashlib.sha256(b"hello").digest())
+    r = run_agent("verify", str(hello))
+    assert r.returncode == 1
+    assert f"{hello}: not an etcd snapshot" in r.stderr and "bbolt" in r.stderr
+
+    etcd_member.put("/k", "v")
+    good = Path(store_snapshot(cfg)["path"])
+    ok = agent_json("--config", str(cfg), "verify", str(good))
+    assert ok["ok"] is True and ok["sidecar"] is True and ok["revision"] == etcd_member.revision()
+    assert ok["members"] == [etcd_member.name]
+    assert ok["cluster_id_computed"] == f"{int(etcd_member.status()['header']['cluster_id']):x}"
+
+    # bbolt's meta pages intact, the rest of the database gone: only `snapshot status` can tell.
+    page_size = 4096
+    head = good.read_bytes()[: 2 * page_size]
+    gutted = tmp_path / "gutted.db"
+    gutted.write_bytes(head + hashlib.sha256(head).digest())
+    bad = agent_json("--config", str(cfg), "verify", str(gutted), ok=False)
+    assert bad["rc"] == 1 and bad["ok"] is False
+    assert bad["error"].startswith(f"{gutted}: not restorable")
 
