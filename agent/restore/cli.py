@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from etcdguard.agent.base.durations import format_bytes, format_duration
 from etcdguard.agent.base.errors import EXIT_OK, UsageError
@@ -15,9 +15,9 @@ from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.etcd.tools import find_tool
 from etcdguard.agent.restore.journal import OperationStore, check_op_id
 from etcdguard.agent.restore.plan import RestoreParams, render_plan
-from etcdguard.agent.restore.steps import NodeRestorer, kept_dirs
+from etcdguard.agent.restore.steps import NodeRestorer, catalog_record, kept_dirs
 from etcdguard.agent.runtime.factory import make_runtime
-from etcdguard.agent.snapshots.store import SnapshotStore
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
 
 
 def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
@@ -38,21 +38,20 @@ def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
     return NodeRestorer(config, member, runtime, tool, progress)
 
 
-def resolve_snapshot(config: AgentConfig, ref: str) -> Path:
-    """A file path, a snapshot name in the local store, or `latest`."""
+def resolve_snapshot(config: AgentConfig, ref: str) -> tuple[Path, Optional[SnapshotMeta]]:
+    """A file path, a snapshot name in the local store, or `latest`, with its catalog record if it has one."""
     store = SnapshotStore(config.backup.dir)
     if ref == "latest":
         newest = store.newest()
         if newest is None:
             raise UsageError(f"no snapshots in {config.backup.dir}; give a snapshot file")
-        return Path(newest.path)
+        return Path(newest.path), newest
     path = Path(ref)
-    if path.is_file():
-        return path
-    candidate = config.backup.dir / ref
-    if candidate.is_file():
-        return candidate
-    raise UsageError(f"snapshot {ref!r}: no such file, and no snapshot of that name in {config.backup.dir}")
+    if not path.is_file():
+        path = config.backup.dir / ref
+        if not path.is_file():
+            raise UsageError(f"snapshot {ref!r}: no such file, and no snapshot of that name in {config.backup.dir}")
+    return path, catalog_record(path)
 
 
 def _restore_args(p: argparse.ArgumentParser) -> None:
@@ -73,17 +72,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
     assert config is not None
     restorer = _restorer(config, quiet=False)
     params: RestoreParams
+    recorded: Optional[SnapshotMeta] = None
     op_id = check_op_id(args.op) if args.op else None
     existing = op_id is not None and restorer.ops.get(op_id).exists()
     if existing:
         assert op_id is not None
         params = restorer.params_of(restorer.ops.get(op_id))
-        if args.snapshot and resolve_snapshot(config, args.snapshot).resolve() != Path(params.snapshot):
+        if args.snapshot and resolve_snapshot(config, args.snapshot)[0].resolve() != Path(params.snapshot):
             raise UsageError(f"operation {op_id} restores {params.snapshot}, not {args.snapshot}")
     else:
         if not args.snapshot:
             raise UsageError("give the SNAPSHOT to restore (or --op OP of an existing operation)")
-        params = restorer.make_params(resolve_snapshot(config, args.snapshot), op_id)
+        path, recorded = resolve_snapshot(config, args.snapshot)
+        params = restorer.make_params(path, op_id, recorded=recorded)
     if args.plan:
         steps = restorer.plan(params)
         emit(args, {"op": params.op, "params": params.to_json(),

@@ -115,7 +115,8 @@ def build_plan(p: RestoreParams, etcd_runtime: str, apiserver_runtime: Optional[
     steps = [
         PlannedStep("preflight", False,
                     f"verify {p.snapshot} (sha256 {p.snapshot_sha256[:16]}..., {p.snapshot_size} bytes, "
-                    f"revision {p.snapshot_revision}); restore tool present; free disk >= 2x snapshot"),
+                    f"revision {p.snapshot_revision} read from the file); restore tool present; "
+                    "free disk >= 2x snapshot"),
         PlannedStep("prepare", False,
                     f"while etcd runs: {shlex.join(p.restore_argv)}; copy owner/mode of {live}; {bump}"),
         PlannedStep("fence", True, "stop kube-apiserver and prove it stopped"

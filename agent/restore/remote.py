@@ -33,7 +33,7 @@ from etcdguard.agent.control.transfer import NotFound
 from etcdguard.agent.restore.journal import Operation, OperationStore
 from etcdguard.agent.restore.plan import STEPS as PLAN_STEPS
 from etcdguard.agent.restore.plan import RestoreParams
-from etcdguard.agent.restore.steps import NodeRestorer
+from etcdguard.agent.restore.steps import NodeRestorer, catalog_record
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.wire.protocol import CONFLICT, ProtocolError
@@ -206,7 +206,7 @@ class RemoteRestore:
         # A cluster needs the same bump on every member: the planned one is used as given.
         p = restorer.make_params(snapshot, op_id, initial_cluster=params["initial_cluster"],
                                  token=params["token"], peer_url=params["peer_url"], bump_revision=bump,
-                                 exact_bump=True)
+                                 exact_bump=True, recorded=catalog_record(snapshot))
         op = restorer.open_operation(p, kind="cluster")
         op.journal("requested", by=who)
         return op

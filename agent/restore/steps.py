@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ from etcdguard.agent.base.errors import (
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
-from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv, snapshot_status
+from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv
 from etcdguard.agent.restore import toolproc
 from etcdguard.agent.restore.journal import Operation, OperationStore, new_op_id
 from etcdguard.agent.restore.plan import (
@@ -48,7 +49,13 @@ from etcdguard.agent.restore.plan import (
 )
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.agent.runtime.proof import etcd_stopped
-from etcdguard.agent.snapshots.integrity import verify_file
+from etcdguard.agent.snapshots.integrity import (
+    SnapshotCheck,
+    sidecar_problems,
+    verify_file,
+    verify_restorable,
+)
+from etcdguard.agent.snapshots.store import SnapshotMeta
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,22 @@ def _noop(step: str, message: str) -> None:
     return None
 
 
+def catalog_record(snapshot: Path) -> Optional[SnapshotMeta]:
+    """The catalog sidecar beside a snapshot file (``<file>.json``), None if there is none.
+
+    An unreadable sidecar is a refusal, not "no sidecar": it may be what
+    stands between a replaced file and a restore.
+    """
+    sidecar = Path(str(snapshot) + ".json")
+    if not sidecar.exists():
+        return None
+    try:
+        return SnapshotMeta.from_json(json.loads(sidecar.read_text()), str(sidecar))
+    except (OSError, ValueError) as exc:
+        raise UnsafeRefusal(f"{sidecar}: the snapshot's catalog record is unreadable ({exc}); "
+                            "nothing was changed. Move it aside if the snapshot is known to be right") from None
+
+
 def fingerprint(path: Path) -> list[int]:
     """Cheap identity of a file's content: any write, rename over or truncate changes one of these."""
     st = os.stat(path)
@@ -113,9 +136,24 @@ class NodeRestorer:
         except EtcdguardError:
             return None
 
+    def inspect_snapshot(self, snapshot: Path, recorded: Optional[SnapshotMeta] = None) -> SnapshotCheck:
+        """Prove ``snapshot`` restorable (trailer, bbolt, `snapshot status`) and, when it is in a
+        catalog, that it is the file the catalog recorded. Nothing else is read before this."""
+        check = verify_restorable(snapshot, tool=self.tool)
+        if recorded is not None:
+            problems = sidecar_problems(recorded, check.digest, check.revision)
+            if problems:
+                raise UnsafeRefusal(
+                    f"{snapshot} is not the snapshot its catalog record {snapshot}.json describes: "
+                    f"{'; '.join(problems)}. The file was replaced or damaged after it was taken; "
+                    "nothing was changed. Restore another snapshot, or move the record aside if this "
+                    "file is known to be right")
+        return check
+
     def make_params(self, snapshot: Path, op: Optional[str] = None, *, initial_cluster: Optional[str] = None,
                     token: Optional[str] = None, peer_url: Optional[str] = None,
-                    bump_revision: Optional[int] = None, exact_bump: bool = False) -> RestoreParams:
+                    bump_revision: Optional[int] = None, exact_bump: bool = False,
+                    recorded: Optional[SnapshotMeta] = None) -> RestoreParams:
         """Read the snapshot (verify + revision) and fill in every parameter of the restore.
 
         Every path recorded is absolute, so a resume restores the same file from
@@ -128,15 +166,16 @@ class NodeRestorer:
         if not peer:
             raise UsageError("this member's peer URL is unknown: set etcd.peer_url in the agent config")
         snapshot = snapshot.resolve()
-        digest = verify_file(snapshot)
-        status = snapshot_status(self.tool, snapshot)
+        check = self.inspect_snapshot(snapshot, recorded)
+        if check.revision is None:
+            raise ToolError(f"{self.tool.kind} did not report the revision of {snapshot}")
         configured = self.config.restore.bump_revision if bump_revision is None else bump_revision
         if not self.tool.supports_bump:
             bump = 0
         elif exact_bump:
             bump = configured
         else:
-            bump = bump_for(configured, status.revision, self.live_revision())
+            bump = bump_for(configured, check.revision, self.live_revision())
         cluster = initial_cluster or f"{self.member.name}={peer}"
         tok = token or f"etcdguard-{op}"
         data_dir = Path(os.path.abspath(self.member.data_dir))
@@ -144,8 +183,8 @@ class NodeRestorer:
         argv = restore_argv(tool, snapshot, restore_target(data_dir, op), name=self.member.name,
                             initial_cluster=cluster, token=tok, peer_url=peer, bump_revision=bump)
         return RestoreParams(
-            op=op, snapshot=str(snapshot), snapshot_sha256=digest.sha256, snapshot_size=digest.size,
-            snapshot_revision=status.revision, name=self.member.name, peer_url=peer, initial_cluster=cluster,
+            op=op, snapshot=str(snapshot), snapshot_sha256=check.digest.sha256, snapshot_size=check.digest.size,
+            snapshot_revision=check.revision, name=self.member.name, peer_url=peer, initial_cluster=cluster,
             token=tok, data_dir=str(data_dir), bump_revision=bump, restore_argv=tuple(argv),
         )
 

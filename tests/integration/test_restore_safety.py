@@ -166,6 +166,38 @@ def test_resume_kills_a_leftover_restore_tool_before_redoing_prepare(etcd_member
     assert member.get("/k1") == "before" and member.get("/k2") is None
 
 
+# -- item 2: a store snapshot must be the file its catalog sidecar describes -----------------------
+
+
+def test_store_file_replaced_behind_its_sidecar_is_refused(etcd_member: EtcdMember, tmp_path: Path) -> None:
+    member = etcd_member
+    cfg = config_for(member, tmp_path / "agent")
+    member.put("/k1", "before")
+    snap = store_snapshot(cfg)
+    plan = agent_json("--config", str(cfg), "restore", "latest", "--plan")
+    assert plan["params"]["snapshot_revision"] == snap["revision"]     # the file's own revision
+    member.put("/k2", "after")
+    other = tmp_path / "other.db"
+    agent_json("--config", str(cfg), "snapshot", "--output", str(other))
+    store_file, sidecar = Path(snap["path"]), Path(snap["path"] + ".json")
+    shutil.copyfile(other, store_file)          # the catalog entry now holds another snapshot
+    pid = member.pid
+    for args in (("latest", "--plan"), ("latest", "--yes"), (store_file.name, "--yes")):
+        r = agent_json("--config", str(cfg), "restore", *args, ok=False)
+        assert r["rc"] == 3, (args, r["stderr"])
+        assert "is not the snapshot its catalog record" in r["stderr"] and "sha256" in r["stderr"]
+    # A sidecar edited to the new file's sha256 and size still records the old revision.
+    meta = json.loads(sidecar.read_text())
+    data = other.read_bytes()
+    meta.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    sidecar.write_text(json.dumps(meta))
+    r = agent_json("--config", str(cfg), "restore", "latest", "--yes", ok=False)
+    assert r["rc"] == 3 and f"differs from the recorded {snap['revision']}" in r["stderr"]
+    assert member.pids() == [pid] and member.get("/k2") == "after"
+    assert not list(member.data_dir.glob(".etcdguard-*"))
+    assert not (tmp_path / "agent" / "state" / "operations").exists()
+
+
 # -- item 4: verify means restorable ------------------------------------------------------------------
 
 
