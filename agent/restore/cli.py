@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import EXIT_OK, UsageError
-from etcdguard.agent.cli import _json_flag, command, discover_member, emit, load_config
+from etcdguard.agent.base.errors import EXIT_OK, EXIT_UNSAFE, UnsafeRefusal, UsageError
+from etcdguard.agent.cli import PROG, _json_flag, command, discover_member, emit, load_config
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.etcd.tools import find_tool
 from etcdguard.agent.restore.journal import OperationStore, check_op_id
-from etcdguard.agent.restore.plan import RestoreParams, render_plan
+from etcdguard.agent.restore.plan import PlannedStep, RestoreParams, render_plan
 from etcdguard.agent.restore.steps import NodeRestorer, catalog_record, kept_dirs
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
@@ -61,7 +61,20 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--plan", action="store_true", help="print every step that would run; change nothing")
     mode.add_argument("--yes", action="store_true", help="run the restore")
     p.add_argument("--op", metavar="OP", help="operation id (to resume an interrupted restore; default: new)")
+    p.add_argument("--force", action="store_true",
+                   help="restore a snapshot taken from another cluster (moving a cluster to new hardware); "
+                        "overrides only that refusal")
     _json_flag(p)
+
+
+def _plan_json(params: RestoreParams, steps: list[PlannedStep], checks: list[str],
+               refusals: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "op": params.op, "params": params.to_json(), "checks": checks, "refusals": refusals,
+        "steps": [{"step": s.step, "destructive": s.destructive, "what": s.what} for s in steps]}
+    if refusals:
+        out.update(error="; ".join(refusals), exit=EXIT_UNSAFE)
+    return out
 
 
 @command("restore", "restore this single-member cluster from a snapshot (--plan or --yes)", _restore_args)
@@ -87,11 +100,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
         params = restorer.make_params(path, op_id, recorded=recorded)
     if args.plan:
         steps = restorer.plan(params)
-        emit(args, {"op": params.op, "params": params.to_json(),
-                    "steps": [{"step": s.step, "destructive": s.destructive, "what": s.what} for s in steps]},
-             render_plan(params, steps, restorer.runtime_descriptions()))
-        return EXIT_OK
-    outcome = restorer.run(params)
+        checks: list[str] = []
+        refusals: list[str] = []
+        if existing:
+            try:
+                checks = restorer.reverify(restorer.ops.get(params.op))
+            except UnsafeRefusal as exc:
+                refusals = [str(exc)]
+        else:
+            local = restorer.local_checks(params, recorded, args.force)
+            checks, refusals = local.checks, local.refusals
+        text = render_plan(params, steps, restorer.runtime_descriptions(), checks, refusals)
+        emit(args, _plan_json(params, steps, checks, refusals), text)
+        if refusals and not args.json:
+            print(f"{PROG}: error: {'; '.join(refusals)}", file=sys.stderr)
+        return EXIT_UNSAFE if refusals else EXIT_OK
+    outcome = restorer.run(params, recorded=recorded, force=args.force)
     kept = kept_dirs(Path(params.data_dir), params.op)
     emit(args, {**outcome.to_json(), "kept": [{"path": p, "bytes": b} for p, b in kept]},
          f"restore {params.op} done: member {params.name} serves the snapshot's data "

@@ -10,7 +10,8 @@ filesystem even when the data dir is a mount point):
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,6 +63,7 @@ class RestoreParams:
     data_dir: str
     bump_revision: int          # 0 when the tool cannot bump
     restore_argv: tuple[str, ...]
+    live_cluster_id: str = ""   # the cluster this node served when the operation was planned (hex; "" unknown)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -70,7 +72,8 @@ class RestoreParams:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RestoreParams:
-        return cls(**{**data, "restore_argv": tuple(data["restore_argv"])})
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "restore_argv": tuple(data["restore_argv"])})
 
     @property
     def expected_min_revision(self) -> int:
@@ -131,13 +134,18 @@ def build_plan(p: RestoreParams, etcd_runtime: str, apiserver_runtime: Optional[
     return steps
 
 
-def render_plan(p: RestoreParams, steps: list[PlannedStep], runtimes: tuple[str, ...] = ()) -> str:
+def render_plan(p: RestoreParams, steps: list[PlannedStep], runtimes: tuple[str, ...] = (),
+                checks: Sequence[str] = (), refusals: Sequence[str] = ()) -> str:
     lines = [f"restore plan {p.op} for member {p.name} (data dir {p.data_dir})",
              f"  initial cluster {p.initial_cluster}, token {p.token}"]
     lines += [f"  {r}" for r in runtimes]
+    lines += [f"  checked: {c}" for c in checks]
     for i, s in enumerate(steps, 1):
         mark = "!" if s.destructive else " "
         lines.append(f" {mark}{i}. {s.step:<9} {s.what}")
     lines.append("  (! = downtime / changes the running node; nothing has been changed)")
+    if refusals:
+        lines.append("REFUSED: this restore will not run (exit 3):")
+        lines += [f"  - {r}" for r in refusals]
     return "\n".join(lines)
 

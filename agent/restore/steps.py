@@ -47,9 +47,12 @@ from etcdguard.agent.restore.plan import (
     restore_target,
     workspace_dir,
 )
+from etcdguard.agent.restore.safety import ClusterFacts, compare_identity
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.agent.runtime.proof import etcd_stopped
+from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_members
 from etcdguard.agent.snapshots.integrity import (
+    TRAILER_SIZE,
     SnapshotCheck,
     sidecar_problems,
     verify_file,
@@ -90,8 +93,40 @@ class Outcome:
                 "error": self.error, "failed_step": self.failed_step}
 
 
+@dataclass(frozen=True)
+class LocalChecks:
+    """What a node-local restore checked before it starts; any refusal stops it (exit 3)."""
+
+    identity: str                 # safety.Identity value
+    checks: list[str]
+    refusals: list[str]
+    forced: list[str]             # refusals overridden by --force, recorded in the operation
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _noop(step: str, message: str) -> None:
     return None
+
+
+def _db_members(path: Path, size: int) -> list[BoltMember]:
+    """The members bucket of a bbolt file ([] if it cannot be read: this is evidence, not a gate)."""
+    if size <= 0:
+        return []
+    try:
+        with open(path, "rb") as fh:
+            def read_at(offset: int, length: int) -> bytes:
+                fh.seek(offset)
+                return fh.read(length)
+            return read_members(read_at, size)
+    except (OSError, BoltError):
+        return []
+
+
+def _labels(members: list[tuple[int, str]]) -> tuple[str, ...]:
+    """One label per member: its name, or its id while it has never started (and so has no name)."""
+    return tuple(sorted(name or f"unstarted member {mid:x}" for mid, name in members))
 
 
 def catalog_record(snapshot: Path) -> Optional[SnapshotMeta]:
@@ -129,12 +164,16 @@ class NodeRestorer:
         self.progress = progress
 
     # -- planning (no side effects beyond reading) ----------------------------
-    def live_revision(self) -> Optional[int]:
+    def live_status(self) -> Optional[EtcdStatus]:
         try:
             with EtcdClient(self.member.endpoint, self.member.tls, self.config.etcd.dial_timeout) as c:
-                return c.status().revision
+                return c.status()
         except EtcdguardError:
             return None
+
+    def live_revision(self) -> Optional[int]:
+        st = self.live_status()
+        return st.revision if st is not None else None
 
     def inspect_snapshot(self, snapshot: Path, recorded: Optional[SnapshotMeta] = None) -> SnapshotCheck:
         """Prove ``snapshot`` restorable (trailer, bbolt, `snapshot status`) and, when it is in a
@@ -169,13 +208,14 @@ class NodeRestorer:
         check = self.inspect_snapshot(snapshot, recorded)
         if check.revision is None:
             raise ToolError(f"{self.tool.kind} did not report the revision of {snapshot}")
+        live = self.live_status()
         configured = self.config.restore.bump_revision if bump_revision is None else bump_revision
         if not self.tool.supports_bump:
             bump = 0
         elif exact_bump:
             bump = configured
         else:
-            bump = bump_for(configured, check.revision, self.live_revision())
+            bump = bump_for(configured, check.revision, live.revision if live is not None else None)
         cluster = initial_cluster or f"{self.member.name}={peer}"
         tok = token or f"etcdguard-{op}"
         data_dir = Path(os.path.abspath(self.member.data_dir))
@@ -186,7 +226,83 @@ class NodeRestorer:
             op=op, snapshot=str(snapshot), snapshot_sha256=check.digest.sha256, snapshot_size=check.digest.size,
             snapshot_revision=check.revision, name=self.member.name, peer_url=peer, initial_cluster=cluster,
             token=tok, data_dir=str(data_dir), bump_revision=bump, restore_argv=tuple(argv),
+            live_cluster_id=f"{live.cluster_id:x}" if live is not None else "",
         )
+
+    # -- what only a node-local restore checks -------------------------------
+    def local_checks(self, params: RestoreParams, recorded: Optional[SnapshotMeta] = None,
+                     force: bool = False) -> LocalChecks:
+        """The refusals of a node-local restore: another cluster's snapshot (unless ``force``)."""
+        live = self._live_cluster()
+        snap = self._snapshot_cluster(Path(params.snapshot), recorded)
+        checks: list[str] = []
+        refusals: list[str] = []
+        forced: list[str] = []
+        verdict = compare_identity(snap, live, self.lineage())
+        if verdict.refuses and force:
+            forced.append(verdict.sentence)
+            checks.append(f"FORCED (--force): {verdict.sentence}")
+        elif verdict.refuses:
+            refusals.append(verdict.sentence)
+        else:
+            checks.append(verdict.sentence)
+        return LocalChecks(verdict.outcome.value, checks, refusals, forced)
+
+    def _live_cluster(self) -> Optional[ClusterFacts]:
+        """The cluster this member serves: etcd's answer, else the members in its data dir's db."""
+        try:
+            with EtcdClient(self.member.endpoint, self.member.tls, self.config.etcd.dial_timeout) as c:
+                st = c.status()
+                members = c.members()
+            return ClusterFacts((f"{st.cluster_id:x}",), tuple(f"{m.id:x}" for m in members),
+                                _labels([(m.id, m.name) for m in members]), "etcd's member list")
+        except EtcdguardError:
+            pass
+        db = Path(self.member.data_dir) / "member" / "snap" / "db"
+        found = _db_members(db, db.stat().st_size if db.is_file() else 0)
+        if not found:
+            return None
+        return ClusterFacts((f"{cluster_id_of([m.id for m in found]):x}",), tuple(m.id_hex for m in found),
+                            _labels([(m.id, m.name) for m in found]),
+                            f"the members recorded in {db} (etcd did not answer)")
+
+    @staticmethod
+    def _snapshot_cluster(snapshot: Path, recorded: Optional[SnapshotMeta]) -> Optional[ClusterFacts]:
+        """Who the snapshot is from: its sidecar's cluster and member, and the members in the file."""
+        size = snapshot.stat().st_size - TRAILER_SIZE if snapshot.is_file() else 0
+        found = _db_members(snapshot, size)
+        cids: list[str] = []
+        mids = [m.id_hex for m in found]
+        names = sorted(m.name for m in found if m.name)
+        where = []
+        if recorded is not None and recorded.cluster_id and recorded.cluster_id != "0":
+            cids.append(recorded.cluster_id)
+            if recorded.member_id and recorded.member_id not in mids:
+                mids.append(recorded.member_id)
+            if recorded.member_name and recorded.member_name not in names:
+                names.append(recorded.member_name)
+            where.append("its catalog record")
+        if found:
+            computed = f"{cluster_id_of([m.id for m in found]):x}"
+            if computed not in cids:
+                cids.append(computed)
+            where.append("the members recorded in the file")
+        if not cids and not mids:
+            return None
+        return ClusterFacts(tuple(cids), tuple(mids), tuple(names), " and ".join(where))
+
+    def lineage(self) -> dict[str, str]:
+        """Cluster ids this node served before or after one of its recorded restores -> that operation."""
+        out: dict[str, str] = {}
+        for other in self.ops.all():
+            with contextlib.suppress(EtcdguardError, OSError, ValueError, KeyError, TypeError, AttributeError):
+                before = str(other.record().get("params", {}).get("live_cluster_id") or "")
+                if before:
+                    out.setdefault(before, other.op)
+                verified = other.finished("verify")
+                if verified is not None and verified.result.get("cluster_id"):
+                    out.setdefault(str(verified.result["cluster_id"]), other.op)
+        return out
 
     def runtime_descriptions(self) -> tuple[str, ...]:
         services = [self.runtime.etcd] + ([self.runtime.apiserver] if self.runtime.apiserver else [])
@@ -197,7 +313,8 @@ class NodeRestorer:
         return build_plan(params, self.runtime.etcd.describe(), api)
 
     # -- operation bookkeeping ---------------------------------------------
-    def open_operation(self, params: RestoreParams, kind: str = "local") -> Operation:
+    def open_operation(self, params: RestoreParams, kind: str = "local",
+                       checks: Optional[LocalChecks] = None) -> Operation:
         op = self.ops.get(params.op)
         if op.exists():
             recorded = RestoreParams.from_json(op.record()["params"])
@@ -213,7 +330,11 @@ class NodeRestorer:
         record: dict[str, Any] = {"kind": kind, "created_at": time.time(), "state": "running",
                                   "params": params.to_json(),
                                   "snapshot_fingerprint": fingerprint(Path(params.snapshot))}
+        if checks is not None:
+            record["checks"] = checks.to_json()
         op.create(record)
+        if checks is not None and checks.forced:
+            op.journal("forced", refusals=checks.forced)
         return op
 
     def reverify(self, op: Operation, full: bool = True) -> list[str]:
@@ -455,17 +576,25 @@ class NodeRestorer:
         return notes
 
     # -- whole operations ----------------------------------------------------
-    def run(self, params: RestoreParams) -> Outcome:
+    def run(self, params: RestoreParams, *, recorded: Optional[SnapshotMeta] = None,
+            force: bool = False) -> Outcome:
         """All steps in order; on failure undo as the design's table says, then raise StepFailed.
 
-        A resumed operation first re-verifies its snapshot (reverify), before any step runs.
+        A new operation first passes the node-local checks (local_checks); a
+        resumed one first re-verifies its snapshot (reverify). Either refusal
+        happens before any step runs.
         """
         with self.ops.exclusive(f"restore {params.op}"):
             op = self.ops.get(params.op)
             if op.exists():
                 for note in self.reverify(op, full=True):
                     self.progress("resume", note)
-            op = self.open_operation(params)
+                op = self.open_operation(params)
+            else:
+                checks = self.local_checks(params, recorded, force)
+                if checks.refusals:
+                    raise UnsafeRefusal("; ".join(checks.refusals) + ". Nothing was changed")
+                op = self.open_operation(params, checks=checks)
             results: list[dict[str, Any]] = []
             for step in STEPS:
                 try:

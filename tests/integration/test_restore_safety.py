@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from etcdguard.agent.runtime.proof import pid_alive
 
+from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config
-from tests.helpers.etcd import EtcdMember
+from tests.helpers.etcd import EtcdBuild, EtcdMember
 from tests.helpers.net import wait_until
 
 SLEEPER = f"{sys.executable} -c 'import time; time.sleep(600)'"
@@ -196,6 +198,54 @@ def test_store_file_replaced_behind_its_sidecar_is_refused(etcd_member: EtcdMemb
     assert member.pids() == [pid] and member.get("/k2") == "after"
     assert not list(member.data_dir.glob(".etcdguard-*"))
     assert not (tmp_path / "agent" / "state" / "operations").exists()
+
+
+# -- item 3: another cluster's snapshot needs --force -----------------------------------------------
+
+
+@pytest.mark.parametrize("with_sidecar", [True, False], ids=["sidecar", "file-only"])
+def test_snapshot_of_another_cluster_is_refused_unless_forced(etcd_factory: EtcdFactory, etcd_build: EtcdBuild,
+                                                              tmp_path: Path, with_sidecar: bool) -> None:
+    here, there = etcd_factory.member(etcd_build), etcd_factory.member(etcd_build)
+    here.put("/here", "1")
+    there.put("/there", "1")
+    cfg = config_for(here, tmp_path / "here")
+    if with_sidecar:
+        foreign = Path(store_snapshot(config_for(there, tmp_path / "there"))["path"])
+    else:
+        foreign = tmp_path / "there.db"
+        r = run_agent("snapshot", "--output", str(foreign), "--endpoints", there.client_url)
+        assert r.returncode == 0, r.stderr
+    pid = here.pid
+    plan = agent_json("--config", str(cfg), "restore", str(foreign), "--plan", ok=False)
+    assert plan["rc"] == 3 and plan["exit"] == 3
+    assert any("from another cluster" in reason and "--force" in reason for reason in plan["refusals"])
+    refused = agent_json("--config", str(cfg), "restore", str(foreign), "--yes", ok=False)
+    assert refused["rc"] == 3 and "from another cluster" in refused["stderr"]
+    assert here.pids() == [pid] and here.get("/here") == "1" and here.get("/there") is None
+    assert not list(here.data_dir.glob(".etcdguard-*"))
+
+    forced = agent_json("--config", str(cfg), "restore", str(foreign), "--yes", "--force")
+    assert forced["state"] == "done"
+    assert here.get("/there") == "1" and here.get("/here") is None
+    record = json.loads((tmp_path / "here" / "state" / "operations" / forced["op"] / "op.json").read_text())
+    assert record["checks"]["identity"] == "another-cluster" and record["checks"]["forced"]
+
+
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_own_snapshot_restores_again_after_a_restore_changed_the_cluster_id(etcd_member: EtcdMember,
+                                                                            tmp_path: Path) -> None:
+    """No false refusal: every restore makes a new cluster id, and this node remembers its old ones."""
+    member = etcd_member
+    cfg = config_for(member, tmp_path / "agent")
+    member.put("/k1", "before")
+    snap = store_snapshot(cfg)
+    before = member.status()["header"]["cluster_id"]
+    agent_json("--config", str(cfg), "restore", snap["path"], "--yes")
+    assert member.status()["header"]["cluster_id"] != before
+    member.put("/k2", "after")
+    again = agent_json("--config", str(cfg), "restore", snap["path"], "--yes")
+    assert again["state"] == "done" and member.get("/k2") is None and member.get("/k1") == "before"
 
 
 # -- item 4: verify means restorable ------------------------------------------------------------------

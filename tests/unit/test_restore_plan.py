@@ -16,6 +16,11 @@ from etcdguard.agent.restore.plan import (
     render_plan,
     workspace_dir,
 )
+from etcdguard.agent.restore.safety import (
+    ClusterFacts,
+    Identity,
+    compare_identity,
+)
 from etcdguard.agent.restore.toolproc import is_restore_command
 
 
@@ -125,6 +130,13 @@ def test_recorded_command_must_name_the_verified_absolute_file():
     assert "not `snapshot restore`" in argv_problems(dataclasses.replace(p, restore_argv=("/bin/true",)))[0]
 
 
+def test_params_from_an_older_record_without_new_fields():
+    tool = SnapshotTool(Path("/usr/bin/etcdctl"), "etcdctl", "3.4.23", False)
+    data = _params(tool, 0).to_json()
+    del data["live_cluster_id"]
+    assert RestoreParams.from_json({**data, "unknown_later_field": 1}).live_cluster_id == ""
+
+
 def test_leftover_tool_is_recognised_by_its_exact_arguments():
     tool = SnapshotTool(Path("/usr/bin/etcdutl"), "etcdutl", "3.5.16", True)
     argv = list(_params(tool, 1000).restore_argv)
@@ -135,4 +147,36 @@ def test_leftover_tool_is_recognised_by_its_exact_arguments():
     assert not is_restore_command(other_op, argv)
     assert not is_restore_command(argv[1:], argv)          # the arguments alone are not a process
     assert not is_restore_command(["/usr/bin/etcd", "--data-dir", "/var/lib/etcd"], argv)
+
+
+# -- identity, membership, rollback -----------------------------------------------------------------
+
+
+def facts(cids=(), mids=(), names=(), where="x") -> ClusterFacts:
+    return ClusterFacts(tuple(cids), tuple(mids), tuple(names), where)
+
+
+def test_snapshot_of_this_cluster_or_an_earlier_incarnation_is_accepted():
+    live = facts(["c1"], ["a"], ["m1"])
+    assert compare_identity(facts(["c1"], ["a"]), live, {}).outcome is Identity.SAME
+    # a computed cluster id can be off after membership changes; a shared member id still proves it
+    assert compare_identity(facts(["cX"], ["a", "b"]), live, {}).outcome is Identity.SAME
+    earlier = compare_identity(facts(["c0"], ["z"], ["m1"]), live, {"c0": "r-op1"})
+    assert earlier.outcome is Identity.EARLIER and "r-op1" in earlier.sentence
+    assert not earlier.refuses
+
+
+def test_snapshot_of_another_cluster_is_refused_with_names_and_ids():
+    verdict = compare_identity(facts(["c9"], ["q"], ["m1"], "its catalog record"), facts(["c1"], ["a"], ["m1"]),
+                               {"c0": "r-op1"})
+    assert verdict.outcome is Identity.FOREIGN and verdict.refuses
+    assert "another cluster" in verdict.sentence and "c9" in verdict.sentence and "c1" in verdict.sentence
+    assert "--force" in verdict.sentence
+    assert "member names m1 match" in verdict.sentence     # names alone do not prove it
+
+
+def test_identity_unknown_is_not_a_refusal():
+    assert compare_identity(None, facts(["c1"]), {}).outcome is Identity.SNAPSHOT_UNKNOWN
+    unknown = compare_identity(facts(["c9"]), None, {})
+    assert unknown.outcome is Identity.LIVE_UNKNOWN and not unknown.refuses
 
