@@ -8,9 +8,13 @@ of why, so the same words reach `--plan`, the refusal and the tests.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
+
+MULTI_MEMBER_HINT = ("restore the whole cluster with `etcdguardctl restore SNAPSHOT --plan` (the coordinator "
+                     "restores every member from the same snapshot), or replace only this member "
+                     "(etcdctl member remove/add) if the others are healthy")
 
 
 @dataclass(frozen=True)
@@ -83,4 +87,35 @@ def compare_identity(snapshot: Optional[ClusterFacts], live: Optional[ClusterFac
                            f"serves {live.describe()}.{alike} Restoring it replaces this cluster's data with "
                            "that cluster's; if that is intended (moving a cluster to new hardware), run again "
                            "with --force")
+
+
+def initial_cluster_names(initial_cluster: Optional[str]) -> list[str]:
+    """Member names in an --initial-cluster value (name=url,name=url; a name may repeat for its URLs)."""
+    names: list[str] = []
+    for part in (initial_cluster or "").split(","):
+        name = part.split("=", 1)[0].strip()
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+def multi_member_refusal(member: str, live_members: Optional[Sequence[str]],
+                         initial_cluster: Optional[str]) -> Optional[str]:
+    """Why a node-local restore must not run here, or None on a single-member cluster.
+
+    Restoring one member alone plans an initial cluster of that member only,
+    which splits it off into a cluster of its own. Either the live member list
+    (when etcd answers) or the configured --initial-cluster having more than
+    one member is enough to refuse.
+    """
+    reasons = []
+    if live_members is not None and len(live_members) > 1:
+        reasons.append(f"the live member list has {len(live_members)} members ({', '.join(live_members)})")
+    configured = initial_cluster_names(initial_cluster)
+    if len(configured) > 1:
+        reasons.append(f"its configured --initial-cluster has {len(configured)} ({', '.join(configured)})")
+    if not reasons:
+        return None
+    return (f"member {member} is part of a multi-member cluster: {' and '.join(reasons)}. A node-local "
+            f"restore would split it off into a one-member cluster of its own; {MULTI_MEMBER_HINT}")
 

@@ -47,7 +47,7 @@ from etcdguard.agent.restore.plan import (
     restore_target,
     workspace_dir,
 )
-from etcdguard.agent.restore.safety import ClusterFacts, compare_identity
+from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.agent.runtime.proof import etcd_stopped
 from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_members
@@ -232,12 +232,19 @@ class NodeRestorer:
     # -- what only a node-local restore checks -------------------------------
     def local_checks(self, params: RestoreParams, recorded: Optional[SnapshotMeta] = None,
                      force: bool = False) -> LocalChecks:
-        """The refusals of a node-local restore: another cluster's snapshot (unless ``force``)."""
+        """The refusals of a node-local restore: another cluster's snapshot (unless ``force``)
+        and a multi-member cluster (never forced: it needs the coordinator)."""
         live = self._live_cluster()
         snap = self._snapshot_cluster(Path(params.snapshot), recorded)
         checks: list[str] = []
         refusals: list[str] = []
         forced: list[str] = []
+        split = multi_member_refusal(self.member.name, live.member_names if live is not None else None,
+                                     self.member.initial_cluster)
+        if split is not None:
+            refusals.append(split)
+        else:
+            checks.append(f"single-member cluster ({live.describe() if live is not None else 'etcd did not answer'})")
         verdict = compare_identity(snap, live, self.lineage())
         if verdict.refuses and force:
             forced.append(verdict.sentence)

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from etcdguard.agent.restore.plan import workspace_dir
 from etcdguard.agent.runtime.proof import pid_alive
 
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config
-from tests.helpers.etcd import EtcdBuild, EtcdMember
+from tests.helpers.agents import CoordinatorKeys, running_agents
+from tests.helpers.etcd import EtcdBuild, EtcdCluster, EtcdMember
 from tests.helpers.net import wait_until
 
 SLEEPER = f"{sys.executable} -c 'import time; time.sleep(600)'"
@@ -275,3 +277,62 @@ def test_verify_refuses_bytes_that_are_not_an_etcd_snapshot(etcd_member: EtcdMem
     assert bad["rc"] == 1 and bad["ok"] is False
     assert bad["error"].startswith(f"{gutted}: not restorable")
 
+
+# -- issue 10: a node-local restore never splits a member off a multi-member cluster ---------------
+
+
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+@pytest.mark.parametrize("source", ["configured", "live"])
+def test_node_local_restore_on_a_member_of_three_is_refused(etcd_cluster3: EtcdCluster, tmp_path: Path,
+                                                           source: str) -> None:
+    cluster = etcd_cluster3
+    m1 = cluster.members[0]
+    cluster.etcdctl("put", "/k", "v")
+    extra: dict[str, Any] = {}
+    if source == "live":   # a start command that names this member alone: the live member list decides
+        extra["start_command"] = [a if not a.startswith("--initial-cluster=") else
+                                  f"--initial-cluster={m1.name}={m1.peer_url}" for a in m1.command]
+    cfg = config_for(m1, tmp_path / "agent", **extra)
+    store_snapshot(cfg)
+    members_before = cluster.etcdctl("member", "list", "-w", "json").stdout
+    ids_before = sorted(m["ID"] for m in json.loads(members_before)["members"])
+    revision = m1.revision()
+    hashes = cluster.hashkvs(revision)
+    pids = {m.name: m.pids() for m in cluster.members}
+
+    plan = agent_json("--config", str(cfg), "restore", "latest", "--plan", ok=False)
+    assert plan["rc"] == 3 and plan["exit"] == 3
+    reason = " ".join(plan["refusals"])
+    assert "multi-member cluster" in reason and "etcdguardctl restore" in reason
+    assert ("live member list has 3 members" if source == "live" else "--initial-cluster has 3") in reason
+    run = agent_json("--config", str(cfg), "restore", "latest", "--yes", ok=False)
+    assert run["rc"] == 3 and "multi-member cluster" in run["stderr"]
+
+    assert {m.name: m.pids() for m in cluster.members} == pids
+    ids_after = sorted(m["ID"] for m in json.loads(cluster.etcdctl("member", "list", "-w", "json").stdout)["members"])
+    assert ids_after == ids_before
+    assert cluster.hashkvs(revision) == hashes
+    assert m1.get("/k") == "v"
+    assert not list(m1.data_dir.glob(".etcdguard-*"))
+    assert not (tmp_path / "agent" / "state" / "operations").exists()
+
+
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_cluster_restore_steps_still_prepare_a_member_of_three(etcd_cluster3: EtcdCluster, tmp_path: Path) -> None:
+    """The refusal is the local command's: the coordinator's restore.step prepare runs on a member of 3."""
+    cluster = etcd_cluster3
+    m1 = cluster.members[0]
+    ckeys = CoordinatorKeys.create(tmp_path / "coordinator-keys")
+    with running_agents([m1], tmp_path, ckeys) as (agent,):
+        assert agent.seeded is not None
+        params = {"snapshot": agent.seeded.name, "name": m1.name, "initial_cluster": cluster.initial_cluster,
+                  "token": "etcdguard-op-c1", "peer_url": m1.peer_url, "bump_revision": 0}
+        with agent.client(ckeys) as client:
+            prepared = client.call("restore.step", {"op_id": "op-c1", "step": "prepare", "params": params},
+                                   timeout=120)
+            assert Path(prepared["prepared"], "snap", "db").is_file()
+            assert workspace_dir(m1.data_dir, "op-c1").is_dir()
+            rolled = client.call("restore.step", {"op_id": "op-c1", "step": "rollback"}, timeout=120)
+            assert rolled["state"] == "rolled-back"
+    assert not workspace_dir(m1.data_dir, "op-c1").exists()
+    cluster.wait_healthy(30)

@@ -20,6 +20,8 @@ from etcdguard.agent.restore.safety import (
     ClusterFacts,
     Identity,
     compare_identity,
+    initial_cluster_names,
+    multi_member_refusal,
 )
 from etcdguard.agent.restore.toolproc import is_restore_command
 
@@ -179,4 +181,18 @@ def test_identity_unknown_is_not_a_refusal():
     assert compare_identity(None, facts(["c1"]), {}).outcome is Identity.SNAPSHOT_UNKNOWN
     unknown = compare_identity(facts(["c9"]), None, {})
     assert unknown.outcome is Identity.LIVE_UNKNOWN and not unknown.refuses
+
+
+def test_multi_member_cluster_is_refused_from_either_source():
+    one = "m1=http://10.0.0.1:2380"
+    three = "m1=http://10.0.0.1:2380,m2=http://10.0.0.2:2380,m3=http://10.0.0.3:2380"
+    assert multi_member_refusal("m1", ["m1"], one) is None
+    assert multi_member_refusal("m1", None, None) is None
+    live = multi_member_refusal("m1", ["m1", "m2", "m3"], one)
+    assert live is not None and "live member list has 3 members" in live and "etcdguardctl restore" in live
+    configured = multi_member_refusal("m1", None, three)
+    assert configured is not None and "--initial-cluster has 3 (m1, m2, m3)" in configured
+    # a member with two peer URLs is still one member
+    assert multi_member_refusal("m1", ["m1"], "m1=http://a:2380,m1=http://b:2380") is None
+    assert initial_cluster_names(three) == ["m1", "m2", "m3"]
 
