@@ -131,12 +131,26 @@ def _op_args(p: argparse.ArgumentParser) -> None:
     _json_flag(p)
 
 
-@command("rollback", "put back the data a finished restore set aside", _op_args)
+def _rollback_args(p: argparse.ArgumentParser) -> None:
+    _op_args(p)
+    p.add_argument("--yes", action="store_true",
+                   help="roll back even though the restore was unfenced (revisions go backwards)")
+
+
+@command("rollback", "put back the data a finished restore set aside", _rollback_args)
 def cmd_rollback(args: argparse.Namespace) -> int:
     config = load_config(args)
     assert config is not None
-    outcome = _restorer(config, quiet=args.json).rollback(check_op_id(args.op))
-    emit(args, outcome.to_json(), f"rolled back {args.op}: the pre-restore data is live again")
+    restorer = _restorer(config, quiet=args.json)
+    op_id = check_op_id(args.op)
+    risk = restorer.backwards_risk(restorer.ops.get(op_id)) if restorer.ops.get(op_id).exists() else None
+    if risk is not None and args.yes:
+        print(f"{PROG}: warning: {risk}; rolling back anyway (--yes)", file=sys.stderr)
+    outcome = restorer.rollback(op_id, backwards_ok=args.yes)
+    emit(args, {**outcome.to_json(), "revisions_backwards": risk is not None},
+         f"rolled back {args.op}: the pre-restore data is live again"
+         + ("\n  revisions went backwards: restart kube-apiserver, kube-controller-manager and "
+            "kube-scheduler so that their caches re-list" if risk is not None else ""))
     return EXIT_OK
 
 

@@ -227,7 +227,9 @@ class RemoteRestore:
         if not op.exists():
             raise NotFound(f"no operation {op.op!r} on this node")
         if op.finished("swap") is not None or op.record().get("state") == "rolled-back":
-            return restorer.rollback(op.op).to_json()
+            # The coordinator decides whether a cluster may go back after unfence (design.md section 3:
+            # it restores forward instead); the agent's own --yes guard is for `etcdguard-agent rollback`.
+            return restorer.rollback(op.op, backwards_ok=True).to_json()
         with restorer.ops.exclusive(f"roll back {op.op}"):
             notes = restorer.undo_before_swap(op)
             op.update(state="rolled-back", rolled_back_at=time.time())

@@ -47,7 +47,7 @@ from etcdguard.agent.restore.plan import (
     restore_target,
     workspace_dir,
 )
-from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal
+from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal, rollback_goes_backwards
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.agent.runtime.proof import etcd_stopped
 from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_members
@@ -633,13 +633,37 @@ class NodeRestorer:
         return StepFailed(step, f"step {step} failed: {exc}; undone: {'; '.join(notes) or 'nothing to undo'}",
                           exit_code=code)
 
-    def rollback(self, op_id: str) -> Outcome:
-        """Swap the pre-restore data back in for a finished operation."""
+    def backwards_risk(self, op: Operation) -> Optional[str]:
+        """Why rolling ``op`` back sends revisions backwards, or None while no client saw its data."""
+        finished = [s for s in STEPS if op.finished(s) is not None]
+        started = [str(e.get("step")) for e in op.journal_lines() if e.get("event") == "started"]
+        if not rollback_goes_backwards(finished, started):
+            return None
+        verified = op.finished("verify")
+        seen = verified.result.get("revision") if verified is not None else None
+        upto = f" (revision {seen:,} or later)" if isinstance(seen, int) else ""
+        return (f"restore {op.op} was unfenced: kube-apiserver and its clients may have seen the restored "
+                f"revisions{upto}. Rolling back puts the older data back, so revisions go backwards: "
+                "Kubernetes watch caches and informers may miss changes or serve stale objects until "
+                "every client re-lists. A forward restore (a newer snapshot, restored with a revision bump) "
+                "avoids this")
+
+    def rollback(self, op_id: str, *, backwards_ok: bool = False) -> Outcome:
+        """Swap the pre-restore data back in for a finished operation.
+
+        After unfence this needs ``backwards_ok`` (the operator's --yes): see backwards_risk.
+        """
         with self.ops.exclusive(f"roll back {op_id}"):
             op = self.ops.get(op_id)
             record = op.record()
             if record.get("state") == "rolled-back":
                 return Outcome(op_id, True, "rolled-back", [], error=None)
+            risk = self.backwards_risk(op)
+            if risk is not None and not backwards_ok:
+                raise UnsafeRefusal(f"{risk}. Nothing was changed; to roll back anyway run "
+                                    f"`etcdguard-agent rollback {op_id} --yes`")
+            if risk is not None:
+                op.journal("rollback-backwards-confirmed", risk=risk)
             op.journal("rollback-started")
             if op.finished("swap") is None and not aside_member(Path(self.params_of(op).data_dir), op_id).exists():
                 # Never swapped: rolling back means no prepared data and etcd + kube-apiserver running.

@@ -67,8 +67,16 @@ def check_restore_and_rollback(member: EtcdMember, cfg: Path) -> dict[str, Any]:
     assert [(r["op"], r["state"]) for r in listed] == [(op, "done")]
     assert [k["path"] for k in listed[0]["kept"]] == [str(aside)]
 
-    back = agent_json("--config", str(cfg), "rollback", op)
-    assert back["state"] == "rolled-back"
+    # The restore was unfenced: clients may have seen its revisions, so going back needs --yes.
+    refused = run_agent("--config", str(cfg), "rollback", op)
+    assert refused.returncode == 3, refused.stderr
+    assert "was unfenced" in refused.stderr and "revisions go backwards" in refused.stderr
+    assert f"etcdguard-agent rollback {op} --yes" in refused.stderr
+    assert member.get("/k1") == "before" and member.get("/k2") is None   # nothing was rolled back
+    assert (member.data_dir / "member").stat().st_ino != live_inode
+    back = agent_json("--config", str(cfg), "rollback", op, "--yes")
+    assert back["state"] == "rolled-back" and back["revisions_backwards"] is True
+    assert "revisions go backwards" in back["stderr"]
     assert member.get("/k2") == "after"
     assert member.get("/k1") is None
     assert (member.data_dir / "member").stat().st_ino == live_inode

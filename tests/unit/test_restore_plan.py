@@ -22,6 +22,7 @@ from etcdguard.agent.restore.safety import (
     compare_identity,
     initial_cluster_names,
     multi_member_refusal,
+    rollback_goes_backwards,
 )
 from etcdguard.agent.restore.toolproc import is_restore_command
 
@@ -196,3 +197,8 @@ def test_multi_member_cluster_is_refused_from_either_source():
     assert multi_member_refusal("m1", ["m1"], "m1=http://a:2380,m1=http://b:2380") is None
     assert initial_cluster_names(three) == ["m1", "m2", "m3"]
 
+
+def test_rollback_goes_backwards_once_unfence_started():
+    assert not rollback_goes_backwards(["preflight", "prepare", "swap", "start", "verify"], ["verify"])
+    assert rollback_goes_backwards(["verify"], ["unfence"])           # started, maybe failed half-way
+    assert rollback_goes_backwards(["verify", "unfence"], [])
