@@ -50,7 +50,7 @@ from etcdguard.agent.restore.plan import (
 from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal, rollback_goes_backwards
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.agent.runtime.proof import etcd_stopped
-from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_members
+from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_file_members
 from etcdguard.agent.snapshots.integrity import (
     TRAILER_SIZE,
     SnapshotCheck,
@@ -115,11 +115,7 @@ def _db_members(path: Path, size: int) -> list[BoltMember]:
     if size <= 0:
         return []
     try:
-        with open(path, "rb") as fh:
-            def read_at(offset: int, length: int) -> bytes:
-                fh.seek(offset)
-                return fh.read(length)
-            return read_members(read_at, size)
+        return read_file_members(path, size)
     except (OSError, BoltError):
         return []
 

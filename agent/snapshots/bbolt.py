@@ -23,6 +23,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 MAGIC = 0xED0CDAED
@@ -207,6 +208,15 @@ def read_members(read_at: ReadAt, size: int) -> list[BoltMember]:
         for _flags, mkey, mvalue in reader.bucket(value, 0):
             members.append(_member(mkey, mvalue))
     return sorted(members, key=lambda m: m.id)
+
+
+def read_file_members(path: Path, db_size: int) -> list[BoltMember]:
+    """read_members of a file whose first ``db_size`` bytes are the database (OSError, BoltError)."""
+    with open(path, "rb") as fh:
+        def read_at(offset: int, length: int) -> bytes:
+            fh.seek(offset)
+            return fh.read(length)
+        return read_members(read_at, db_size)
 
 
 def _member(key: bytes, value: bytes) -> BoltMember:

@@ -146,17 +146,17 @@ def verify_restorable(path: Path, expect_sha256: Optional[str] = None, expect_si
 
     d = verify_file(path, expect_sha256, expect_size)
     db_size = d.size - TRAILER_SIZE
+    members: tuple[bbolt.BoltMember, ...] = ()
+    members_problem = None
     try:
         with open(path, "rb") as fh:
             problem = bbolt.meta_problem(fh.read(min(db_size, bbolt.HEAD_BYTES)))
-            if problem is not None:
-                raise SnapshotCorrupt(f"{path}: not an etcd snapshot: {problem}")
-            members: tuple[bbolt.BoltMember, ...] = ()
-            members_problem = None
-            try:
-                members = tuple(bbolt.read_members(_reader(fh), db_size))
-            except bbolt.BoltError as exc:
-                members_problem = str(exc)
+        if problem is not None:
+            raise SnapshotCorrupt(f"{path}: not an etcd snapshot: {problem}")
+        try:
+            members = tuple(bbolt.read_file_members(path, db_size))
+        except bbolt.BoltError as exc:
+            members_problem = str(exc)
     except OSError as exc:
         raise SnapshotCorrupt(f"{path}: cannot read it: {exc.strerror or exc}") from None
     revision = total_keys = None
@@ -169,13 +169,6 @@ def verify_restorable(path: Path, expect_sha256: Optional[str] = None, expect_si
             raise SnapshotCorrupt(f"{path}: not restorable: {exc}") from None
         revision, total_keys = st.revision, st.total_keys
     return SnapshotCheck(d, revision, total_keys, members, members_problem, label)
-
-
-def _reader(fh: BinaryIO) -> bbolt.ReadAt:
-    def read_at(offset: int, length: int) -> bytes:
-        fh.seek(offset)
-        return fh.read(length)
-    return read_at
 
 
 def sidecar_problems(meta: SnapshotMeta, digest: FileDigest, file_revision: Optional[int]) -> list[str]:
