@@ -209,8 +209,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     `snapshot status` (where an etcd tool is found) and its sidecar (if any) all agree."""
     from etcdguard.agent.base.errors import SnapshotCorrupt
     from etcdguard.agent.etcd.tools import find_tool
-    from etcdguard.agent.snapshots.integrity import sidecar_problems, verify_restorable
-    from etcdguard.agent.snapshots.store import SnapshotMeta
+    from etcdguard.agent.snapshots.integrity import read_sidecar, sidecar_problems, verify_restorable
 
     sidecar = Path(str(args.file) + ".json")
     config = None
@@ -226,15 +225,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except EtcdguardError as exc:
         log.warning("%s: `snapshot status` not run, the file is checked without an etcd tool", exc)
     try:
-        meta = None
-        if sidecar.exists():
-            try:
-                meta = SnapshotMeta.from_json(json.loads(sidecar.read_text()), str(sidecar))
-            except (OSError, ValueError) as exc:
-                raise SnapshotCorrupt(f"{sidecar}: unreadable metadata sidecar: {exc}") from None
+        try:
+            recorded = read_sidecar(args.file)
+        except ValueError as exc:
+            raise SnapshotCorrupt(f"unreadable metadata sidecar: {exc}") from None
         check = verify_restorable(args.file, tool=tool)
-        if meta is not None:
-            problems = sidecar_problems(meta, check.digest, check.revision)
+        if recorded is not None:
+            problems = sidecar_problems(recorded, check.digest, check.revision)
             if problems:
                 raise SnapshotCorrupt(f"{args.file}: does not match its sidecar {sidecar}: {'; '.join(problems)}")
     except SnapshotCorrupt as exc:

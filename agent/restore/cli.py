@@ -17,7 +17,8 @@ from etcdguard.agent.restore.journal import OperationStore, check_op_id
 from etcdguard.agent.restore.plan import PlannedStep, RestoreParams, render_plan
 from etcdguard.agent.restore.steps import NodeRestorer, catalog_record, kept_dirs
 from etcdguard.agent.runtime.factory import make_runtime
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.snapshots.integrity import Recorded
+from etcdguard.agent.snapshots.store import SnapshotStore
 
 
 def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
@@ -38,14 +39,14 @@ def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
     return NodeRestorer(config, member, runtime, tool, progress)
 
 
-def resolve_snapshot(config: AgentConfig, ref: str) -> tuple[Path, Optional[SnapshotMeta]]:
+def resolve_snapshot(config: AgentConfig, ref: str) -> tuple[Path, Optional[Recorded]]:
     """A file path, a snapshot name in the local store, or `latest`, with its catalog record if it has one."""
     store = SnapshotStore(config.backup.dir)
     if ref == "latest":
         newest = store.newest()
         if newest is None:
             raise UsageError(f"no snapshots in {config.backup.dir}; give a snapshot file")
-        return Path(newest.path), newest
+        return Path(newest.path), Recorded.from_sidecar(newest.to_json(), f"{newest.path}.json")
     path = Path(ref)
     if not path.is_file():
         path = config.backup.dir / ref
@@ -85,7 +86,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     assert config is not None
     restorer = _restorer(config, quiet=False)
     params: RestoreParams
-    recorded: Optional[SnapshotMeta] = None
+    recorded: Optional[Recorded] = None
     op_id = check_op_id(args.op) if args.op else None
     existing = op_id is not None and restorer.ops.get(op_id).exists()
     if existing:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -53,12 +52,13 @@ from etcdguard.agent.runtime.proof import etcd_stopped
 from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_file_members
 from etcdguard.agent.snapshots.integrity import (
     TRAILER_SIZE,
+    Recorded,
     SnapshotCheck,
+    read_sidecar,
     sidecar_problems,
     verify_file,
     verify_restorable,
 )
-from etcdguard.agent.snapshots.store import SnapshotMeta
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +125,17 @@ def _labels(members: list[tuple[int, str]]) -> tuple[str, ...]:
     return tuple(sorted(name or f"unstarted member {mid:x}" for mid, name in members))
 
 
-def catalog_record(snapshot: Path) -> Optional[SnapshotMeta]:
-    """The catalog sidecar beside a snapshot file (``<file>.json``), None if there is none.
+def catalog_record(snapshot: Path) -> Optional[Recorded]:
+    """The sidecar beside a snapshot file (the catalog's, or a staged upload's), None if there is none.
 
     An unreadable sidecar is a refusal, not "no sidecar": it may be what
     stands between a replaced file and a restore.
     """
-    sidecar = Path(str(snapshot) + ".json")
-    if not sidecar.exists():
-        return None
     try:
-        return SnapshotMeta.from_json(json.loads(sidecar.read_text()), str(sidecar))
-    except (OSError, ValueError) as exc:
-        raise UnsafeRefusal(f"{sidecar}: the snapshot's catalog record is unreadable ({exc}); "
-                            "nothing was changed. Move it aside if the snapshot is known to be right") from None
+        return read_sidecar(snapshot)
+    except ValueError as exc:
+        raise UnsafeRefusal(f"the snapshot's record is unreadable: {exc}; nothing was changed. "
+                            "Move it aside if the snapshot is known to be right") from None
 
 
 def fingerprint(path: Path) -> list[int]:
@@ -171,7 +168,7 @@ class NodeRestorer:
         st = self.live_status()
         return st.revision if st is not None else None
 
-    def inspect_snapshot(self, snapshot: Path, recorded: Optional[SnapshotMeta] = None) -> SnapshotCheck:
+    def inspect_snapshot(self, snapshot: Path, recorded: Optional[Recorded] = None) -> SnapshotCheck:
         """Prove ``snapshot`` restorable (trailer, bbolt, `snapshot status`) and, when it is in a
         catalog, that it is the file the catalog recorded. Nothing else is read before this."""
         check = verify_restorable(snapshot, tool=self.tool)
@@ -179,7 +176,7 @@ class NodeRestorer:
             problems = sidecar_problems(recorded, check.digest, check.revision)
             if problems:
                 raise UnsafeRefusal(
-                    f"{snapshot} is not the snapshot its catalog record {snapshot}.json describes: "
+                    f"{snapshot} is not the snapshot its catalog record {recorded.where} describes: "
                     f"{'; '.join(problems)}. The file was replaced or damaged after it was taken; "
                     "nothing was changed. Restore another snapshot, or move the record aside if this "
                     "file is known to be right")
@@ -188,7 +185,7 @@ class NodeRestorer:
     def make_params(self, snapshot: Path, op: Optional[str] = None, *, initial_cluster: Optional[str] = None,
                     token: Optional[str] = None, peer_url: Optional[str] = None,
                     bump_revision: Optional[int] = None, exact_bump: bool = False,
-                    recorded: Optional[SnapshotMeta] = None) -> RestoreParams:
+                    recorded: Optional[Recorded] = None) -> RestoreParams:
         """Read the snapshot (verify + revision) and fill in every parameter of the restore.
 
         Every path recorded is absolute, so a resume restores the same file from
@@ -226,7 +223,7 @@ class NodeRestorer:
         )
 
     # -- what only a node-local restore checks -------------------------------
-    def local_checks(self, params: RestoreParams, recorded: Optional[SnapshotMeta] = None,
+    def local_checks(self, params: RestoreParams, recorded: Optional[Recorded] = None,
                      force: bool = False) -> LocalChecks:
         """The refusals of a node-local restore: another cluster's snapshot (unless ``force``)
         and a multi-member cluster (never forced: it needs the coordinator)."""
@@ -270,7 +267,7 @@ class NodeRestorer:
                             f"the members recorded in {db} (etcd did not answer)")
 
     @staticmethod
-    def _snapshot_cluster(snapshot: Path, recorded: Optional[SnapshotMeta]) -> Optional[ClusterFacts]:
+    def _snapshot_cluster(snapshot: Path, recorded: Optional[Recorded]) -> Optional[ClusterFacts]:
         """Who the snapshot is from: its sidecar's cluster and member, and the members in the file."""
         size = snapshot.stat().st_size - TRAILER_SIZE if snapshot.is_file() else 0
         found = _db_members(snapshot, size)
@@ -278,7 +275,7 @@ class NodeRestorer:
         mids = [m.id_hex for m in found]
         names = sorted(m.name for m in found if m.name)
         where = []
-        if recorded is not None and recorded.cluster_id and recorded.cluster_id != "0":
+        if recorded is not None and recorded.cluster_id not in ("", "0"):
             cids.append(recorded.cluster_id)
             if recorded.member_id and recorded.member_id not in mids:
                 mids.append(recorded.member_id)
@@ -579,7 +576,7 @@ class NodeRestorer:
         return notes
 
     # -- whole operations ----------------------------------------------------
-    def run(self, params: RestoreParams, *, recorded: Optional[SnapshotMeta] = None,
+    def run(self, params: RestoreParams, *, recorded: Optional[Recorded] = None,
             force: bool = False) -> Outcome:
         """All steps in order; on failure undo as the design's table says, then raise StepFailed.
 

@@ -15,7 +15,7 @@ from typing import Optional
 import pytest
 from etcdguard.agent.base.errors import SnapshotCorrupt
 from etcdguard.agent.snapshots import bbolt
-from etcdguard.agent.snapshots.integrity import sidecar_problems, verify_file, verify_restorable
+from etcdguard.agent.snapshots.integrity import FileDigest, Recorded, sidecar_problems, verify_file, verify_restorable
 from etcdguard.agent.snapshots.store import SnapshotMeta
 
 PS = 4096
@@ -134,25 +134,34 @@ def test_verify_restorable_refuses_any_bytes_with_a_valid_trailer(tmp_path):
     assert check.revision is None and check.tool is None   # no etcd tool given
 
 
-def _meta(**kw: object) -> SnapshotMeta:
-    base: dict[str, object] = dict(name="s.db", path="/s.db", size=100, sha256="ab" * 32, revision=42,
+def _recorded(**kw: object) -> Recorded:
+    meta: dict[str, object] = dict(name="s.db", path="/s.db", size=100, sha256="ab" * 32, revision=42,
                                    created_at="", created_unix=0.0, member_name="m1", member_id="1",
                                    cluster_id="2", etcd_version="3.5.16", duration_seconds=0.0,
                                    revision_source="snapshot-status")
-    base.update(kw)
-    return SnapshotMeta(**base)  # type: ignore[arg-type]
+    meta.update(kw)
+    return Recorded.from_sidecar(SnapshotMeta(**meta).to_json(), "s.db.json")  # type: ignore[arg-type]
 
 
 def test_sidecar_comparison():
-    from etcdguard.agent.snapshots.integrity import FileDigest
-
     same = FileDigest(100, "ab" * 32, True)
-    assert sidecar_problems(_meta(), same, 42) == []
-    assert sidecar_problems(_meta(), same, None) == []               # no tool: revision not compared
+    assert sidecar_problems(_recorded(), same, 42) == []
+    assert sidecar_problems(_recorded(), same, None) == []               # no tool: revision not compared
     other = FileDigest(120, "cd" * 32, True)
-    problems = sidecar_problems(_meta(), other, 42)
+    problems = sidecar_problems(_recorded(), other, 42)
     assert any("size 120" in p for p in problems) and any("sha256 cdcd" in p for p in problems)
-    assert "revision 50" in sidecar_problems(_meta(), same, 50)[0]
+    assert "revision 50" in sidecar_problems(_recorded(), same, 50)[0]
     # a revision from the status header is a lower bound: the file may be newer, never older
-    assert sidecar_problems(_meta(revision_source="status-header"), same, 50) == []
-    assert "lower bound" in sidecar_problems(_meta(revision_source="status-header"), same, 40)[0]
+    assert sidecar_problems(_recorded(revision_source="status-header"), same, 50) == []
+    assert "lower bound" in sidecar_problems(_recorded(revision_source="status-header"), same, 40)[0]
+
+
+def test_both_sidecar_formats_are_read_and_others_refused():
+    store = _recorded()
+    assert (store.cluster_id, store.member_name, store.revision, store.revision_exact) == ("2", "m1", 42, True)
+    staged = Recorded.from_sidecar({"sha256": "ab" * 32, "size": 100, "upload": "up"}, "up.db.json")
+    assert staged.revision is None and staged.cluster_id == ""
+    assert sidecar_problems(staged, FileDigest(100, "ab" * 32, True), 7) == []
+    for bad in ([1, 2], {"sha256": "ab"}, {"sha256": "x" * 64, "size": "big"}, {"size": 1}):
+        with pytest.raises(ValueError, match=r"up\.db\.json"):
+            Recorded.from_sidecar(bad, "up.db.json")
