@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from etcdguard.agent.restore.plan import workspace_dir
 from etcdguard.agent.runtime.proof import pid_alive
+from etcdguard.agent.wire import protocol as P
 
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config
@@ -169,6 +170,33 @@ def test_resume_kills_a_leftover_restore_tool_before_redoing_prepare(etcd_member
     assert len(kills) == 1 and f"pid {leftover} " in kills[0]["processes"][0]
     assert member.get("/k1") == "before" and member.get("/k2") is None
 
+
+
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_remote_step_refuses_when_the_staged_snapshot_changed(etcd_member: EtcdMember, tmp_path: Path) -> None:
+    """A restore.step of an operation created earlier re-checks its snapshot before it runs."""
+    member = etcd_member
+    member.put("/k1", "before")
+    ckeys = CoordinatorKeys.create(tmp_path / "coordinator-keys")
+    with running_agents([member], tmp_path, ckeys) as (agent,):
+        assert agent.seeded is not None
+        params = {"snapshot": "up.db", "name": member.name, "initial_cluster": f"{member.name}={member.peer_url}",
+                  "token": "etcdguard-op-r1", "peer_url": member.peer_url, "bump_revision": 0}
+        with agent.client(ckeys) as client:
+            assert client.put_snapshot(Path(agent.seeded.path), "up")["staged"] == "up.db"
+            client.call("restore.step", {"op_id": "op-r1", "step": "prepare", "params": params}, timeout=120)
+            staged = agent.staging_dir / "up.db"
+            data = bytearray(staged.read_bytes())
+            data[5000] ^= 0xFF
+            staged.write_bytes(bytes(data))
+            with pytest.raises(P.RemoteError) as info:
+                client.call("restore.step", {"op_id": "op-r1", "step": "fence"}, timeout=120)
+            assert info.value.code == P.UNSAFE and "is no longer the snapshot it was started with" in info.value.message
+            status = client.call("restore.status", {"op_id": "op-r1"})
+            assert sorted(status["steps"]) == ["preflight", "prepare"]       # fence never ran
+            assert client.call("restore.step", {"op_id": "op-r1", "step": "rollback"}, timeout=120)["state"] == \
+                "rolled-back"
+    assert member.get("/k1") == "before"
 
 # -- item 2: a store snapshot must be the file its catalog sidecar describes -----------------------
 
