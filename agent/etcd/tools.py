@@ -132,7 +132,7 @@ def snapshot_status(tool: SnapshotTool, path: Path) -> SnapshotStatus:
 
 def restore_argv(
     tool: SnapshotTool, snapshot: Path, data_dir: Path, *, name: str, initial_cluster: str,
-    token: str, peer_url: str, bump_revision: int,
+    token: str, peer_url: str, bump_revision: int, wal_dir: Optional[Path] = None,
 ) -> list[str]:
     """The exact restore command; pure, so `--plan` can print it."""
     argv = tool.base() + [
@@ -143,6 +143,8 @@ def restore_argv(
         "--initial-cluster-token", token,
         "--initial-advertise-peer-urls", peer_url,
     ]
+    if wal_dir is not None:
+        argv += ["--wal-dir", str(wal_dir)]
     if bump_revision > 0 and tool.supports_bump:
         argv += ["--bump-revision", str(bump_revision), "--mark-compacted"]
     return argv

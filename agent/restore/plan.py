@@ -1,10 +1,7 @@
-"""The node-local restore plan: pure data, printed by `--plan`, executed by restore.py.
+"""The node-local restore plan: pure data, printed by `--plan`, executed by steps.py.
 
-Directory scheme (all inside the data dir, so every rename stays on one
-filesystem even when the data dir is a mount point):
-  <data_dir>/member                       live data (etcd's configured data dir is unchanged)
-  <data_dir>/.etcdguard-<op>/data/member  prepared (restored) data, made while etcd still runs
-  <data_dir>/member.etcdguard-<op>        the pre-restore data, set aside at the swap, kept for rollback
+The directory scheme (where the prepared data, the set-aside data and the
+WAL go) is agent/restore/swap.py's; the step names are agent/restore/phases.py's.
 """
 
 from __future__ import annotations
@@ -15,25 +12,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-STEPS = ("preflight", "prepare", "fence", "stop", "swap", "start", "verify", "unfence")
-DESTRUCTIVE = frozenset({"fence", "stop", "swap", "start", "unfence"})
+from etcdguard.agent.restore.phases import DESTRUCTIVE as _DESTRUCTIVE
+from etcdguard.agent.restore.phases import NODE_STEPS
+from etcdguard.agent.restore.swap import aside_member, prepared_member, restore_target, wal_target
 
-
-def workspace_dir(data_dir: Path, op: str) -> Path:
-    return data_dir / f".etcdguard-{op}"
-
-
-def restore_target(data_dir: Path, op: str) -> Path:
-    """The --data-dir given to the restore tool (it must not exist yet)."""
-    return workspace_dir(data_dir, op) / "data"
-
-
-def prepared_member(data_dir: Path, op: str) -> Path:
-    return restore_target(data_dir, op) / "member"
-
-
-def aside_member(data_dir: Path, op: str) -> Path:
-    return data_dir / f"member.etcdguard-{op}"
+STEPS = NODE_STEPS
+DESTRUCTIVE = frozenset(s for s in _DESTRUCTIVE if s in NODE_STEPS)
 
 
 def bump_for(configured: int, snapshot_revision: int, live_revision: Optional[int]) -> int:
@@ -64,6 +48,7 @@ class RestoreParams:
     bump_revision: int          # 0 when the tool cannot bump
     restore_argv: tuple[str, ...]
     live_cluster_id: str = ""   # the cluster this node served when the operation was planned (hex; "" unknown)
+    wal_dir: str = ""           # the member's separate --wal-dir ("" : the WAL is inside the data dir)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -98,6 +83,10 @@ def argv_problems(p: RestoreParams) -> list[str]:
     target = str(restore_target(Path(p.data_dir), p.op))
     if argv[4] != "--data-dir" or argv[5] != target or not Path(target).is_absolute():
         problems.append(f"the restore command writes to {argv[5]!r}, not {target}")
+    if p.wal_dir:
+        wal = str(wal_target(Path(p.wal_dir), p.op))
+        if "--wal-dir" not in argv or argv[argv.index("--wal-dir") + 1:][:1] != [wal]:
+            problems.append(f"the restore command does not write the WAL to {wal}")
     return problems
 
 
@@ -125,7 +114,8 @@ def build_plan(p: RestoreParams, etcd_runtime: str, apiserver_runtime: Optional[
         PlannedStep("fence", True, "stop kube-apiserver and prove it stopped"
                     if apiserver_runtime else "no kube-apiserver configured on this node: nothing to fence"),
         PlannedStep("stop", True, f"stop etcd; prove: client port refuses and {live}/snap/db is lockable"),
-        PlannedStep("swap", True, f"rename {live} -> {aside} (kept for rollback); rename {prepared} -> {live}"),
+        PlannedStep("swap", True, f"rename {live} -> {aside} (kept for rollback); rename {prepared} -> {live}"
+                    + (f"; the WAL files in {p.wal_dir} likewise" if p.wal_dir else "")),
         PlannedStep("start", True, "start etcd; wait until healthy"),
         PlannedStep("verify", False, f"revision >= {p.expected_min_revision}; member {p.name} healthy"),
         PlannedStep("unfence", True, "start kube-apiserver"

@@ -10,7 +10,11 @@ Rules this module adds for remote steps:
 - the operation record (``kind = "cluster"``) is created by ``prepare``,
   which carries the parameters; ``preflight`` before that only checks what
   needs no snapshot;
-- a step runs only after every earlier step of the plan finished here;
+- a step runs only after every earlier step of the plan finished here; an
+  undo step (``undo-<step>``) may run at any time while the operation is
+  open, and ``finish`` closes it (done, failed or rolled back);
+- ``start`` does not wait for health: a member of a cluster becomes healthy
+  only once a quorum runs, which the coordinator waits for;
 - ``prepare`` repeated with other parameters is a conflict, as is any new
   step in an operation that is no longer running;
 - every member must bump the revision by exactly the planned amount, so the
@@ -30,10 +34,10 @@ from typing import Any, Callable, Optional
 from etcdguard.agent.base import fsutil
 from etcdguard.agent.base.errors import EtcdguardError, ToolError, UnsafeRefusal
 from etcdguard.agent.control.transfer import NotFound
+from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.restore.journal import Operation, OperationStore
-from etcdguard.agent.restore.plan import STEPS as PLAN_STEPS
 from etcdguard.agent.restore.plan import RestoreParams
-from etcdguard.agent.restore.steps import NodeRestorer, catalog_record
+from etcdguard.agent.restore.steps import NodeRestorer, catalog_record, kept_dirs
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.wire.protocol import CONFLICT, ProtocolError
@@ -69,13 +73,17 @@ def operation_status(state_dir: Path, op_id: str) -> dict[str, Any]:
         raise NotFound(f"no operation {op_id!r} on this node")
     record = op.record()
     steps: dict[str, Any] = {}
-    for step in PLAN_STEPS:
+    for step in (*ph.AGENT_STEPS, *ph.UNDO_STEPS):
         done = op.finished(step)
         if done is not None:
             steps[step] = done.result
+    params = record.get("params") or {}
+    kept = kept_dirs(Path(params.get("data_dir") or "/nonexistent"), op_id,
+                     Path(params["wal_dir"]) if params.get("wal_dir") else None)
     return {"op": op_id, "state": record.get("state"), "kind": record.get("kind"),
             "failed_step": record.get("failed_step"), "error": record.get("error"),
-            "steps": steps, "journal_tail": op.journal_lines()[-JOURNAL_TAIL:]}
+            "steps": steps, "kept": [{"path": p, "bytes": b} for p, b in kept],
+            "journal_tail": op.journal_lines()[-JOURNAL_TAIL:]}
 
 
 class RemoteRestore:
@@ -116,6 +124,11 @@ class RemoteRestore:
                 if not op.exists():
                     raise NotFound(f"no operation {op_id!r} on this node")
                 return {"op": op_id, "removed": restorer.cleanup(op_id)}
+            if step == "finish":
+                if not op.exists():
+                    raise NotFound(f"no operation {op_id!r} on this node")
+                with restorer.ops.exclusive(f"close {op_id}"):
+                    return restorer.finish(op, args["params"]["outcome"])
             with restorer.ops.exclusive(f"run restore step {step} of {op_id}"):
                 if not op.exists():
                     if step == "preflight":
@@ -138,14 +151,15 @@ class RemoteRestore:
                     # its snapshot must still be the verified file before anything runs.
                     for note in restorer.reverify(op, full=op.finished("prepare") is None):
                         log.info("restore %s: %s", op_id, note)
+                if step in ph.UNDO_STEPS:
+                    return restorer.run_step(op, step)
                 self._check_order(op, step)
                 if step == "prepare":
                     pre = restorer.run_step(op, "preflight")
                     return {**restorer.run_step(op, "prepare"), "preflight": pre}
-                result = restorer.run_step(op, step)
-                if step == PLAN_STEPS[-1] and op.record().get("state") == "running":
-                    op.update(state="done", finished_at=time.time())
-                return result
+                if step == ph.START:
+                    return restorer.run_step(op, step, wait=False)   # quorum is the coordinator's to wait for
+                return restorer.run_step(op, step)
         except subprocess.SubprocessError as exc:
             self._journal_failure(op, step, exc, who)
             raise ToolError(f"restore step {step}: {exc}") from None
@@ -173,7 +187,7 @@ class RemoteRestore:
     @staticmethod
     def _check_order(op: Operation, step: str) -> None:
         """A step runs only after every step before it in the plan is recorded as finished."""
-        for earlier in PLAN_STEPS[: PLAN_STEPS.index(step)]:
+        for earlier in ph.AGENT_STEPS[: ph.AGENT_STEPS.index(step)]:
             if earlier == "preflight" and step == "prepare":
                 continue   # prepare runs it first
             if op.finished(earlier) is None:

@@ -32,21 +32,12 @@ from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
 from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv
-from etcdguard.agent.restore import toolproc
+from etcdguard.agent.restore import phases as ph
+from etcdguard.agent.restore import swap, toolproc
 from etcdguard.agent.restore.journal import Operation, OperationStore, new_op_id
-from etcdguard.agent.restore.plan import (
-    STEPS,
-    PlannedStep,
-    RestoreParams,
-    argv_problems,
-    aside_member,
-    build_plan,
-    bump_for,
-    prepared_member,
-    restore_target,
-    workspace_dir,
-)
+from etcdguard.agent.restore.plan import STEPS, PlannedStep, RestoreParams, argv_problems, build_plan, bump_for
 from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal, rollback_goes_backwards
+from etcdguard.agent.restore.swap import aside_member, prepared_member, restore_target, wal_target, workspace_dir
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.agent.runtime.proof import etcd_stopped
 from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_file_members
@@ -213,13 +204,16 @@ class NodeRestorer:
         tok = token or f"etcdguard-{op}"
         data_dir = Path(os.path.abspath(self.member.data_dir))
         tool = dataclasses.replace(self.tool, path=Path(os.path.abspath(self.tool.path)))
+        wal_dir = Path(os.path.abspath(self.member.wal_dir)) if self.member.wal_dir else None
         argv = restore_argv(tool, snapshot, restore_target(data_dir, op), name=self.member.name,
-                            initial_cluster=cluster, token=tok, peer_url=peer, bump_revision=bump)
+                            initial_cluster=cluster, token=tok, peer_url=peer, bump_revision=bump,
+                            wal_dir=wal_target(wal_dir, op) if wal_dir is not None else None)
         return RestoreParams(
             op=op, snapshot=str(snapshot), snapshot_sha256=check.digest.sha256, snapshot_size=check.digest.size,
             snapshot_revision=check.revision, name=self.member.name, peer_url=peer, initial_cluster=cluster,
             token=tok, data_dir=str(data_dir), bump_revision=bump, restore_argv=tuple(argv),
             live_cluster_id=f"{live.cluster_id:x}" if live is not None else "",
+            wal_dir=str(wal_dir) if wal_dir is not None else "",
         )
 
     # -- what only a node-local restore checks -------------------------------
@@ -373,9 +367,21 @@ class NodeRestorer:
         return RestoreParams.from_json(op.record()["params"])
 
     # -- the steps -----------------------------------------------------------
+    def steps(self) -> dict[str, Callable[..., dict[str, Any]]]:
+        """Every step this node runs, with its undo: the one table run_step dispatches on."""
+        return {
+            ph.PREFLIGHT: self._step_preflight, ph.PREPARE: self._step_prepare, ph.FENCE: self._step_fence,
+            ph.STOP: self._step_stop, ph.SWAP: self._step_swap, ph.START: self._step_start,
+            ph.VERIFY: self._step_verify, ph.UNFENCE: self._step_unfence, ph.RESTART: self._step_restart,
+            ph.undo(ph.PREPARE): self._undo_prepare, ph.undo(ph.FENCE): self._undo_fence,
+            ph.undo(ph.STOP): self._undo_stop, ph.undo(ph.SWAP): self._undo_swap,
+            ph.undo(ph.START): self._undo_start,
+        }
+
     def run_step(self, op: Operation, step: str, **kwargs: Any) -> dict[str, Any]:
         """Run one step unless already finished; return its (recorded) result."""
-        if step not in STEPS:
+        action = self.steps().get(step)
+        if action is None:
             raise UsageError(f"unknown restore step {step!r}")
         done = op.finished(step)
         if done is not None:
@@ -384,7 +390,7 @@ class NodeRestorer:
         p = self.params_of(op)
         op.journal("started", step=step)
         self.progress(step, "running")
-        result: dict[str, Any] = getattr(self, f"_step_{step}")(op, p, **kwargs)
+        result: dict[str, Any] = action(op, p, **kwargs)
         op.finish(step, result)
         self.progress(step, "done")
         return result
@@ -413,11 +419,12 @@ class NodeRestorer:
         killed = toolproc.kill_leftovers(p.restore_argv, op.dir)
         if killed:
             op.journal("killed-leftover-tool", processes=killed)
-        if ws.exists():
-            # Our own scratch area from an interrupted prepare of this very operation.
-            shutil.rmtree(ws)
+        # Our own scratch areas from an interrupted prepare of this very operation.
+        swap.remove_prepared(data_dir, p.op, Path(p.wal_dir) if p.wal_dir else None)
         fsutil.ensure_private_dir(ws)
-        out = toolproc.run_tool(p.restore_argv, self.tool.env(), PREPARE_TIMEOUT, op.dir)
+        if p.wal_dir:
+            fsutil.ensure_private_dir(swap.wal_workspace(Path(p.wal_dir), p.op))
+        out = toolproc.run_tool(p.restore_argv, self.tool.env(), PREPARE_TIMEOUT, op.dir, low_priority=True)
         if out.returncode != 0:
             raise ToolError(f"{Path(p.restore_argv[0]).name} snapshot restore failed (exit {out.returncode}): "
                             f"{(out.stderr or out.stdout).strip()[-800:]}")
@@ -426,6 +433,8 @@ class NodeRestorer:
             raise ToolError(f"restore produced no {prepared}/snap/db")
         reference = data_dir / "member" if (data_dir / "member").is_dir() else data_dir
         total = copy_ownership_and_sync(reference, prepared)
+        if p.wal_dir:
+            total += copy_ownership_and_sync(Path(p.wal_dir), wal_target(Path(p.wal_dir), p.op))
         return {"prepared": str(prepared), "bytes": total}
 
     def _step_fence(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
@@ -445,28 +454,9 @@ class NodeRestorer:
             raise UnsafeRefusal(f"etcd is not proven stopped ({why}); refusing to touch {p.data_dir}")
 
     def _step_swap(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
-        data_dir = Path(p.data_dir)
-        live, prepared, aside = data_dir / "member", prepared_member(data_dir, p.op), aside_member(data_dir, p.op)
         self._prove_stopped(p)
-        if aside.exists():
-            # Resumed: the live data was already set aside by this operation.
-            if prepared.exists() and live.exists():
-                raise UnsafeRefusal(f"{live} reappeared after it was set aside; refusing to swap (is etcd running?)")
-            if not prepared.exists() and not live.exists():
-                raise UnsafeRefusal(f"neither {prepared} nor {live} exists; the old data is in {aside}")
-        elif not prepared.exists():
-            raise UnsafeRefusal(f"prepared data {prepared} is missing; nothing was swapped (re-run the restore)")
-        elif live.exists():
-            os.rename(live, aside)
-            fsutil.fsync_dir(data_dir)
-        if prepared.exists():
-            os.rename(prepared, live)
-            fsutil.fsync_dir(data_dir)
-            for empty in (prepared.parent, prepared.parent.parent):  # our scratch dirs, now empty
-                with contextlib.suppress(OSError):
-                    os.rmdir(empty)
-            fsutil.fsync_dir(data_dir)
-        return {"live": str(live), "kept": str(aside) if aside.exists() else None}
+        result: dict[str, Any] = swap.swap_in(Path(p.data_dir), p.op, Path(p.wal_dir) if p.wal_dir else None)
+        return result
 
     def _wait_healthy(self, min_revision: int, timeout: float) -> EtcdStatus:
         deadline = time.monotonic() + timeout
@@ -524,15 +514,60 @@ class NodeRestorer:
         raise EtcdguardError(f"kube-apiserver started but {url} did not answer 200 within "
                              f"{self.config.restore.start_timeout:.0f}s: {last}")
 
+    def _step_restart(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
+        """restart-controllers: stop (proven) and start each [[restart]] service, so none serves old caches."""
+        from etcdguard.agent.runtime.factory import make_restart_services
+
+        restarted = []
+        for service in make_restart_services(self.config, self.config.state.dir):
+            service.stop(self.config.restore.stop_timeout)
+            service.start(self.config.restore.start_timeout)
+            restarted.append(service.name)
+        return {"restarted": restarted}
+
+    # -- the undo of each step (a cluster rollback sends them, newest first) ---
+    def _undo_prepare(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
+        killed = toolproc.kill_leftovers(p.restore_argv, op.dir)
+        removed = swap.remove_prepared(Path(p.data_dir), p.op, Path(p.wal_dir) if p.wal_dir else None)
+        return {"removed": removed, "killed": killed}
+
+    def _undo_fence(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
+        if self.runtime.apiserver is None:
+            return {"apiserver": "none"}
+        if not self.runtime.apiserver.is_running():
+            self.runtime.apiserver.start(self.config.restore.start_timeout)
+        return {"apiserver": self._wait_apiserver()}
+
+    def _undo_stop(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
+        """Start etcd again; the coordinator waits for quorum (one member alone never gets healthy)."""
+        self.runtime.etcd.start(self.config.restore.start_timeout)
+        return {"etcd": "started"}
+
+    def _undo_swap(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
+        self._prove_stopped(p)
+        notes = swap.swap_out(Path(p.data_dir), p.op, Path(p.wal_dir) if p.wal_dir else None)
+        op.journal("swapped-back", label="failed")
+        return {"notes": notes}
+
+    def _undo_start(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
+        self.runtime.etcd.stop(self.config.restore.stop_timeout)
+        return {"etcd": "stopped"}
+
+    def finish(self, op: Operation, outcome: str) -> dict[str, Any]:
+        """Close an operation a coordinator ran (done, failed or rolled back): backups resume here."""
+        record = op.record()
+        if record.get("state") == "running":
+            record = op.update(state=outcome, finished_at=time.time())
+            op.journal("finished", outcome=outcome)
+        return {"op": op.op, "state": record.get("state")}
+
     # -- undo ----------------------------------------------------------------
     def undo_before_swap(self, op: Operation) -> list[str]:
         """Remove the prepared data and make sure etcd and kube-apiserver run again."""
         p = self.params_of(op)
         notes = [f"killed leftover restore tool {k}" for k in toolproc.kill_leftovers(p.restore_argv, op.dir)]
-        ws = workspace_dir(Path(p.data_dir), p.op)
-        if ws.exists():
-            shutil.rmtree(ws)
-            notes.append(f"removed prepared data {ws}")
+        notes += [f"removed prepared data {path}"
+                  for path in swap.remove_prepared(Path(p.data_dir), p.op, Path(p.wal_dir) if p.wal_dir else None)]
         for step in BEFORE_SWAP:  # a retry starts over from preflight
             op.forget(step)
         op.journal("undone", before="swap")
@@ -542,25 +577,14 @@ class NodeRestorer:
         """Put the pre-restore data back (the restored data is kept in the workspace)."""
         p = self.params_of(op)
         data_dir = Path(p.data_dir)
-        live, aside = data_dir / "member", aside_member(data_dir, p.op)
-        notes: list[str] = []
-        if not aside.exists():
-            notes.append(f"{aside} does not exist: the live data was never set aside, nothing to swap back")
-            return notes + self._restart_all()
+        if not aside_member(data_dir, p.op).exists():
+            return [f"{aside_member(data_dir, p.op)} does not exist: the live data was never set aside, "
+                    "nothing to swap back", *self._restart_all()]
         if self.runtime.apiserver is not None:
             self.runtime.apiserver.stop(self.config.restore.stop_timeout)
         self.runtime.etcd.stop(self.config.restore.stop_timeout)
         self._prove_stopped(p)
-        if live.exists():
-            keep = workspace_dir(data_dir, p.op) / f"{label}-member"
-            fsutil.ensure_private_dir(keep.parent)
-            if keep.exists():
-                raise UnsafeRefusal(f"{keep} already exists; move it away and retry")
-            os.rename(live, keep)
-            notes.append(f"restored data moved to {keep}")
-        os.rename(aside, live)
-        fsutil.fsync_dir(data_dir)
-        notes.append(f"pre-restore data back in {live}")
+        notes = swap.swap_out(data_dir, p.op, Path(p.wal_dir) if p.wal_dir else None, label)
         op.journal("swapped-back", label=label)
         return notes + self._restart_all()
 
@@ -675,10 +699,9 @@ class NodeRestorer:
                 raise UnsafeRefusal(f"operation {op_id} is {record.get('state')}; clean up only finished operations")
             p = self.params_of(op)
             removed = []
-            for path in (aside_member(Path(p.data_dir), op_id), workspace_dir(Path(p.data_dir), op_id)):
-                if path.exists():
-                    shutil.rmtree(path)
-                    removed.append(str(path))
+            for path in swap.kept_paths(Path(p.data_dir), op_id, Path(p.wal_dir) if p.wal_dir else None):
+                shutil.rmtree(path)
+                removed.append(str(path))
             op.update(cleaned_at=time.time())
             op.journal("cleaned", removed=removed)
             return removed
@@ -700,13 +723,9 @@ def probe_http(url: str, timeout: float = 2.0) -> tuple[bool, str]:
         return False, str(exc)
 
 
-def kept_dirs(data_dir: Path, op: str) -> list[tuple[str, int]]:
+def kept_dirs(data_dir: Path, op: str, wal_dir: Optional[Path] = None) -> list[tuple[str, int]]:
     """(path, bytes) of what an operation keeps on disk."""
-    out = []
-    for path in (aside_member(data_dir, op), workspace_dir(data_dir, op)):
-        if path.exists():
-            out.append((str(path), du(path)))
-    return out
+    return [(str(path), du(path)) for path in swap.kept_paths(data_dir, op, wal_dir)]
 
 
 def du(path: Path) -> int:

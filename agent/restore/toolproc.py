@@ -70,8 +70,14 @@ class ToolRun:
     stderr: str
 
 
-def _child_setup() -> Optional[Callable[[], None]]:
-    """A preexec function that asks the kernel to SIGKILL the child when the agent dies."""
+IOPRIO_SET = {"x86_64": 251, "aarch64": 30}   # the ioprio_set syscall; other machines keep their I/O class
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_IDLE = 3 << 13      # class 3 (idle), data 0
+
+
+def _child_setup(low_priority: bool = False) -> Optional[Callable[[], None]]:
+    """A preexec function that asks the kernel to SIGKILL the child when the agent dies, and with
+    ``low_priority`` gives it the lowest CPU and I/O priority (it runs while etcd still serves)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         prctl = libc.prctl
@@ -79,18 +85,30 @@ def _child_setup() -> Optional[Callable[[], None]]:
         return None
     parent = os.getpid()
 
+    syscall = getattr(libc, "syscall", None)
+    ioprio_set = IOPRIO_SET.get(os.uname().machine)
+
     def setup() -> None:
         prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:  # the agent died before the request took effect
             os._exit(1)
+        if low_priority:
+            with contextlib.suppress(OSError):
+                os.nice(19)
+            if syscall is not None and ioprio_set is not None:
+                syscall(ioprio_set, IOPRIO_WHO_PROCESS, 0, IOPRIO_IDLE)
     return setup
 
 
-def run_tool(argv: Sequence[str], env: dict[str, str], timeout: float, record_dir: Path) -> ToolRun:
-    """Run the restore tool to completion; kill its whole group on a timeout or any interruption."""
+def run_tool(argv: Sequence[str], env: dict[str, str], timeout: float, record_dir: Path,
+             low_priority: bool = False) -> ToolRun:
+    """Run the restore tool to completion; kill its whole group on a timeout or any interruption.
+
+    ``low_priority``: nice 19 and the idle I/O class (it runs beside a serving etcd)."""
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True,
-                            preexec_fn=_child_setup())  # noqa: PLW1509 - only prctl and getppid run in the child
+                            # only prctl, getppid, nice and ioprio_set run in the child
+                            preexec_fn=_child_setup(low_priority))  # noqa: PLW1509
     record = record_dir / RECORD_NAME
     try:
         fsutil.atomic_write_json(record, {"pid": proc.pid, "start_ticks": start_ticks(proc.pid),

@@ -180,3 +180,28 @@ def _apiserver_service(a: ApiserverSettings, state_dir: Path, systemctl: str, ki
     except ValueError as exc:
         raise ConfigError(f"[apiserver]: {exc}") from None
     raise ConfigError("[apiserver] needs exactly one of manifest, unit or start_command (with pid_file)")
+
+
+def make_restart_services(config: AgentConfig, state_dir: Path, systemctl: str = "systemctl",
+                          kill_grace: float = DEFAULT_KILL_GRACE) -> list[Service]:
+    """What [[restart]] names, restarted by restart-controllers after a cluster restore.
+
+    A static pod is parked until no process runs its command, then put back; a
+    unit is stopped until systemd says inactive, then started; a command is
+    stopped by its pid file (proven gone) and started again.
+    """
+    out: list[Service] = []
+    park_dir = Path(state_dir) / PARK_DIR
+    for r in config.restart:
+        name = r.label
+        if r.manifest is not None:
+            argv = read_manifest_command([r.manifest, park_dir / r.manifest.name], None)
+            if argv is None:
+                raise ConfigError(f"[[restart]] {r.manifest}: no manifest there (nor parked in {park_dir})")
+            out.append(StaticPodService(name, r.manifest, park_dir, AllOf((ProcessesGone(tuple(argv)),))))
+        elif r.unit is not None:
+            out.append(SystemdService(name, r.unit, AllOf(()), systemctl=systemctl))
+        elif r.start_command is not None and r.pid_file is not None:
+            out.append(ProcessService(name, r.start_command, r.pid_file, Path(state_dir) / LOG_DIR / f"{name}.log",
+                                      AllOf((ProcessesGone(tuple(r.start_command)),)), kill_grace=kill_grace))
+    return out

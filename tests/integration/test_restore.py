@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcdguard.agent.restore.plan import aside_member, workspace_dir
+from etcdguard.agent.restore.swap import aside_member, workspace_dir
 
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcdguard.agent.restore.plan import workspace_dir
+from etcdguard.agent.restore.swap import workspace_dir
 from etcdguard.agent.runtime.proof import pid_alive
 from etcdguard.agent.wire import protocol as P
 

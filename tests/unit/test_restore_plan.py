@@ -5,17 +5,7 @@ import pytest
 from etcdguard.agent.base.errors import UnsafeRefusal, UsageError
 from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv
 from etcdguard.agent.restore.journal import OperationStore, check_op_id, new_op_id
-from etcdguard.agent.restore.plan import (
-    STEPS,
-    RestoreParams,
-    argv_problems,
-    aside_member,
-    build_plan,
-    bump_for,
-    prepared_member,
-    render_plan,
-    workspace_dir,
-)
+from etcdguard.agent.restore.plan import STEPS, RestoreParams, argv_problems, build_plan, bump_for, render_plan
 from etcdguard.agent.restore.safety import (
     ClusterFacts,
     Identity,
@@ -24,6 +14,7 @@ from etcdguard.agent.restore.safety import (
     multi_member_refusal,
     rollback_goes_backwards,
 )
+from etcdguard.agent.restore.swap import aside_member, prepared_member, workspace_dir
 from etcdguard.agent.restore.toolproc import is_restore_command
 
 
