@@ -37,12 +37,40 @@ class CoordinatorSettings:
     request_timeout: float = 5.0    # deadline of one short request (status, list) to an agent
 
 
+BACKENDS = ("dir", "s3")
+SSE_MODES = ("AES256", "aws:kms")
+MIN_PART_SIZE = 5 << 20             # S3's smallest multipart part
+MAX_PART_SIZE = 1 << 30
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """[vault.s3]: where the S3-compatible backend keeps the vault (AWS S3, MinIO, Ceph RGW)."""
+
+    bucket: str = ""
+    endpoint: Optional[str] = None          # None: AWS
+    region: Optional[str] = None            # None: from the boto3 chain, else us-east-1
+    prefix: str = ""
+    path_style: bool = False
+    credentials_file: Optional[Path] = None   # None: the boto3 chain (environment, ~/.aws, instance role)
+    profile: Optional[str] = None           # the section of credentials_file (default "default")
+    sse: Optional[str] = None               # server-side encryption: AES256 or aws:kms
+    sse_kms_key_id: Optional[str] = None
+    ca_bundle: Optional[Path] = None        # a private CA for the endpoint's TLS certificate
+    part_size: int = 16 << 20               # multipart part size; memory use is about 2 parts
+    storage_class: Optional[str] = None
+
+
 @dataclass(frozen=True)
 class VaultSettings:
     dir: Path = Path("/var/lib/etcdguard-coordinator/vault")
     interval: float = 3600.0
     keep: int = 48
     timeout: float = 1800.0         # deadline for an agent to take a snapshot, and for one transfer
+    backend: str = "dir"
+    encrypt_to: tuple[str, ...] = ()   # age recipients: with any, nothing is stored unencrypted
+    age_identity: Optional[Path] = None   # decrypts on fetch and export (0600)
+    s3: Optional[S3Settings] = None    # with backend = "s3"
 
 
 @dataclass(frozen=True)
@@ -129,12 +157,27 @@ def _coordinator(t: Table) -> CoordinatorSettings:
 
 
 def _vault(t: Table) -> VaultSettings:
+    from etcdguard.agent.base.agekeys import check_recipients
+
     d = VaultSettings()
+    backend = t.choice("backend", BACKENDS, d.backend) or d.backend
+    recipients = t.text_list("encrypt_to") or ()
+    problem = check_recipients(recipients)
+    if problem is not None:
+        raise t.error("encrypt_to", f"age recipients ('age1' and 58 more characters, from age-keygen); {problem}")
+    s3_table = t._get("s3")
+    s3 = _s3(Table(t.source, "vault.s3", s3_table)) if s3_table is not None else None
+    if backend == "s3" and s3 is None:
+        raise ConfigError(f"{t.source}: vault.backend = 's3' needs a [vault.s3] table with at least bucket")
     s = VaultSettings(
         dir=t.path("dir", d.dir) or d.dir,
         interval=t.duration("interval", d.interval) or d.interval,
         keep=t.integer("keep", d.keep, minimum=1) or d.keep,
         timeout=t.duration("timeout", d.timeout) or d.timeout,
+        backend=backend,
+        encrypt_to=recipients,
+        age_identity=t.path("age_identity"),
+        s3=s3,
     )
     t.finish()
     return s
@@ -152,6 +195,52 @@ def _restore(t: Table) -> RestoreSettings:
         prepare_timeout=t.duration("prepare_timeout", d.prepare_timeout) or d.prepare_timeout,
         agent_down=t.duration("agent_down", d.agent_down) or d.agent_down,
     )
+    t.finish()
+    return s
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9!_.*'()/-]{0,512}")
+_REGION_RE = re.compile(r"[a-z0-9-]{1,64}")
+
+
+def _s3(t: Table) -> S3Settings:
+    d = S3Settings()
+    bucket = t.text("bucket")
+    if bucket is None or not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise t.error("bucket", "an S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+    endpoint = t.text("endpoint")
+    if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(?::[0-9]{1,5})?/?", endpoint):
+        raise t.error("endpoint", "an http:// or https:// URL of the S3 API, e.g. 'https://minio.example:9000' "
+                      "(leave it out for AWS)")
+    region = t.text("region")
+    if region is not None and not _REGION_RE.fullmatch(region):
+        raise t.error("region", "a region name such as 'us-east-1'")
+    prefix = t.text("prefix", "") or ""
+    if not _PREFIX_RE.fullmatch(prefix) or prefix.startswith("/") or "//" in prefix:
+        raise t.error("prefix", "a key prefix of letters, digits and !_.*'()/- (no leading '/', no '//'), "
+                      "e.g. 'prod-cluster/'")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    sse = t.choice("sse", SSE_MODES)
+    kms = t.text("sse_kms_key_id")
+    if kms is not None and sse != "aws:kms":
+        raise t.error("sse_kms_key_id", "nothing unless sse = 'aws:kms'")
+    part = t.integer("part_size", d.part_size, minimum=MIN_PART_SIZE)
+    if part is not None and part > MAX_PART_SIZE:
+        raise t.error("part_size", f"bytes from {MIN_PART_SIZE} (5 MiB) to {MAX_PART_SIZE} (1 GiB)")
+    storage_class = t.text("storage_class")
+    if storage_class is not None and not re.fullmatch(r"[A-Z_]{2,32}", storage_class):
+        raise t.error("storage_class", "an S3 storage class such as 'STANDARD_IA'")
+    s = S3Settings(
+        bucket=bucket, endpoint=endpoint.rstrip("/") if endpoint else None, region=region, prefix=prefix,
+        path_style=t.flag("path_style", d.path_style), credentials_file=t.path("credentials_file"),
+        profile=t.text("profile"), sse=sse, sse_kms_key_id=kms, ca_bundle=t.path("ca_bundle"),
+        part_size=part or d.part_size, storage_class=storage_class,
+    )
+    if s.profile is not None and s.credentials_file is None:
+        raise t.error("profile", "nothing unless credentials_file is set (without it, the boto3 chain reads "
+                      "AWS_PROFILE)")
     t.finish()
     return s
 

@@ -38,8 +38,10 @@ from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
+from etcdguard.coordinator.vault import commands as vault_commands
+from etcdguard.coordinator.vault.factory import open_vault
 from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull, failure_reason
-from etcdguard.coordinator.vault.store import Incoming, Vault, VaultEntry
+from etcdguard.coordinator.vault.store import Incoming, VaultBackendError, VaultEntry
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +90,11 @@ class CoordinatorDaemon(SignalFlags):
         self.config = config
         self._custom_factory = client_factory
         self.notifier = Notifier()
-        self.metrics = CoordinatorMetrics()
+        self.metrics = CoordinatorMetrics(backend=config.vault.backend)
         self.metrics.interval.set(config.vault.interval)
         self.metrics.members.set(len(config.members))
-        self.vault = Vault(config.vault.dir)
+        self.vault = open_vault(config, self.metrics.record_backend_failure)
+        self.metrics.offsite_source = lambda: self.vault.seen_at
         self.links: Optional[MemberLinks] = None
         self.control: Optional[ControlServer] = None
         self.metrics_server: Optional[MetricsServer] = None
@@ -126,12 +129,16 @@ class CoordinatorDaemon(SignalFlags):
             log.info("metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
 
     def refresh_vault_metrics(self) -> list[VaultEntry]:
-        entries = self.vault.list()
+        try:
+            entries = self.vault.list()
+        except VaultBackendError as exc:
+            log.error("vault: %s", exc)
+            return []
         self.metrics.retained.set(len(entries))
         self.metrics.bytes.set(sum(e.size for e in entries))
         newest = entries[0] if entries else None
-        self.metrics.record_newest(newest.created_unix if newest else None, newest.size if newest else 0,
-                                   newest.revision if newest else 0)
+        fresh = max(newest.created_unix, self.vault.fresh_as_of or 0.0) if newest else None
+        self.metrics.record_newest(fresh, newest.size if newest else 0, newest.revision if newest else 0)
         return entries
 
     def _survey(self) -> list[MemberView]:
@@ -165,7 +172,11 @@ class CoordinatorDaemon(SignalFlags):
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
             "restore": self.restores.command,
             "restores": lambda args, emit: [r.to_json() for r in self.restores.records()],
+            **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
+
+    def _vault_command(self, cmd: str) -> Callable[[dict[str, Any], Emit], Any]:
+        return lambda args, emit: vault_commands.handle(self.vault, cmd, args)
 
     def safety_snapshot(self, op: str, emit: Emit) -> Optional[str]:
         """Before a restore: a fresh snapshot of the live cluster into the vault, pinned until deleted.
@@ -199,13 +210,20 @@ class CoordinatorDaemon(SignalFlags):
     def status_report(self) -> dict[str, Any]:
         views = self._survey()
         now = time.time()
-        entries = self.vault.list()
+        vault_error = None
+        try:
+            entries = self.vault.list()
+        except VaultBackendError as exc:
+            entries, vault_error = [], str(exc)
         newest = entries[0] if entries else None
         return {
             "members": [member_row(v, now) for v in views],
             "cluster": cluster_summary(views),
             "vault": {
-                "dir": str(self.vault.dir),
+                "dir": self.vault.location,
+                "backend": self.vault.backend,
+                "encrypted": self.vault.encrypted,
+                "error": vault_error,
                 "count": len(entries),
                 "bytes": sum(e.size for e in entries),
                 "keep": self.config.vault.keep,
@@ -297,6 +315,14 @@ class CoordinatorDaemon(SignalFlags):
             raise SnapshotError(str(exc)) from None
         if self.vault.has(incoming.sha256):
             emit({"stage": "done", "member": name, "message": f"the vault already has {incoming.sha256[:12]}"})
+        else:
+            dup = self.vault.holds_same(incoming)
+            if dup is not None:
+                emit({"stage": "done", "member": name, "message": (
+                    f"the vault already holds revision {incoming.revision} of cluster {incoming.cluster_id} "
+                    f"({dup.sha256[:12]}): nothing new to copy")})
+                self.refresh_vault_metrics()
+                return dup, False
         total = incoming.size
         progress = Throttled(emit, stage="fetch", member=name, name=incoming.original_name)
         self._doing = f"pulling {incoming.original_name} from {name}"
@@ -318,6 +344,8 @@ class CoordinatorDaemon(SignalFlags):
 
         started = time.monotonic()
         entry, pulled = self.vault.pull(incoming, fetch)
+        if pulled and incoming.bundle:
+            entry = vault_commands.pull_bundle(self.vault, links.dedicated(name), incoming, entry)
         if pulled:
             took = time.monotonic() - started
             self.metrics.duration.observe(took)
@@ -339,10 +367,21 @@ class CoordinatorDaemon(SignalFlags):
         try:
             self._doing = "vault pull: asking the agents"
             views = self._survey()
-            newest = self.vault.newest()
+            try:
+                entries = self.vault.list()
+            except VaultBackendError as exc:
+                self.metrics.record_failure("backend")
+                log.error("vault pull: %s", exc)
+                self.last_pull = {"at": time.time(), "ok": False, "message": str(exc)}
+                return False
+            newest = entries[0] if entries else None
             choice = choose_pull(views, lambda sha: self.vault.has(sha) is not None,
-                                 newest.created_unix if newest else None, self.config.vault.interval)
+                                 newest.created_unix if newest else None, self.config.vault.interval,
+                                 held={(e.cluster_id, e.revision) for e in entries if e.revision_exact})
             log.info("vault: %s", choice.sentence)
+            if choice.fresh_as_of is not None:
+                self.vault.confirm_current(choice.fresh_as_of)
+                self.refresh_vault_metrics()
             if choice.member is None or choice.snapshot is None:
                 if choice.failure is not None:
                     self.metrics.record_failure(choice.failure)
@@ -397,7 +436,7 @@ class CoordinatorDaemon(SignalFlags):
             return f"restore {active[0]}: {active[1]}"
         if self._doing:
             return self._doing
-        newest = self.vault.newest()
+        newest = self.vault.newest_cached()
         vault = "vault empty" if newest is None else (
             f"vault newest {format_duration(time.time() - newest.created_unix)} old "
             f"(from {newest.source_member}, revision {newest.revision})")
@@ -415,7 +454,7 @@ class CoordinatorDaemon(SignalFlags):
             config = load_coordinator_config(self.config_path)
             require_members(config)
             links = MemberLinks(config, self._factory(config))
-            vault = Vault(config.vault.dir)
+            vault = open_vault(config, self.metrics.record_backend_failure)
             vault.prepare()
         except EtcdguardError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
@@ -431,6 +470,7 @@ class CoordinatorDaemon(SignalFlags):
             old_links, self.links = self.links, links
             self.config = config
             self.vault = vault
+        self.metrics.set_backend(config.vault.backend)
         if old_links is not None:
             old_links.close()
         if config.metrics.listen != old_metrics:
@@ -444,7 +484,7 @@ class CoordinatorDaemon(SignalFlags):
         self.metrics.interval.set(config.vault.interval)
         self.metrics.members.set(len(config.members))
         self.refresh_vault_metrics()
-        newest = self.vault.newest()
+        newest = self.vault.newest_cached()
         self.next_due = min(self.next_due, schedule.first_due(
             newest.created_unix if newest else None, config.vault.interval, time.time()))
         log.info("configuration reloaded from %s (%d members)", self.config_path, len(config.members))
@@ -456,7 +496,10 @@ class CoordinatorDaemon(SignalFlags):
             log.warning("insecure = true: talking to the agents over plain TCP, unauthenticated and "
                         "unencrypted; anyone on the network can impersonate an agent")
         self.links = MemberLinks(self.config, self._factory(self.config))
-        self.vault.prepare()
+        try:
+            self.vault.prepare()
+        except VaultBackendError as exc:   # the bucket may come back; every pull tries again
+            log.error("vault: %s", exc)
         self.refresh_vault_metrics()
         self.restores.recover()
         self.refresh_restore_metrics()
@@ -471,12 +514,13 @@ class CoordinatorDaemon(SignalFlags):
     def _loop(self) -> int:
         views = self._survey()
         summary = cluster_summary(views)
-        newest = self.vault.newest()
+        newest = self.vault.newest_cached()
         self.next_due = schedule.first_due(newest.created_unix if newest else None, self.config.vault.interval,
                                            time.time())
         log.info("coordinator ready: %d/%d agents reachable, %d healthy, leader %s; vault %s (%d snapshots, "
                  "keep %d, every %s)", summary["reachable"], summary["members"], summary["healthy"],
-                 summary["leader"] or "unknown", self.vault.dir, len(self.vault.list()), self.config.vault.keep,
+                 summary["leader"] or "unknown", self.vault.location, len(self.vault.listed),
+                 self.config.vault.keep,
                  format_duration(self.config.vault.interval))
         for v in views:
             if not v.reachable:

@@ -1,15 +1,20 @@
 """Prometheus metrics of the coordinator: the vault's freshness and the agents' reachability.
 
 They mirror the agent's ``etcdguard_backup_*`` metrics with an
-``etcdguard_vault_`` prefix. The age is computed at scrape time from the
-newest entry, so a wedged daemon shows a growing age instead of a frozen one.
-Served by the agent's MetricsServer.
+``etcdguard_vault_`` prefix, and each carries a ``backend`` label (``dir`` or
+``s3``) so a dashboard tells an on-host vault from an off-site one. Ages are
+computed at scrape time, so a wedged daemon shows a growing age instead of a
+frozen one. Served by the agent's MetricsServer.
+
+The attributes (``interval``, ``duration``, ...) are the children for the
+configured backend; ``set_backend`` moves them when a reload changes it.
 """
 
 from __future__ import annotations
 
+import builtins
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from etcdguard.agent import __version__
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,37 +22,64 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 # unreachable: no agent answered; no_snapshot: no healthy member had a snapshot; busy: the
 # member was taking a snapshot for too long; checksum: the transfer did not match the sha256
 # or the etcd trailer; transfer: the agent stopped answering mid-transfer or refused the
-# fetch; disk: the vault could not be written; other: anything else (in the log).
-FAILURE_REASONS = ("unreachable", "no_snapshot", "busy", "checksum", "transfer", "disk", "other")
+# fetch; disk: the vault could not be written; backend: the vault's storage failed (by op and
+# reason in etcdguard_vault_backend_failures_total); other: anything else (in the log).
+FAILURE_REASONS = ("unreachable", "no_snapshot", "busy", "checksum", "transfer", "disk", "backend", "other")
+BACKEND_OPS = ("upload", "download", "list", "delete")
+BACKEND_REASONS = ("credentials", "denied", "no_bucket", "unreachable", "checksum", "decrypt", "disk", "other")
 DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 
 
 class CoordinatorMetrics:
-    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+    last_success: Gauge
+    age: Gauge
+    last_size: Gauge
+    last_revision: Gauge
+    duration: Histogram
+    retained: Gauge
+    bytes: Gauge
+    members: Gauge
+    members_reachable: Gauge
+    interval: Gauge
+    offsite_last_success: Gauge
+    offsite_age: Gauge
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None, backend: str = "dir") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = "etcdguard_vault"
+        b = ["backend"]
         self._last_success: Optional[float] = None
-        self.last_success = Gauge(f"{p}_last_success_timestamp_seconds",
-                                  "Unix time of the newest snapshot in the vault (0: none yet)", registry=r)
-        self.age = Gauge(f"{p}_age_seconds", "Seconds since the newest snapshot in the vault (+Inf: none)",
-                         registry=r)
-        self.age.set_function(self._age)
-        self.last_size = Gauge(f"{p}_last_size_bytes", "Size of the newest snapshot in the vault", registry=r)
-        self.last_revision = Gauge(f"{p}_last_revision", "etcd revision of the newest snapshot in the vault",
-                                   registry=r)
-        self.duration = Histogram(f"{p}_pull_duration_seconds", "Time to copy one snapshot into the vault",
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.failures = Counter(f"{p}_failures_total", "Vault copies that failed, by reason", ["reason"],
-                                registry=r)
-        for reason in FAILURE_REASONS:
-            self.failures.labels(reason=reason)
-        self.retained = Gauge(f"{p}_snapshots_retained", "Snapshots kept in the vault", registry=r)
-        self.bytes = Gauge(f"{p}_bytes", "Bytes used by the vault", registry=r)
-        self.members = Gauge(f"{p}_members", "Members in the configuration", registry=r)
-        self.members_reachable = Gauge(f"{p}_members_reachable",
-                                       "Agents the coordinator reached at its last attempt", registry=r)
-        self.interval = Gauge(f"{p}_interval_seconds", "Configured vault interval", registry=r)
+        self.offsite_source: Callable[[], Optional[float]] = lambda: None
+        self._families: dict[str, Any] = {
+            "last_success": Gauge(f"{p}_last_success_timestamp_seconds",
+                                  "Unix time of the newest data in the vault (0: none yet)", b, registry=r),
+            "age": Gauge(f"{p}_age_seconds", "Seconds since the newest data in the vault (+Inf: none)", b,
+                         registry=r),
+            "last_size": Gauge(f"{p}_last_size_bytes", "Size of the newest snapshot in the vault", b, registry=r),
+            "last_revision": Gauge(f"{p}_last_revision", "etcd revision of the newest snapshot in the vault", b,
+                                   registry=r),
+            "duration": Histogram(f"{p}_pull_duration_seconds", "Time to copy one snapshot into the vault", b,
+                                  buckets=DURATION_BUCKETS, registry=r),
+            "retained": Gauge(f"{p}_snapshots_retained", "Snapshots kept in the vault", b, registry=r),
+            "bytes": Gauge(f"{p}_bytes", "Bytes of snapshots in the vault (before encryption)", b, registry=r),
+            "members": Gauge(f"{p}_members", "Members in the configuration", b, registry=r),
+            "members_reachable": Gauge(f"{p}_members_reachable",
+                                       "Agents the coordinator reached at its last attempt", b, registry=r),
+            "interval": Gauge(f"{p}_interval_seconds", "Configured vault interval", b, registry=r),
+            "offsite_last_success": Gauge(
+                f"{p}_offsite_last_success_timestamp_seconds",
+                "Unix time the vault's backend last confirmed holding its copies (an upload or a listing)", b,
+                registry=r),
+            "offsite_age": Gauge(f"{p}_offsite_age_seconds",
+                                 "Seconds since the backend last confirmed the vault's copies (+Inf: never)", b,
+                                 registry=r),
+        }
+        self._failures = Counter(f"{p}_failures_total", "Vault copies that failed, by reason", ["backend", "reason"],
+                                 registry=r)
+        self._backend_failures = Counter(f"{p}_backend_failures_total",
+                                         "Failed operations on the vault's storage, by operation and reason",
+                                         ["backend", "op", "reason"], registry=r)
         # the cluster restore (the agent's restore metrics carry the same names for node-local restores)
         self.restore_in_progress = Gauge("etcdguard_restore_in_progress", "1 while a cluster restore runs",
                                          registry=r)
@@ -64,21 +96,57 @@ class CoordinatorMetrics:
                                       "Downtime (fence to unfence) of the last cluster restore", registry=r)
         self.build_info = Gauge("etcdguard_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
+        self.backend = ""
+        self.set_backend(backend)
+
+    def set_backend(self, backend: str) -> None:
+        """Bind the attributes to ``backend``'s series (dropping the old backend's)."""
+        if backend == self.backend:
+            return
+        old = self.backend
+        for name, family in self._families.items():
+            if old:
+                family.remove(old)
+            setattr(self, name, family.labels(backend=backend))
+        if old:
+            for reason in FAILURE_REASONS:
+                self._failures.remove(old, reason)
+            for op in BACKEND_OPS:
+                for reason in BACKEND_REASONS:
+                    self._backend_failures.remove(old, op, reason)
+        self.backend = backend
+        for reason in FAILURE_REASONS:
+            self._failures.labels(backend=backend, reason=reason)
+        for op in BACKEND_OPS:
+            for reason in BACKEND_REASONS:
+                self._backend_failures.labels(backend=backend, op=op, reason=reason)
+        self.age.set_function(self._age)
+        self.offsite_age.set_function(self._offsite_age)
+        self.offsite_last_success.set_function(lambda: self.offsite_source() or 0.0)
 
     def _age(self) -> float:
         if self._last_success is None:
             return float("inf")
         return max(0.0, time.time() - self._last_success)
 
+    def _offsite_age(self) -> float:
+        seen = self.offsite_source()
+        return float("inf") if seen is None else max(0.0, time.time() - seen)
+
     def record_newest(self, when: Optional[float], size: int, revision: int) -> None:
-        """The vault's newest entry (by when it was taken): drives age, size and revision."""
+        """The vault's newest data (by when it was taken): drives age, size and revision."""
         self._last_success = when
         self.last_success.set(when or 0)
         self.last_size.set(size)
         self.last_revision.set(revision)
 
     def record_failure(self, reason: str) -> None:
-        self.failures.labels(reason=reason if reason in FAILURE_REASONS else "other").inc()
+        self._failures.labels(backend=self.backend, reason=reason if reason in FAILURE_REASONS else "other").inc()
 
-    def render(self) -> bytes:
+    def record_backend_failure(self, op: str, reason: str) -> None:
+        self._backend_failures.labels(backend=self.backend, op=op if op in BACKEND_OPS else "upload",
+                                      reason=reason if reason in BACKEND_REASONS else "other").inc()
+
+    def render(self) -> builtins.bytes:
         return generate_latest(self.registry)
+

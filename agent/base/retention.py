@@ -1,7 +1,9 @@
 """Retention decisions: pure, one verdict per snapshot (keep or obsolete, and why).
 
 Deleting is a separate step. The newest snapshot is never obsolete, whatever
-the policy says: a backup tool must not delete its only good backup.
+the policy says: a backup tool must not delete its only good backup. A pinned
+snapshot (Barman's keep annotation) is never obsolete either, and does not
+count against ``keep``: pinning a safety copy must not push out a regular one.
 """
 
 from __future__ import annotations
@@ -26,17 +28,23 @@ class Aged:
 
     name: str
     created_at: float  # unix seconds
+    pinned: Optional[str] = None   # the pin's reason; None: not pinned
 
 
 def decide(snapshots: Sequence[Aged], keep: int, max_age: Optional[float], now: float) -> list[Verdict]:
     """Verdicts, newest first. ``keep`` >= 1; ``max_age`` in seconds or None."""
     ordered = sorted(snapshots, key=lambda s: (s.created_at, s.name), reverse=True)
     verdicts: list[Verdict] = []
-    for index, snap in enumerate(ordered):
+    index = 0   # position among the unpinned ones
+    for position, snap in enumerate(ordered):
         age = now - snap.created_at
-        if index == 0:
+        if snap.pinned is not None:
+            verdicts.append(Verdict(snap.name, True, f"keep: pinned ({snap.pinned})"))
+            continue
+        index += 1
+        if position == 0:
             verdicts.append(Verdict(snap.name, True, "newest"))
-        elif index >= keep:
+        elif index > keep:
             verdicts.append(Verdict(snap.name, False, f"beyond keep={keep}"))
         elif max_age is not None and age > max_age:
             verdicts.append(

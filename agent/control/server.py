@@ -896,7 +896,8 @@ def summary(meta: SnapshotMeta) -> SnapshotSummary:
     """What the status report tells of a catalogued snapshot."""
     return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.revision,
                            created_at=meta.created_at, created_unix=meta.created_unix, member_name=meta.member_name,
-                           member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version)
+                           member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version,
+                           revision_source=meta.revision_source)
 
 
 def _free(path: Path) -> Optional[int]:

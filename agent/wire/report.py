@@ -97,6 +97,8 @@ class SnapshotSummary:
     cluster_id: str = ""
     etcd_version: str = ""
     pinned: Optional[str] = None
+    revision_source: str = "snapshot-status"   # "status-header": a lower bound (no etcdutl/etcdctl on the node)
+    bundle: Optional[str] = None               # "encrypted": a node bundle the vault may pull; "local": stays there
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = to_json(self)

@@ -6,15 +6,16 @@ one sentence saying why; the daemon logs the sentence and carries it out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from etcdguard.agent.base.agekeys import AgeError
 from etcdguard.agent.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
 from etcdguard.agent.wire.protocol import BUSY, RemoteError
 from etcdguard.agent.wire.report import SnapshotSummary
 from etcdguard.coordinator.agents.view import MemberView
-from etcdguard.coordinator.vault.store import VaultDiskError
+from etcdguard.coordinator.vault.store import VaultBackendError, VaultDiskError
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,20 @@ class PullChoice:
     member: Optional[str] = None
     snapshot: Optional[SnapshotSummary] = None
     failure: Optional[str] = None   # a metrics reason when there is nothing to pull but should be
+    fresh_as_of: Optional[float] = None   # the vault holds data as fresh as this snapshot's time
 
 
 def choose_pull(views: Sequence[MemberView], in_vault: Callable[[str], bool],
-                vault_newest: Optional[float], interval: float) -> PullChoice:
+                vault_newest: Optional[float], interval: float,
+                held: Collection[tuple[str, int]] = ()) -> PullChoice:
     """The newest verified snapshot of a healthy member, a follower's if one is as fresh.
 
     A follower's snapshot counts as "as fresh" when it is at most one interval
     older than the freshest; only then is the leader spared. Snapshots of
     unhealthy members are not pulled: a partitioned member serves a
-    fresh-looking snapshot of stale data.
+    fresh-looking snapshot of stale data. ``held`` is the (cluster id,
+    revision) of every vault entry with an exact revision: a snapshot of one
+    of those holds the same data (an idle cluster) and is not copied again.
     """
     reachable = [v for v in views if v.reachable]
     if not reachable:
@@ -57,6 +62,10 @@ def choose_pull(views: Sequence[MemberView], in_vault: Callable[[str], bool],
     label = f"{snap.name} of {role} {view.name} (revision {snap.revision}, sha256 {snap.sha256[:12]})"
     if in_vault(snap.sha256):
         return PullChoice(f"the vault already has the newest snapshot, {label}")
+    if (snap.cluster_id, snap.revision) in held and snap.revision_source == "snapshot-status":
+        return PullChoice(f"the vault already holds revision {snap.revision} of cluster {snap.cluster_id}: the "
+                          f"newest snapshot of a healthy member, {label}, holds the same data",
+                          fresh_as_of=snap.created_unix)
     if vault_newest is not None and snap.created_unix <= vault_newest:
         return PullChoice(f"the newest snapshot of a healthy member, {label}, is not newer than the vault's")
     return PullChoice(f"pulling {label}", member=view.name, snapshot=snap)
@@ -100,4 +109,6 @@ def failure_reason(exc: BaseException) -> str:
         return "checksum"
     if isinstance(exc, (VaultDiskError, OSError)):
         return "disk"
+    if isinstance(exc, (VaultBackendError, AgeError)):
+        return "backend"
     return "other"

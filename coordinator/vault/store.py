@@ -1,303 +1,210 @@
-"""The vault: the coordinator's off-node copy of snapshots, in one local directory.
+"""The vault: the coordinator's off-node copy of snapshots, on one backend, optionally age-encrypted.
 
-Content-addressed: a snapshot is ``<dir>/<sha256>.db`` with its metadata in
-``<dir>/<sha256>.json``. The name is the checksum, so the same snapshot pulled
-twice is stored once, and a catalog entry is a listing of the directory with
-no separate index to corrupt. An entry exists only when both files do: the
-data file is renamed in first, then the sidecar is written (each by temp +
-fsync + rename); retention deletes in the reverse order. Temp files left by a
-crash are removed when the vault is opened.
+Content-addressed by sha256: the same snapshot offered twice is stored once,
+and the catalog is the backend's listing (a directory, or a bucket whose
+object names carry the metadata), with no separate index to corrupt. The
+backend (backends.py: a directory; s3.py: S3-compatible object storage)
+stores and lists bytes; this class decides what those bytes are:
+
+- a pull lands in a temp file (in the vault directory for a plain directory
+  vault, so it is renamed in; otherwise in the coordinator's work directory),
+  is checked (size, sha256 end to end, etcd's trailer) and only then saved.
+  With ``encrypt_to`` the save streams through ``age``: no plaintext byte is
+  written to the backend, and a failed encryption or upload saves nothing;
+- every read re-checks the sha256 of the plaintext against the one the
+  entry's name (or sidecar) and the object's metadata record;
+- retention keeps pinned entries (a pin carries its reason, e.g.
+  ``pre-restore``) and the ``keep`` newest others.
+
+The contract the cluster restore relies on: ``list()`` (newest first),
+``resolve(ref)``, ``has(sha)``, ``pin``/``unpin``, ``add_file(path, incoming,
+pin=None)`` and ``materialize(entry)``.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import json
+import hashlib
 import logging
 import os
-import re
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Callable, Optional
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePath
+from typing import IO, Callable, Optional, Union
 
-from etcdguard.agent.base import fsutil, retention
-from etcdguard.agent.base.errors import SnapshotCorrupt, SnapshotError, UsageError
+from etcdguard.agent.base import agekeys, fsutil, retention
+from etcdguard.agent.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
 from etcdguard.agent.snapshots.integrity import verify_file
-from etcdguard.agent.snapshots.store import iso_utc
+from etcdguard.coordinator.vault import names
+from etcdguard.coordinator.vault.backends import (
+    BUNDLE,
+    SNAPSHOT,
+    DirStore,
+    SnapStore,
+    VaultBackendError,
+    VaultDiskError,
+    ensure_space,
+)
+from etcdguard.coordinator.vault.entry import (
+    MIN_PREFIX,
+    Incoming,
+    VaultEntry,
+    newest_first_key,
+    resolve_ref,
+    same_data,
+)
+
+__all__ = ["MIN_PREFIX", "Incoming", "Vault", "VaultBackendError", "VaultDiskError", "VaultEntry",
+           "newest_first_key", "resolve_ref"]
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIX = ".db"
-META_SUFFIX = ".json"
-MIN_PREFIX = 4
-FORMAT = 1
-_SHA_RE = re.compile(r"[0-9a-f]{64}")
-_HEX_RE = re.compile(r"[0-9a-f]+")
+CHUNK = 1 << 20
 
-
-@dataclass(frozen=True)
-class VaultEntry:
-    """One snapshot in the vault (the sidecar's content, plus its path)."""
-
-    sha256: str
-    size: int
-    source_member: str       # the member whose agent sent it
-    original_name: str       # its file name in that agent's store
-    revision: int
-    cluster_id: str
-    member_id: str
-    etcd_version: str
-    created_at: str          # when the agent took it (ISO 8601 UTC)
-    created_unix: float
-    pulled_at: str           # when the vault received it
-    pulled_unix: float
-    path: str = ""           # not stored: where the data file is now
-
-    @property
-    def id(self) -> str:
-        return self.sha256
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["id"] = self.sha256
-        return data
-
-    def sidecar(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("path")
-        data["format"] = FORMAT
-        return data
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> VaultEntry:
-        """Parse a sidecar; ValueError names what is wrong with it."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: metadata is not a JSON object")
-        types: dict[str, Any] = {
-            "sha256": str, "size": int, "source_member": str, "original_name": str, "revision": int,
-            "cluster_id": str, "member_id": str, "etcd_version": str, "created_at": str,
-            "created_unix": (int, float), "pulled_at": str, "pulled_unix": (int, float),
-        }
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "path":
-                continue
-            value = data.get(f.name)
-            if isinstance(value, bool) or not isinstance(value, types[f.name]):
-                raise ValueError(f"{where}: field {f.name!r} is missing or mistyped")
-            values[f.name] = float(value) if f.name.endswith("_unix") else value
-        if not _SHA_RE.fullmatch(values["sha256"]):
-            raise ValueError(f"{where}: field 'sha256' is not a sha256 hex digest")
-        return cls(**values)
-
-
-def newest_first_key(e: VaultEntry) -> tuple[float, str]:
-    """The order retention uses too (agent/base/retention.py), so "newest" means the same everywhere."""
-    return (e.created_unix, e.sha256)
-
-
-def resolve_ref(entries: list[VaultEntry], ref: str, where: str = "the vault") -> VaultEntry:
-    """Pure: ``latest`` or a unique sha256 prefix (at least 4 hex digits) -> the entry.
-
-    Unknown, ambiguous or malformed references raise UsageError (exit 2).
-    """
-    ordered = sorted(entries, key=newest_first_key, reverse=True)
-    text = ref.strip().lower()
-    if text == "latest":
-        if not ordered:
-            raise UsageError(f"{where} holds no snapshots yet, so 'latest' names none "
-                             "(take one with `etcdguardctl backup`)")
-        return ordered[0]
-    if len(text) < MIN_PREFIX or len(text) > 64 or not _HEX_RE.fullmatch(text):
-        raise UsageError(f"{ref!r} is not a snapshot id: give 'latest' or a sha256 prefix of at least "
-                         f"{MIN_PREFIX} hex digits (see `etcdguardctl snapshots`)")
-    matches = [e for e in ordered if e.sha256.startswith(text)]
-    if not matches:
-        raise UsageError(f"no snapshot {ref!r} in {where} (see `etcdguardctl snapshots`)")
-    if len(matches) > 1:
-        shown = ", ".join(m.sha256[:16] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
-        raise UsageError(f"{ref!r} is ambiguous: {len(matches)} snapshots start with it ({shown}); "
-                         "give more digits")
-    return matches[0]
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """What the source agent says about a snapshot before it is pulled."""
-
-    sha256: str
-    size: int
-    source_member: str
-    original_name: str
-    revision: int
-    cluster_id: str
-    member_id: str
-    etcd_version: str
-    created_at: str
-    created_unix: float
-
-    @classmethod
-    def from_agent(cls, member: str, meta: dict[str, Any]) -> Incoming:
-        """From an agent's SnapshotMeta JSON; ValueError if it lacks what the vault records."""
-        try:
-            sha = str(meta["sha256"])
-            if not _SHA_RE.fullmatch(sha):
-                raise ValueError(f"member {member}: snapshot sha256 {sha!r} is not a sha256 hex digest")
-            created_unix = float(meta["created_unix"])
-            return cls(
-                sha256=sha, size=int(meta["size"]), source_member=member, original_name=str(meta["name"]),
-                revision=int(meta.get("revision") or 0), cluster_id=str(meta.get("cluster_id") or ""),
-                member_id=str(meta.get("member_id") or ""), etcd_version=str(meta.get("etcd_version") or ""),
-                created_at=str(meta.get("created_at") or iso_utc(created_unix)), created_unix=created_unix,
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"member {member}: snapshot metadata lacks {exc}") from None
-
-
-# fetch(dest, progress) writes a verified file at dest or raises, leaving no dest.
+# fetch(dest) writes a verified file at dest or raises, leaving no dest.
 Fetcher = Callable[[Path], None]
+# on_failure(op, reason): count a backend failure (the daemon's metrics).
+FailureHook = Callable[[str, str], None]
 
 
 class Vault:
-    """List, add, resolve and prune snapshots in one directory."""
+    """List, add, resolve, pin, read back and prune snapshots on one backend."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
+    def __init__(self, store: Union[Path, SnapStore], *, encrypt_to: Sequence[str] = (),
+                 identity: Optional[Path] = None, work_dir: Optional[Path] = None,
+                 on_failure: Optional[FailureHook] = None) -> None:
+        self.store: SnapStore = DirStore(store) if isinstance(store, Path) else store
+        self.recipients = tuple(encrypt_to)
+        self.identity = identity
+        plain_dir = isinstance(self.store, DirStore) and not self.recipients
+        if work_dir is None:
+            if not plain_dir:
+                raise ValueError("a vault that encrypts or is not a plain directory needs a work_dir")
+            assert isinstance(self.store, DirStore)
+            work_dir = self.store.dir
+        self.work_dir = work_dir
+        self.on_failure = on_failure
+        self.fresh_as_of: Optional[float] = None   # newest data the backend was seen to hold
+        self.seen_at: Optional[float] = None       # when the backend last answered a listing or took a save
+        self.listed: builtins.list[VaultEntry] = []   # the last listing, newest first
+        # Retention and pins: an entry pinned while retention decides is never deleted.
+        self._lock = threading.Lock()
 
-    # -- paths -------------------------------------------------------------
+    # -- what it is ----------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self.store.name
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+    @property
+    def dir(self) -> Path:
+        """The directory of a directory vault (what the vault was before it had backends)."""
+        if not isinstance(self.store, DirStore):
+            raise UsageError(f"the vault is {self.location}, not a directory")
+        return self.store.dir
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
+
     def data_path(self, sha256: str) -> Path:
-        return self.dir / f"{sha256}{DATA_SUFFIX}"
+        return self.dir / f"{sha256}.db"
 
     def meta_path(self, sha256: str) -> Path:
-        return self.dir / f"{sha256}{META_SUFFIX}"
+        return self.dir / f"{sha256}.json"
 
-    def temp_path(self) -> Path:
-        return self.dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
+    def _failed(self, exc: BaseException, op: str) -> None:
+        if self.on_failure is None:
+            return
+        if isinstance(exc, VaultBackendError):
+            self.on_failure(exc.op, exc.reason)
+        elif isinstance(exc, agekeys.AgeError):
+            self.on_failure(op, "decrypt" if op == "download" else "other")
+        elif isinstance(exc, SnapshotCorrupt):
+            self.on_failure(op, "checksum")
+        elif isinstance(exc, OSError):
+            self.on_failure(op, "disk")
+
+    @contextlib.contextmanager
+    def _counting(self, op: str) -> Iterator[None]:
+        try:
+            yield
+        except (EtcdguardError, OSError) as exc:
+            self._failed(exc, op)
+            raise
 
     # -- opening -----------------------------------------------------------
-    def prepare(self) -> list[Path]:
-        """Create the directory (0700) and remove leftovers of interrupted pulls.
-
-        Temp files go; a data file without its sidecar was never in the
-        catalog (the pull stopped between the two renames) and goes too. A
-        sidecar without its data file is left alone and reported: the data
-        was removed by something else, and that is for an operator to see.
-        """
-        fsutil.ensure_private_dir(self.dir)
-        removed = fsutil.remove_stale_temps(self.dir)
-        for entry in self.dir.iterdir():
-            stem, suffix = entry.name[: -len(DATA_SUFFIX)], entry.name[-len(DATA_SUFFIX):]
-            if suffix == DATA_SUFFIX and _SHA_RE.fullmatch(stem) and not self.meta_path(stem).exists():
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
-                    removed.append(entry)
-        for path in removed:
-            log.info("vault: removed leftover of an interrupted pull: %s", path.name)
-        if removed:
-            fsutil.fsync_dir(self.dir)
-        for entry in self.dir.iterdir():
-            stem = entry.name[: -len(META_SUFFIX)]
-            if entry.name.endswith(META_SUFFIX) and _SHA_RE.fullmatch(stem) and not self.data_path(stem).exists():
-                log.warning("vault: %s has no data file %s%s; it is not listed", entry.name, stem, DATA_SUFFIX)
-        return removed
+    def prepare(self) -> builtins.list[PurePath]:
+        """Open the backend (remove leftovers of interrupted saves) and clear the work directory."""
+        if self.work_dir != getattr(self.store, "dir", None):
+            fsutil.ensure_private_dir(self.work_dir)
+            for path in fsutil.remove_stale_temps(self.work_dir):
+                log.info("vault: removed a leftover temp file %s", path)
+        with self._counting("list"):
+            return self.store.prepare()
 
     # -- reading -----------------------------------------------------------
-    def _entries(self) -> Iterator[VaultEntry]:
-        if not self.dir.is_dir():
-            return
-        for entry in self.dir.iterdir():
-            if not entry.name.endswith(META_SUFFIX):
-                continue
-            sha = entry.name[: -len(META_SUFFIX)]
-            if not _SHA_RE.fullmatch(sha):
-                continue
-            data = self.data_path(sha)
-            if not data.is_file():
-                continue
-            try:
-                meta = VaultEntry.from_json(json.loads(entry.read_text()), str(entry))
-            except (OSError, ValueError) as exc:
-                log.warning("vault: ignoring %s: unreadable metadata: %s", entry.name, exc)
-                continue
-            if meta.sha256 != sha:
-                log.warning("vault: ignoring %s: it describes sha256 %s", entry.name, meta.sha256)
-                continue
-            yield _with_path(meta, data)
-
     def list(self) -> builtins.list[VaultEntry]:
         """Catalog entries, newest first (by when the agent took them)."""
-        return sorted(self._entries(), key=newest_first_key, reverse=True)
+        with self._counting("list"):
+            entries = sorted(self.store.list(), key=newest_first_key, reverse=True)
+        self.listed = entries
+        self.seen_at = time.time()
+        return entries
 
     def newest(self) -> Optional[VaultEntry]:
         items = self.list()
         return items[0] if items else None
 
+    def newest_cached(self) -> Optional[VaultEntry]:
+        """The newest entry of the last listing, without asking the backend (status lines)."""
+        return self.listed[0] if self.listed else None
+
     def has(self, sha256: str) -> Optional[VaultEntry]:
-        meta = self.meta_path(sha256)
-        if not (meta.is_file() and self.data_path(sha256).is_file()):
-            return None
-        try:
-            return _with_path(VaultEntry.from_json(json.loads(meta.read_text()), str(meta)), self.data_path(sha256))
-        except (OSError, ValueError):
-            return None
+        with self._counting("list"):
+            return self.store.get(sha256)
 
     def resolve(self, ref: str) -> VaultEntry:
         """``latest`` or a unique sha256 prefix; UsageError (exit 2) otherwise."""
-        return resolve_ref(self.list(), ref, f"the vault ({self.dir})")
+        return resolve_ref(self.list(), ref, f"the vault ({self.location})")
 
     def total_bytes(self) -> int:
         return sum(e.size for e in self.list())
 
-    @contextlib.contextmanager
-    def materialize(self, entry: VaultEntry) -> Iterator[Path]:
-        """A local, plaintext file of ``entry`` for as long as the block runs (here: the stored file)."""
-        path = self.data_path(entry.sha256)
-        if not path.is_file():
-            raise SnapshotError(f"vault {self.dir}: {entry.sha256[:12]} has no data file")
-        yield path
+    def holds_same(self, incoming: Incoming) -> Optional[VaultEntry]:
+        """An entry with the same data as ``incoming`` (same cluster and exact revision), if any."""
+        dup = same_data(self.list(), incoming.cluster_id, incoming.revision, incoming.revision_exact)
+        if dup is not None:
+            self.confirm_current(incoming.created_unix)
+        return dup
 
-    # -- pins ----------------------------------------------------------------
-    def pin_path(self, sha256: str) -> Path:
-        return self.dir / f"{sha256}.pin"
-
-    def pin(self, sha256: str, reason: str) -> None:
-        """Keep an entry whatever retention says, until ``unpin``."""
-        if self.has(sha256) is None:
-            raise UsageError(f"no snapshot {sha256[:12]} in the vault ({self.dir})")
-        fsutil.atomic_write_json(self.pin_path(sha256), {"reason": reason, "at": time.time()})
-
-    def unpin(self, sha256: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.pin_path(sha256).unlink()
-            fsutil.fsync_dir(self.dir)
-
-    def pinned(self, sha256: str) -> Optional[str]:
-        try:
-            data = json.loads(self.pin_path(sha256).read_text())
-        except (OSError, ValueError):
-            return None
-        return str(data.get("reason", "pinned")) if isinstance(data, dict) else "pinned"
+    def confirm_current(self, created_unix: float) -> None:
+        """The backend was seen to hold data as fresh as a snapshot taken at ``created_unix``."""
+        self.fresh_as_of = max(self.fresh_as_of or 0.0, created_unix)
 
     # -- writing -----------------------------------------------------------
     def pull(self, incoming: Incoming, fetch: Fetcher, verify: bool = False,
              now: Optional[Callable[[], float]] = None) -> tuple[VaultEntry, bool]:
         """Add a snapshot unless the vault has it; return (entry, pulled).
 
-        ``fetch(temp)`` writes the snapshot at a temp path in the vault
-        directory (verified end to end) or raises leaving nothing behind. The
-        temp is then checked for size (and, with ``verify``, re-hashed), renamed
-        to ``<sha256>.db`` and the sidecar written. Any failure removes the
-        temp: a failed pull never appears in the catalog.
+        ``fetch(temp)`` writes the snapshot at a temp path (verified end to
+        end) or raises leaving nothing behind. The temp is then checked for
+        size (and, with ``verify``, re-hashed) and saved. Any failure removes
+        the temp: a failed pull never appears in the catalog.
         """
         existing = self.has(incoming.sha256)
         if existing is not None:
             return existing, False
         clock = now or time.time
-        self.ensure_space(incoming.size)
-        temp = self.temp_path()
+        with self._counting("upload"):
+            ensure_space(self.work_dir, incoming.size, "vault work directory")
+            self.store.ensure_space(incoming.size)
+        temp = self.work_dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
         try:
             fetch(temp)
             size = temp.stat().st_size
@@ -306,72 +213,180 @@ class Vault:
                                       f"{incoming.source_member}, expected {incoming.size}")
             if verify:
                 verify_file(temp, incoming.sha256, incoming.size)
-            entry = self._commit(temp, incoming, clock())
+            entry = self._save(temp, incoming, clock())
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+        self.confirm_current(incoming.created_unix)
         return entry, True
 
-    def add_file(self, path: Path, incoming: Incoming, now: Optional[float] = None) -> tuple[VaultEntry, bool]:
-        """Copy a local, verified snapshot file into the vault (sha256, size and trailer checked)."""
-        import shutil
+    def _save(self, temp: Path, incoming: Incoming, pulled_unix: float) -> VaultEntry:
+        entry = incoming.entry(pulled_unix, encrypted=self.encrypted)
+        with self._counting("upload"):
+            if self.recipients:
+                with agekeys.encrypting(temp, self.recipients) as stream:
+                    self.store.save(entry, SNAPSHOT, stream)
+            else:
+                os.chmod(temp, 0o600)
+                self.store.save(entry, SNAPSHOT, temp)
+        self.seen_at = time.time()
+        stored = self.store.get(entry.sha256) or entry
+        log.info("vault: stored %s (%d bytes, revision %d%s) from member %s in %s", incoming.sha256[:16],
+                 incoming.size, incoming.revision, ", age-encrypted" if self.encrypted else "",
+                 incoming.source_member, self.location)
+        return stored
 
+    def add_file(self, path: Path, incoming: Incoming, pin: Optional[str] = None,
+                 now: Optional[float] = None) -> tuple[VaultEntry, bool]:
+        """Copy a local, verified snapshot file into the vault (sha256, size and trailer checked).
+
+        With ``pin`` (a reason, e.g. ``pre-restore``) the entry is pinned, also
+        when the vault already had it.
+        """
         def copy(dest: Path) -> None:
             with open(path, "rb") as src, fsutil.atomic_writer(dest) as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+                agekeys.copy_stream(src, out)
 
-        return self.pull(incoming, copy, verify=True, now=(lambda: now) if now is not None else None)
+        entry, pulled = self.pull(incoming, copy, verify=True, now=(lambda: now) if now is not None else None)
+        if pin is not None:
+            entry = self.pin(entry.sha256, pin)
+        return entry, pulled
 
-    def _commit(self, temp: Path, incoming: Incoming, pulled_unix: float) -> VaultEntry:
-        final = self.data_path(incoming.sha256)
-        os.chmod(temp, 0o600)
-        os.replace(temp, final)   # same content by construction if it is already there
-        fsutil.fsync_dir(self.dir)
-        entry = VaultEntry(
-            sha256=incoming.sha256, size=incoming.size, source_member=incoming.source_member,
-            original_name=incoming.original_name, revision=incoming.revision, cluster_id=incoming.cluster_id,
-            member_id=incoming.member_id, etcd_version=incoming.etcd_version, created_at=incoming.created_at,
-            created_unix=incoming.created_unix, pulled_at=iso_utc(pulled_unix), pulled_unix=pulled_unix,
-            path=str(final),
-        )
-        fsutil.atomic_write_json(self.meta_path(incoming.sha256), entry.sidecar())
-        log.info("vault: stored %s (%d bytes, revision %d) from member %s", incoming.sha256[:16],
-                 incoming.size, incoming.revision, incoming.source_member)
+    def add_bundle(self, entry: VaultEntry, path: Path) -> VaultEntry:
+        """Store an agent's node bundle beside ``entry``; refused unless it is age-encrypted."""
+        with open(path, "rb") as fh:
+            if not agekeys.is_age_file(fh.read(len(agekeys.AGE_MAGIC))):
+                raise UsageError(f"refused to store the bundle of {entry.sha256[:12]}: it is not age-encrypted")
+        with self._counting("upload"):
+            self.store.save(entry, BUNDLE, path)
+        return entry.with_(bundle=True)
+
+    # -- pins ----------------------------------------------------------------
+    def pin(self, sha256: str, reason: str) -> VaultEntry:
+        """Keep an entry whatever retention says; ``reason`` is shown in listings."""
+        problem = names.check_reason(reason)
+        if problem is not None:
+            raise UsageError(problem)
+        with self._lock:
+            entry = self._get(sha256)
+            with self._counting("upload"):
+                self.store.set_pin(sha256, reason)
+        log.info("vault: pinned %s (%s)", sha256[:16], reason)
+        return entry.with_(pinned=reason)
+
+    def unpin(self, sha256: str) -> VaultEntry:
+        entry = self._get(sha256)
+        if entry.pinned is not None:
+            with self._counting("delete"):
+                self.store.set_pin(sha256, None)
+            log.info("vault: unpinned %s (was: %s)", sha256[:16], entry.pinned)
+        return entry.with_(pinned=None)
+
+    def pinned(self, sha256: str) -> Optional[str]:
+        """The pin's reason, or None."""
+        entry = self.has(sha256)
+        return entry.pinned if entry is not None else None
+
+    def _get(self, sha256: str) -> VaultEntry:
+        entry = self.has(sha256)
+        if entry is None:
+            raise UsageError(f"no snapshot {sha256[:16]} in the vault ({self.location})")
         return entry
 
-    def ensure_space(self, size: int) -> None:
-        """Refuse a pull that would not fit (with a little headroom for the sidecar and the filesystem)."""
-        free = fsutil.free_bytes(self.dir)
-        need = size + (16 << 20)
-        if free < need:
-            raise VaultDiskError(f"vault {self.dir}: {free} bytes free, a {size}-byte snapshot needs {need}; "
-                                 "lower [vault] keep or give the vault more space")
+    # -- reading back ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _plaintext(self, entry: VaultEntry, kind: str = SNAPSHOT) -> Iterator[IO[bytes]]:
+        """The entry's bytes as stored, decrypted when they are encrypted."""
+        with self.store.open_read(entry, kind) as raw:
+            if not (entry.encrypted or kind == BUNDLE):
+                yield raw
+                return
+            if self.identity is None:
+                raise UsageError(f"{entry.sha256[:12]} is age-encrypted and [vault] age_identity is not set: "
+                                 "give the coordinator the identity (secret key) of one of its recipients")
+            with agekeys.decrypting(raw, self.identity, f"decrypting {entry.sha256[:12]}") as plain:
+                yield plain   # type: ignore[misc]
 
+    def _write_verified(self, entry: VaultEntry, out: IO[bytes]) -> None:
+        """Copy the plaintext into ``out``, hashing; SnapshotCorrupt unless sha256 and size match."""
+        digest = hashlib.sha256()
+        size = 0
+        with self._counting("download"), self._plaintext(entry) as src:
+            while True:
+                data = src.read(CHUNK)
+                if not data:
+                    break
+                digest.update(data)
+                out.write(data)
+                size += len(data)
+        if size != entry.size or digest.hexdigest() != entry.sha256:
+            exc = SnapshotCorrupt(f"vault object of {entry.sha256[:16]} ({self.location}) reads back as {size} "
+                                  f"bytes with sha256 {digest.hexdigest()[:16]}, expected {entry.size} bytes "
+                                  f"with sha256 {entry.sha256[:16]}: it was altered or damaged; refused")
+            self._failed(exc, "download")
+            raise exc
+
+    @contextlib.contextmanager
+    def materialize(self, entry: VaultEntry) -> Iterator[Path]:
+        """A local, plaintext, sha256-verified file of ``entry`` for as long as the block runs.
+
+        A plain directory vault yields its own file (after re-hashing it);
+        otherwise a 0600 temp file in the work directory, removed on exit.
+        """
+        if isinstance(self.store, DirStore) and not entry.encrypted:
+            path = self.store.data_path(entry.sha256)
+            with self._counting("download"):
+                verify_file(path, entry.sha256, entry.size)
+            yield path
+            return
+        ensure_space(self.work_dir, entry.size, "vault work directory")
+        temp = self.work_dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.materialized"
+        try:
+            with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:
+                self._write_verified(entry, out)
+                out.flush()
+                os.fsync(out.fileno())
+            yield temp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+    def export(self, entry: VaultEntry, dest: Path, *, bundle: bool = False, raw: bool = False) -> int:
+        """Write a snapshot (decrypted, verified) or its node bundle to ``dest``; returns bytes written.
+
+        ``raw``: the bytes as stored (still encrypted). Nothing is left at
+        ``dest`` unless the copy is complete and checked.
+        """
+        kind = BUNDLE if bundle else SNAPSHOT
+        if bundle and not entry.bundle:
+            raise UsageError(f"snapshot {entry.sha256[:12]} has no node bundle in the vault (the agent had none, "
+                             "or its [bundle] has no encrypt_to)")
+        with fsutil.atomic_writer(dest) as out:
+            if raw:
+                with self._counting("download"), self.store.open_read(entry, kind) as src:
+                    agekeys.copy_stream(src, out)
+            elif bundle:
+                with self._counting("download"), self._plaintext(entry, BUNDLE) as src:
+                    agekeys.copy_stream(src, out)
+            else:
+                self._write_verified(entry, out)
+            written = int(out.tell())
+        return written
+
+    # -- pruning -------------------------------------------------------------
     def delete(self, entry: VaultEntry) -> None:
-        """Sidecar first (the entry leaves the catalog), then the data file."""
-        with contextlib.suppress(FileNotFoundError):
-            self.meta_path(entry.sha256).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.data_path(entry.sha256).unlink()
-        fsutil.fsync_dir(self.dir)
+        with self._counting("delete"):
+            self.store.delete(entry)
 
     def apply_retention(self, keep: int) -> builtins.list[retention.Verdict]:
-        """Keep the ``keep`` newest entries (the newest always); delete the rest."""
-        entries = {e.sha256: e for e in self.list() if self.pinned(e.sha256) is None}
-        verdicts = retention.decide(
-            [retention.Aged(e.sha256, e.created_unix) for e in entries.values()], keep, None, time.time())
-        for v in verdicts:
-            if not v.keep:
-                log.info("vault retention: deleting %s (%s)", v.name[:16], v.reason)
-                self.delete(entries[v.name])
+        """Keep pinned entries and the ``keep`` newest others (the newest always); delete the rest."""
+        with self._lock:
+            entries = {e.sha256: e for e in self.list()}
+            verdicts = retention.decide([retention.Aged(e.sha256, e.created_unix, e.pinned) for e in entries.values()],
+                                        keep, None, time.time())
+            for v in verdicts:
+                if not v.keep:
+                    log.info("vault retention: deleting %s (%s)", v.name[:16], v.reason)
+                    self.delete(entries[v.name])
         return verdicts
 
-
-class VaultDiskError(SnapshotError):
-    """The vault's filesystem has no room for a snapshot; nothing was written."""
-
-
-def _with_path(entry: VaultEntry, path: Path) -> VaultEntry:
-    data = asdict(entry)
-    data["path"] = str(path)
-    return VaultEntry(**data)

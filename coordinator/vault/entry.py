@@ -1,0 +1,190 @@
+"""What the vault knows of a snapshot (VaultEntry), what an agent offers (Incoming), and the pure
+decisions over them: resolving an id, and whether an offered snapshot adds anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+from etcdguard.agent.base.errors import UsageError
+from etcdguard.agent.snapshots.store import iso_utc
+
+FORMAT = 1
+MIN_PREFIX = 4
+SHA_RE = re.compile(r"[0-9a-f]{64}")
+_HEX_RE = re.compile(r"[0-9a-f]+")
+# Not in the sidecar: where the data is now, and what the backend derives from its files or keys.
+DERIVED = ("path", "pinned", "bundle", "encrypted")
+OPTIONAL = {"revision_exact": True}
+
+
+@dataclass(frozen=True)
+class VaultEntry:
+    """One snapshot in the vault."""
+
+    sha256: str
+    size: int
+    source_member: str       # the member whose agent sent it
+    original_name: str       # its file name in that agent's store
+    revision: int
+    cluster_id: str
+    member_id: str
+    etcd_version: str
+    created_at: str          # when the agent took it (ISO 8601 UTC)
+    created_unix: float
+    pulled_at: str           # when the vault received it
+    pulled_unix: float
+    path: str = ""           # dir backend: where the data file is now; else ""
+    pinned: Optional[str] = None   # the pin's reason; None: retention may remove it
+    bundle: bool = False     # a node bundle (PKI, manifests) is stored beside it
+    encrypted: bool = False  # stored age-encrypted
+    revision_exact: bool = True    # revision read from the file (False: a lower bound from etcd's header)
+
+    @property
+    def id(self) -> str:
+        return self.sha256
+
+    def with_(self, **changes: Any) -> VaultEntry:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["id"] = self.sha256
+        data["member"] = self.source_member
+        return data
+
+    def sidecar(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in DERIVED:
+            data.pop(key)
+        data["format"] = FORMAT
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> VaultEntry:
+        """Parse a sidecar; ValueError names what is wrong with it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: metadata is not a JSON object")
+        types: dict[str, Any] = {
+            "sha256": str, "size": int, "source_member": str, "original_name": str, "revision": int,
+            "cluster_id": str, "member_id": str, "etcd_version": str, "created_at": str,
+            "created_unix": (int, float), "pulled_at": str, "pulled_unix": (int, float), "revision_exact": bool,
+        }
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in DERIVED:
+                continue
+            if f.name in OPTIONAL and f.name not in data:
+                continue
+            value = data.get(f.name)
+            if (isinstance(value, bool) and types[f.name] is not bool) or not isinstance(value, types[f.name]):
+                raise ValueError(f"{where}: field {f.name!r} is missing or mistyped")
+            values[f.name] = float(value) if f.name.endswith("_unix") else value
+        if not SHA_RE.fullmatch(values["sha256"]):
+            raise ValueError(f"{where}: field 'sha256' is not a sha256 hex digest")
+        return cls(**values)
+
+
+def newest_first_key(e: VaultEntry) -> tuple[float, str]:
+    """The order retention uses too (agent/base/retention.py), so "newest" means the same everywhere."""
+    return (e.created_unix, e.sha256)
+
+
+def resolve_ref(entries: Sequence[VaultEntry], ref: str, where: str = "the vault") -> VaultEntry:
+    """Pure: ``latest`` or a unique sha256 prefix (at least 4 hex digits) -> the entry.
+
+    Unknown, ambiguous or malformed references raise UsageError (exit 2).
+    """
+    ordered = sorted(entries, key=newest_first_key, reverse=True)
+    text = ref.strip().lower()
+    if text == "latest":
+        if not ordered:
+            raise UsageError(f"{where} holds no snapshots yet, so 'latest' names none "
+                             "(take one with `etcdguardctl backup`)")
+        return ordered[0]
+    if len(text) < MIN_PREFIX or len(text) > 64 or not _HEX_RE.fullmatch(text):
+        raise UsageError(f"{ref!r} is not a snapshot id: give 'latest' or a sha256 prefix of at least "
+                         f"{MIN_PREFIX} hex digits (see `etcdguardctl snapshots`)")
+    matches = [e for e in ordered if e.sha256.startswith(text)]
+    if not matches:
+        raise UsageError(f"no snapshot {ref!r} in {where} (see `etcdguardctl snapshots`)")
+    if len(matches) > 1:
+        shown = ", ".join(m.sha256[:16] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise UsageError(f"{ref!r} is ambiguous: {len(matches)} snapshots start with it ({shown}); "
+                         "give more digits")
+    return matches[0]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What the source agent says about a snapshot before it is pulled."""
+
+    sha256: str
+    size: int
+    source_member: str
+    original_name: str
+    revision: int
+    cluster_id: str
+    member_id: str
+    etcd_version: str
+    created_at: str
+    created_unix: float
+    revision_exact: bool = True
+    bundle: bool = False     # the agent holds an encrypted node bundle beside it
+
+    @classmethod
+    def from_agent(cls, member: str, meta: dict[str, Any]) -> Incoming:
+        """From an agent's SnapshotMeta JSON; ValueError if it lacks what the vault records."""
+        try:
+            sha = str(meta["sha256"])
+            if not SHA_RE.fullmatch(sha):
+                raise ValueError(f"member {member}: snapshot sha256 {sha!r} is not a sha256 hex digest")
+            created_unix = float(meta["created_unix"])
+            return cls(
+                sha256=sha, size=int(meta["size"]), source_member=member, original_name=str(meta["name"]),
+                revision=int(meta.get("revision") or 0), cluster_id=str(meta.get("cluster_id") or ""),
+                member_id=str(meta.get("member_id") or ""), etcd_version=str(meta.get("etcd_version") or ""),
+                created_at=str(meta.get("created_at") or iso_utc(created_unix)), created_unix=created_unix,
+                revision_exact=revision_exact(meta), bundle=meta.get("bundle") == "encrypted",
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"member {member}: snapshot metadata lacks {exc}") from None
+
+    def entry(self, pulled_unix: float, *, encrypted: bool = False, path: str = "") -> VaultEntry:
+        return VaultEntry(
+            sha256=self.sha256, size=self.size, source_member=self.source_member,
+            original_name=self.original_name, revision=self.revision, cluster_id=self.cluster_id,
+            member_id=self.member_id, etcd_version=self.etcd_version, created_at=self.created_at,
+            created_unix=self.created_unix, pulled_at=iso_utc(pulled_unix), pulled_unix=pulled_unix,
+            path=path, encrypted=encrypted, revision_exact=self.revision_exact,
+        )
+
+
+def revision_exact(meta: Any) -> bool:
+    """Whether an agent's snapshot metadata has the revision read from the file itself.
+
+    Without etcdutl/etcdctl the agent records etcd's header revision from
+    before the snapshot, a lower bound: two such snapshots with the same
+    number may hold different data.
+    """
+    return isinstance(meta, dict) and meta.get("revision_source", "snapshot-status") == "snapshot-status"
+
+
+def same_data(entries: Sequence[VaultEntry], cluster_id: str, revision: int, exact: bool) -> Optional[VaultEntry]:
+    """Pure: an entry holding the same data as a snapshot of (cluster_id, revision), or None.
+
+    etcd bumps the revision on every write, so two snapshots of one cluster at
+    one revision hold the same keys and values, though their bytes differ
+    (bbolt page layout, free pages). Only an exact revision can be trusted
+    that way; leases granted and auth changes made without a key write do not
+    bump it and wait for the next write to be copied.
+    """
+    if not exact or not cluster_id or revision <= 0:
+        return None
+    for e in sorted(entries, key=newest_first_key, reverse=True):
+        if e.cluster_id == cluster_id and e.revision == revision and e.revision_exact:
+            return e
+    return None
