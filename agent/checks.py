@@ -20,9 +20,10 @@ class CheckResult:
     ok: bool
     detail: str
     hint: str = ""
+    warning: bool = False   # ok, but worth a look (does not fail `check`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint}
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint, "warning": self.warning}
 
 
 def _readable(path: Path) -> Optional[str]:
@@ -95,11 +96,33 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
     results.append(CheckResult("backup dir", ok, detail,
                                "" if ok else f"fix permissions or set backup.dir in {config.source}"))
     results.append(_server_check(config))
+    results.append(_bundle_check(config))
     if config.apiserver is not None and config.apiserver.manifest is not None:
         present = config.apiserver.manifest.exists()
         results.append(CheckResult("apiserver manifest", present, str(config.apiserver.manifest),
                                    "" if present else "set apiserver.manifest, or remove [apiserver]"))
     return results
+
+
+def _bundle_check(config: AgentConfig) -> CheckResult:
+    """What the node bundle will hold, and whether it can leave the node (only encrypted)."""
+    from etcdguard.agent.base.agekeys import AgeError, find_age
+    from etcdguard.agent.snapshots.bundle import present
+
+    b = config.bundle
+    if not b.enabled:
+        return CheckResult("node bundle", True, "disabled ([bundle] enabled = false)")
+    found = present(b.paths)
+    holds = ", ".join(map(str, found)) if found else "nothing (none of the paths exists here)"
+    if not b.encrypt_to:
+        return CheckResult("node bundle", True, f"holds {holds}; NOT encrypted: it stays on this node (0600) and "
+                           "the vault gets none", f"set [bundle] encrypt_to in {config.source} to the vault's "
+                           "age recipient(s)", warning=True)
+    try:
+        find_age()
+    except AgeError as exc:
+        return CheckResult("node bundle", False, str(exc), "install the age package")
+    return CheckResult("node bundle", True, f"holds {holds}; age-encrypted to {len(b.encrypt_to)} recipient(s)")
 
 
 def _server_check(config: AgentConfig) -> CheckResult:

@@ -96,8 +96,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             log.debug("%s from %s", field, source)
         print("checks")
         for r in results:
-            print(f"  {'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
-            if r.hint and not r.ok:
+            print(f"  {'FAIL' if not r.ok else 'WARN' if r.warning else 'ok  '} {r.name}: {r.detail}")
+            if r.hint and (not r.ok or r.warning):
                 print(f"         hint: {r.hint}")
         print(f"{len(problems)} problem(s)" if problems else "all checks passed")
     return EXIT_FAILED if problems else EXIT_OK
@@ -269,8 +269,9 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     if not metas:
         print(f"no snapshots in {config.backup.dir}")
     for m in metas:
+        notes = "".join([f"  bundle ({m.bundle})" if m.bundle else "", f"  pinned: {m.pinned}" if m.pinned else ""])
         print(f"{m.name}  {format_bytes(m.size):>10}  rev {m.revision:<10} "
-              f"{format_duration(time.time() - m.created_unix)} ago  sha256 {m.sha256[:16]}")
+              f"{format_duration(time.time() - m.created_unix)} ago  sha256 {m.sha256[:16]}{notes}")
     return EXIT_OK
 
 
@@ -278,7 +279,7 @@ def _load_extensions() -> None:
     """Commands that live in their own modules register themselves on import."""
     import importlib
 
-    for module in ("restore.cli",):
+    for module in ("restore.cli", "snapshots.cli"):
         try:
             importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:

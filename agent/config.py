@@ -74,6 +74,22 @@ class BackupSettings:
     timeout: float = 1800.0
 
 
+DEFAULT_BUNDLE_PATHS = (
+    Path("/etc/kubernetes/pki"),                   # etcd CA, peer and server keys, cluster CA, service-account keys
+    Path("/etc/kubernetes/manifests"),             # the static-pod manifests
+    Path("/etc/kubernetes/kubeadm-config.yaml"),   # the kubeadm config, where kept there
+)
+
+
+@dataclass(frozen=True)
+class BundleSettings:
+    """[bundle]: what a rebuilt node needs that etcd does not hold, archived beside each snapshot."""
+
+    enabled: bool = True
+    paths: tuple[Path, ...] = DEFAULT_BUNDLE_PATHS   # missing ones are skipped
+    encrypt_to: tuple[str, ...] = ()   # age recipients; without any the bundle never leaves the node
+
+
 @dataclass(frozen=True)
 class RestoreSettings:
     bump_revision: int = 1_000_000_000
@@ -107,6 +123,7 @@ class AgentConfig:
     apiserver: Optional[ApiserverSettings] = None
     restart: tuple[RestartSettings, ...] = ()
     backup: BackupSettings = field(default_factory=BackupSettings)
+    bundle: BundleSettings = field(default_factory=BundleSettings)
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -127,6 +144,7 @@ def parse_agent_config(data: dict[str, Any], source: str) -> AgentConfig:
         apiserver = _apiserver(Table(source, "apiserver", top.data.get("apiserver")))
     restart = _restarts(source, top.data.get("restart"))
     backup = _backup(Table(source, "backup", top.data.get("backup")))
+    bundle = _bundle(Table(source, "bundle", top.data.get("bundle")))
     restore = _restore(Table(source, "restore", top.data.get("restore")))
     server = _server(Table(source, "server", top.data.get("server")))
     metrics_t = Table(source, "metrics", top.data.get("metrics"))
@@ -137,11 +155,12 @@ def parse_agent_config(data: dict[str, Any], source: str) -> AgentConfig:
     state_t = Table(source, "state", top.data.get("state"))
     state = StateSettings(dir=state_t.path("dir", StateSettings.dir) or StateSettings.dir)
     state_t.finish()
-    for section in ("etcd", "apiserver", "restart", "backup", "restore", "server", "metrics", "state"):
+    for section in ("etcd", "apiserver", "restart", "backup", "bundle", "restore", "server", "metrics", "state"):
         top._get(section)
     top.finish()
     return AgentConfig(
-        source=source, etcd=etcd, apiserver=apiserver, restart=restart, backup=backup, restore=restore,
+        source=source, etcd=etcd, apiserver=apiserver, restart=restart, backup=backup, bundle=bundle,
+        restore=restore,
         server=server, metrics=metrics, state=state,
     )
 
@@ -237,6 +256,25 @@ def _backup(t: Table) -> BackupSettings:
         max_age=t.duration("max_age"),
         timeout=t.duration("timeout", d.timeout) or d.timeout,
     )
+    t.finish()
+    return s
+
+
+def _bundle(t: Table) -> BundleSettings:
+    from etcdguard.agent.base.agekeys import check_recipients
+
+    d = BundleSettings()
+    paths = t.text_list("paths")
+    for p in paths or ():
+        if not p.startswith("/"):
+            raise t.error("paths", "absolute paths (files or directories)")
+    recipients = t.text_list("encrypt_to") or ()
+    problem = check_recipients(recipients)
+    if problem is not None:
+        raise t.error("encrypt_to", f"age recipients ('age1' and 58 more characters, from age-keygen); {problem}")
+    s = BundleSettings(enabled=t.flag("enabled", d.enabled),
+                       paths=tuple(Path(p) for p in paths) if paths is not None else d.paths,
+                       encrypt_to=recipients)
     t.finish()
     return s
 

@@ -55,6 +55,7 @@ from etcdguard.agent.restore.remote import (
     snapshot_in_use,
 )
 from etcdguard.agent.snapshots.backup import BackupRunner
+from etcdguard.agent.snapshots.bundle import read_chunk as read_bundle_chunk
 from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
 from etcdguard.agent.wire import keys
 from etcdguard.agent.wire.protocol import (
@@ -712,6 +713,10 @@ class AgentServer:
         if op == "ping":
             self._send(router, peer.identity, answer(rid, lambda: ({"pong": True, "version": __version__}, None)))
             return
+        if op == "bundle.fetch":
+            self._send(router, peer.identity, answer(rid, lambda: read_bundle_chunk(
+                self._store(), args["name"], args["offset"], args["size"])))
+            return
         if op == "snapshot.list":
             self._send(router, peer.identity, answer(rid, self._list))
             return
@@ -897,7 +902,7 @@ def summary(meta: SnapshotMeta) -> SnapshotSummary:
     return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.revision,
                            created_at=meta.created_at, created_unix=meta.created_unix, member_name=meta.member_name,
                            member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version,
-                           revision_source=meta.revision_source)
+                           revision_source=meta.revision_source, pinned=meta.pinned, bundle=meta.bundle)
 
 
 def _free(path: Path) -> Optional[int]:

@@ -3,6 +3,7 @@ daemon's schedule, `etcdguard-agent snapshot` and the coordinator's requests."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -66,6 +67,21 @@ class BackupRunner:
             self.metrics.record_success(newest.created_unix, newest.size, newest.revision)
         return metas
 
+    def _bundle(self, meta: SnapshotMeta) -> SnapshotMeta:
+        """The node bundle beside a new snapshot; a failure is logged and leaves the snapshot as it is."""
+        from etcdguard.agent.snapshots.bundle import BundleError, write_bundle
+
+        if not self.config.bundle.enabled:
+            return meta
+        try:
+            path = write_bundle(self.config.bundle, self.store, meta.name)
+        except BundleError as exc:
+            log.warning("%s", exc)
+            return meta
+        if path is None:
+            return meta
+        return dataclasses.replace(meta, bundle="encrypted" if self.config.bundle.encrypt_to else "local")
+
     def run_once(self, progress: Optional[Progress] = None, cancel: Optional[Cancellation] = None) -> SnapshotMeta:
         """Take one snapshot now; raises EtcdguardError (already counted in metrics)."""
         cancel = cancel or Cancellation()
@@ -89,6 +105,7 @@ class BackupRunner:
             self.metrics.record_success(meta.created_unix, meta.size, meta.revision, time.monotonic() - started)
             log.info("snapshot %s: %s, revision %d, sha256 %s..., %s", meta.name, format_bytes(meta.size),
                      meta.revision, meta.sha256[:12], format_duration(time.monotonic() - started))
+            meta = self._bundle(meta)
             self.store.apply_retention(self.config.backup.keep, self.config.backup.max_age)
             self.refresh_store_metrics()
             return meta

@@ -3,12 +3,18 @@
 A snapshot is in the catalog only when both its file and its sidecar exist,
 which are written in that order, each by temp + fsync + rename. Anything
 else found in the directory is leftover from an interrupted write.
+
+Beside a snapshot: ``<name>.bundle.age`` (its node bundle, age-encrypted) or
+``<name>.bundle.tar`` (the same, unencrypted: it never leaves the node), and
+``<name>.pin`` (a keep annotation: its reason). Both are read when listing,
+so the sidecar, written once, is never rewritten.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SNAP_SUFFIX = ".db"
 META_SUFFIX = ".db.json"
+BUNDLE_ENCRYPTED = ".bundle.age"
+BUNDLE_LOCAL = ".bundle.tar"
+PIN_SUFFIX = ".pin"
 NAME_RE = re.compile(r"^snap-\d{8}T\d{6}(?:\.\d{3})?Z-r\d+\.db$")
 
 
@@ -48,6 +57,8 @@ class SnapshotMeta:
     total_keys: Optional[int] = None
     etcd_hash: Optional[int] = None
     trailer_verified: bool = True
+    bundle: Optional[str] = None     # "encrypted" (may go to the vault), "local" (stays here), None
+    pinned: Optional[str] = None     # the pin's reason; retention keeps it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +100,10 @@ class SnapshotStore:
                 # File renamed in but sidecar never written: it was never in the catalog.
                 entry.unlink()
                 removed.append(entry)
+            for suffix in (BUNDLE_ENCRYPTED, BUNDLE_LOCAL):
+                if entry.name.endswith(suffix) and not (self.dir / entry.name[: -len(suffix)]).exists():
+                    entry.unlink()   # the bundle of a snapshot that is gone
+                    removed.append(entry)
         for path in removed:
             log.info("removed leftover of an interrupted snapshot: %s", path.name)
         return removed
@@ -112,9 +127,36 @@ class SnapshotStore:
             except (OSError, ValueError) as exc:
                 log.warning("ignoring snapshot with unreadable metadata %s: %s", entry, exc)
                 continue
-            out.append(_with_path(meta, snap))
+            out.append(self._annotate(_with_path(meta, snap)))
         out.sort(key=lambda m: (m.created_unix, m.name), reverse=True)
         return out
+
+    def _annotate(self, meta: SnapshotMeta) -> SnapshotMeta:
+        bundle = ("encrypted" if self.bundle_path(meta.name, True).is_file() else
+                  "local" if self.bundle_path(meta.name, False).is_file() else None)
+        pinned = None
+        with contextlib.suppress(FileNotFoundError):
+            pinned = self.pin_path(meta.name).read_text(encoding="utf-8", errors="replace").strip() or "pinned"
+        return dataclasses.replace(meta, bundle=bundle, pinned=pinned)
+
+    def bundle_path(self, name: str, encrypted: bool) -> Path:
+        return self.dir / f"{name}{BUNDLE_ENCRYPTED if encrypted else BUNDLE_LOCAL}"
+
+    def pin_path(self, name: str) -> Path:
+        return self.dir / f"{name}{PIN_SUFFIX}"
+
+    def pin(self, name: str, reason: str) -> SnapshotMeta:
+        """Keep a snapshot whatever retention says; ``reason`` shows in listings."""
+        meta = self.get(name)
+        fsutil.atomic_write_bytes(self.pin_path(meta.name), (reason + "\n").encode())
+        return dataclasses.replace(meta, pinned=reason)
+
+    def unpin(self, name: str) -> SnapshotMeta:
+        meta = self.get(name)
+        with contextlib.suppress(FileNotFoundError):
+            self.pin_path(meta.name).unlink()
+            fsutil.fsync_dir(self.dir)
+        return dataclasses.replace(meta, pinned=None)
 
     def newest(self) -> Optional[SnapshotMeta]:
         items = self.list()
@@ -142,8 +184,10 @@ class SnapshotStore:
         """Remove the sidecar first (leaving the catalog), then the file."""
         with contextlib.suppress(FileNotFoundError):
             (self.dir / (meta.name + ".json")).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / meta.name).unlink()
+        for path in (self.dir / meta.name, self.bundle_path(meta.name, True), self.bundle_path(meta.name, False),
+                     self.pin_path(meta.name)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         fsutil.fsync_dir(self.dir)
 
     def apply_retention(
@@ -151,7 +195,7 @@ class SnapshotStore:
     ) -> builtins.list[retention.Verdict]:
         metas = {m.name: m for m in self.list()}
         verdicts = retention.decide(
-            [retention.Aged(m.name, m.created_unix) for m in metas.values()],
+            [retention.Aged(m.name, m.created_unix, m.pinned) for m in metas.values()],
             keep, max_age, time.time() if now is None else now,
         )
         for v in verdicts:

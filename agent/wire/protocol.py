@@ -406,6 +406,11 @@ OPS: Mapping[str, OpSpec] = _ops(
     OpSpec("restore.status", MappingProxyType({"op_id": _OP_ID}), doc="recorded steps of an operation"),
     OpSpec("etcd.inspect", MappingProxyType({"hashkv_revision": Int(0, MAX_OFFSET, required=False)}),
            doc="the local etcd asked now: status, member list, alarms, and hashkv at a revision when given"),
+    OpSpec("bundle.fetch", MappingProxyType({
+        "name": _SNAPSHOT_NAME,
+        "offset": Int(0, MAX_OFFSET),
+        "size": Int(1, MAX_CHUNK),
+    }), reply_data=True, doc="read one chunk of the encrypted node bundle beside a snapshot"),
 )
 
 

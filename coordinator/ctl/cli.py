@@ -142,10 +142,11 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         print("the vault is empty (take one with `etcdguardctl backup`)")
         return EXIT_OK
     now = time.time()
-    rows = [["ID", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD"]]
+    rows = [["ID", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED"]]
     for e in entries:
         rows.append([e["sha256"][:12], e["created_at"], format_duration(max(0.0, now - e["created_unix"])),
-                     format_bytes(e["size"]), str(e["revision"]), e["source_member"], e["etcd_version"] or "-"])
+                     format_bytes(e["size"]), str(e["revision"]), e["source_member"], e["etcd_version"] or "-",
+                     "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
     print(_table(rows))
     return EXIT_OK
 
@@ -197,12 +198,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
         printer.finish()
     e = result["entry"]
     took = float(result.get("duration_seconds") or 0)
-    earlier = "" if result["pulled"] else f" (identical to a snapshot stored earlier from {e['source_member']})"
+    earlier = "" if result["pulled"] else (f" (the same data as a snapshot stored earlier from {e['source_member']}: "
+                                           "same cluster, same revision)")
     emit(args, result,
          f"{'pulled' if result['pulled'] else 'already in the vault:'} {e['sha256'][:12]} from member "
          f"{result['member']}{earlier}: {format_bytes(e['size'])}, revision {e['revision']}, "
          f"taken {e['created_at']}\n"
-         f"  vault file {e['path']} (sha256 {e['sha256']}, checked end to end; {format_duration(took)})")
+         f"  vault {'file ' + e['path'] if e.get('path') else 'object'} (sha256 {e['sha256']}, checked end to "
+         f"end{', age-encrypted' if e.get('encrypted') else ''}; {format_duration(took)})")
     return EXIT_OK
 
 

@@ -7,6 +7,6 @@ from typing import Optional
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from etcdguard.coordinator.ctl import cli, restore  # noqa: F401 - importing registers the commands
+    from etcdguard.coordinator.ctl import cli, restore, vault_commands  # noqa: F401 - importing registers them
 
     return cli.CLI.main(argv)

@@ -74,11 +74,12 @@ def test_limits_and_codes():
 def test_registry_declares_the_ops_and_flags():
     assert set(P.OPS) == {
         "ping", "status", "snapshot.list", "snapshot.take", "snapshot.fetch", "snapshot.put",
-        "snapshot.put.abort", "restore.step", "restore.status", "etcd.inspect",
+        "snapshot.put.abort", "restore.step", "restore.status", "etcd.inspect", "bundle.fetch",
     }
     assert {n for n, s in P.OPS.items() if s.destructive} == {"restore.step"}
     assert {n for n, s in P.OPS.items() if s.data} == {"snapshot.put"}
-    assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch"}
+    assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch", "bundle.fetch"}
+    assert list(P.OPS)[-1] == "bundle.fetch"   # new ops go at the end
     assert P.STEPS == ("preflight", "prepare", "fence", "stop", "swap", "start", "verify",
                        "unfence", "restart-controllers", "undo-prepare", "undo-fence", "undo-stop", "undo-swap",
                        "undo-start", "rollback", "cleanup", "finish")
@@ -113,8 +114,8 @@ VALID = [
     ("restore.step", {"op_id": "op-1", "step": "finish", "params": {"outcome": "rolled-back"}}, None),
     ("restore.step", {"op_id": "op-1", "step": "fence", "params": {}}, None),
     ("restore.status", {"op_id": "20261124T033600Z-1a2b"}, None),
-    ("etcd.inspect", {}, None),
-    ("etcd.inspect", {"hashkv_revision": 1_000_000_042}, None),
+    ("etcd.inspect", "bundle.fetch", {}, None),
+    ("etcd.inspect", "bundle.fetch", {"hashkv_revision": 1_000_000_042}, None),
 ]
 
 
