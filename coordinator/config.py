@@ -216,7 +216,7 @@ def _s3(t: Table) -> S3Settings:
     region = t.text("region")
     if region is not None and not _REGION_RE.fullmatch(region):
         raise t.error("region", "a region name such as 'us-east-1'")
-    prefix = t.text("prefix", "") or ""
+    prefix = "" if t._get("prefix") == "" else (t.text("prefix", "") or "")   # "": the bucket's root
     if not _PREFIX_RE.fullmatch(prefix) or prefix.startswith("/") or "//" in prefix:
         raise t.error("prefix", "a key prefix of letters, digits and !_.*'()/- (no leading '/', no '//'), "
                       "e.g. 'prod-cluster/'")

@@ -58,3 +58,68 @@ class SlowProxy:
         for s in [self._listener, *self._sockets]:
             with contextlib.suppress(OSError):
                 s.close()
+
+
+class CuttingProxy:
+    """Forwards 127.0.0.1:<port> to a target until ``limit`` client->server bytes have passed, then cuts every
+    connection and refuses new ones: a server that becomes unreachable in the middle of an upload."""
+
+    def __init__(self, target_port: int, limit: int) -> None:
+        self.target_port = target_port
+        self.limit = limit
+        self.sent = 0
+        self.cut = threading.Event()
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self.cut.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        with contextlib.suppress(OSError):
+            while not self.cut.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if counted:
+                    with self._lock:
+                        self.sent += len(data)
+                        over = self.sent >= self.limit
+                    if over:
+                        self._cut()
+                        return
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def _cut(self) -> None:
+        self.cut.set()
+        with self._lock:
+            sockets = list(self._sockets)
+        for s in sockets:   # shutdown wakes a thread blocked in recv and sends the FIN; close alone does not
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for s in [self._listener, *sockets]:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        self._cut()

@@ -1,0 +1,353 @@
+"""The vault on a real S3 API server (moto_server, a separate process on loopback, spoken to by the real
+boto3 over HTTP) and age encryption at rest, on both backends. Production targets are AWS S3, MinIO or
+Ceph RGW; what these tests rely on is the S3 API itself."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from etcdguard.agent.base.agekeys import AgeError, is_age_file
+from etcdguard.agent.base.errors import ConfigError, SnapshotCorrupt
+from etcdguard.agent.snapshots.integrity import digest_file
+from etcdguard.coordinator.config import parse_coordinator_config
+from etcdguard.coordinator.metrics import CoordinatorMetrics
+from etcdguard.coordinator.vault import names
+from etcdguard.coordinator.vault.factory import open_vault
+from etcdguard.coordinator.vault.store import Incoming, Vault, VaultBackendError
+
+from tests.helpers.proxy import CuttingProxy
+from tests.helpers.s3 import MotoServer, age_keypair, quiet_env, synthetic_snapshot
+
+T0 = 1_790_000_000.0
+PART = 5 << 20
+
+
+def need_age() -> None:
+    if shutil.which("age") is None or shutil.which("age-keygen") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the age tool is not installed (make test installs it: apt install age)", pytrace=False)
+        pytest.skip("the age tool is not installed (apt install age)")
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory):
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(moto: MotoServer, request: pytest.FixtureRequest) -> str:
+    name = "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
+    moto.create_bucket(name)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in quiet_env().items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    for key in list(os.environ):
+        if key.startswith("AWS_") and key not in quiet_env():
+            monkeypatch.delenv(key)
+
+
+def config_for(tmp_path: Path, moto: MotoServer, bucket: str, *, creds: Any = None, recipients=(), identity=None,
+               backend: str = "s3", prefix: str = "prod/", endpoint: str = "", extra: Any = None) -> Any:
+    creds_file = creds if creds is not None else moto.credentials_file(tmp_path / "s3.credentials")
+    vault: dict[str, Any] = {"backend": backend, "dir": str(tmp_path / "vault"), "keep": 3}
+    if recipients:
+        vault["encrypt_to"] = list(recipients)
+    if identity is not None:
+        vault["age_identity"] = str(identity)
+    vault["s3"] = {"bucket": bucket, "endpoint": endpoint or moto.endpoint, "region": "us-east-1", "prefix": prefix,
+                   "path_style": True, "credentials_file": str(creds_file), "part_size": PART, **(extra or {})}
+    return parse_coordinator_config({"coordinator": {"state_dir": str(tmp_path / "state")}, "vault": vault},
+                                    str(tmp_path / "coordinator.toml"))
+
+
+def incoming(path: Path, created: float = T0, revision: int = 7, member: str = "cp2") -> Incoming:
+    d = digest_file(path)
+    return Incoming(sha256=d.sha256, size=d.size, source_member=member, original_name=f"snap-r{revision}.db",
+                    revision=revision, cluster_id="7e3a1c0f", member_id="8e9e05c5", etcd_version="3.5.16",
+                    created_at="2026-09-21T10:13:20Z", created_unix=created)
+
+
+def snapshot_keys(moto: MotoServer, bucket: str) -> list[str]:
+    return [k for k in moto.keys_in_bucket(bucket) if "/snapshots/" in k]
+
+
+# -- S3: storing, listing, reading back ---------------------------------------------------------
+
+
+def test_multipart_upload_listing_across_restarts_and_read_back(tmp_path, moto, bucket):
+    snap = tmp_path / "snap.db"
+    sha = synthetic_snapshot(snap, 3 * PART + 12345)
+    vault = open_vault(config_for(tmp_path, moto, bucket))
+    vault.prepare()
+    entry, pulled = vault.add_file(snap, incoming(snap))
+    assert pulled and entry.sha256 == sha and not entry.encrypted
+    keys = snapshot_keys(moto, bucket)
+    assert len(keys) == 1 and keys[0].startswith(f"prod/snapshots/{sha}~t1790000000000~r7~s{entry.size}~")
+    head = moto.client().head_object(Bucket=bucket, Key=keys[0])
+    assert head["ETag"].strip('"').endswith("-4")        # four parts: a multipart upload
+    assert head["Metadata"]["snapshot-sha256"] == sha == head["Metadata"]["content-sha256"]
+    assert head["ContentLength"] == snap.stat().st_size
+    assert list((tmp_path / "state" / "vault-work").iterdir()) == []   # no plaintext left on the way
+
+    again = open_vault(config_for(tmp_path, moto, bucket))       # a restarted coordinator: a listing
+    assert again.list() == [entry]
+    assert again.resolve("latest") == entry and again.has(sha) == entry
+    assert again.add_file(snap, incoming(snap, member="cp3"))[1] is False   # stored once
+    with again.materialize(entry) as path:
+        assert path.parent == tmp_path / "state" / "vault-work"
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert digest_file(path).sha256 == sha
+    assert not path.exists()
+    out = tmp_path / "export.db"
+    assert again.export(entry, out) == snap.stat().st_size
+    assert out.read_bytes() == snap.read_bytes()
+
+
+def test_retention_and_pins_on_the_bucket(tmp_path, moto, bucket):
+    vault = open_vault(config_for(tmp_path, moto, bucket))
+    vault.prepare()
+    entries = []
+    for i in range(5):
+        snap = tmp_path / f"s{i}.db"
+        synthetic_snapshot(snap, 4096 + i, seed=i)
+        entries.append(vault.add_file(snap, incoming(snap, created=T0 + i, revision=10 + i))[0])
+    pinned = vault.pin(entries[0].sha256, "pre-restore")
+    assert pinned.pinned == "pre-restore"
+    verdicts = {v.name: (v.keep, v.reason) for v in vault.apply_retention(keep=2)}
+    assert verdicts[entries[0].sha256] == (True, "keep: pinned (pre-restore)")
+    assert [v for k, v in verdicts.items() if not v[0]] == [(False, "beyond keep=2")] * 2
+    listed = open_vault(config_for(tmp_path, moto, bucket)).list()
+    assert [e.sha256 for e in listed] == [entries[4].sha256, entries[3].sha256, entries[0].sha256]
+    assert listed[-1].pinned == "pre-restore"
+    assert len(snapshot_keys(moto, bucket)) == 3
+    assert [k for k in moto.keys_in_bucket(bucket) if "/pins/" in k] == [
+        f"prod/pins/{entries[0].sha256}~pre-restore"]
+    vault.unpin(entries[0].sha256)
+    vault.apply_retention(keep=2)
+    assert [e.sha256 for e in vault.list()] == [entries[4].sha256, entries[3].sha256]
+    assert [k for k in moto.keys_in_bucket(bucket) if "/pins/" in k] == []
+
+
+def test_a_tampered_object_is_refused(tmp_path, moto, bucket):
+    metrics = CoordinatorMetrics(backend="s3")
+    vault = open_vault(config_for(tmp_path, moto, bucket), metrics.record_backend_failure)
+    snap = tmp_path / "snap.db"
+    synthetic_snapshot(snap, 2 * PART)
+    entry, _ = vault.add_file(snap, incoming(snap))
+    key = snapshot_keys(moto, bucket)[0]
+    data = bytearray(snap.read_bytes())
+    data[1000] ^= 0xFF
+    head = moto.client().head_object(Bucket=bucket, Key=key)
+    moto.client().put_object(Bucket=bucket, Key=key, Body=bytes(data), Metadata=head["Metadata"])
+    with pytest.raises(SnapshotCorrupt, match="altered or damaged; refused"), vault.materialize(entry):
+        pass
+    assert list((tmp_path / "state" / "vault-work").iterdir()) == []
+    out = tmp_path / "out.db"
+    with pytest.raises(SnapshotCorrupt):
+        vault.export(entry, out)
+    assert not out.exists()
+    # an object swapped for another snapshot's is refused by the sha256 its metadata records
+    moto.client().put_object(Bucket=bucket, Key=key, Body=snap.read_bytes(), Metadata={"snapshot-sha256": "0" * 64})
+    with pytest.raises(VaultBackendError, match="records snapshot sha256") as info, vault.materialize(entry):
+        pass
+    assert info.value.reason == "checksum"
+    text = metrics.render().decode()
+    assert 'etcdguard_vault_backend_failures_total{backend="s3",op="download",reason="checksum"} 3.0' in text
+
+
+def test_bucket_unreachable_mid_upload_leaves_no_snapshot(tmp_path, moto, bucket):
+    snap = tmp_path / "snap.db"
+    synthetic_snapshot(snap, 4 * PART)
+    proxy = CuttingProxy(moto.port, limit=PART + PART // 2)   # inside the second part
+    metrics = CoordinatorMetrics(backend="s3")
+    vault = open_vault(config_for(tmp_path, moto, bucket, endpoint=f"http://127.0.0.1:{proxy.port}"),
+                       metrics.record_backend_failure)
+    try:
+        with pytest.raises(VaultBackendError) as info:
+            vault.add_file(snap, incoming(snap))
+    finally:
+        proxy.close()
+    assert proxy.cut.is_set() and info.value.reason == "unreachable"
+    assert "did not answer" in str(info.value) or "unreachable" in str(info.value) or "endpoint" in str(info.value)
+    assert snapshot_keys(moto, bucket) == []
+    assert list((tmp_path / "state" / "vault-work").iterdir()) == []
+    assert 'op="upload",reason="unreachable"} 1.0' in metrics.render().decode()
+    # the next start aborts what the cut left incomplete; the vault is empty and usable
+    direct = open_vault(config_for(tmp_path, moto, bucket))
+    aborted = direct.prepare()
+    uploads = moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert uploads == [] and all("/snapshots/" in str(p) for p in aborted)
+    assert direct.list() == []
+    assert direct.add_file(snap, incoming(snap))[1] is True
+
+
+# -- credentials -----------------------------------------------------------------------------------
+
+
+def test_credentials_problems_at_config_are_config_errors(tmp_path, moto, bucket):
+    with pytest.raises(ConfigError, match=r"vault\.s3\.credentials_file .*: no such file") as info:
+        open_vault(config_for(tmp_path, moto, bucket, creds=tmp_path / "missing"))
+    assert info.value.exit_code == 2
+    loose = moto.credentials_file(tmp_path / "loose")
+    os.chmod(loose, 0o644)
+    with pytest.raises(ConfigError, match="readable by other users"):
+        open_vault(config_for(tmp_path, moto, bucket, creds=loose))
+    junk = tmp_path / "junk"
+    junk.write_text("[default]\nregion = x\n")
+    os.chmod(junk, 0o600)
+    with pytest.raises(ConfigError, match="no section with aws_access_key_id"):
+        open_vault(config_for(tmp_path, moto, bucket, creds=junk))
+    nothing = config_for(tmp_path, moto, bucket)
+    nothing = parse_coordinator_config({"coordinator": {"state_dir": str(tmp_path / "state")}, "vault": {
+        "backend": "s3", "s3": {"bucket": bucket, "endpoint": moto.endpoint, "path_style": True}}}, "c.toml")
+    with pytest.raises(ConfigError, match="no S3 credentials found"):
+        open_vault(nothing)
+
+
+def test_daemon_exits_2_without_credentials(tmp_path, moto, bucket):
+    cfg = tmp_path / "coordinator.toml"
+    cfg.write_text(
+        f'[coordinator]\nstate_dir = "{tmp_path / "state"}"\ncontrol_socket = "{tmp_path / "run" / "c.sock"}"\n'
+        f'insecure = true\n[vault]\nbackend = "s3"\n[vault.s3]\nbucket = "{bucket}"\nendpoint = "{moto.endpoint}"\n'
+        f'path_style = true\n[metrics]\nenabled = false\n[[members]]\nname = "m1"\nagent = "tcp://127.0.0.1:9"\n')
+    r = subprocess.run([sys.executable, "-m", "etcdguard.coordinator.daemon_cli", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60, env=quiet_env(), check=False)
+    assert r.returncode == 2, r.stderr
+    assert "vault.s3: no S3 credentials found" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "etcdguard.coordinator.ctl.cli", "export", "latest", "--output",
+                        str(tmp_path / "x.db"), "--config", str(cfg)], capture_output=True, text=True, timeout=60,
+                       env=quiet_env(), check=False)
+    assert r.returncode == 2 and "no S3 credentials found" in r.stderr
+
+
+def test_refused_credentials_at_run_time_count_a_failure(tmp_path):
+    server = MotoServer(tmp_path / "moto-auth", auth=True).start()
+    try:
+        server.create_bucket("vault-auth")
+        good = config_for(tmp_path, server, "vault-auth")
+        snap = tmp_path / "snap.db"
+        synthetic_snapshot(snap, 4096)
+        assert open_vault(good).add_file(snap, incoming(snap))[1]
+        wrong = server.credentials_file(tmp_path / "wrong", {**server.access_key, "aws_secret_access_key": "nope"})
+        metrics = CoordinatorMetrics(backend="s3")
+        vault = open_vault(config_for(tmp_path, server, "vault-auth", creds=wrong), metrics.record_backend_failure)
+        with pytest.raises(VaultBackendError, match="credentials were refused") as info:
+            vault.list()
+        assert info.value.reason == "credentials" and "nope" not in str(info.value)
+        assert 'etcdguard_vault_backend_failures_total{backend="s3",op="list",reason="credentials"} 1.0' in (
+            metrics.render().decode())
+        assert len(open_vault(good).list()) == 1
+    finally:
+        server.stop()
+
+
+# -- encryption -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["s3", "dir"])
+def test_encrypted_round_trip_and_nothing_plain_at_rest(tmp_path, moto, bucket, backend):
+    need_age()
+    identity, recipient = age_keypair(tmp_path / "keys")
+    snap = tmp_path / "snap.db"
+    sha = synthetic_snapshot(snap, PART + 777)
+    vault = open_vault(config_for(tmp_path, moto, bucket, backend=backend, recipients=[recipient],
+                                  identity=identity))
+    vault.prepare()
+    entry, _ = vault.add_file(snap, incoming(snap), pin="pre-restore")
+    assert entry.encrypted and entry.pinned == "pre-restore"
+    if backend == "s3":
+        key = snapshot_keys(moto, bucket)[0]
+        assert key.endswith(".db.age")
+        stored = moto.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    else:
+        files = sorted(p.name for p in (tmp_path / "vault").iterdir())
+        assert files == [f"{sha}.db.age", f"{sha}.json", f"{sha}.pin"]
+        stored = (tmp_path / "vault" / f"{sha}.db.age").read_bytes()
+        assert json.loads((tmp_path / "vault" / f"{sha}.json").read_text())["sha256"] == sha
+    assert is_age_file(stored)
+    assert hashlib.sha256(stored[:-32]).digest() != stored[-32:]          # not an etcd snapshot
+    assert snap.read_bytes()[4096:8192] not in stored
+    assert list((tmp_path / "state" / "vault-work").iterdir()) == []
+    with vault.materialize(entry) as path:
+        assert path.read_bytes() == snap.read_bytes()
+    plain = subprocess.run(["age", "-d", "-i", str(identity)], input=stored, capture_output=True, check=True).stdout
+    assert plain == snap.read_bytes()
+
+
+def test_a_wrong_identity_is_a_clear_error(tmp_path, moto, bucket):
+    need_age()
+    identity, recipient = age_keypair(tmp_path / "keys")
+    other, _ = age_keypair(tmp_path / "keys", "other")
+    snap = tmp_path / "snap.db"
+    synthetic_snapshot(snap, 9000)
+    entry, _ = open_vault(config_for(tmp_path, moto, bucket, recipients=[recipient], identity=identity)).add_file(
+        snap, incoming(snap))
+    with pytest.raises(ConfigError, match="is not in vault.encrypt_to"):
+        open_vault(config_for(tmp_path, moto, bucket, recipients=[recipient], identity=other))
+    reader = open_vault(config_for(tmp_path, moto, bucket, identity=other))   # a reader with the wrong key
+    with pytest.raises(AgeError, match="no identity matched") as info, reader.materialize(entry):
+        pass
+    assert "wrong age_identity?" in str(info.value) and "AGE-SECRET-KEY" not in str(info.value)
+    assert list((tmp_path / "state" / "vault-work").iterdir()) == []
+    os.chmod(identity, 0o644)
+    with pytest.raises(ConfigError, match="age_identity .*: readable by other users"):
+        open_vault(config_for(tmp_path, moto, bucket, recipients=[recipient], identity=identity))
+
+
+@pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
+def test_age_decrypts_a_vault_object_to_a_snapshot_etcdctl_reads(tmp_path, moto, bucket, etcd_member):
+    need_age()
+    from etcdguard.agent.discovery.member import ClientTLS
+    from etcdguard.agent.snapshots.take import Source, save_to_file
+
+    for i in range(20):
+        etcd_member.put(f"/registry/k{i}", "v" * 100)
+    snap = tmp_path / "real.db"
+    meta = save_to_file(Source(etcd_member.client_url, ClientTLS(None, None, None)), snap, tool=None)
+    identity, recipient = age_keypair(tmp_path / "keys")
+    vault = open_vault(config_for(tmp_path, moto, bucket, recipients=[recipient], identity=identity))
+    vault.add_file(snap, incoming(snap, revision=meta.revision))
+    stored = tmp_path / "object.age"
+    stored.write_bytes(moto.client().get_object(Bucket=bucket, Key=snapshot_keys(moto, bucket)[0])["Body"].read())
+    status = subprocess.run([str(etcd_member.build.bin_dir / "etcdctl"), "snapshot", "status", str(stored), "-w",
+                             "json"], capture_output=True, text=True, check=False, env={**os.environ,
+                                                                                         "ETCDCTL_API": "3"})
+    assert status.returncode != 0                                            # ciphertext: not a snapshot
+    decrypted = tmp_path / "by-hand.db"
+    subprocess.run(["age", "-d", "-i", str(identity), "-o", str(decrypted), str(stored)], check=True, timeout=60)
+    status = subprocess.run([str(etcd_member.build.bin_dir / "etcdctl"), "snapshot", "status", str(decrypted), "-w",
+                             "json"], capture_output=True, text=True, check=True, env={**os.environ,
+                                                                                        "ETCDCTL_API": "3"})
+    info = json.loads(status.stdout)
+    assert info["revision"] == meta.revision and info["totalKey"] >= 20
+
+
+def test_names_module_keys_match_what_the_backend_writes(tmp_path, moto, bucket):
+    vault = open_vault(config_for(tmp_path, moto, bucket, prefix=""))
+    snap = tmp_path / "s.db"
+    synthetic_snapshot(snap, 5000)
+    entry, _ = vault.add_file(snap, incoming(snap))
+    (key,) = moto.keys_in_bucket(bucket)
+    assert key.startswith("snapshots/")
+    parsed = names.parse_key("", key)
+    assert parsed is not None and parsed.snapshot is not None
+    assert (parsed.snapshot.sha256, parsed.snapshot.size, parsed.snapshot.source_member) == (
+        entry.sha256, entry.size, "cp2")
+    assert isinstance(vault, Vault)

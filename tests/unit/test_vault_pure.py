@@ -1,0 +1,242 @@
+"""Pure parts of the off-site vault: object names, pin verdicts, the same-data decision, the
+[vault]/[vault.s3]/[bundle] config rules, age recipients and the metrics' backend label."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from etcdguard.agent.base.agekeys import check_recipients, is_age_file
+from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.base.retention import Aged, decide
+from etcdguard.agent.config import DEFAULT_BUNDLE_PATHS, parse_agent_config
+from etcdguard.coordinator.config import parse_coordinator_config
+from etcdguard.coordinator.daemon import MemberView, choose_pull
+from etcdguard.coordinator.metrics import CoordinatorMetrics
+from etcdguard.coordinator.vault import names
+from etcdguard.coordinator.vault.entry import Incoming, VaultEntry, revision_exact, same_data
+from hypothesis import given
+from hypothesis import strategies as st
+
+T0 = 1_790_000_000.0
+RECIPIENT = "age1" + "q" * 58
+OTHER = "age1" + "p" * 58
+SHA = "ab" * 32
+
+
+def name(**changes):
+    base = names.SnapshotName(sha256=SHA, created_unix=T0 + 0.123, revision=4711, size=123456, cluster_id="7e3a1c0f",
+                              member_id="8e9e05c5", etcd_version="3.5.16", source_member="cp-2.example",
+                              original_name="snap-20260921T101320.123Z-r4711.db", pulled_unix=T0 + 60,
+                              revision_exact=True, encrypted=True)
+    return dataclasses.replace(base, **changes)
+
+
+# -- object names -------------------------------------------------------------------------
+
+
+def test_snapshot_key_carries_everything_a_listing_needs():
+    key = names.snapshot_key("prod/", name())
+    assert key.startswith(f"prod/snapshots/{SHA}~t1790000000123~r4711~s123456~")
+    assert key.endswith(".db.age")
+    parsed = names.parse_key("prod/", key)
+    assert parsed is not None and parsed.kind == "snapshot"
+    assert parsed.snapshot == name()
+    plain = names.snapshot_key("", name(encrypted=False))
+    assert plain.endswith(".db") and names.parse_key("", plain).snapshot.encrypted is False
+
+
+@given(revision=st.integers(0, 2**63), size=st.integers(0, 2**50), member=st.from_regex(
+    r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", fullmatch=True), cluster=st.from_regex(r"[0-9a-f]{0,16}", fullmatch=True),
+    created_ms=st.integers(0, 10**13), exact=st.booleans(), encrypted=st.booleans())
+def test_snapshot_names_round_trip(revision, size, member, cluster, created_ms, exact, encrypted):
+    n = name(revision=revision, size=size, source_member=member, original_name=member, cluster_id=cluster,
+             created_unix=created_ms / 1000, pulled_unix=created_ms / 1000, revision_exact=exact, encrypted=encrypted)
+    assert names.parse_key("p/", names.snapshot_key("p/", n)) == names.Parsed("snapshot", SHA, snapshot=n)
+
+
+def test_names_refuse_what_they_cannot_carry():
+    with pytest.raises(ValueError, match="source_member"):
+        names.snapshot_key("", name(source_member="cp~1"))
+    with pytest.raises(ValueError, match="cluster_id"):
+        names.snapshot_key("", name(cluster_id="not-hex"))
+    assert names.clean_version("3.5.16 (linux/amd64)") == "3.5.16--linux-amd64-"
+    assert names.snapshot_key("", name(etcd_version="3.5 beta")).count("~e3.5-beta~") == 1
+
+
+@pytest.mark.parametrize("key", [
+    "other/snapshots/x.db", "prod/snapshots/" + SHA + ".db", "prod/notes.txt", "prod/bundles/abc.tar.age",
+    "prod/pins/" + SHA, "prod/snapshots/" + SHA + "~t1~r1~s1~c~m~e~fa~ob~p1~x2.db",
+])
+def test_keys_that_are_not_entries_are_ignored(key):
+    assert names.parse_key("prod/", key) is None
+
+
+def test_bundle_and_pin_keys():
+    assert names.parse_key("p/", names.bundle_key("p/", SHA)) == names.Parsed("bundle", SHA)
+    key = names.pin_key("p/", SHA, "pre-restore of op 20261124T0336 (cp1)")
+    assert "~" not in key.split("~", 1)[1]
+    assert names.parse_key("p/", key) == names.Parsed("pin", SHA, reason="pre-restore of op 20261124T0336 (cp1)")
+    with pytest.raises(ValueError, match="pin reason"):
+        names.pin_key("p/", SHA, "semi;colon")
+    assert names.check_reason("x" * 65) is not None and names.check_reason("pre-restore") is None
+
+
+# -- pinned verdicts ------------------------------------------------------------------------
+
+
+def test_pinned_entries_are_kept_and_do_not_count_against_keep():
+    snaps = [Aged("new", T0 + 3), Aged("pinned-old", T0, "pre-restore"), Aged("mid", T0 + 2), Aged("old", T0 + 1)]
+    verdicts = {v.name: (v.keep, v.reason) for v in decide(snaps, keep=2, max_age=None, now=T0 + 10)}
+    assert verdicts == {"new": (True, "newest"), "mid": (True, "within keep=2"), "old": (False, "beyond keep=2"),
+                        "pinned-old": (True, "keep: pinned (pre-restore)")}
+
+
+def test_a_pinned_snapshot_survives_max_age():
+    verdicts = decide([Aged("a", T0 + 100), Aged("b", T0, "audit")], keep=5, max_age=10, now=T0 + 1000)
+    assert [(v.name, v.keep, v.reason) for v in verdicts] == [("a", True, "newest"),
+                                                                ("b", True, "keep: pinned (audit)")]
+
+
+# -- the same data ---------------------------------------------------------------------------
+
+
+def entry(sha="a" * 64, revision=10, cluster="c1", exact=True, created=T0):
+    return VaultEntry(sha256=sha, size=1, source_member="m1", original_name="s.db", revision=revision,
+                      cluster_id=cluster, member_id="m", etcd_version="3.5.16", created_at="", created_unix=created,
+                      pulled_at="", pulled_unix=created, revision_exact=exact)
+
+
+def test_same_cluster_and_exact_revision_is_the_same_data():
+    held = [entry(revision=10), entry(sha="b" * 64, revision=12, created=T0 + 1)]
+    assert same_data(held, "c1", 10, exact=True) == held[0]
+    assert same_data(held, "c2", 10, exact=True) is None        # another cluster (a restore makes a new id)
+    assert same_data(held, "c1", 11, exact=True) is None        # a write since
+    assert same_data(held, "c1", 10, exact=False) is None       # a lower bound proves nothing
+    assert same_data([entry(exact=False)], "c1", 10, exact=True) is None
+    assert same_data(held, "", 0, exact=True) is None
+
+
+def test_revision_exact_reads_the_agents_revision_source():
+    assert revision_exact({"revision_source": "snapshot-status"})
+    assert not revision_exact({"revision_source": "status-header"})
+    inc = Incoming.from_agent("m2", {"sha256": SHA, "size": 5, "name": "s.db", "created_unix": T0, "revision": 3,
+                                     "cluster_id": "c1", "revision_source": "status-header", "bundle": "encrypted"})
+    assert (inc.revision_exact, inc.bundle) == (False, True)
+
+
+def view(name_, snaps, cluster="c1", leader=False):
+    report = {"agent": {"busy": None}, "etcd": {"healthy": True, "is_leader": leader, "cluster_id": cluster},
+              "snapshots": snaps}
+    return MemberView(name_, "tcp://127.0.0.1:1", True, report=report)
+
+
+def test_choose_pull_skips_a_snapshot_of_data_the_vault_holds():
+    snap = {"name": "s-r10.db", "sha256": "f" * 64, "created_unix": T0 + 600, "revision": 10, "cluster_id": "c1",
+            "revision_source": "snapshot-status"}
+    choice = choose_pull([view("m2", [snap]), view("m1", [], leader=True)], lambda sha: False, T0, 3600,
+                         held={("c1", 10)})
+    assert choice.member is None and choice.failure is None
+    assert choice.sentence.startswith("the vault already holds revision 10 of cluster c1: the newest snapshot of a "
+                                      "healthy member, s-r10.db of follower m2")
+    assert choice.fresh_as_of == T0 + 600
+    moved = choose_pull([view("m2", [{**snap, "revision": 11}])], lambda sha: False, T0, 3600, held={("c1", 10)})
+    assert moved.member == "m2" and moved.fresh_as_of is None
+    bound = choose_pull([view("m2", [{**snap, "revision_source": "status-header"}])], lambda sha: False, T0, 3600,
+                        held={("c1", 10)})
+    assert bound.member == "m2"
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def vault_config(vault):
+    return parse_coordinator_config({"vault": vault}, "c.toml").vault
+
+
+def vault_error(vault):
+    with pytest.raises(ConfigError) as info:
+        vault_config(vault)
+    assert info.value.exit_code == 2
+    return str(info.value)
+
+
+def test_vault_defaults_and_an_s3_table():
+    d = vault_config({})
+    assert (d.backend, d.encrypt_to, d.age_identity, d.s3) == ("dir", (), None, None)
+    v = vault_config({"backend": "s3", "encrypt_to": [RECIPIENT, OTHER], "age_identity": "/etc/etcdguard/keys/v.age",
+                      "s3": {"bucket": "etcd-backups", "endpoint": "https://minio.example:9000/", "region": "eu-west-1",
+                             "prefix": "prod", "path_style": True, "credentials_file": "/etc/etcdguard/keys/s3",
+                             "profile": "backup", "sse": "aws:kms", "sse_kms_key_id": "alias/etcd",
+                             "ca_bundle": "/etc/ssl/minio.pem", "part_size": 8 << 20, "storage_class": "STANDARD_IA"}})
+    assert v.backend == "s3" and v.encrypt_to == (RECIPIENT, OTHER)
+    assert v.s3 is not None
+    assert (v.s3.endpoint, v.s3.prefix, v.s3.path_style, v.s3.part_size) == (
+        "https://minio.example:9000", "prod/", True, 8 << 20)
+
+
+@pytest.mark.parametrize(("vault", "words"), [
+    ({"backend": "nfs"}, "vault.backend: expected one of 'dir', 's3'"),
+    ({"backend": "s3"}, "needs a [vault.s3] table"),
+    ({"encrypt_to": ["age1short"]}, "vault.encrypt_to: expected age recipients"),
+    ({"encrypt_to": ["AGE-SECRET-KEY-1" + "Q" * 58]}, "that is a secret key"),
+    ({"encrypt_to": [RECIPIENT, RECIPIENT]}, "listed twice"),
+    ({"age_identity": "keys/v.age"}, "vault.age_identity: expected an absolute path"),
+    ({"s3": {}}, "vault.s3.bucket: expected an S3 bucket name"),
+    ({"s3": {"bucket": "Bad_Bucket"}}, "vault.s3.bucket"),
+    ({"s3": {"bucket": "b-1", "endpoint": "minio:9000"}}, "vault.s3.endpoint: expected an http:// or https:// URL"),
+    ({"s3": {"bucket": "b-1", "prefix": "/abs"}}, "vault.s3.prefix"),
+    ({"s3": {"bucket": "b-1", "sse": "yes"}}, "vault.s3.sse: expected one of 'AES256', 'aws:kms'"),
+    ({"s3": {"bucket": "b-1", "sse_kms_key_id": "k"}}, "sse_kms_key_id: expected nothing unless sse = 'aws:kms'"),
+    ({"s3": {"bucket": "b-1", "part_size": 1024}}, "vault.s3.part_size: expected an integer >= 5242880"),
+    ({"s3": {"bucket": "b-1", "profile": "p"}}, "vault.s3.profile: expected nothing unless credentials_file"),
+    ({"s3": {"bucket": "b-1", "secret_access_key": "x"}}, "unknown key(s) in [vault.s3]: secret_access_key"),
+    ({"encrypt": True}, "unknown key(s) in [vault]: encrypt"),
+])
+def test_vault_config_errors_name_the_key(vault, words):
+    assert words in vault_error(vault)
+
+
+def test_bundle_config():
+    b = parse_agent_config({}, "a.toml").bundle
+    assert (b.enabled, b.paths, b.encrypt_to) == (True, DEFAULT_BUNDLE_PATHS, ())
+    b = parse_agent_config({"bundle": {"paths": ["/etc/kubernetes/pki"], "encrypt_to": [RECIPIENT],
+                                       "enabled": False}}, "a.toml").bundle
+    assert (b.enabled, [str(p) for p in b.paths], b.encrypt_to) == (False, ["/etc/kubernetes/pki"], (RECIPIENT,))
+    for bad, words in (({"paths": ["etc/pki"]}, "bundle.paths: expected absolute paths"),
+                       ({"encrypt_to": ["ssh-ed25519 AAAA"]}, "bundle.encrypt_to: expected age recipients"),
+                       ({"recipients": []}, "unknown key(s) in [bundle]: recipients")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            parse_agent_config({"bundle": bad}, "a.toml")
+
+
+def test_recipient_and_age_file_checks():
+    assert check_recipients([RECIPIENT]) is None
+    assert "is not one" in (check_recipients(["age1" + "b" * 58]) or "")   # 'b' is not bech32
+    assert is_age_file(b"age-encryption.org/v1\n-> X25519 ...")
+    assert not is_age_file(b"\x00" * 32)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_vault_metrics_carry_the_backend_and_follow_a_change():
+    m = CoordinatorMetrics(backend="s3")
+    m.interval.set(3600)
+    m.record_backend_failure("upload", "credentials")
+    m.record_failure("backend")
+    seen = [None]
+    m.offsite_source = lambda: seen[0]
+    text = m.render().decode()
+    assert 'etcdguard_vault_interval_seconds{backend="s3"} 3600.0' in text
+    assert 'etcdguard_vault_backend_failures_total{backend="s3",op="upload",reason="credentials"} 1.0' in text
+    assert 'etcdguard_vault_failures_total{backend="s3",reason="backend"} 1.0' in text
+    assert 'etcdguard_vault_offsite_age_seconds{backend="s3"} +Inf' in text
+    seen[0] = 1e9
+    assert 'etcdguard_vault_offsite_last_success_timestamp_seconds{backend="s3"} 1e+09' in m.render().decode()
+    m.set_backend("dir")
+    m.interval.set(60)
+    text = m.render().decode()
+    assert 'backend="s3"' not in text
+    assert 'etcdguard_vault_interval_seconds{backend="dir"} 60.0' in text
