@@ -101,4 +101,5 @@ def scrape(port: int) -> dict[str, float]:
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
+            out.setdefault(name.split("{", 1)[0], float(value))   # the vault's series carry one backend label
     return out

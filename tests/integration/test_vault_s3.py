@@ -299,7 +299,7 @@ def test_a_wrong_identity_is_a_clear_error(tmp_path, moto, bucket):
     synthetic_snapshot(snap, 9000)
     entry, _ = open_vault(config_for(tmp_path, moto, bucket, recipients=[recipient], identity=identity)).add_file(
         snap, incoming(snap))
-    with pytest.raises(ConfigError, match="is not in vault.encrypt_to"):
+    with pytest.raises(ConfigError, match=r"is not in vault\.encrypt_to"):
         open_vault(config_for(tmp_path, moto, bucket, recipients=[recipient], identity=other))
     reader = open_vault(config_for(tmp_path, moto, bucket, identity=other))   # a reader with the wrong key
     with pytest.raises(AgeError, match="no identity matched") as info, reader.materialize(entry):
@@ -307,7 +307,7 @@ def test_a_wrong_identity_is_a_clear_error(tmp_path, moto, bucket):
     assert "wrong age_identity?" in str(info.value) and "AGE-SECRET-KEY" not in str(info.value)
     assert list((tmp_path / "state" / "vault-work").iterdir()) == []
     os.chmod(identity, 0o644)
-    with pytest.raises(ConfigError, match="age_identity .*: readable by other users"):
+    with pytest.raises(ConfigError, match=r"age_identity .*: readable by other users"):
         open_vault(config_for(tmp_path, moto, bucket, recipients=[recipient], identity=identity))
 
 
