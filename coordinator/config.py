@@ -57,7 +57,7 @@ class S3Settings:
     sse: Optional[str] = None               # server-side encryption: AES256 or aws:kms
     sse_kms_key_id: Optional[str] = None
     ca_bundle: Optional[Path] = None        # a private CA for the endpoint's TLS certificate
-    part_size: int = 16 << 20               # multipart part size; memory use is about 2 parts
+    part_size: int = 16 << 20               # multipart part size; memory use is about 5 parts
     storage_class: Optional[str] = None
 
 

@@ -3,8 +3,9 @@
 - The catalog is a listing: each object's key carries its metadata
   (names.py), so there is no index object to go out of step.
 - Uploads stream: boto3's managed transfer reads one part at a time
-  (``part_size``, two in flight), from the file or from age's output, so
-  memory does not grow with the snapshot. An object exists only once its
+  (``part_size``, two in flight, one read ahead), from the file or from
+  age's output, so memory does not grow with the snapshot (about five parts
+  at the peak, measured). An object exists only once its
   upload completed (S3's PutObject and CompleteMultipartUpload are atomic);
   a failed upload is aborted, and uploads left incomplete by a crash are
   aborted when the vault is opened. A partial upload is never listed.
@@ -204,6 +205,8 @@ class S3Store:
             extra["StorageClass"] = s.storage_class
         config = TransferConfig(multipart_threshold=s.part_size, multipart_chunksize=s.part_size,
                                 max_concurrency=CONCURRENCY, max_io_queue=CONCURRENCY, use_threads=True)
+        # s3transfer reads up to this many parts ahead into memory (10 by default: 160 MiB at 16 MiB parts).
+        config.max_in_memory_upload_chunks = CONCURRENCY + 1
         with self._calling("upload", f"uploading {key}"), contextlib.ExitStack() as stack:
             src: Any = stack.enter_context(open(data, "rb")) if isinstance(data, Path) else data
             self.client.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=config)

@@ -113,6 +113,24 @@ def render() -> str:
                          ("agent_rss_peak_mib", "agent peak RSS MiB")]),
             "",
         ]
+    vault = load("vault")
+    if vault:
+        parts += [
+            "## Vault push and pull: S3 (moto_server on loopback) and directory, with and without age",
+            "",
+            "push: `Vault.add_file` (size, sha256 and trailer checked, encrypted with `age` when configured,",
+            "uploaded in 16 MiB parts or written with fsync); pull: `etcdguardctl export`'s path (downloaded,",
+            "decrypted, sha256 verified, written with fsync). Ratios against `cp` + `sync` of the same file",
+            f"({vault['cp_mb_per_s']} MB/s, {vault['size_bytes']} bytes). moto_server is a Python process on the",
+            "same 2 cores, so the S3 rows measure it as much as etcdguard; peak RSS is the coordinator-side",
+            "process's VmHWM (flat with the snapshot's size), age's is its own.",
+            "",
+            table(vault["rows"], [("backend", "backend"), ("encrypted", "age"), ("push_mb_per_s", "push MB/s"),
+                                  ("push_ratio_to_cp", "push/cp"), ("pull_mb_per_s", "pull MB/s"),
+                                  ("pull_ratio_to_cp", "pull/cp"), ("push_peak_rss_mib", "push peak RSS MiB"),
+                                  ("pull_peak_rss_mib", "pull peak RSS MiB"), ("age_peak_rss_mib", "age RSS MiB")]),
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -125,6 +143,7 @@ def main() -> int:
         run("bench_snapshot.py", "--sizes-mb", sizes, "--build", build, "--repeat", repeat)
         run("bench_restore.py", "--size-mb", size, "--build", build, "--repeat", repeat)
     run("bench_transfer.py", "--size-mb", size, "--json", str(RESULTS / "transfer.json"))
+    run("bench_vault.py", "--size-mb", size, "--runs", "1" if args.quick else "2")
     DOC.write_text(render() + "\n")
     print(f"wrote {DOC}")
     return 0

@@ -351,3 +351,31 @@ def test_names_module_keys_match_what_the_backend_writes(tmp_path, moto, bucket)
     assert (parsed.snapshot.sha256, parsed.snapshot.size, parsed.snapshot.source_member) == (
         entry.sha256, entry.size, "cp2")
     assert isinstance(vault, Vault)
+
+
+@pytest.mark.slow
+def test_rss_stays_flat_through_encrypt_and_upload_of_a_300_mb_snapshot(tmp_path, moto):
+    """Peak RSS of a fresh process that encrypts and uploads, at 100 MB and 300 MB: bounded, and the same."""
+    need_age()
+    from tests.bench.bench_vault import measure, vault_config
+
+    identity, recipient = age_keypair(tmp_path / "keys")
+    creds = moto.credentials_file(tmp_path / "s3.credentials")
+    peaks = {}
+    for mb in (100, 300):
+        snap = tmp_path / f"snap-{mb}.db"
+        synthetic_snapshot(snap, mb << 20, seed=mb)
+        bucket = f"rss-{mb}"
+        moto.create_bucket(bucket)
+        config = vault_config(tmp_path, "s3", moto.endpoint, bucket, creds, recipient, identity)
+        run = measure({"op": "push", "config": config, "snapshot": str(snap)}, quiet_env())
+        peaks[mb] = run["peak_rss_kib"] / 1024
+        (key,) = moto.keys_in_bucket(bucket)
+        assert key.startswith("snapshots/") and key.endswith(".db.age")
+        assert moto.client().head_object(Bucket=bucket, Key=key)["ContentLength"] > mb << 20
+        snap.unlink()
+        for k in moto.keys_in_bucket(bucket):
+            moto.client().delete_object(Bucket=bucket, Key=k)
+    print(f"peak RSS (MiB) of encrypt + upload: {peaks}")
+    assert peaks[300] < 200, peaks                    # far below the snapshot's 300 MB
+    assert peaks[300] - peaks[100] < 32, peaks        # flat: does not grow with the snapshot
