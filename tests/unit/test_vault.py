@@ -348,3 +348,68 @@ def test_cluster_summary_names_the_leader_and_flags_disagreement():
     assert split["cluster_ids"] == ["c1", "c2"] and split["leaders"] == ["m1", "m2"]
     none = cluster_summary([view("m1", leader_id=None), view("m2", leader_id=None)])
     assert none["leader"] is None and none["leader_id"] is None
+
+
+# -- pins, bundles and reading back (directory backend) ------------------------------------------------
+
+
+def test_pinned_entries_survive_retention_and_show_in_listings(vault):
+    entries = [add(vault, f"p{i}", T0 + i) for i in range(4)]
+    pinned = vault.pin(entries[0].sha256, "pre-restore")
+    assert pinned.pinned == "pre-restore"
+    assert (vault.dir / f"{entries[0].sha256}.pin").read_text() == "pre-restore\n"
+    verdicts = {v.name: v.reason for v in vault.apply_retention(keep=1)}
+    assert verdicts[entries[0].sha256] == "keep: pinned (pre-restore)"
+    assert [e.sha256 for e in vault.list()] == [entries[3].sha256, entries[0].sha256]
+    assert Vault(vault.dir).list()[1].pinned == "pre-restore"
+    assert vault.unpin(entries[0].sha256).pinned is None
+    vault.apply_retention(keep=1)
+    assert [e.sha256 for e in vault.list()] == [entries[3].sha256]
+    with pytest.raises(UsageError, match="pin reason"):
+        vault.pin(entries[3].sha256, "x" * 65)
+    with pytest.raises(UsageError, match="no snapshot"):
+        vault.pin("0" * 64, "why")
+
+
+def test_add_file_pins_a_safety_snapshot_also_when_the_vault_had_it(vault, tmp_path):
+    data = snapshot_bytes("safety")
+    path = tmp_path / "safety.db"
+    path.write_bytes(data)
+    entry, pulled = vault.add_file(path, incoming_for(data), pin="pre-restore")
+    assert pulled and entry.pinned == "pre-restore"
+    again, pulled = vault.add_file(path, incoming_for(data), pin="pre-restore 2")
+    assert not pulled and again.pinned == "pre-restore 2" and vault.has(entry.sha256).pinned == "pre-restore 2"
+
+
+def test_materialize_of_a_plain_directory_vault_yields_its_file_checked(vault):
+    entry = add(vault, "m")
+    with vault.materialize(entry) as path:
+        assert path == vault.data_path(entry.sha256)
+    Path(entry.path).write_bytes(snapshot_bytes("other"))
+    with pytest.raises(SnapshotCorrupt), vault.materialize(entry):
+        pass
+
+
+def test_a_bundle_is_stored_only_encrypted_and_goes_with_its_snapshot(vault, tmp_path):
+    entry = add(vault, "b")
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(b"not encrypted")
+    with pytest.raises(UsageError, match="not age-encrypted"):
+        vault.add_bundle(entry, plain)
+    sealed = tmp_path / "sealed.age"
+    sealed.write_bytes(b"age-encryption.org/v1\n-> X25519 abc\n" + b"\x00" * 64)
+    assert vault.add_bundle(entry, sealed).bundle is True
+    assert vault.has(entry.sha256).bundle is True
+    out = tmp_path / "raw.age"
+    vault.export(vault.has(entry.sha256), out, bundle=True, raw=True)
+    assert out.read_bytes() == sealed.read_bytes()
+    vault.delete(vault.has(entry.sha256))
+    assert list(vault.dir.iterdir()) == []
+
+
+def test_a_sidecar_of_an_older_version_still_reads(vault):
+    entry = add(vault, "old")
+    meta = json.loads((vault.dir / f"{entry.sha256}.json").read_text())
+    meta.pop("revision_exact")
+    (vault.dir / f"{entry.sha256}.json").write_text(json.dumps(meta))
+    assert vault.list()[0].revision_exact is True and vault.list()[0].sha256 == entry.sha256
