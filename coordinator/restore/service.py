@@ -159,6 +159,8 @@ class RestoreService:
     # -- planning ------------------------------------------------------------
     def _verify_vault_copy(self, entry: VaultEntry) -> Optional[str]:
         """None if the vault file matches its recorded sha256 and size; else the problem (cached per file)."""
+        if not entry.path or entry.encrypted:   # an object store or an encrypted vault: checked when materialized
+            return self._vault().check(entry)
         try:
             st = Path(entry.path).stat()
         except OSError as exc:

@@ -326,6 +326,24 @@ class Vault:
             self._failed(exc, "download")
             raise exc
 
+    def check(self, entry: VaultEntry) -> Optional[str]:
+        """None when the backend holds ``entry`` and it can be read back; else the problem, for a plan.
+
+        Reading an object back to hash it costs a download (and a decryption),
+        so here the listing and the identity are checked; ``materialize``
+        verifies the sha256 when the restore reads it.
+        """
+        try:
+            held = self.has(entry.sha256)
+        except VaultBackendError as exc:
+            return str(exc)
+        if held is None:
+            return f"{entry.sha256[:12]} is no longer in the vault ({self.location})"
+        if held.encrypted and self.identity is None:
+            return (f"{entry.sha256[:12]} is age-encrypted and [vault] age_identity is not set: the coordinator "
+                    "cannot read it back")
+        return None
+
     @contextlib.contextmanager
     def materialize(self, entry: VaultEntry) -> Iterator[Path]:
         """A local, plaintext, sha256-verified file of ``entry`` for as long as the block runs.

@@ -119,8 +119,8 @@ def test_without_a_recipient_the_bundle_stays_on_the_node_and_check_warns(tmp_pa
 def test_backup_into_an_encrypted_s3_vault_with_bundle_export_pins_and_dedup(etcd_factory, etcd_build, tmp_path):
     need_age()
     from tests.helpers.agents import AgentProcess, CoordinatorKeys
+    from tests.helpers.coordinator import Coordinator, scrape
     from tests.helpers.net import free_port
-    from tests.integration.test_coordinator import Coordinator, scrape
 
     member = etcd_factory.member(etcd_build)
     for i in range(30):

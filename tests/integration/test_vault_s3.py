@@ -231,7 +231,7 @@ def test_daemon_exits_2_without_credentials(tmp_path, moto, bucket):
                        capture_output=True, text=True, timeout=60, env=quiet_env(), check=False)
     assert r.returncode == 2, r.stderr
     assert "vault.s3: no S3 credentials found" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "etcdguard.coordinator.ctl.cli", "export", "latest", "--output",
+    r = subprocess.run([sys.executable, "-m", "etcdguard.coordinator.ctl", "export", "latest", "--output",
                         str(tmp_path / "x.db"), "--config", str(cfg)], capture_output=True, text=True, timeout=60,
                        env=quiet_env(), check=False)
     assert r.returncode == 2 and "no S3 credentials found" in r.stderr

@@ -114,8 +114,9 @@ VALID = [
     ("restore.step", {"op_id": "op-1", "step": "finish", "params": {"outcome": "rolled-back"}}, None),
     ("restore.step", {"op_id": "op-1", "step": "fence", "params": {}}, None),
     ("restore.status", {"op_id": "20261124T033600Z-1a2b"}, None),
-    ("etcd.inspect", "bundle.fetch", {}, None),
-    ("etcd.inspect", "bundle.fetch", {"hashkv_revision": 1_000_000_042}, None),
+    ("etcd.inspect", {}, None),
+    ("etcd.inspect", {"hashkv_revision": 1_000_000_042}, None),
+    ("bundle.fetch", {"name": "snap-20261124T033600.123Z-r7.db", "offset": 0, "size": P.MAX_CHUNK}, None),
 ]
 
 

@@ -11,11 +11,13 @@ from etcdguard.agent.base.agekeys import check_recipients, is_age_file
 from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.base.retention import Aged, decide
 from etcdguard.agent.config import DEFAULT_BUNDLE_PATHS, parse_agent_config
+from etcdguard.agent.wire.report import AgentReport
+from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import parse_coordinator_config
-from etcdguard.coordinator.daemon import MemberView, choose_pull
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.entry import Incoming, VaultEntry, revision_exact, same_data
+from etcdguard.coordinator.vault.policy import choose_pull
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -127,9 +129,10 @@ def test_revision_exact_reads_the_agents_revision_source():
 
 
 def view(name_, snaps, cluster="c1", leader=False):
-    report = {"agent": {"busy": None}, "etcd": {"healthy": True, "is_leader": leader, "cluster_id": cluster},
-              "snapshots": snaps}
-    return MemberView(name_, "tcp://127.0.0.1:1", True, report=report)
+    report = {"agent": {"version": "0.1.0", "busy": None}, "member": {"name": name_, "data_dir": "/var/lib/etcd"},
+              "etcd": {"healthy": True, "is_leader": leader, "cluster_id": cluster},
+              "snapshots": [{"created_at": "-", "size": 10, **s} for s in snaps]}
+    return MemberView(name_, "tcp://127.0.0.1:1", True, report=AgentReport.from_json(report))
 
 
 def test_choose_pull_skips_a_snapshot_of_data_the_vault_holds():
