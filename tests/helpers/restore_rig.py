@@ -27,7 +27,7 @@ from .standins import apiserver_command, livez
 class RestoreRig:
     def __init__(self, cluster: EtcdCluster, tmp_path: Path, *, apiservers: bool = False,
                  restore: Optional[dict[str, Any]] = None, agent_sections: Optional[dict[str, dict[str, Any]]] = None,
-                 ) -> None:
+                 coordinator_sections: Optional[dict[str, dict[str, Any]]] = None) -> None:
         self.cluster = cluster
         self.tmp = tmp_path
         self.ckeys = CoordinatorKeys.create(tmp_path / "ckeys")
@@ -37,6 +37,7 @@ class RestoreRig:
         self._restore = {"bump_revision": 1_000_000, "fence_settle": "0.3s", "start_timeout": "60s",
                          "agent_down": "30s", **(restore or {})}
         self._agent_sections = agent_sections or {}
+        self._coordinator_sections = coordinator_sections or {}   # e.g. an S3, encrypted [vault]
         self.apiservers = apiservers
         self.metrics_port = free_port()
         self.coordinator: Optional[Coordinator] = None
@@ -69,7 +70,7 @@ class RestoreRig:
             stop_all(self.agents)
             raise
         config = coordinator_config(self.tmp, self.ckeys, self.agents, self.metrics_port,
-                                    extra={"restore": self._restore})
+                                    extra={"restore": self._restore, **self._coordinator_sections})
         self.coordinator = Coordinator(config, self.tmp / "coordinator.log")
         self.start_coordinator()
         return self
