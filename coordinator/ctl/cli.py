@@ -110,6 +110,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         leader = "NO LEADER"
     print(f"\n{cluster}; {leader}; {c['reachable']}/{c['members']} agents reachable, {c['healthy']} healthy")
     v = report["vault"]
+    if v.get("error"):
+        print(f"vault: ERROR: {v['error']}")
     newest = v.get("newest")
     if newest:
         print(f"vault: {v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
