@@ -10,9 +10,10 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 TEMP_PREFIX = ".etcdguard-tmp-"
 
@@ -33,6 +34,40 @@ def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
         os.chmod(path, mode)
         fsync_dir(path.parent)
     return path
+
+
+def temp_path(directory: Path, label: str = "") -> Path:
+    """A fresh temp file name in ``directory`` for a file written in place and then committed.
+
+    The name starts with TEMP_PREFIX, so remove_stale_temps sweeps what a crash left behind.
+    """
+    stem = f"{label}-" if label else ""
+    return Path(directory) / f"{TEMP_PREFIX}{stem}{os.getpid()}-{time.time_ns()}.partial"
+
+
+def commit_temp(temp: Path, final: Path, *, fd: Optional[int] = None, replace: bool = True) -> None:
+    """Give a completely written temp file its final name, durably.
+
+    fsyncs the data (through ``fd`` when the caller holds it open, else by
+    opening ``temp``), then renames it over ``final`` (``replace=False``: links
+    it, so an existing ``final`` is never overwritten and FileExistsError is
+    raised), then fsyncs the directory. Both names must be in one directory.
+    On an error ``temp`` is left for the caller to remove.
+    """
+    if fd is not None:
+        os.fsync(fd)
+    else:
+        own = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(own)
+        finally:
+            os.close(own)
+    if replace:
+        os.replace(temp, final)
+    else:
+        os.link(temp, final)
+        os.unlink(temp)
+    fsync_dir(final.parent)
 
 
 @contextlib.contextmanager
