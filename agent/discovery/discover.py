@@ -31,10 +31,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent.base.addresses import parse_url
 from etcdguard.agent.base.errors import DiscoveryError
 from etcdguard.agent.config import AgentConfig, EtcdSettings
-from etcdguard.agent.discovery import miniyaml
-from etcdguard.agent.discovery.member import ClientTLS, LocalMember, prefer_local, split_endpoint
+from etcdguard.agent.discovery.goflags import FlagError, apiserver_flags, etcd_flags
+from etcdguard.agent.discovery.manifests import (
+    ManifestError,
+    as_pod,
+    container_argv,
+    container_env,
+    find_container,
+    host_path,
+    load_yaml,
+)
+from etcdguard.agent.discovery.member import ClientTLS, LocalMember, prefer_local
+from etcdguard.agent.runtime.static_pod import park_dir
 
 DEFAULT_MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")
 APISERVER_MANIFEST_NAME = "kube-apiserver.yaml"
@@ -47,15 +58,6 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 HEALTHCHECK_CERT = "healthcheck-client.crt"
 HEALTHCHECK_KEY = "healthcheck-client.key"
 
-# etcd flags that are booleans: alone they mean true and never take the next argument.
-BOOL_FLAGS = frozenset({
-    "client-cert-auth", "peer-client-cert-auth", "auto-tls", "peer-auto-tls", "enable-v2",
-    "enable-pprof", "force-new-cluster", "strict-reconfig-check", "pre-vote", "debug",
-    "enable-grpc-gateway", "unsafe-no-fsync", "socket-reuse-port", "socket-reuse-address",
-    "peer-skip-client-san-verification", "experimental-initial-corrupt-check",
-    "experimental-enable-lease-checkpoint", "experimental-enable-distributed-tracing",
-    "experimental-memory-mlock", "version", "help",
-})
 _SHELLS = frozenset({"sh", "bash", "dash"})
 _SHELL_OPERATORS = frozenset({";", "&&", "||", "|", "&"})
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -65,34 +67,6 @@ Settings = dict[str, tuple[str, str]]  # etcd flag name -> (value, source)
 
 
 # -- pure parsing ---------------------------------------------------------------
-
-
-def _flag_positions(argv: Sequence[str]) -> dict[str, tuple[str, int]]:
-    """flag -> (value, index of the word holding the value), as Go's flag package reads argv."""
-    out: dict[str, tuple[str, int]] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg == "--":
-            break
-        if not arg.startswith("-") or arg == "-":
-            continue  # the program name, or a stray word etcd would reject
-        name = arg[2:] if arg.startswith("--") else arg[1:]
-        if "=" in name:
-            name, value = name.split("=", 1)
-            out[name] = (value, i - 1)
-        elif name in BOOL_FLAGS or i >= len(argv) or argv[i].startswith("-"):
-            out[name] = ("true", i - 1)
-        else:
-            out[name] = (argv[i], i)
-            i += 1
-    return out
-
-
-def parse_flags(argv: Sequence[str]) -> dict[str, str]:
-    """etcd's flags from a command line (``--f=v``, ``--f v``, ``-f v``; the last one wins)."""
-    return {name: value for name, (value, _) in _flag_positions(argv).items()}
 
 
 def env_flag(variable: str) -> Optional[str]:
@@ -271,78 +245,6 @@ def etcd_command(
     return list(words[start:end]), assigned
 
 
-def find_container(pod: Mapping[str, Any], name: str) -> Optional[dict[str, Any]]:
-    """The container called ``name``, else the one whose command[0] is ``name``."""
-    spec = pod.get("spec")
-    containers = spec.get("containers") if isinstance(spec, dict) else None
-    if not isinstance(containers, list):
-        return None
-    candidates = [c for c in containers if isinstance(c, dict)]
-    for c in candidates:
-        if c.get("name") == name:
-            return c
-    for c in candidates:
-        command = c.get("command")
-        if isinstance(command, list) and command and posixpath.basename(str(command[0])) == name:
-            return c
-    return None
-
-
-def container_argv(container: Mapping[str, Any]) -> list[str]:
-    """command + args of a container; raises ValueError if they are not lists of strings."""
-    argv: list[str] = []
-    for key in ("command", "args"):
-        value = container.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"container {key} must be a list of strings")
-        argv.extend(value)
-    return argv
-
-
-def container_env(container: Mapping[str, Any]) -> dict[str, str]:
-    """Literal ``env`` values of a container (valueFrom cannot be resolved here)."""
-    out: dict[str, str] = {}
-    for item in container.get("env") or []:
-        if isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("value"), str):
-            out[item["name"]] = item["value"]
-    return out
-
-
-def host_path(pod: Mapping[str, Any], container: Mapping[str, Any], path: str) -> str:
-    """The host path behind a container path; raises LookupError saying why there is none.
-
-    The volumeMount with the longest mountPath that contains ``path`` decides; its
-    volume must be a hostPath (kubeadm mounts /var/lib/etcd and
-    /etc/kubernetes/pki/etcd at the same paths, but a manifest need not).
-    """
-    if not path.startswith("/"):
-        raise LookupError("is relative and the container's working directory is not known")
-    path = posixpath.normpath(path)
-    best: Optional[Mapping[str, Any]] = None
-    best_mount = ""
-    for mount in container.get("volumeMounts") or []:
-        if not isinstance(mount, dict) or not isinstance(mount.get("mountPath"), str):
-            continue
-        mp = posixpath.normpath(mount["mountPath"])
-        inside = path == mp or path.startswith(mp.rstrip("/") + "/")
-        if inside and (best is None or len(mp) > len(best_mount)):
-            best, best_mount = mount, mp
-    if best is None:
-        raise LookupError("is not under any volumeMount, so it exists only inside the container")
-    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
-    volumes = [v for v in (spec or {}).get("volumes") or [] if isinstance(v, dict)]
-    volume = next((v for v in volumes if v.get("name") == best.get("name")), None)
-    source = volume.get("hostPath") if volume else None
-    if not isinstance(source, dict) or not isinstance(source.get("path"), str):
-        raise LookupError(f"is in volume {best.get('name')!r}, which is not a hostPath volume")
-    rest = posixpath.relpath(path, best_mount)
-    sub = best.get("subPath")
-    sub = sub if isinstance(sub, str) else ""
-    return posixpath.normpath(posixpath.join(source["path"], sub, "" if rest == "." else rest))
-
-
 def config_file_settings(doc: Mapping[str, Any], source: str) -> Settings:
     """Settings from etcd's YAML ``--config-file`` (its keys are the flag names)."""
     out: Settings = {}
@@ -428,17 +330,16 @@ def _read(root: Path, path: Path, what: str, hint: str) -> str:
 
 def _load_yaml(root: Path, path: Path, what: str, hint: str) -> Any:
     try:
-        return miniyaml.loads(_read(root, path, what, hint))
-    except ValueError as exc:
+        return load_yaml(_read(root, path, what, hint))
+    except ManifestError as exc:
         raise DiscoveryError(f"{what} {path} is not valid YAML ({exc}); {hint}") from None
 
 
 def _load_pod(root: Path, path: Path, hint: str) -> dict[str, Any]:
-    pod = _load_yaml(root, path, "static-pod manifest", hint)
-    if not isinstance(pod, dict) or pod.get("kind") != "Pod":
-        kind = pod.get("kind") if isinstance(pod, dict) else type(pod).__name__
-        raise DiscoveryError(f"static-pod manifest {path} is not a Pod (kind: {kind!r}); {hint}")
-    return pod
+    try:
+        return as_pod(_load_yaml(root, path, "static-pod manifest", hint))
+    except ManifestError as exc:
+        raise DiscoveryError(f"static-pod manifest {path} is {exc}; {hint}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,15 +377,16 @@ def _static_pod(manifest: Path, root: Path, origin: str) -> _Found:
         )
     try:
         argv = container_argv(container)
-    except ValueError as exc:
-        raise DiscoveryError(f"static-pod manifest {manifest}: {exc}") from None
+        flags = etcd_flags(argv)
+    except ValueError as exc:  # ManifestError, FlagError
+        raise DiscoveryError(f"static-pod manifest {manifest}: {exc}; {hint}") from None
     source = f"manifest:{manifest}"
     settings: Settings = {}
     for var, value in container_env(container).items():
         flag = env_flag(var)
         if flag:
             settings[flag] = (value, source)
-    settings.update((flag, (value, source)) for flag, value in parse_flags(argv).items())
+    settings.update((flag, (value, source)) for flag, value in flags.values.items())
     image = container.get("image")
     return _Found(
         runtime="static-pod", origin=origin, where=f"static-pod manifest {manifest}",
@@ -575,8 +477,13 @@ def _systemd(cfg: EtcdSettings, root: Path, unit_file: Path, origin: str, hostna
         flag = env_flag(var)
         if flag:
             settings[flag] = (value, source)
-    for flag, (value, index) in _flag_positions([w for w, _ in words]).items():
-        from_var = words[index][1]
+    try:
+        flags = etcd_flags([w for w, _ in words])
+    except FlagError as exc:
+        raise DiscoveryError(f"{exec_file}: ExecStart= runs etcd with a command line etcd refuses: {exc}; "
+                             "fix the unit") from None
+    for flag, value in flags.values.items():
+        from_var = words[flags.positions[flag]][1]
         settings[flag] = (value, env[from_var][1] if from_var in env else f"unit:{exec_file}")
 
     workdir = spec.working_directory if (spec.working_directory or "").startswith("/") else None
@@ -594,14 +501,19 @@ def _systemd(cfg: EtcdSettings, root: Path, unit_file: Path, origin: str, hostna
     )
 
 
-def _process(cfg: EtcdSettings, origin: str) -> _Found:
+def _process(cfg: EtcdSettings, origin: str, config_source: str) -> _Found:
     words, assigned = etcd_command([(w, None) for w in cfg.start_command or ()], {})
     settings: Settings = {}
     for var, value in assigned.items():
         flag = env_flag(var)
         if flag:
             settings[flag] = (value, "start_command")
-    settings.update((k, (v, "start_command")) for k, v in parse_flags([w for w, _ in words]).items())
+    try:
+        flags = etcd_flags([w for w, _ in words])
+    except FlagError as exc:
+        raise DiscoveryError(f"etcd.start_command runs etcd with a command line etcd refuses: {exc}; "
+                             f"fix etcd.start_command in {config_source}") from None
+    settings.update((k, (v, "start_command")) for k, v in flags.values.items())
     return _Found(
         runtime="process", origin=origin, where="etcd.start_command", settings=settings,
         to_host=_absolute_only("is relative and the working directory of etcd.start_command is not known"),
@@ -624,12 +536,9 @@ def _with_config_file(found: _Found, root: Path) -> _Found:
     return dataclasses.replace(found, settings=config_file_settings(doc, f"config-file:{path}"))
 
 
-PARKED_MANIFESTS = "parked-manifests"  # the static-pod runtime parks manifests here during a restore
-
-
 def parked_manifest(config: AgentConfig, manifest: Path) -> Path:
     """Where the static-pod runtime keeps ``manifest`` while etcd is stopped for a restore."""
-    return config.state.dir / PARKED_MANIFESTS / manifest.name
+    return park_dir(config.state.dir) / manifest.name
 
 
 def _manifest_present(config: AgentConfig, root: Path, manifest: Path) -> bool:
@@ -702,7 +611,7 @@ def discover(config: AgentConfig, root: Path = Path("/"), *, hostname: Optional[
     elif runtime == "systemd" and artifact is not None:
         found = _systemd(cfg, root, artifact, origin, host)
     elif runtime == "process":
-        found = _process(cfg, origin)
+        found = _process(cfg, origin, config.source)
     else:
         found = _Found(None, "config", f"the explicit [etcd] config in {config.source}", {},
                        _absolute_only("is relative"))
@@ -817,7 +726,7 @@ def _endpoints(cfg: EtcdSettings, found: _Found, hint: str) -> tuple[list[str], 
     usable = []
     for url in urls:
         try:
-            split_endpoint(url)
+            parse_url(url, default_port=2379)
         except ValueError:
             continue  # unix:// sockets and the like
         usable.append(url)
@@ -877,7 +786,7 @@ def _apiserver_etcd_client(root: Path, manifest: Path) -> Optional[tuple[Path, P
     if container is None:
         return None
     try:
-        flags = parse_flags(container_argv(container))
+        flags = apiserver_flags(container_argv(container)).values
         cert = host_path(pod, container, flags["etcd-certfile"])
         key = host_path(pod, container, flags["etcd-keyfile"])
         ca = host_path(pod, container, flags["etcd-cafile"]) if flags.get("etcd-cafile") else None

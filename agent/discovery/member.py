@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlsplit
+
+from etcdguard.agent.base.addresses import is_loopback, local_url, parse_url
+
+ETCD_CLIENT_PORT = 2379  # etcd's default client port, for a URL that names none
 
 
 @dataclass(frozen=True)
@@ -57,22 +60,18 @@ class LocalMember:
         return out
 
 
-def split_endpoint(url: str) -> tuple[str, int, bool]:
-    """(host, port, is_https) of an etcd client URL; raises ValueError if unusable."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL with a host")
-    port = parts.port or 2379
-    return parts.hostname, port, parts.scheme == "https"
-
-
 def prefer_local(urls: list[str]) -> list[str]:
-    """Order client URLs so loopback ones come first; 0.0.0.0 means 127.0.0.1 here."""
+    """Order client URLs so loopback ones come first; a wildcard host means this node's loopback."""
     out: list[str] = []
     for url in urls:
-        parts = urlsplit(url)
-        if parts.hostname in ("0.0.0.0", "::", "[::]"):
-            url = url.replace(parts.netloc, f"127.0.0.1:{parts.port or 2379}", 1)
+        url = local_url(url, ETCD_CLIENT_PORT)
         if url not in out:
             out.append(url)
-    return sorted(out, key=lambda u: 0 if urlsplit(u).hostname in ("127.0.0.1", "localhost", "::1") else 1)
+
+    def rank(url: str) -> int:
+        try:
+            return 0 if is_loopback(parse_url(url, default_port=ETCD_CLIENT_PORT).host) else 1
+        except ValueError:
+            return 1
+
+    return sorted(out, key=rank)

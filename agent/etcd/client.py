@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from etcdguard.agent.base.addresses import Address, parse_url
 from etcdguard.agent.base.errors import EtcdUnavailable
-from etcdguard.agent.discovery.member import ClientTLS, split_endpoint
+from etcdguard.agent.discovery.member import ETCD_CLIENT_PORT, ClientTLS
 from etcdguard.agent.etcd.pbwire import parse_member_list, parse_status, snapshot_blob
 
 with warnings.catch_warnings():
@@ -103,20 +104,30 @@ def _describe(exc: Exception, endpoint: str) -> str:
     return f"etcd at {endpoint} did not answer: {exc}"
 
 
+def client_address(endpoint: str) -> Address:
+    """Host and port of an etcd client URL (``http(s)://host[:port]``); ValueError if it has no host."""
+    address = parse_url(endpoint, default_port=ETCD_CLIENT_PORT)
+    if not address.host:
+        raise ValueError(f"{endpoint!r} is not an http(s) URL with a host")
+    return address
+
+
 class EtcdClient:
     """A connection to one member. Every call has a deadline."""
 
     def __init__(self, endpoint: str, tls: Optional[ClientTLS] = None, timeout: float = 5.0) -> None:
         tls = tls or ClientTLS()
-        host, port, https = split_endpoint(endpoint)
+        address = client_address(endpoint)
+        https = address.scheme == "https"
         self.endpoint = endpoint
         self.timeout = timeout
         if https and tls.cacert is None:
             raise EtcdUnavailable(f"{endpoint} is https but no CA file is configured (etcd.cacert / --cacert)")
         try:
             self._client = etcd3.client(
-                host=host,
-                port=port,
+                # python-etcd3 makes the gRPC target as f"{host}:{port}": an IPv6 host needs its brackets
+                host=address.bracketed_host,
+                port=address.port,
                 ca_cert=str(tls.cacert) if https and tls.cacert else None,
                 cert_key=str(tls.key) if https and tls.key else None,
                 cert_cert=str(tls.cert) if https and tls.cert else None,

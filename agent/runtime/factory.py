@@ -12,15 +12,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
+from etcdguard.agent.base.addresses import LOOPBACK_V4, connect_host, format_host_port
 from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import AgentConfig, ApiserverSettings
+from etcdguard.agent.discovery.goflags import apiserver_flags
+from etcdguard.agent.discovery.manifests import ManifestError, load_pod, pod_command
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.runtime.base import NodeRuntime, Service
 from etcdguard.agent.runtime.process import DEFAULT_KILL_GRACE, ProcessService
 from etcdguard.agent.runtime.proof import AllOf, PortsClosed, ProcessesGone, StopProof, etcd_proof
-from etcdguard.agent.runtime.static_pod import StaticPodService
+from etcdguard.agent.runtime.static_pod import StaticPodService, park_dir
 from etcdguard.agent.runtime.systemd import SystemdService
 
 log = logging.getLogger(__name__)
@@ -28,40 +31,11 @@ log = logging.getLogger(__name__)
 ETCD = "etcd"
 APISERVER = "kube-apiserver"
 APISERVER_DEFAULT_PORT = 6443
-PARK_DIR = "parked-manifests"
 LOG_DIR = "logs"
 
 
 # ---------------------------------------------------------------------------
 # pure helpers
-
-
-def pod_command(doc: Any, container: Optional[str] = None) -> Optional[list[str]]:
-    """Pure: command + args of a pod manifest's container (named ``container``, else the first)."""
-    if not isinstance(doc, dict):
-        return None
-    spec = doc.get("spec")
-    containers = spec.get("containers") if isinstance(spec, dict) else None
-    if not isinstance(containers, list) or not containers:
-        return None
-    chosen = next((c for c in containers if isinstance(c, dict) and c.get("name") == container), None)
-    if chosen is None:
-        chosen = containers[0]
-    if not isinstance(chosen, dict):
-        return None
-    argv = [str(x) for x in (chosen.get("command") or []) + (chosen.get("args") or [])]
-    return argv or None
-
-
-def flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
-    """Pure: the value of ``--flag=v`` or ``--flag v`` (last one wins), else None."""
-    value: Optional[str] = None
-    for i, arg in enumerate(argv):
-        if arg.startswith(flag + "="):
-            value = arg[len(flag) + 1:]
-        elif arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-    return value
 
 
 def apiserver_address(argv: Optional[Sequence[str]], health_url: Optional[str]) -> str:
@@ -73,36 +47,27 @@ def apiserver_address(argv: Optional[Sequence[str]], health_url: Optional[str]) 
     """
     if health_url:
         return health_url
-    port = flag_value(argv or (), "--secure-port") or str(APISERVER_DEFAULT_PORT)
+    flags = apiserver_flags(argv).values if argv else {}
+    port = flags.get("secure-port") or str(APISERVER_DEFAULT_PORT)
     if not port.isdigit():
         raise ConfigError(f"kube-apiserver --secure-port={port!r} is not a port number; set apiserver.health_url")
-    host = flag_value(argv or (), "--bind-address") or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}"
+    return format_host_port(connect_host(flags.get("bind-address") or LOOPBACK_V4), int(port))
 
 
-def read_manifest_command(paths: Sequence[Path], container: Optional[str]) -> Optional[list[str]]:
-    """The container command from the first readable manifest among ``paths`` (live, then parked)."""
-    from etcdguard.agent.discovery import miniyaml
-
+def read_manifest_command(paths: Sequence[Path], container: str) -> Optional[list[str]]:
+    """The ``container``'s command from the first manifest among ``paths`` that exists (live, then parked)."""
     for path in paths:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             continue
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot read {path}: {reason}") from None
         try:
-            doc = miniyaml.loads(text)
-        except ValueError as exc:
+            return pod_command(load_pod(text), container)
+        except ManifestError as exc:
             raise ConfigError(f"{path}: not a manifest etcdguard can read: {exc}") from None
-        argv = pod_command(doc, container)
-        if argv is None:
-            raise ConfigError(f"{path}: no spec.containers[].command in the manifest")
-        return argv
     return None
 
 
@@ -143,7 +108,7 @@ def _etcd_service(config: AgentConfig, member: LocalMember, state_dir: Path, sys
         manifest = s.manifest or member.manifest
         if manifest is None:
             raise ConfigError(f"{config.source}: etcd runs as a static pod but no manifest is known; set etcd.manifest")
-        return StaticPodService(ETCD, manifest, state_dir / PARK_DIR, proof)
+        return StaticPodService(ETCD, manifest, park_dir(state_dir), proof)
     if runtime == "systemd":
         return SystemdService(ETCD, s.unit or member.unit or "etcd.service", proof, systemctl=systemctl)
     if runtime == "process":
@@ -160,16 +125,16 @@ def _etcd_service(config: AgentConfig, member: LocalMember, state_dir: Path, sys
 def _apiserver_service(a: ApiserverSettings, state_dir: Path, systemctl: str, kill_grace: float) -> Service:
     try:
         if a.manifest is not None:
-            park_dir = state_dir / PARK_DIR
+            parked = park_dir(state_dir)
             # after an interrupted restore the manifest may still be parked
-            argv = read_manifest_command([a.manifest, park_dir / a.manifest.name], APISERVER)
+            argv = read_manifest_command([a.manifest, parked / a.manifest.name], APISERVER)
             proofs: list[StopProof] = [PortsClosed((apiserver_address(argv, a.health_url),))]
             if argv:
                 proofs.append(ProcessesGone(tuple(argv)))
             else:
                 log.warning("%s: no manifest at %s (nor parked); proving stop by its port only", APISERVER,
                             a.manifest)
-            return StaticPodService(APISERVER, a.manifest, park_dir, AllOf(tuple(proofs)))
+            return StaticPodService(APISERVER, a.manifest, parked, AllOf(tuple(proofs)))
         if a.unit is not None:
             proof = AllOf((PortsClosed((apiserver_address(None, a.health_url),)),))
             return SystemdService(APISERVER, a.unit, proof, systemctl=systemctl)
@@ -186,19 +151,21 @@ def make_restart_services(config: AgentConfig, state_dir: Path, systemctl: str =
                           kill_grace: float = DEFAULT_KILL_GRACE) -> list[Service]:
     """What [[restart]] names, restarted by restart-controllers after a cluster restore.
 
-    A static pod is parked until no process runs its command, then put back; a
+    A static pod is parked until no process runs the command of its container
+    named like the manifest (else the one running that program), then put back; a
     unit is stopped until systemd says inactive, then started; a command is
     stopped by its pid file (proven gone) and started again.
     """
     out: list[Service] = []
-    park_dir = Path(state_dir) / PARK_DIR
+    parked = park_dir(state_dir)
     for r in config.restart:
         name = r.label
         if r.manifest is not None:
-            argv = read_manifest_command([r.manifest, park_dir / r.manifest.name], None)
+            # the container named like the manifest (kubeadm: kube-scheduler.yaml runs kube-scheduler)
+            argv = read_manifest_command([r.manifest, parked / r.manifest.name], name)
             if argv is None:
-                raise ConfigError(f"[[restart]] {r.manifest}: no manifest there (nor parked in {park_dir})")
-            out.append(StaticPodService(name, r.manifest, park_dir, AllOf((ProcessesGone(tuple(argv)),))))
+                raise ConfigError(f"[[restart]] {r.manifest}: no manifest there (nor parked in {parked})")
+            out.append(StaticPodService(name, r.manifest, parked, AllOf((ProcessesGone(tuple(argv)),))))
         elif r.unit is not None:
             out.append(SystemdService(name, r.unit, AllOf(()), systemctl=systemctl))
         elif r.start_command is not None and r.pid_file is not None:

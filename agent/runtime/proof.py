@@ -22,13 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
-from urllib.parse import urlsplit
 
+from etcdguard.agent.base.addresses import Address, connect_address
 from etcdguard.agent.runtime.base import StopNotProven
 
 POLL_INTERVAL = 0.05
 CONNECT_TIMEOUT = 0.5
-_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 class StopProof(Protocol):
@@ -42,34 +41,16 @@ class StopProof(Protocol):
 
 
 # ---------------------------------------------------------------------------
-# addresses
+# ports
 
 
-def host_port(url_or_hostport: str, default_port: int = 2379) -> tuple[str, int]:
-    """(host, port) to connect to for a client URL (``https://h:p``) or ``host:port``.
+def probe_target(url_or_hostport: str, default_port: int = 2379) -> Address:
+    """Where to connect to probe a client URL (``https://h:p``, ``tcp://h:p``) or ``host:port``.
 
-    Wildcard listen addresses (0.0.0.0, ::) mean "this node", so they map to loopback.
-    Raises ValueError for anything that has no TCP host.
+    Wildcard listen addresses mean "this node" and map to loopback (see
+    base/addresses). Raises ValueError for anything that has no TCP host.
     """
-    text = url_or_hostport.strip()
-    if not text:
-        raise ValueError("empty address")
-    if "://" in text:
-        parts = urlsplit(text)
-        if parts.scheme not in ("http", "https", "tcp"):
-            raise ValueError(f"{url_or_hostport!r}: only http, https and tcp URLs can be probed")
-        host, port = parts.hostname or "", parts.port or default_port
-    else:
-        parts = urlsplit("//" + text)
-        try:
-            host, port = parts.hostname or "", parts.port or default_port
-        except ValueError:
-            raise ValueError(f"{url_or_hostport!r} is not host:port") from None
-    if host in _WILDCARD_HOSTS:
-        host = "::1" if host == "::" else "127.0.0.1"
-    if not host:
-        raise ValueError(f"{url_or_hostport!r} has no host")
-    return host, port
+    return connect_address(url_or_hostport, default_port)
 
 
 def port_state(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> tuple[str, str]:
@@ -236,23 +217,23 @@ class PortsClosed:
         if not self.addresses:
             raise ValueError("no address to probe")
         for address in self.addresses:
-            host_port(address)  # raises ValueError now, not in the middle of a stop
+            probe_target(address)  # raises ValueError now, not in the middle of a stop
 
     def check(self) -> tuple[bool, str]:
         problems = []
         for address in self.addresses:
-            host, port = host_port(address)
-            state, detail = port_state(host, port, self.connect_timeout)
+            target = probe_target(address)
+            state, detail = port_state(target.host, target.port, self.connect_timeout)
             if state == "open":
-                problems.append(f"port {host}:{port} still answers")
+                problems.append(f"port {target.netloc} still answers")
             elif state == "unknown":
-                problems.append(f"port {host}:{port} not proven closed ({detail})")
+                problems.append(f"port {target.netloc} not proven closed ({detail})")
         if problems:
             return False, "; ".join(problems)
         return True, f"port {', '.join(self._targets())} closed"
 
     def _targets(self) -> list[str]:
-        return [":".join(str(x) for x in host_port(a)) for a in self.addresses]
+        return [probe_target(a).netloc for a in self.addresses]
 
     def describe(self) -> str:
         return f"no TCP connect succeeds on {', '.join(self._targets())}"

@@ -26,6 +26,16 @@ from etcdguard.agent.runtime.proof import StopProof, wait_proven
 
 log = logging.getLogger(__name__)
 
+PARK_DIR_NAME = "parked-manifests"
+
+
+def park_dir(state_dir: Path) -> Path:
+    """Where manifests are parked while their pod is stopped: ``<state>/parked-manifests``.
+
+    Discovery looks there too, so an interrupted restore still finds the member.
+    """
+    return Path(state_dir) / PARK_DIR_NAME
+
 
 def is_within(path: Path, directory: Path) -> bool:
     """Pure-ish: is ``path`` (resolved) ``directory`` or below it?"""

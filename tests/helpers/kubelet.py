@@ -11,14 +11,13 @@ its manifest is present is restarted after a short backoff (restartPolicy
 Always). Containers, images and volumes are not modelled: paths in the
 command are host paths.
 
-Manifests are read as JSON, else with etcdguard's YAML reader.
+Manifests (YAML or JSON) are read with the agent's manifest reader (PyYAML).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from etcdguard.agent.discovery.manifests import load_yaml
+
 from .etcd import clean_env
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -35,12 +36,8 @@ DEFAULT_GRACE = 30.0
 
 
 def parse_manifest(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        from etcdguard.agent.discovery import miniyaml
-
-        return miniyaml.loads(text)
+    """A manifest's document (YAML or JSON), read by the agent's own manifest reader."""
+    return load_yaml(text)
 
 
 @dataclass(frozen=True)

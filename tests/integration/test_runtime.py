@@ -31,7 +31,7 @@ from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.runtime.process import ProcessService
-from etcdguard.agent.runtime.proof import etcd_proof, wait_etcd_stopped, wait_port_closed
+from etcdguard.agent.runtime.proof import AllOf, ProcessesGone, etcd_proof, wait_etcd_stopped, wait_port_closed
 from etcdguard.agent.runtime.static_pod import StaticPodService
 from etcdguard.agent.runtime.systemd import SystemdService
 
@@ -208,6 +208,45 @@ def test_process_apiserver_standin_via_factory(tmp_path: Path) -> None:
         pid = api.running_pid()
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_apiserver_stop_proof_watches_the_apiserver_not_a_sidecar_listed_first(tmp_path: Path) -> None:
+    """With a sidecar as the pod's first container, the proof follows the kube-apiserver process.
+
+    Both containers' commands run as real processes; only the apiserver's decides.
+    """
+    port = free_server_port()
+    api_argv = apiserver_command(port)
+    sidecar_argv = [sys.executable, "-c", "import time; time.sleep(600)", "audit-shipper-sidecar"]
+    manifest = tmp_path / "manifests" / "kube-apiserver.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: kube-apiserver}\nspec:\n  containers:\n"
+        f"  - name: audit-shipper\n    command: {json.dumps(sidecar_argv)}\n"
+        f"  - name: kube-apiserver\n    command: {json.dumps(api_argv[:1])}\n    args: {json.dumps(api_argv[1:])}\n"
+    )
+    cfg = AgentConfig(etcd=EtcdSettings(runtime="process", start_command=("etcd",), pid_file=tmp_path / "p"),
+                      apiserver=ApiserverSettings(manifest=manifest))
+    local = LocalMember(name="m1", data_dir=tmp_path / "d", endpoints=(f"http://127.0.0.1:{free_port()}",))
+    api = make_runtime(cfg, local, tmp_path / "state").apiserver
+    assert isinstance(api, StaticPodService) and isinstance(api.proof, AllOf)
+    gone = [p for p in api.proof.proofs if isinstance(p, ProcessesGone)]
+    assert len(gone) == 1
+    sidecar = subprocess.Popen(sidecar_argv)
+    apiserver = subprocess.Popen(api_argv)
+    try:
+        wait_until(lambda: livez(port), 10, what="the stand-in apiserver")
+        ok, why = gone[0].check()
+        assert not ok and f"pid {apiserver.pid} " in why and f"pid {sidecar.pid} " not in why
+        apiserver.kill()
+        apiserver.wait()
+        # the sidecar still runs, and that is not the apiserver
+        assert wait_until(lambda: gone[0].check()[0], 10, what="the proof to see the apiserver gone")
+        assert api.proof.check()[0] and sidecar.poll() is None
+    finally:
+        for proc in (apiserver, sidecar):
+            proc.kill()
+            proc.wait()
 
 
 # ---------------------------------------------------------------------------

@@ -9,13 +9,12 @@ from etcdguard.agent.discovery.discover import (
     discover,
     etcd_command,
     expand_specifiers,
-    host_path,
     parse_env_file,
-    parse_flags,
     parse_unit,
     read_service,
     split_exec,
 )
+from etcdguard.agent.discovery.manifests import host_path
 from etcdguard.agent.discovery.member import ClientTLS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -107,6 +106,78 @@ def test_kubeadm_without_healthcheck_uses_the_apiserver_etcd_client_cert(tmp_pat
         key=Path("/etc/kubernetes/pki/apiserver-etcd-client.key"),
     )
     assert dict(m.sources)["tls.cert"] == f"manifest:{MANIFESTS}/kube-apiserver.yaml"
+
+
+def test_manifest_with_anchors_flow_sequence_block_scalars_and_tags_reads_as_the_plain_one(tmp_path):
+    plain = discover(config(), kubeadm_root(tmp_path / "plain", apiserver=True, healthcheck=True))
+    fancy_root = kubeadm_root(tmp_path / "fancy", (KUBEADM / "etcd-anchors-flow.yaml").read_text(), apiserver=True,
+                              healthcheck=True)
+    fancy = discover(config(), fancy_root)
+    assert fancy == plain
+    assert fancy.data_dir == Path("/var/lib/etcd")  # through the *data alias of the volume's hostPath
+    assert fancy.image == "registry.k8s.io/etcd:3.5.15-0"  # a folded block scalar
+
+
+def test_apiserver_sidecar_listed_first_does_not_lend_its_client_cert(tmp_path):
+    kubeadm_root(tmp_path)
+    put(tmp_path, f"{MANIFESTS}/kube-apiserver.yaml", (KUBEADM / "kube-apiserver-sidecar.yaml").read_text())
+    m = discover(config(), tmp_path)
+    assert m.tls.cert == Path("/etc/kubernetes/pki/apiserver-etcd-client.crt")
+    assert m.tls.key == Path("/etc/kubernetes/pki/apiserver-etcd-client.key")
+
+
+def test_duplicate_key_in_a_manifest_is_refused_naming_file_and_lines(tmp_path):
+    text = fixture(KUBEADM / "etcd.yaml", **{"    image: registry.k8s.io/etcd:3.5.15-0\n":
+                                             "    image: registry.k8s.io/etcd:3.5.15-0\n    image: etcd:evil\n"})
+    first = next(i for i, ln in enumerate(text.splitlines(), 1) if "image: registry" in ln)
+    kubeadm_root(tmp_path, text)
+    with pytest.raises(DiscoveryError, match=rf"{MANIFESTS}/etcd\.yaml is not valid YAML \(line {first + 1}, "
+                                             rf"column 5: duplicate key 'image' \(first at line {first}\)\)"):
+        discover(config(), tmp_path)
+
+
+def test_unknown_tag_is_refused(tmp_path):
+    kubeadm_root(tmp_path, "apiVersion: v1\nkind: !Pod Pod\n")
+    with pytest.raises(DiscoveryError, match=r"etcd\.yaml is not valid YAML \(line 2, column 7: .*'!Pod'"):
+        discover(config(), tmp_path)
+
+
+def test_data_dir_value_that_starts_with_a_dash_is_the_value(tmp_path):
+    # Go's flag package: a flag that takes a value takes the next word, whatever it looks like
+    cmd = ["etcd", "--name", "m1", "--data-dir", "-weird"]
+    with pytest.raises(DiscoveryError, match=r"--data-dir=-weird .*relative"):
+        discover(config(start_command=cmd, pid_file="/run/e.pid"), tmp_path)
+    m = discover(config(start_command=["etcd", "-name=m1", "-data-dir", "/var/lib/-weird"], pid_file="/run/e.pid"),
+                 tmp_path)
+    assert (m.name, m.data_dir) == ("m1", Path("/var/lib/-weird"))
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["etcd", "--name", "m1", "--data-dir", "/d", "stray"], "'stray' is not a valid flag"),
+    (["etcd", "--data-dir", "/d", "--name"], "flag needs an argument: -name"),
+    (["etcd", "--name=m1", "--data-dir=/d", "--client-cert-auth=yes"], 'invalid boolean value "yes"'),
+])
+def test_command_line_etcd_would_refuse_is_a_discovery_error(tmp_path, command, message):
+    with pytest.raises(DiscoveryError, match=rf"etcd\.start_command runs etcd with a command line etcd refuses: "
+                                             rf"{message}.*fix etcd\.start_command in agent\.toml"):
+        discover(config(start_command=command, pid_file="/run/e.pid"), tmp_path)
+
+
+def test_manifest_command_line_etcd_would_refuse_names_the_manifest(tmp_path):
+    text = fixture(KUBEADM / "etcd.yaml", **{"    - --data-dir=/var/lib/etcd\n": "    - --data-dir\n"})
+    text = text.replace("    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt\n", "")
+    text = text.replace("    image: registry", "    - --trusted-ca-file\n    image: registry")
+    kubeadm_root(tmp_path, text)
+    with pytest.raises(DiscoveryError, match=rf"{MANIFESTS}/etcd\.yaml: flag needs an argument: -trusted-ca-file"):
+        discover(config(), tmp_path)
+
+
+def test_wildcard_client_urls_map_to_loopback_of_the_same_family(tmp_path):
+    cmd = ["etcd", "--name", "m1", "--data-dir", "/d",
+           "--listen-client-urls", "http://[::]:2379,http://0.0.0.0:12379,http://[fd00::5]:2379",
+           "--advertise-client-urls", "http://[fd00::5]:2379"]
+    m = discover(config(start_command=cmd, pid_file="/run/e.pid"), tmp_path)
+    assert m.endpoints == ("http://[::1]:2379", "http://127.0.0.1:12379", "http://[fd00::5]:2379")
 
 
 def test_kubeadm_without_client_certs_falls_back_to_the_server_cert(tmp_path):
@@ -447,10 +518,11 @@ def test_manifest_without_etcd_container(tmp_path):
 
 
 def test_unparsable_manifest_names_the_line(tmp_path):
-    text = fixture(KUBEADM / "etcd.yaml", **{"    image: registry": "    image: &img registry"})
-    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "&img" in ln)
+    # anchors are valid YAML now (PyYAML reads them as the kubelet does); an unclosed flow sequence is not
+    text = fixture(KUBEADM / "etcd.yaml", **{"    image: registry": "    image: [registry"})
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "[registry" in ln)
     kubeadm_root(tmp_path, text)
-    with pytest.raises(DiscoveryError, match=rf"etcd\.yaml is not valid YAML \(line {line}: anchors"):
+    with pytest.raises(DiscoveryError, match=rf"etcd\.yaml is not valid YAML \(line {line + 1}, column \d+: "):
         discover(config(), tmp_path)
 
 
@@ -494,16 +566,6 @@ def test_no_usable_client_url(tmp_path):
 
 
 # -- pure parsers -----------------------------------------------------------------------
-
-
-def test_parse_flags_forms():
-    argv = ["etcd", "--name=a", "--data-dir", "/d", "-initial-cluster", "a=http://x:2380",
-            "--client-cert-auth", "--trusted-ca-file", "/ca", "--peer-auto-tls", "--name", "b",
-            "--enable-v2=false", "--", "--key-file", "/k"]
-    assert parse_flags(argv) == {
-        "name": "b", "data-dir": "/d", "initial-cluster": "a=http://x:2380", "client-cert-auth": "true",
-        "trusted-ca-file": "/ca", "peer-auto-tls": "true", "enable-v2": "false",
-    }
 
 
 def test_parse_env_file():

@@ -622,7 +622,7 @@ def test_deb_package(built_packages: dict[str, Path]) -> None:
     assert fields["Architecture"] == "all" and fields["Version"] == version
     depends = fields["Depends"]
     for dep in ("python3-etcd3", "python3-zmq", "python3-prometheus-client", "python3-sdnotify",
-                "python3-tomli | python3 (>= 3.11)"):
+                "python3-tomli | python3 (>= 3.11)", "python3-yaml"):
         assert dep in depends
     listing = run(["dpkg-deb", "-c", str(deb)]).stdout
     for path in ("./usr/bin/etcdguard-agent", "./usr/bin/etcdguardctl",
@@ -662,6 +662,7 @@ def test_rpm_package(built_packages: dict[str, Path], tmp_path: Path) -> None:
     assert "useradd -r -g etcdguard" in scripts and "systemctl daemon-reload" in scripts
     requires = run([rpm_cmd, "-qp", "--requires", str(rpm)]).stdout
     assert "python3dist(pyzmq)" in requires and "python3dist(etcd3)" not in requires
+    assert "python3dist(pyyaml)" in requires   # python3-pyyaml provides it (Fedora, EL9); not vendored
 
     # Install into a scratch root and run the commands from there with this machine's Python.
     root = tmp_path / "root"

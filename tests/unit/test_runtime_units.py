@@ -22,14 +22,11 @@ from pathlib import Path
 import pytest
 from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import AgentConfig, ApiserverSettings, EtcdSettings
+from etcdguard.agent.discovery.goflags import apiserver_flags
+from etcdguard.agent.discovery.manifests import ManifestError, pod_command
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
-from etcdguard.agent.runtime.factory import (
-    apiserver_address,
-    flag_value,
-    make_runtime,
-    pod_command,
-)
+from etcdguard.agent.runtime.factory import apiserver_address, make_runtime
 from etcdguard.agent.runtime.process import ProcessService, child_env, parse_pid, program_matches
 from etcdguard.agent.runtime.proof import (
     AllOf,
@@ -37,9 +34,9 @@ from etcdguard.agent.runtime.proof import (
     PortsClosed,
     ProcessesGone,
     flock_free,
-    host_port,
     parse_proc_locks,
     port_state,
+    probe_target,
     same_command,
     wait_proven,
 )
@@ -78,16 +75,19 @@ class FakeProof:
     ("https://[::1]:2379", ("::1", 2379)),
     ("127.0.0.1:6443", ("127.0.0.1", 6443)),
     ("[::]:6443", ("::1", 6443)),
+    ("http://[::]:2379", ("::1", 2379)),
+    ("tcp://[fd00::5]:7479", ("fd00::5", 7479)),
     ("https://127.0.0.1:6443/livez", ("127.0.0.1", 6443)),
 ])
-def test_host_port(text: str, expected: tuple[str, int]) -> None:
-    assert host_port(text) == expected
+def test_probe_target(text: str, expected: tuple[str, int]) -> None:
+    target = probe_target(text)
+    assert (target.host, target.port) == expected
 
 
-@pytest.mark.parametrize("bad", ["unix:///run/etcd.sock", "127.0.0.1:notaport", "", "  "])
-def test_host_port_rejects(bad: str) -> None:
+@pytest.mark.parametrize("bad", ["unix:///run/etcd.sock", "127.0.0.1:notaport", "", "  ", "::1:2379"])
+def test_probe_target_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
-        host_port(bad)
+        probe_target(bad)
 
 
 def test_ports_closed_validates_when_built() -> None:
@@ -150,15 +150,21 @@ def test_pod_command_and_flags() -> None:
     ]}}
     argv = pod_command(doc, "kube-apiserver")
     assert argv == ["kube-apiserver", "--secure-port=7443", "--bind-address", "10.0.0.5"]
-    assert pod_command(doc) == ["sleep"]
-    assert pod_command({"spec": {}}) is None
-    assert pod_command("text") is None
-    assert flag_value(argv, "--secure-port") == "7443"
-    assert flag_value(argv, "--bind-address") == "10.0.0.5"
-    assert flag_value(argv, "--missing") is None
+    # never by position: a pod without the named container has no command for it
+    with pytest.raises(ManifestError, match=r"no spec\.containers\[\] entry named 'etcd'.*'sidecar'"):
+        pod_command(doc, "etcd")
+    with pytest.raises(ManifestError, match=r"no spec\.containers"):
+        pod_command({"spec": {}}, "kube-apiserver")
+    flags = apiserver_flags(argv)
+    assert flags.get("secure-port") == "7443"
+    assert flags.get("bind-address") == "10.0.0.5"
+    assert flags.get("missing") is None
     assert apiserver_address(argv, None) == "10.0.0.5:7443"
     assert apiserver_address(["kube-apiserver", "--bind-address=0.0.0.0"], None) == "127.0.0.1:6443"
     assert apiserver_address(["kube-apiserver", "--bind-address=::1", "--secure-port=1"], None) == "[::1]:1"
+    assert apiserver_address(["kube-apiserver", "--bind-address=::", "--secure-port=1"], None) == "[::1]:1"
+    assert apiserver_address(["kube-apiserver", "--bind-address", "fd00::7", "--secure-port", "6443"],
+                             None) == "[fd00::7]:6443"
     assert apiserver_address(None, "https://127.0.0.1:9443/livez") == "https://127.0.0.1:9443/livez"
     with pytest.raises(ConfigError):
         apiserver_address(["kube-apiserver", "--secure-port=x"], None)
@@ -515,3 +521,22 @@ def test_factory_rejects_unreadable_apiserver_manifest(tmp_path: Path) -> None:
     cfg = AgentConfig(apiserver=ApiserverSettings(manifest=api))
     with pytest.raises(ConfigError, match=r"no spec\.containers"):
         make_runtime(cfg, _member(tmp_path, runtime="systemd"), tmp_path / "state")
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kubeadm"
+
+
+def test_factory_watches_the_apiserver_container_not_a_sidecar_listed_first(tmp_path: Path) -> None:
+    """The stop proof of a static-pod kube-apiserver follows the container named kube-apiserver."""
+    api = tmp_path / "manifests" / "kube-apiserver.yaml"
+    api.parent.mkdir()
+    api.write_text((FIXTURES / "kube-apiserver-sidecar.yaml").read_text())
+    rt = make_runtime(AgentConfig(apiserver=ApiserverSettings(manifest=api)), _member(tmp_path, runtime="systemd"),
+                      tmp_path / "state")
+    assert isinstance(rt.apiserver, StaticPodService) and isinstance(rt.apiserver.proof, AllOf)
+    gone = [p for p in rt.apiserver.proof.proofs if isinstance(p, ProcessesGone)]
+    ports = [p for p in rt.apiserver.proof.proofs if isinstance(p, PortsClosed)]
+    assert len(gone) == 1 and len(ports) == 1
+    assert gone[0].command[:3] == ("kube-apiserver", "--advertise-address=192.168.56.10", "--allow-privileged=true")
+    assert "--tls-private-key-file=/etc/kubernetes/pki/apiserver.key" in gone[0].command
+    assert ports[0].addresses == ("127.0.0.1:6443",)  # the apiserver's --secure-port, not the sidecar's 9443
