@@ -82,7 +82,7 @@ class AgentDaemon(SignalFlags):
         if self.config.metrics.listen:
             self.metrics_server = MetricsServer(self.metrics.registry, self.config.metrics.listen)
             self.metrics_server.start()
-            log.info("metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
+            log.info("metrics on %s", self.metrics_server.url)
 
     # -- the loop ----------------------------------------------------------
     def _start_backup(self, runner: BackupRunner) -> None:

@@ -6,12 +6,14 @@ success, so a wedged daemon shows a growing age instead of a frozen one.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
 from etcdguard.agent import __version__
+from etcdguard.agent.base.addresses import format_host_port, is_ipv6_literal, parse_host_port
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 FAILURE_REASONS = ("etcd_unavailable", "corrupt", "tool", "disk", "aborted", "timeout", "other")
@@ -71,16 +73,27 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
+class _HTTPServer6(ThreadingHTTPServer):
+    """http.server binds AF_INET unless told otherwise; an IPv6 listen address needs AF_INET6."""
+
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """Serves /metrics from a registry; start() and stop() are idempotent."""
 
     def __init__(self, registry: CollectorRegistry, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
+        address = parse_host_port(listen)  # as [metrics] listen was validated
         self.registry = registry
-        self.host = host.strip("[]")
-        self.port = int(port)
+        self.host = address.host
+        self.port = address.port
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        """Where the metrics are served (an IPv6 host in brackets), for logs."""
+        return f"http://{format_host_port(self.host, self.port)}/metrics"
 
     def start(self) -> None:
         registry = self.registry
@@ -100,7 +113,8 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server_class = _HTTPServer6 if is_ipv6_literal(self.host) else ThreadingHTTPServer
+        self._server = server_class((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from etcdguard.agent.base.addresses import parse_host_port
 from etcdguard.agent.base.durations import parse_duration
 from etcdguard.agent.base.errors import ConfigError
 
@@ -131,13 +132,15 @@ class Table:
         return tuple(value)
 
     def listen(self, key: str, default: Optional[str] = None) -> Optional[str]:
-        """A HOST:PORT listen address."""
+        """A HOST:PORT listen address, an IPv6 host in brackets (parsed as the server will parse it)."""
         value = self.text(key, default)
         if value is None:
             return None
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise self.error(key, "HOST:PORT, e.g. '127.0.0.1:9479'")
+        try:
+            parse_host_port(value)
+        except ValueError as exc:
+            raise ConfigError(f"{self._where(key)}: expected HOST:PORT, e.g. '127.0.0.1:9479' or "
+                              f"'[::1]:9479', got {value!r} ({exc})") from None
         return value
 
     def finish(self) -> None:

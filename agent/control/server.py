@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import zmq
 from etcdguard.agent import __version__
 from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.addresses import zmq_endpoint_is_ipv6
 from etcdguard.agent.base.errors import EXIT_UNSAFE, ConfigError, EtcdguardError, UsageError
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.control.transfer import FetchFiles, NotFound, Staging
@@ -555,6 +556,7 @@ class AgentServer:
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 10_000)
+        sock.ipv6 = zmq_endpoint_is_ipv6(self.settings.listen)  # libzmq refuses tcp://[::1]:port without it
         if not self.settings.insecure:
             sock.curve_server = True
             assert self._secret_key is not None and self.public_key is not None

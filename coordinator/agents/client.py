@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import zmq
 from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.addresses import zmq_endpoint_is_ipv6
 from etcdguard.agent.base.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
 from etcdguard.agent.control.transfer import KnownSizeDigest
 from etcdguard.agent.wire import protocol as P
@@ -105,6 +106,7 @@ class AgentClient:
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
             sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+            sock.ipv6 = zmq_endpoint_is_ipv6(self.endpoint)  # libzmq refuses tcp://[::1]:port without it
             if not self.insecure:
                 assert self._server_key and self._public and self._secret
                 sock.curve_serverkey = self._server_key

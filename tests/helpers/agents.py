@@ -1,7 +1,8 @@
 """Real agent daemons for tests: CURVE keys, config, subprocess, readiness, cleanup.
 
 ``AgentProcess`` runs ``python -m etcdguard.agent --config C run`` for one
-harness etcd member, with its control server on a free 127.0.0.1 port and
+harness etcd member, with its control server on a free port of the member's
+loopback address (127.0.0.1, or ::1 for a member on ``host="::1"``) and
 its own key pair; ``start_agents`` does that for every member of a cluster.
 ``CoordinatorKeys`` is the coordinator's key pair whose public half goes into
 each agent's ``authorized_keys``; ``client_for`` builds an AgentClient for it.
@@ -98,8 +99,9 @@ class AgentProcess:
         self.member = member
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_server_port()
-        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.host = member.host
+        self.port = port or free_server_port(self.host)
+        self.endpoint = f"tcp://{member.url_host}:{self.port}"
         self.insecure = insecure
         self.log_path = self.workdir / "agent.log"
         self.key_dir = self.workdir / "keys"
@@ -199,7 +201,7 @@ class AgentProcess:
 
     def port_open(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            with socket.create_connection((self.host, self.port), timeout=0.5):
                 return True
         except OSError:
             return False

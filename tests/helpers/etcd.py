@@ -1,6 +1,6 @@
 """Real etcd processes for tests: builds, single members, clusters, bulk data.
 
-Everything runs on 127.0.0.1 with random free ports. Each etcd process is
+Everything runs on 127.0.0.1 (or ``host="::1"``) with random free ports. Each etcd process is
 started in its own session (so its own process group) and registered, so the
 session fixture and an atexit hook can kill whatever a failed test left
 behind. A member's ``command`` is the exact argv that started it; tests hand
@@ -231,7 +231,7 @@ class EtcdctlError(subprocess.CalledProcessError):
 
 
 class EtcdMember:
-    """One etcd process on 127.0.0.1: own data dir, ports and log file, optional TLS."""
+    """One etcd process on 127.0.0.1 (or ``host="::1"``): own data dir, ports and log file, optional TLS."""
 
     def __init__(
         self,
@@ -246,16 +246,18 @@ class EtcdMember:
         heartbeat_ms: int = HEARTBEAT_MS,
         election_ms: int = ELECTION_MS,
         extra_args: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ) -> None:
         self.build = build
+        self.host = host
         self.name = name
         self.tls = tls
         self.dir = Path(base_dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / "etcd.log"
-        self.client_port = client_port or free_server_port()
-        self.peer_port = peer_port or free_server_port()
+        self.client_port = client_port or free_server_port(host)
+        self.peer_port = peer_port or free_server_port(host)
         self._initial_cluster = initial_cluster
         self.cluster_token = cluster_token or f"etcdguard-test-{secrets.token_hex(4)}"
         self.heartbeat_ms = heartbeat_ms
@@ -277,12 +279,17 @@ class EtcdMember:
         return "https" if self.tls is not None else "http"
 
     @property
+    def url_host(self) -> str:
+        """The host as it goes in a URL: an IPv6 address in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
     def client_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.url_host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.peer_port}"
+        return f"{self.scheme}://{self.url_host}:{self.peer_port}"
 
     @property
     def initial_cluster(self) -> str:
@@ -515,7 +522,7 @@ class EtcdMember:
                     raise
                 self.stop(kill=True)
                 shutil.rmtree(self.data_dir, ignore_errors=True)
-                self.client_port, self.peer_port = free_server_port(), free_server_port()
+                self.client_port, self.peer_port = free_server_port(self.host), free_server_port(self.host)
                 self._initial_cluster = None
 
     def log_tail(self, lines: int = 40) -> str:
@@ -747,7 +754,7 @@ class EtcdCluster:
                     raise
                 for m in self.members:
                     shutil.rmtree(m.data_dir, ignore_errors=True)
-                    m.client_port, m.peer_port = free_server_port(), free_server_port()
+                    m.client_port, m.peer_port = free_server_port(m.host), free_server_port(m.host)
                 self._assign(secrets.token_hex(4))
 
     def stop_all(self, kill: bool = True, timeout: float = TERM_TIMEOUT) -> None:
@@ -797,8 +804,8 @@ def etcd3_client(member: EtcdMember, timeout: float = 60.0) -> Any:
     """A python-etcd3 client for ``member`` (TLS with the client certificate when the member has TLS)."""
     import etcd3
 
-    kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": member.client_port, "timeout": timeout,
-                              # never route 127.0.0.1 through an http(s)_proxy from the environment
+    kwargs: dict[str, Any] = {"host": member.url_host, "port": member.client_port, "timeout": timeout,
+                              # never route loopback through an http(s)_proxy from the environment
                               "grpc_options": [("grpc.enable_http_proxy", 0)]}
     if member.tls is not None:
         kwargs.update(ca_cert=str(member.tls.ca_cert), cert_key=str(member.tls.client_key),

@@ -1,4 +1,4 @@
-"""Ports and polling for tests that run real servers on 127.0.0.1."""
+"""Ports and polling for tests that run real servers on 127.0.0.1 (or ::1)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ _lock = threading.Lock()
 _handed_out: set[int] = set()
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _bindable(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -33,7 +37,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     side by side cannot be given the same port before either binds it.
     """
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
         with _lock:

@@ -1,6 +1,6 @@
 """Throwaway TLS material for etcd tests, made with the openssl command-line tool.
 
-One CA signs a server certificate (SAN IP:127.0.0.1 and DNS:localhost, valid for
+One CA signs a server certificate (SAN IP:127.0.0.1, IP:::1 and DNS:localhost, valid for
 server and client auth, so etcd can use it for its client port and for peers)
 and a client certificate. Keys are EC P-256: generating them takes milliseconds.
 """
@@ -27,7 +27,7 @@ _SERVER_EXT = """\
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth, clientAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 """

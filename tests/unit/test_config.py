@@ -84,6 +84,8 @@ dir = "/var/lib/etcdguard"
         ({"apiserver": {}}, "[apiserver] needs exactly one of manifest, unit or start_command"),
         ({"apiserver": {"manifest": "/a", "unit": "b"}}, "(got manifest, unit)"),
         ({"metrics": {"listen": "9479"}}, "metrics.listen: expected HOST:PORT"),
+        ({"metrics": {"listen": "::1:9479"}}, "an IPv6 address needs brackets"),
+        ({"metrics": {"listen": "[::1]:70000"}}, "metrics.listen: expected HOST:PORT"),
         ({"server": {"listen": "0.0.0.0:7479"}}, "server.listen: expected a ZeroMQ endpoint"),
         ({"server": {"insecure": "yes"}}, "server.insecure: expected true or false"),
         ({"etcd": 5}, "[etcd] must be a table"),
@@ -126,3 +128,8 @@ def test_format_duration():
     assert format_duration(312) == "5m12s"
     assert format_duration(3 * 3600 + 300) == "3h05m"
     assert format_duration(2 * 86400 + 4 * 3600) == "2d04h"
+
+
+def test_ipv6_listen_addresses_are_accepted_as_the_servers_read_them():
+    c = parse_agent_config({"metrics": {"listen": "[::1]:9479"}, "server": {"listen": "tcp://[::1]:7479"}}, "a.toml")
+    assert (c.metrics.listen, c.server.listen) == ("[::1]:9479", "tcp://[::1]:7479")
