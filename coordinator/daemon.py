@@ -28,6 +28,7 @@ from etcdguard.agent.base import schedule
 from etcdguard.agent.base.durations import format_bytes, format_duration
 from etcdguard.agent.base.errors import EtcdguardError, SnapshotError, UnsafeRefusal, UsageError
 from etcdguard.agent.base.notify import Notifier
+from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.base.signals import SignalFlags
 from etcdguard.agent.metrics import MetricsServer
 from etcdguard.agent.wire.protocol import BUSY, RemoteError
@@ -275,34 +276,38 @@ class CoordinatorDaemon(SignalFlags):
     def _take(self, name: str, emit: Emit) -> Mapping[str, Any]:
         """snapshot.take on one agent; waits while the agent is busy with its own snapshot."""
         assert self.links is not None
-        deadline = time.monotonic() + self.config.vault.timeout
+        deadline = Deadline(self.config.vault.timeout)
         client = self.links.dedicated(name)
+
+        def attempt() -> Optional[tuple[Mapping[str, Any]]]:
+            """(the snapshot,), or None while the agent is busy with a snapshot of its own."""
+            if deadline.expired:
+                return None
+            try:
+                result = client.call("snapshot.take", {}, timeout=deadline.remaining(), retries=0)
+            except RemoteError as exc:
+                if exc.code != BUSY or self._stop:
+                    raise
+                # Wait out a snapshot the agent takes on its own; never wait on a restore.
+                view = read_report(name, "", client.status(timeout=self.config.coordinator.request_timeout))
+                restore = view.report.restore if view.report is not None else None
+                busy = view.busy or ""
+                if restore is None or restore.locked or restore.open_ops or busy.startswith("restore"):
+                    raise UnsafeRefusal(f"refused: a restore operation is in progress on member {name} "
+                                        f"({exc.message})") from None
+                emit({"stage": "wait", "member": name,
+                      "message": f"member {name} is busy ({exc.message}); waiting"})
+                return None
+            snap = result.get("snapshot")
+            if not isinstance(snap, Mapping):
+                raise SnapshotError(f"member {name}: snapshot.take answered without a snapshot")
+            return (snap,)
+
         try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    limit = format_duration(self.config.vault.timeout)
-                    raise SnapshotError(f"member {name}: no snapshot within {limit} ([vault] timeout)")
-                try:
-                    result = client.call("snapshot.take", {}, timeout=remaining, retries=0)
-                except RemoteError as exc:
-                    if exc.code != BUSY or self._stop:
-                        raise
-                    # Wait out a snapshot the agent takes on its own; never wait on a restore.
-                    view = read_report(name, "", client.status(timeout=self.config.coordinator.request_timeout))
-                    restore = view.report.restore if view.report is not None else None
-                    busy = view.busy or ""
-                    if restore is None or restore.locked or restore.open_ops or busy.startswith("restore"):
-                        raise UnsafeRefusal(f"refused: a restore operation is in progress on member {name} "
-                                            f"({exc.message})") from None
-                    emit({"stage": "wait", "member": name,
-                          "message": f"member {name} is busy ({exc.message}); waiting"})
-                    time.sleep(min(BUSY_POLL, max(0.0, deadline - time.monotonic())))
-                    continue
-                snap = result.get("snapshot")
-                if not isinstance(snap, Mapping):
-                    raise SnapshotError(f"member {name}: snapshot.take answered without a snapshot")
-                return snap
+            return poll_until(attempt, deadline, interval=BUSY_POLL, what=f"a snapshot of member {name}")[0]
+        except PollTimeout:
+            limit = format_duration(self.config.vault.timeout)
+            raise SnapshotError(f"member {name}: no snapshot within {limit} ([vault] timeout)") from None
         finally:
             client.close()
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from etcdguard.agent.base.fsutil import atomic_write_bytes, ensure_private_dir
+from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
 from etcdguard.agent.runtime.proof import StopProof, cmdline, find_processes, pid_alive, same_command, wait_proven
 
@@ -233,14 +234,13 @@ class ProcessService:
 
     def stop(self, timeout: float) -> None:
         """SIGTERM, SIGKILL after ``kill_grace``, wait for the pid to go, then prove it stopped."""
-        started = time.monotonic()
-        deadline = started + max(0.0, timeout)
+        deadline = Deadline(timeout)
         pid = self.running_pid()
         signals: list[str] = []
         if pid is not None:
             self._signal(pid, signal.SIGTERM)
             signals.append("SIGTERM")
-            if not self._wait_gone(pid, min(deadline, time.monotonic() + self.kill_grace)):
+            if not self._wait_gone(pid, deadline.sooner(self.kill_grace)):
                 self._signal(pid, signal.SIGKILL)
                 signals.append("SIGKILL")
                 if not self._wait_gone(pid, deadline):
@@ -248,10 +248,10 @@ class ProcessService:
                         f"{self.name}: pid {pid} still alive {timeout:.1f}s after SIGTERM and SIGKILL "
                         "(uninterruptible I/O?). Nothing further was done."
                     )
-        evidence = wait_proven(self.stop_proof, deadline - time.monotonic(), self.name)
+        evidence = wait_proven(self.stop_proof, deadline, self.name)
         if pid is not None:
             self._forget_pid()
-        self.last_stop = StopOutcome(pid, tuple(signals), time.monotonic() - started, evidence)
+        self.last_stop = StopOutcome(pid, tuple(signals), deadline.elapsed(), evidence)
         log.info("%s stopped%s (%s): %s", self.name, f" pid {pid}" if pid else " (was not running)",
                  "+".join(signals) or "no signal", evidence)
 
@@ -270,15 +270,18 @@ class ProcessService:
         except PermissionError:
             raise StopNotProven(f"{self.name}: not allowed to signal pid {pid}; run the agent as root") from None
 
-    def _wait_gone(self, pid: int, until: float) -> bool:
+    def _wait_gone(self, pid: int, until: Deadline) -> bool:
         child = self._child if self._child is not None and self._child.pid == pid else None
-        while True:
+
+        def gone() -> bool:
             if child is not None:
-                if child.poll() is not None:  # exited and reaped
-                    self._child = None
-                    return True
-            elif not pid_alive(pid) or not self._runs_our_program(pid):
+                if child.poll() is None:
+                    return False
+                self._child = None  # exited and reaped
                 return True
-            if time.monotonic() >= until:
-                return False
-            time.sleep(_POLL)
+            return not pid_alive(pid) or not self._runs_our_program(pid)
+
+        try:
+            return poll_until(gone, until, interval=_POLL, what=f"{self.name} pid {pid} to exit")
+        except PollTimeout:
+            return False

@@ -17,13 +17,13 @@ import errno
 import fcntl
 import os
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Union
 
 from etcdguard.agent.base.addresses import Address, connect_address
+from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.runtime.base import StopNotProven
 
 POLL_INTERVAL = 0.05
@@ -304,24 +304,27 @@ def etcd_proof(client_urls: Sequence[str], data_dir: Path) -> AllOf:
     return AllOf((PortsClosed(tuple(client_urls)), DbUnlocked(Path(data_dir))))
 
 
-def wait_proven(proof: StopProof, timeout: float, what: str, interval: float = POLL_INTERVAL) -> str:
+def wait_proven(proof: StopProof, timeout: Union[float, Deadline], what: str,
+                interval: float = POLL_INTERVAL) -> str:
     """Poll ``proof`` until it holds (returns its message) or ``timeout`` passes.
 
     Always checks at least once, so ``timeout=0`` is a single check.
     Raises StopNotProven naming ``what`` and what still holds.
     """
-    deadline = time.monotonic() + max(0.0, timeout)
-    while True:
-        ok, why = proof.check()
-        if ok:
-            return why
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise StopNotProven(
-                f"{what} not proven stopped after {timeout:.1f}s: {why}. "
-                "Nothing further was done; find what still runs it and stop it, then retry."
-            )
-        time.sleep(min(interval, left))
+    last = ""
+
+    def proven() -> Optional[tuple[str]]:
+        nonlocal last
+        ok, last = proof.check()
+        return (last,) if ok else None
+
+    try:
+        return poll_until(proven, timeout, interval=interval, what=f"{what} to stop")[0]
+    except PollTimeout as exc:
+        raise StopNotProven(
+            f"{what} not proven stopped after {exc.timeout:.1f}s: {last}. "
+            "Nothing further was done; find what still runs it and stop it, then retry."
+        ) from None
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Optional
 
 from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.base.fsutil import atomic_writer, ensure_private_dir, fsync_dir
+from etcdguard.agent.base.polling import Deadline
 from etcdguard.agent.runtime.base import RuntimeError_
 from etcdguard.agent.runtime.proof import StopProof, wait_proven
 
@@ -109,7 +110,7 @@ class StaticPodService:
 
     def stop(self, timeout: float) -> None:
         """Park the manifest (unless already parked), then wait for the proof."""
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = Deadline(timeout)
         self.last_note = None
         live, parked = self.manifest_path.exists(), self.parked_path.exists()
         if not live and not parked:
@@ -130,7 +131,7 @@ class StaticPodService:
                     f"{self.name}: cannot move {self.manifest_path} to {self.parked_path}: {exc.strerror or exc}"
                 ) from None
             log.info("%s: parked %s in %s", self.name, self.manifest_path, self.park_dir)
-        evidence = wait_proven(self.proof, deadline - time.monotonic(), f"{self.name} (static pod)")
+        evidence = wait_proven(self.proof, deadline, f"{self.name} (static pod)")
         log.info("%s stopped: %s", self.name, evidence)
 
     def start(self, timeout: float) -> None:

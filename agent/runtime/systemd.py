@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import time
 from collections.abc import Sequence
 from typing import Optional
 
+from etcdguard.agent.base.polling import Deadline
 from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
 from etcdguard.agent.runtime.proof import StopProof, wait_proven
 
@@ -65,7 +65,7 @@ class SystemdService:
         )
 
     def stop(self, timeout: float) -> None:
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = Deadline(timeout)
         try:
             proc = self._run(["stop", self.unit], timeout)
         except subprocess.TimeoutExpired:
@@ -78,7 +78,7 @@ class SystemdService:
                 f"{self.name}: `{self.systemctl} stop {self.unit}` failed (exit {proc.returncode}): "
                 f"{_tail(proc.stderr)}; nothing further was done"
             )
-        evidence = wait_proven(self.proof, deadline - time.monotonic(), f"{self.name} ({self.unit})")
+        evidence = wait_proven(self.proof, deadline, f"{self.name} ({self.unit})")
         log.info("%s stopped (%s): %s", self.name, self.unit, evidence)
 
     def start(self, timeout: float) -> None:
@@ -88,13 +88,13 @@ class SystemdService:
         systemctl is still waiting when ``timeout`` passes, the start counts as
         requested as long as the unit is activating (health is the caller's job).
         """
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = Deadline(timeout)
         if self._needs_daemon_reload():
             proc = self._run(["daemon-reload"], QUERY_TIMEOUT)
             if proc.returncode != 0:
                 raise RuntimeError_(f"{self.name}: `{self.systemctl} daemon-reload` failed: {_tail(proc.stderr)}")
         try:
-            proc = self._run(["start", self.unit], deadline - time.monotonic())
+            proc = self._run(["start", self.unit], deadline.remaining())
         except subprocess.TimeoutExpired:
             state = self.state()
             if state in RUNNING_STATES:

@@ -25,12 +25,12 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from etcdguard.agent.base.polling import PollTimeout, poll_until
 from etcdguard.agent.config import load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.metrics import AgentMetrics
@@ -208,17 +208,18 @@ class AgentProcess:
 
     def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
         """Until the control port accepts connections and the daemon logged it is ready."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def serving() -> bool:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"agent for {self.member.name} exited with {self._proc.returncode}:\n"
                                    f"{self.log_tail()}")
-            if self.port_open() and "agent ready" in self.log_text().rsplit("---- test harness", 1)[-1]:
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"agent for {self.member.name} not serving on {self.endpoint} after "
-                                   f"{timeout:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+            return self.port_open() and "agent ready" in self.log_text().rsplit("---- test harness", 1)[-1]
+
+        try:
+            poll_until(serving, timeout, what=f"the agent for {self.member.name}")
+        except PollTimeout:
+            raise TimeoutError(f"agent for {self.member.name} not serving on {self.endpoint} after "
+                               f"{timeout:.0f}s:\n{self.log_tail()}") from None
 
     def wait_exit(self, timeout: float) -> int:
         assert self._proc is not None

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.runtime.proof import cmdline, pid_alive
 
 from .net import free_server_port, wait_until
@@ -406,20 +407,17 @@ class EtcdMember:
                     os.kill(pid, sig)
 
     def _wait_gone(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         proc = self._proc
         if proc is not None:
             try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                proc.wait(timeout=deadline.remaining())
             except subprocess.TimeoutExpired:
                 raise TimeoutError(f"{self.name}: etcd pid {proc.pid} still running") from None
-        while True:
-            left = self.pids()
-            if not left:
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{self.name}: etcd pids {left} still running")
-            time.sleep(0.02)
+        try:
+            poll_until(lambda: not self.pids(), deadline, interval=0.02, what=f"{self.name}'s etcd to exit")
+        except PollTimeout:
+            raise TimeoutError(f"{self.name}: etcd pids {self.pids()} still running") from None
 
     def exited_code(self) -> Optional[int]:
         """Exit status of the process this harness started, None while it runs or before start."""
@@ -494,13 +492,10 @@ class EtcdMember:
                 raise EtcdStartError(self._failure(f"exited with status {self.exited_code()}"))
             return self.healthy(timeout=1.0)
 
-        deadline = time.monotonic() + timeout
-        while True:
-            if check():
-                return
-            if time.monotonic() >= deadline:
-                raise EtcdStartError(self._failure(f"not healthy after {timeout:.0f}s"))
-            time.sleep(0.05)
+        try:
+            poll_until(check, timeout, what=f"{self.name} healthy")
+        except PollTimeout:
+            raise EtcdStartError(self._failure(f"not healthy after {timeout:.0f}s")) from None
 
     def _failure(self, what: str) -> str:
         return f"etcd {self.build.version} member {self.name} ({self.client_url}) {what}\n{self.log_tail()}"
@@ -726,20 +721,21 @@ class EtcdCluster:
     def wait_healthy(self, timeout: float = 30.0, members: Optional[Sequence[EtcdMember]] = None) -> None:
         """Every member healthy and all agreeing on one leader."""
         members = list(members) if members is not None else self.members
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def check() -> bool:
             for m in members:
                 if m._died():
                     raise EtcdStartError(m._failure(f"exited with status {m.exited_code()}"))
             # leader agreement first: `endpoint status` answers at once, while /health on a
             # member without a leader blocks until its timeout
-            if self._leader_name(members) is not None and all(m.healthy(timeout=1.0) for m in members):
-                return
-            if time.monotonic() >= deadline:
-                tails = "\n".join(m._failure("") for m in members if not m.healthy())
-                raise EtcdStartError(f"cluster {self.endpoints} not healthy with one leader after "
-                                     f"{timeout:.0f}s\n{tails}")
-            time.sleep(0.05)
+            return self._leader_name(members) is not None and all(m.healthy(timeout=1.0) for m in members)
+
+        try:
+            poll_until(check, timeout, what="one leader and every member healthy")
+        except PollTimeout:
+            tails = "\n".join(m._failure("") for m in members if not m.healthy())
+            raise EtcdStartError(f"cluster {self.endpoints} not healthy with one leader after "
+                                 f"{timeout:.0f}s\n{tails}") from None
 
     def launch(self, timeout: float = 30.0, attempts: int = 3) -> None:
         """start() + wait_healthy() for a fresh cluster, retrying on new ports if one was taken."""

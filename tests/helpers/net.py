@@ -6,8 +6,9 @@ import errno
 import random
 import socket
 import threading
-import time
 from typing import Callable, Optional, TypeVar
+
+from etcdguard.agent.base.polling import PollTimeout, poll_until
 
 T = TypeVar("T")
 
@@ -97,19 +98,21 @@ def wait_until(
 
     Raises WaitTimeout (an AssertionError and a TimeoutError) naming ``what`` (and the last exception the predicate
     raised, if any) when ``timeout`` seconds pass first, so a test failure says
-    what never happened instead of hanging or sleeping blindly.
+    what never happened instead of hanging or sleeping blindly. The loop is the
+    agent's own (base/polling.poll_until).
     """
-    deadline = time.monotonic() + timeout
     last_exc: Optional[BaseException] = None
-    while True:
+
+    def check() -> Optional[T]:
+        nonlocal last_exc
         try:
-            result = predicate()
+            return predicate()
         except Exception as exc:  # noqa: BLE001 - the predicate may fail while the thing starts up
             last_exc = exc
-            result = None
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
-            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
-        time.sleep(interval)
+            return None
+
+    try:
+        return poll_until(check, timeout, interval=interval, what=what)
+    except PollTimeout:
+        detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
+        raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for {what}{detail}") from None
