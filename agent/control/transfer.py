@@ -291,7 +291,6 @@ class Staging:
 
     def _finish(self, u: _Upload) -> dict[str, Any]:
         try:
-            os.fsync(u.fd)
             sha, trailer_ok = u.digest.finish()
             if sha != u.sha256:
                 raise SnapshotCorrupt(f"upload {u.name}: sha256 of the received {u.total} bytes is {sha}, "
@@ -300,11 +299,10 @@ class Staging:
                 raise SnapshotCorrupt(f"upload {u.name}: the SHA-256 trailer does not match the data "
                                       "(not an etcd snapshot, or corrupted); the upload was discarded")
             os.fchmod(u.fd, 0o600)
+            final = self.staged_path(u.name)
+            fsutil.commit_temp(u.path, final, fd=u.fd)
             os.close(u.fd)
             u.fd = -1
-            final = self.staged_path(u.name)
-            os.rename(u.path, final)
-            fsutil.fsync_dir(self.dir)
             fsutil.atomic_write_json(self.dir / f"{u.name}{SIDECAR_SUFFIX}", {
                 "name": final.name, "upload": u.name, "size": u.total, "sha256": sha,
                 "received_at": time.time(), "trailer_verified": True})

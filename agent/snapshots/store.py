@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, fields
@@ -109,7 +108,7 @@ class SnapshotStore:
         return removed
 
     def temp_path(self) -> Path:
-        return self.dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
+        return fsutil.temp_path(self.dir)
 
     def list(self) -> builtins.list[SnapshotMeta]:
         """Catalog entries, newest first. Unreadable sidecars are skipped with a warning."""
@@ -170,12 +169,12 @@ class SnapshotStore:
         raise SnapshotError(f"no snapshot named {name!r} in {self.dir}")
 
     def commit(self, temp: Path, meta: SnapshotMeta) -> SnapshotMeta:
-        """Move a verified temp file into the catalog under ``meta.name``."""
+        """Move a verified temp file (fsync'ed here) into the catalog under ``meta.name``."""
         final = self.dir / meta.name
-        if final.exists():
-            raise SnapshotError(f"{final} already exists; refusing to overwrite a snapshot")
-        os.rename(temp, final)
-        fsutil.fsync_dir(self.dir)
+        try:
+            fsutil.commit_temp(temp, final, replace=False)
+        except FileExistsError:
+            raise SnapshotError(f"{final} already exists; refusing to overwrite a snapshot") from None
         meta = _with_path(meta, final)
         fsutil.atomic_write_json(self.dir / (meta.name + ".json"), meta.to_json())
         return meta

@@ -196,12 +196,11 @@ def save_to_file(
         raise SnapshotError(f"--output {output} is a directory; give a file name")
     if not output.parent.is_dir():
         raise SnapshotError(f"--output {output}: directory {output.parent} does not exist")
-    temp = output.parent / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
+    temp = fsutil.temp_path(output.parent)
     _, meta = stream_to_file(source, temp, cancel=cancel, timeout=timeout, progress=progress)
     try:
         meta = read_file_facts(meta, temp, tool)
-        os.rename(temp, output)
-        fsutil.fsync_dir(output.parent)
+        fsutil.commit_temp(temp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

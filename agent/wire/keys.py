@@ -168,18 +168,16 @@ def generate(name: str, directory: Path) -> tuple[Path, Path]:
 
 
 def _write_new(path: Path, text: str, mode: int) -> None:
-    tmp = path.parent / f"{fsutil.TEMP_PREFIX}{path.name}-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    tmp = fsutil.temp_path(path.parent, path.name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
             os.fchmod(fd, mode)   # the umask may have taken bits away; never adds any beyond ``mode``
             os.write(fd, text.encode("ascii"))
-            os.fsync(fd)
+            # replace=False links: fails if the target appeared meanwhile, so a key is never overwritten
+            fsutil.commit_temp(tmp, path, fd=fd, replace=False)
         finally:
             os.close(fd)
-        # link() fails if the target appeared meanwhile: never overwrite a key
-        os.link(tmp, path)
-        fsutil.fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

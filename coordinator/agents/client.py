@@ -239,7 +239,7 @@ class AgentClient:
         if expected_size <= 0:
             raise UsageError(f"expected_size must be > 0, got {expected_size}")
         dest = Path(dest)
-        tmp = dest.parent / f"{fsutil.TEMP_PREFIX}{dest.name}-{os.getpid()}-{time.time_ns()}.partial"
+        tmp = fsutil.temp_path(dest.parent, dest.name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with self._lock:
@@ -251,11 +251,9 @@ class AgentClient:
             if not trailer_ok:
                 raise SnapshotCorrupt(f"{name} from agent {self.name}: the SHA-256 trailer does not match "
                                       "(not an etcd snapshot, or corrupted)")
-            os.fsync(fd)
+            fsutil.commit_temp(tmp, dest, fd=fd)
             os.close(fd)
             fd = -1
-            os.rename(tmp, dest)
-            fsutil.fsync_dir(dest.parent)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
