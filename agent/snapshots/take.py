@@ -3,7 +3,7 @@
 The stream goes straight to a temp file inside the store directory (so the
 final rename stays on one filesystem), hashed on the way; memory use does not
 depend on the snapshot's size. Only a snapshot whose SHA-256 trailer checks
-out, and whose file is fsync'ed, gets a name and a sidecar.
+out, and whose file is fsync'ed on commit, gets a name and a sidecar.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Callable, Optional
 
 from etcdguard.agent.base import fsutil
 from etcdguard.agent.base.errors import Aborted, EtcdguardError, SnapshotError, ToolError
@@ -24,13 +22,15 @@ from etcdguard.agent.discovery.member import ClientTLS
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.etcd.tools import SnapshotTool, snapshot_status
 from etcdguard.agent.snapshots.integrity import TrailerHasher
+from etcdguard.agent.snapshots.sink import HashingSink
 from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore, iso_utc, snapshot_name
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-WRITE_BUFFER = 1 << 20
 BATCH_BYTES = 1 << 20  # etcd sends 32 KiB messages; the writer thread gets them 1 MiB at a time
+QUEUE_DEPTH = 8       # batches in flight to the writer: memory stays at about 8 MiB
+PROGRESS_EVERY = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -43,86 +43,38 @@ class Source:
     dial_timeout: float = 5.0
 
 
-class _Writer:
-    """Hashes and writes chunks on its own thread, so receiving the next message from
-    etcd overlaps with hashing and writing the last (hashlib and file writes release
-    the GIL). The queue is bounded: memory stays flat whatever the snapshot's size."""
-
-    def __init__(self, fh: BinaryIO, hasher: TrailerHasher, depth: int = 8) -> None:
-        self.fh = fh
-        self.hasher = hasher
-        self.queue: queue.Queue[Optional[list[memoryview]]] = queue.Queue(depth)
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                batch = self.queue.get()
-                if batch is None:
-                    return
-                for chunk in batch:
-                    self.fh.write(chunk)
-                    self.hasher.update(chunk)
-        except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
-            self.error = exc
-            while self.queue.get() is not None:  # drain so the producer never blocks
-                pass
-
-    def put(self, batch: list[memoryview]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(batch)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def stream_to_file(
     source: Source, temp: Path, *, cancel: Optional[Cancellation] = None,
     timeout: float = 1800.0, progress: Optional[Progress] = None,
 ) -> tuple[TrailerHasher, SnapshotMeta]:
-    """Write the member's snapshot stream to ``temp`` (0600), fsync it, check the trailer.
+    """Write the member's snapshot stream to ``temp`` (0600) and check the trailer.
 
     Returns the hasher and a provisional meta (revision from the status header,
-    a lower bound until the file itself is read). ``temp`` is removed on any failure.
+    a lower bound until the file itself is read). ``temp`` is removed on any
+    failure; committing it (fsync + rename) is the caller's step.
     """
     started = time.time()
     hasher = TrailerHasher()
     try:
         with EtcdClient(source.endpoint, source.tls, source.dial_timeout) as client:
             status = client.status()
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as fh:
-                writer = _Writer(fh, hasher)
-                received = last_report = batched = 0
-                batch: list[memoryview] = []
-                try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                # no writeback hints: `snapshot status` reads the file again right after
+                with HashingSink(fd, hasher, batch_bytes=BATCH_BYTES, depth=QUEUE_DEPTH,
+                                 name="snapshot-writer") as sink:
+                    last_report = 0
                     for chunk in client.snapshot_stream(cancel, timeout):
-                        batch.append(chunk)
-                        batched += len(chunk)
-                        if batched < BATCH_BYTES:
-                            continue
                         if cancel is not None and cancel.requested:
                             raise Aborted(f"snapshot aborted: {cancel.reason}")
-                        writer.put(batch)
-                        received += batched
-                        batch, batched = [], 0
-                        if progress is not None and received - last_report >= (8 << 20):
-                            last_report = received
-                            progress(received)
-                    if batch:
-                        writer.put(batch)
-                finally:
-                    writer.close()
-                if cancel is not None and cancel.requested:
-                    raise Aborted(f"snapshot aborted: {cancel.reason}")
-                fh.flush()
-                os.fsync(fh.fileno())
+                        sink.write(chunk)
+                        if progress is not None and sink.size - last_report >= PROGRESS_EVERY:
+                            last_report = sink.size
+                            progress(sink.size)
+            finally:
+                os.close(fd)
+            if cancel is not None and cancel.requested:
+                raise Aborted(f"snapshot aborted: {cancel.reason}")
         hasher.check(f"snapshot from {source.endpoint}")
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from etcdguard.agent.base import fsutil
 from etcdguard.agent.base.addresses import zmq_endpoint_is_ipv6
 from etcdguard.agent.base.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
 from etcdguard.agent.control.transfer import KnownSizeDigest
+from etcdguard.agent.snapshots.sink import HashingSink
 from etcdguard.agent.wire import protocol as P
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ RETRYABLE = frozenset({
 STALL_PROBE = 5.0          # seconds without any reply before a transfer reconnects and resumes
 MAX_RESYNCS = 5            # put: gap errors in a row (without progress) before giving up
 READ_CHUNK = 1 << 20
-HASH_THREAD = True         # fetch: hash in a helper thread, next to receiving and writing
+SINK_DEPTH = 16            # fetch: received chunks queued for the writer thread (memory: that many chunks)
 WRITEBACK = 8 << 20        # fetch: start writeback every this many bytes (0: only the closing fsync)
 MAX_MESSAGE = P.MAX_CHUNK + P.MAX_HEADER + 4096
 
@@ -263,15 +263,14 @@ class AgentClient:
 
     def _pull(self, name: str, fd: int, *, sha256: str, total: int, progress: Optional[Progress], credit: int,
               chunk: int, timeout: float) -> tuple[str, bool]:
-        sink = FileSink(fd, total, hash_thread=HASH_THREAD, writeback=WRITEBACK)
-        try:
+        digest = KnownSizeDigest(total)
+        with HashingSink(fd, digest, batch_bytes=1, depth=SINK_DEPTH, writeback=WRITEBACK,
+                         name="fetch-writer") as sink:
             self._pull_into(sink, name, sha256=sha256, total=total, progress=progress, credit=credit, chunk=chunk,
                             timeout=timeout)
-            return sink.finish()
-        finally:
-            sink.close()
+        return digest.finish()
 
-    def _pull_into(self, sink: FileSink, name: str, *, sha256: str, total: int, progress: Optional[Progress],
+    def _pull_into(self, sink: HashingSink, name: str, *, sha256: str, total: int, progress: Optional[Progress],
                    credit: int, chunk: int, timeout: float) -> None:
         stall = max(0.2, min(STALL_PROBE, timeout / 3))
         last_progress = time.monotonic()
@@ -433,71 +432,6 @@ class AgentClient:
                     progress(acked, total)
             if result.get("complete"):
                 return result
-
-
-class FileSink:
-    """Writes a fetched file strictly in order and hashes it.
-
-    Hashing runs in a helper thread (hashlib releases the GIL on large
-    buffers), so it overlaps with receiving and writing; writeback of the
-    written data is started every ``writeback`` bytes, so the closing fsync
-    has little left to do and the dirty page cache stays small.
-    """
-
-    def __init__(self, fd: int, total: int, *, hash_thread: bool = True, writeback: int = 8 << 20,
-                 queue_size: int = 16) -> None:
-        self.fd = fd
-        self.size = 0
-        self.digest = KnownSizeDigest(total)
-        self._writeback = writeback
-        self._started = 0
-        self._error: Optional[BaseException] = None
-        self._queue: Optional[queue.Queue[Optional[memoryview]]] = None
-        self._thread: Optional[threading.Thread] = None
-        if hash_thread:
-            self._queue = queue.Queue(queue_size)
-            self._thread = threading.Thread(target=self._hash, name="fetch-sha256", daemon=True)
-            self._thread.start()
-
-    def _hash(self) -> None:
-        assert self._queue is not None
-        while True:
-            view = self._queue.get()
-            if view is None:
-                return
-            if self._error is None:
-                try:
-                    self.digest.update(view)
-                except ValueError as exc:
-                    self._error = exc
-
-    def write(self, data: memoryview) -> None:
-        written = 0
-        while written < len(data):
-            written += os.write(self.fd, data[written:])
-        self.size += len(data)
-        if self._queue is not None:
-            self._queue.put(data)
-        else:
-            self.digest.update(data)
-        if self._writeback and self.size - self._started >= self._writeback:
-            # Linux starts writeback of dirty pages in the range (and drops clean ones)
-            with contextlib.suppress(OSError, AttributeError):
-                os.posix_fadvise(self.fd, self._started, self.size - self._started, os.POSIX_FADV_DONTNEED)
-            self._started = self.size
-
-    def close(self) -> None:
-        """Stop the hashing thread (idempotent)."""
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def finish(self) -> tuple[str, bool]:
-        self.close()
-        if self._error is not None:
-            raise self._error
-        return self.digest.finish()
 
 
 def _check_transfer_args(credit: int, chunk: int) -> None:

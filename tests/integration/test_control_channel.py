@@ -23,8 +23,9 @@ from etcdguard.agent.base.errors import EXIT_UNSAFE, ConfigError, SnapshotCorrup
 from etcdguard.agent.control.server import Throttle, ZapLog, error_code, fit_list
 from etcdguard.agent.control.transfer import KnownSizeDigest, NotFound
 from etcdguard.agent.snapshots.integrity import TrailerHasher
+from etcdguard.agent.snapshots.sink import HashingSink
 from etcdguard.agent.wire import protocol as P
-from etcdguard.coordinator.agents.client import AgentClient, AgentUnreachable, FileSink
+from etcdguard.coordinator.agents.client import AgentClient, AgentUnreachable
 
 from tests.helpers.agentconf import AGENT, render_toml
 from tests.helpers.agents import AgentProcess, CoordinatorKeys
@@ -77,15 +78,16 @@ def test_known_size_digest_spots_damage_and_overflow():
         digest.finish()
 
 
-@pytest.mark.parametrize("hash_thread", [True, False])
-def test_file_sink_writes_and_hashes_in_order(tmp_path, hash_thread):
+@pytest.mark.parametrize("batch_bytes", [1, MiB])
+def test_file_sink_writes_and_hashes_in_order(tmp_path, batch_bytes):
     data = fake_snapshot(random.Random(7), 3 * MiB)
     fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        sink = FileSink(fd, len(data), hash_thread=hash_thread, writeback=MiB, queue_size=2)
-        for pos in range(0, len(data), 300_000):
-            sink.write(memoryview(data[pos:pos + 300_000]))
-        sha, ok = sink.finish()
+        digest = KnownSizeDigest(len(data))
+        with HashingSink(fd, digest, batch_bytes=batch_bytes, depth=2, writeback=MiB) as sink:
+            for pos in range(0, len(data), 300_000):
+                sink.write(memoryview(data[pos:pos + 300_000]))
+        sha, ok = digest.finish()
     finally:
         os.close(fd)
     assert (sha, ok) == (hashlib.sha256(data).hexdigest(), True)
