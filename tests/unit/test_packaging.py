@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+import yaml
 from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import (
     AgentConfig,
@@ -36,6 +37,7 @@ from etcdguard.agent.config import (
     load_agent_config,
     parse_agent_config,
 )
+from etcdguard.agent.discovery.manifests import load_yaml
 from etcdguard.agent.metrics import AgentMetrics
 
 from tests.helpers.etcd import build_for, clean_env, missing_build_reason
@@ -85,13 +87,13 @@ def run(
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
-# -- parsing our own files (no YAML library needed) ------------------------------------------------
+# -- parsing our own files (YAML with the agent's reader: duplicate keys are refused) --------------
 
 
-def alert_blocks(text: str) -> dict[str, str]:
-    """Alert name -> the text of its rule in a rules file."""
-    parts = re.split(r"(?m)^\s+- alert: ", text)[1:]
-    return {p.split("\n", 1)[0].strip(): p for p in parts}
+def alert_rules(text: str) -> dict[str, dict[str, Any]]:
+    """Alert name -> its rule (alert, expr, for, labels, annotations) in a rules file."""
+    doc = load_yaml(text)
+    return {r["alert"]: r for group in doc["groups"] for r in group["rules"] if "alert" in r}
 
 
 def metric_names(expr_text: str) -> set[str]:
@@ -101,13 +103,8 @@ def metric_names(expr_text: str) -> set[str]:
 
 
 def rule_exprs(text: str) -> str:
-    """All expr: values of a rules file, folded blocks included."""
-    out = []
-    for block in alert_blocks(text).values():
-        m = re.search(r"\n\s+expr:(.*?)\n\s+(?:for|labels):", block, re.S)
-        assert m, f"no expr in {block[:60]!r}"
-        out.append(m.group(1))
-    return "\n".join(out)
+    """All expr: values of a rules file."""
+    return "\n".join(str(rule["expr"]) for rule in alert_rules(text).values())
 
 
 def documented_metrics() -> dict[str, set[str]]:
@@ -150,7 +147,7 @@ def test_promtool_check_rules() -> None:
     promtool = tool("promtool")
     proc = run([promtool, "check", "rules", str(RULES)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    alerts = alert_blocks(RULES.read_text())
+    alerts = alert_rules(RULES.read_text())
     assert f"SUCCESS: {len(alerts)} rules found" in proc.stdout
 
 
@@ -162,19 +159,28 @@ def test_promtool_test_rules_pass() -> None:
 
 
 def test_issue_alerts_are_all_shipped() -> None:
-    names = set(alert_blocks(RULES.read_text()))
+    names = set(alert_rules(RULES.read_text()))
     assert {
         "EtcdguardBackupStale", "EtcdguardBackupFailing", "EtcdguardBackupSizeDropped",
         "EtcdguardAgentDown", "EtcdguardVaultStale", "EtcdguardRestoreFailed",
     } <= names
-    assert "2 * etcdguard_backup_interval_seconds" in alert_blocks(RULES.read_text())["EtcdguardBackupStale"]
+    assert "2 * etcdguard_backup_interval_seconds" in alert_rules(RULES.read_text())["EtcdguardBackupStale"]["expr"]
 
 
-def rule_test_groups(text: str) -> tuple[str, list[str]]:
-    """(header, test groups) of a promtool test file; each group starts with "  - interval:"."""
-    head, _, body = text.partition("\ntests:\n")
-    groups = re.split(r"(?m)^(?=  - interval:)", body)
-    return head + "\ntests:\n", [g for g in groups if g.strip() and not g.lstrip().startswith("#")]
+def rule_tests_for(tests: dict[str, Any], alert: str) -> dict[str, Any]:
+    """The promtool test file with only the test groups that evaluate ``alert``."""
+    groups = [g for g in tests["tests"] if any(t.get("alertname") == alert for t in g.get("alert_rule_test", []))]
+    return {**tests, "tests": groups}
+
+
+def with_expr(rules: dict[str, Any], alert: str, expr: Optional[str]) -> dict[str, Any]:
+    """A copy of a rules document with ``alert``'s expression replaced (None: kept)."""
+    copy = json.loads(json.dumps(rules))
+    found = [r for g in copy["groups"] for r in g["rules"] if r.get("alert") == alert]
+    assert len(found) == 1, alert
+    if expr is not None:
+        found[0]["expr"] = expr
+    return copy
 
 
 def test_rule_tests_catch_a_broken_alert(tmp_path: Path) -> None:
@@ -182,21 +188,17 @@ def test_rule_tests_catch_a_broken_alert(tmp_path: Path) -> None:
     never fires, or one that always fires, must make `promtool test rules` fail."""
     promtool = tool("promtool")
     text = RULES.read_text()
-    header, groups = rule_test_groups(RULES_TEST.read_text())
+    rules, tests = load_yaml(text), load_yaml(RULES_TEST.read_text())
     runs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-    for name in alert_blocks(text):
-        mine = [g for g in groups if f"alertname: {name}\n" in g]
-        assert mine, f"no promtool test for {name}"
+    for name in alert_rules(text):
+        mine = rule_tests_for(tests, name)
+        assert mine["tests"], f"no promtool test for {name}"
         # "none" is the control: the same subset of tests passes with the real rules.
-        for mutation, replacement in (("none", None), ("never", " vector(0) > 1"), ("always", " vector(1)")):
-            pattern = re.compile(r"(- alert: " + name + r"\n.*?expr:)(.*?)(\n\s+(?:for|labels):)", re.S)
-            mutated, n = pattern.subn(lambda m, r=replacement: m.group(1) + (r or m.group(2)) + m.group(3),
-                                      text, count=1)
-            assert n == 1, name
+        for mutation, replacement in (("none", None), ("never", "vector(0) > 1"), ("always", "vector(1)")):
             work = tmp_path / f"{name}-{mutation}"
             work.mkdir()
-            (work / RULES.name).write_text(mutated)
-            (work / "t.yml").write_text(header + "".join(mine))
+            (work / RULES.name).write_text(yaml.safe_dump(with_expr(rules, name, replacement), sort_keys=False))
+            (work / "t.yml").write_text(yaml.safe_dump(mine, sort_keys=False))
             runs[(name, mutation)] = subprocess.Popen([promtool, "test", "rules", "t.yml"], cwd=work,
                                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {key: proc.wait(timeout=120) for key, proc in runs.items()}
@@ -209,12 +211,11 @@ def test_rule_tests_catch_a_broken_alert(tmp_path: Path) -> None:
 def test_every_alert_has_annotations_and_a_runbook_section() -> None:
     doc = METRICS_DOC.read_text()
     headings = {h.strip().lower() for h in re.findall(r"(?m)^### (.+)$", doc)}
-    for name, block in alert_blocks(RULES.read_text()).items():
-        for key in ("summary:", "description:", "runbook_url:"):
-            assert key in block, f"{name} lacks {key}"
-        assert re.search(r"severity: (critical|warning)\b", block), name
-        url = re.search(r'runbook_url: "([^"]+)"', block)
-        assert url is not None and url.group(1) == f"docs/metrics.md#{name.lower()}", name
+    for name, rule in alert_rules(RULES.read_text()).items():
+        for key in ("summary", "description", "runbook_url"):
+            assert rule["annotations"].get(key), f"{name} lacks {key}"
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["annotations"]["runbook_url"] == f"docs/metrics.md#{name.lower()}", name
         assert name.lower() in headings, f"docs/metrics.md has no '### {name}' runbook section"
         assert f"[{name}](#{name.lower()})" in doc, f"{name} missing from the alert table in docs/metrics.md"
 
