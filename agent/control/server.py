@@ -891,7 +891,15 @@ class AgentServer:
                     result["hashkv"] = {"hash": hash_, "revision": revision, "asked": hashkv_revision}
         except EtcdguardError as exc:
             result["etcd"] = to_json(EtcdHealth(error=str(exc)))
+        result["running"] = self._etcd_running()
         return result
+
+    def _etcd_running(self) -> Optional[bool]:
+        """Does this node's etcd process (as its runtime knows it) exist? None when that cannot be told."""
+        try:
+            return self.restore.restorer().runtime.etcd.is_running()
+        except (EtcdguardError, OSError):
+            return None
 
     # -- long ops (long-op worker) -------------------------------------------
     def _take(self, cancel: Cancellation) -> Result:

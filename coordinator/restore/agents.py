@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -31,9 +32,12 @@ from etcdguard.coordinator.agents.links import AgentLink, MemberLinks
 
 log = logging.getLogger(__name__)
 
-SLICE = 15.0            # seconds a step request waits before the agent is pinged
+SLICE = 3.0             # seconds a step request waits before the agent is pinged (and the step re-sent)
 PING_TIMEOUT = 3.0
 RETRY_PAUSE = 0.5       # between attempts while an agent is down or busy
+
+
+NOT_RUNNING = "etcd is not running"
 
 
 class Interrupted(EtcdguardError):
@@ -145,12 +149,17 @@ class ClusterAgents:
 
     def inspect(self, member: str, hashkv_revision: Optional[int] = None,
                 timeout: float = 10.0) -> tuple[EtcdHealth, Optional[dict[str, Any]]]:
-        """etcd on ``member`` asked now: (health, hashkv result or None)."""
+        """etcd on ``member`` asked now: (health, hashkv result or None).
+
+        The health's ``error`` says "etcd is not running" when the agent's runtime
+        knows that its etcd process is gone (it exited after a start, say)."""
         args: dict[str, Any] = {} if hashkv_revision is None else {"hashkv_revision": hashkv_revision}
         result = self.client(member).call("etcd.inspect", args, timeout=timeout)
         try:
             health = from_json(EtcdHealth, result.get("etcd"), f"member {member}: etcd.inspect")
         except ValueError as exc:
             raise EtcdguardError(str(exc)) from None
+        if result.get("running") is False and not health.healthy:
+            health = replace(health, error=f"{NOT_RUNNING} ({health.error or 'no answer'})")
         hashkv = result.get("hashkv")
         return health, hashkv if isinstance(hashkv, dict) else None

@@ -25,7 +25,7 @@ from etcdguard.agent.base.durations import format_bytes
 from etcdguard.agent.base.errors import EtcdguardError
 from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.wire.report import EtcdHealth
-from etcdguard.coordinator.restore.agents import ClusterAgents, Interrupted
+from etcdguard.coordinator.restore.agents import NOT_RUNNING, ClusterAgents, Interrupted
 from etcdguard.coordinator.restore.journal import DONE, FAILED, STARTED, Journal, OperationRecord, StepStatus
 from etcdguard.coordinator.restore.plan import RestorePlan
 
@@ -214,11 +214,16 @@ def quorum_problem(health: dict[str, EtcdHealth]) -> Optional[str]:
     return None
 
 
+GONE_FOR = 5.0   # seconds a member's etcd may stay not running after a start before the wait gives up
+
+
 def wait_quorum(ctx: RunContext, phase: str, timeout: float) -> dict[str, EtcdHealth]:
-    """Until every member is healthy under one leader; PhaseFailed naming who is not after ``timeout``."""
+    """Until every member is healthy under one leader; PhaseFailed naming who is not after ``timeout``,
+    or at once when a member's etcd stays not running (it exited: waiting longer cannot help)."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     shown = 0.0
+    gone_since: dict[str, float] = {}
     while True:
         health = {n: h for n, (h, _) in inspect_all(ctx, ctx.names).items()}
         problem = quorum_problem(health)
@@ -226,6 +231,15 @@ def wait_quorum(ctx: RunContext, phase: str, timeout: float) -> dict[str, EtcdHe
             return health
         last = problem
         now = time.monotonic()
+        for name, h in health.items():
+            if (h.error or "").startswith(NOT_RUNNING):
+                gone_since.setdefault(name, now)
+            else:
+                gone_since.pop(name, None)
+        dead = sorted(n for n, t in gone_since.items() if now - t >= GONE_FOR)
+        if dead:
+            raise PhaseFailed(phase, f"etcd on {', '.join(dead)} exited and stayed down for {GONE_FOR:g}s "
+                                     f"(see its log there): {last}")
         if now >= deadline:
             raise PhaseFailed(phase, f"the cluster did not come up within {timeout:.0f}s: {last}")
         if now - shown >= 2.0:

@@ -218,6 +218,7 @@ def test_a_member_that_cannot_start_rolls_the_whole_cluster_back(rig: RestoreRig
     assert r.returncode == 1, r.stderr
     summary = json.loads(r.stdout)
     assert summary["state"] == "failed" and summary["failed_phase"] == "start"
+    assert "etcd on m2 exited" in summary["error"], summary["error"]     # told at once, not after a timeout
     cluster.wait_healthy(30)
     assert cluster.hashkvs() == before                          # every member is on its old data again
     assert rig.metrics()["etcdguard_restore_last_result"] == 0
