@@ -278,3 +278,28 @@ def test_a_second_restore_while_one_runs_is_refused(rig: RestoreRig):
     r = rig.ctl("restore", "--rollback", op, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "rolled-back", r.stderr
     assert rig.ctl("restore", "--resume", op).returncode == 2        # a rolled-back operation is final
+
+
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_rollback_after_unfence_is_a_forward_restore_of_the_pre_restore_snapshot(rig: RestoreRig):
+    cluster = rig.cluster
+    rig.backup()
+    cluster.members[0].put("/registry/written-after-the-backup", "wanted back")
+    done = rig.ctl_json("restore", "latest", "--yes")
+    assert done["state"] == "done" and done["pre_restore_snapshot"]
+    assert cluster.members[1].get("/registry/written-after-the-backup") is None
+    restored_rev = int(cluster.members[0].status()["header"]["revision"])
+
+    shown = rig.ctl_json("restore", "--rollback", done["op"])           # without --yes: the plan only
+    assert shown["needs_yes"] is True
+    plan = shown["plan"]
+    assert plan["kind"] == "rollback-forward" and plan["rollback_of"] == done["op"]
+    assert plan["snapshot"]["id"] == done["pre_restore_snapshot"]
+    assert plan["expected_min_revision"] > restored_rev                 # forward: above today's revision
+    assert len(rig.ops()) == 1                                           # nothing was started
+
+    back = rig.ctl_json("restore", "--rollback", done["op"], "--yes")
+    assert back["state"] == "done" and back["op"] != done["op"]
+    for m in cluster.members:
+        assert m.get("/registry/written-after-the-backup") == "wanted back"
+    assert min(int(s["header"]["revision"]) for s in cluster.statuses().values()) >= plan["expected_min_revision"]

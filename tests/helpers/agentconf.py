@@ -24,12 +24,14 @@ def toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def render_toml(sections: dict[str, dict[str, Any]]) -> str:
+def render_toml(sections: dict[str, Any]) -> str:
+    """Tables, and arrays of tables (a list of dicts becomes ``[[name]]`` entries)."""
     out = []
     for name, keys in sections.items():
-        out.append(f"[{name}]")
-        out += [f"{k} = {toml_value(v)}" for k, v in keys.items() if v is not None]
-        out.append("")
+        for entry, header in ([(k, f"[[{name}]]") for k in keys] if isinstance(keys, list) else [(keys, f"[{name}]")]):
+            out.append(header)
+            out += [f"{k} = {toml_value(v)}" for k, v in entry.items() if v is not None]
+            out.append("")
     return "\n".join(out)
 
 

@@ -121,7 +121,10 @@ class AgentProcess:
             "insecure": insecure,
         }
         for name, keys_ in (sections or {}).items():
-            conf.setdefault(name, {}).update(keys_)
+            if isinstance(keys_, list):
+                conf[name] = keys_          # an array of tables ([[restart]])
+            else:
+                conf.setdefault(name, {}).update(keys_)
         real = dict(conf["etcd"])
         if etcd_endpoint is not None:
             conf["etcd"]["endpoints"] = [etcd_endpoint]

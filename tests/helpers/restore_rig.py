@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from .agents import AgentProcess, CoordinatorKeys, stop_all
 from .coordinator import Coordinator, coordinator_config, scrape
-from .etcd import EtcdCluster
+from .etcd import EtcdCluster, EtcdMember
 from .net import free_port, free_server_port, wait_until
 from .standins import apiserver_command, livez
 
@@ -27,7 +27,10 @@ from .standins import apiserver_command, livez
 class RestoreRig:
     def __init__(self, cluster: EtcdCluster, tmp_path: Path, *, apiservers: bool = False,
                  restore: Optional[dict[str, Any]] = None, agent_sections: Optional[dict[str, dict[str, Any]]] = None,
-                 coordinator_sections: Optional[dict[str, dict[str, Any]]] = None) -> None:
+                 coordinator_sections: Optional[dict[str, dict[str, Any]]] = None,
+                 runtime: str = "process",
+                 member_sections: Optional[Callable[[EtcdMember], dict[str, Any]]] = None) -> None:
+        """``runtime``: how the agents run etcd; ``member_sections``: agent config per member (static pods)."""
         self.cluster = cluster
         self.tmp = tmp_path
         self.ckeys = CoordinatorKeys.create(tmp_path / "ckeys")
@@ -39,6 +42,8 @@ class RestoreRig:
         self._agent_sections = agent_sections or {}
         self._coordinator_sections = coordinator_sections or {}   # e.g. an S3, encrypted [vault]
         self.apiservers = apiservers
+        self.runtime = runtime
+        self._member_sections = member_sections
         self.metrics_port = free_port()
         self.coordinator: Optional[Coordinator] = None
 
@@ -56,12 +61,15 @@ class RestoreRig:
                 self._start_apiserver(cmd, pid_file, self.tmp / f"apiserver-{m.name}.log")
                 sections["apiserver"] = {"start_command": cmd, "pid_file": str(pid_file),
                                          "health_url": f"http://127.0.0.1:{port}/livez"}
+            if self._member_sections is not None:
+                for key, value in self._member_sections(m).items():
+                    sections[key] = value if isinstance(value, list) else {**sections.get(key, {}), **value}
             per_member[m.name] = sections
         self.agents = []
         try:
             for m in self.cluster.members:
                 a = AgentProcess(m, self.tmp / f"agent-{m.name}", authorized=[self.ckeys.public_path],
-                                 sections=per_member[m.name])
+                                 sections=per_member[m.name], runtime=self.runtime)
                 self.agents.append(a)
                 a.start(wait=False)
             for a in self.agents:
