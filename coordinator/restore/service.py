@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 from etcdguard.agent.base.errors import EtcdguardError, UnsafeRefusal, UsageError
 from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.restore.journal import new_op_id
-from etcdguard.agent.snapshots.integrity import verify_file
+from etcdguard.agent.snapshots.integrity import verify_restorable
 from etcdguard.agent.snapshots.store import iso_utc
 from etcdguard.agent.wire.typed import to_json
 from etcdguard.coordinator.agents.links import MemberLinks
@@ -158,7 +158,8 @@ class RestoreService:
 
     # -- planning ------------------------------------------------------------
     def _verify_vault_copy(self, entry: VaultEntry) -> Optional[str]:
-        """None if the vault file matches its recorded sha256 and size; else the problem (cached per file)."""
+        """None if the vault file is the restorable etcd snapshot it was recorded as (sha256, size, the
+        SHA-256 trailer and bbolt's meta pages); else the problem. Cached per file and mtime."""
         if not entry.path or entry.encrypted:   # an object store or an encrypted vault: checked when materialized
             return self._vault().check(entry)
         try:
@@ -168,7 +169,7 @@ class RestoreService:
         key = (entry.sha256, st.st_size, st.st_mtime)
         if key not in self._verified:
             try:
-                verify_file(Path(entry.path), entry.sha256, entry.size)
+                verify_restorable(Path(entry.path), entry.sha256, entry.size)
                 self._verified[key] = None
             except EtcdguardError as exc:
                 self._verified[key] = str(exc)

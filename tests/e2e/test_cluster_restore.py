@@ -133,7 +133,7 @@ def test_plan_then_restore_brings_the_snapshot_back_on_every_member(rig: Restore
 @pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
 def test_refusals_change_nothing_and_list_every_reason(rig: RestoreRig):
     cluster = rig.cluster
-    rig.backup()
+    entry = rig.backup()
     before = cluster.hashkvs()
     dead = rig.agents[2]
     dead.kill()
@@ -152,6 +152,14 @@ def test_refusals_change_nothing_and_list_every_reason(rig: RestoreRig):
     r = rig.ctl("restore", "latest", "--yes", "--plan-id", "000000000000")
     assert r.returncode == 3 and "is not the plan" in r.stderr
     assert rig.ops() == []
+    # a vault copy that no longer verifies is refused before anything is sent anywhere
+    vault_file = Path(entry["path"])
+    data = bytearray(vault_file.read_bytes())
+    data[100] ^= 0xFF
+    vault_file.write_bytes(bytes(data))
+    r = rig.ctl("restore", "latest", "--yes")
+    assert r.returncode == 3 and "does not verify" in r.stderr, r.stderr
+    assert rig.ops() == [] and cluster.hashkvs() == before
 
 
 @pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
