@@ -232,6 +232,7 @@ class CoordinatorDaemon(SignalFlags):
                 "newest": newest.to_json() if newest else None,
                 "newest_age_seconds": (now - newest.created_unix) if newest else None,
             },
+            "restores": self._restore_status(),
             "coordinator": {
                 "version": __version__,
                 "busy": self._doing,
@@ -240,6 +241,15 @@ class CoordinatorDaemon(SignalFlags):
                 "insecure": self.config.coordinator.insecure,
             },
         }
+
+    def _restore_status(self) -> dict[str, Any]:
+        """The running restore and every one that waits for the operator (interrupted, paused, ...)."""
+        active = self.restores.active()
+        waiting = [{"op": r.op, "state": r.state.value, "phase": r.reached()[-1] if r.reached() else None,
+                    "error": r.error} for r in self.restores.records()
+                   if r.state.value in ("interrupted", "paused", "needs-attention")]
+        return {"running": {"op": active[0], "doing": active[1]} if active else None, "waiting": waiting,
+                "damaged": self.restores.journals.damaged()}
 
     def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:
         """Take a snapshot on ``member`` (default: a healthy follower) and pull it into the vault."""

@@ -119,6 +119,15 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"taken {_age(v.get('newest_age_seconds'))}")
     else:
         print(f"vault: empty ({v['dir']})")
+    restores = report.get("restores") or {}
+    if restores.get("running"):
+        print(f"restore {restores['running']['op']} running: {restores['running']['doing']} "
+              f"(follow it: etcdguardctl restore --attach {restores['running']['op']})")
+    for w in restores.get("waiting") or []:
+        print(f"restore {w['op']} is {w['state'].upper()} (last phase {w['phase']}): resume with "
+              f"`etcdguardctl restore --resume {w['op']}` or roll back with `--rollback {w['op']}`")
+    for problem in restores.get("damaged") or []:
+        print(f"restore journal problem: {problem}")
     co = report["coordinator"]
     parts = []
     if co.get("busy"):

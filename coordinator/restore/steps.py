@@ -12,10 +12,9 @@ a quorum of old data at once to come back.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,8 +452,3 @@ def phase(name: str) -> Phase:
         if p.name == name:
             return p
     raise KeyError(name)
-
-
-@contextlib.contextmanager
-def noop_file(path: Path) -> Iterator[Path]:
-    yield path

@@ -179,6 +179,11 @@ def test_coordinator_killed_at_every_phase_boundary_resumes_to_the_end(rig: Rest
         rig.start_coordinator()
         assert state_of(rig.journal(op)) == "interrupted"
         assert any(r["op"] == op and r["state"] == "interrupted" for r in rig.ctl_json("restores"))
+        if i == 0:
+            status = rig.ctl_json("status")
+            assert [w["op"] for w in status["restores"]["waiting"]] == [op]
+            text = rig.ctl("status")
+            assert f"restore {op} is INTERRUPTED" in text.stdout, text.stdout
         assert rig.metrics()["etcdguard_restore_interrupted"] == 1
         ctl = rig.spawn_ctl("restore", "--resume", op, "--json")
     out, err = ctl.communicate(timeout=300)
