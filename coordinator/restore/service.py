@@ -66,11 +66,14 @@ class Run:
     summary: Optional[Summary] = None
     error: Optional[BaseException] = None
     cond: threading.Condition = field(default_factory=threading.Condition)
+    on_phase: Callable[[], None] = lambda: None     # the daemon refreshes its systemd STATUS= line
 
     def emit(self, event: Mapping[str, Any]) -> None:
         with self.cond:
             self.events.append({"op": self.op, "t": round(time.time(), 3), **event})
             self.cond.notify_all()
+        if event.get("message") in ("started", "reverting"):
+            self.on_phase()
 
     def finish(self, summary: Optional[Summary], error: Optional[BaseException]) -> None:
         with self.cond:
@@ -312,7 +315,7 @@ class RestoreService:
                                 f"`etcdguardctl restore --attach {busy}`")
 
     def _start(self, journal: Journal, rec: OperationRecord, how: str) -> Run:
-        run = Run(rec.op)
+        run = Run(rec.op, on_phase=self._on_change)
         self._runs[rec.op] = run
         thread = threading.Thread(target=self._execute, args=(journal, rec, run, how), name=f"restore-{rec.op}",
                                   daemon=True)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.etcd import EtcdCluster
+from tests.helpers.net import wait_until
 from tests.helpers.restore_rig import RestoreRig, phase_done, state_of, step_started
 
 pytestmark = pytest.mark.slow
@@ -105,6 +106,10 @@ def test_plan_then_restore_brings_the_snapshot_back_on_every_member(rig: Restore
                                                        "start", "verify", "unfence", "restart-controllers"]
     for d in kept_dirs(cluster, summary["op"]):
         assert (d / "snap" / "db").is_file(), d                # the old data kept on every node
+    # systemctl status showed the restore's phases while it ran
+    lines = wait_until(lambda: [ln for ln in rig.status_lines() if ln.startswith(f"restore {summary['op']}")],
+                       10, what="STATUS= lines of the restore")
+    assert any("prepare" in ln for ln in lines) and any("start" in ln for ln in lines), lines
     assert sorted(m for m, _ in summary["kept"]) == ["m1", "m2", "m3"]
     # the safety net: a pinned pre-restore snapshot of the live (broken) cluster is in the vault
     pre = summary["pre_restore_snapshot"]

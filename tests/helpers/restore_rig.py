@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -46,6 +48,8 @@ class RestoreRig:
         self._member_sections = member_sections
         self.metrics_port = free_port()
         self.coordinator: Optional[Coordinator] = None
+        self._notify: Optional[socket.socket] = None
+        self.notified: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> RestoreRig:
@@ -94,8 +98,29 @@ class RestoreRig:
 
     def start_coordinator(self) -> None:
         assert self.coordinator is not None
-        self.coordinator.start()
+        self.coordinator.start({"NOTIFY_SOCKET": str(self._notify_path())})
         self.coordinator.wait_ready()
+
+    def _notify_path(self) -> Path:
+        """A NOTIFY_SOCKET the coordinator reports to, as systemd's; its messages land in ``notified``."""
+        path = self.tmp / "notify.sock"
+        if self._notify is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(path))
+            sock.settimeout(0.2)
+            self._notify = sock
+
+            def read() -> None:
+                while self._notify is not None:
+                    with contextlib.suppress(OSError):
+                        self.notified.append(sock.recv(65536).decode("utf-8", "replace"))
+            threading.Thread(target=read, name="notify", daemon=True).start()
+        return path
+
+    def status_lines(self) -> list[str]:
+        """Every STATUS= the coordinator sent systemd, in order."""
+        return [line[len("STATUS="):] for m in list(self.notified) for line in m.splitlines()
+                if line.startswith("STATUS=")]
 
     def kill_coordinator(self) -> None:
         """SIGKILL, like a crash: no journal record of the stop."""
@@ -108,6 +133,9 @@ class RestoreRig:
     def stop(self) -> None:
         if self.coordinator is not None:
             self.coordinator.stop()
+        if self._notify is not None:
+            sock, self._notify = self._notify, None
+            sock.close()
         stop_all(self.agents)
         for proc in self._apiserver_procs:
             with contextlib.suppress(ProcessLookupError):
