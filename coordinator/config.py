@@ -80,7 +80,7 @@ class RestoreSettings:
     bump_revision: int = 1_000_000_000   # raised past the live revision when that is needed
     safety_snapshot: bool = True         # snapshot the live cluster into the vault first, when it answers
     start_timeout: float = 120.0         # etcd on every member to reach quorum and health after the swap
-    fence_settle: float = 1.0            # with every kube-apiserver stopped the revision must stay still this long
+    fence_settle: float = 0.5            # with every kube-apiserver stopped the revision must stay still this long
     step_timeout: float = 300.0          # one step on one member (stop, swap, start, ...)
     prepare_timeout: float = 3600.0      # staging and the restore tool, while etcd still serves
     agent_down: float = 60.0             # an agent that stops answering mid-restore gets this long to come back

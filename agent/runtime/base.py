@@ -27,8 +27,11 @@ class Service(Protocol):
     name: str       # "etcd" or "kube-apiserver"
     backend: str    # "static-pod" | "systemd" | "process"
 
-    def stop(self, timeout: float) -> None:
-        """Stop it and prove it stopped within ``timeout`` seconds, else raise StopNotProven."""
+    def stop(self, timeout: float, grace: Optional[float] = None) -> None:
+        """Stop it and prove it stopped within ``timeout`` seconds, else raise StopNotProven.
+
+        ``grace``: how long a process the agent signals itself gets between SIGTERM and SIGKILL
+        (0: SIGKILL at once); backends whose stop is the kubelet's or systemd's ignore it."""
 
     def start(self, timeout: float) -> None:
         """Start it (launch the process / put the manifest back / systemctl start).

@@ -232,20 +232,23 @@ class ProcessService:
         self._child = child
         log.info("%s started: pid %d, output in %s", self.name, child.pid, self.log_file)
 
-    def stop(self, timeout: float) -> None:
-        """SIGTERM, SIGKILL after ``kill_grace``, wait for the pid to go, then prove it stopped."""
+    def stop(self, timeout: float, grace: Optional[float] = None) -> None:
+        """SIGTERM, SIGKILL after ``grace`` (default ``kill_grace``; 0: SIGKILL at once), wait for the
+        pid to go, then prove it stopped."""
         deadline = Deadline(timeout)
         pid = self.running_pid()
         signals: list[str] = []
+        grace = self.kill_grace if grace is None else grace
         if pid is not None:
-            self._signal(pid, signal.SIGTERM)
-            signals.append("SIGTERM")
-            if not self._wait_gone(pid, deadline.sooner(self.kill_grace)):
+            if grace > 0:
+                self._signal(pid, signal.SIGTERM)
+                signals.append("SIGTERM")
+            if grace <= 0 or not self._wait_gone(pid, deadline.sooner(grace)):
                 self._signal(pid, signal.SIGKILL)
                 signals.append("SIGKILL")
                 if not self._wait_gone(pid, deadline):
                     raise StopNotProven(
-                        f"{self.name}: pid {pid} still alive {timeout:.1f}s after SIGTERM and SIGKILL "
+                        f"{self.name}: pid {pid} still alive {timeout:.1f}s after {' and '.join(signals)} "
                         "(uninterruptible I/O?). Nothing further was done."
                     )
         evidence = wait_proven(self.stop_proof, deadline, self.name)

@@ -108,8 +108,8 @@ class StaticPodService:
         self.last_note = text
         log.warning("%s: %s", self.name, text)
 
-    def stop(self, timeout: float) -> None:
-        """Park the manifest (unless already parked), then wait for the proof."""
+    def stop(self, timeout: float, grace: Optional[float] = None) -> None:
+        """Park the manifest (unless already parked), then wait for the proof (the kubelet's grace applies)."""
         deadline = Deadline(timeout)
         self.last_note = None
         live, parked = self.manifest_path.exists(), self.parked_path.exists()

@@ -64,7 +64,8 @@ class SystemdService:
             f"{self.proof.describe()}; start = {self.systemctl} start {self.unit}"
         )
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float, grace: Optional[float] = None) -> None:
+        """``systemctl stop`` (the unit's own TimeoutStopSec applies), then the proof."""
         deadline = Deadline(timeout)
         try:
             proc = self._run(["stop", self.unit], timeout)

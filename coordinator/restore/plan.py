@@ -84,7 +84,7 @@ class PlanOptions:
     bump_revision: int = 1_000_000_000      # configured; raised past the live revision when needed
     safety_snapshot: bool = True
     start_timeout: float = 120.0
-    fence_settle: float = 1.0
+    fence_settle: float = 0.5
     kind: str = KIND_RESTORE
     rollback_of: Optional[str] = None
 
@@ -112,7 +112,7 @@ class RestorePlan:
     created_at: str = ""
     downtime_phases: tuple[str, ...] = (ph.FENCE, ph.STOP, ph.SWAP, ph.START, ph.VERIFY, ph.UNFENCE)
     start_timeout: float = 120.0
-    fence_settle: float = 1.0
+    fence_settle: float = 0.5
 
     @property
     def blocking(self) -> tuple[Refusal, ...]:
