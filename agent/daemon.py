@@ -133,22 +133,32 @@ class AgentDaemon(SignalFlags):
                 f"next in {format_duration(max(0.0, next_due - time.time()))}")
 
     def _do_reload(self) -> Optional[BackupRunner]:
+        """Apply the config file again, or keep everything as it runs: a bad file must not stop backups."""
         self._reload = False
         if self.config_path is None:
             log.info("SIGHUP: no config file to reload")
             return None
         self.notifier.reloading()
+        new_metrics: Optional[MetricsServer] = None
         try:
             config = load_agent_config(self.config_path)
             runner = self._build(config)
-        except EtcdguardError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
+            if config.metrics.listen != self.config.metrics.listen and config.metrics.listen:
+                new_metrics = MetricsServer(self.metrics.registry, config.metrics.listen)
+                new_metrics.start()   # bound before the old one goes: a taken port keeps the old
+        except (EtcdguardError, OSError) as exc:
+            log.error("reload failed, kept the running configuration: %s", exc)
+            self.notifier.status(f"reload failed: {exc}")
+            return None
+        except Exception:   # a bug must not end the daemon that takes the backups
+            log.exception("reload failed (internal error), kept the running configuration")
             return None
         if config.metrics.listen != self.config.metrics.listen:
-            if self.metrics_server:
+            if self.metrics_server is not None:
                 self.metrics_server.stop()
-            self.config = config
-            self._start_metrics()
+            self.metrics_server = new_metrics
+            if new_metrics is not None:
+                log.info("metrics on %s", new_metrics.url)
         self.config = config
         self.metrics.interval.set(config.backup.interval)
         log.info("configuration reloaded from %s", self.config_path)

@@ -14,6 +14,7 @@ from typing import Optional
 
 from etcdguard.agent import __version__
 from etcdguard.agent.base.addresses import format_host_port, is_ipv6_literal, parse_host_port
+from etcdguard.agent.base.errors import ConfigError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 FAILURE_REASONS = ("etcd_unavailable", "corrupt", "tool", "disk", "aborted", "timeout", "other")
@@ -96,6 +97,7 @@ class MetricsServer:
         return f"http://{format_host_port(self.host, self.port)}/metrics"
 
     def start(self) -> None:
+        """Bind and serve; a port that cannot be bound (in use, privileged, no such address) is a ConfigError."""
         registry = self.registry
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,7 +116,12 @@ class MetricsServer:
                 return
 
         server_class = _HTTPServer6 if is_ipv6_literal(self.host) else ThreadingHTTPServer
-        self._server = server_class((self.host, self.port), Handler)
+        try:
+            self._server = server_class((self.host, self.port), Handler)
+        except OSError as exc:
+            raise ConfigError(f"metrics.listen {format_host_port(self.host, self.port)}: cannot listen: "
+                              f"{exc.strerror or exc}; is another agent or exporter running there? "
+                              "Change [metrics] listen or stop it") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)

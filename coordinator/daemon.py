@@ -123,10 +123,10 @@ class CoordinatorDaemon(SignalFlags):
         if self.config.metrics.listen:
             self.metrics_server = MetricsServer(self.metrics.registry, self.config.metrics.listen)
             try:
-                self.metrics_server.start()
-            except OSError as exc:
+                self.metrics_server.start()   # a port that cannot be bound is a ConfigError (exit 2)
+            except EtcdguardError:
                 self.metrics_server = None
-                raise EtcdguardError(f"metrics.listen {self.config.metrics.listen}: {exc.strerror or exc}") from None
+                raise
             log.info("metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
 
     def refresh_vault_metrics(self) -> list[VaultEntry]:
@@ -471,9 +471,12 @@ class CoordinatorDaemon(SignalFlags):
             links = MemberLinks(config, self._factory(config))
             vault = open_vault(config, self.metrics.record_backend_failure)
             vault.prepare()
-        except EtcdguardError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
+        except (EtcdguardError, OSError) as exc:
+            log.error("reload failed, kept the running configuration: %s", exc)
             self.notifier.status(f"reload failed: {exc}")
+            return
+        except Exception:   # a bug must not end the daemon that keeps the vault and runs restores
+            log.exception("reload failed (internal error), kept the running configuration")
             return
         if config.coordinator.control_socket != self.config.coordinator.control_socket:
             log.warning("control_socket changed to %s: takes effect at the next restart",

@@ -219,7 +219,7 @@ def test_sighup_reloads_config(etcd_member, tmp_path):
         # A broken config is refused and the running one kept ...
         cfg.write_text("[backup]\ninterval = 'soon'\n")
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "reload failed, keeping the running configuration" in log.read_text(), timeout=30,
+        wait_until(lambda: "reload failed, kept the running configuration" in log.read_text(), timeout=30,
                    what="the broken config to be refused")
         assert "backup.interval" in log.read_text()
         # ... a good one takes effect: interval 1h -> 1s means more snapshots soon.
