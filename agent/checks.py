@@ -95,6 +95,7 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
     ok, detail = _writable_dir(config.backup.dir)
     results.append(CheckResult("backup dir", ok, detail,
                                "" if ok else f"fix permissions or set backup.dir in {config.source}"))
+    results.append(_records_check(config))
     results.append(_server_check(config))
     results.append(_bundle_check(config))
     if config.apiserver is not None and config.apiserver.manifest is not None:
@@ -102,6 +103,24 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
         results.append(CheckResult("apiserver manifest", present, str(config.apiserver.manifest),
                                    "" if present else "set apiserver.manifest, or remove [apiserver]"))
     return results
+
+
+def _records_check(config: AgentConfig) -> CheckResult:
+    """Restore records that cannot be read block backups and restores here: say which, and what to do."""
+    from etcdguard.agent.restore.journal import OperationStore
+
+    ops = OperationStore(config.state.dir)
+    try:
+        count = len(ops.all())
+        damaged = ops.damaged()
+    except OSError as exc:
+        return CheckResult("restore records", False, f"{ops.root}: cannot be read: {exc.strerror or exc}",
+                           f"fix the permissions of {config.state.dir} (the agent's [state] dir)")
+    if damaged:
+        return CheckResult("restore records", False, "; ".join(why for _, why in damaged),
+                           "look at the operation's journal.jsonl to see what it did and whether etcd serves the "
+                           f"data you expect; then repair op.json or move its directory out of {ops.root}")
+    return CheckResult("restore records", True, f"{count} operation record(s) in {ops.root}, all readable")
 
 
 def _bundle_check(config: AgentConfig) -> CheckResult:

@@ -23,7 +23,7 @@ from etcdguard.agent.config import AgentConfig, load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.metrics import AgentMetrics, MetricsServer
-from etcdguard.agent.restore.journal import OperationStore
+from etcdguard.agent.restore.journal import DAMAGED, OperationStore
 from etcdguard.agent.restore.remote import restore_active
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotMeta
@@ -48,6 +48,7 @@ class AgentDaemon(SignalFlags):
         self._worker_result: Optional[BaseException | SnapshotMeta] = None
         self._progress = 0
         self._restore_note = ""
+        self._damaged: dict[str, str] = {}   # operation -> why its record cannot be read (logged once)
         self._failures = 0
         self._cancel: Optional[Cancellation] = None
         self.runner: Optional[BackupRunner] = None
@@ -194,7 +195,8 @@ class AgentDaemon(SignalFlags):
                 restoring = self._refresh_restore_metrics()
                 if self._worker is None and time.time() >= next_due and not self._stop:
                     if restoring:
-                        log.info("a restore is running on this node; backup postponed")
+                        log.info("a restore is running on this node%s; backup postponed",
+                                 " or its record cannot be read" if self._damaged else "")
                         next_due = time.time() + STATUS_REFRESH
                     else:
                         self._start_backup(runner)
@@ -208,21 +210,37 @@ class AgentDaemon(SignalFlags):
         return 0
 
     def _refresh_restore_metrics(self) -> bool:
-        """Restore state comes from the operation records on disk (restores run in other processes)."""
-        ops = OperationStore(self.config.state.dir)
-        restoring = restore_active(self.config.state.dir)
+        """Restore state comes from the operation records on disk (restores run in other processes).
+
+        True while backups must wait: a restore runs, or a record cannot be read (it may be one),
+        or the state dir itself cannot be read.
+        """
+        try:
+            restoring = restore_active(self.config.state.dir)
+            all_ops = OperationStore(self.config.state.dir).all()
+            records = [o.record() for o in all_ops]
+        except OSError as exc:
+            self._restore_note = f"state dir unreadable ({exc.strerror or exc}); "
+            log.error("cannot read the restore records in %s (%s); backups wait", self.config.state.dir, exc)
+            return True
+        damaged = {op.op: str(r.get("error")) for op, r in zip(all_ops, records) if r.get("state") == DAMAGED}
+        for op_id, why in damaged.items():
+            if op_id not in self._damaged:
+                log.error("restore operation %s needs attention: %s", op_id, why)
+        for op_id in set(self._damaged) - set(damaged):
+            log.info("restore operation %s can be read again (or is gone)", op_id)
+        self._damaged = damaged
+        self.metrics.records_damaged.set(len(damaged))
         self.metrics.restore_in_progress.set(1 if restoring else 0)
-        all_ops = ops.all()
-        records = [o.record() for o in all_ops]
-        states = [r.get("state") for r in records if r.get("state") != "running"]
+        states = [r.get("state") for r in records if r.get("state") not in ("running", DAMAGED)]
         if states:
             self.metrics.restore_last_result.set(1 if states[-1] in ("done", "rolled-back") else 0)
-        self._restore_note = ""
+        self._restore_note = "".join(f"restore record {op_id} damaged, needs attention; " for op_id in damaged)
         for op, record in zip(all_ops, records):
             if record.get("state") == "running":
                 tail = op.journal_lines()[-1:] or [{}]
                 event = " ".join(str(tail[0].get(k, "")) for k in ("step", "event")).strip()
-                self._restore_note = f"restore {op.op} running ({event or 'started'}); "
+                self._restore_note += f"restore {op.op} running ({event or 'started'}); "
         return restoring
 
     def _shutdown(self) -> None:

@@ -49,6 +49,10 @@ class AgentMetrics:
         self.restore_last_result = Gauge(
             f"{p}_restore_last_result", "Last restore here: 1 success, 0 failure, -1 none yet", registry=r)
         self.restore_last_result.set(-1)
+        self.records_damaged = Gauge(
+            f"{p}_restore_records_damaged",
+            "Restore operation records here that cannot be read; backups and restores wait for an operator",
+            registry=r)
         self.etcd_up = Gauge(f"{p}_etcd_up", "1 if the local etcd answered at the last attempt", registry=r)
         self.build_info = Gauge(f"{p}_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)

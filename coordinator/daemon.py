@@ -52,6 +52,13 @@ BUSY_POLL = 2.0
 PROGRESS_EVERY = 0.25   # seconds between progress lines to a control client
 
 
+def damaged_row(op: str, why: str) -> dict[str, Any]:
+    """A journal that cannot be read, as a row of `etcdguardctl restores` (state ``damaged``)."""
+    return {"op": op, "state": "damaged", "error": why, "plan_id": None, "kind": None, "snapshot": None,
+            "created_at": None, "ended_at": None, "until": None, "failed_phase": None, "phases": {},
+            "reverts": {}, "facts": {}, "members": []}
+
+
 # ---------------------------------------------------------------------------
 # The daemon.
 
@@ -171,10 +178,35 @@ class CoordinatorDaemon(SignalFlags):
             "status": lambda args, emit: self.status_report(),
             "snapshots": lambda args, emit: [e.to_json() for e in self.vault.list()],
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
-            "restore": self.restores.command,
-            "restores": lambda args, emit: [r.to_json() for r in self.restores.records()],
+            "restore": self._restore_command,
+            "restores": lambda args, emit: [r.to_json() for r in self.restores.records()] + [
+                damaged_row(op, why) for op, why in self.damaged_journals()],
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
+
+    def damaged_journals(self) -> list[tuple[str, str]]:
+        """(operation, why) for each restore journal that cannot be read back."""
+        journals = self.restores.journals
+        readable = {r.op for r in journals.all()}
+        out = []
+        for op in journals.ids():
+            if op in readable:
+                continue
+            try:
+                journals.journal(op).replay()
+            except (UsageError, OSError, ValueError, TypeError, KeyError) as exc:
+                out.append((op, str(exc)))
+        return out
+
+    def _restore_command(self, args: dict[str, Any], emit: Emit) -> Any:
+        """A damaged journal may be a restore that ran half-way: no new restore starts until it is looked at."""
+        if args.get("mode") == "run":
+            damaged = self.damaged_journals()
+            if damaged:
+                raise UnsafeRefusal("refused: " + "; ".join(why for _, why in damaged) + ". Look at its journal "
+                                    "to see what it did; then move its directory out of "
+                                    f"{self.restores.journals.root}")
+        return self.restores.command(args, emit)
 
     def _vault_command(self, cmd: str) -> Callable[[dict[str, Any], Emit], Any]:
         return lambda args, emit: vault_commands.handle(self.vault, cmd, args)
@@ -194,6 +226,7 @@ class CoordinatorDaemon(SignalFlags):
         return entry.sha256
 
     def refresh_restore_metrics(self) -> None:
+        self.metrics.restore_damaged.set(len(self.damaged_journals()))
         records = self.restores.records()
         active = self.restores.active()
         self.metrics.restore_in_progress.set(1 if active else 0)

@@ -89,6 +89,9 @@ class CoordinatorMetrics:
         self.restore_interrupted = Gauge("etcdguard_restore_interrupted",
                                          "Cluster restores that are interrupted, paused or need attention",
                                          registry=r)
+        self.restore_damaged = Gauge("etcdguard_restore_journals_damaged",
+                                     "Cluster restore journals that cannot be read; new restores are refused",
+                                     registry=r)
         self.restore_phase_duration = Gauge("etcdguard_restore_phase_duration_seconds",
                                             "Duration of each phase of the last cluster restore", ["phase"],
                                             registry=r)

@@ -197,9 +197,12 @@ def cmd_restores(args: argparse.Namespace) -> int:
     if not rows:
         print("no restore operations on this node")
     for r in rows:
-        age = format_duration(time.time() - (r["created_at"] or 0))
-        print(f"{r['op']}  {r['state']:<22} {age} ago  {r['snapshot']}")
-        if r["error"]:
+        created = r["created_at"]
+        age = f"{format_duration(time.time() - created)} ago" if isinstance(created, (int, float)) else "-"
+        print(f"{r['op']}  {r['state']:<22} {age}  {r['snapshot'] or '-'}")
+        if r["state"] == "damaged":
+            print(f"    {r['error']}")
+        elif r["error"]:
             print(f"    failed at {r['failed_step']}: {r['error']}")
         for k in r["kept"]:
             print(f"    kept {k['path']} ({format_bytes(k['bytes'])})")

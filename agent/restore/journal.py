@@ -5,6 +5,11 @@ Layout: ``<state>/operations/<op>/`` holds ``op.json`` (what the operation is),
 the step's effect is durable) and ``journal.jsonl`` (every start/end, appended
 and fsync'ed, for the operator). A step whose result file exists is finished:
 re-running it returns the recorded result instead of acting twice.
+
+A record that cannot be read (torn by a disk fault, edited by hand) never
+takes the daemon down: ``load`` raises DamagedRecord, and ``record`` turns it
+into a record in state ``damaged``, which every reader treats as an
+operation that needs attention (backups and restores stay blocked here).
 """
 
 from __future__ import annotations
@@ -27,6 +32,57 @@ from etcdguard.agent.base.errors import UnsafeRefusal, UsageError
 
 # A file name: never "." or "..".
 OP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DAMAGED = "damaged"
+# States of an operation that is not finished: backups wait, and no new restore starts.
+OPEN_STATES = ("running", "failed-needs-attention", DAMAGED)
+
+
+class DamagedRecord(UnsafeRefusal):
+    """An operation's record on disk cannot be read; acting on a guess of it could lose data."""
+
+
+def record_problem(data: Any) -> Optional[str]:
+    """Pure: what makes parsed ``op.json`` content unusable, or None."""
+    if not isinstance(data, dict):
+        return f"holds {type(data).__name__}, not a JSON object"
+    if not isinstance(data.get("state"), str):
+        return "has no 'state' string"
+    if "params" in data and not isinstance(data["params"], dict):
+        return "its 'params' is not an object"
+    created = data.get("created_at", 0)
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
+        return "its 'created_at' is not a number"
+    return None
+
+
+def step_problem(data: Any) -> Optional[str]:
+    """Pure: what makes parsed ``steps/<step>.json`` content unusable, or None."""
+    if not isinstance(data, dict):
+        return f"holds {type(data).__name__}, not a JSON object"
+    if not isinstance(data.get("result"), dict):
+        return "has no 'result' object"
+    finished = data.get("finished_at")
+    if isinstance(finished, bool) or not isinstance(finished, (int, float)):
+        return "has no 'finished_at' number"
+    return None
+
+
+def _read_json(path: Path, problem: Any, what: str) -> Any:
+    """Parsed JSON of ``path``; DamagedRecord (naming the file and why) if it cannot be used."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise DamagedRecord(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise DamagedRecord(f"{what} {path} is not valid JSON ({str(exc)[:120]})") from None
+    why = problem(data)
+    if why is not None:
+        raise DamagedRecord(f"{what} {path} {why}")
+    return data
 
 
 def new_op_id(now: Optional[float] = None) -> str:
@@ -66,25 +122,35 @@ class Operation:
         fsutil.atomic_write_json(self.dir / "op.json", {**record, "op": self.op})
         self.journal("created")
 
-    def record(self) -> dict[str, Any]:
+    def load(self) -> dict[str, Any]:
+        """The operation's record exactly as on disk; DamagedRecord if it cannot be read or makes no sense."""
         try:
-            data: dict[str, Any] = json.loads((self.dir / "op.json").read_text())
+            data: dict[str, Any] = _read_json(self.dir / "op.json", record_problem,
+                                              f"the record of operation {self.op}")
         except FileNotFoundError:
             raise UsageError(f"no operation {self.op!r} on this node") from None
         return data
 
+    def record(self) -> dict[str, Any]:
+        """The record for readers that report: a damaged one reads as state ``damaged`` with the reason."""
+        try:
+            return self.load()
+        except DamagedRecord as exc:
+            return {"op": self.op, "state": DAMAGED, "error": f"{exc}; backups and restores stay blocked on this "
+                    f"node until it is repaired or {self.dir} is moved out of {self.dir.parent}"}
+
     def update(self, **fields: Any) -> dict[str, Any]:
-        data = {**self.record(), **fields}
+        data = {**self.load(), **fields}   # a damaged record is never overwritten
         fsutil.atomic_write_json(self.dir / "op.json", data)
         return data
 
     def finished(self, step: str) -> Optional[StepRecord]:
         path = self.steps_dir / f"{step}.json"
         try:
-            data = json.loads(path.read_text())
+            data = _read_json(path, step_problem, f"the {step} step record of operation {self.op}")
         except FileNotFoundError:
             return None
-        return StepRecord(step, data["result"], data["finished_at"])
+        return StepRecord(step, data["result"], float(data["finished_at"]))
 
     def finish(self, step: str, result: dict[str, Any]) -> StepRecord:
         rec = StepRecord(step, result, time.time())
@@ -113,17 +179,21 @@ class Operation:
             fsutil.fsync_dir(self.dir)
 
     def journal_lines(self) -> list[dict[str, Any]]:
-        """Journal entries; a torn last line (crash mid-append) is skipped."""
+        """Journal entries; a torn last line (crash mid-append) and lines that are not objects are skipped."""
         out: list[dict[str, Any]] = []
         try:
-            text = (self.dir / "journal.jsonl").read_text()
+            text = (self.dir / "journal.jsonl").read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return out
+        except OSError:
+            return out   # the journal is for the operator; the record and step files decide
         for line in text.splitlines():
             try:
-                out.append(json.loads(line))
-            except ValueError:
+                entry = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(entry, dict):
+                out.append(entry)
         return out
 
 
@@ -136,10 +206,21 @@ class OperationStore:
         return Operation(self.root, op)
 
     def all(self) -> list[Operation]:
+        """Every operation, oldest first; damaged ones (state ``damaged``) first of all."""
         if not self.root.is_dir():
             return []
         ops = [Operation(self.root, d.name) for d in self.root.iterdir() if d.is_dir() and OP_ID_RE.match(d.name)]
-        return sorted((o for o in ops if o.exists()), key=lambda o: o.record().get("created_at", 0))
+        created = {o.op: o.record().get("created_at") or 0.0 for o in ops if o.exists()}
+        return sorted((o for o in ops if o.op in created), key=lambda o: (created[o.op], o.op))
+
+    def damaged(self) -> list[tuple[str, str]]:
+        """(operation, why) for every record that cannot be read."""
+        out = []
+        for op in self.all():
+            record = op.record()
+            if record.get("state") == DAMAGED:
+                out.append((op.op, str(record.get("error"))))
+        return out
 
     @contextlib.contextmanager
     def exclusive(self, what: str) -> Iterator[None]:

@@ -35,7 +35,7 @@ from etcdguard.agent.base import fsutil
 from etcdguard.agent.base.errors import EtcdguardError, ToolError, UnsafeRefusal
 from etcdguard.agent.control.transfer import NotFound
 from etcdguard.agent.restore import phases as ph
-from etcdguard.agent.restore.journal import Operation, OperationStore
+from etcdguard.agent.restore.journal import DAMAGED, OPEN_STATES, DamagedRecord, Operation, OperationStore
 from etcdguard.agent.restore.plan import RestoreParams
 from etcdguard.agent.restore.steps import NodeRestorer, catalog_record, kept_dirs
 from etcdguard.agent.runtime.factory import make_runtime
@@ -43,17 +43,19 @@ from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.wire.protocol import CONFLICT, ProtocolError
 
 log = logging.getLogger(__name__)
+# OPEN_STATES is defined with the records (journal.py) and read by the control server from here.
+__all__ = ["OPEN_STATES", "RemoteRestore", "operation_status", "restore_active", "snapshot_in_use"]
 
 JOURNAL_TAIL = 20
-OPEN_STATES = ("running", "failed-needs-attention")
 
 
 def restore_active(state_dir: Path) -> bool:
-    """A restore holds the lock now, or an operation is still running (between its steps)."""
+    """A restore holds the lock now, an operation is still running (between its steps), or a record
+    cannot be read: that may be a running restore, so backups wait as if it were."""
     ops = OperationStore(state_dir)
     if ops.locked():
         return True
-    return any(o.record().get("state") == "running" for o in ops.all())
+    return any(o.record().get("state") in ("running", "damaged") for o in ops.all())
 
 
 def snapshot_in_use(state_dir: Path, path: Path) -> bool:
@@ -61,6 +63,8 @@ def snapshot_in_use(state_dir: Path, path: Path) -> bool:
     resolved = str(path.resolve())
     for op in OperationStore(state_dir).all():
         record = op.record()
+        if record.get("state") == DAMAGED:
+            return True   # it may restore from this file: keep it
         if record.get("state") in OPEN_STATES and record.get("params", {}).get("snapshot") == resolved:
             return True
     return False
@@ -74,7 +78,11 @@ def operation_status(state_dir: Path, op_id: str) -> dict[str, Any]:
     record = op.record()
     steps: dict[str, Any] = {}
     for step in (*ph.AGENT_STEPS, *ph.UNDO_STEPS):
-        done = op.finished(step)
+        try:
+            done = op.finished(step)
+        except DamagedRecord as exc:
+            steps[step] = {"damaged": str(exc)}
+            continue
         if done is not None:
             steps[step] = done.result
     params = record.get("params") or {}

@@ -34,7 +34,7 @@ from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
 from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv
 from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.restore import swap, toolproc
-from etcdguard.agent.restore.journal import Operation, OperationStore, new_op_id
+from etcdguard.agent.restore.journal import DAMAGED, OPEN_STATES, DamagedRecord, Operation, OperationStore, new_op_id
 from etcdguard.agent.restore.plan import STEPS, PlannedStep, RestoreParams, argv_problems, build_plan, bump_for
 from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal, rollback_goes_backwards
 from etcdguard.agent.restore.swap import aside_member, prepared_member, restore_target, wal_target, workspace_dir
@@ -311,14 +311,17 @@ class NodeRestorer:
                        checks: Optional[LocalChecks] = None) -> Operation:
         op = self.ops.get(params.op)
         if op.exists():
-            recorded = RestoreParams.from_json(op.record()["params"])
+            recorded = self.params_of(op)
             if recorded.snapshot_sha256 != params.snapshot_sha256:
                 raise UnsafeRefusal(f"operation {params.op} was started with a different snapshot "
                                     f"(sha256 {recorded.snapshot_sha256[:16]}...); use a new operation id")
             return op
         for other in self.ops.all():
-            state = other.record().get("state")
-            if state in ("running", "failed-needs-attention"):
+            theirs = other.record()
+            state = theirs.get("state")
+            if state == DAMAGED:
+                raise UnsafeRefusal(f"refusing to start a restore: {theirs.get('error')}")
+            if state in OPEN_STATES:
                 raise UnsafeRefusal(f"operation {other.op} on this node is {state}; finish it "
                                     f"(restore --op {other.op} --yes) or roll it back first")
         record: dict[str, Any] = {"kind": kind, "created_at": time.time(), "state": "running",
@@ -364,7 +367,13 @@ class NodeRestorer:
         return [f"{path} re-verified: sha256 {p.snapshot_sha256[:16]}..., {p.snapshot_size} bytes"]
 
     def params_of(self, op: Operation) -> RestoreParams:
-        return RestoreParams.from_json(op.record()["params"])
+        """The operation's recorded parameters; DamagedRecord when they cannot be read back."""
+        params = op.load().get("params")
+        try:
+            return RestoreParams.from_json(params if isinstance(params, dict) else {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DamagedRecord(f"the record of operation {op.op} ({op.dir / 'op.json'}) holds no usable "
+                                f"restore parameters ({exc!r})") from None
 
     # -- the steps -----------------------------------------------------------
     def steps(self) -> dict[str, Callable[..., dict[str, Any]]]:
@@ -675,7 +684,7 @@ class NodeRestorer:
         """
         with self.ops.exclusive(f"roll back {op_id}"):
             op = self.ops.get(op_id)
-            record = op.record()
+            record = op.load()   # nothing is undone on a guess of what a damaged record said
             if record.get("state") == "rolled-back":
                 return Outcome(op_id, True, "rolled-back", [], error=None)
             risk = self.backwards_risk(op)

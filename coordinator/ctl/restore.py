@@ -171,9 +171,16 @@ def cmd_restores(args: argparse.Namespace) -> int:
         print("no restore operations")
         return EXIT_OK
     rows = [["OP", "STATE", "STARTED", "SNAPSHOT", "PHASE"]]
+    damaged = []
     for r in records:
+        if r.get("state") == "damaged":
+            damaged.append(r)
+            rows.append([r["op"], "DAMAGED", "-", "-", "-"])
+            continue
         reached = [p for p in ph.CLUSTER_PHASES if p in (r.get("phases") or {})]
         rows.append([r["op"], r["state"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created_at"])),
                      r["snapshot"][:12], r.get("failed_phase") or (reached[-1] if reached else "-")])
     print(_table(rows))
+    for r in damaged:
+        print(f"  {r['op']}: {r.get('error')}; new restores are refused until it is looked at", file=sys.stderr)
     return EXIT_OK
