@@ -27,20 +27,28 @@ class CheckResult:
 
 
 def _readable(path: Path) -> Optional[str]:
-    if not path.exists():
-        return "does not exist"
+    try:
+        if not path.exists():
+            return "does not exist"
+    except PermissionError:
+        return "cannot be looked at by this user (permission denied on a directory above it)"
     if not os.access(path, os.R_OK):
         return "not readable by this user"
     return None
 
 
 def _writable_dir(path: Path) -> tuple[bool, str]:
+    """Can this user create files in ``path`` (or create ``path`` in its nearest existing parent)?"""
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        is_dir = probe.is_dir()
+    except PermissionError:
+        return False, f"{probe} cannot be looked into by this user (permission denied)"
+    if not is_dir:
         return False, f"{probe} is not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
         return False, f"{probe} is not writable by this user"
@@ -73,15 +81,7 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
     except EtcdguardError as exc:
         results.append(CheckResult("etcd", False, str(exc),
                                    "is etcd running? are etcd.endpoints and the TLS files right?"))
-    db = member.data_dir / "member" / "snap" / "db"
-    if not member.data_dir.is_dir():
-        results.append(CheckResult("data dir", False, f"{member.data_dir} does not exist",
-                                   f"set etcd.data_dir in {config.source}"))
-    elif not db.exists():
-        results.append(CheckResult("data dir", False, f"{member.data_dir} has no member/snap/db",
-                                   "is this really the member's data dir?"))
-    else:
-        results.append(CheckResult("data dir", True, f"{member.data_dir} (member/snap/db present)"))
+    results.append(_data_dir_check(config, member))
     try:
         tool = find_tool(config.etcd.restore_tool)
         results.append(CheckResult(
@@ -92,9 +92,11 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
     except EtcdguardError as exc:
         results.append(CheckResult("restore tool", False, str(exc),
                                    "install etcdutl (etcd >= 3.5) or etcdctl, or set etcd.restore_tool"))
-    ok, detail = _writable_dir(config.backup.dir)
-    results.append(CheckResult("backup dir", ok, detail,
-                               "" if ok else f"fix permissions or set backup.dir in {config.source}"))
+    for label, key, path in (("backup dir", "backup.dir", config.backup.dir),
+                             ("state dir", "state.dir", config.state.dir)):
+        ok, detail = _writable_dir(path)
+        results.append(CheckResult(label, ok, detail, "" if ok else (
+            f"run as the agent's user (root), fix the permissions, or set {key} in {config.source}")))
     results.append(_records_check(config))
     results.append(_server_check(config))
     results.append(_bundle_check(config))
@@ -105,6 +107,22 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
     return results
 
 
+def _data_dir_check(config: AgentConfig, member: LocalMember) -> CheckResult:
+    db = member.data_dir / "member" / "snap" / "db"
+    try:
+        if not member.data_dir.is_dir():
+            return CheckResult("data dir", False, f"{member.data_dir} does not exist",
+                               f"set etcd.data_dir in {config.source}")
+        if not db.exists():
+            return CheckResult("data dir", False, f"{member.data_dir} has no member/snap/db",
+                               "is this really the member's data dir?")
+    except PermissionError:
+        return CheckResult("data dir", False, f"{member.data_dir} cannot be looked into by this user "
+                           "(permission denied)", "run check as the agent's user (root): a restore swaps "
+                           "this directory's contents")
+    return CheckResult("data dir", True, f"{member.data_dir} (member/snap/db present)")
+
+
 def _records_check(config: AgentConfig) -> CheckResult:
     """Restore records that cannot be read block backups and restores here: say which, and what to do."""
     from etcdguard.agent.restore.journal import OperationStore
@@ -113,9 +131,9 @@ def _records_check(config: AgentConfig) -> CheckResult:
     try:
         count = len(ops.all())
         damaged = ops.damaged()
-    except OSError as exc:
-        return CheckResult("restore records", False, f"{ops.root}: cannot be read: {exc.strerror or exc}",
-                           f"fix the permissions of {config.state.dir} (the agent's [state] dir)")
+    except EtcdguardError as exc:
+        return CheckResult("restore records", False, str(exc),
+                           f"run as the agent's user (root), or fix the permissions of {config.state.dir}")
     if damaged:
         return CheckResult("restore records", False, "; ".join(why for _, why in damaged),
                            "look at the operation's journal.jsonl to see what it did and whether etcd serves the "

@@ -125,7 +125,10 @@ class AgentDaemon(SignalFlags):
     def status_line(self, runner: BackupRunner, next_due: float) -> str:
         if self._worker is not None:
             return f"taking snapshot: {format_bytes(self._progress)} so far"
-        newest = runner.store.newest()
+        try:
+            newest = runner.store.newest()
+        except EtcdguardError as exc:
+            return f"{self._restore_note}{exc}"
         last = "no snapshot yet" if newest is None else (
             f"last snapshot {format_duration(time.time() - newest.created_unix)} ago, "
             f"{format_bytes(newest.size)}, revision {newest.revision}")
@@ -219,9 +222,9 @@ class AgentDaemon(SignalFlags):
             restoring = restore_active(self.config.state.dir)
             all_ops = OperationStore(self.config.state.dir).all()
             records = [o.record() for o in all_ops]
-        except OSError as exc:
-            self._restore_note = f"state dir unreadable ({exc.strerror or exc}); "
-            log.error("cannot read the restore records in %s (%s); backups wait", self.config.state.dir, exc)
+        except (OSError, EtcdguardError) as exc:
+            self._restore_note = "restore records unreadable; "
+            log.error("%s; backups wait until they can be read", exc)
             return True
         damaged = {op.op: str(r.get("error")) for op, r in zip(all_ops, records) if r.get("state") == DAMAGED}
         for op_id, why in damaged.items():

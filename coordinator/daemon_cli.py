@@ -47,6 +47,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except EtcdguardError as exc:
         log.error("%s", exc)   # setup_logging sends this to stderr (the journal under systemd)
         return exc.exit_code
+    except OSError as exc:   # the last resort: the daemon turns the errors it expects into its own message
+        from etcdguard.agent.base.fsutil import disk_error
+
+        error = disk_error("file or socket error", exc)
+        log.error("%s", error)
+        return error.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -58,5 +58,10 @@ class UnsafeRefusal(EtcdguardError):
     exit_code = EXIT_UNSAFE
 
 
+class DiskError(EtcdguardError):
+    """A file or directory could not be read or written (disk full, permission denied, read-only);
+    what was being written was removed again."""
+
+
 class ToolError(EtcdguardError):
     """An external tool (etcdutl, etcdctl, systemctl) failed."""

@@ -7,15 +7,53 @@ old file or the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+from etcdguard.agent.base.errors import EXIT_USAGE, DiskError, UsageError
+
 TEMP_PREFIX = ".etcdguard-tmp-"
+_WHY = {errno.ENOSPC: "the filesystem is full", errno.EDQUOT: "the disk quota is used up",
+        errno.EACCES: "run it as root (the daemons' user) or fix the permissions",
+        errno.EPERM: "run it as root (the daemons' user) or fix the permissions",
+        errno.EROFS: "the filesystem is mounted read-only"}
+
+
+def disk_error(what: str, exc: OSError) -> DiskError:
+    """One operator-readable line for an OSError: what was being done, the file, the reason and a hint.
+
+    Exit code 1 (the operation failed: a full disk may have room later), 2 for a permission error
+    (a usage error: the command runs as a user who may not do this).
+    """
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = f"; {_WHY[exc.errno]}" if exc.errno in _WHY else ""
+    error = DiskError(f"{what}: {exc.strerror or exc}{where}{hint}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        error.exit_code = EXIT_USAGE   # run as the wrong user: retrying (systemd's restart) cannot help
+    return error
+
+
+def refuse_non_regular(path: Path, what: str = "") -> None:
+    """Refuse to replace ``path`` when it exists and is not a regular file (a device, FIFO, socket,
+    directory or symlink): a rename over /dev/null would replace the system's /dev/null."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode)
+            else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device node" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+    raise UsageError(f"{what or path}: {path} exists and is {kind}; refusing to replace it (give a new file "
+                     "name or a regular file)")
 
 
 def fsync_dir(path: Path) -> None:
@@ -39,8 +77,10 @@ def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
 def temp_path(directory: Path, label: str = "") -> Path:
     """A fresh temp file name in ``directory`` for a file written in place and then committed.
 
-    The name starts with TEMP_PREFIX, so remove_stale_temps sweeps what a crash left behind.
+    The name starts with TEMP_PREFIX, so remove_stale_temps sweeps what a crash left behind; a label
+    that is itself a temp name (a temp written beside another temp) does not repeat the prefix.
     """
+    label = label[len(TEMP_PREFIX):] if label.startswith(TEMP_PREFIX) else label
     stem = f"{label}-" if label else ""
     return Path(directory) / f"{TEMP_PREFIX}{stem}{os.getpid()}-{time.time_ns()}.partial"
 
@@ -52,7 +92,9 @@ def commit_temp(temp: Path, final: Path, *, fd: Optional[int] = None, replace: b
     opening ``temp``), then renames it over ``final`` (``replace=False``: links
     it, so an existing ``final`` is never overwritten and FileExistsError is
     raised), then fsyncs the directory. Both names must be in one directory.
-    On an error ``temp`` is left for the caller to remove.
+    Only a regular file is ever replaced: anything else at ``final`` is a
+    UsageError (see refuse_non_regular). On an error ``temp`` is left for the
+    caller to remove.
     """
     if fd is not None:
         os.fsync(fd)
@@ -63,6 +105,7 @@ def commit_temp(temp: Path, final: Path, *, fd: Optional[int] = None, replace: b
         finally:
             os.close(own)
     if replace:
+        refuse_non_regular(final)   # checked right before the rename
         os.replace(temp, final)
     else:
         os.link(temp, final)
@@ -76,6 +119,7 @@ def atomic_writer(path: Path, mode: int = 0o600) -> Iterator[Any]:
 
     On any exception the temp file is removed and ``path`` is untouched.
     """
+    refuse_non_regular(path)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -83,6 +127,7 @@ def atomic_writer(path: Path, mode: int = 0o600) -> Iterator[Any]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        refuse_non_regular(path)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:

@@ -542,8 +542,17 @@ def parked_manifest(config: AgentConfig, manifest: Path) -> Path:
 
 
 def _manifest_present(config: AgentConfig, root: Path, manifest: Path) -> bool:
-    """In place, or parked by an interrupted restore (so resume and rollback still find the member)."""
-    return _under(root, manifest).is_file() or _under(root, parked_manifest(config, manifest)).is_file()
+    """In place, or parked by an interrupted restore (so resume and rollback still find the member).
+
+    A user who may not look into the agent's state dir (not root) sees no parked manifest; `check`
+    reports that dir as a problem of its own.
+    """
+    if _under(root, manifest).is_file():
+        return True
+    try:
+        return _under(root, parked_manifest(config, manifest)).is_file()
+    except PermissionError:
+        return False
 
 
 def _detect(config: AgentConfig, root: Path) -> tuple[Optional[str], str, Optional[Path]]:

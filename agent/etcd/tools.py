@@ -117,11 +117,42 @@ def parse_snapshot_status(text: str) -> SnapshotStatus:
         raise ValueError(f"unexpected `snapshot status` output: {text.strip()[:200]!r} ({exc})") from None
 
 
+REASON_CHARS = 300
+
+
+def failure_reason(output: str) -> str:
+    """Pure: the line of a failed etcd tool's output that says why.
+
+    A Go panic prints its reason on the first ``panic:`` line and then a goroutine trace whose tail
+    says nothing (etcdctl 3.4 may print a second, nested panic): the first panic line is the reason.
+    Else the tool's ``Error:`` line, else a zap log line at level error or fatal, else the last line.
+    """
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    if not lines:
+        return "no output"
+    chosen = next((ln for ln in lines if ln.startswith("panic: ")), None)
+    if chosen is None:
+        chosen = next((ln for ln in lines if ln.startswith("Error:")), None)
+    if chosen is None:
+        for ln in reversed(lines):
+            try:
+                entry = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
+                chosen = " ".join(str(entry[k]) for k in ("msg", "error") if entry.get(k))
+                break
+    if not chosen:
+        chosen = lines[-1]
+    return chosen if len(chosen) <= REASON_CHARS else chosen[:REASON_CHARS] + "..."
+
+
 def snapshot_status(tool: SnapshotTool, path: Path) -> SnapshotStatus:
     """Read revision and key count from a snapshot file (read-only)."""
     out = _run(tool.base() + ["snapshot", "status", str(path), "-w", "json"], env=tool.env(), timeout=TOOL_TIMEOUT)
     if out.returncode != 0:
-        raise ToolError(f"{tool.kind} snapshot status {path} failed: {out.stderr.strip()[-500:]}")
+        raise ToolError(f"{tool.kind} snapshot status {path} failed (exit {out.returncode}): "
+                        f"{failure_reason(out.stderr or out.stdout)}")
     try:
         # etcdctl 3.5 prints a deprecation line before the JSON; take the JSON line.
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith("{"))

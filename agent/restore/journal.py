@@ -73,6 +73,8 @@ def _read_json(path: Path, problem: Any, what: str) -> Any:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise
+    except PermissionError as exc:
+        raise fsutil.disk_error(f"cannot read {what}", exc) from None
     except OSError as exc:
         raise DamagedRecord(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     try:
@@ -113,7 +115,10 @@ class Operation:
         self.steps_dir = self.dir / "steps"
 
     def exists(self) -> bool:
-        return (self.dir / "op.json").exists()
+        try:
+            return (self.dir / "op.json").exists()
+        except OSError as exc:
+            raise fsutil.disk_error(f"cannot look for operation {self.op}", exc) from None
 
     def create(self, record: dict[str, Any]) -> None:
         fsutil.ensure_private_dir(self.dir.parent)
@@ -207,10 +212,15 @@ class OperationStore:
 
     def all(self) -> list[Operation]:
         """Every operation, oldest first; damaged ones (state ``damaged``) first of all."""
-        if not self.root.is_dir():
-            return []
-        ops = [Operation(self.root, d.name) for d in self.root.iterdir() if d.is_dir() and OP_ID_RE.match(d.name)]
-        created = {o.op: o.record().get("created_at") or 0.0 for o in ops if o.exists()}
+        try:
+            if not self.root.is_dir():
+                return []
+            ops = [Operation(self.root, d.name) for d in self.root.iterdir()
+                   if d.is_dir() and OP_ID_RE.match(d.name)]
+            present = [o for o in ops if o.exists()]
+        except OSError as exc:
+            raise fsutil.disk_error(f"cannot read the restore records in {self.root}", exc) from None
+        created = {o.op: o.record().get("created_at") or 0.0 for o in present}
         return sorted((o for o in ops if o.op in created), key=lambda o: (created[o.op], o.op))
 
     def damaged(self) -> list[tuple[str, str]]:

@@ -31,7 +31,7 @@ from etcdguard.agent.base.errors import (
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
-from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv
+from etcdguard.agent.etcd.tools import SnapshotTool, failure_reason, restore_argv
 from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.restore import swap, toolproc
 from etcdguard.agent.restore.journal import DAMAGED, OPEN_STATES, DamagedRecord, Operation, OperationStore, new_op_id
@@ -436,7 +436,7 @@ class NodeRestorer:
         out = toolproc.run_tool(p.restore_argv, self.tool.env(), PREPARE_TIMEOUT, op.dir, low_priority=True)
         if out.returncode != 0:
             raise ToolError(f"{Path(p.restore_argv[0]).name} snapshot restore failed (exit {out.returncode}): "
-                            f"{(out.stderr or out.stdout).strip()[-800:]}")
+                            f"{failure_reason(out.stderr or out.stdout)}")
         prepared = prepared_member(data_dir, p.op)
         if not (prepared / "snap" / "db").is_file():
             raise ToolError(f"restore produced no {prepared}/snap/db")

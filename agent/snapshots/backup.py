@@ -10,7 +10,14 @@ import time
 from typing import Optional
 
 from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import Aborted, EtcdguardError, EtcdUnavailable, SnapshotCorrupt, ToolError
+from etcdguard.agent.base.errors import (
+    Aborted,
+    DiskError,
+    EtcdguardError,
+    EtcdUnavailable,
+    SnapshotCorrupt,
+    ToolError,
+)
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import Cancellation
@@ -31,7 +38,7 @@ def failure_reason(exc: BaseException) -> str:
         return "corrupt"
     if isinstance(exc, ToolError):
         return "tool"
-    if isinstance(exc, OSError):
+    if isinstance(exc, (DiskError, OSError)):
         return "disk"
     return "other"
 

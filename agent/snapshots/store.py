@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from etcdguard.agent.base import fsutil, retention
-from etcdguard.agent.base.errors import SnapshotError
+from etcdguard.agent.base.errors import EtcdguardError, SnapshotError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,13 @@ class SnapshotStore:
         self.dir = directory
 
     def prepare(self) -> list[Path]:
-        """Create the directory (0700) and remove leftovers of interrupted writes."""
+        """Create the directory (0700) and remove leftovers of interrupted writes; DiskError if it cannot."""
+        try:
+            return self._prepare()
+        except OSError as exc:
+            raise fsutil.disk_error(f"cannot prepare the snapshot store {self.dir}", exc) from None
+
+    def _prepare(self) -> list[Path]:
         fsutil.ensure_private_dir(self.dir)
         removed = fsutil.remove_stale_temps(self.dir)
         for entry in self.dir.iterdir():
@@ -111,11 +117,16 @@ class SnapshotStore:
         return fsutil.temp_path(self.dir)
 
     def list(self) -> builtins.list[SnapshotMeta]:
-        """Catalog entries, newest first. Unreadable sidecars are skipped with a warning."""
-        if not self.dir.is_dir():
-            return []
+        """Catalog entries, newest first. Unreadable sidecars are skipped with a warning; a store
+        that cannot be listed at all (permissions) is a DiskError."""
+        try:
+            if not self.dir.is_dir():
+                return []
+            entries = builtins.list(self.dir.iterdir())
+        except OSError as exc:
+            raise fsutil.disk_error(f"cannot list the snapshot store {self.dir}", exc) from None
         out: list[SnapshotMeta] = []
-        for entry in self.dir.iterdir():
+        for entry in entries:
             if not entry.name.endswith(META_SUFFIX):
                 continue
             snap = self.dir / entry.name[: -len(".json")]
@@ -169,25 +180,44 @@ class SnapshotStore:
         raise SnapshotError(f"no snapshot named {name!r} in {self.dir}")
 
     def commit(self, temp: Path, meta: SnapshotMeta) -> SnapshotMeta:
-        """Move a verified temp file (fsync'ed here) into the catalog under ``meta.name``."""
+        """Move a verified temp file (fsync'ed here) into the catalog under ``meta.name``.
+
+        When the sidecar cannot be written (ENOSPC, typically: the disk filled up with the data
+        file), the data file is removed at once rather than left for the next start on a full disk.
+        """
         final = self.dir / meta.name
         try:
             fsutil.commit_temp(temp, final, replace=False)
         except FileExistsError:
             raise SnapshotError(f"{final} already exists; refusing to overwrite a snapshot") from None
+        except OSError as exc:
+            raise fsutil.disk_error(f"snapshot not stored in {self.dir}", exc) from None
         meta = _with_path(meta, final)
-        fsutil.atomic_write_json(self.dir / (meta.name + ".json"), meta.to_json())
+        try:
+            fsutil.atomic_write_json(self.dir / (meta.name + ".json"), meta.to_json())
+        except (OSError, EtcdguardError) as exc:
+            with contextlib.suppress(FileNotFoundError):
+                final.unlink()
+            with contextlib.suppress(OSError):
+                fsutil.fsync_dir(self.dir)
+            if isinstance(exc, OSError):
+                raise fsutil.disk_error(f"snapshot not stored in {self.dir} (its metadata could not be "
+                                        f"written; {final.name} was removed again)", exc) from None
+            raise
         return meta
 
     def delete(self, meta: SnapshotMeta) -> None:
         """Remove the sidecar first (leaving the catalog), then the file."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / (meta.name + ".json")).unlink()
-        for path in (self.dir / meta.name, self.bundle_path(meta.name, True), self.bundle_path(meta.name, False),
-                     self.pin_path(meta.name)):
+        try:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        fsutil.fsync_dir(self.dir)
+                (self.dir / (meta.name + ".json")).unlink()
+            for path in (self.dir / meta.name, self.bundle_path(meta.name, True),
+                         self.bundle_path(meta.name, False), self.pin_path(meta.name)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            fsutil.fsync_dir(self.dir)
+        except OSError as exc:
+            raise fsutil.disk_error(f"cannot delete {meta.name} from {self.dir}", exc) from None
 
     def apply_retention(
         self, keep: int, max_age: Optional[float], now: Optional[float] = None

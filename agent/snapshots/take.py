@@ -81,6 +81,8 @@ def stream_to_file(
             os.unlink(temp)
         if isinstance(exc, EtcdguardError) and cancel is not None and cancel.requested:
             raise Aborted(f"snapshot aborted: {cancel.reason}") from None
+        if isinstance(exc, OSError):
+            raise fsutil.disk_error(f"snapshot not written to {temp.parent}", exc) from None
         raise
     if progress is not None:
         progress(hasher.size)
@@ -123,7 +125,10 @@ def take_snapshot(
     cancel: Optional[Cancellation] = None, timeout: float = 1800.0, progress: Optional[Progress] = None,
 ) -> SnapshotMeta:
     """Take, verify and catalog one snapshot; the catalog is unchanged on failure."""
-    fsutil.ensure_private_dir(store.dir)
+    try:
+        fsutil.ensure_private_dir(store.dir)
+    except OSError as exc:
+        raise fsutil.disk_error(f"cannot create the snapshot store {store.dir}", exc) from None
     temp = store.temp_path()
     _, meta = stream_to_file(source, temp, cancel=cancel, timeout=timeout, progress=progress)
     try:
@@ -143,16 +148,27 @@ def save_to_file(
     source: Source, output: Path, *, tool: Optional[SnapshotTool] = None,
     cancel: Optional[Cancellation] = None, timeout: float = 1800.0, progress: Optional[Progress] = None,
 ) -> SnapshotMeta:
-    """Like `etcdctl snapshot save FILE`, verified, written atomically (no sidecar)."""
-    if output.is_dir():
-        raise SnapshotError(f"--output {output} is a directory; give a file name")
-    if not output.parent.is_dir():
-        raise SnapshotError(f"--output {output}: directory {output.parent} does not exist")
+    """Like `etcdctl snapshot save FILE`, verified, written atomically (no sidecar).
+
+    Only a new name or a regular file is replaced: a device node, FIFO, socket, directory or symlink
+    at ``output`` is refused before anything is taken (and checked again right before the rename).
+    """
+    try:
+        if output.is_dir():
+            raise SnapshotError(f"--output {output} is a directory; give a file name")
+        fsutil.refuse_non_regular(output, f"--output {output}")
+        if not output.parent.is_dir():
+            raise SnapshotError(f"--output {output}: directory {output.parent} does not exist")
+    except OSError as exc:
+        raise fsutil.disk_error(f"--output {output}", exc) from None
     temp = fsutil.temp_path(output.parent)
     _, meta = stream_to_file(source, temp, cancel=cancel, timeout=timeout, progress=progress)
     try:
         meta = read_file_facts(meta, temp, tool)
-        fsutil.commit_temp(temp, output)
+        try:
+            fsutil.commit_temp(temp, output)
+        except OSError as exc:
+            raise fsutil.disk_error(f"snapshot not saved to {output}", exc) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import IO, Any, Optional, Protocol, Union
@@ -117,7 +116,7 @@ class DirStore:
         return self.dir / f"{sha256}{PIN_SUFFIX}"
 
     def temp_path(self) -> Path:
-        return self.dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
+        return fsutil.temp_path(self.dir)
 
     # -- opening -----------------------------------------------------------
     def prepare(self) -> builtins.list[PurePath]:

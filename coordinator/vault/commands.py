@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import time
 from typing import Any, Optional, Protocol, cast
 
 from etcdguard.agent.base import fsutil
@@ -54,7 +52,7 @@ def pull_bundle(vault: Vault, link: Any, incoming: Incoming, entry: VaultEntry, 
     ``etcdguardctl snapshots`` and is tried again with the next snapshot.
     """
     client = cast(_Requester, link)
-    temp = vault.work_dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.bundle"
+    temp = fsutil.temp_path(vault.work_dir, "bundle")
     try:
         fsutil.ensure_private_dir(vault.work_dir)
         _fetch(client, incoming, temp, timeout)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -141,12 +142,17 @@ class Vault:
     # -- opening -----------------------------------------------------------
     def prepare(self) -> builtins.list[PurePath]:
         """Open the backend (remove leftovers of interrupted saves) and clear the work directory."""
-        if self.work_dir != getattr(self.store, "dir", None):
-            fsutil.ensure_private_dir(self.work_dir)
-            for path in fsutil.remove_stale_temps(self.work_dir):
-                log.info("vault: removed a leftover temp file %s", path)
-        with self._counting("list"):
-            return self.store.prepare()
+        try:
+            if self.work_dir != getattr(self.store, "dir", None):
+                fsutil.ensure_private_dir(self.work_dir)
+                for path in fsutil.remove_stale_temps(self.work_dir):
+                    log.info("vault: removed a leftover temp file %s", path)
+            with self._counting("list"):
+                return self.store.prepare()
+        except OSError as exc:
+            reason = "denied" if exc.errno in (errno.EACCES, errno.EPERM) else "disk"
+            raise VaultBackendError(str(fsutil.disk_error(f"cannot open the vault {self.location}", exc)), "list",
+                                    reason) from None
 
     # -- reading -----------------------------------------------------------
     def list(self) -> builtins.list[VaultEntry]:
@@ -204,7 +210,7 @@ class Vault:
         with self._counting("upload"):
             ensure_space(self.work_dir, incoming.size, "vault work directory")
             self.store.ensure_space(incoming.size)
-        temp = self.work_dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.partial"
+        temp = fsutil.temp_path(self.work_dir)
         try:
             fetch(temp)
             size = temp.stat().st_size
@@ -358,7 +364,7 @@ class Vault:
             yield path
             return
         ensure_space(self.work_dir, entry.size, "vault work directory")
-        temp = self.work_dir / f"{fsutil.TEMP_PREFIX}{os.getpid()}-{time.time_ns()}.materialized"
+        temp = fsutil.temp_path(self.work_dir, "materialized")
         try:
             with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:
                 self._write_verified(entry, out)
