@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 from etcdguard.agent.base import fsutil
 from etcdguard.agent.base.errors import ToolError, UnsafeRefusal
-from etcdguard.agent.runtime.proof import cmdline, find_processes, pid_alive
+from etcdguard.agent.runtime.proof import cmdline, find_processes, pid_alive, start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,6 @@ def is_restore_command(argv: Sequence[str], restore_argv: Sequence[str]) -> bool
     """
     tail = list(restore_argv[1:])
     return bool(tail) and len(argv) > len(tail) and list(argv[-len(tail):]) == tail
-
-
-def start_ticks(pid: int) -> Optional[int]:
-    """The process's start time (clock ticks since boot, /proc/PID/stat field 22), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)

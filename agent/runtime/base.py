@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
-from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.agent.base.errors import EXIT_UNSAFE, EtcdguardError
 
 
 class RuntimeError_(EtcdguardError):
@@ -19,6 +19,12 @@ class RuntimeError_(EtcdguardError):
 
 class StopNotProven(RuntimeError_):
     """The service could not be proven stopped within the bound; nothing further was done."""
+
+
+class NotOurProcess(RuntimeError_):
+    """A recorded pid runs the service's program but is not proven to be this service: never signalled."""
+
+    exit_code = EXIT_UNSAFE
 
 
 class Service(Protocol):

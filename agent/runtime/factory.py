@@ -22,7 +22,14 @@ from etcdguard.agent.discovery.manifests import ManifestError, load_pod, pod_com
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.runtime.base import NodeRuntime, Service
 from etcdguard.agent.runtime.process import DEFAULT_KILL_GRACE, ProcessService
-from etcdguard.agent.runtime.proof import AllOf, PortsClosed, ProcessesGone, StopProof, etcd_proof
+from etcdguard.agent.runtime.proof import (
+    AllOf,
+    EtcdMemberIdentity,
+    PortsClosed,
+    ProcessesGone,
+    StopProof,
+    etcd_proof,
+)
 from etcdguard.agent.runtime.static_pod import StaticPodService, park_dir
 from etcdguard.agent.runtime.systemd import SystemdService
 
@@ -115,7 +122,7 @@ def _etcd_service(config: AgentConfig, member: LocalMember, state_dir: Path, sys
         if not s.start_command or s.pid_file is None:
             raise ConfigError(f"{config.source}: the process runtime needs etcd.start_command and etcd.pid_file")
         return ProcessService(ETCD, s.start_command, s.pid_file, state_dir / LOG_DIR / "etcd.log", proof,
-                              kill_grace=kill_grace)
+                              kill_grace=kill_grace, identity=EtcdMemberIdentity(member.data_dir, s.start_command))
     raise ConfigError(
         f"{config.source}: cannot tell how etcd is run on this node; set etcd.runtime "
         "(static-pod, systemd or process) and its manifest, unit or start_command"

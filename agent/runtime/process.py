@@ -2,8 +2,13 @@
 
 Used for hand-run etcd, the demo and the tests. The pid lives in ``pid_file``;
 an etcd started by someone else is adopted by writing its pid there. A pid is
-only trusted while /proc says that process runs the configured program, so a
-recycled pid is never signalled.
+trusted only when it is proven to be this service (its ``Identity``): for
+etcd, /proc shows a command line that names this member's data dir (or is
+exactly the configured start command) AND /proc/locks shows that pid holding
+the bbolt lock on this data dir's ``member/snap/db``; for other services, the
+command line is exactly the configured one. So a recycled pid, or another
+member's etcd written into the pid file, is never signalled: a pid that runs
+the program but is not proven ours is refused (NotOurProcess) with the reason.
 
 Stop is SIGTERM, then SIGKILL after a short grace (2 s by default): etcd is
 crash-safe (WAL + bbolt) and a restore sets the old data aside anyway, while a
@@ -31,8 +36,19 @@ from typing import Optional
 
 from etcdguard.agent.base.fsutil import atomic_write_bytes, ensure_private_dir
 from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
-from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
-from etcdguard.agent.runtime.proof import StopProof, cmdline, find_processes, pid_alive, same_command, wait_proven
+from etcdguard.agent.runtime.base import NotOurProcess, RuntimeError_, StopNotProven
+from etcdguard.agent.runtime.proof import (
+    ExactCommand,
+    Identity,
+    StopProof,
+    cmdline,
+    find_processes,
+    pid_alive,
+    process_label,
+    same_command,
+    start_ticks,
+    wait_proven,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +112,10 @@ class ProcessService:
         kill_grace: float = DEFAULT_KILL_GRACE,
         env: Optional[dict[str, str]] = None,
         cwd: Optional[Path] = None,
+        identity: Optional[Identity] = None,
     ) -> None:
+        """``identity`` proves a live pid is this service before it is signalled (default: exactly
+        ``start_command``; etcd gets EtcdMemberIdentity from the factory)."""
         if not start_command:
             raise ValueError(f"{name}: empty start_command")
         self.name = name
@@ -107,6 +126,7 @@ class ProcessService:
         self.kill_grace = kill_grace
         self.env = env
         self.cwd = cwd
+        self.identity: Identity = identity or ExactCommand(self.start_command)
         self.last_stop: Optional[StopOutcome] = None
         self._child: Optional[subprocess.Popen[bytes]] = None
         self._resolved: Optional[str] = None
@@ -136,20 +156,48 @@ class ProcessService:
             raise RuntimeError_(f"{self.name}: cannot read pid file {self.pid_file}: {exc.strerror}") from None
         return parse_pid(text)
 
+    def _is_our_child(self, pid: int) -> bool:
+        """Our own unreaped child: its pid cannot have been reused, and it runs what we started."""
+        child = self._child
+        return child is not None and child.pid == pid and child.poll() is None
+
+    def proven_ours(self, pid: int) -> tuple[bool, str]:
+        """(True, why) when the live ``pid`` is proven to be this service, else (False, why not)."""
+        if self._is_our_child(pid):
+            return True, "started by this agent"
+        if not pid_alive(pid):
+            return False, "not running"
+        return self.identity.check(pid)
+
     def running_pid(self) -> Optional[int]:
-        """The recorded pid if that process is alive and runs the configured program."""
+        """The recorded pid if that process is alive and proven to be this service."""
         self._reap()
         pid = self.recorded_pid()
-        if pid is None or not pid_alive(pid) or not self._runs_our_program(pid):
+        if pid is None or not self.proven_ours(pid)[0]:
             return None
         return pid
 
+    def _refuse_foreign(self, pid: int) -> None:
+        """The recorded pid runs our program but is not proven ours: refuse, naming why, signal nothing."""
+        if self._is_our_child(pid) or not pid_alive(pid) or not self._runs_our_program(pid):
+            return   # ours, gone, or a recycled pid running something else: a stale pid file
+        ok, why = self.proven_ours(pid)
+        if not ok:
+            raise NotOurProcess(
+                f"{self.name}: {self.pid_file} names {process_label(pid)}, which is not this member's "
+                f"{self.name}: {why}. Nothing was signalled. Write the pid of this member's {self.name} to "
+                f"{self.pid_file} (or remove the file if it is not running) and retry")
+
     def adopt(self, pid: int) -> None:
-        """Record a running process started by someone else (same program) as this service."""
+        """Record a running process started by someone else as this service (only when proven ours)."""
         if not pid_alive(pid) or not self._runs_our_program(pid):
             raise RuntimeError_(
                 f"{self.name}: pid {pid} does not run {os.path.basename(self.start_command[0])}; not adopted"
             )
+        ok, why = self.proven_ours(pid)
+        if not ok:
+            raise NotOurProcess(f"{self.name}: {process_label(pid)} is not this member's {self.name} ({why}); "
+                                "not adopted")
         self._write_pid(pid)
 
     def _write_pid(self, pid: int) -> None:
@@ -190,7 +238,8 @@ class ProcessService:
         if not ok:
             # Exactly our command running, just unrecorded (an earlier run died between launching it
             # and writing the pid file): adopt it rather than start a second copy or give up.
-            same = find_processes(lambda argv: same_command(argv, self.start_command))
+            same = [pid for pid in find_processes(lambda argv: same_command(argv, self.start_command))
+                    if self.proven_ours(pid)[0]]
             if len(same) == 1:
                 self._write_pid(same[0])
                 log.warning("%s: adopted pid %d, which runs the configured command but was not recorded",
@@ -236,17 +285,22 @@ class ProcessService:
         """SIGTERM, SIGKILL after ``grace`` (default ``kill_grace``; 0: SIGKILL at once), wait for the
         pid to go, then prove it stopped."""
         deadline = Deadline(timeout)
-        pid = self.running_pid()
+        self._reap()
+        recorded = self.recorded_pid()
+        if recorded is not None:
+            self._refuse_foreign(recorded)
+        pid = self.running_pid()   # proven ours just now; its start time pins that very process
+        started = start_ticks(pid) if pid is not None else None
         signals: list[str] = []
         grace = self.kill_grace if grace is None else grace
         if pid is not None:
             if grace > 0:
-                self._signal(pid, signal.SIGTERM)
+                self._signal(pid, signal.SIGTERM, started)
                 signals.append("SIGTERM")
-            if grace <= 0 or not self._wait_gone(pid, deadline.sooner(grace)):
-                self._signal(pid, signal.SIGKILL)
+            if grace <= 0 or not self._wait_gone(pid, deadline.sooner(grace), started):
+                self._signal(pid, signal.SIGKILL, started)
                 signals.append("SIGKILL")
-                if not self._wait_gone(pid, deadline):
+                if not self._wait_gone(pid, deadline, started):
                     raise StopNotProven(
                         f"{self.name}: pid {pid} still alive {timeout:.1f}s after {' and '.join(signals)} "
                         "(uninterruptible I/O?). Nothing further was done."
@@ -258,13 +312,15 @@ class ProcessService:
         log.info("%s stopped%s (%s): %s", self.name, f" pid {pid}" if pid else " (was not running)",
                  "+".join(signals) or "no signal", evidence)
 
-    def _signal(self, pid: int, sig: signal.Signals) -> None:
+    def _signal(self, pid: int, sig: signal.Signals, started: Optional[int]) -> None:
+        """Signal the process proven ours, or nothing: the pid must still have the start time it had then
+        (a stopping etcd lets go of its bbolt lock before it exits, so the lock is not asked again)."""
         child = self._child
         if child is not None and child.pid == pid:
             if child.poll() is None:  # our unreaped child: its pid cannot have been reused
                 child.send_signal(sig)
             return
-        if not self._runs_our_program(pid):  # re-check right before signalling
+        if started is None or start_ticks(pid) != started:  # re-checked right before signalling
             return
         try:
             os.kill(pid, sig)
@@ -273,7 +329,7 @@ class ProcessService:
         except PermissionError:
             raise StopNotProven(f"{self.name}: not allowed to signal pid {pid}; run the agent as root") from None
 
-    def _wait_gone(self, pid: int, until: Deadline) -> bool:
+    def _wait_gone(self, pid: int, until: Deadline, started: Optional[int]) -> bool:
         child = self._child if self._child is not None and self._child.pid == pid else None
 
         def gone() -> bool:
@@ -282,7 +338,7 @@ class ProcessService:
                     return False
                 self._child = None  # exited and reaped
                 return True
-            return not pid_alive(pid) or not self._runs_our_program(pid)
+            return not pid_alive(pid) or start_ticks(pid) != started
 
         try:
             return poll_until(gone, until, interval=_POLL, what=f"{self.name} pid {pid} to exit")

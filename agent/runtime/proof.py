@@ -24,6 +24,7 @@ from typing import Callable, Optional, Protocol, Union
 
 from etcdguard.agent.base.addresses import Address, connect_address
 from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
+from etcdguard.agent.discovery.goflags import FlagError, etcd_flags
 from etcdguard.agent.runtime.base import StopNotProven
 
 POLL_INTERVAL = 0.05
@@ -157,6 +158,19 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def start_ticks(pid: int) -> Optional[int]:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22), None if gone.
+
+    A pid and its start time name one process for good: a recycled pid has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cmdline(pid: int) -> list[str]:
     """argv of ``pid`` from /proc ([] if it is gone or unreadable)."""
     try:
@@ -200,6 +214,107 @@ def find_processes(match: Callable[[list[str]], bool]) -> list[int]:
         if argv and match(argv) and pid_alive(pid):
             found.append(pid)
     return sorted(found)
+
+
+def process_cwd(pid: int) -> Optional[str]:
+    """The working directory of ``pid`` (None if gone or not ours to read)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def process_env(pid: int, name: str) -> Optional[str]:
+    """One environment variable of ``pid`` as it was started (None if unset or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    for item in raw.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode("utf-8", "surrogateescape")
+    return None
+
+
+def named_data_dir(argv: Sequence[str], cwd: Optional[str], env_data_dir: Optional[str]) -> Optional[str]:
+    """Pure: the data dir an etcd command line names, absolute (``--data-dir``, else ``ETCD_DATA_DIR``),
+    or None when it names none or cannot be read the way etcd reads it."""
+    try:
+        value = etcd_flags(argv).get("data-dir")
+    except FlagError:
+        return None
+    value = value or env_data_dir
+    if not value:
+        return None
+    if not os.path.isabs(value):
+        if cwd is None:
+            return None
+        value = os.path.join(cwd, value)
+    return os.path.normpath(value)
+
+
+class Identity(Protocol):
+    """Proof that a live pid is the process a service manages, before anything signals it."""
+
+    def check(self, pid: int) -> tuple[bool, str]:
+        """(True, what proves it) or (False, why it is not ours)."""
+
+    def describe(self) -> str:
+        """One line: what is checked."""
+
+
+@dataclass(frozen=True)
+class ExactCommand:
+    """The pid runs exactly ``command`` (the program by base name, every argument equal)."""
+
+    command: tuple[str, ...]
+
+    def check(self, pid: int) -> tuple[bool, str]:
+        argv = cmdline(pid)
+        if same_command(argv, self.command):
+            return True, "its command line is the configured start command"
+        return False, f"its command line is not the configured start command ({' '.join(argv)[:200] or 'unreadable'})"
+
+    def describe(self) -> str:
+        return "its command line is exactly the configured start command"
+
+
+@dataclass(frozen=True)
+class EtcdMemberIdentity:
+    """The pid is this member's etcd: its command line names this data dir (or is exactly the configured
+    start command) AND it holds the bbolt lock on this data dir's ``member/snap/db``, which only the etcd
+    serving that directory can hold."""
+
+    data_dir: Path
+    command: tuple[str, ...] = ()
+
+    def check(self, pid: int) -> tuple[bool, str]:
+        argv = cmdline(pid)
+        ours = os.path.realpath(self.data_dir)
+        named = named_data_dir(argv, process_cwd(pid), process_env(pid, "ETCD_DATA_DIR"))
+        problems = []
+        if named is not None and os.path.realpath(named) == ours:
+            why = f"its command line names data dir {self.data_dir}"
+        elif self.command and same_command(argv, self.command):
+            why = "its command line is the configured start command"
+        else:
+            why = ""
+            problems.append(f"its command line names data dir {named}, not {self.data_dir}" if named else
+                            "its command line names no --data-dir and is not the configured start command")
+        db = db_path(self.data_dir)
+        holders = lock_holders(db)
+        if pid not in holders:
+            held = ", ".join(process_label(h) for h in holders) if holders else "no process"
+            problems.append(f"it does not hold the lock on {db} (held by {held})")
+        if problems:
+            return False, "; ".join(problems)
+        return True, f"{why} and it holds the lock on {db}"
+
+    def describe(self) -> str:
+        return (f"its command line names {self.data_dir} (or is the configured start command) and it holds "
+                f"the lock on {db_path(self.data_dir)}")
 
 
 # ---------------------------------------------------------------------------
