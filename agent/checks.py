@@ -97,6 +97,9 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
         ok, detail = _writable_dir(path)
         results.append(CheckResult(label, ok, detail, "" if ok else (
             f"run as the agent's user (root), fix the permissions, or set {key} in {config.source}")))
+    clock = _clock_check(config)
+    if clock is not None:
+        results.append(clock)
     results.append(_records_check(config))
     results.append(_server_check(config))
     results.append(_bundle_check(config))
@@ -121,6 +124,30 @@ def _data_dir_check(config: AgentConfig, member: LocalMember) -> CheckResult:
                            "(permission denied)", "run check as the agent's user (root): a restore swaps "
                            "this directory's contents")
     return CheckResult("data dir", True, f"{member.data_dir} (member/snap/db present)")
+
+
+def _clock_check(config: AgentConfig) -> Optional[CheckResult]:
+    """Snapshots stamped in the future mean the clock was stepped back (or was wrong when they were taken)."""
+    import time
+
+    from etcdguard.agent.base.durations import format_duration
+    from etcdguard.agent.base.schedule import CLOCK_TOLERANCE
+    from etcdguard.agent.snapshots.store import SnapshotStore
+
+    try:
+        metas = SnapshotStore(config.backup.dir).list()
+    except EtcdguardError:
+        return None   # the backup dir check says why
+    now = time.time()
+    ahead = [m for m in metas if m.created_unix > now + CLOCK_TOLERANCE]
+    if not ahead:
+        return CheckResult("clock", True, f"no snapshot in {config.backup.dir} is stamped in the future")
+    worst = max(m.created_unix for m in ahead) - now
+    names = ", ".join(m.name for m in ahead[:3]) + (", ..." if len(ahead) > 3 else "")
+    return CheckResult("clock", False, f"{len(ahead)} snapshot(s) are stamped up to {format_duration(worst)} in "
+                       f"the future ({names}): this clock was stepped back since they were taken",
+                       "fix the time (chrony/timesyncd); newest and retention go by revision meanwhile, and "
+                       "the backup age by the monotonic clock")
 
 
 def _records_check(config: AgentConfig) -> CheckResult:

@@ -270,8 +270,9 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         print(f"no snapshots in {config.backup.dir}")
     for m in metas:
         notes = "".join([f"  bundle ({m.bundle})" if m.bundle else "", f"  pinned: {m.pinned}" if m.pinned else ""])
-        print(f"{m.name}  {format_bytes(m.size):>10}  rev {m.revision:<10} "
-              f"{format_duration(time.time() - m.created_unix)} ago  sha256 {m.sha256[:16]}{notes}")
+        age = time.time() - m.created_unix
+        when = f"{format_duration(age)} ago" if age >= 0 else f"{format_duration(-age)} IN THE FUTURE"
+        print(f"{m.name}  {format_bytes(m.size):>10}  rev {m.revision:<10} {when}  sha256 {m.sha256[:16]}{notes}")
     return EXIT_OK
 
 

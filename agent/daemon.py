@@ -112,7 +112,7 @@ class AgentDaemon(SignalFlags):
         self._worker.join()
         self._worker = None
         self._cancel = None
-        now = time.time()
+        now = time.monotonic()
         result = self._worker_result
         interval = self.config.backup.interval
         if isinstance(result, SnapshotMeta):
@@ -130,11 +130,11 @@ class AgentDaemon(SignalFlags):
         except EtcdguardError as exc:
             return f"{self._restore_note}{exc}"
         last = "no snapshot yet" if newest is None else (
-            f"last snapshot {format_duration(time.time() - newest.created_unix)} ago, "
+            f"last snapshot {format_duration(max(0.0, time.time() - newest.created_unix))} ago, "
             f"{format_bytes(newest.size)}, revision {newest.revision}")
         failing = f"; {self._failures} failed in a row" if self._failures else ""
         return (f"{self._restore_note}{last}{failing}; "
-                f"next in {format_duration(max(0.0, next_due - time.time()))}")
+                f"next in {format_duration(max(0.0, next_due - time.monotonic()))}")
 
     def _do_reload(self) -> Optional[BackupRunner]:
         """Apply the config file again, or keep everything as it runs: a bad file must not stop backups."""
@@ -175,9 +175,7 @@ class AgentDaemon(SignalFlags):
         for service in self.services:
             service.start()
         health = self._health_check(runner)
-        newest = runner.store.newest()
-        next_due = schedule.first_due(newest.created_unix if newest else None, self.config.backup.interval,
-                                      time.time())
+        next_due = self._first_due(runner)
         log.info("agent ready: member %s, %s, store %s, every %s, keep %d", runner.member.name, health,
                  runner.store.dir, format_duration(self.config.backup.interval), self.config.backup.keep)
         self.notifier.ready(self.status_line(runner, next_due))
@@ -192,25 +190,37 @@ class AgentDaemon(SignalFlags):
                     new = self._do_reload()
                     if new is not None:
                         runner = self.runner = new
-                        newest = runner.store.newest()
-                        next_due = min(next_due, schedule.first_due(
-                            newest.created_unix if newest else None, self.config.backup.interval, time.time()))
+                        next_due = min(next_due, self._first_due(runner))
                 restoring = self._refresh_restore_metrics()
-                if self._worker is None and time.time() >= next_due and not self._stop:
+                if self._worker is None and time.monotonic() >= next_due and not self._stop:
                     if restoring:
                         log.info("a restore is running on this node%s; backup postponed",
                                  " or its record cannot be read" if self._damaged else "")
-                        next_due = time.time() + STATUS_REFRESH
+                        next_due = time.monotonic() + STATUS_REFRESH
                     else:
                         self._start_backup(runner)
                 self.notifier.watchdog()
                 self.notifier.status(self.status_line(runner, next_due))
-                wait = tick if self._worker is not None else min(tick, max(0.0, next_due - time.time()))
+                wait = tick if self._worker is not None else min(tick, max(0.0, next_due - time.monotonic()))
                 self._wake.wait(wait)
                 self._wake.clear()
         finally:
             self._shutdown()
         return 0
+
+    def _first_due(self, runner: BackupRunner) -> float:
+        """When the first snapshot is due, on the monotonic clock; at once when the newest one is stamped
+        in the future (its age is unknown) or the store cannot be read."""
+        try:
+            newest = runner.store.newest()
+        except EtcdguardError as exc:
+            log.error("%s", exc)
+            newest = None
+        age = schedule.age_of(newest.created_unix if newest else None, time.time())
+        if newest is not None and age is None:
+            log.warning("the newest snapshot %s is stamped %s in the future: the clock was stepped back since it "
+                        "was taken; taking one now", newest.name, format_duration(newest.created_unix - time.time()))
+        return schedule.first_due_monotonic(age, self.config.backup.interval, time.monotonic())
 
     def _refresh_restore_metrics(self) -> bool:
         """Restore state comes from the operation records on disk (restores run in other processes).

@@ -1,7 +1,10 @@
 """Prometheus metrics of the agent, on a private registry with a stoppable HTTP server.
 
-`etcdguard_backup_age_seconds` is computed at scrape time from the last
-success, so a wedged daemon shows a growing age instead of a frozen one.
+`etcdguard_backup_age_seconds` is computed at scrape time, so a wedged daemon
+shows a growing age instead of a frozen one; it grows on the monotonic clock
+from the newest snapshot's age when it became the newest (base/freshness.py),
+so a stepped clock can neither make it negative nor hold it at 0.
+`etcdguard_snapshots_future_dated` counts the snapshots stamped in the future.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
+from typing import Callable, Optional
 
 from etcdguard.agent import __version__
 from etcdguard.agent.base.addresses import format_host_port, is_ipv6_literal, parse_host_port
 from etcdguard.agent.base.errors import ConfigError
+from etcdguard.agent.base.freshness import Freshness, future_dated
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 FAILURE_REASONS = ("etcd_unavailable", "corrupt", "tool", "disk", "aborted", "timeout", "other")
@@ -22,17 +27,24 @@ DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 
 
 class AgentMetrics:
-    def __init__(self, registry: Optional[CollectorRegistry] = None, prefix: str = "etcdguard") -> None:
+    def __init__(self, registry: Optional[CollectorRegistry] = None, prefix: str = "etcdguard", *,
+                 wall: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = prefix
-        self._last_success: Optional[float] = None
+        self._wall = wall
+        self.freshness = Freshness(wall, mono)
+        self._stamps: tuple[float, ...] = ()
         self.last_success = Gauge(
             f"{p}_backup_last_success_timestamp_seconds",
             "Unix time of the last verified snapshot (0: none yet)", registry=r)
         self.age = Gauge(f"{p}_backup_age_seconds",
                          "Seconds since the last verified snapshot (+Inf: none yet)", registry=r)
-        self.age.set_function(self._age)
+        self.age.set_function(self.freshness.age)
+        self.future_dated = Gauge(
+            f"{p}_snapshots_future_dated",
+            "Snapshots in the local store stamped in the future (the clock was stepped back)", registry=r)
+        self.future_dated.set_function(lambda: future_dated(self._stamps, self._wall()))
         self.last_size = Gauge(f"{p}_backup_last_size_bytes", "Size of the last verified snapshot", registry=r)
         self.duration = Histogram(f"{p}_backup_duration_seconds", "Time to take and verify a snapshot",
                                   buckets=DURATION_BUCKETS, registry=r)
@@ -57,19 +69,19 @@ class AgentMetrics:
         self.build_info = Gauge(f"{p}_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 
-    def _age(self) -> float:
-        if self._last_success is None:
-            return float("inf")
-        return max(0.0, time.time() - self._last_success)
-
-    def record_success(self, when: float, size: int, revision: int, duration: Optional[float] = None) -> None:
-        if self._last_success is None or when > self._last_success:
-            self._last_success = when
+    def record_success(self, when: float, size: int, revision: int, duration: Optional[float] = None,
+                       name: Optional[str] = None) -> None:
+        """The snapshot ``name`` (stamped ``when``) is the store's newest (by revision: the caller decides)."""
+        if self.freshness.record(name or (revision, when), when):
             self.last_success.set(when)
             self.last_size.set(size)
             self.last_revision.set(revision)
         if duration is not None:
             self.duration.observe(duration)
+
+    def record_store(self, stamps: Sequence[float]) -> None:
+        """Every snapshot's stamp, for ``etcdguard_snapshots_future_dated``."""
+        self._stamps = tuple(stamps)
 
     def record_failure(self, reason: str) -> None:
         self.failures.labels(reason=reason if reason in FAILURE_REASONS else "other").inc()

@@ -52,6 +52,15 @@ BUSY_POLL = 2.0
 PROGRESS_EVERY = 0.25   # seconds between progress lines to a control client
 
 
+def fresh_as_of(newest: float, confirmed: Optional[float], wall_now: float) -> float:
+    """Pure: how fresh the vault's data is: its newest snapshot's stamp or a later confirmation that a
+    member holds the same data; a stamp from the future (a clock stepped back) counts only when no
+    other is known, so it cannot hold the vault's age at 0."""
+    stamps = [t for t in (newest, confirmed) if t is not None]
+    sane = [t for t in stamps if t <= wall_now + schedule.CLOCK_TOLERANCE]
+    return max(sane) if sane else max(stamps)
+
+
 def damaged_row(op: str, why: str) -> dict[str, Any]:
     """A journal that cannot be read, as a row of `etcdguardctl restores` (state ``damaged``)."""
     return {"op": op, "state": "damaged", "error": why, "plan_id": None, "kind": None, "snapshot": None,
@@ -144,9 +153,10 @@ class CoordinatorDaemon(SignalFlags):
             return []
         self.metrics.retained.set(len(entries))
         self.metrics.bytes.set(sum(e.size for e in entries))
-        newest = entries[0] if entries else None
-        fresh = max(newest.created_unix, self.vault.fresh_as_of or 0.0) if newest else None
-        self.metrics.record_newest(fresh, newest.size if newest else 0, newest.revision if newest else 0)
+        self.metrics.record_vault([e.created_unix for e in entries])
+        newest = entries[0] if entries else None   # by revision, whatever the clocks stamped
+        self.metrics.record_newest(fresh_as_of(newest.created_unix, self.vault.fresh_as_of, time.time())
+                                   if newest else None, newest.size if newest else 0, newest.revision if newest else 0)
         return entries
 
     def _survey(self) -> list[MemberView]:
@@ -263,13 +273,13 @@ class CoordinatorDaemon(SignalFlags):
                 "keep": self.config.vault.keep,
                 "interval_seconds": self.config.vault.interval,
                 "newest": newest.to_json() if newest else None,
-                "newest_age_seconds": (now - newest.created_unix) if newest else None,
+                "newest_age_seconds": schedule.age_of(newest.created_unix, now) if newest else None,
             },
             "restores": self._restore_status(),
             "coordinator": {
                 "version": __version__,
                 "busy": self._doing,
-                "next_pull_in_seconds": max(0.0, self.next_due - now) if self.next_due else None,
+                "next_pull_in_seconds": max(0.0, self.next_due - time.monotonic()) if self.next_due else None,
                 "last_pull": self.last_pull,
                 "insecure": self.config.coordinator.insecure,
             },
@@ -422,9 +432,11 @@ class CoordinatorDaemon(SignalFlags):
                 log.error("vault pull: %s", exc)
                 self.last_pull = {"at": time.time(), "ok": False, "message": str(exc)}
                 return False
-            newest = entries[0] if entries else None
-            choice = choose_pull(views, lambda sha: self.vault.has(sha) is not None,
-                                 newest.created_unix if newest else None, self.config.vault.interval,
+            revisions: dict[str, int] = {}
+            for e in entries:
+                revisions[e.cluster_id] = max(revisions.get(e.cluster_id, e.revision), e.revision)
+            choice = choose_pull(views, lambda sha: self.vault.has(sha) is not None, revisions,
+                                 self.config.vault.interval,
                                  held={(e.cluster_id, e.revision) for e in entries if e.revision_exact})
             log.info("vault: %s", choice.sentence)
             if choice.fresh_as_of is not None:
@@ -469,7 +481,7 @@ class CoordinatorDaemon(SignalFlags):
         assert self._worker is not None
         self._worker.join()
         self._worker = None
-        now = time.time()
+        now = time.monotonic()
         interval = self.config.vault.interval
         if self._worker_ok:
             self._failures = 0
@@ -486,10 +498,20 @@ class CoordinatorDaemon(SignalFlags):
             return self._doing
         newest = self.vault.newest_cached()
         vault = "vault empty" if newest is None else (
-            f"vault newest {format_duration(time.time() - newest.created_unix)} old "
+            f"vault newest {format_duration(max(0.0, time.time() - newest.created_unix))} old "
             f"(from {newest.source_member}, revision {newest.revision})")
         failing = f"; {self._failures} pull(s) failed in a row" if self._failures else ""
-        return f"{vault}{failing}; next pull in {format_duration(max(0.0, self.next_due - time.time()))}"
+        return f"{vault}{failing}; next pull in {format_duration(max(0.0, self.next_due - time.monotonic()))}"
+
+    def _first_due(self) -> float:
+        """The first pull, on the monotonic clock: at once when the vault is empty, its newest copy older
+        than the interval, or stamped in the future (its age is unknown)."""
+        newest = self.vault.newest_cached()
+        age = schedule.age_of(newest.created_unix if newest else None, time.time())
+        if newest is not None and age is None:
+            log.warning("the vault's newest snapshot %s is stamped in the future by this host's clock; pulling "
+                        "now", newest.sha256[:12])
+        return schedule.first_due_monotonic(age, self.config.vault.interval, time.monotonic())
 
     # -- reload ------------------------------------------------------------
     def _do_reload(self) -> None:
@@ -535,9 +557,7 @@ class CoordinatorDaemon(SignalFlags):
         self.metrics.interval.set(config.vault.interval)
         self.metrics.members.set(len(config.members))
         self.refresh_vault_metrics()
-        newest = self.vault.newest_cached()
-        self.next_due = min(self.next_due, schedule.first_due(
-            newest.created_unix if newest else None, config.vault.interval, time.time()))
+        self.next_due = min(self.next_due, self._first_due())
         log.info("configuration reloaded from %s (%d members)", self.config_path, len(config.members))
 
     # -- the loop ----------------------------------------------------------
@@ -565,9 +585,7 @@ class CoordinatorDaemon(SignalFlags):
     def _loop(self) -> int:
         views = self._survey()
         summary = cluster_summary(views)
-        newest = self.vault.newest_cached()
-        self.next_due = schedule.first_due(newest.created_unix if newest else None, self.config.vault.interval,
-                                           time.time())
+        self.next_due = self._first_due()
         log.info("coordinator ready: %d/%d agents reachable, %d healthy, leader %s; vault %s (%d snapshots, "
                  "keep %d, every %s)", summary["reachable"], summary["members"], summary["healthy"],
                  summary["leader"] or "unknown", self.vault.location, len(self.vault.listed),
@@ -583,11 +601,11 @@ class CoordinatorDaemon(SignalFlags):
                 self._finish_pull()
             if self._reload and self._worker is None:
                 self._do_reload()
-            if self._worker is None and time.time() >= self.next_due and not self._stop:
+            if self._worker is None and time.monotonic() >= self.next_due and not self._stop:
                 self._start_pull()
             self.notifier.watchdog()
             self.notifier.status(self.status_line())
-            wait = tick if self._worker is not None else min(tick, max(0.0, self.next_due - time.time()))
+            wait = tick if self._worker is not None else min(tick, max(0.0, self.next_due - time.monotonic()))
             self._wake.wait(wait)
             self._wake.clear()
         return 0

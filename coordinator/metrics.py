@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Optional
 
 from etcdguard.agent import __version__
+from etcdguard.agent.base.freshness import Freshness, future_dated
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # unreachable: no agent answered; no_snapshot: no healthy member had a snapshot; busy: the
@@ -43,13 +44,15 @@ class CoordinatorMetrics:
     interval: Gauge
     offsite_last_success: Gauge
     offsite_age: Gauge
+    future_dated: Gauge
 
     def __init__(self, registry: Optional[CollectorRegistry] = None, backend: str = "dir") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = "etcdguard_vault"
         b = ["backend"]
-        self._last_success: Optional[float] = None
+        self.freshness = Freshness()
+        self._stamps: tuple[float, ...] = ()
         self.offsite_source: Callable[[], Optional[float]] = lambda: None
         self._families: dict[str, Any] = {
             "last_success": Gauge(f"{p}_last_success_timestamp_seconds",
@@ -74,6 +77,8 @@ class CoordinatorMetrics:
             "offsite_age": Gauge(f"{p}_offsite_age_seconds",
                                  "Seconds since the backend last confirmed the vault's copies (+Inf: never)", b,
                                  registry=r),
+            "future_dated": Gauge(f"{p}_snapshots_future_dated",
+                                  "Vault snapshots stamped in the future by the coordinator's clock", b, registry=r),
         }
         self._failures = Counter(f"{p}_failures_total", "Vault copies that failed, by reason", ["backend", "reason"],
                                  registry=r)
@@ -123,25 +128,31 @@ class CoordinatorMetrics:
         for op in BACKEND_OPS:
             for reason in BACKEND_REASONS:
                 self._backend_failures.labels(backend=backend, op=op, reason=reason)
-        self.age.set_function(self._age)
+        self.age.set_function(self.freshness.age)
+        self.future_dated.set_function(lambda: future_dated(self._stamps, time.time()))
         self.offsite_age.set_function(self._offsite_age)
         self.offsite_last_success.set_function(lambda: self.offsite_source() or 0.0)
-
-    def _age(self) -> float:
-        if self._last_success is None:
-            return float("inf")
-        return max(0.0, time.time() - self._last_success)
 
     def _offsite_age(self) -> float:
         seen = self.offsite_source()
         return float("inf") if seen is None else max(0.0, time.time() - seen)
 
     def record_newest(self, when: Optional[float], size: int, revision: int) -> None:
-        """The vault's newest data (by when it was taken): drives age, size and revision."""
-        self._last_success = when
+        """The vault's newest data (by revision) and when it was taken: drives age, size and revision.
+
+        The age is anchored when the newest changes and grows on the monotonic clock (base/freshness.py).
+        """
+        if when is None:
+            self.freshness.clear()
+        else:
+            self.freshness.record((when, revision), when)
         self.last_success.set(when or 0)
         self.last_size.set(size)
         self.last_revision.set(revision)
+
+    def record_vault(self, stamps: builtins.list[float]) -> None:
+        """Every vault entry's stamp, for ``etcdguard_vault_snapshots_future_dated``."""
+        self._stamps = tuple(stamps)
 
     def record_failure(self, reason: str) -> None:
         self._failures.labels(backend=self.backend, reason=reason if reason in FAILURE_REASONS else "other").inc()

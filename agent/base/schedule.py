@@ -1,4 +1,9 @@
-"""When the next snapshot is due: pure arithmetic over times, easy to test."""
+"""When the next snapshot is due: pure arithmetic over times, easy to test.
+
+The daemons keep their schedule on the monotonic clock, which a stepped wall
+clock does not move; only the newest snapshot's age comes from its wall-clock
+stamp (``age_of``), once, when the daemon starts or reloads.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,28 @@ def jitter(interval: float, rng: random.Random) -> float:
     return rng.uniform(-span, span)
 
 
+CLOCK_TOLERANCE = 60.0   # a stamp this far ahead is clock noise; beyond it, the clock was stepped back
+
+
+def age_of(created: Optional[float], wall_now: float) -> Optional[float]:
+    """How old a snapshot stamped ``created`` is (never negative), or None when that is unknown: no
+    snapshot, or one stamped more than CLOCK_TOLERANCE in the future (the clock was stepped back since)."""
+    if created is None or created > wall_now + CLOCK_TOLERANCE:
+        return None
+    return max(0.0, wall_now - created)
+
+
 def first_due(newest_created: Optional[float], interval: float, now: float) -> float:
-    """At start: now if the newest snapshot is missing or older than the interval."""
-    if newest_created is None or now - newest_created >= interval:
+    """At start: now if the newest snapshot is missing, older than the interval, or stamped after ``now``
+    (its age is unknown: a snapshot now proves backups work, and is cheap)."""
+    if newest_created is None or newest_created > now or now - newest_created >= interval:
         return now
     return newest_created + interval
+
+
+def first_due_monotonic(age: Optional[float], interval: float, mono_now: float) -> float:
+    """``first_due`` on the monotonic clock, from the newest snapshot's age (``age_of``; None: due now)."""
+    return first_due(None if age is None else mono_now - age, interval, mono_now)
 
 
 def after_success(now: float, interval: float, rng: random.Random) -> float:

@@ -18,6 +18,7 @@ from etcdguard.agent.base.errors import (
     SnapshotCorrupt,
     ToolError,
 )
+from etcdguard.agent.base.freshness import future_dated
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import Cancellation
@@ -55,6 +56,7 @@ class BackupRunner:
         self._tool: Optional[SnapshotTool] = None
         self._tool_checked = False
         self.current: Optional[Cancellation] = None
+        self._future_logged = 0
 
     def tool(self) -> Optional[SnapshotTool]:
         if not self._tool_checked:
@@ -69,9 +71,16 @@ class BackupRunner:
         metas = self.store.list()
         self.metrics.retained.set(len(metas))
         self.metrics.store_bytes.set(sum(m.size for m in metas))
+        self.metrics.record_store([m.created_unix for m in metas])
         if metas:
-            newest = metas[0]
-            self.metrics.record_success(newest.created_unix, newest.size, newest.revision)
+            newest = metas[0]   # by revision (store.list), whatever the clocks stamped
+            self.metrics.record_success(newest.created_unix, newest.size, newest.revision, name=newest.name)
+        future = future_dated([m.created_unix for m in metas], time.time())
+        if future and future != self._future_logged:
+            log.warning("%d snapshot(s) in %s are stamped in the future: the clock was stepped back since they "
+                        "were taken; newest and retention go by revision (`etcdguard-agent check` lists them)",
+                        future, self.store.dir)
+        self._future_logged = future
         return metas
 
     def _bundle(self, meta: SnapshotMeta) -> SnapshotMeta:
@@ -109,7 +118,8 @@ class BackupRunner:
             finally:
                 self.current = None
             self.metrics.etcd_up.set(1)
-            self.metrics.record_success(meta.created_unix, meta.size, meta.revision, time.monotonic() - started)
+            self.metrics.record_success(meta.created_unix, meta.size, meta.revision, time.monotonic() - started,
+                                        name=meta.name)
             log.info("snapshot %s: %s, revision %d, sha256 %s..., %s", meta.name, format_bytes(meta.size),
                      meta.revision, meta.sha256[:12], format_duration(time.monotonic() - started))
             meta = self._bundle(meta)

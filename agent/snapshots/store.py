@@ -117,8 +117,8 @@ class SnapshotStore:
         return fsutil.temp_path(self.dir)
 
     def list(self) -> builtins.list[SnapshotMeta]:
-        """Catalog entries, newest first. Unreadable sidecars are skipped with a warning; a store
-        that cannot be listed at all (permissions) is a DiskError."""
+        """Catalog entries, newest first (by revision: see retention.newest_first). Unreadable sidecars
+        are skipped with a warning; a store that cannot be listed at all (permissions) is a DiskError."""
         try:
             if not self.dir.is_dir():
                 return []
@@ -138,8 +138,7 @@ class SnapshotStore:
                 log.warning("ignoring snapshot with unreadable metadata %s: %s", entry, exc)
                 continue
             out.append(self._annotate(_with_path(meta, snap)))
-        out.sort(key=lambda m: (m.created_unix, m.name), reverse=True)
-        return out
+        return retention.newest_first(out, facts)
 
     def _annotate(self, meta: SnapshotMeta) -> SnapshotMeta:
         bundle = ("encrypted" if self.bundle_path(meta.name, True).is_file() else
@@ -224,7 +223,7 @@ class SnapshotStore:
     ) -> builtins.list[retention.Verdict]:
         metas = {m.name: m for m in self.list()}
         verdicts = retention.decide(
-            [retention.Aged(m.name, m.created_unix, m.pinned) for m in metas.values()],
+            [retention.Aged(m.name, m.created_unix, m.pinned, m.revision, m.cluster_id) for m in metas.values()],
             keep, max_age, time.time() if now is None else now,
         )
         for v in verdicts:
@@ -235,6 +234,11 @@ class SnapshotStore:
 
     def total_bytes(self) -> int:
         return sum(m.size for m in self.list())
+
+
+def facts(meta: SnapshotMeta) -> retention.Facts:
+    """How a catalog entry is ordered (newest: highest revision of the latest cluster; see retention)."""
+    return retention.Facts(meta.cluster_id, meta.revision, meta.created_unix, meta.name)
 
 
 def _with_path(meta: SnapshotMeta, path: Path) -> SnapshotMeta:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
+from etcdguard.agent.base import retention
 from etcdguard.agent.base.errors import UsageError
 from etcdguard.agent.snapshots.store import iso_utc
 
@@ -88,9 +89,19 @@ class VaultEntry:
         return cls(**values)
 
 
-def newest_first_key(e: VaultEntry) -> tuple[float, str]:
-    """The order retention uses too (agent/base/retention.py), so "newest" means the same everywhere."""
-    return (e.created_unix, e.sha256)
+def facts(e: VaultEntry) -> retention.Facts:
+    """How a vault entry is ordered: retention.newest_first, the order of the agent's store too."""
+    return retention.Facts(e.cluster_id, e.revision, e.created_unix, e.sha256)
+
+
+def newest_first(entries: Iterable[VaultEntry]) -> list[VaultEntry]:
+    """Pure: newest first by revision within a cluster, clusters by their latest snapshot (see retention)."""
+    return retention.newest_first(entries, facts)
+
+
+def newest_first_key(e: VaultEntry) -> tuple[int, float, str]:
+    """A sort key for entries of one cluster (by revision, then time); across clusters use ``newest_first``."""
+    return (e.revision, e.created_unix, e.sha256)
 
 
 def resolve_ref(entries: Sequence[VaultEntry], ref: str, where: str = "the vault") -> VaultEntry:
@@ -98,7 +109,7 @@ def resolve_ref(entries: Sequence[VaultEntry], ref: str, where: str = "the vault
 
     Unknown, ambiguous or malformed references raise UsageError (exit 2).
     """
-    ordered = sorted(entries, key=newest_first_key, reverse=True)
+    ordered = newest_first(entries)
     text = ref.strip().lower()
     if text == "latest":
         if not ordered:
@@ -184,7 +195,7 @@ def same_data(entries: Sequence[VaultEntry], cluster_id: str, revision: int, exa
     """
     if not exact or not cluster_id or revision <= 0:
         return None
-    for e in sorted(entries, key=newest_first_key, reverse=True):
+    for e in newest_first(entries):
         if e.cluster_id == cluster_id and e.revision == revision and e.revision_exact:
             return e
     return None

@@ -6,7 +6,7 @@ one sentence saying why; the daemon logs the sentence and carries it out.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -30,7 +30,7 @@ class PullChoice:
 
 
 def choose_pull(views: Sequence[MemberView], in_vault: Callable[[str], bool],
-                vault_newest: Optional[float], interval: float,
+                vault_revisions: Optional[Mapping[str, int]], interval: float,
                 held: Collection[tuple[str, int]] = ()) -> PullChoice:
     """The newest verified snapshot of a healthy member, a follower's if one is as fresh.
 
@@ -40,6 +40,9 @@ def choose_pull(views: Sequence[MemberView], in_vault: Callable[[str], bool],
     fresh-looking snapshot of stale data. ``held`` is the (cluster id,
     revision) of every vault entry with an exact revision: a snapshot of one
     of those holds the same data (an idle cluster) and is not copied again.
+    ``vault_revisions`` is the highest revision the vault holds of each
+    cluster: a snapshot is newer than the vault's when its revision is higher
+    (or its cluster is new, after a restore), whatever the clocks stamped.
     """
     reachable = [v for v in views if v.reachable]
     if not reachable:
@@ -66,8 +69,10 @@ def choose_pull(views: Sequence[MemberView], in_vault: Callable[[str], bool],
         return PullChoice(f"the vault already holds revision {snap.revision} of cluster {snap.cluster_id}: the "
                           f"newest snapshot of a healthy member, {label}, holds the same data",
                           fresh_as_of=snap.created_unix)
-    if vault_newest is not None and snap.created_unix <= vault_newest:
-        return PullChoice(f"the newest snapshot of a healthy member, {label}, is not newer than the vault's")
+    vault_revision = (vault_revisions or {}).get(snap.cluster_id)
+    if vault_revision is not None and snap.revision <= vault_revision:
+        return PullChoice(f"the newest snapshot of a healthy member, {label}, is not newer than the vault's "
+                          f"(revision {vault_revision} of cluster {snap.cluster_id})")
     return PullChoice(f"pulling {label}", member=view.name, snapshot=snap)
 
 

@@ -52,13 +52,14 @@ from etcdguard.coordinator.vault.entry import (
     MIN_PREFIX,
     Incoming,
     VaultEntry,
+    newest_first,
     newest_first_key,
     resolve_ref,
     same_data,
 )
 
 __all__ = ["MIN_PREFIX", "Incoming", "Vault", "VaultBackendError", "VaultDiskError", "VaultEntry",
-           "newest_first_key", "resolve_ref"]
+           "newest_first", "newest_first_key", "resolve_ref"]
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,9 @@ class Vault:
 
     # -- reading -----------------------------------------------------------
     def list(self) -> builtins.list[VaultEntry]:
-        """Catalog entries, newest first (by when the agent took them)."""
+        """Catalog entries, newest first: by revision within a cluster, not by clocks (entry.newest_first)."""
         with self._counting("list"):
-            entries = sorted(self.store.list(), key=newest_first_key, reverse=True)
+            entries = newest_first(self.store.list())
         self.listed = entries
         self.seen_at = time.time()
         return entries
@@ -406,8 +407,8 @@ class Vault:
         """Keep pinned entries and the ``keep`` newest others (the newest always); delete the rest."""
         with self._lock:
             entries = {e.sha256: e for e in self.list()}
-            verdicts = retention.decide([retention.Aged(e.sha256, e.created_unix, e.pinned) for e in entries.values()],
-                                        keep, None, time.time())
+            verdicts = retention.decide([retention.Aged(e.sha256, e.created_unix, e.pinned, e.revision, e.cluster_id)
+                                         for e in entries.values()], keep, None, time.time())
             for v in verdicts:
                 if not v.keep:
                     log.info("vault retention: deleting %s (%s)", v.name[:16], v.reason)

@@ -263,7 +263,8 @@ def view(name, leader=False, healthy=True, reachable=True, snaps=(), busy=None, 
         "etcd": {"healthy": healthy, "is_leader": leader, "cluster_id": cluster, "revision": 10,
                  "member_id": member_id, "leader": member_id if leader else leader_id},
         "snapshots": [{"name": f"{name}-{i}.db", "sha256": f"{name}{i}".ljust(64, "0"),
-                       "created_unix": t, "created_at": "-", "size": 10, "revision": 5} for i, t in enumerate(snaps)],
+                       "created_unix": t, "created_at": "-", "size": 10, "revision": 5, "cluster_id": cluster}
+                      for i, t in enumerate(snaps)],
     }
     return MemberView(name, f"tcp://127.0.0.1:{7000 + int(name[-1])}", True, report=AgentReport.from_json(report))
 
@@ -298,8 +299,11 @@ def test_pull_skips_what_the_vault_has_or_what_is_older():
     has = choose_pull(views, lambda sha: sha.startswith("m20"), None, 3600)
     assert has.member is None and has.failure is None
     assert has.sentence.startswith("the vault already has the newest snapshot")
-    older = choose_pull(views, nothing_in_vault, T0 + 1, 3600)
+    older = choose_pull(views, nothing_in_vault, {"c1": 5}, 3600)   # the vault holds revision 5 already
     assert older.member is None and older.failure is None
+    assert "not newer than the vault's (revision 5 of cluster c1)" in older.sentence
+    assert choose_pull(views, nothing_in_vault, {"c1": 4}, 3600).member == "m2"
+    assert choose_pull(views, nothing_in_vault, {"other": 9}, 3600).member == "m2"   # a new cluster
 
 
 @pytest.mark.parametrize(("views", "failure", "words"), [

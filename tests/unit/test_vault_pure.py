@@ -138,15 +138,15 @@ def view(name_, snaps, cluster="c1", leader=False):
 def test_choose_pull_skips_a_snapshot_of_data_the_vault_holds():
     snap = {"name": "s-r10.db", "sha256": "f" * 64, "created_unix": T0 + 600, "revision": 10, "cluster_id": "c1",
             "revision_source": "snapshot-status"}
-    choice = choose_pull([view("m2", [snap]), view("m1", [], leader=True)], lambda sha: False, T0, 3600,
+    choice = choose_pull([view("m2", [snap]), view("m1", [], leader=True)], lambda sha: False, {}, 3600,
                          held={("c1", 10)})
     assert choice.member is None and choice.failure is None
     assert choice.sentence.startswith("the vault already holds revision 10 of cluster c1: the newest snapshot of a "
                                       "healthy member, s-r10.db of follower m2")
     assert choice.fresh_as_of == T0 + 600
-    moved = choose_pull([view("m2", [{**snap, "revision": 11}])], lambda sha: False, T0, 3600, held={("c1", 10)})
+    moved = choose_pull([view("m2", [{**snap, "revision": 11}])], lambda sha: False, {}, 3600, held={("c1", 10)})
     assert moved.member == "m2" and moved.fresh_as_of is None
-    bound = choose_pull([view("m2", [{**snap, "revision_source": "status-header"}])], lambda sha: False, T0, 3600,
+    bound = choose_pull([view("m2", [{**snap, "revision_source": "status-header"}])], lambda sha: False, {}, 3600,
                         held={("c1", 10)})
     assert bound.member == "m2"
 
