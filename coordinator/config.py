@@ -20,6 +20,7 @@ from etcdguard.agent.wire.protocol import NAME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/coordinator.toml")
 AGENT_PORT = 7479
+MIN_CONTROL_TIMEOUT = 5.0
 
 _NAME_RE = re.compile(NAME_PATTERN)
 # tcp://HOST:PORT with a DNS name, an IPv4 address or a bracketed IPv6 address.
@@ -35,6 +36,7 @@ class CoordinatorSettings:
     secret_key: Optional[Path] = Path("/etc/etcdguard/keys/coordinator.key_secret")
     insecure: bool = False          # plain TCP to the agents (no CURVE); logged as a warning at start
     request_timeout: float = 5.0    # deadline of one short request (status, list) to an agent
+    control_timeout: float = 30.0   # etcdguardctl: the daemon's first reply, and each gap between two lines
 
 
 BACKENDS = ("dir", "s3")
@@ -148,7 +150,11 @@ def _coordinator(t: Table) -> CoordinatorSettings:
         secret_key=secret_key,
         insecure=insecure,
         request_timeout=t.duration("request_timeout", d.request_timeout) or d.request_timeout,
+        control_timeout=t.duration("control_timeout", d.control_timeout) or d.control_timeout,
     )
+    if s.control_timeout < MIN_CONTROL_TIMEOUT:
+        raise t.error("control_timeout", f"a duration of at least {MIN_CONTROL_TIMEOUT:g}s (the daemon sends a "
+                      "heartbeat every 2s while it works)")
     # sun_path holds 108 bytes including the terminating NUL.
     if len(str(s.control_socket).encode()) > 107:
         raise t.error("control_socket", "a path of at most 107 bytes (a Unix socket address)")

@@ -7,6 +7,13 @@ false, "error": "...", "exit_code": n}``. Each request runs in its own
 thread, and the work belongs to the daemon: a client that disconnects stops
 receiving progress, the work goes on to its end.
 
+Liveness: as soon as the request line is read, and then every
+HEARTBEAT_EVERY seconds while it runs, the daemon sends ``{"progress":
+{"heartbeat": true}}``. A client can therefore wait for each next line with
+a short deadline (etcdguardctl: ``[coordinator] control_timeout``) and tell a
+stopped or hung daemon (nothing arrives) from a long backup or restore
+(heartbeats keep arriving); ``request`` does not pass heartbeats on.
+
 Access: the socket is created 0660, in a directory that must not be
 world-writable nor belong to another non-root user (anyone who can write
 there could replace the socket). Who may connect is enforced by those
@@ -36,6 +43,8 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 64 * 1024        # bytes of the request line
 REQUEST_READ_TIMEOUT = 10.0    # a client must send its request line within this
 SOCKET_MODE = 0o660
+HEARTBEAT_EVERY = 2.0          # seconds between heartbeat lines while a request runs
+HEARTBEAT = {"heartbeat": True}
 
 Emit = Callable[[Mapping[str, Any]], None]
 # handler(cmd, args, emit_progress, peer) -> result (JSON-able); raises EtcdguardError to fail.
@@ -209,6 +218,10 @@ class ControlServer:
             return
         sender = _LineSender(conn)
         log.info("control: %s from %s", cmd, peer)
+        sender.progress(HEARTBEAT)   # the request arrived: a client's first-reply deadline is met at once
+        done = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(sender, done), name="control-heartbeat", daemon=True)
+        beat.start()
         try:
             result = self.handler(cmd, args, sender.progress, peer)
             reply: dict[str, Any] = {"ok": True, "result": result}
@@ -219,8 +232,18 @@ class ControlServer:
             log.exception("control: %s from %s: internal error", cmd, peer)
             reply = {"ok": False, "error": f"internal error in the coordinator: {exc!r} (see its log)",
                      "exit_code": EXIT_FAILED}
+        finally:
+            done.set()
+            beat.join()   # no heartbeat after the final line
         if not sender.send(reply) and sender.gone:
             log.info("control: %s from %s finished after the client disconnected", cmd, peer)
+
+
+def _heartbeat(sender: _LineSender, done: threading.Event) -> None:
+    """Tell the client the daemon is alive every HEARTBEAT_EVERY seconds until ``done``."""
+    while not done.wait(HEARTBEAT_EVERY):
+        if not sender.send({"progress": HEARTBEAT}) and sender.gone:
+            return
 
 
 class _LineSender:
@@ -283,7 +306,12 @@ def _read_request(conn: socket.socket) -> tuple[str, dict[str, Any]]:
 def request(path: Path, cmd: str, args: Optional[Mapping[str, Any]] = None, *,
             on_progress: Optional[Callable[[dict[str, Any]], None]] = None,
             connect_timeout: float = 5.0, idle_timeout: Optional[float] = None) -> Any:
-    """Send one request and return its result; raise ControlError / DaemonNotRunning."""
+    """Send one request and return its result; raise ControlError / DaemonNotRunning.
+
+    ``idle_timeout`` bounds the wait for each line (the first reply, then the gap between two): the
+    daemon sends heartbeats while it works, so only a stopped or hung daemon runs into it. Heartbeats
+    are not passed to ``on_progress``.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(connect_timeout)
@@ -312,8 +340,9 @@ def request(path: Path, cmd: str, args: Optional[Mapping[str, Any]] = None, *,
                 if not isinstance(msg, dict):
                     raise ControlError(f"the coordinator sent an unexpected line: {raw[:80]!r}")
                 if "progress" in msg:
-                    if on_progress is not None and isinstance(msg["progress"], dict):
-                        on_progress(msg["progress"])
+                    progress = msg["progress"]
+                    if on_progress is not None and isinstance(progress, dict) and not progress.get("heartbeat"):
+                        on_progress(progress)
                     continue
                 if msg.get("ok") is True:
                     return msg.get("result")
@@ -322,6 +351,11 @@ def request(path: Path, cmd: str, args: Optional[Mapping[str, Any]] = None, *,
                                    code if isinstance(code, int) and not isinstance(code, bool) else EXIT_FAILED)
         raise ControlError(f"the coordinator closed {path} before answering (did it stop? see its log)")
     except socket.timeout:
-        raise ControlError(f"no answer from the coordinator on {path} in time") from None
+        waited = f"{idle_timeout:g}s" if idle_timeout is not None else "in time"
+        raise ControlError(
+            f"the coordinator daemon sent nothing for {waited} on {path} ([coordinator] control_timeout): it is "
+            "stopped or hung (a running daemon answers at once and sends a heartbeat every "
+            f"{HEARTBEAT_EVERY:g}s). Check `systemctl status etcdguard-coordinator` and its journal; an operation "
+            "it runs goes on without this client") from None
     finally:
         sock.close()

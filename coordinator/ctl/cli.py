@@ -54,7 +54,8 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 def ask(args: argparse.Namespace, cmd: str, cmd_args: Optional[dict[str, Any]] = None,
         on_progress: Optional[Callable[[dict[str, Any]], None]] = None) -> Any:
     config = load_config(args)
-    return control.request(config.coordinator.control_socket, cmd, cmd_args, on_progress=on_progress)
+    return control.request(config.coordinator.control_socket, cmd, cmd_args, on_progress=on_progress,
+                           idle_timeout=config.coordinator.control_timeout)
 
 
 def _age(seconds: Any) -> str:

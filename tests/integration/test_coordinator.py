@@ -112,7 +112,10 @@ def test_a_dropped_client_does_not_abort_the_work(server):
         s.settimeout(10)
         s.connect(str(srv.path))
         s.sendall(b'{"cmd": "slow", "args": {}}\n')
-        first = json.loads(s.makefile("rb").readline())
+        lines = s.makefile("rb")
+        first = json.loads(lines.readline())
+        assert first == {"progress": {"heartbeat": True}}   # the daemon acknowledges at once
+        first = json.loads(lines.readline())
         assert first == {"progress": {"bytes": 1, "total": 2}}
     rec.release.set()
     assert rec.finished.wait(10), "the work stopped when its client went away"

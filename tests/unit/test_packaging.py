@@ -469,7 +469,7 @@ def test_packaged_agent_config_mentions_every_key() -> None:
 
 # Keys the coordinator adds to the design's (documented, optional, not in the packaged file).
 COORDINATOR_EXTRA_KEYS = {
-    "coordinator": {"insecure", "request_timeout"},
+    "coordinator": {"insecure", "request_timeout", "control_timeout"},
     "vault": {"timeout"},
     "vault.s3": {"profile", "sse", "sse_kms_key_id", "ca_bundle", "part_size", "storage_class"},
     "metrics": {"enabled"},
