@@ -22,7 +22,7 @@ from etcdguard.agent.base.signals import SignalFlags
 from etcdguard.agent.config import AgentConfig, load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
-from etcdguard.agent.metrics import AgentMetrics, MetricsServer
+from etcdguard.agent.metrics import AgentMetrics, MetricsServer, bind_replacement
 from etcdguard.agent.restore.journal import DAMAGED, OperationStore
 from etcdguard.agent.restore.remote import restore_active
 from etcdguard.agent.snapshots.backup import BackupRunner
@@ -148,7 +148,7 @@ class AgentDaemon(SignalFlags):
             config = load_agent_config(self.config_path)
             runner = self._build(config)
             if config.metrics.listen != self.config.metrics.listen and config.metrics.listen:
-                new_metrics = self._bind_metrics(config.metrics.listen)
+                new_metrics = bind_replacement(self.metrics.registry, config.metrics.listen, self.metrics_server)
         except (EtcdguardError, OSError) as exc:
             log.error("reload failed, kept the running configuration: %s", exc)
             self.notifier.status(f"reload failed: {exc}")
@@ -166,29 +166,6 @@ class AgentDaemon(SignalFlags):
         self.metrics.interval.set(config.backup.interval)
         log.info("configuration reloaded from %s", self.config_path)
         return runner
-
-    def _bind_metrics(self, listen: str) -> MetricsServer:
-        """The metrics server on a new address, bound before the old one stops (a taken port keeps the old).
-
-        When the new address can only be bound once the old one is let go (the same port, written
-        another way), the old one stops first and is started again if the new one still fails.
-        """
-        new = MetricsServer(self.metrics.registry, listen)
-        try:
-            new.start()
-            return new
-        except EtcdguardError:
-            old = self.metrics_server
-            if old is None or old.port != new.port:
-                raise
-        old.stop()
-        try:
-            new.start()
-        except EtcdguardError:
-            old.start()
-            raise
-        self.metrics_server = None   # stopped: _do_reload must not stop it again
-        return new
 
     def run(self) -> int:
         runner = self._build(self.config)

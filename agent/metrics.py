@@ -148,3 +148,26 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def bind_replacement(registry: CollectorRegistry, listen: str, old: Optional[MetricsServer]) -> MetricsServer:
+    """A started metrics server on ``listen``, to replace ``old`` on a reload (ConfigError if it cannot bind).
+
+    It is bound while ``old`` still serves, so a taken port leaves ``old`` serving. When the new address
+    can only be bound once ``old`` lets go (the same port written another way), ``old`` is stopped first
+    and started again if the new one still fails. The caller stops ``old`` afterwards (stop is idempotent).
+    """
+    new = MetricsServer(registry, listen)
+    try:
+        new.start()
+        return new
+    except ConfigError:
+        if old is None or old.port != new.port:
+            raise
+    old.stop()
+    try:
+        new.start()
+    except ConfigError:
+        old.start()
+        raise
+    return new

@@ -30,7 +30,7 @@ from etcdguard.agent.base.errors import EtcdguardError, SnapshotError, UnsafeRef
 from etcdguard.agent.base.notify import Notifier
 from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.base.signals import SignalFlags
-from etcdguard.agent.metrics import MetricsServer
+from etcdguard.agent.metrics import MetricsServer, bind_replacement
 from etcdguard.agent.wire.protocol import BUSY, RemoteError
 from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, default_client_factory, read_report
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
@@ -520,12 +520,15 @@ class CoordinatorDaemon(SignalFlags):
             log.info("SIGHUP: no config file to reload")
             return
         self.notifier.reloading()
+        new_metrics: Optional[MetricsServer] = None
         try:
             config = load_coordinator_config(self.config_path)
             require_members(config)
             links = MemberLinks(config, self._factory(config))
             vault = open_vault(config, self.metrics.record_backend_failure)
             vault.prepare()
+            if config.metrics.listen != self.config.metrics.listen and config.metrics.listen:
+                new_metrics = bind_replacement(self.metrics.registry, config.metrics.listen, self.metrics_server)
         except (EtcdguardError, OSError) as exc:
             log.error("reload failed, kept the running configuration: %s", exc)
             self.notifier.status(f"reload failed: {exc}")
@@ -549,11 +552,9 @@ class CoordinatorDaemon(SignalFlags):
         if config.metrics.listen != old_metrics:
             if self.metrics_server is not None:
                 self.metrics_server.stop()
-                self.metrics_server = None
-            try:
-                self._start_metrics()
-            except EtcdguardError as exc:
-                log.error("%s; metrics stay off until the next reload", exc)
+            self.metrics_server = new_metrics
+            if new_metrics is not None:
+                log.info("metrics on %s", new_metrics.url)
         self.metrics.interval.set(config.vault.interval)
         self.metrics.members.set(len(config.members))
         self.refresh_vault_metrics()

@@ -29,7 +29,7 @@ from etcdguard.coordinator.vault.store import Incoming, Vault
 
 from tests.helpers.agentconf import AGENT, agent_sections, render_toml, write_agent_config
 from tests.helpers.agents import AgentProcess, CoordinatorKeys
-from tests.helpers.coordinator import DAEMON, scrape
+from tests.helpers.coordinator import DAEMON, Coordinator, scrape
 from tests.helpers.etcd import EtcdMember, run_etcdctl
 from tests.helpers.net import free_port, wait_until
 
@@ -199,6 +199,22 @@ def test_a_metrics_port_in_use_is_exit_2_at_start_and_kept_on_reload(tmp_path: P
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
         assert proc.returncode == 0, log.read_text()[-3000:]
+
+        # The coordinator the same way: the new port is taken, the old one goes on serving.
+        cgood = free_port()
+        ccfg.write_text(ccfg.read_text().replace(busy, f"127.0.0.1:{cgood}"))
+        coord = Coordinator(ccfg, tmp_path / "coordinator.log")
+        coord.start()
+        try:
+            coord.wait_ready()
+            ccfg.write_text(ccfg.read_text().replace(f"127.0.0.1:{cgood}", busy))
+            assert coord.proc is not None
+            coord.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "reload failed, kept the running configuration: metrics.listen" in coord.log_tail(),
+                       30, what="the coordinator's reload to be refused")
+            assert "etcdguard_vault_interval_seconds" in scrape(cgood)
+        finally:
+            assert coord.stop() == 0, coord.log_tail()
 
 
 # -- item 8: commands run by a user who may not ---------------------------------------------------
