@@ -188,35 +188,11 @@ class CoordinatorDaemon(SignalFlags):
             "status": lambda args, emit: self.status_report(),
             "snapshots": lambda args, emit: [e.to_json() for e in self.vault.list()],
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
-            "restore": self._restore_command,
+            "restore": self.restores.command,
             "restores": lambda args, emit: [r.to_json() for r in self.restores.records()] + [
-                damaged_row(op, why) for op, why in self.damaged_journals()],
+                damaged_row(op, why) for op, why in self.restores.journals.damaged()],
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
-
-    def damaged_journals(self) -> list[tuple[str, str]]:
-        """(operation, why) for each restore journal that cannot be read back."""
-        journals = self.restores.journals
-        readable = {r.op for r in journals.all()}
-        out = []
-        for op in journals.ids():
-            if op in readable:
-                continue
-            try:
-                journals.journal(op).replay()
-            except (UsageError, OSError, ValueError, TypeError, KeyError) as exc:
-                out.append((op, str(exc)))
-        return out
-
-    def _restore_command(self, args: dict[str, Any], emit: Emit) -> Any:
-        """A damaged journal may be a restore that ran half-way: no new restore starts until it is looked at."""
-        if args.get("mode") == "run":
-            damaged = self.damaged_journals()
-            if damaged:
-                raise UnsafeRefusal("refused: " + "; ".join(why for _, why in damaged) + ". Look at its journal "
-                                    "to see what it did; then move its directory out of "
-                                    f"{self.restores.journals.root}")
-        return self.restores.command(args, emit)
 
     def _vault_command(self, cmd: str) -> Callable[[dict[str, Any], Emit], Any]:
         return lambda args, emit: vault_commands.handle(self.vault, cmd, args)
@@ -236,7 +212,7 @@ class CoordinatorDaemon(SignalFlags):
         return entry.sha256
 
     def refresh_restore_metrics(self) -> None:
-        self.metrics.restore_damaged.set(len(self.damaged_journals()))
+        self.metrics.restore_damaged.set(len(self.restores.journals.damaged()))
         records = self.restores.records()
         active = self.restores.active()
         self.metrics.restore_in_progress.set(1 if active else 0)
@@ -292,7 +268,7 @@ class CoordinatorDaemon(SignalFlags):
                     "error": r.error} for r in self.restores.records()
                    if r.state.value in ("interrupted", "paused", "needs-attention")]
         return {"running": {"op": active[0], "doing": active[1]} if active else None, "waiting": waiting,
-                "damaged": self.restores.journals.damaged()}
+                "damaged": [f"{op}: {why}" for op, why in self.restores.journals.damaged()]}
 
     def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:
         """Take a snapshot on ``member`` (default: a healthy follower) and pull it into the vault."""

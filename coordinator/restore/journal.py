@@ -150,8 +150,16 @@ class Journal:
         return replay(self.op, self.records())
 
 
+def _t(record: dict[str, Any]) -> float:
+    """A record's time stamp; a record whose stamp is not a number counts as time 0 (never a crash)."""
+    value = record.get("t", 0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def replay(op: str, records: list[dict[str, Any]]) -> OperationRecord:
-    """Fold journal records into the operation's current record (pure)."""
+    """Fold journal records into the operation's current record (pure).
+
+    Raises UsageError for a journal whose plan cannot be read; any other odd record is skipped."""
     if not records or records[0].get("event") != "planned":
         raise UsageError(f"restore operation {op}: its journal does not start with the plan; it is damaged")
     first = records[0]
@@ -159,9 +167,10 @@ def replay(op: str, records: list[dict[str, Any]]) -> OperationRecord:
         plan = RestorePlan.from_json(first.get("plan"))
     except ValueError as exc:
         raise UsageError(f"restore operation {op}: the plan in its journal cannot be read: {exc}") from None
-    rec = OperationRecord(op=op, plan=plan, created_at=float(first.get("t", 0)), until=first.get("until"))
+    until = first.get("until")
+    rec = OperationRecord(op=op, plan=plan, created_at=_t(first), until=until if isinstance(until, str) else None)
     for r in records[1:]:
-        event, t = r["event"], float(r.get("t", 0))
+        event, t = r["event"], _t(r)
         if event == "state":
             try:
                 rec.state = OpState(r["state"])
@@ -219,22 +228,22 @@ class JournalStore:
             return []
         return sorted(d.name for d in self.root.iterdir() if OP_RE.match(d.name) and (d / JOURNAL).is_file())
 
-    def all(self) -> list[OperationRecord]:
-        """Every operation that can be read, oldest first; unreadable journals are reported by ``damaged``."""
-        out = []
-        for op in self.ids():
-            with contextlib.suppress(UsageError):
-                out.append(self.journal(op).replay())
-        return sorted(out, key=lambda r: r.created_at)
-
-    def damaged(self) -> list[str]:
-        bad = []
+    def read_all(self) -> tuple[list[OperationRecord], list[tuple[str, str]]]:
+        """(every operation that can be read, oldest first; (op, why) of each journal that cannot)."""
+        good, bad = [], []
         for op in self.ids():
             try:
-                self.journal(op).replay()
-            except UsageError as exc:
-                bad.append(str(exc))
-        return bad
+                good.append(self.journal(op).replay())
+            except (UsageError, OSError, ValueError, TypeError, KeyError) as exc:
+                bad.append((op, str(exc)))
+        return sorted(good, key=lambda r: r.created_at), bad
+
+    def all(self) -> list[OperationRecord]:
+        return self.read_all()[0]
+
+    def damaged(self) -> list[tuple[str, str]]:
+        """(op, why) of each journal that cannot be read back: maybe a restore that ran half-way."""
+        return self.read_all()[1]
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

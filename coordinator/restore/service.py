@@ -134,8 +134,8 @@ class RestoreService:
                 log.warning("restore %s was interrupted (in %s); resume it with `etcdguardctl restore --resume %s` "
                             "or roll it back with `--rollback %s`", rec.op, (rec.reached() or ["?"])[-1], rec.op,
                             rec.op)
-        for problem in self.journals.damaged():
-            log.error("%s", problem)
+        for op, problem in self.journals.damaged():
+            log.error("restore journal %s cannot be read: %s", op, problem)
         return interrupted
 
     # -- reading -----------------------------------------------------------
@@ -143,9 +143,12 @@ class RestoreService:
         return self.journals.all()
 
     def open_operations(self) -> list[str]:
+        """Operations that block a new restore: running, waiting for the operator, or unreadable
+        (a damaged journal may be a restore that ran half-way)."""
         with self._lock:
             running = [op for op, run in self._runs.items() if not run.done]
-        return sorted(set(running) | {r.op for r in self.records() if r.state in OPEN})
+        records, damaged = self.journals.read_all()
+        return sorted(set(running) | {r.op for r in records if r.state in OPEN} | {op for op, _ in damaged})
 
     def active(self) -> Optional[tuple[str, str]]:
         """(op, what it does now) of the operation running in this daemon, if any."""
@@ -211,6 +214,14 @@ class RestoreService:
         raise UsageError(f"restore: unknown mode {mode!r} (plan, run, resume, rollback, attach, cleanup)")
 
     def run(self, args: Mapping[str, Any], emit: Emit) -> dict[str, Any]:
+        open_ops = self.open_operations()
+        if open_ops:
+            damaged = {op for op, _ in self.journals.damaged()}
+            raise UnsafeRefusal("refused: " + "; ".join(
+                f"restore {op}'s journal cannot be read (it may have run half-way): look at "
+                f"{self.journals.journal(op).path}, then move its directory out of {self.journals.root}"
+                if op in damaged else f"restore operation {op} is not finished; resume it, roll it back or "
+                f"wait for it (etcdguardctl restores)" for op in open_ops))
         plan = self.plan(_text(args, "snapshot"), force=bool(args.get("force")))
         wanted = args.get("plan_id")
         if wanted is not None and wanted != plan.plan_id:
