@@ -191,7 +191,7 @@ def _bundle_check(config: AgentConfig) -> CheckResult:
 
 def _server_check(config: AgentConfig) -> CheckResult:
     """The control server's keys load exactly as the daemon will load them."""
-    from etcdguard.agent.control.server import load_authorized
+    from etcdguard.agent.control.auth import load_authorized
     from etcdguard.agent.wire import keys
 
     s = config.server

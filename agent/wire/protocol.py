@@ -38,6 +38,7 @@ from etcdguard.agent.restore.phases import OUTCOMES, WIRE_STEPS
 PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes of the JSON header frame
 MAX_CHUNK = 4 * 1024 * 1024     # bytes of the data frame (one snapshot chunk)
+FETCH_WINDOW = 32 * 1024 * 1024  # bytes of data replies a peer may have in flight (credit x chunk); more is busy
 MAX_FRAMES = 2                  # header + at most one data frame
 MAX_DEPTH = 16                  # nested objects/arrays in a header, the header itself included
 MAX_ERROR_MESSAGE = 4000        # characters; longer error messages are truncated when sent

@@ -235,7 +235,7 @@ class AgentClient:
         failure no file exists at ``dest`` (unless one was there before) and no
         temp file is left.
         """
-        _check_transfer_args(credit, chunk)
+        _check_transfer_args(credit, chunk, fetch=True)
         if expected_size <= 0:
             raise UsageError(f"expected_size must be > 0, got {expected_size}")
         dest = Path(dest)
@@ -434,11 +434,15 @@ class AgentClient:
                 return result
 
 
-def _check_transfer_args(credit: int, chunk: int) -> None:
+def _check_transfer_args(credit: int, chunk: int, fetch: bool = False) -> None:
     if not 1 <= chunk <= P.MAX_CHUNK:
         raise UsageError(f"chunk must be 1 to {P.MAX_CHUNK} bytes, got {chunk}")
     if not 1 <= credit <= 64:
         raise UsageError(f"credit must be 1 to 64 chunks, got {credit}")
+    if fetch and credit * chunk > P.FETCH_WINDOW:
+        # the agent refuses (busy) a chunk beyond this many bytes in flight to one coordinator
+        raise UsageError(f"credit x chunk must be at most {P.FETCH_WINDOW} bytes (the agent's fetch window), "
+                         f"got {credit} x {chunk}")
 
 
 def _check_chunk(name: str, result: dict[str, Any], offset: int, data: Optional[memoryview], *, sha256: str,

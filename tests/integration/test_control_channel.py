@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 import zmq
 from etcdguard.agent.base.errors import EXIT_UNSAFE, ConfigError, SnapshotCorrupt, UnsafeRefusal, UsageError
-from etcdguard.agent.control.server import Throttle, ZapLog, error_code, fit_list
+from etcdguard.agent.control.auth import Throttle, ZapLog
+from etcdguard.agent.control.handlers import fit_list
 from etcdguard.agent.control.transfer import KnownSizeDigest, NotFound
+from etcdguard.agent.control.workers import error_code
 from etcdguard.agent.snapshots.integrity import TrailerHasher
 from etcdguard.agent.snapshots.sink import HashingSink
 from etcdguard.agent.wire import protocol as P
@@ -110,7 +112,7 @@ def test_throttle_counts_what_it_held_back():
 def test_zap_log_turns_refusals_into_warnings(caplog, tmp_path):
     zap = ZapLog(tmp_path, Throttle())
     key = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
-    with caplog.at_level("DEBUG", logger="etcdguard.agent.control.server"):
+    with caplog.at_level("DEBUG", logger="etcdguard.agent.control.auth"):
         zap.debug("%s (CURVE) domain=%s client_key=%s", "DENIED", "*", key)
         zap.debug("%s (CURVE) domain=%s client_key=%s", "DENIED", "*", key)   # throttled
         zap.debug("ALLOWED (CURVE) domain=%s client_key=%s", "*", b"x")
@@ -119,6 +121,46 @@ def test_zap_log_turns_refusals_into_warnings(caplog, tmp_path):
     assert len(warnings) == 1 and key.decode() in warnings[0].getMessage()
     assert zap.refusals == 2
     assert any(r.levelname == "ERROR" and "boom" in r.getMessage() for r in caplog.records)
+
+
+def test_key_ring_reloads_only_on_a_change(tmp_path):
+    """No "reloaded" at start: the set read at construction is the one the first check compares with."""
+    from etcdguard.agent.config import ServerSettings
+    from etcdguard.agent.control.auth import KeyRing
+    from etcdguard.agent.wire import keys as wire_keys
+
+    _, secret = wire_keys.generate("agent", tmp_path / "keys")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    first, _ = wire_keys.generate("c1", tmp_path / "c1")
+    shutil.copy(first, authorized / first.name)
+    ring = KeyRing(ServerSettings(secret_key=secret, authorized_keys=authorized), "agent.toml")
+    c1 = wire_keys.load_public(first).decode()
+    assert ring.admits(c1) and not ring.admits(None) and not ring.admits("x" * 40)
+    ctx = zmq.Context()
+    try:
+        ring.start(ctx)
+        assert ring.reload_if_changed() is False
+        (authorized / first.name).unlink()
+        assert ring.reload_if_changed() is True
+        assert not ring.admits(c1)
+        assert ring.reload_if_changed() is False
+    finally:
+        ring.stop()
+        ctx.term()
+    insecure = KeyRing(ServerSettings(insecure=True), "agent.toml")
+    assert insecure.admits(None) and insecure.reload_if_changed() is False
+
+
+def test_every_wire_op_has_one_lane():
+    from etcdguard.agent.control.handlers import OPS, Lane
+
+    assert set(OPS) == set(P.OPS)
+    lanes = {name: op.lane for name, op in OPS.items()}
+    assert lanes["snapshot.take"] is Lane.LONG and lanes["restore.step"] is Lane.LONG
+    assert lanes["status"] is Lane.STATUS and lanes["snapshot.put"] is Lane.STAGING
+    # the ops whose replies carry data are exactly the ones counted in a peer's fetch window
+    assert {name for name, op in OPS.items() if op.data} == {n for n, spec in P.OPS.items() if spec.reply_data}
 
 
 def test_error_codes_and_fit_list():
@@ -230,6 +272,47 @@ def test_status_over_curve_and_unknown_keys_refused(etcd_member, tmp_path, ckeys
             assert wait_until(lambda: now_known.call("ping", timeout=1.0), 15, interval=0.2,
                               what="the new key to be admitted")["pong"] is True
         assert "authorized keys reloaded" in agent.log_text()
+    assert agent.stop() == 0
+
+
+@pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
+def test_a_revoked_key_is_refused_on_its_next_request(etcd_member, tmp_path, ckeys, agents):
+    """Removing a coordinator's key from authorized_keys (no SIGHUP) ends the session it already has."""
+    other = CoordinatorKeys.create(tmp_path / "other-keys", "other")
+    agent = run_agent(agents, AgentProcess(etcd_member, tmp_path / "agent",
+                                           authorized=[ckeys.public_path, other.public_path]))
+    with agent.client(ckeys) as client, agent.client(other) as bystander:
+        assert client.status()["member"]["name"] == etcd_member.name
+        assert bystander.call("ping")["pong"] is True
+        assert client.reconnects == 0
+        (agent.authorized_dir / ckeys.public_path.name).unlink()
+
+        def refused() -> bool:
+            try:
+                client.call("ping", timeout=1.0, retries=0)
+            except AgentUnreachable:
+                return True
+            assert client.reconnects == 0   # answered on the connection made before the revocation
+            return False
+
+        wait_until(refused, 20, interval=0.2, what="the revoked key to be refused")
+        # the request that went unanswered was sent on the session opened while the key was valid
+        assert client.reconnects == 1
+        wait_until(lambda: "is no longer in authorized_keys" in agent.log_text(), 10,
+                   what="the refusal of the revoked session in the agent's log")
+        for op in ("status", "snapshot.list", "snapshot.take"):
+            with pytest.raises(AgentUnreachable):
+                client.call(op, timeout=1.0, retries=0)
+        assert [m.name for m in agent.store().list()] == [agent.seeded.name]   # snapshot.take never ran
+        assert bystander.call("ping")["pong"] is True                          # the other key is unaffected
+        log = agent.log_text()
+        assert f"revoked key {ckeys.public.decode()[:8]}..." in log
+        # one reload line: the revocation (none at start, when nothing had changed)
+        assert log.count("authorized keys reloaded") == 1, log
+        # put back, it is admitted again without a restart
+        agent.authorize(ckeys.public_path)
+        assert wait_until(lambda: client.call("ping", timeout=1.0, retries=0), 20, interval=0.2,
+                          what="the key to be admitted again")["pong"] is True
     assert agent.stop() == 0
 
 
@@ -590,6 +673,69 @@ def test_fuzzed_frames_from_an_authorized_peer(etcd_member, tmp_path, ckeys, age
         assert [s["name"] for s in client.call("snapshot.list")["snapshots"]] == [agent.seeded.name]
     assert listing(*watched) == before
     assert "Traceback" not in agent.log_text()
+    assert agent.running()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
+def test_a_peer_that_never_reads_cannot_grow_the_agents_memory(etcd_member, tmp_path, ckeys, agents):
+    """150 pipelined 4 MiB fetches from a peer that reads nothing: the agent holds at most its fetch window."""
+    load_data(etcd_member, 6_000_000, threads=4)
+    other = CoordinatorKeys.create(tmp_path / "other-keys", "other")
+    agent = run_agent(agents, AgentProcess(etcd_member, tmp_path / "agent",
+                                           authorized=[ckeys.public_path, other.public_path]))
+    meta = agent.seeded
+    assert meta.size > P.MAX_CHUNK
+    with agent.client(ckeys) as client:   # warm up: the file is open, the buffers are there
+        client.fetch_snapshot(meta.name, tmp_path / "warm.db", expected_sha256=meta.sha256, expected_size=meta.size)
+    peak_before = agent.rss_kb("VmHWM")
+    assert peak_before is not None
+    ctx = zmq.Context()
+    greedy = ctx.socket(zmq.DEALER)
+    greedy.linger = 0
+    greedy.rcvhwm = 1                       # its libzmq stops reading from the connection at once
+    greedy.setsockopt(zmq.RCVBUF, 4096)
+    greedy.curve_serverkey = agent.public_key
+    greedy.curve_publickey, greedy.curve_secretkey = ckeys.public, ckeys.secret
+    greedy.connect(agent.endpoint)
+    requests = 150
+    try:
+        for i in range(requests):
+            greedy.send_multipart(P.encode_request("snapshot.fetch", {"name": meta.name, "offset": 0,
+                                                                      "size": P.MAX_CHUNK}, f"g-{i}"))
+        greedy.send_multipart(P.encode_request("ping", {}, "g-last"))
+        # the refusal in the log, or (without a bound) far more memory than the window
+        wait_until(lambda: "refused snapshot.fetch from key" in agent.log_text()
+                   or (agent.rss_kb() or 0) - peak_before > 300 * 1024, 30,
+                   what="the agent to refuse fetches beyond the window")
+        with agent.client(other) as bystander:   # everyone else is served meanwhile
+            assert bystander.status(timeout=5.0)["member"]["name"] == etcd_member.name
+        codes: dict[str, int] = {}
+        last = None
+        while last != "g-last":
+            assert greedy.poll(30_000, zmq.POLLIN), f"replies stopped after {codes}"
+            reply = P.decode_reply(greedy.recv_multipart())
+            last = reply.id
+            key = "ok" if reply.ok else reply.error_code
+            codes[key] = codes.get(key, 0) + 1
+    finally:
+        greedy.close(0)
+        ctx.term()
+    peak_after = agent.rss_kb("VmHWM")
+    assert peak_after is not None
+    grown_mib = (peak_after - peak_before) / 1024
+    # the window is 32 MiB; without it the agent held every reply (600 MiB here)
+    assert grown_mib < 120, f"agent's peak RSS grew by {grown_mib:.0f} MiB"
+    assert codes.get(P.BUSY, 0) > 0 and codes["ok"] < requests, codes
+    assert codes["ok"] + codes[P.BUSY] == requests + 1, codes
+    # the window is free again once the chunks are read: a full transfer with the same key works
+    with agent.client(ckeys) as client:
+        client.fetch_snapshot(meta.name, tmp_path / "after.db", expected_sha256=meta.sha256, expected_size=meta.size)
+    assert (tmp_path / "after.db").read_bytes() == Path(meta.path).read_bytes()
+    # and a client cannot be set to ask for more than the window
+    with agent.client(ckeys) as client, pytest.raises(UsageError, match="fetch window"):
+        client.fetch_snapshot(meta.name, tmp_path / "x.db", expected_sha256=meta.sha256, expected_size=meta.size,
+                              credit=16, chunk=P.MAX_CHUNK)
     assert agent.running()
 
 
