@@ -37,7 +37,7 @@ def _readable(path: Path) -> Optional[str]:
     return None
 
 
-def _writable_dir(path: Path) -> tuple[bool, str]:
+def writable_dir(path: Path) -> tuple[bool, str]:
     """Can this user create files in ``path`` (or create ``path`` in its nearest existing parent)?"""
     probe = path
     try:
@@ -94,7 +94,7 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
                                    "install etcdutl (etcd >= 3.5) or etcdctl, or set etcd.restore_tool"))
     for label, key, path in (("backup dir", "backup.dir", config.backup.dir),
                              ("state dir", "state.dir", config.state.dir)):
-        ok, detail = _writable_dir(path)
+        ok, detail = writable_dir(path)
         results.append(CheckResult(label, ok, detail, "" if ok else (
             f"run as the agent's user (root), fix the permissions, or set {key} in {config.source}")))
     clock = _clock_check(config)
@@ -214,3 +214,15 @@ def _server_check(config: AgentConfig) -> CheckResult:
     return CheckResult("control server", True,
                        f"{s.listen}: CURVE, agent key {keys.fingerprint(public)}, "
                        f"{len(authorized)} authorized coordinator key(s)")
+
+
+def render_checks(results: list[CheckResult]) -> list[str]:
+    """The results as `check` prints them: one line each, a hint under a problem or a warning."""
+    lines = ["checks"]
+    for r in results:
+        lines.append(f"  {'FAIL' if not r.ok else 'WARN' if r.warning else 'ok  '} {r.name}: {r.detail}")
+        if r.hint and (not r.ok or r.warning):
+            lines.append(f"         hint: {r.hint}")
+    problems = sum(1 for r in results if not r.ok)
+    lines.append(f"{problems} problem(s)" if problems else "all checks passed")
+    return lines

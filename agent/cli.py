@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- check -----------------------------------------------------------------
 @command("check", "validate config and discovery; print the member and every problem", _json_flag)
 def cmd_check(args: argparse.Namespace) -> int:
-    from etcdguard.agent.checks import run_checks
+    from etcdguard.agent.checks import render_checks, run_checks
 
     config = load_config(args)
     assert config is not None
@@ -94,12 +94,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  tls        ca={member.tls.cacert} cert={member.tls.cert} key={member.tls.key}")
         for field, source in member.sources:
             log.debug("%s from %s", field, source)
-        print("checks")
-        for r in results:
-            print(f"  {'FAIL' if not r.ok else 'WARN' if r.warning else 'ok  '} {r.name}: {r.detail}")
-            if r.hint and (not r.ok or r.warning):
-                print(f"         hint: {r.hint}")
-        print(f"{len(problems)} problem(s)" if problems else "all checks passed")
+        print("\n".join(render_checks(results)))
     return EXIT_FAILED if problems else EXIT_OK
 
 

@@ -1,47 +1,46 @@
-"""etcdguard-coordinator: runs the coordinator daemon (systemd Type=notify).
+"""etcdguard-coordinator: the coordinator daemon (systemd Type=notify), and `check`.
 
-Exit codes: 0 stopped cleanly, 1 failed, 2 usage or config error (systemd does not restart on 2).
+Without a subcommand (or with ``run``) the daemon runs. ``check`` validates the
+config, keys, state and socket directories and the vault, and reaches every
+agent; it changes nothing.
+
+Exit codes: 0 ok (the daemon stopped cleanly), 1 failed or problems found,
+2 usage or config error (systemd does not restart on 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Optional
 
-from etcdguard.agent import __version__
-from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.base.logsetup import setup_logging
+from etcdguard.agent.base.clikit import CommandLine
+from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError
 from etcdguard.coordinator.config import DEFAULT_CONFIG_PATH, load_coordinator_config
 
 PROG = "etcdguard-coordinator"
 log = logging.getLogger(__name__)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="etcdguard coordinator: keeps the off-node snapshot vault and serves etcdguardctl.",
-        epilog="SIGHUP reloads the config; SIGTERM lets a running pull finish (up to 30 s) and stops.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="PATH",
-                        help=f"coordinator config file (default {DEFAULT_CONFIG_PATH})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
+CLI = CommandLine(
+    PROG, "etcdguard coordinator: keeps the off-node snapshot vault and serves etcdguardctl.", DEFAULT_CONFIG_PATH,
+    epilog="Without a subcommand the daemon runs (same as `run`). SIGHUP reloads the config; SIGTERM lets a "
+           "running pull finish (up to 30 s) and stops. Exit codes: 0 ok, 1 failed or problems found, "
+           "2 usage or config error.",
+    default_command="run",
+)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+@CLI.command("run", "run the coordinator daemon (the default)", lambda p: None)
+def cmd_run(args: argparse.Namespace) -> int:
     try:
         from etcdguard.coordinator.daemon import CoordinatorDaemon
 
-        config = load_coordinator_config(args.config)
-        daemon = CoordinatorDaemon(args.config, config)
+        path = args.config or DEFAULT_CONFIG_PATH
+        config = load_coordinator_config(path)
+        daemon = CoordinatorDaemon(path, config)
         daemon.install_signal_handlers()
         return daemon.run()
     except EtcdguardError as exc:
@@ -55,6 +54,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@CLI.command("check", "validate config, keys, socket directory and vault, and reach every agent", _check_args)
+def cmd_check(args: argparse.Namespace) -> int:
+    from etcdguard.agent.checks import render_checks
+    from etcdguard.coordinator.checks import run_checks
+
+    config = load_coordinator_config(args.config or DEFAULT_CONFIG_PATH)
+    results = run_checks(config)
+    problems = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps({"config": config.source, "checks": [r.to_json() for r in results], "ok": not problems},
+                         indent=2, sort_keys=True))
+    else:
+        print(f"coordinator {config.source}: {len(config.members)} member(s), vault {config.vault.backend}")
+        print("\n".join(render_checks(results)))
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return CLI.main(argv)
 
 
 if __name__ == "__main__":

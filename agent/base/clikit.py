@@ -1,21 +1,63 @@
 """What etcdguard's command-line tools share: subcommand registration, `--config` and
-`--verbose` accepted before or after the subcommand, and one place that turns a typed
-error into its message and exit code."""
+`--verbose` accepted before or after the subcommand, and one place that turns an error
+into its message and exit code.
+
+An error is one line on stderr (``PROG: error: ...``), never a traceback: a typed
+EtcdguardError exits with its code, an OSError that escaped a command (a full disk, a
+file the user may not read) with 1, naming the path. With ``--json`` the same error is
+also one JSON object on stdout, ``{"error": "...", "exit": N}``, so a script reading
+stdout always gets JSON, usage errors (exit 2) included.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from etcdguard.agent import __version__
-from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_USAGE, EtcdguardError
 from etcdguard.agent.base.logsetup import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 AddArgs = Callable[[argparse.ArgumentParser], None]
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--json`` is among the options (before a ``--`` that ends them)."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def print_json_error(message: str, code: int) -> None:
+    print(json.dumps({"error": message, "exit": code}, sort_keys=True))
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError, naming the path (and the second one of a rename or link)."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {paths}" if paths else f"permission denied ({exc})"
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {paths}" if paths else reason
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are also a JSON object on stdout under ``--json``."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            print_json_error(f"{self.prog}: {message}", EXIT_USAGE)
+        super().error(message)
 
 
 class CommandLine:
@@ -44,8 +86,9 @@ class CommandLine:
         p.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
                        help="debug logging")
 
-    def parser(self) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(prog=self.prog, description=self.description, epilog=self.epilog)
+    def parser(self, json_errors: bool = False) -> argparse.ArgumentParser:
+        cls = type("Parser", (_Parser,), {"json_errors": json_errors})
+        parser: argparse.ArgumentParser = cls(prog=self.prog, description=self.description, epilog=self.epilog)
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
         self._common(parser, top=True)
         subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=self.default_command is None)
@@ -56,17 +99,29 @@ class CommandLine:
         return parser
 
     def main(self, argv: Optional[Sequence[str]] = None) -> int:
-        args = self.parser().parse_args(argv)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = self.parser(json_errors=wants_json(argv)).parse_args(argv)
         setup_logging(args.verbose)
         name = args.command or self.default_command
         assert name is not None
         if args.command is None:
             args.json = False
+        as_json = bool(getattr(args, "json", False))
         try:
             return self.commands[name][2](args)
         except EtcdguardError as exc:
-            print(f"{self.prog}: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return self.fail(str(exc), exc.exit_code, as_json)
+        except OSError as exc:
+            return self.fail(os_error_message(exc), EXIT_FAILED, as_json)
         except KeyboardInterrupt:
             print(f"{self.prog}: {self.interrupted}", file=sys.stderr)
+            if as_json:
+                print_json_error(self.interrupted, 130)
             return 130
+
+    def fail(self, message: str, code: int, as_json: bool) -> int:
+        """Report an error: one line on stderr, and with --json one JSON object on stdout."""
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        if as_json:
+            print_json_error(message, code)
+        return code

@@ -1,0 +1,69 @@
+"""The shared CLI kit: errors are one line on stderr, and one JSON object on stdout under --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from etcdguard.agent.base.clikit import CommandLine, os_error_message, wants_json
+from etcdguard.agent.base.errors import UnsafeRefusal
+
+
+def _cli(fn) -> CommandLine:
+    cli = CommandLine("tool", "a test tool", Path("/nonexistent/tool.toml"))
+
+    def args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--n", type=int)
+
+    cli.command("go", "do it", args)(fn)
+    return cli
+
+
+def _raise(exc: BaseException):
+    def handler(args: argparse.Namespace) -> int:
+        raise exc
+    return handler
+
+
+@pytest.mark.parametrize(("exc", "code", "message"), [
+    (UnsafeRefusal("another operation is running"), 3, "another operation is running"),
+    (PermissionError(13, "Permission denied", "/var/lib/etcdguard/snapshots"), 1,
+     "permission denied: /var/lib/etcdguard/snapshots"),
+    (OSError(28, "No space left on device", "/var/lib/etcdguard/x.db"), 1,
+     "No space left on device: /var/lib/etcdguard/x.db"),
+    (FileExistsError(17, "File exists", "/a", None, "/b"), 1, "File exists: /a -> /b"),
+])
+def test_errors_are_one_line_and_one_json_object(capsys, exc, code, message):
+    cli = _cli(_raise(exc))
+    assert cli.main(["go"]) == code
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"tool: error: {message}\n"
+    assert cli.main(["go", "--json"]) == code
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"error": message, "exit": code}
+    assert err == f"tool: error: {message}\n"
+
+
+def test_usage_errors_under_json_are_json_too(capsys):
+    cli = _cli(lambda args: 0)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["go", "--json", "--n", "x"])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["exit"] == 2 and "invalid int value: 'x'" in doc["error"]
+    assert "usage:" in err
+    with pytest.raises(SystemExit):
+        cli.main(["go", "--n", "x"])
+    out, _ = capsys.readouterr()
+    assert out == ""
+
+
+def test_wants_json_and_messages():
+    assert wants_json(["go", "--json"]) and not wants_json(["go", "--", "--json"]) and not wants_json([])
+    no_path = PermissionError(13, "Permission denied")
+    assert os_error_message(no_path) == "permission denied ([Errno 13] Permission denied)"
+    assert os_error_message(OSError(5, "Input/output error")) == "Input/output error"
