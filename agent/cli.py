@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.clikit import CommandLine
-from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.clikit import CommandLine, table
+from etcdguard.agent.base.durations import format_bytes, format_duration, stamp_times
 from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
 from etcdguard.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
 from etcdguard.agent.discovery.member import ClientTLS, LocalMember
@@ -49,7 +49,7 @@ def discover_member(config: AgentConfig) -> LocalMember:
 
 def emit(args: argparse.Namespace, obj: Any, text: str) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(obj, indent=2, sort_keys=True))
+        print(json.dumps(stamp_times(obj), indent=2, sort_keys=True))
     else:
         print(text)
 
@@ -263,11 +263,15 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not metas:
         print(f"no snapshots in {config.backup.dir}")
+        return EXIT_OK
+    now = time.time()
+    rows = [["NAME", "TAKEN", "AGE", "SIZE", "REVISION", "SHA256", "BUNDLE", "PINNED"]]
     for m in metas:
-        notes = "".join([f"  bundle ({m.bundle})" if m.bundle else "", f"  pinned: {m.pinned}" if m.pinned else ""])
-        age = time.time() - m.created_unix
-        when = f"{format_duration(age)} ago" if age >= 0 else f"{format_duration(-age)} IN THE FUTURE"
-        print(f"{m.name}  {format_bytes(m.size):>10}  rev {m.revision:<10} {when}  sha256 {m.sha256[:16]}{notes}")
+        age = now - m.created_unix
+        when = format_duration(age) if age >= 0 else f"{format_duration(-age)} IN THE FUTURE"
+        rows.append([m.name, m.created_at, when, format_bytes(m.size), str(m.revision), m.sha256[:16],
+                     m.bundle or "-", m.pinned or "-"])
+    print(table(rows))
     return EXIT_OK
 
 

@@ -49,6 +49,12 @@ def os_error_message(exc: OSError) -> str:
     return f"{reason}: {paths}" if paths else reason
 
 
+def table(rows: list[list[str]]) -> str:
+    """Rows (the first one the header) as left-aligned columns, two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage errors are also a JSON object on stdout under ``--json``."""
 

@@ -1,8 +1,11 @@
-"""Human durations ("90s", "15m", "1h30m", "2d") for config files and output."""
+"""Human durations ("90s", "15m", "1h30m", "2d") for config files and output, and the one
+timestamp format of every output: ISO 8601 UTC to the second, ``YYYY-MM-DDTHH:MM:SSZ``."""
 
 from __future__ import annotations
 
 import re
+import time
+from typing import Any
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -54,3 +57,26 @@ def format_bytes(n: float) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+def iso_utc(unix: float) -> str:
+    """``2026-12-01T09:57:40Z``: the format of every ``*_at`` field etcdguard writes or prints."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def stamp_times(value: Any) -> Any:
+    """A copy of parsed JSON in which every ``*_at`` number (unix seconds, as operation records
+    keep them) is an ISO 8601 UTC string, its number kept beside it as ``*_unix``."""
+    if isinstance(value, list):
+        return [stamp_times(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if (isinstance(key, str) and key.endswith("_at") and isinstance(item, (int, float))
+                and not isinstance(item, bool)):
+            out[key] = iso_utc(float(item))
+            out.setdefault(f"{key[:-3]}_unix", item)
+        else:
+            out[key] = stamp_times(item)
+    return out

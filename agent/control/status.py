@@ -121,7 +121,7 @@ class EtcdProbe:
 def summary(meta: SnapshotMeta) -> SnapshotSummary:
     """What the status report tells of a catalogued snapshot."""
     return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.revision,
-                           created_at=meta.created_at, created_unix=meta.created_unix, member_name=meta.member_name,
+                           created_at=meta.created_at, created_unix=meta.created_unix, member=meta.member,
                            member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version,
                            revision_source=meta.revision_source, pinned=meta.pinned, bundle=meta.bundle)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.durations import iso_utc
 from etcdguard.agent.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
 from etcdguard.agent.snapshots.integrity import TRAILER_SIZE, TrailerHasher
 from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
@@ -303,9 +304,10 @@ class Staging:
             fsutil.commit_temp(u.path, final, fd=u.fd)
             os.close(u.fd)
             u.fd = -1
+            now = time.time()
             fsutil.atomic_write_json(self.dir / f"{u.name}{SIDECAR_SUFFIX}", {
                 "name": final.name, "upload": u.name, "size": u.total, "sha256": sha,
-                "received_at": time.time(), "trailer_verified": True})
+                "received_at": iso_utc(now), "received_unix": now, "trailer_verified": True})
         except (EtcdguardError, OSError):
             self._drop(u)
             raise

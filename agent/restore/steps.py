@@ -273,8 +273,8 @@ class NodeRestorer:
             cids.append(recorded.cluster_id)
             if recorded.member_id and recorded.member_id not in mids:
                 mids.append(recorded.member_id)
-            if recorded.member_name and recorded.member_name not in names:
-                names.append(recorded.member_name)
+            if recorded.member and recorded.member not in names:
+                names.append(recorded.member)
             where.append("its catalog record")
         if found:
             computed = f"{cluster_id_of([m.id for m in found]):x}"

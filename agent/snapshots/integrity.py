@@ -187,7 +187,7 @@ class Recorded:
     revision_exact: bool = False         # read from the file itself, not a lower bound
     cluster_id: str = ""
     member_id: str = ""
-    member_name: str = ""
+    member: str = ""
 
     @classmethod
     def from_sidecar(cls, data: Any, where: str) -> Recorded:
@@ -205,7 +205,7 @@ class Recorded:
                    revision=int(revision) if isinstance(revision, int) and not isinstance(revision, bool) else None,
                    revision_exact=data.get("revision_source") == "snapshot-status",
                    cluster_id=str(data.get("cluster_id") or ""), member_id=str(data.get("member_id") or ""),
-                   member_name=str(data.get("member_name") or ""))
+                   member=str(data.get("member") or data.get("member_name") or ""))
 
 
 def read_sidecar(snapshot: Path) -> Optional[Recorded]:

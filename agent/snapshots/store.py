@@ -47,7 +47,7 @@ class SnapshotMeta:
     revision: int
     created_at: str          # ISO 8601 UTC
     created_unix: float
-    member_name: str
+    member: str              # the etcd member it was taken on (older sidecars: member_name)
     member_id: str           # hex, as etcdctl prints it
     cluster_id: str
     etcd_version: str
@@ -67,6 +67,8 @@ class SnapshotMeta:
         if not isinstance(data, dict):
             raise ValueError(f"{where}: sidecar is not a JSON object")
         known = {f.name for f in fields(cls)}
+        if "member" not in data and "member_name" in data:
+            data = {**data, "member": data["member_name"]}
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
@@ -78,10 +80,6 @@ def snapshot_name(created_unix: float, revision: int) -> str:
     t = time.gmtime(created_unix)
     ms = int((created_unix % 1) * 1000)
     return f"snap-{time.strftime('%Y%m%dT%H%M%S', t)}.{ms:03d}Z-r{revision}{SNAP_SUFFIX}"
-
-
-def iso_utc(unix: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 class SnapshotStore:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from etcdguard.agent.base import fsutil
+from etcdguard.agent.base.durations import iso_utc
 from etcdguard.agent.base.errors import Aborted, EtcdguardError, SnapshotError, ToolError
 from etcdguard.agent.discovery.member import ClientTLS
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.etcd.tools import SnapshotTool, snapshot_status
 from etcdguard.agent.snapshots.integrity import TrailerHasher
 from etcdguard.agent.snapshots.sink import HashingSink
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore, iso_utc, snapshot_name
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore, snapshot_name
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def stream_to_file(
         revision=status.revision,
         created_at=iso_utc(started),
         created_unix=started,
-        member_name=source.member_name,
+        member=source.member_name,
         member_id=f"{status.member_id:x}",
         cluster_id=f"{status.cluster_id:x}",
         etcd_version=status.version,

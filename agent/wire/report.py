@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from etcdguard.agent.wire.typed import from_json, to_json
+from etcdguard.agent.wire.typed import from_json, renamed, to_json
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class SnapshotSummary:
     revision: int
     created_at: str
     created_unix: float
-    member_name: str = ""
+    member: str = field(default="", metadata=renamed("member_name"))    # the etcd member it was taken on
     member_id: str = ""
     cluster_id: str = ""
     etcd_version: str = ""

@@ -7,7 +7,10 @@ few (str, int, float, bool, Optional, tuple[X, ...], nested dataclasses) and
 a schema library for them would be the only such dependency.
 
 Unknown keys are ignored when reading (a newer peer may send more), missing
-keys take the field's default or are an error when it has none.
+keys take the field's default or are an error when it has none. A field that
+was renamed declares its old names (``field(metadata=renamed("old_name"))``): a value from an
+older peer or an older record on disk is read under either name, and written
+under the new one only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ from typing import Any, TypeVar, Union
 T = TypeVar("T")
 
 _NONE = type(None)
+ALIASES = "etcdguard.json_aliases"
+
+
+def renamed(*old_names: str) -> dict[str, Any]:
+    """Field metadata: the field is also read under ``old_names`` (``field(metadata=renamed("old"))``)."""
+    return {ALIASES: old_names}
+
+
+def _lookup(value: dict[str, Any], f: dataclasses.Field[Any]) -> tuple[bool, Any]:
+    """(found, value) of field ``f`` in a JSON object, under its name or one of its old names."""
+    for key in (f.name, *f.metadata.get(ALIASES, ())):
+        if key in value:
+            return True, value[key]
+    return False, None
 
 
 @functools.cache
@@ -91,11 +108,12 @@ def _read(tp: Any, value: Any, where: str) -> Any:
         for f in dataclasses.fields(tp):
             if not f.init:
                 continue
-            if f.name not in value:
+            found, raw = _lookup(value, f)
+            if not found:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise ValueError(f"{where}.{f.name} is missing")
                 continue
-            kwargs[f.name] = _read(hints[f.name], value[f.name], f"{where}.{f.name}")
+            kwargs[f.name] = _read(hints[f.name], raw, f"{where}.{f.name}")
         return tp(**kwargs)
     if isinstance(tp, type) and issubclass(tp, bool):
         if not isinstance(value, bool):

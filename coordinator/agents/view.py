@@ -57,7 +57,6 @@ def member_row(v: MemberView, now: float) -> dict[str, Any]:
     etcd = v.etcd
     return {
         "member": v.name,
-        "name": v.name,
         "agent": v.agent,
         "reachable": v.reachable,
         "error": v.error,

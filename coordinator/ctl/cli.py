@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.clikit import CommandLine
-from etcdguard.agent.base.durations import format_bytes, format_duration
+from etcdguard.agent.base.clikit import CommandLine, table
+from etcdguard.agent.base.durations import format_bytes, format_duration, stamp_times
 from etcdguard.agent.base.errors import EXIT_OK, EtcdguardError, UsageError
 from etcdguard.coordinator.config import DEFAULT_CONFIG_PATH, CoordinatorConfig, load_coordinator_config
 from etcdguard.coordinator.control import server as control
@@ -42,7 +42,7 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
 
 def emit(args: argparse.Namespace, obj: Any, text: str) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(obj, indent=2, sort_keys=True))
+        print(json.dumps(stamp_times(obj), indent=2, sort_keys=True))
     elif text:
         print(text)
 
@@ -64,9 +64,7 @@ def _age(seconds: Any) -> str:
     return f"{format_duration(float(seconds))} ago"
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+_table = table   # the one table layout of every etcdguard command (agent/base/clikit.py)
 
 
 # -- status ------------------------------------------------------------------
@@ -81,21 +79,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     for m in report["members"]:
         etcd = m.get("etcd") or {}
         if not m["reachable"]:
-            rows.append([m["name"], m["agent"], "no", "-", "-", "-", "-"])
+            rows.append([m["member"], m["agent"], "no", "-", "-", "-", "-"])
             continue
         health = "healthy" if m["healthy"] else "UNHEALTHY"
         role = "leader" if m["is_leader"] else ("follower" if m["healthy"] else "-")
         newest = m.get("newest_backup")
         backup = "none" if not newest else f"{_age(newest.get('age_seconds'))} (rev {newest.get('revision')})"
         busy = f" [busy: {m['busy']}]" if m.get("busy") else ""
-        rows.append([m["name"], m["agent"], "yes", health + (f" {etcd.get('version')}" if etcd.get("version") else ""),
-                     role, str(m.get("revision") if m.get("revision") is not None else "-"), backup + busy])
+        version = f" {etcd.get('version')}" if etcd.get("version") else ""
+        rows.append([m["member"], m["agent"], "yes", health + version, role,
+                     str(m.get("revision") if m.get("revision") is not None else "-"), backup + busy])
     print(_table(rows))
     for m in report["members"]:
         if not m["reachable"]:
-            print(f"  {m['name']}: {m['error']}")
+            print(f"  {m['member']}: {m['error']}")
         elif not m["healthy"]:
-            print(f"  {m['name']}: etcd: {(m.get('etcd') or {}).get('error') or 'not healthy'}")
+            print(f"  {m['member']}: etcd: {(m.get('etcd') or {}).get('error') or 'not healthy'}")
     c = report["cluster"]
     ids = c["cluster_ids"]
     cluster = (f"cluster id {ids[0]}" if len(ids) == 1 else
@@ -116,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     newest = v.get("newest")
     if newest:
         print(f"vault: {v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
-              f"{newest['sha256'][:12]} from {newest['source_member']}, revision {newest['revision']}, "
+              f"{newest['sha256'][:12]} from {newest['member']}, revision {newest['revision']}, "
               f"taken {_age(v.get('newest_age_seconds'))}")
     else:
         print(f"vault: empty ({v['dir']})")
@@ -157,7 +156,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     rows = [["ID", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED"]]
     for e in entries:
         rows.append([e["sha256"][:12], e["created_at"], format_duration(max(0.0, now - e["created_unix"])),
-                     format_bytes(e["size"]), str(e["revision"]), e["source_member"], e["etcd_version"] or "-",
+                     format_bytes(e["size"]), str(e["revision"]), e["member"], e["etcd_version"] or "-",
                      "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
     print(_table(rows))
     return EXIT_OK
@@ -210,7 +209,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         printer.finish()
     e = result["entry"]
     took = float(result.get("duration_seconds") or 0)
-    earlier = "" if result["pulled"] else (f" (the same data as a snapshot stored earlier from {e['source_member']}: "
+    earlier = "" if result["pulled"] else (f" (the same data as a snapshot stored earlier from {e['member']}: "
                                            "same cluster, same revision)")
     emit(args, result,
          f"{'pulled' if result['pulled'] else 'already in the vault:'} {e['sha256'][:12]} from member "

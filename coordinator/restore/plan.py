@@ -21,7 +21,7 @@ from typing import Any, Optional
 from etcdguard.agent.base.durations import format_bytes
 from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.restore.plan import bump_for
-from etcdguard.agent.wire.typed import from_json, to_json
+from etcdguard.agent.wire.typed import from_json, renamed, to_json
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
 
@@ -39,7 +39,7 @@ class SnapshotRef:
     id: str                      # the sha256
     size: int
     revision: int
-    source_member: str
+    member: str = field(metadata=renamed("source_member"))   # where it was taken (older journals: source_member)
     created_at: str
     created_unix: float
     etcd_version: str = ""
@@ -358,7 +358,7 @@ def render_plan(p: RestorePlan) -> str:
              else f"rollback of {p.rollback_of}: a new, forward restore of its pre-restore snapshot")
     lines = [f"{title}, plan {p.plan_id} (operation {p.op})",
              f"  snapshot {snap.id[:12]}: revision {snap.revision:,}, {format_bytes(snap.size)}, taken "
-             f"{snap.created_at} on {snap.source_member}" + (f", etcd {snap.etcd_version}" if snap.etcd_version
+             f"{snap.created_at} on {snap.member}" + (f", etcd {snap.etcd_version}" if snap.etcd_version
                                                              else "")]
     if p.live_revision is not None:
         lost = f"{p.discarded_revisions:,}" if p.discarded_revisions is not None else "?"

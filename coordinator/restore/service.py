@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent.base.durations import iso_utc
 from etcdguard.agent.base.errors import EtcdguardError, UnsafeRefusal, UsageError
 from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.restore.journal import new_op_id
 from etcdguard.agent.snapshots.integrity import verify_restorable
-from etcdguard.agent.snapshots.store import iso_utc
 from etcdguard.agent.wire.typed import to_json
 from etcdguard.coordinator.agents.links import MemberLinks
 from etcdguard.coordinator.config import CoordinatorConfig
@@ -51,7 +51,7 @@ HEARTBEAT = 10.0     # seconds between keep-alive progress lines to a following 
 
 
 def snapshot_ref(entry: VaultEntry) -> SnapshotRef:
-    return SnapshotRef(id=entry.sha256, size=entry.size, revision=entry.revision, source_member=entry.source_member,
+    return SnapshotRef(id=entry.sha256, size=entry.size, revision=entry.revision, member=entry.source_member,
                        created_at=entry.created_at, created_unix=entry.created_unix,
                        etcd_version=entry.etcd_version, cluster_id=entry.cluster_id)
 

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 from etcdguard.agent.base import retention
+from etcdguard.agent.base.durations import iso_utc
 from etcdguard.agent.base.errors import UsageError
-from etcdguard.agent.snapshots.store import iso_utc
 
 FORMAT = 1
 MIN_PREFIX = 4
@@ -52,13 +52,12 @@ class VaultEntry:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = _member_named(asdict(self))
         data["id"] = self.sha256
-        data["member"] = self.source_member
         return data
 
     def sidecar(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = _member_named(asdict(self))
         for key in DERIVED:
             data.pop(key)
         data["format"] = FORMAT
@@ -69,6 +68,8 @@ class VaultEntry:
         """Parse a sidecar; ValueError names what is wrong with it."""
         if not isinstance(data, dict):
             raise ValueError(f"{where}: metadata is not a JSON object")
+        if "source_member" not in data and "member" in data:
+            data = {**data, "source_member": data["member"]}
         types: dict[str, Any] = {
             "sha256": str, "size": int, "source_member": str, "original_name": str, "revision": int,
             "cluster_id": str, "member_id": str, "etcd_version": str, "created_at": str,
@@ -87,6 +88,13 @@ class VaultEntry:
         if not SHA_RE.fullmatch(values["sha256"]):
             raise ValueError(f"{where}: field 'sha256' is not a sha256 hex digest")
         return cls(**values)
+
+
+def _member_named(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON names the sending member ``member``, as every etcdguard output does (sidecars from before
+    that say ``source_member``; both are read)."""
+    data["member"] = data.pop("source_member")
+    return data
 
 
 def facts(e: VaultEntry) -> retention.Facts:

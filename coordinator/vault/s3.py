@@ -279,7 +279,7 @@ def _name_of(e: VaultEntry) -> names.SnapshotName:
 
 
 def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultEntry:
-    from etcdguard.agent.snapshots.store import iso_utc
+    from etcdguard.agent.base.durations import iso_utc
 
     return VaultEntry(
         sha256=n.sha256, size=n.size, source_member=n.source_member, original_name=n.original_name,

@@ -329,7 +329,7 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
 
         # status: three reachable members, one leader (etcd's), one cluster id
         status = coord.ctl_json("status")
-        rows = {m["name"]: m for m in status["members"]}
+        rows = {m["member"]: m for m in status["members"]}
         assert sorted(rows) == ["m1", "m2", "m3"]
         assert all(m["reachable"] and m["healthy"] for m in rows.values()), rows
         assert [n for n, m in rows.items() if m["is_leader"]] == [leader]
@@ -349,7 +349,7 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
         result = json.loads(r.stdout)
         entry = result["entry"]
         assert result["pulled"] is True
-        assert result["member"] != leader and entry["source_member"] == result["member"]
+        assert result["member"] != leader and entry["member"] == result["member"]
         assert re.search(r"B / [0-9.]+ \w*B \(100%\)", r.stderr), r.stderr   # progress: bytes / total
         source = next(a for a in agents if a.member.name == result["member"])
         sidecar = json.loads((source.store_dir / (result["snapshot"]["name"] + ".json")).read_text())
@@ -359,7 +359,7 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
         assert vault_file.stat().st_size == sidecar["size"] == entry["size"]
         assert stat.S_IMODE(vault_file.stat().st_mode) == 0o600
         meta = json.loads((tmp_path / "vault" / f"{entry['sha256']}.json").read_text())
-        assert meta["source_member"] == result["member"] != leader
+        assert meta["member"] == result["member"] != leader
         assert meta["revision"] == sidecar["revision"] and meta["cluster_id"] == sidecar["cluster_id"]
         assert meta["original_name"] == sidecar["name"]
 
@@ -389,7 +389,7 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
         dead = next(a for a in agents if a.member.name != leader)
         dead.kill()
         status = coord.ctl_json("status")
-        rows = {m["name"]: m for m in status["members"]}
+        rows = {m["member"]: m for m in status["members"]}
         assert rows[dead.member.name]["reachable"] is False
         assert rows[dead.member.name]["error"]
         assert all(rows[n]["reachable"] for n in rows if n != dead.member.name)

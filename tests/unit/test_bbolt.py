@@ -136,7 +136,7 @@ def test_verify_restorable_refuses_any_bytes_with_a_valid_trailer(tmp_path):
 
 def _recorded(**kw: object) -> Recorded:
     meta: dict[str, object] = dict(name="s.db", path="/s.db", size=100, sha256="ab" * 32, revision=42,
-                                   created_at="", created_unix=0.0, member_name="m1", member_id="1",
+                                   created_at="", created_unix=0.0, member="m1", member_id="1",
                                    cluster_id="2", etcd_version="3.5.16", duration_seconds=0.0,
                                    revision_source="snapshot-status")
     meta.update(kw)
@@ -158,7 +158,7 @@ def test_sidecar_comparison():
 
 def test_both_sidecar_formats_are_read_and_others_refused():
     store = _recorded()
-    assert (store.cluster_id, store.member_name, store.revision, store.revision_exact) == ("2", "m1", 42, True)
+    assert (store.cluster_id, store.member, store.revision, store.revision_exact) == ("2", "m1", 42, True)
     staged = Recorded.from_sidecar({"sha256": "ab" * 32, "size": 100, "upload": "up"}, "up.db.json")
     assert staged.revision is None and staged.cluster_id == ""
     assert sidecar_problems(staged, FileDigest(100, "ab" * 32, True), 7) == []

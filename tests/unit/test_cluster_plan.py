@@ -17,7 +17,7 @@ from etcdguard.coordinator.restore.states import TRANSITIONS, IllegalTransition,
 from etcdguard.coordinator.restore.steps import PHASES, quorum_problem, verify_problems
 
 SHA = "ab" * 32
-SNAP = SnapshotRef(id=SHA, size=300 << 20, revision=5_000, source_member="m2", created_at="2026-12-01T00:00:00Z",
+SNAP = SnapshotRef(id=SHA, size=300 << 20, revision=5_000, member="m2", created_at="2026-12-01T00:00:00Z",
                    created_unix=1_800_000_000.0, etcd_version="3.5.16", cluster_id="c1")
 NAMES = ("m1", "m2", "m3")
 CONFIGURED = tuple(MemberSettings(n, f"tcp://127.0.0.1:{7000 + i}", None) for i, n in enumerate(NAMES))

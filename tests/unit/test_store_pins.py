@@ -19,7 +19,7 @@ def put(store: SnapshotStore, created: float, revision: int) -> SnapshotMeta:
     temp.write_bytes(data)
     meta = SnapshotMeta(name=snapshot_name(created, revision), path="", size=len(data),
                         sha256=hashlib.sha256(data).hexdigest(), revision=revision,
-                        created_at="", created_unix=created, member_name="m1", member_id="a", cluster_id="c",
+                        created_at="", created_unix=created, member="m1", member_id="a", cluster_id="c",
                         etcd_version="3.5.16", duration_seconds=0.1, revision_source="snapshot-status")
     return store.commit(temp, meta)
 
@@ -50,7 +50,9 @@ def test_agent_pin_and_unpin_commands(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["pinned"] == "audit 2026" and out["name"] == meta.name
     assert main(["snapshots", "--config", str(config)]) == 0
-    assert "pinned: audit 2026" in capsys.readouterr().out
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["NAME", "TAKEN", "AGE", "SIZE", "REVISION", "SHA256", "BUNDLE", "PINNED"]
+    assert row.startswith(meta.name) and row.endswith("audit 2026")   # the pin's reason, in PINNED
     assert main(["unpin", meta.name, "--config", str(config)]) == 0
     assert store.list()[0].pinned is None
     assert main(["pin", "snap-nope.db", "--config", str(config)]) == 1

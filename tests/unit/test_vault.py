@@ -67,7 +67,7 @@ def test_pull_stores_by_sha256_with_metadata(vault):
     meta = json.loads((vault.dir / f"{sha}.json").read_text())
     assert meta["sha256"] == sha
     assert meta["size"] == len(data)
-    assert meta["source_member"] == "m2"
+    assert meta["member"] == "m2"
     assert meta["original_name"] == f"snap-{int(T0)}-r7.db"
     assert (meta["revision"], meta["cluster_id"], meta["etcd_version"]) == (7, "cafe", "3.5.16")
     assert meta["created_unix"] == T0 and meta["pulled_unix"] == T0 + 5
