@@ -22,6 +22,7 @@ from etcdguard.agent.base.signals import SignalFlags
 from etcdguard.agent.config import AgentConfig, load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
+from etcdguard.agent.etcd.health import HealthProbe
 from etcdguard.agent.metrics import AgentMetrics, MetricsServer, bind_replacement
 from etcdguard.agent.restore.journal import DAMAGED, OperationStore
 from etcdguard.agent.restore.remote import restore_active
@@ -55,6 +56,9 @@ class AgentDaemon(SignalFlags):
         self.metrics_server: Optional[MetricsServer] = None
         self.services: list[Any] = []   # extra long-lived parts (the control server), each with start/stop
         self.on_ready: Optional[Callable[[], None]] = None
+        # etcdguard_etcd_up between snapshots (agent/etcd/health.py)
+        self.health = HealthProbe(lambda: (self.runner.member, self.config.etcd.dial_timeout) if self.runner else None,
+                                  lambda up: self.metrics.etcd_up.set(1 if up else 0))
 
     def _stop_requested(self, reason: str) -> None:
         if self._cancel is not None:
@@ -174,6 +178,7 @@ class AgentDaemon(SignalFlags):
         for service in self.services:
             service.start()
         health = self._health_check(runner)
+        self.health.start()
         next_due = self._first_due(runner)
         log.info("agent ready: member %s, %s, store %s, every %s, keep %d", runner.member.name, health,
                  runner.store.dir, format_duration(self.config.backup.interval), self.config.backup.keep)
@@ -265,6 +270,7 @@ class AgentDaemon(SignalFlags):
                 log.error("snapshot worker did not stop within %ss", STOP_GRACE)
             elif isinstance(self._worker_result, BaseException):
                 log.info("in-flight snapshot aborted: %s", self._worker_result)
+        self.health.stop()
         for service in reversed(self.services):
             service.stop()
         if self.metrics_server is not None:
