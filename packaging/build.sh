@@ -129,7 +129,25 @@ fi
 
 # nfpm's changelog setting applies to every format and its .deb rendering is not a valid
 # Debian changelog, so only the RPM's build gets it, appended to the one description.
-{ cat packaging/nfpm.yaml; echo "changelog: build/packaging/changelog.yml"; } >"$stage/nfpm-rpm.yaml"
+# nfpm does not expand globs of type: doc entries: the RPM's config lists each file instead.
+"${pip[0]}" - packaging/nfpm.yaml "$stage/nfpm-rpm.yaml" <<'EOF'
+import glob, sys
+import yaml
+source, target = sys.argv[1:]
+with open(source) as fh:
+    config = yaml.safe_load(fh)
+contents = []
+for entry in config["contents"]:
+    if entry.get("packager") == "rpm" and entry.get("type") == "doc" and glob.has_magic(entry["src"]):
+        contents += [{**entry, "src": path, "dst": entry["dst"].rstrip("/") + "/" + path.rsplit("/", 1)[-1]}
+                     for path in sorted(glob.glob(entry["src"]))]
+    else:
+        contents.append(entry)
+config["contents"] = contents
+config["changelog"] = "build/packaging/changelog.yml"
+with open(target, "w") as fh:
+    yaml.safe_dump(config, fh, sort_keys=False)
+EOF
 for fmt in $formats; do
   config=packaging/nfpm.yaml
   [ "$fmt" = rpm ] && config="$stage/nfpm-rpm.yaml"

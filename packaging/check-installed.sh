@@ -88,6 +88,14 @@ if out="$(etcdguard-agent --version 2>&1)"; then pass "etcdguard-agent --version
 for cmd in etcdguard-coordinator etcdguardctl; do
   if out="$($cmd --help 2>&1)"; then pass "$cmd --help"; else fail "$cmd --help: $(tail -n1 <<<"$out")"; fi
 done
+missing=""
+for doc in "$root"/docs/*.md; do
+  [ -f "/usr/share/doc/etcdguard/$(basename "$doc")" ] || missing="$missing $(basename "$doc")"
+done
+if [ -z "$missing" ]; then pass "every file of docs/ in /usr/share/doc/etcdguard"; else fail "docs not installed:$missing"; fi
+for cmd in etcdguard-agent etcdguard-coordinator etcdguardctl; do
+  if [ -f "/usr/share/man/man8/$cmd.8.gz" ]; then pass "man page $cmd(8)"; else fail "no man page $cmd(8)"; fi
+done
 
 # -- a throwaway etcd 3.4 on free loopback ports --------------------------------------------------
 read -r client_port peer_port < <(/usr/bin/python3 - <<'EOF'

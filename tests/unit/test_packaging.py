@@ -632,6 +632,10 @@ def test_deb_package(built_packages: dict[str, Path]) -> None:
                  "./usr/share/etcdguard/prometheus/etcdguard.rules.yml",
                  "./usr/share/man/man8/etcdguard-agent.8.gz", "./usr/share/doc/etcdguard/changelog.gz"):
         assert path in listing, path
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        assert f"./usr/share/doc/etcdguard/{doc.name}" in listing, f"the .deb lacks docs/{doc.name}"
+    for page in sorted((PACKAGING / "man" / "man8").glob("*.8")):
+        assert f"./usr/share/man/man8/{page.name}.gz" in listing, page.name
     assert "__pycache__" not in listing and ".pyc" not in listing
     assert "./usr/lib/python3/dist-packages/etcdguard/__init__.py" not in listing  # namespace package
     conffiles = run(["dpkg-deb", "-I", str(deb), "conffiles"]).stdout.split()
@@ -657,6 +661,11 @@ def test_rpm_package(built_packages: dict[str, Path], tmp_path: Path) -> None:
                  "/usr/share/etcdguard/python/sdnotify/__init__.py", "/usr/share/etcdguard/python/tomli/__init__.py"):
         assert path in files, path
     assert not any("__pycache__" in f for f in files)
+    documented = run([rpm_cmd, "-qpd", str(rpm)]).stdout.split()   # %doc: every file of docs/, the man pages
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        assert f"/usr/share/doc/etcdguard/{doc.name}" in documented, f"the .rpm lacks docs/{doc.name} as %doc"
+    for page in sorted((PACKAGING / "man" / "man8").glob("*.8")):
+        assert f"/usr/share/man/man8/{page.name}.gz" in documented, page.name
     config = run([rpm_cmd, "-qp", "--configfiles", str(rpm)]).stdout.split()
     assert config == ["/etc/etcdguard/agent.toml", "/etc/etcdguard/coordinator.toml"]
     scripts = run([rpm_cmd, "-qp", "--scripts", str(rpm)]).stdout
