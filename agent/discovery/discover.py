@@ -290,17 +290,7 @@ def read_service(files: Sequence[tuple[str, str]], expand: Callable[[str], str])
             if key == "ExecStart":
                 exec_start = [*exec_start, (expand(value), path)] if value else []
             elif key == "Environment":
-                if not value:
-                    env = []
-                    continue
-                try:
-                    words = shlex.split(expand(value))
-                except ValueError as exc:
-                    raise ValueError(f"{path}: Environment={value}: {exc}") from None
-                for word in words:
-                    m = _ASSIGNMENT.match(word)
-                    if m:
-                        env.append((m.group(1), m.group(2), path))
+                env = [*env, *_assignments(path, value, expand)] if value else []
             elif key == "EnvironmentFile":
                 if not value:
                     env_files = []
@@ -309,6 +299,15 @@ def read_service(files: Sequence[tuple[str, str]], expand: Callable[[str], str])
             elif key == "WorkingDirectory":
                 workdir = expand(value.lstrip("-")) or None
     return ServiceSpec(tuple(exec_start), tuple(env), tuple(env_files), workdir)
+
+
+def _assignments(path: str, value: str, expand: Callable[[str], str]) -> list[tuple[str, str, str]]:
+    """(name, value, file) of each NAME=VALUE word of an ``Environment=`` line, as systemd splits it."""
+    try:
+        words = shlex.split(expand(value))
+    except ValueError as exc:
+        raise ValueError(f"{path}: Environment={value}: {exc}") from None
+    return [(m.group(1), m.group(2), path) for m in map(_ASSIGNMENT.match, words) if m]
 
 
 # -- reading the node -------------------------------------------------------------
@@ -635,6 +634,16 @@ def discover(config: AgentConfig, root: Path = Path("/"), *, hostname: Optional[
     return _assemble(config, found, root, apiserver_manifest)
 
 
+def _member_name(configured: Optional[str], found: _Found, hint: str) -> tuple[str, str]:
+    """(name, where it came from): never guessed (etcd itself would call an unnamed member "default")."""
+    if configured:
+        return configured, "config"
+    if found.settings.get("name", ("", ""))[0]:
+        return found.settings["name"]
+    raise DiscoveryError(f"{found.where}: no member name (no --name or ETCD_NAME; etcd would use 'default'); "
+                         + hint)
+
+
 def _assemble(config: AgentConfig, found: _Found, root: Path, apiserver_manifest: Path) -> LocalMember:
     cfg, s = config.etcd, found.settings
     sources: list[tuple[str, str]] = [("runtime", found.origin)]
@@ -657,16 +666,7 @@ def _assemble(config: AgentConfig, found: _Found, root: Path, apiserver_manifest
         except LookupError:
             return None  # informational only: peer files need not be reachable from the host
 
-    # name: never guessed (etcd itself would call an unnamed member "default")
-    if cfg.name:
-        name, name_src = cfg.name, "config"
-    elif s.get("name", ("", ""))[0]:
-        name, name_src = s["name"]
-    else:
-        raise DiscoveryError(
-            f"{found.where}: no member name (no --name or ETCD_NAME; etcd would use 'default'); "
-            + hint("etcd.name")
-        )
+    name, name_src = _member_name(cfg.name, found, hint("etcd.name"))
     sources.append(("name", name_src))
 
     if cfg.data_dir is not None:

@@ -117,16 +117,7 @@ def parse_flags(argv: Sequence[str], bool_flags: Collection[str] = frozenset(), 
             raise FlagError(f"bad flag syntax: {word}")
         name, has_value, value = name.partition("=")
         if name in bool_flags:
-            if has_value:
-                if value in _TRUE:
-                    value = "true"
-                elif value in _FALSE:
-                    value = "false"
-                else:
-                    raise FlagError(f'invalid boolean value "{value}" for -{name}')
-            else:
-                value = "true"
-            values[name], positions[name] = value, i
+            values[name], positions[name] = _bool_value(name, value) if has_value else "true", i
         elif has_value:
             values[name], positions[name] = value, i
         elif value_flags is not None and name not in value_flags and (
@@ -139,6 +130,15 @@ def parse_flags(argv: Sequence[str], bool_flags: Collection[str] = frozenset(), 
             raise FlagError(f"flag needs an argument: -{name}")
         i += 1
     return Flags(values, positions, tuple(args))
+
+
+def _bool_value(name: str, value: str) -> str:
+    """``-name=value`` of a boolean flag, as Go's strconv.ParseBool reads it: "true" or "false"."""
+    if value in _TRUE:
+        return "true"
+    if value in _FALSE:
+        return "false"
+    raise FlagError(f'invalid boolean value "{value}" for -{name}')
 
 
 def etcd_flags(argv: Sequence[str]) -> Flags:

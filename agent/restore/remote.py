@@ -124,50 +124,12 @@ class RemoteRestore:
         """Run (or answer from the record) one restore.step; ``who`` names the requester for the journal."""
         op_id, step = args["op_id"], args["step"]
         restorer = self.restorer()
-        op = restorer.ops.get(op_id)
+        op = restorer.ops.get(op_id)   # a handle by id: it sees the operation once prepare creates it
         try:
-            if step == "rollback":
-                return self._rollback(restorer, op)
-            if step == "cleanup":
-                if not op.exists():
-                    raise NotFound(f"no operation {op_id!r} on this node")
-                return {"op": op_id, "removed": restorer.cleanup(op_id)}
-            if step == "finish":
-                if not op.exists():
-                    raise NotFound(f"no operation {op_id!r} on this node")
-                with restorer.ops.exclusive(f"close {op_id}"):
-                    return restorer.finish(op, args["params"]["outcome"])
+            if step in ("rollback", "cleanup", "finish"):
+                return self._closing_step(restorer, op, step, args)
             with restorer.ops.exclusive(f"run restore step {step} of {op_id}"):
-                if not op.exists():
-                    if step == "preflight":
-                        return self._preflight_without_operation(restorer)
-                    if step != "prepare":
-                        raise NotFound(f"no operation {op_id!r} on this node (it is created by its prepare step)")
-                    op = self._open(restorer, op_id, args["params"], who)
-                else:
-                    state = op.record().get("state")
-                    if state != "running":
-                        # A finished step answers with its record; nothing new runs in a closed operation.
-                        recorded = self._recorded(op, step)
-                        if recorded is None:
-                            raise ProtocolError(CONFLICT, f"operation {op_id} is {state}; step {step} cannot "
-                                                          "run in it (a new restore needs a new operation id)")
-                        return recorded
-                    if step == "prepare":
-                        self._check_same_prepare(restorer, op, args["params"])
-                    # A step of an operation created earlier (a retry, or after an agent restart):
-                    # its snapshot must still be the verified file before anything runs.
-                    for note in restorer.reverify(op, full=op.finished("prepare") is None):
-                        log.info("restore %s: %s", op_id, note)
-                if step in ph.UNDO_STEPS:
-                    return restorer.run_step(op, step)
-                self._check_order(op, step)
-                if step == "prepare":
-                    pre = restorer.run_step(op, "preflight")
-                    return {**restorer.run_step(op, "prepare"), "preflight": pre}
-                if step == ph.START:
-                    return restorer.run_step(op, step, wait=False)   # quorum is the coordinator's to wait for
-                return restorer.run_step(op, step)
+                return self._locked_step(restorer, op, step, args, who)
         except subprocess.SubprocessError as exc:
             self._journal_failure(op, step, exc, who)
             raise ToolError(f"restore step {step}: {exc}") from None
@@ -175,6 +137,59 @@ class RemoteRestore:
             if not isinstance(exc, (NotFound, ProtocolError)):
                 self._journal_failure(op, step, exc, who)
             raise
+
+    def _closing_step(self, restorer: NodeRestorer, op: Operation, step: str, args: dict[str, Any]) -> dict[str, Any]:
+        """rollback, cleanup and finish: they take the node's lock themselves, or no lock."""
+        if step == "rollback":
+            return self._rollback(restorer, op)
+        if not op.exists():
+            raise NotFound(f"no operation {op.op!r} on this node")
+        if step == "cleanup":
+            return {"op": op.op, "removed": restorer.cleanup(op.op)}
+        with restorer.ops.exclusive(f"close {op.op}"):
+            return restorer.finish(op, args["params"]["outcome"])
+
+    def _locked_step(self, restorer: NodeRestorer, op: Operation, step: str, args: dict[str, Any],
+                     who: str) -> dict[str, Any]:
+        """A forward or undo step, with the node's lock held."""
+        if not op.exists():
+            if step == "preflight":
+                return self._preflight_without_operation(restorer)
+            if step != "prepare":
+                raise NotFound(f"no operation {op.op!r} on this node (it is created by its prepare step)")
+            op = self._open(restorer, op.op, args["params"], who)
+        else:
+            recorded = self._known_operation(restorer, op, step, args)
+            if recorded is not None:
+                return recorded
+        if step in ph.UNDO_STEPS:
+            return restorer.run_step(op, step)
+        self._check_order(op, step)
+        if step == "prepare":
+            pre = restorer.run_step(op, "preflight")
+            return {**restorer.run_step(op, "prepare"), "preflight": pre}
+        if step == ph.START:
+            return restorer.run_step(op, step, wait=False)   # quorum is the coordinator's to wait for
+        return restorer.run_step(op, step)
+
+    def _known_operation(self, restorer: NodeRestorer, op: Operation, step: str,
+                         args: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """A step of an operation created earlier: the recorded answer of a closed one, else None once
+        the operation's snapshot is proven to be the verified file still."""
+        state = op.record().get("state")
+        if state != "running":
+            # A finished step answers with its record; nothing new runs in a closed operation.
+            recorded = self._recorded(op, step)
+            if recorded is None:
+                raise ProtocolError(CONFLICT, f"operation {op.op} is {state}; step {step} cannot "
+                                              "run in it (a new restore needs a new operation id)")
+            return recorded
+        if step == "prepare":
+            self._check_same_prepare(restorer, op, args["params"])
+        # A retry, or a step after an agent restart: its snapshot must still be the verified file.
+        for note in restorer.reverify(op, full=op.finished("prepare") is None):
+            log.info("restore %s: %s", op.op, note)
+        return None
 
     @staticmethod
     def _recorded(op: Operation, step: str) -> Optional[dict[str, Any]]:

@@ -70,70 +70,91 @@ def _kind(value: Any) -> str:
 
 
 def _read(tp: Any, value: Any, where: str) -> Any:
+    """``value`` read as type ``tp``: generic aliases by their origin, then classes, then scalars."""
     origin = typing.get_origin(tp)
     if origin is Union or (sys.version_info >= (3, 10) and isinstance(tp, types.UnionType)):
-        args = typing.get_args(tp)
-        if value is None and _NONE in args:
-            return None
-        inner = [a for a in args if a is not _NONE]
-        if len(inner) == 1:
-            return _read(inner[0], value, where)
-        for a in inner:
-            try:
-                return _read(a, value, where)
-            except ValueError:
-                continue
-        raise ValueError(f"{where}: {_kind(value)} does not fit {tp}")
+        return _read_union(tp, value, where)
     if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ValueError(f"{where}: expected an array, got {_kind(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_read(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_read(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return _read_tuple(tp, value, where)
     if origin is dict:
-        key_t, val_t = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected an object, got {_kind(value)}")
-        return {_read(key_t, k, f"{where} key"): _read(val_t, v, f"{where}.{k}") for k, v in value.items()}
+        return _read_dict(tp, value, where)
     if tp is Any:
         return value
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected an object, got {_kind(value)}")
-        hints = _hints(tp)
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(tp):
-            if not f.init:
-                continue
-            found, raw = _lookup(value, f)
-            if not found:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ValueError(f"{where}.{f.name} is missing")
-                continue
-            kwargs[f.name] = _read(hints[f.name], raw, f"{where}.{f.name}")
-        return tp(**kwargs)
-    if isinstance(tp, type) and issubclass(tp, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {_kind(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {_kind(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {_kind(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {_kind(value)}")
-        return value
+        return _read_dataclass(tp, value, where)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:
             raise ValueError(f"{where}: {value!r} is not one of {[m.value for m in tp]}") from None
-    raise TypeError(f"{where}: cannot read type {tp!r}")
+    return _read_scalar(tp, value, where)
+
+
+def _read_union(tp: Any, value: Any, where: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and _NONE in args:
+        return None
+    inner = [a for a in args if a is not _NONE]
+    if len(inner) == 1:
+        return _read(inner[0], value, where)
+    for a in inner:
+        try:
+            return _read(a, value, where)
+        except ValueError:
+            continue
+    raise ValueError(f"{where}: {_kind(value)} does not fit {tp}")
+
+
+def _read_tuple(tp: Any, value: Any, where: str) -> tuple[Any, ...]:
+    args = typing.get_args(tp)
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected an array, got {_kind(value)}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_read(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if len(args) != len(value):
+        raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+    return tuple(_read(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+
+
+def _read_dict(tp: Any, value: Any, where: str) -> dict[Any, Any]:
+    key_t, val_t = typing.get_args(tp)
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {_kind(value)}")
+    return {_read(key_t, k, f"{where} key"): _read(val_t, v, f"{where}.{k}") for k, v in value.items()}
+
+
+def _read_dataclass(tp: type, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {_kind(value)}")
+    hints = _hints(tp)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(tp):
+        if not f.init:
+            continue
+        found, raw = _lookup(value, f)
+        if not found:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{where}.{f.name} is missing")
+            continue
+        kwargs[f.name] = _read(hints[f.name], raw, f"{where}.{f.name}")
+    return tp(**kwargs)
+
+
+# The scalar types: (what a JSON value must be, what it is called in an error, how it is converted).
+_SCALARS: dict[Any, tuple[Any, str, Any]] = {
+    bool: (bool, "true or false", bool),
+    int: (int, "an integer", int),
+    float: ((int, float), "a number", float),
+    str: (str, "a string", str),
+}
+
+
+def _read_scalar(tp: Any, value: Any, where: str) -> Any:
+    base = bool if isinstance(tp, type) and issubclass(tp, bool) else tp
+    if base not in _SCALARS:
+        raise TypeError(f"{where}: cannot read type {tp!r}")
+    accepted, name, convert = _SCALARS[base]
+    # JSON's true/false are Python bools, which are ints too: only a bool field takes them
+    if (isinstance(value, bool) and base is not bool) or not isinstance(value, accepted):
+        raise ValueError(f"{where}: expected {name}, got {_kind(value)}")
+    return convert(value)

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -354,56 +355,20 @@ class AgentClient:
 
     def _push(self, fd: int, upload: str, *, total: int, sha256: str, progress: Optional[Progress], credit: int,
               chunk: int, timeout: float) -> dict[str, Any]:
-        stall = max(0.2, min(STALL_PROBE, timeout / 3))
-        last_progress = time.monotonic()
         state = self._probe(upload, total, sha256, timeout)
         if state["complete"]:
             return state
-        acked = int(state["received"])
-        next_offset = acked
-        prefix = uuid.uuid4().hex[:16]
-        generation = 0
-        resyncs = 0
-        inflight: dict[str, int] = {}   # request id -> offset
-        sent_final = False
+        p = _Push(upload, total, sha256, credit, chunk, timeout, acked=int(state["received"]))
         sock = self._socket()
-
-        def resync() -> Optional[dict[str, Any]]:
-            nonlocal sock, generation, next_offset, acked, sent_final
-            self._reset()
-            left = max(0.5, last_progress + timeout - time.monotonic())
-            st = self._probe(upload, total, sha256, left)
-            sock = self._socket()
-            generation += 1
-            inflight.clear()
-            acked = max(acked, int(st["received"])) if not st["complete"] else total
-            next_offset = int(st["received"])
-            sent_final = False
-            return st if st["complete"] else None
-
         while True:
-            while len(inflight) < credit and not sent_final:
-                n = min(chunk, total - next_offset)   # 0 only for an empty final chunk (all bytes already there)
-                data = os.pread(fd, n, next_offset)
-                if len(data) != n:
-                    raise SnapshotCorrupt(f"upload {upload}: the source file shrank while it was being sent")
-                final = next_offset + n == total
-                rid = f"{prefix}-{generation}-{next_offset}"
-                frames = P.encode_request("snapshot.put", {"upload": upload, "offset": next_offset,
-                                                           "total_size": total, "sha256": sha256, "final": final},
-                                          rid, data)
-                if not self._send(sock, frames, time.monotonic() + stall):
-                    break
-                inflight[rid] = next_offset
-                next_offset += n
-                sent_final = final
+            self._fill(sock, fd, p)
             now = time.monotonic()
-            if now - last_progress > timeout:
+            if now - p.last_progress > timeout:
                 raise AgentUnreachable(f"agent {self.name} at {self.endpoint}: no progress for {timeout:g}s "
-                                       f"while uploading {upload} ({acked} of {total} bytes acknowledged)")
-            wait = min(stall, last_progress + timeout - now)
+                                       f"while uploading {upload} ({p.acked} of {total} bytes acknowledged)")
+            wait = min(p.stall, p.last_progress + timeout - now)
             if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
-                done = resync()
+                sock, done = self._resync(p)
                 if done is not None:
                     return done
                 continue
@@ -411,27 +376,87 @@ class AgentClient:
             if got is None:
                 continue
             reply, _ = got
-            if reply.id is None or reply.id not in inflight:
+            if reply.id is None or p.inflight.pop(reply.id, None) is None:
                 continue   # stale
-            inflight.pop(reply.id)
-            if not reply.ok and reply.error_code == P.BAD_REQUEST and resyncs < MAX_RESYNCS:
+            if not reply.ok and reply.error_code == P.BAD_REQUEST and p.resyncs < MAX_RESYNCS:
                 # Most likely a gap after a lost message: ask where the agent stands and go on from there.
-                resyncs += 1
+                p.resyncs += 1
                 log.info("agent %s: upload %s: %s; resuming", self.name, upload, reply.error_message)
-                done = resync()
+                sock, done = self._resync(p)
                 if done is not None:
                     return done
                 continue
             result = reply.raise_for_error()
-            received = int(result.get("received", 0))
-            if received > acked:
-                acked = received
-                resyncs = 0
-                last_progress = time.monotonic()
-                if progress is not None:
-                    progress(acked, total)
+            p.acknowledge(int(result.get("received", 0)), progress)
             if result.get("complete"):
                 return result
+
+    def _fill(self, sock: zmq.Socket[Any], fd: int, p: _Push) -> None:
+        """Send chunks until ``credit`` are in flight, the final one is sent, or the socket is mute."""
+        while len(p.inflight) < p.credit and not p.sent_final:
+            n = min(p.chunk, p.total - p.next_offset)   # 0 only for an empty final chunk (all bytes already there)
+            data = os.pread(fd, n, p.next_offset)
+            if len(data) != n:
+                raise SnapshotCorrupt(f"upload {p.upload}: the source file shrank while it was being sent")
+            final = p.next_offset + n == p.total
+            rid = f"{p.prefix}-{p.generation}-{p.next_offset}"
+            frames = P.encode_request("snapshot.put", {"upload": p.upload, "offset": p.next_offset,
+                                                       "total_size": p.total, "sha256": p.sha256, "final": final},
+                                      rid, data)
+            if not self._send(sock, frames, time.monotonic() + p.stall):
+                return
+            p.inflight[rid] = p.next_offset
+            p.next_offset += n
+            p.sent_final = final
+
+    def _resync(self, p: _Push) -> tuple[zmq.Socket[Any], Optional[dict[str, Any]]]:
+        """A fresh socket, and where the agent stands: (socket, the final result if it has everything)."""
+        self._reset()
+        left = max(0.5, p.last_progress + p.timeout - time.monotonic())
+        st = self._probe(p.upload, p.total, p.sha256, left)
+        sock = self._socket()
+        p.generation += 1
+        p.inflight.clear()
+        p.acked = max(p.acked, int(st["received"])) if not st["complete"] else p.total
+        p.next_offset = int(st["received"])
+        p.sent_final = False
+        return sock, (st if st["complete"] else None)
+
+
+@dataclass
+class _Push:
+    """Where one upload stands: what is acknowledged, what is in flight, and the request ids' generation."""
+
+    upload: str
+    total: int
+    sha256: str
+    credit: int
+    chunk: int
+    timeout: float
+    acked: int
+    next_offset: int = -1
+    prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    generation: int = 0
+    resyncs: int = 0
+    inflight: dict[str, int] = field(default_factory=dict)   # request id -> offset
+    sent_final: bool = False
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.next_offset < 0:
+            self.next_offset = self.acked
+
+    @property
+    def stall(self) -> float:
+        return max(0.2, min(STALL_PROBE, self.timeout / 3))
+
+    def acknowledge(self, received: int, progress: Optional[Progress]) -> None:
+        if received > self.acked:
+            self.acked = received
+            self.resyncs = 0
+            self.last_progress = time.monotonic()
+            if progress is not None:
+                progress(self.acked, self.total)
 
 
 def _check_transfer_args(credit: int, chunk: int, fetch: bool = False) -> None:

@@ -75,27 +75,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, report, "")
         return EXIT_OK
+    lines = [*_member_lines(report["members"]), "", _cluster_line(report["cluster"]), *_vault_lines(report["vault"]),
+             *_restore_lines(report.get("restores") or {}), *_coordinator_lines(report["coordinator"])]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _member_row(m: dict[str, Any]) -> list[str]:
+    if not m["reachable"]:
+        return [m["member"], m["agent"], "no", "-", "-", "-", "-"]
+    etcd = m.get("etcd") or {}
+    health = "healthy" if m["healthy"] else "UNHEALTHY"
+    role = "leader" if m["is_leader"] else ("follower" if m["healthy"] else "-")
+    newest = m.get("newest_backup")
+    backup = "none" if not newest else f"{_age(newest.get('age_seconds'))} (rev {newest.get('revision')})"
+    busy = f" [busy: {m['busy']}]" if m.get("busy") else ""
+    version = f" {etcd.get('version')}" if etcd.get("version") else ""
+    return [m["member"], m["agent"], "yes", health + version, role,
+            str(m.get("revision") if m.get("revision") is not None else "-"), backup + busy]
+
+
+def _member_lines(members: list[dict[str, Any]]) -> list[str]:
+    """The members' table, then a line for each member that is unreachable or unhealthy."""
     rows = [["MEMBER", "AGENT", "REACHABLE", "ETCD", "ROLE", "REVISION", "NEWEST BACKUP"]]
-    for m in report["members"]:
-        etcd = m.get("etcd") or {}
+    rows += [_member_row(m) for m in members]
+    lines = [_table(rows)]
+    for m in members:
         if not m["reachable"]:
-            rows.append([m["member"], m["agent"], "no", "-", "-", "-", "-"])
-            continue
-        health = "healthy" if m["healthy"] else "UNHEALTHY"
-        role = "leader" if m["is_leader"] else ("follower" if m["healthy"] else "-")
-        newest = m.get("newest_backup")
-        backup = "none" if not newest else f"{_age(newest.get('age_seconds'))} (rev {newest.get('revision')})"
-        busy = f" [busy: {m['busy']}]" if m.get("busy") else ""
-        version = f" {etcd.get('version')}" if etcd.get("version") else ""
-        rows.append([m["member"], m["agent"], "yes", health + version, role,
-                     str(m.get("revision") if m.get("revision") is not None else "-"), backup + busy])
-    print(_table(rows))
-    for m in report["members"]:
-        if not m["reachable"]:
-            print(f"  {m['member']}: {m['error']}")
+            lines.append(f"  {m['member']}: {m['error']}")
         elif not m["healthy"]:
-            print(f"  {m['member']}: etcd: {(m.get('etcd') or {}).get('error') or 'not healthy'}")
-    c = report["cluster"]
+            lines.append(f"  {m['member']}: etcd: {(m.get('etcd') or {}).get('error') or 'not healthy'}")
+    return lines
+
+
+def _cluster_line(c: dict[str, Any]) -> str:
     ids = c["cluster_ids"]
     cluster = (f"cluster id {ids[0]}" if len(ids) == 1 else
                "cluster id unknown" if not ids else f"MEMBERS DISAGREE on the cluster id: {', '.join(ids)}")
@@ -108,27 +121,35 @@ def cmd_status(args: argparse.Namespace) -> int:
         leader = f"leader is member id {c['leader_id']} (its agent did not answer)"
     else:
         leader = "NO LEADER"
-    print(f"\n{cluster}; {leader}; {c['reachable']}/{c['members']} agents reachable, {c['healthy']} healthy")
-    v = report["vault"]
-    if v.get("error"):
-        print(f"vault: ERROR: {v['error']}")
+    return f"{cluster}; {leader}; {c['reachable']}/{c['members']} agents reachable, {c['healthy']} healthy"
+
+
+def _vault_lines(v: dict[str, Any]) -> list[str]:
+    lines = [f"vault: ERROR: {v['error']}"] if v.get("error") else []
     newest = v.get("newest")
     if newest:
-        print(f"vault: {v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
-              f"{newest['sha256'][:12]} from {newest['member']}, revision {newest['revision']}, "
-              f"taken {_age(v.get('newest_age_seconds'))}")
+        lines.append(f"vault: {v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
+                     f"{newest['sha256'][:12]} from {newest['member']}, revision {newest['revision']}, "
+                     f"taken {_age(v.get('newest_age_seconds'))}")
     else:
-        print(f"vault: empty ({v['dir']})")
-    restores = report.get("restores") or {}
-    if restores.get("running"):
-        print(f"restore {restores['running']['op']} running: {restores['running']['doing']} "
-              f"(follow it: etcdguardctl restore --attach {restores['running']['op']})")
+        lines.append(f"vault: empty ({v['dir']})")
+    return lines
+
+
+def _restore_lines(restores: dict[str, Any]) -> list[str]:
+    lines = []
+    running = restores.get("running")
+    if running:
+        lines.append(f"restore {running['op']} running: {running['doing']} "
+                     f"(follow it: etcdguardctl restore --attach {running['op']})")
     for w in restores.get("waiting") or []:
-        print(f"restore {w['op']} is {w['state'].upper()} (last phase {w['phase']}): resume with "
-              f"`etcdguardctl restore --resume {w['op']}` or roll back with `--rollback {w['op']}`")
-    for problem in restores.get("damaged") or []:
-        print(f"restore journal problem: {problem}")
-    co = report["coordinator"]
+        lines.append(f"restore {w['op']} is {w['state'].upper()} (last phase {w['phase']}): resume with "
+                     f"`etcdguardctl restore --resume {w['op']}` or roll back with `--rollback {w['op']}`")
+    lines += [f"restore journal problem: {problem}" for problem in restores.get("damaged") or []]
+    return lines
+
+
+def _coordinator_lines(co: dict[str, Any]) -> list[str]:
     parts = []
     if co.get("busy"):
         parts.append(f"busy: {co['busy']}")
@@ -137,9 +158,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     last = co.get("last_pull")
     if last:
         parts.append(f"last pull {'ok' if last.get('ok') else 'FAILED'}: {last.get('message')}")
-    if parts:
-        print("coordinator: " + "; ".join(parts))
-    return EXIT_OK
+    return ["coordinator: " + "; ".join(parts)] if parts else []
 
 
 # -- snapshots -----------------------------------------------------------------
