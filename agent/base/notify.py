@@ -16,6 +16,11 @@ class Notifier:
             import sdnotify
 
             self._n = sdnotify.SystemdNotifier()
+            sock = getattr(self._n, "socket", None)
+            if sock is not None:
+                # A notification never blocks the loop: if nobody drains the socket (its queue is
+                # full), it is dropped, and the loop still sees SIGTERM and the next tick.
+                sock.setblocking(False)
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         self.watchdog_interval: Optional[float] = None
