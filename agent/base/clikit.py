@@ -4,7 +4,8 @@ into its message and exit code.
 
 An error is one line on stderr (``PROG: error: ...``), never a traceback: a typed
 EtcdguardError exits with its code, an OSError that escaped a command (a full disk, a
-file the user may not read) with 1, naming the path. With ``--json`` the same error is
+file the user may not read) is read by fsutil.disk_error, naming the path (exit 1, 2 for
+a permission error). With ``--json`` the same error is
 also one JSON object on stdout, ``{"error": "...", "exit": N}``, so a script reading
 stdout always gets JSON, usage errors (exit 2) included.
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
 from etcdguard.agent import __version__
-from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_USAGE, EtcdguardError
+from etcdguard.agent.base.errors import EXIT_USAGE, EtcdguardError
+from etcdguard.agent.base.fsutil import disk_error
 from etcdguard.agent.base.logsetup import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
@@ -38,15 +40,6 @@ def wants_json(argv: Sequence[str]) -> bool:
 
 def print_json_error(message: str, code: int) -> None:
     print(json.dumps({"error": message, "exit": code}, sort_keys=True))
-
-
-def os_error_message(exc: OSError) -> str:
-    """One line for an OSError, naming the path (and the second one of a rename or link)."""
-    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {paths}" if paths else f"permission denied ({exc})"
-    reason = exc.strerror or str(exc)
-    return f"{reason}: {paths}" if paths else reason
 
 
 def table(rows: list[list[str]]) -> str:
@@ -117,8 +110,9 @@ class CommandLine:
             return self.commands[name][2](args)
         except EtcdguardError as exc:
             return self.fail(str(exc), exc.exit_code, as_json)
-        except OSError as exc:
-            return self.fail(os_error_message(exc), EXIT_FAILED, as_json)
+        except OSError as exc:   # the last resort: commands turn the errors they expect into their own message
+            error = disk_error("file or socket error", exc)
+            return self.fail(str(error), error.exit_code, as_json)
         except KeyboardInterrupt:
             print(f"{self.prog}: {self.interrupted}", file=sys.stderr)
             if as_json:
