@@ -1,27 +1,29 @@
-"""The agent's only door to etcd's gRPC API (python-etcd3's generated stubs).
+"""The agent's only door to etcd's gRPC API.
 
-Kept small on purpose: status, the snapshot stream, hashkv and member list.
-Everything else in the agent works on the plain values returned here.
+Kept small on purpose: status, the snapshot stream, hashkv, alarms and member
+list. gRPC alone makes the calls: requests are encoded and replies read by
+pbwire, so neither python-etcd3's generated messages nor the protobuf runtime
+is imported (they cost a one-shot command like `etcdguard-agent snapshot`
+about a tenth of a second at start-up, and python-etcd3 0.12's messages lack
+fields etcd >= 3.4 sends). Everything else in the agent works on the plain
+values returned here.
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import grpc
 from etcdguard.agent.base.addresses import Address, parse_url
 from etcdguard.agent.base.errors import EtcdUnavailable
 from etcdguard.agent.discovery.member import ETCD_CLIENT_PORT, ClientTLS
+from etcdguard.agent.etcd import pbwire
 from etcdguard.agent.etcd.pbwire import parse_member_list, parse_status, snapshot_blob
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import etcd3
-    import grpc
-    from etcd3 import etcdrpc
+MAX_RECEIVE = 64 * 1024 * 1024
 
 try:
     from grpc.experimental import ChannelOptions
@@ -123,26 +125,28 @@ class EtcdClient:
         self.timeout = timeout
         if https and tls.cacert is None:
             raise EtcdUnavailable(f"{endpoint} is https but no CA file is configured (etcd.cacert / --cacert)")
-        try:
-            self._client = etcd3.client(
-                # python-etcd3 makes the gRPC target as f"{host}:{port}": an IPv6 host needs its brackets
-                host=address.bracketed_host,
-                port=address.port,
-                ca_cert=str(tls.cacert) if https and tls.cacert else None,
-                cert_key=str(tls.key) if https and tls.key else None,
-                cert_cert=str(tls.cert) if https and tls.cert else None,
-                timeout=timeout,
-                grpc_options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                              # unary-stream calls (the snapshot) run on the calling thread:
-                              # no thread hand-off per 32 KiB message
-                              (SINGLE_THREADED_UNARY_STREAM, 1)],
-            )
-        except OSError as exc:
-            raise EtcdUnavailable(f"cannot read TLS file for {endpoint}: {exc}") from None
-        self._meta = {"credentials": self._client.call_credentials, "metadata": self._client.metadata}
+        if https and (tls.cert is None) != (tls.key is None):
+            raise EtcdUnavailable(f"{endpoint}: a client certificate needs its key and a key its certificate")
+        # the gRPC target is host:port: an IPv6 host needs its brackets
+        target = f"{address.bracketed_host}:{address.port}"
+        options = [("grpc.max_receive_message_length", MAX_RECEIVE),
+                   # unary-stream calls (the snapshot) run on the calling thread:
+                   # no thread hand-off per 32 KiB message
+                   (SINGLE_THREADED_UNARY_STREAM, 1)]
+        if https:
+            try:
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=_read(tls.cacert),
+                    private_key=_read(tls.key) if tls.cert is not None else None,
+                    certificate_chain=_read(tls.cert) if tls.cert is not None else None)
+            except OSError as exc:
+                raise EtcdUnavailable(f"cannot read TLS file for {endpoint}: {exc}") from None
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
 
     def close(self) -> None:
-        self._client.close()
+        self._channel.close()
 
     def __enter__(self) -> EtcdClient:
         return self
@@ -150,17 +154,16 @@ class EtcdClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _unary(self, method: str, request: Any, parse: Callable[[bytes], Any]) -> Any:
-        """One unary call whose reply is read by pbwire (python-etcd3's messages lack newer fields)."""
-        call = self._client.channel.unary_unary(method, request_serializer=type(request).SerializeToString,
-                                                response_deserializer=parse)
+    def _unary(self, method: str, request: bytes, parse: Callable[[bytes], Any]) -> Any:
+        """One unary call: ``request`` is the encoded message, the reply is read by ``parse`` (pbwire)."""
+        call = self._channel.unary_unary(method, request_serializer=None, response_deserializer=parse)
         try:
-            return call(request, self.timeout, **self._meta)
+            return call(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
 
     def status(self) -> EtcdStatus:
-        r = self._unary("/etcdserverpb.Maintenance/Status", etcdrpc.StatusRequest(), parse_status)
+        r = self._unary("/etcdserverpb.Maintenance/Status", b"", parse_status)
         return EtcdStatus(
             endpoint=self.endpoint,
             version=r.version,
@@ -176,30 +179,20 @@ class EtcdClient:
         )
 
     def members(self) -> list[MemberInfo]:
-        _, members = self._unary("/etcdserverpb.Cluster/MemberList", etcdrpc.MemberListRequest(),
-                                 parse_member_list)
+        _, members = self._unary("/etcdserverpb.Cluster/MemberList", b"", parse_member_list)
         return [MemberInfo(m.id, m.name, m.peer_urls, m.client_urls, m.is_learner) for m in members]
 
     def alarms(self) -> list[str]:
         """Active alarms cluster-wide, as ``<member id hex>:<ALARM>`` (e.g. ``8e9e05c52164694d:NOSPACE``)."""
-        try:
-            r = self._client.maintenancestub.Alarm(
-                etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET, memberID=0, alarm=etcdrpc.NONE),
-                self.timeout, **self._meta)
-        except grpc.RpcError as exc:
-            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
-        names = {v: k for k, v in etcdrpc.AlarmType.items()}
-        return [f"{a.memberID:x}:{names.get(a.alarm, str(a.alarm))}" for a in r.alarms]
+        # AlarmRequest{action: GET, memberID: 0 (all), alarm: NONE (any)}: every field is its default
+        alarms = self._unary("/etcdserverpb.Maintenance/Alarm", b"", pbwire.parse_alarms)
+        return [f"{member:x}:{pbwire.ALARM_NAMES.get(alarm, str(alarm))}" for member, alarm in alarms]
 
     def hashkv(self, revision: int = 0) -> tuple[int, int]:
         """(hash, revision) of the key-value store, as `etcdctl endpoint hashkv`."""
-        try:
-            r = self._client.maintenancestub.HashKV(
-                etcdrpc.HashKVRequest(revision=revision), self.timeout, **self._meta
-            )
-        except grpc.RpcError as exc:
-            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
-        return r.hash, r.header.revision
+        header, hash_, _ = self._unary("/etcdserverpb.Maintenance/HashKV", pbwire.hashkv_request(revision),
+                                       pbwire.parse_hashkv)
+        return hash_, header.revision
 
     def snapshot_stream(self, cancel: Optional[Cancellation] = None, timeout: float = 1800.0) -> Iterator[memoryview]:
         """Yield the snapshot's bytes as etcd sends them (about 32 KiB a message).
@@ -207,15 +200,11 @@ class EtcdClient:
         The stream is cancelled when ``cancel`` fires; the caller then sees
         EtcdUnavailable (or Aborted from its own check).
         """
-        # Same RPC as MaintenanceStub.Snapshot, but each message is reduced to its blob by
-        # pbwire instead of the (pure-Python, slow) protobuf runtime.
-        method = self._client.channel.unary_stream(
-            "/etcdserverpb.Maintenance/Snapshot",
-            request_serializer=etcdrpc.SnapshotRequest.SerializeToString,
-            response_deserializer=snapshot_blob,
-        )
+        # each message is reduced to its blob by pbwire, a view into the received bytes (no copy)
+        method = self._channel.unary_stream("/etcdserverpb.Maintenance/Snapshot", request_serializer=None,
+                                            response_deserializer=snapshot_blob)
         try:
-            call = method(etcdrpc.SnapshotRequest(), timeout, **self._meta)
+            call = method(b"", timeout=timeout)
         except grpc.RpcError as exc:
             raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
         if cancel is not None:
@@ -229,14 +218,14 @@ class EtcdClient:
 
     def put(self, key: str, value: str) -> None:
         """For tools and tests; the agent itself never writes to etcd."""
-        try:
-            self._client.put(key, value)
-        except grpc.RpcError as exc:
-            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+        self._unary("/etcdserverpb.KV/Put", pbwire.put_request(key.encode(), value.encode()), bytes)
 
     def get(self, key: str) -> Optional[bytes]:
-        try:
-            value, _ = self._client.get(key)
-        except grpc.RpcError as exc:
-            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
-        return value  # type: ignore[no-any-return]
+        values = self._unary("/etcdserverpb.KV/Range", pbwire.range_request(key.encode()),
+                             pbwire.parse_range_values)
+        return values[0] if values else None
+
+
+def _read(path: Any) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()

@@ -187,3 +187,100 @@ def _bytes(value: Value) -> memoryview:
     if not isinstance(value, memoryview):
         raise WireError("expected an embedded message, got a varint")
     return value
+
+
+# -- requests: encoded by hand too, so the agent needs no generated messages at all ------------
+#   HashKVRequest {1 revision}   PutRequest {1 key, 2 value}   RangeRequest {1 key}
+#   TxnRequest {1 compare (repeated), 2 success (repeated RequestOp), 3 failure}   RequestOp {2 request_put}
+#   Status, MemberList, Alarm(GET, all members, any alarm) and Snapshot requests are all defaults: b"".
+
+
+def _encode_varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64   # int64 on the wire: two's complement in ten bytes
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_varint_field(number: int, value: int) -> bytes:
+    """One varint field; proto3 leaves a zero out."""
+    return _encode_varint(number << 3 | VARINT) + _encode_varint(value) if value else b""
+
+
+def encode_bytes_field(number: int, value: Union[bytes, memoryview]) -> bytes:
+    return _encode_varint(number << 3 | LEN) + _encode_varint(len(value)) + bytes(value)
+
+
+def hashkv_request(revision: int) -> bytes:
+    return encode_varint_field(1, revision)
+
+
+def put_request(key: bytes, value: bytes) -> bytes:
+    return encode_bytes_field(1, key) + encode_bytes_field(2, value)
+
+
+def range_request(key: bytes) -> bytes:
+    return encode_bytes_field(1, key)
+
+
+def txn_puts_request(puts: list[tuple[bytes, bytes]]) -> bytes:
+    """A transaction with no compares whose success branch puts every (key, value)."""
+    return b"".join(encode_bytes_field(2, encode_bytes_field(2, put_request(k, v))) for k, v in puts)
+
+
+# -- more replies -----------------------------------------------------------------------------
+#   HashKVResponse {1 header, 2 hash, 3 compact_revision}
+#   AlarmResponse  {1 header, 2 alarms (repeated AlarmMember {1 memberID, 2 alarm})}
+#   RangeResponse  {1 header, 2 kvs (repeated KeyValue {1 key, ..., 5 value}), 3 more, 4 count}
+
+ALARM_NAMES = {0: "NONE", 1: "NOSPACE", 2: "CORRUPT"}
+
+
+def parse_hashkv(message: bytes) -> tuple[Header, int, int]:
+    header, ints = Header(), {2: 0, 3: 0}
+    for n, v in fields(message):
+        if n == 1:
+            header = parse_header(_bytes(v))
+        elif n in ints:
+            ints[n] = _int(v)
+    return header, ints[2], ints[3]
+
+
+def parse_alarms(message: bytes) -> list[tuple[int, int]]:
+    """(member id, alarm type) of every raised alarm."""
+    out = []
+    for n, v in fields(message):
+        if n == 2:
+            member, alarm = 0, 0
+            for m, w in fields(_bytes(v)):
+                if m == 1:
+                    member = _int(w)
+                elif m == 2:
+                    alarm = _int(w)
+            out.append((member, alarm))
+    return out
+
+
+def parse_range_values(message: bytes) -> list[bytes]:
+    """The values of the key-value pairs a Range returned, in order."""
+    values = []
+    for n, v in fields(message):
+        if n == 2:
+            value = b""
+            for m, w in fields(_bytes(v)):
+                if m == 5:
+                    value = bytes(_bytes(w))
+            values.append(value)
+    return values
+
+
+def parse_header_of(message: bytes) -> Header:
+    """The ResponseHeader (field 1) of any etcd reply."""
+    return parse_header(field_bytes(message, 1))

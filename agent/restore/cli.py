@@ -1,4 +1,9 @@
-"""etcdguard-agent restore / rollback / restores / cleanup (single-node restores)."""
+"""etcdguard-agent restore / rollback / restores / cleanup (single-node restores).
+
+The restore machinery is imported inside each command: these commands are
+registered on every start of `etcdguard-agent`, and a one-shot command such as
+`snapshot` should not pay for the restore steps, the runtimes and gRPC here.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,25 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from etcdguard.agent.base.durations import format_bytes, format_duration
 from etcdguard.agent.base.errors import EXIT_OK, EXIT_UNSAFE, UnsafeRefusal, UsageError
 from etcdguard.agent.cli import PROG, _json_flag, command, discover_member, emit, load_config
-from etcdguard.agent.config import AgentConfig
-from etcdguard.agent.etcd.tools import find_tool
-from etcdguard.agent.restore.journal import OperationStore, check_op_id
-from etcdguard.agent.restore.plan import PlannedStep, RestoreParams, render_plan
-from etcdguard.agent.restore.steps import NodeRestorer, catalog_record, kept_dirs
-from etcdguard.agent.runtime.factory import make_runtime
-from etcdguard.agent.snapshots.integrity import Recorded
-from etcdguard.agent.snapshots.store import SnapshotStore
+from etcdguard.agent.restore.journal import check_op_id
+
+if TYPE_CHECKING:
+    from etcdguard.agent.config import AgentConfig
+    from etcdguard.agent.restore.plan import PlannedStep, RestoreParams
+    from etcdguard.agent.restore.steps import NodeRestorer
+    from etcdguard.agent.snapshots.integrity import Recorded
 
 
 def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
+    from etcdguard.agent.etcd.tools import find_tool
+    from etcdguard.agent.restore.steps import NodeRestorer
+    from etcdguard.agent.runtime.factory import make_runtime
+
     member = discover_member(config)
     runtime = make_runtime(config, member, config.state.dir)
     tool = find_tool(config.etcd.restore_tool)
@@ -41,6 +49,10 @@ def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
 
 def resolve_snapshot(config: AgentConfig, ref: str) -> tuple[Path, Optional[Recorded]]:
     """A file path, a snapshot name in the local store, or `latest`, with its catalog record if it has one."""
+    from etcdguard.agent.restore.steps import catalog_record
+    from etcdguard.agent.snapshots.integrity import Recorded
+    from etcdguard.agent.snapshots.store import SnapshotStore
+
     store = SnapshotStore(config.backup.dir)
     if ref == "latest":
         newest = store.newest()
@@ -82,6 +94,9 @@ def _plan_json(params: RestoreParams, steps: list[PlannedStep], checks: list[str
 def cmd_restore(args: argparse.Namespace) -> int:
     if not args.plan and not args.yes:
         raise UsageError("restore needs --plan (show what would happen) or --yes (do it)")
+    from etcdguard.agent.restore.plan import render_plan
+    from etcdguard.agent.restore.steps import kept_dirs
+
     config = load_config(args)
     assert config is not None
     restorer = _restorer(config, quiet=False)
@@ -162,6 +177,8 @@ def _cleanup_args(p: argparse.ArgumentParser) -> None:
 
 @command("cleanup", "delete the data one finished operation kept (only with --yes)", _cleanup_args)
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from etcdguard.agent.restore.steps import kept_dirs
+
     config = load_config(args)
     assert config is not None
     op_id = check_op_id(args.op)
@@ -180,6 +197,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 @command("restores", "list restore operations on this node and the data they keep", _json_flag)
 def cmd_restores(args: argparse.Namespace) -> int:
+    from etcdguard.agent.restore.journal import OperationStore
+    from etcdguard.agent.restore.steps import kept_dirs
+
     config = load_config(args)
     assert config is not None
     rows: list[dict[str, Any]] = []
