@@ -158,7 +158,9 @@ class RemoteRestore:
             if step != "prepare":
                 raise NotFound(f"no operation {op.op!r} on this node (it is created by its prepare step)")
             op = self._open(restorer, op.op, args["params"], who)
+            opened = True
         else:
+            opened = False
             recorded = self._known_operation(restorer, op, step, args)
             if recorded is not None:
                 return recorded
@@ -166,7 +168,9 @@ class RemoteRestore:
             return restorer.run_step(op, step)
         self._check_order(op, step)
         if step == "prepare":
-            pre = restorer.run_step(op, "preflight")
+            # Opened by this very request, its snapshot was verified in full moments ago
+            # (make_params): the preflight need not hash it again while it is unchanged.
+            pre = restorer.run_step(op, "preflight", just_verified=opened)
             return {**restorer.run_step(op, "prepare"), "preflight": pre}
         if step == ph.START:
             return restorer.run_step(op, step, wait=False)   # quorum is the coordinator's to wait for

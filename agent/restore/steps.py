@@ -404,8 +404,11 @@ class NodeRestorer:
         self.progress(step, "done")
         return result
 
-    def _step_preflight(self, op: Operation, p: RestoreParams) -> dict[str, Any]:
-        verify_file(Path(p.snapshot), p.snapshot_sha256, p.snapshot_size)
+    def _step_preflight(self, op: Operation, p: RestoreParams, just_verified: bool = False) -> dict[str, Any]:
+        """``just_verified``: the operation was opened by the same request, after its snapshot was
+        verified in full (make_params); the file is hashed again only if it changed since then."""
+        if not (just_verified and op.record().get("snapshot_fingerprint") == fingerprint(Path(p.snapshot))):
+            verify_file(Path(p.snapshot), p.snapshot_sha256, p.snapshot_size)
         if not Path(p.restore_argv[0]).exists():
             raise ToolError(f"restore tool {p.restore_argv[0]} is gone")
         data_dir = Path(p.data_dir)

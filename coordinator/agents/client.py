@@ -166,16 +166,19 @@ class AgentClient:
     # -- requests ------------------------------------------------------------
     def request(
         self, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float = 10.0,
-        retries: Optional[int] = None, data: Optional[bytes] = None,
+        retries: Optional[int] = None, data: Optional[bytes] = None, request_id: Optional[str] = None,
     ) -> tuple[P.Reply, Optional[memoryview]]:
         """Send one request and wait for its reply (ok or error) and data frame.
 
         ``timeout`` is the deadline for the whole call; it is shared evenly by
         the attempts. Raises AgentUnreachable when no attempt got an answer.
+        ``request_id``: a caller re-sending the same request after a timeout passes
+        the id it used before, so the agent joins it to the running request (or
+        answers it from its record) and the reply carries the id awaited here.
         """
         if retries is None:
             retries = DEFAULT_RETRIES if op in RETRYABLE else 0
-        rid = P.new_request_id()
+        rid = request_id or P.new_request_id()
         frames = P.encode_request(op, args or {}, rid, data)
         attempts = max(1, retries + 1)
         deadline = time.monotonic() + timeout
@@ -214,10 +217,10 @@ class AgentClient:
 
     def call(
         self, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float = 10.0,
-        retries: Optional[int] = None, data: Optional[bytes] = None,
+        retries: Optional[int] = None, data: Optional[bytes] = None, request_id: Optional[str] = None,
     ) -> dict[str, Any]:
         """The result of ``op``; RemoteError for an error reply, AgentUnreachable after the deadline."""
-        reply, _ = self.request(op, args, timeout=timeout, retries=retries, data=data)
+        reply, _ = self.request(op, args, timeout=timeout, retries=retries, data=data, request_id=request_id)
         return reply.raise_for_error()
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from etcdguard.coordinator.config import CoordinatorConfig, Keys, MemberSettings
 
 class AgentLink(Protocol):
     def call(self, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float = 10.0,
-             retries: Optional[int] = None, data: Optional[bytes] = None) -> dict[str, Any]: ...
+             retries: Optional[int] = None, data: Optional[bytes] = None,
+             request_id: Optional[str] = None) -> dict[str, Any]: ...
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]: ...
 

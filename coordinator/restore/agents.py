@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.wire.protocol import BUSY, NOT_FOUND, RemoteError
+from etcdguard.agent.wire.protocol import BUSY, NOT_FOUND, RemoteError, new_request_id
 from etcdguard.agent.wire.report import EtcdHealth
 from etcdguard.agent.wire.typed import from_json
 from etcdguard.coordinator.agents.client import AgentUnreachable
@@ -96,6 +96,9 @@ class ClusterAgents:
             args["params"] = dict(params)
         deadline = time.monotonic() + bound
         down_since: Optional[float] = None
+        # One request id for every re-send: the agent joins a re-send to the running step and its
+        # reply then carries the id awaited, so the step's end is seen at once, not a slice later.
+        rid = new_request_id()
         while True:
             if self.stop.is_set():
                 raise Interrupted("the coordinator is stopping")
@@ -103,7 +106,8 @@ class ClusterAgents:
             if left <= 0:
                 raise StepTimeout(f"member {member}: step {step} did not finish within {bound:.0f}s")
             try:
-                return self.client(member).call("restore.step", args, timeout=min(SLICE, left), retries=0)
+                return self.client(member).call("restore.step", args, timeout=min(SLICE, left), retries=0,
+                                                request_id=rid)
             except AgentUnreachable as exc:
                 if self.alive(member):
                     down_since = None
@@ -142,6 +146,23 @@ class ClusterAgents:
                     raise
                 log.warning("member %s: upload %s interrupted; resuming", member, upload)
                 self._pause(RETRY_PAUSE)
+
+    def held_snapshot(self, member: str, sha256: str, size: int) -> Optional[str]:
+        """The name of a snapshot in ``member``'s own store with this sha256 and size, if it lists one.
+
+        Such a member need not be sent the snapshot: its prepare step restores from the store file,
+        which it first verifies in full against its catalog record (sha256 and size, the trailer,
+        `snapshot status`). Any error here only means the snapshot is sent as usual."""
+        try:
+            listed = self.client(member).call("snapshot.list", {}, timeout=10.0).get("snapshots") or []
+        except EtcdguardError as exc:
+            log.info("member %s: its store could not be listed (%s); the snapshot is sent", member, exc)
+            return None
+        for meta in listed:
+            if (isinstance(meta, dict) and meta.get("sha256") == sha256 and meta.get("size") == size
+                    and isinstance(meta.get("name"), str) and meta["name"]):
+                return str(meta["name"])
+        return None
 
     def abort_upload(self, member: str, upload: str) -> bool:
         result = self.client(member).call("snapshot.put.abort", {"upload": upload}, timeout=10.0)

@@ -315,6 +315,12 @@ class Stage(Phase):
         size = ctx.plan.snapshot.size
 
         def send(member: str) -> dict[str, Any]:
+            held = ctx.agents.held_snapshot(member, ctx.plan.snapshot.id, size)
+            if held is not None:
+                ctx.say(self.name, f"holds the snapshot in its own store as {held}: not sent (its prepare "
+                                   "verifies that file in full)", member)
+                return {"staged": held, "sha256": ctx.plan.snapshot.id, "from_store": True}
+
             def progress(done: int, total: int) -> None:
                 ctx.emit({"phase": self.name, "member": member, "bytes": done, "total": total})
 

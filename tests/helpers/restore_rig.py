@@ -31,8 +31,11 @@ class RestoreRig:
                  restore: Optional[dict[str, Any]] = None, agent_sections: Optional[dict[str, dict[str, Any]]] = None,
                  coordinator_sections: Optional[dict[str, dict[str, Any]]] = None,
                  runtime: str = "process",
-                 member_sections: Optional[Callable[[EtcdMember], dict[str, Any]]] = None) -> None:
-        """``runtime``: how the agents run etcd; ``member_sections``: agent config per member (static pods)."""
+                 member_sections: Optional[Callable[[EtcdMember], dict[str, Any]]] = None,
+                 seed_agents: bool = True) -> None:
+        """``runtime``: how the agents run etcd; ``member_sections``: agent config per member (static pods);
+        ``seed_agents=False``: no snapshot is put in each agent's store first; each daemon then takes
+        its first scheduled backup at start (a benchmark with a large data set saves that time)."""
         self.cluster = cluster
         self.tmp = tmp_path
         self.ckeys = CoordinatorKeys.create(tmp_path / "ckeys")
@@ -46,6 +49,7 @@ class RestoreRig:
         self.apiservers = apiservers
         self.runtime = runtime
         self._member_sections = member_sections
+        self.seed_agents = seed_agents
         self.metrics_port = free_port()
         self.coordinator: Optional[Coordinator] = None
         self._notify: Optional[socket.socket] = None
@@ -73,7 +77,7 @@ class RestoreRig:
         try:
             for m in self.cluster.members:
                 a = AgentProcess(m, self.tmp / f"agent-{m.name}", authorized=[self.ckeys.public_path],
-                                 sections=per_member[m.name], runtime=self.runtime)
+                                 sections=per_member[m.name], runtime=self.runtime, seed=self.seed_agents)
                 self.agents.append(a)
                 a.start(wait=False)
             for a in self.agents:

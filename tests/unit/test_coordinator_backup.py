@@ -36,7 +36,8 @@ class ScriptedAgent:
         self.takes: list[float] = []
 
     def call(self, op: str, args: Optional[Mapping[str, Any]] = None, *, timeout: float = 10.0,
-             retries: Optional[int] = None, data: Optional[bytes] = None) -> dict[str, Any]:
+             retries: Optional[int] = None, data: Optional[bytes] = None,
+             request_id: Optional[str] = None) -> dict[str, Any]:
         assert op == "snapshot.take" and timeout > 0
         self.takes.append(time.monotonic())
         if len(self.takes) <= self.busy:
