@@ -11,15 +11,21 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from etcdguard.agent.base.clikit import CommandLine, table
 from etcdguard.agent.base.durations import format_bytes, format_duration, stamp_times
 from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
-from etcdguard.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_agent_config
-from etcdguard.agent.discovery.member import ClientTLS, LocalMember
+from etcdguard.agent.discovery.member import ClientTLS
+
+if TYPE_CHECKING:
+    from etcdguard.agent.config import AgentConfig
+    from etcdguard.agent.discovery.member import LocalMember
 
 PROG = "etcdguard-agent"
+# = etcdguard.agent.config.DEFAULT_CONFIG_PATH (a test keeps them equal); the config module is imported
+# only by commands that read a config: `snapshot --endpoints ... --output F` needs none.
+DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/agent.toml")
 log = logging.getLogger(__name__)
 
 CLI = CommandLine(
@@ -38,6 +44,8 @@ def load_config(args: argparse.Namespace, required: bool = True) -> Optional[Age
         if not DEFAULT_CONFIG_PATH.exists() and not required:
             return None
         path = DEFAULT_CONFIG_PATH
+    from etcdguard.agent.config import load_agent_config
+
     return load_agent_config(path)
 
 
@@ -138,9 +146,8 @@ def _progress_printer(enabled: bool) -> Optional[Callable[[int], None]]:
 
 @command("snapshot", "take one verified snapshot now", _snapshot_args)
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from etcdguard.agent.etcd.tools import find_tool
-    from etcdguard.agent.metrics import AgentMetrics
-    from etcdguard.agent.snapshots.backup import BackupRunner
+    # Only what this command runs is imported: it is a one-shot command, timed against etcdctl.
+    from etcdguard.agent.etcd.tools import find_status_tool
     from etcdguard.agent.snapshots.take import Source, save_to_file
 
     for flag in ("cacert", "cert", "key"):
@@ -159,7 +166,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         source = Source(endpoint, flag_tls)
         tool = None
         try:
-            tool = find_tool()
+            tool = find_status_tool()
         except EtcdguardError as exc:
             log.warning("%s: the revision recorded will be a lower bound", exc)
     else:
@@ -171,13 +178,16 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if args.output is not None:
         if config is not None:
             try:
-                tool = find_tool(config.etcd.restore_tool)
+                tool = find_status_tool(config.etcd.restore_tool)
             except EtcdguardError as exc:
                 log.warning("%s: the revision recorded will be a lower bound", exc)
                 tool = None
         meta = save_to_file(source, args.output, tool=tool, progress=progress,
                             timeout=config.backup.timeout if config else 1800.0)
     else:
+        from etcdguard.agent.metrics import AgentMetrics
+        from etcdguard.agent.snapshots.backup import BackupRunner
+
         assert config is not None
         runner = BackupRunner(config, member, AgentMetrics())
         runner.store.prepare()

@@ -97,6 +97,31 @@ def find_tool(configured: Optional[Path] = None, search_path: Optional[str] = No
     )
 
 
+def find_status_tool(configured: Optional[Path] = None, search_path: Optional[str] = None) -> SnapshotTool:
+    """The tool find_tool would pick, for `snapshot status` alone: found, not run.
+
+    Reading a snapshot's status needs neither the tool's version nor its restore flags, so
+    the two probes find_tool runs (`version`, `snapshot restore --help`) are skipped: a one-shot
+    `etcdguard-agent snapshot` saves two process starts. The kind comes from the file name;
+    ETCDCTL_API=3 is set for etcdctl, as find_tool's tools set it.
+    """
+    path = configured
+    if path is not None:
+        if not path.exists():
+            raise ToolError(f"etcd.restore_tool {path} does not exist")
+    else:
+        for name in ("etcdutl", "etcdctl"):
+            found = shutil.which(name, path=search_path)
+            if found:
+                path = Path(found)
+                break
+    if path is None:
+        raise ToolError("neither etcdutl nor etcdctl is on PATH; install etcd's client tools "
+                        "or set etcd.restore_tool")
+    kind = "etcdutl" if path.name.startswith("etcdutl") else "etcdctl"
+    return SnapshotTool(path=path, kind=kind, version="", supports_bump=False)
+
+
 @dataclass(frozen=True)
 class SnapshotStatus:
     hash: int

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Optional
 from etcdguard.agent.base.durations import format_bytes, format_duration
 from etcdguard.agent.base.errors import EXIT_OK, EXIT_UNSAFE, UnsafeRefusal, UsageError
 from etcdguard.agent.cli import PROG, _json_flag, command, discover_member, emit, load_config
-from etcdguard.agent.restore.journal import check_op_id
 
 if TYPE_CHECKING:
     from etcdguard.agent.config import AgentConfig
@@ -92,6 +91,8 @@ def _plan_json(params: RestoreParams, steps: list[PlannedStep], checks: list[str
 
 @command("restore", "restore this single-member cluster from a snapshot (--plan or --yes)", _restore_args)
 def cmd_restore(args: argparse.Namespace) -> int:
+    from etcdguard.agent.restore.journal import check_op_id
+
     if not args.plan and not args.yes:
         raise UsageError("restore needs --plan (show what would happen) or --yes (do it)")
     from etcdguard.agent.restore.plan import render_plan
@@ -155,6 +156,8 @@ def _rollback_args(p: argparse.ArgumentParser) -> None:
 
 @command("rollback", "put back the data a finished restore set aside", _rollback_args)
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from etcdguard.agent.restore.journal import check_op_id
+
     config = load_config(args)
     assert config is not None
     restorer = _restorer(config, quiet=args.json)
@@ -177,6 +180,7 @@ def _cleanup_args(p: argparse.ArgumentParser) -> None:
 
 @command("cleanup", "delete the data one finished operation kept (only with --yes)", _cleanup_args)
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from etcdguard.agent.restore.journal import check_op_id
     from etcdguard.agent.restore.steps import kept_dirs
 
     config = load_config(args)
