@@ -40,8 +40,9 @@ test-fast: venv
 demo: venv etcd
 	$(PY) scripts/demo.py
 
+# QUICK=1: a smoke run (small sizes, one repetition, under 3 minutes)
 bench: venv etcd
-	$(PY) tests/bench/run.py
+	$(PY) tests/bench/run.py $(if $(QUICK),--quick)
 
 # dist/etcdguard_<version>_all.deb and dist/etcdguard-<version>-1.noarch.rpm, linted.
 packages:

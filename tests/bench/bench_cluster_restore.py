@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.bench.common import save  # noqa: E402
+from tests.bench.common import save, spread  # noqa: E402
 from tests.bench.manual_runbook import discard_old, run_manual  # noqa: E402
 from tests.bench.workload import MB, fill_cluster  # noqa: E402
 from tests.helpers.agentconf import adopt  # noqa: E402
@@ -47,13 +46,6 @@ LONG_RUN = 60.0          # a run longer than this: 3 runs instead of --runs
 RESTORE_CONFIG = {"bump_revision": 1_000_000, "fence_settle": "1s", "start_timeout": "120s", "agent_down": "30s"}
 PHASES = ("preflight", "stage", "prepare", "fence", "stop", "swap", "start", "verify", "unfence",
           "restart-controllers")
-
-
-def spread(values: list[float]) -> dict[str, Optional[float]]:
-    if not values:
-        return {"median": None, "min": None, "max": None}
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
 
 
 def etcdguard_run(rig: RestoreRig, snapshot_id: str) -> dict[str, Any]:

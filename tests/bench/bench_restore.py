@@ -26,8 +26,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.common import save
+from tests.bench.workload import fill_member
 from tests.helpers.agentconf import adopt, agent_sections, write_agent_config
-from tests.helpers.etcd import EtcdMember, build_for, clean_env, load_data
+from tests.helpers.etcd import EtcdMember, build_for, clean_env
 
 AGENT = [sys.executable, "-m", "etcdguard.agent"]
 
@@ -76,7 +77,7 @@ def main() -> int:
         member = EtcdMember(build, work / "etcd")
         member.launch()
         try:
-            keys = load_data(member, args.size_mb * 1024 * 1024)
+            keys = fill_member(member, args.size_mb * 1_000_000).keys
             snapshot = work / "snap.db"
             subprocess.run([str(build.etcdctl), f"--endpoints={member.client_url}", "snapshot", "save",
                             str(snapshot)], check=True, capture_output=True, env=clean_env({"ETCDCTL_API": "3"}))

@@ -35,8 +35,9 @@ if str(REPO) not in sys.path:
 import zmq  # noqa: E402
 from etcdguard.agent.wire.protocol import RemoteError  # noqa: E402
 
+from tests.bench.workload import fill_member  # noqa: E402
 from tests.helpers.agents import AgentProcess, CoordinatorKeys  # noqa: E402
-from tests.helpers.etcd import EtcdMember, build_for, load_data  # noqa: E402
+from tests.helpers.etcd import EtcdMember, build_for  # noqa: E402
 
 MB = 1_000_000
 
@@ -192,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         member.launch()
         started = time.perf_counter()
-        keys_loaded = load_data(member, args.size_mb * MB)
+        keys_loaded = fill_member(member, args.size_mb * MB).keys
         load_s = time.perf_counter() - started
         print(f"loaded {keys_loaded} keys ({args.size_mb} MB) into etcd {build.version} in {load_s:.1f}s",
               file=sys.stderr)

@@ -65,6 +65,16 @@ def timed(argv: Sequence[str], env: Optional[dict[str, str]] = None) -> float:
     return time.perf_counter() - started
 
 
+def spread(values: Sequence[float]) -> dict[str, Optional[float]]:
+    """Median and range of a measurement's runs."""
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"median": round(median, 3), "min": round(ordered[0], 3), "max": round(ordered[-1], 3)}
+
+
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"

@@ -2,7 +2,7 @@
 the tables in docs/benchmarks.md. Ratios compare etcdguard with the plain etcdctl
 procedure on the same data in the same run; nothing here is a pass/fail test.
 
-    python tests/bench/run.py [--quick]
+    python tests/bench/run.py [--quick] [--render]
 """
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "tests" / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -44,41 +47,229 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     return "\n".join(out)
 
 
-def render() -> str:
+def rng(d: Optional[dict[str, Any]], digits: int = 2) -> str:
+    """'median [min-max]' of a spread() value."""
+    if not d or d.get("median") is None:
+        return ""
+    return f"{d['median']:.{digits}f} [{d['min']:.{digits}f}-{d['max']:.{digits}f}]"
+
+
+def met(ok: Optional[bool]) -> str:
+    return "" if ok is None else ("yes" if ok else "**no**")
+
+
+def machine() -> str:
     cpu = ""
     with contextlib.suppress(OSError, StopIteration):
         cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                    if ln.startswith("model name"))
+    mem = ""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        kb = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal")))
+        mem = f", {kb / 1024 / 1024:.0f} GiB"
+    return f"{os.cpu_count()} cores ({cpu or platform.machine()}){mem}"
+
+
+def snapshot_section() -> list[str]:
+    results = [load(name) for name in ("snapshot-3.4", "snapshot-3.5")]
+    snaps = [r for res in results if res for r in res["rows"]]
+    if not snaps:
+        return []
+    by_build: dict[str, list[float]] = {}
+    for r in snaps:
+        by_build.setdefault(r["etcd"], []).append(r["agent_peak_rss_mib"] or 0)
+    for r in snaps:
+        r["etcdctl"] = rng(r.get("manual_range"))
+        r["etcdguard"] = rng(r.get("agent_range"))
+        r["time_target"] = "<= 1.0" if r["size_mb"] <= 300 else "(none)"
+        r["time_met"] = met(r["time_ratio_agent_to_manual"] <= 1.0) if r["size_mb"] <= 300 else ""
+        rss = by_build[r["etcd"]]
+        r["rss_met"] = met(r["agent_peak_rss_mib"] <= 100 and max(rss) <= 1.2 * min(rss))
+    startups = [res["startup"] for res in results if res and res.get("startup")]
+    out = [
+        "## Snapshot: `etcdguard-agent snapshot` vs `etcdctl snapshot save` + `snapshot status`",
+        "",
+        "Both write the file, fsync it and read its revision; etcdguard also verifies the SHA-256",
+        "trailer and records metadata. Runs alternate etcdctl, etcdguard, etcdctl, ... on one member",
+        "that grows through the sizes (the seeded workload). Seconds are median [min-max]; the ratio is",
+        "of the medians (< 1: etcdguard is faster). \"etcdguard s\" is the whole `etcdguard-agent snapshot`",
+        "command (Python start-up included); \"in-process\" times the snapshot alone in a warm process,",
+        "which is what the daemon's scheduled backups cost. Peak RSS is the command's VmHWM; its target",
+        "is <= 100 MB and flat (within 1.2x) from 100 MB to 1 GB.",
+        "",
+        table(snaps, [("etcd", "etcd"), ("size_mb", "data MB"), ("snapshot_bytes", "snapshot bytes"),
+                      ("etcdctl", "etcdctl s"), ("etcdguard", "etcdguard s"),
+                      ("time_ratio_agent_to_manual", "time ratio"), ("time_target", "target"),
+                      ("time_met", "met"), ("agent_in_process_seconds", "in-process s"),
+                      ("in_process_ratio_to_manual", "in-process ratio"),
+                      ("agent_peak_rss_mib", "peak RSS MiB"), ("rss_met", "RSS <= 100 MB, flat")]),
+        "",
+    ]
+    if startups:
+        st = startups[-1]
+        out += [f"Fixed cost of the command on this machine (median of 5): the interpreter alone "
+                f"{st['interpreter_seconds']:.3f} s, with the snapshot command's imports "
+                f"{st['with_imports_seconds']:.3f} s (imports {st['imports_seconds']:.3f} s). See "
+                "\"Where the time goes\" below.", ""]
+    return out
+
+
+def cluster_rows() -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(RESULTS.glob("cluster-restore-*.json")):
+        rows += json.loads(path.read_text())["rows"]
+    return rows
+
+
+def cluster_section() -> list[str]:
+    rows = cluster_rows()
+    if not rows:
+        return []
+    three = [r for r in rows if r["members"] == 3]
+    for r in rows:
+        r["snap_mb"] = round(r["snapshot_bytes"] / 1e6)
+        r["eg_total"] = rng(r["etcdguard_total"])
+        r["m_total"] = rng(r["manual_total"])
+        r["eg_down"] = rng(r["etcdguard_downtime"])
+        r["total_met"] = met(r["total_ratio"] <= 1.3)
+        r["down_met"] = met(r["downtime_ratio"] <= 0.6)
+        for phase, d in r["etcdguard_phases"].items():
+            r[f"ph_{phase}"] = f"{d['median']:.2f}" if d.get("median") is not None else ""
+        for step, d in r["manual_steps"].items():
+            r[f"ms_{step}"] = f"{d['median']:.2f}" if d.get("median") is not None else ""
+    out = [
+        "## Cluster restore: `etcdguardctl restore` vs the manual HA runbook",
+        "",
+        "Real etcd members on loopback, an agent per member (process runtime, CURVE), a coordinator with a",
+        "directory vault (tests/helpers/restore_rig.py), product defaults except `bump_revision = 1000000`",
+        "(`fence_settle` is its default 1 s; no kube-apiserver stand-ins, so fence and unfence stop and",
+        "start none, as the manual script stops none). One vault snapshot of the seeded workload; then, on",
+        "that same file, runs alternate: `etcdguardctl restore <its id> --yes --force --json` (the id",
+        "`latest` named when it was taken; `--force` because after the first run the cluster id is the",
+        "restored one) and tests/bench/manual_runbook.py (SIGKILL all members in parallel, `etcdutl",
+        "snapshot restore` (3.4: `etcdctl`) on all in parallel into new dirs with one fresh token, on 3.5",
+        "with `--bump-revision` above the live revision and `--mark-compacted`, swap, start all, wait until",
+        "every member is healthy under one leader). etcdguard total = wall clock of the command; its",
+        "downtime = the summary's `downtime_seconds` (fence .. unfence, from the journal). The manual",
+        "script is downtime from its first step to its last. Seconds are median [min-max] of the runs",
+        "(5, or 3 where an etcdguard run took over a minute); ratios are of the medians. Everything shares",
+        "2 cores: the three members' restores, the transfers and the encryption run side by side here,",
+        "on separate hosts in production.",
+        "",
+        table(three, [("etcd", "etcd"), ("members", "members"), ("size_mb", "data MB"),
+                      ("snap_mb", "snapshot MB"), ("runs", "runs"), ("eg_total", "etcdguard total s"),
+                      ("m_total", "manual total s"), ("total_ratio", "total ratio"),
+                      ("total_met", "<= 1.3x"), ("eg_down", "etcdguard downtime s"),
+                      ("m_total", "manual downtime s"), ("downtime_ratio", "downtime ratio"),
+                      ("down_met", "<= 0.6x")]),
+        "",
+    ]
+    flat = []
+    for build in sorted({r["etcd"] for r in three}):
+        sizes = sorted((r for r in three if r["etcd"] == build), key=lambda r: r["size_mb"])
+        if len(sizes) >= 2:
+            lo, hi = sizes[0], sizes[-1]
+            ratio = hi["etcdguard_downtime"]["median"] / lo["etcdguard_downtime"]["median"]
+            flat.append({"etcd": build, "sizes": f"{lo['size_mb']} -> {hi['size_mb']} MB",
+                         "down": f"{lo['etcdguard_downtime']['median']:.2f} -> "
+                                 f"{hi['etcdguard_downtime']['median']:.2f}",
+                         "ratio": round(ratio, 3), "met": met(ratio <= 1.2)})
+    if flat:
+        out += ["Downtime flat with the data size (target: the larger within 1.2x of the smaller):", "",
+                table(flat, [("etcd", "etcd"), ("sizes", "data"), ("down", "etcdguard downtime s"),
+                             ("ratio", "ratio"), ("met", "<= 1.2x")]), ""]
+    scale = sorted((r for r in rows if r["size_mb"] == 300 and r["etcd"].startswith("3.5")),
+                   key=lambda r: r["members"])
+    base = next((r for r in scale if r["members"] == 3), None)
+    if base is not None and len(scale) > 1:
+        for r in scale:
+            r["t_vs3"] = round(r["etcdguard_total"]["median"] / base["etcdguard_total"]["median"], 3)
+            r["d_vs3"] = round(r["etcdguard_downtime"]["median"] / base["etcdguard_downtime"]["median"], 3)
+            r["scale_met"] = met(r["t_vs3"] <= 1.2 and r["d_vs3"] <= 1.2) if r["members"] == 5 else ""
+        out += ["Scaling with the member count (300 MB, etcd 3.5; target: 5 members within 1.2x of 3, total",
+                "and downtime):", "",
+                table(scale, [("members", "members"), ("runs", "runs"), ("eg_total", "etcdguard total s"),
+                              ("eg_down", "etcdguard downtime s"), ("t_vs3", "total vs 3"),
+                              ("d_vs3", "downtime vs 3"), ("scale_met", "<= 1.2x"),
+                              ("m_total", "manual s"), ("total_ratio", "total ratio"),
+                              ("downtime_ratio", "downtime ratio")]), ""]
+    phase_cols = [(f"ph_{p}", p) for p in ("preflight", "stage", "prepare", "fence", "stop", "swap", "start",
+                                           "verify", "unfence", "restart-controllers")]
+    out += ["Where etcdguard's time goes, phase by phase (median seconds); downtime is fence .. unfence:", "",
+            table(rows, [("etcd", "etcd"), ("members", "members"), ("size_mb", "MB"), *phase_cols]), "",
+            "The manual script's steps (median seconds):", "",
+            table(rows, [("etcd", "etcd"), ("members", "members"), ("size_mb", "MB"), ("ms_stop", "stop (SIGKILL)"),
+                         ("ms_restore", "snapshot restore"), ("ms_swap", "swap"),
+                         ("ms_start", "start .. healthy")]), ""]
+    return out
+
+
+def transfer_section() -> list[str]:
+    transfer = load("transfer")
+    if not transfer:
+        return []
+    rows = transfer.get("rows", [transfer])
+    for r in rows:
+        r["agent_rss_peak_mib"] = round(r.get("agent_rss_peak_during_fetch_kb", 0) / 1024, 1)
+        r["met"] = met(r["ratio_fetch_to_cp"] >= 0.8)
+        r["pipe_met"] = met(r["ratio_zmq_pipe_to_cp"] >= 0.8)
+    return [
+        "## Vault pull over ZeroMQ CURVE vs `cp` + sync",
+        "",
+        "A snapshot fetched from a real agent by the coordinator's client (credit-based, 1 MiB chunks,",
+        "sha256 and the etcd trailer checked end to end, fsync'ed) against `cp` + `sync` of the same file",
+        "on the same disk, alternating, median of the rounds. `zmq pipe` is bare ZeroMQ over CURVE at the",
+        "same settings between two processes (no file, no hashing): the ceiling of the channel on this",
+        "machine, and so the floor of what any CURVE transfer costs. Agent and coordinator share the",
+        "same 2 cores here; in production CURVE encryption and decryption run on different hosts.",
+        "",
+        table(rows, [("size_bytes", "bytes"), ("cp_mb_per_s", "cp MB/s"), ("fetch_mb_per_s", "fetch MB/s"),
+                     ("ratio_fetch_to_cp", "fetch/cp"), ("met", ">= 0.8x"), ("zmq_pipe_mb_per_s", "zmq pipe MB/s"),
+                     ("ratio_zmq_pipe_to_cp", "pipe/cp"), ("pipe_met", "pipe >= 0.8x cp"),
+                     ("ratio_fetch_to_zmq_pipe", "fetch/pipe"), ("agent_rss_peak_mib", "agent peak RSS MiB")]),
+        "",
+    ]
+
+
+def idle_section() -> list[str]:
+    idle = load("idle")
+    if not idle:
+        return []
+    for r in idle["rows"]:
+        r["cpu_ok"] = met(r["cpu_met"])
+        r["rss_ok"] = met(r["rss_met"])
+    return [
+        "## Idle cost",
+        "",
+        f"Three agents and a coordinator (etcd {idle['etcd']}, 3 members, CURVE, metrics on) left alone for "
+        f"{idle['seconds']} s after the coordinator's first vault pull, each metrics endpoint scraped every "
+        f"{idle['scrape_every']:g} s ({idle['scrapes_per_endpoint']} scrapes). CPU is utime + stime over the",
+        "window, in % of one core; RSS is VmRSS at its end. Targets: CPU < 0.5 %, RSS <= 60 MB per daemon.",
+        "",
+        table(idle["rows"], [("process", "process"), ("cpu_percent", "CPU %"), ("cpu_ok", "< 0.5 %"),
+                             ("rss_mib", "RSS MiB"), ("peak_rss_mib", "peak RSS MiB"), ("rss_ok", "<= 60 MB")]),
+        "",
+    ]
+
+
+def render() -> str:
+    versions = sorted({r["etcd"] for r in cluster_rows()} | {r["etcd"] for name in ("snapshot-3.4", "snapshot-3.5")
+                                                              if load(name) for r in load(name)["rows"]})
     parts = [
         "# Benchmarks",
         "",
-        "Produced by `make bench` (`tests/bench/run.py`); raw numbers in `tests/bench/results/*.json`.",
-        "Every ratio compares etcdguard with the plain etcdctl procedure on the same member and data,",
-        "in the same run. Single runs on a shared machine are noisy: read ratios, not absolute seconds.",
+        "Produced by `make bench` (`tests/bench/run.py`; `make bench QUICK=1` is a small smoke run); raw",
+        "numbers in `tests/bench/results/*.json`. Every ratio compares etcdguard with the manual procedure",
+        "on the same data in the same run, runs alternating A/B so both see the same noise. The machine is",
+        "shared: read ratios and ranges, not absolute seconds.",
         "",
-        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.python_implementation()} "
-        f"{platform.python_version()}, {cpu or platform.machine()}.",
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}, etcd {', '.join(versions) or '-'}.",
         "",
     ]
-    snaps = [r for name in ("snapshot-3.4", "snapshot-3.5") if load(name) for r in load(name)["rows"]]
-    if snaps:
-        parts += [
-            "## Snapshot: `etcdguard-agent snapshot` vs `etcdctl snapshot save` + `snapshot status`",
-            "",
-            "Both write the file, fsync it and read its revision; etcdguard also verifies the SHA-256",
-            "trailer and records metadata. Time ratio < 1 means etcdguard is faster. \"etcdguard s\" is the",
-            "whole `etcdguard-agent snapshot` command (Python start-up included); \"in-process\" times the",
-            "snapshot alone in a warm process, which is what the daemon's scheduled backups cost. Peak RSS",
-            "is the command's VmHWM (flat with size: the stream is never held in memory).",
-            "",
-            table(snaps, [("etcd", "etcd"), ("size_mb", "data MB"), ("snapshot_bytes", "snapshot bytes"),
-                          ("manual_seconds", "etcdctl s"), ("agent_seconds", "etcdguard s"),
-                          ("time_ratio_agent_to_manual", "time ratio"),
-                          ("agent_in_process_seconds", "etcdguard in-process s"),
-                          ("in_process_ratio_to_manual", "in-process ratio"),
-                          ("agent_peak_rss_mib", "peak RSS MiB")]),
-            "",
-        ]
+    parts += snapshot_section()
+    parts += cluster_section()
     restores = [r for name in ("restore-3.4", "restore-3.5") if load(name) for r in load(name)["rows"]]
     if restores:
         parts += [
@@ -94,25 +285,7 @@ def render() -> str:
                              ("etcdguard_total_seconds", "etcdguard total s")]),
             "",
         ]
-    transfer = load("transfer")
-    if transfer:
-        rows = transfer.get("rows", [transfer])
-        for r in rows:
-            r["agent_rss_peak_mib"] = round(r.get("agent_rss_peak_during_fetch_kb", 0) / 1024, 1)
-        parts += [
-            "## Vault pull over ZeroMQ CURVE vs `cp` + sync",
-            "",
-            "A snapshot fetched from a real agent by the coordinator's client (credit-based, 1 MiB chunks,",
-            "sha256 and the etcd trailer checked end to end, fsync'ed) against `cp` + `sync` of the same file",
-            "on the same disk. `zmq pipe` is bare ZeroMQ over CURVE at the same settings (no file, no",
-            "hashing): the ceiling of the channel on this machine. Agent and coordinator share the same 2",
-            "cores here; in production CURVE encryption and decryption run on different hosts.",
-            "",
-            table(rows, [("size_bytes", "bytes"), ("cp_mb_per_s", "cp MB/s"), ("fetch_mb_per_s", "fetch MB/s"),
-                         ("ratio_fetch_to_cp", "ratio fetch/cp"), ("zmq_pipe_mb_per_s", "zmq pipe MB/s"),
-                         ("agent_rss_peak_mib", "agent peak RSS MiB")]),
-            "",
-        ]
+    parts += transfer_section()
     vault = load("vault")
     if vault:
         parts += [
@@ -131,21 +304,41 @@ def render() -> str:
                                   ("pull_peak_rss_mib", "pull peak RSS MiB"), ("age_peak_rss_mib", "age RSS MiB")]),
             "",
         ]
+    parts += idle_section()
+    from tests.bench.profile_notes import where_the_time_goes
+
+    parts += where_the_time_goes(load, cluster_rows())
     return "\n".join(parts)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run, < 3 min)")
+    ap.add_argument("--render", action="store_true", help="only write docs/benchmarks.md from the results")
     args = ap.parse_args()
-    sizes, size, repeat = ("50", "50", "1") if args.quick else ("100,300", "300", "3")
-    for build in ("3.4", "3.5"):
-        run("bench_snapshot.py", "--sizes-mb", sizes, "--build", build, "--repeat", repeat)
-        run("bench_restore.py", "--size-mb", size, "--build", build, "--repeat", repeat)
-    run("bench_transfer.py", "--size-mb", size, "--json", str(RESULTS / "transfer.json"))
-    run("bench_vault.py", "--size-mb", size, "--runs", "1" if args.quick else "2")
+    started = time.monotonic()
+    if not args.render:
+        for old in RESULTS.glob("cluster-restore-*.json"):
+            old.unlink()   # a quick run after a full one must not mix with its rows
+        if args.quick:
+            run("bench_snapshot.py", "--sizes-mb", "30", "--build", "3.5", "--repeat", "1")
+            run("bench_cluster_restore.py", "--build", "3.5", "--members", "3", "--sizes-mb", "30", "--runs", "1")
+            run("bench_transfer.py", "--size-mb", "30", "--rounds", "1", "--json", str(RESULTS / "transfer.json"))
+            run("bench_idle.py", "--seconds", "15")
+        else:
+            for build in ("3.4", "3.5"):
+                run("bench_snapshot.py", "--sizes-mb", "100,300,1000", "--build", build, "--repeat", "3")
+                run("bench_restore.py", "--size-mb", "300", "--build", build, "--repeat", "3")
+                run("bench_cluster_restore.py", "--build", build, "--members", "3", "--sizes-mb", "300,1000",
+                    "--runs", "5")
+            for members in ("1", "5"):
+                run("bench_cluster_restore.py", "--build", "3.5", "--members", members, "--sizes-mb", "300",
+                    "--runs", "5")
+            run("bench_transfer.py", "--size-mb", "300", "--json", str(RESULTS / "transfer.json"))
+            run("bench_vault.py", "--size-mb", "300", "--runs", "2")
+            run("bench_idle.py", "--seconds", "60")
     DOC.write_text(render() + "\n")
-    print(f"wrote {DOC}")
+    print(f"wrote {DOC} ({(time.monotonic() - started) / 60:.1f} min)")
     return 0
 
 
