@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from etcdguard.coordinator.config import RestoreSettings  # noqa: E402
+
 from tests.bench.common import save, spread  # noqa: E402
 from tests.bench.manual_runbook import discard_old, run_manual  # noqa: E402
 from tests.bench.workload import MB, fill_cluster  # noqa: E402
@@ -43,7 +45,9 @@ from tests.helpers.etcd import EtcdCluster, build_for  # noqa: E402
 from tests.helpers.restore_rig import RestoreRig  # noqa: E402
 
 LONG_RUN = 60.0          # a run longer than this: 3 runs instead of --runs
-RESTORE_CONFIG = {"bump_revision": 1_000_000, "fence_settle": "1s", "start_timeout": "120s", "agent_down": "30s"}
+# the product's defaults (the rig's own are shorter), but a bump of 1,000,000
+RESTORE_CONFIG = {"bump_revision": 1_000_000, "fence_settle": f"{RestoreSettings.fence_settle}s",
+                  "start_timeout": f"{RestoreSettings.start_timeout}s", "agent_down": f"{RestoreSettings.agent_down}s"}
 PHASES = ("preflight", "stage", "prepare", "fence", "stop", "swap", "start", "verify", "unfence",
           "restart-controllers")
 

@@ -143,7 +143,7 @@ def cluster_section() -> list[str]:
         "",
         "Real etcd members on loopback, an agent per member (process runtime, CURVE), a coordinator with a",
         "directory vault (tests/helpers/restore_rig.py), product defaults except `bump_revision = 1000000`",
-        "(`fence_settle` is its default 1 s; no kube-apiserver stand-ins, so fence and unfence stop and",
+        "(`fence_settle` is its default; no kube-apiserver stand-ins, so fence and unfence stop and",
         "start none, as the manual script stops none). One vault snapshot of the seeded workload; then, on",
         "that same file, runs alternate: `etcdguardctl restore <its id> --yes --force --json` (the id",
         "`latest` named when it was taken; `--force` because after the first run the cluster id is the",
