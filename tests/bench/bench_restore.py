@@ -50,7 +50,8 @@ def manual_restore(member: EtcdMember, snapshot: Path, tool: Path) -> float:
 
 def etcdguard_restore(cfg: Path, snapshot: Path) -> tuple[float, float]:
     started = time.perf_counter()
-    r = subprocess.run([*AGENT, "--config", str(cfg), "restore", str(snapshot), "--yes", "--json"],
+    # --force: the manual run before it restored the cluster under a new cluster id
+    r = subprocess.run([*AGENT, "--config", str(cfg), "restore", str(snapshot), "--yes", "--force", "--json"],
                        capture_output=True, text=True, check=False)
     total = time.perf_counter() - started
     if r.returncode != 0:

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "tests" / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+FAILED: list[str] = []
 
 
 def run(script: str, *args: str) -> None:
@@ -31,7 +32,10 @@ def run(script: str, *args: str) -> None:
         print(f"skipping {script}: not present")
         return
     print(f"== {script} {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, str(path), *args], check=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, str(path), *args], check=False, cwd=ROOT)
+    if r.returncode != 0:   # the other benchmarks still run; make bench fails at the end
+        print(f"!! {script} {' '.join(args)} failed (exit {r.returncode})", flush=True)
+        FAILED.append(f"{script} {' '.join(args)}")
 
 
 def load(name: str) -> Any:
@@ -339,6 +343,9 @@ def main() -> int:
             run("bench_idle.py", "--seconds", "60")
     DOC.write_text(render() + "\n")
     print(f"wrote {DOC} ({(time.monotonic() - started) / 60:.1f} min)")
+    if FAILED:
+        print("failed: " + "; ".join(FAILED), file=sys.stderr)
+        return 1
     return 0
 
 
