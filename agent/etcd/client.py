@@ -24,6 +24,7 @@ from etcdguard.agent.etcd import pbwire
 from etcdguard.agent.etcd.pbwire import parse_member_list, parse_status, snapshot_blob
 
 MAX_RECEIVE = 64 * 1024 * 1024
+STREAM_WINDOW = 4 << 20
 
 try:
     from grpc.experimental import ChannelOptions
@@ -132,7 +133,11 @@ class EtcdClient:
         options = [("grpc.max_receive_message_length", MAX_RECEIVE),
                    # unary-stream calls (the snapshot) run on the calling thread:
                    # no thread hand-off per 32 KiB message
-                   (SINGLE_THREADED_UNARY_STREAM, 1)]
+                   (SINGLE_THREADED_UNARY_STREAM, 1),
+                   # a fixed 4 MiB HTTP/2 window instead of BDP probing, which let gRPC buffer tens of MB
+                   # of the snapshot stream ahead of the writer (peak RSS 65-118 MiB at 300 MB, now ~59,
+                   # measured at the same speed)
+                   ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", STREAM_WINDOW)]
         if https:
             try:
                 credentials = grpc.ssl_channel_credentials(
