@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
 import socket
 import threading
@@ -14,6 +15,27 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _handed_out: set[int] = set()
+
+
+def _worker_slot() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, the number of workers); (0, 1) without xdist.
+
+    Workers are separate processes that cannot see each other's handed-out ports, so each
+    takes only its own share of the ports: two workers never pick the same port.
+    """
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        index = int(name[2:]) if name.startswith("gw") else 0
+    except ValueError:
+        return 0, 1
+    return (index % count, count) if count > 1 else (0, 1)
+
+
+def _mine(port: int) -> bool:
+    # Linux hands out only odd ports for bind() to port 0, so the slot is taken from port // 2.
+    index, count = _worker_slot()
+    return (port // 2) % count == index
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -37,15 +59,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     Never returns the same port twice in one test session, so two servers set up
     side by side cannot be given the same port before either binds it.
     """
-    for _ in range(100):
+    for _ in range(400):
         with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
+        if not _mine(port):
+            continue
         with _lock:
             if port not in _handed_out:
                 _handed_out.add(port)
                 return port
-    raise RuntimeError("no fresh free port after 100 tries")
+    raise RuntimeError("no fresh free port after 400 tries")
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -70,8 +94,10 @@ def free_server_port(host: str = "127.0.0.1") -> int:
     if hi - lo < 1000:  # unusual sysctl: fall back to the kernel's pick
         return free_port(host)
     rng = random.SystemRandom()
-    for _ in range(200):
+    for _ in range(800):
         port = rng.randint(lo, hi)
+        if not _mine(port):
+            continue
         with _lock:
             if port in _handed_out:
                 continue
