@@ -93,6 +93,27 @@ def coordinator_config(tmp_path: Path, ckeys: Any, agents: list[Any], metrics_po
     return cfg
 
 
+def lone_coordinator_config(tmp_path: Path, metrics_port: Optional[int] = None,
+                            coordinator: Optional[dict[str, Any]] = None) -> Path:
+    """An insecure coordinator whose one member's agent never answers (tcp://127.0.0.1:9).
+
+    For tests of the daemon and etcdguardctl themselves: config, deadlines, damaged state.
+    Without ``metrics_port`` the metrics endpoint is off.
+    """
+    run = tmp_path / "run"
+    run.mkdir(mode=0o750, exist_ok=True)
+    sections: dict[str, dict[str, Any]] = {
+        "coordinator": {"state_dir": str(tmp_path / "state"), "insecure": True,
+                        "control_socket": str(run / "c.sock"), "request_timeout": "1s", **(coordinator or {})},
+        "vault": {"dir": str(tmp_path / "vault")},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"} if metrics_port else {"enabled": False},
+        "members": [{"name": "m1", "agent": "tcp://127.0.0.1:9"}],
+    }
+    cfg = tmp_path / "coordinator.toml"
+    cfg.write_text(render_toml(sections))
+    return cfg
+
+
 def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()

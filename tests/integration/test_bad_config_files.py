@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.agentconf import AGENT, agent_sections, write_agent_config
-from tests.helpers.coordinator import DAEMON, Coordinator, run_ctl, scrape
+from tests.helpers.coordinator import DAEMON, Coordinator, lone_coordinator_config, run_ctl, scrape
 from tests.helpers.etcd import EtcdMember
 from tests.helpers.net import free_port, wait_until
 
@@ -130,13 +130,7 @@ def test_the_agent_keeps_its_config_on_every_broken_reload(etcd_member: EtcdMemb
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[tuple[Coordinator, Path, int]]:
     port = free_port()
-    run = tmp_path / "run"
-    run.mkdir(mode=0o750)
-    cfg = tmp_path / "coordinator.toml"
-    cfg.write_text(f'[coordinator]\nstate_dir = "{tmp_path / "state"}"\ninsecure = true\n'
-                   f'control_socket = "{run / "c.sock"}"\nrequest_timeout = "1s"\n'
-                   f'[vault]\ndir = "{tmp_path / "vault"}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-                   '[[members]]\nname = "m1"\nagent = "tcp://127.0.0.1:9"\n')
+    cfg = lone_coordinator_config(tmp_path, metrics_port=port)
     coord = Coordinator(cfg, tmp_path / "coordinator.log")
     coord.start()
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.agents import AgentProcess, CoordinatorKeys
-from tests.helpers.coordinator import Coordinator, coordinator_config, run_ctl
+from tests.helpers.coordinator import Coordinator, coordinator_config, lone_coordinator_config, run_ctl
 from tests.helpers.etcd import EtcdMember
 from tests.helpers.net import free_port
 from tests.helpers.proxy import SlowProxy
@@ -27,14 +27,7 @@ DEADLINE = 5.0
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
-    run = tmp_path / "run"
-    run.mkdir(mode=0o750)
-    cfg = tmp_path / "coordinator.toml"
-    cfg.write_text(f'[coordinator]\nstate_dir = "{tmp_path / "state"}"\ninsecure = true\n'
-                   f'control_socket = "{run / "c.sock"}"\nrequest_timeout = "1s"\n'
-                   f'control_timeout = "{DEADLINE:g}s"\n'
-                   f'[vault]\ndir = "{tmp_path / "vault"}"\n[metrics]\nenabled = false\n'
-                   '[[members]]\nname = "m1"\nagent = "tcp://127.0.0.1:9"\n')
+    cfg = lone_coordinator_config(tmp_path, coordinator={"control_timeout": f"{DEADLINE:g}s"})
     coord = Coordinator(cfg, tmp_path / "coordinator.log")
     coord.start()
     try:

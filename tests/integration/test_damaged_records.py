@@ -19,7 +19,7 @@ from etcdguard.agent.wire import protocol as P
 
 from tests.helpers.agentconf import AGENT
 from tests.helpers.agents import AgentProcess, CoordinatorKeys
-from tests.helpers.coordinator import Coordinator, scrape
+from tests.helpers.coordinator import Coordinator, lone_coordinator_config, scrape
 from tests.helpers.etcd import EtcdMember
 from tests.helpers.net import free_port, wait_until
 
@@ -97,16 +97,10 @@ def test_a_corrupt_operation_record_is_reported_and_blocks_backups_and_restores(
 
 def test_the_coordinator_reports_a_damaged_journal_and_refuses_new_restores(tmp_path: Path) -> None:
     port = free_port()
-    run = tmp_path / "run"
-    run.mkdir(mode=0o750)
     journal = tmp_path / "state" / "restores" / "r-bad" / "journal.jsonl"
     journal.parent.mkdir(parents=True)
     journal.write_bytes(b'{"event": "state", "state": "running"}\n[1,2]\n\xff\n')
-    cfg = tmp_path / "coordinator.toml"
-    cfg.write_text(f'[coordinator]\nstate_dir = "{tmp_path / "state"}"\ninsecure = true\n'
-                   f'control_socket = "{run / "c.sock"}"\nrequest_timeout = "1s"\n'
-                   f'[vault]\ndir = "{tmp_path / "vault"}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-                   '[[members]]\nname = "m1"\nagent = "tcp://127.0.0.1:9"\n')
+    cfg = lone_coordinator_config(tmp_path, metrics_port=port)
     coord = Coordinator(cfg, tmp_path / "coordinator.log")
     coord.start()
     try:
