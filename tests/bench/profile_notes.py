@@ -50,17 +50,49 @@ def where_the_time_goes(load: Callable[[str], Any], cluster: list[dict[str, Any]
             "after a 3 s slice keeps its request id (before, the agent's answer to the running step carried the",
             "first id and was dropped, so a long step's end was seen up to 3 s late: prepare was 6.0 s, now",
             "~3 s at 300 MB); the prepare no longer hashes the staged file twice; stage skips a member that",
-            "holds the snapshot. Proposed, not done (the orchestrator is another engineer's): take the safety",
-            "snapshot while stage and prepare run, joined before fence (both are non-destructive), which",
-            f"would take ~{ph['preflight']:.1f} s off the total.",
+            "holds the snapshot. Not done yet: taking the safety snapshot while stage and prepare run,",
+            "joined before fence (all three are non-destructive), which on separate hosts would take up to",
+            f"~{ph['preflight']:.1f} s off the total (less here, where all of it shares the same 2 cores).",
             "",
             f"**Cluster restore downtime.** fence {ph['fence']:.2f} s of it is mostly `fence_settle` (0.5 s by",
             "default: with every kube-apiserver stopped the revision must stand still that long, the check that",
             f"no other client writes); stop {ph['stop']:.2f} s (etcd is killed at once in a restore's stops,",
             f"process runtime: it used the whole 2 s SIGTERM grace before), start {ph['start']:.2f} s (members",
-            f"reach quorum, polled every 0.2 s), verify {ph['verify']:.2f} s (health, member list, alarms,",
+            f"reach quorum, polled every 0.05 s), verify {ph['verify']:.2f} s (health, member list, alarms,",
             "revision and hashkv on every member). The manual script's downtime includes the whole",
             "`snapshot restore`, which grows with the data; etcdguard's does not.",
+            "",
+        ]
+        big = [x for x in rows3 if x["etcd"] == r["etcd"] and x["size_mb"] > r["size_mb"]]
+        if big:
+            pb = {k: _median(v) for k, v in max(big, key=lambda x: x["size_mb"])["etcdguard_phases"].items()}
+            mb = {k: _median(v) for k, v in max(big, key=lambda x: x["size_mb"])["manual_steps"].items()}
+            out += [
+                "**Downtime flat from 300 MB to 1 GB (within 1.2x).** Not met: what grows is etcd's own work,",
+                f"not etcdguard's. At {max(x['size_mb'] for x in big)} MB (etcd {r['etcd']}) start took",
+                f"{pb['start']:.2f} s (vs {ph['start']:.2f} s at {r['size_mb']} MB): each member opens its",
+                "larger bbolt file before it joins the quorum, as in the manual script's start",
+                f"({mb['start']:.2f} s there); verify {pb['verify']:.2f} s (vs {ph['verify']:.2f} s) includes",
+                "`hashkv`, which reads the whole keyspace on every member: the proof that all members hold the same",
+                f"data. fence ({pb['fence']:.2f} s), stop ({pb['stop']:.2f} s) and swap ({pb['swap']:.2f} s) do",
+                "not grow. The hashkv check stays: it is what proves the restore.",
+                "",
+            ]
+    five = [x for x in cluster if x["members"] == 5]
+    three = [x for x in cluster if x["members"] == 3 and five and x["etcd"] == five[0]["etcd"]
+             and x["size_mb"] == five[0]["size_mb"]]
+    if five and three:
+        p5 = {k: _median(v) for k, v in five[0]["etcdguard_phases"].items()}
+        p3 = {k: _median(v) for k, v in three[0]["etcdguard_phases"].items()}
+        m5, m3 = _median(five[0]["manual_total"]), _median(three[0]["manual_total"])
+        out += [
+            "**5 members within 1.2x of 3.** Not met on one 2-core machine, where five members' work",
+            f"shares the same cores: stage {p3['stage']:.2f} -> {p5['stage']:.2f} s (four members",
+            f"to send to instead of two, every CURVE stream on the same cores), prepare {p3['prepare']:.2f} ->",
+            f"{p5['prepare']:.2f} s (five `snapshot restore`s), start {p3['start']:.2f} -> {p5['start']:.2f} s.",
+            f"The manual script grows the same way ({m3:.2f} -> {m5:.2f} s), so the ratio to it stays put;",
+            "every phase runs on all members at once, so on one host per member it does not grow with the",
+            "member count.",
             "",
         ]
     transfer = load("transfer")
