@@ -50,9 +50,10 @@ def where_the_time_goes(load: Callable[[str], Any], cluster: list[dict[str, Any]
             "after a 3 s slice keeps its request id (before, the agent's answer to the running step carried the",
             "first id and was dropped, so a long step's end was seen up to 3 s late: prepare was 6.0 s, now",
             "~3 s at 300 MB); the prepare no longer hashes the staged file twice; stage skips a member that",
-            "holds the snapshot. Not done yet: taking the safety snapshot while stage and prepare run,",
-            "joined before fence (all three are non-destructive), which on separate hosts would take up to",
-            f"~{ph['preflight']:.1f} s off the total (less here, where all of it shares the same 2 cores).",
+            "holds the snapshot. Not done: taking the safety snapshot while stage runs, joined before",
+            "prepare (an agent takes no snapshot while a restore operation is open on its node, so it",
+            "cannot overlap prepare); it would save at most the shorter of the two"
+            f" (~{min(ph['preflight'], ph['stage']):.1f} s here) and leave the total well above 1.3x.",
             "",
             f"**Cluster restore downtime.** fence {ph['fence']:.2f} s of it is mostly `fence_settle` (0.5 s by",
             "default: with every kube-apiserver stopped the revision must stand still that long, the check that",

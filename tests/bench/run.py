@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "tests" / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 FAILED: list[str] = []
+TIMES: list[tuple[str, float]] = []   # each benchmark script's wall time, in the order run
 
 
 def run(script: str, *args: str) -> None:
@@ -32,7 +33,10 @@ def run(script: str, *args: str) -> None:
         print(f"skipping {script}: not present")
         return
     print(f"== {script} {' '.join(args)}", flush=True)
+    started = time.monotonic()
     r = subprocess.run([sys.executable, str(path), *args], check=False, cwd=ROOT)
+    TIMES.append((f"{script} {' '.join(args)}", round(time.monotonic() - started, 1)))
+    print(f"== {script}: {TIMES[-1][1]:.0f} s", flush=True)
     if r.returncode != 0:   # the other benchmarks still run; make bench fails at the end
         print(f"!! {script} {' '.join(args)} failed (exit {r.returncode})", flush=True)
         FAILED.append(f"{script} {' '.join(args)}")
@@ -158,7 +162,7 @@ def cluster_section() -> list[str]:
         "every member is healthy under one leader). etcdguard total = wall clock of the command; its",
         "downtime = the summary's `downtime_seconds` (fence .. unfence, from the journal). The manual",
         "script is downtime from its first step to its last. Seconds are median [min-max] of the runs",
-        "(5, or 3 where one A/B round took over a minute); ratios are of the medians. Everything shares",
+        "(5, or 3 where the first A/B round took over 45 s); ratios are of the medians. Everything shares",
         "2 cores: the three members' restores, the transfers and the encryption run side by side here,",
         "on separate hosts in production.",
         "",
@@ -258,6 +262,14 @@ def idle_section() -> list[str]:
     ]
 
 
+def last_run() -> str:
+    """When the last full or quick run ended and how long it took (results/run.json)."""
+    info = load("run")
+    if not info:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"{info['ended']} ({'quick' if info['quick'] else 'full'} run, {info['minutes']} min)"
+
+
 def render() -> str:
     versions = sorted({r["etcd"] for r in cluster_rows()} | {r["etcd"] for name in ("snapshot-3.4", "snapshot-3.5")
                                                               if load(name) for r in load(name)["rows"]})
@@ -269,7 +281,7 @@ def render() -> str:
         "on the same data in the same run, runs alternating A/B so both see the same noise. The machine is",
         "shared: read ratios and ranges, not absolute seconds.",
         "",
-        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}, "
+        f"Last run: {last_run()}, {machine()}, "
         f"{platform.python_implementation()} {platform.python_version()}, etcd {', '.join(versions) or '-'}.",
         "",
     ]
@@ -342,6 +354,11 @@ def main() -> int:
             run("bench_transfer.py", "--size-mb", "300", "--json", str(RESULTS / "transfer.json"))
             run("bench_vault.py", "--size-mb", "300", "--runs", "2")
             run("bench_idle.py", "--seconds", "60")
+    if not args.render:
+        (RESULTS / "run.json").write_text(json.dumps({
+            "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
+            "minutes": round((time.monotonic() - started) / 60, 1),
+            "scripts": [{"run": name, "seconds": s} for name, s in TIMES]}, indent=2) + "\n")
     DOC.write_text(render() + "\n")
     print(f"wrote {DOC} ({(time.monotonic() - started) / 60:.1f} min)")
     if FAILED:
