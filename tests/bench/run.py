@@ -12,8 +12,10 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +26,7 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "tests" / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 FAILED: list[str] = []
+NEEDS_FREE = 16 * 2**30   # a full run held up to 13.6 GiB more on disk than before it (df sampled every 5 s)
 TIMES: list[tuple[str, float]] = []   # each benchmark script's wall time, in the order run
 
 
@@ -279,7 +282,9 @@ def render() -> str:
         "Produced by `make bench` (`tests/bench/run.py`; `make bench QUICK=1` is a small smoke run); raw",
         "numbers in `tests/bench/results/*.json`. Every ratio compares etcdguard with the manual procedure",
         "on the same data in the same run, runs alternating A/B so both see the same noise. The machine is",
-        "shared: read ratios and ranges, not absolute seconds.",
+        "shared: read ratios and ranges, not absolute seconds. A full run needs about"
+        f" {NEEDS_FREE // 2**30} GiB free in the temporary directory (`TMPDIR`); each script's time is in"
+        " `results/run.json`.",
         "",
         f"Last run: {last_run()}, {machine()}, "
         f"{platform.python_implementation()} {platform.python_version()}, etcd {', '.join(versions) or '-'}.",
@@ -334,6 +339,11 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="only write docs/benchmarks.md from the results")
     args = ap.parse_args()
     started = time.monotonic()
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if not args.render and not args.quick and free < NEEDS_FREE:
+        print(f"warning: {free / 2**30:.1f} GiB free in {tempfile.gettempdir()}; the 1 GB cluster restores need "
+              f"about {NEEDS_FREE / 2**30:.0f} GiB (data, prepared and kept dirs on 3 members, staged copies, "
+              "vault)", file=sys.stderr, flush=True)
     if not args.render:
         for old in RESULTS.glob("cluster-restore-*.json"):
             old.unlink()   # a quick run after a full one must not mix with its rows
