@@ -143,7 +143,7 @@ class CoordinatorDaemon(SignalFlags):
             except EtcdguardError:
                 self.metrics_server = None
                 raise
-            log.info("metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
+            log.info("metrics on %s", self.metrics_server.url)
 
     def refresh_vault_metrics(self) -> list[VaultEntry]:
         try:

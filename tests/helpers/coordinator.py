@@ -10,6 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from etcdguard.agent.base.addresses import format_host_port
+
 from .agentconf import render_toml
 from .net import wait_until
 
@@ -94,7 +96,7 @@ def coordinator_config(tmp_path: Path, ckeys: Any, agents: list[Any], metrics_po
 
 
 def lone_coordinator_config(tmp_path: Path, metrics_port: Optional[int] = None,
-                            coordinator: Optional[dict[str, Any]] = None) -> Path:
+                            coordinator: Optional[dict[str, Any]] = None, metrics_host: str = "127.0.0.1") -> Path:
     """An insecure coordinator whose one member's agent never answers (tcp://127.0.0.1:9).
 
     For tests of the daemon and etcdguardctl themselves: config, deadlines, damaged state.
@@ -106,7 +108,8 @@ def lone_coordinator_config(tmp_path: Path, metrics_port: Optional[int] = None,
         "coordinator": {"state_dir": str(tmp_path / "state"), "insecure": True,
                         "control_socket": str(run / "c.sock"), "request_timeout": "1s", **(coordinator or {})},
         "vault": {"dir": str(tmp_path / "vault")},
-        "metrics": {"listen": f"127.0.0.1:{metrics_port}"} if metrics_port else {"enabled": False},
+        "metrics": {"listen": f"{format_host_port(metrics_host, metrics_port)}"} if metrics_port
+        else {"enabled": False},
         "members": [{"name": "m1", "agent": "tcp://127.0.0.1:9"}],
     }
     cfg = tmp_path / "coordinator.toml"

@@ -25,6 +25,7 @@ from etcdguard.agent.runtime.proof import etcd_proof
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import adopt, agent_sections, run_agent, write_agent_config
 from tests.helpers.agents import AgentProcess, CoordinatorKeys
+from tests.helpers.coordinator import Coordinator, lone_coordinator_config
 from tests.helpers.etcd import EtcdBuild, EtcdMember
 from tests.helpers.net import free_server_port, wait_until
 from tests.helpers.tls import TLSMaterial
@@ -123,6 +124,20 @@ def test_metrics_server_binds_ipv6() -> None:
     finally:
         server.stop()
     assert refused6(server.port)
+
+
+def test_coordinator_serves_metrics_on_ipv6_and_logs_the_address_in_brackets(tmp_path: Path) -> None:
+    port = free_server_port(V6)
+    coord = Coordinator(lone_coordinator_config(tmp_path, metrics_port=port, metrics_host=V6),
+                        tmp_path / "coordinator.log")
+    coord.start()
+    try:
+        coord.wait_ready()
+        body = wait_until(lambda: http_get(f"http://[::1]:{port}/metrics"), 30, what="the coordinator's metrics")
+        assert "etcdguard_restore_in_progress 0.0" in body, body[:500]
+        assert f"metrics on http://[::1]:{port}/metrics" in coord.log_path.read_text()
+    finally:
+        coord.stop()
 
 
 @pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
