@@ -2,57 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from etcdguard.agent.base.errors import EtcdguardError
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient
-from etcdguard.agent.etcd.tools import find_tool
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    ok: bool
-    detail: str
-    hint: str = ""
-    warning: bool = False   # ok, but worth a look (does not fail `check`)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint, "warning": self.warning}
-
-
-def _readable(path: Path) -> Optional[str]:
-    try:
-        if not path.exists():
-            return "does not exist"
-    except PermissionError:
-        return "cannot be looked at by this user (permission denied on a directory above it)"
-    if not os.access(path, os.R_OK):
-        return "not readable by this user"
-    return None
-
-
-def writable_dir(path: Path) -> tuple[bool, str]:
-    """Can this user create files in ``path`` (or create ``path`` in its nearest existing parent)?"""
-    probe = path
-    try:
-        while not probe.exists():
-            if probe.parent == probe:
-                break
-            probe = probe.parent
-        is_dir = probe.is_dir()
-    except PermissionError:
-        return False, f"{probe} cannot be looked into by this user (permission denied)"
-    if not is_dir:
-        return False, f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return False, f"{probe} is not writable by this user"
-    return True, (f"{path} writable" if probe == path else f"{path} will be created in {probe}")
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.checks import CheckResult, readable_problem, writable_dir
+from etcdguard.common.snapshot.tools import find_tool
 
 
 def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
@@ -60,7 +17,7 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
     for label, path in (("cacert", member.tls.cacert), ("cert", member.tls.cert), ("key", member.tls.key)):
         if path is None:
             continue
-        problem = _readable(path)
+        problem = readable_problem(path)
         results.append(CheckResult(
             f"tls {label}", problem is None, f"{path} {problem or 'readable'}",
             "" if problem is None else f"fix the file or set etcd.{label} in {config.source}",
@@ -130,9 +87,9 @@ def _clock_check(config: AgentConfig) -> Optional[CheckResult]:
     """Snapshots stamped in the future mean the clock was stepped back (or was wrong when they were taken)."""
     import time
 
-    from etcdguard.agent.base.durations import format_duration
-    from etcdguard.agent.base.schedule import CLOCK_TOLERANCE
     from etcdguard.agent.snapshots.store import SnapshotStore
+    from etcdguard.common.base.durations import format_duration
+    from etcdguard.common.base.schedule import CLOCK_TOLERANCE
 
     try:
         metas = SnapshotStore(config.backup.dir).list()
@@ -170,8 +127,8 @@ def _records_check(config: AgentConfig) -> CheckResult:
 
 def _bundle_check(config: AgentConfig) -> CheckResult:
     """What the node bundle will hold, and whether it can leave the node (only encrypted)."""
-    from etcdguard.agent.base.agekeys import AgeError, find_age
     from etcdguard.agent.snapshots.bundle import present
+    from etcdguard.common.base.agekeys import AgeError, find_age
 
     b = config.bundle
     if not b.enabled:
@@ -192,7 +149,7 @@ def _bundle_check(config: AgentConfig) -> CheckResult:
 def _server_check(config: AgentConfig) -> CheckResult:
     """The control server's keys load exactly as the daemon will load them."""
     from etcdguard.agent.control.auth import load_authorized
-    from etcdguard.agent.wire import keys
+    from etcdguard.common.wire import keys
 
     s = config.server
     if not s.enabled:
@@ -214,15 +171,3 @@ def _server_check(config: AgentConfig) -> CheckResult:
     return CheckResult("control server", True,
                        f"{s.listen}: CURVE, agent key {keys.fingerprint(public)}, "
                        f"{len(authorized)} authorized coordinator key(s)")
-
-
-def render_checks(results: list[CheckResult]) -> list[str]:
-    """The results as `check` prints them: one line each, a hint under a problem or a warning."""
-    lines = ["checks"]
-    for r in results:
-        lines.append(f"  {'FAIL' if not r.ok else 'WARN' if r.warning else 'ok  '} {r.name}: {r.detail}")
-        if r.hint and (not r.ok or r.warning):
-            lines.append(f"         hint: {r.hint}")
-    problems = sum(1 for r in results if not r.ok)
-    lines.append(f"{problems} problem(s)" if problems else "all checks passed")
-    return lines

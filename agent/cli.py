@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from etcdguard.agent.base.clikit import CommandLine, table
-from etcdguard.agent.base.durations import format_bytes, format_duration, stamp_times
-from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
 from etcdguard.agent.discovery.member import ClientTLS
+from etcdguard.common.base.clikit import CommandLine, table
+from etcdguard.common.base.durations import format_bytes, format_duration, stamp_times
+from etcdguard.common.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError, UsageError
 
 if TYPE_CHECKING:
     from etcdguard.agent.config import AgentConfig
@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- check -----------------------------------------------------------------
 @command("check", "validate config and discovery; print the member and every problem", _json_flag)
 def cmd_check(args: argparse.Namespace) -> int:
-    from etcdguard.agent.checks import render_checks, run_checks
+    from etcdguard.agent.checks import run_checks
+    from etcdguard.common.checks import render_checks
 
     config = load_config(args)
     assert config is not None
@@ -147,8 +148,8 @@ def _progress_printer(enabled: bool) -> Optional[Callable[[int], None]]:
 @command("snapshot", "take one verified snapshot now", _snapshot_args)
 def cmd_snapshot(args: argparse.Namespace) -> int:
     # Only what this command runs is imported: it is a one-shot command, timed against etcdctl.
-    from etcdguard.agent.etcd.tools import find_status_tool
     from etcdguard.agent.snapshots.take import Source, save_to_file
+    from etcdguard.common.snapshot.tools import find_status_tool
 
     for flag in ("cacert", "cert", "key"):
         path = getattr(args, flag)
@@ -212,9 +213,9 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 only for a file a restore would accept: its SHA-256 trailer, bbolt meta pages,
     `snapshot status` (where an etcd tool is found) and its sidecar (if any) all agree."""
-    from etcdguard.agent.base.errors import SnapshotCorrupt
-    from etcdguard.agent.etcd.tools import find_tool
-    from etcdguard.agent.snapshots.integrity import read_sidecar, sidecar_problems, verify_restorable
+    from etcdguard.common.base.errors import SnapshotCorrupt
+    from etcdguard.common.snapshot.integrity import read_sidecar, sidecar_problems, verify_restorable
+    from etcdguard.common.snapshot.tools import find_tool
 
     sidecar = Path(str(args.file) + ".json")
     config = None

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.errors import ConfigError
-from etcdguard.agent.base.tomlconf import Table, load_toml
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.base.tomlconf import Table, load_toml
 
 DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/agent.toml")
 RUNTIMES = ("static-pod", "systemd", "process")
@@ -261,7 +261,7 @@ def _backup(t: Table) -> BackupSettings:
 
 
 def _bundle(t: Table) -> BundleSettings:
-    from etcdguard.agent.base.agekeys import check_recipients
+    from etcdguard.common.base.agekeys import check_recipients
 
     d = BundleSettings()
     paths = t.text_list("paths")

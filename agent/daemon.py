@@ -14,20 +14,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base import schedule
-from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.base.notify import Notifier
-from etcdguard.agent.base.signals import SignalFlags
 from etcdguard.agent.config import AgentConfig, load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.etcd.health import HealthProbe
-from etcdguard.agent.metrics import AgentMetrics, MetricsServer, bind_replacement
+from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.restore.journal import DAMAGED, OperationStore
 from etcdguard.agent.restore.remote import restore_active
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotMeta
+from etcdguard.common.base import schedule
+from etcdguard.common.base.durations import format_bytes, format_duration
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.base.notify import Notifier
+from etcdguard.common.base.signals import SignalFlags
+from etcdguard.common.metrics_server import MetricsServer, bind_replacement
 
 log = logging.getLogger(__name__)
 

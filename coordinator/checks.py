@@ -1,6 +1,6 @@
 """`etcdguard-coordinator check`: the coordinator's setup as a list of typed results.
 
-Like ``etcdguard-agent check`` (agent/checks.py, whose CheckResult it shares):
+Like ``etcdguard-agent check`` (common/checks.py holds the CheckResult both share):
 a check never changes anything, a problem is a failed result with a hint, and
 the command exits 1 when any check failed. A config that cannot be read at all
 is exit 2 before any check runs. What is checked, in order: the keys (the
@@ -18,10 +18,10 @@ import socket
 import stat
 from typing import Optional
 
-from etcdguard.agent import __version__
-from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.checks import CheckResult, writable_dir
-from etcdguard.agent.wire.report import AgentReport
+from etcdguard.common import __version__
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.checks import CheckResult, writable_dir
+from etcdguard.common.wire.report import AgentReport
 from etcdguard.coordinator.config import CoordinatorConfig, Keys, MemberSettings
 
 KEY_HINT = "make keys with `etcdguardctl keygen NAME --dir DIR` (docs/security.md)"
@@ -39,7 +39,7 @@ def run_checks(config: CoordinatorConfig) -> list[CheckResult]:
 
 def _key_checks(config: CoordinatorConfig, results: list[CheckResult]) -> Optional[Keys]:
     """One result for the coordinator's key pair and one per member's key; the keys if all loaded."""
-    from etcdguard.agent.wire import keys as wire_keys
+    from etcdguard.common.wire import keys as wire_keys
 
     if not config.members:
         results.append(CheckResult("members", False, f"{config.source} has no [[members]]",
@@ -144,7 +144,7 @@ def _agent_checks(config: CoordinatorConfig, keys: Optional[Keys]) -> list[Check
 
 def agent_check(config: CoordinatorConfig, keys: Keys, m: MemberSettings) -> CheckResult:
     """Ping the member's agent, then read its status report: the agent answers, and it serves that member."""
-    from etcdguard.agent.wire import keys as wire_keys
+    from etcdguard.common.wire import keys as wire_keys
     from etcdguard.coordinator.agents.client import AgentClient
 
     name = f"agent {m.name}"

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.errors import ConfigError
-from etcdguard.agent.base.tomlconf import Table, load_toml
-from etcdguard.agent.wire.protocol import NAME_PATTERN
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.base.tomlconf import Table, load_toml
+from etcdguard.common.wire.protocol import NAME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/etcdguard/coordinator.toml")
 AGENT_PORT = 7479
@@ -163,7 +163,7 @@ def _coordinator(t: Table) -> CoordinatorSettings:
 
 
 def _vault(t: Table) -> VaultSettings:
-    from etcdguard.agent.base.agekeys import check_recipients
+    from etcdguard.common.base.agekeys import check_recipients
 
     d = VaultSettings()
     backend = t.choice("backend", BACKENDS, d.backend) or d.backend
@@ -314,7 +314,7 @@ class Keys:
 
 def load_keys(config: CoordinatorConfig) -> Keys:
     """Read every key file the config names; ConfigError (exit 2) names the config key and the file."""
-    from etcdguard.agent.wire import keys
+    from etcdguard.common.wire import keys
 
     if config.coordinator.insecure:
         return Keys(None, None, {m.name: None for m in config.members})

@@ -23,15 +23,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent import __version__
-from etcdguard.agent.base import schedule
-from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import EtcdguardError, SnapshotError, UnsafeRefusal, UsageError
-from etcdguard.agent.base.notify import Notifier
-from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
-from etcdguard.agent.base.signals import SignalFlags
-from etcdguard.agent.metrics import MetricsServer, bind_replacement
-from etcdguard.agent.wire.protocol import BUSY, RemoteError
+from etcdguard.common import __version__
+from etcdguard.common.base import schedule
+from etcdguard.common.base.durations import format_bytes, format_duration
+from etcdguard.common.base.errors import EtcdguardError, SnapshotError, UnsafeRefusal, UsageError
+from etcdguard.common.base.notify import Notifier
+from etcdguard.common.base.polling import Deadline, PollTimeout, poll_until
+from etcdguard.common.base.signals import SignalFlags
+from etcdguard.common.metrics_server import MetricsServer, bind_replacement
+from etcdguard.common.wire.protocol import BUSY, RemoteError
 from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, default_client_factory, read_report
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
 from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from etcdguard.agent.base.clikit import CommandLine
-from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError
+from etcdguard.common.base.clikit import CommandLine
+from etcdguard.common.base.errors import EXIT_FAILED, EXIT_OK, EtcdguardError
 from etcdguard.coordinator.config import DEFAULT_CONFIG_PATH, load_coordinator_config
 
 PROG = "etcdguard-coordinator"
@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)   # setup_logging sends this to stderr (the journal under systemd)
         return exc.exit_code
     except OSError as exc:   # the last resort: the daemon turns the errors it expects into its own message
-        from etcdguard.agent.base.fsutil import disk_error
+        from etcdguard.common.base.fsutil import disk_error
 
         error = disk_error("file or socket error", exc)
         log.error("%s", error)
@@ -62,7 +62,7 @@ def _check_args(p: argparse.ArgumentParser) -> None:
 
 @CLI.command("check", "validate config, keys, socket directory and vault, and reach every agent", _check_args)
 def cmd_check(args: argparse.Namespace) -> int:
-    from etcdguard.agent.checks import render_checks
+    from etcdguard.common.checks import render_checks
     from etcdguard.coordinator.checks import run_checks
 
     config = load_coordinator_config(args.config or DEFAULT_CONFIG_PATH)

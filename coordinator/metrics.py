@@ -16,8 +16,8 @@ import builtins
 import time
 from typing import Any, Callable, Optional
 
-from etcdguard.agent import __version__
-from etcdguard.agent.base.freshness import Freshness, future_dated
+from etcdguard.common import __version__
+from etcdguard.common.base.freshness import Freshness, future_dated
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # unreachable: no agent answered; no_snapshot: no healthy member had a snapshot; busy: the

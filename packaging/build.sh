@@ -56,9 +56,9 @@ stage="$root/build/packaging"
 rm -rf "$stage"
 mkdir -p "$stage"/{python/etcdguard,bin-deb,bin-rpm,man,vendor} "$dist"
 
-# Python package: etcdguard/{agent,coordinator}, as pyproject's package-dir maps them.
+# Python package: etcdguard/{common,agent,coordinator}, as setup.py maps them.
 # etcdguard itself is a namespace package (no __init__.py).
-for part in agent coordinator; do
+for part in common agent coordinator; do
   (cd "$part" && find . -name __pycache__ -prune -o \( -name '*.py' -o -name py.typed \) -print) |
     while read -r f; do
       install -D -m 0644 "$part/$f" "$stage/python/etcdguard/$part/$f"

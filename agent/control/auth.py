@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import zmq
-from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import ServerSettings
-from etcdguard.agent.wire import keys
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.wire import keys
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent import __version__
-from etcdguard.agent.base.errors import EtcdguardError
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.control.auth import key_label
 from etcdguard.agent.control.status import StatusReporter
@@ -36,7 +34,9 @@ from etcdguard.agent.restore.remote import RemoteRestore, operation_status, rest
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.bundle import read_chunk as read_bundle_chunk
 from etcdguard.agent.snapshots.store import SnapshotStore
-from etcdguard.agent.wire.protocol import MAX_HEADER, Request
+from etcdguard.common import __version__
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.wire.protocol import MAX_HEADER, Request
 
 log = logging.getLogger(__name__)
 

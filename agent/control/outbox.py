@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import zmq
-from etcdguard.agent.base.durations import format_bytes
-from etcdguard.agent.wire.protocol import FETCH_WINDOW
+from etcdguard.common.base.durations import format_bytes
+from etcdguard.common.wire.protocol import FETCH_WINDOW
 
 SEND_HWM = 256          # replies queued per connection before the ROUTER drops more (small ones: status, errors)
 RECEIVE_HWM = 64        # requests queued per connection before libzmq stops reading from it

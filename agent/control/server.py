@@ -42,8 +42,6 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import zmq
-from etcdguard.agent.base.addresses import zmq_endpoint_is_ipv6
-from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.control.auth import KeyRing, held_note
 from etcdguard.agent.control.handlers import OPS, Call, Handlers, Lane, Op, Peer
@@ -51,7 +49,9 @@ from etcdguard.agent.control.outbox import RECEIVE_HWM, SEND_HWM, Outbox
 from etcdguard.agent.control.workers import Handler, Job, Worker, answer, internal_error
 from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.wire.protocol import (
+from etcdguard.common.base.addresses import zmq_endpoint_is_ipv6
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.wire.protocol import (
     BUSY,
     CONFLICT,
     MAX_CHUNK,

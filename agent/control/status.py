@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent import __version__
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import EtcdguardError
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.agent.restore.journal import OperationStore
 from etcdguard.agent.restore.remote import OPEN_STATES
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotMeta
-from etcdguard.agent.wire.report import (
+from etcdguard.common import __version__
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.wire.report import (
     AgentInfo,
     AgentReport,
     ClusterMember,
@@ -36,7 +36,7 @@ from etcdguard.agent.wire.report import (
     SnapshotSummary,
     ToolInfo,
 )
-from etcdguard.agent.wire.typed import to_json
+from etcdguard.common.wire.typed import to_json
 
 log = logging.getLogger(__name__)
 

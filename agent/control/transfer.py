@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.durations import iso_utc
-from etcdguard.agent.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
-from etcdguard.agent.snapshots.integrity import TRAILER_SIZE, TrailerHasher
 from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
-from etcdguard.agent.wire.protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.durations import iso_utc
+from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
+from etcdguard.common.snapshot.integrity import KnownSizeDigest
+from etcdguard.common.wire.protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +42,6 @@ MAX_OPEN = 8                    # snapshot files kept open for fetch
 OPEN_IDLE = 60.0                # seconds before an idle one is closed
 
 Buffer = Union[bytes, bytearray, memoryview]
-
-
-class KnownSizeDigest(TrailerHasher):
-    """TrailerHasher for a transfer whose size was declared up front: more bytes than
-    declared is an error, and finish() insists every byte arrived."""
-
-    def __init__(self, total: int) -> None:
-        if total < 0:
-            raise ValueError("total must be >= 0")
-        super().__init__()
-        self.total = total
-
-    def update(self, data: Buffer) -> None:
-        if self.size + len(data) > self.total:
-            raise ValueError(f"{self.size + len(data)} bytes is more than the declared {self.total}")
-        super().update(data)
-
-    def finish(self) -> tuple[str, bool]:
-        """(sha256 hex of the whole file, trailer ok). Call once, after all bytes."""
-        if self.size != self.total:
-            raise ValueError(f"digest finished after {self.size} of {self.total} bytes")
-        return self.sha256, self.total > TRAILER_SIZE and self.trailer_ok()
 
 
 class NotFound(EtcdguardError):

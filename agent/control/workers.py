@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import zmq
-from etcdguard.agent.base.errors import EXIT_UNSAFE, EtcdguardError, UsageError
 from etcdguard.agent.control.transfer import NotFound
 from etcdguard.agent.etcd.client import Cancellation
-from etcdguard.agent.wire.protocol import (
+from etcdguard.common.base.errors import EXIT_UNSAFE, EtcdguardError, UsageError
+from etcdguard.common.wire.protocol import (
     BAD_REQUEST,
     FAILED,
     INTERNAL,

@@ -31,8 +31,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.addresses import parse_url
-from etcdguard.agent.base.errors import DiscoveryError
 from etcdguard.agent.config import AgentConfig, EtcdSettings
 from etcdguard.agent.discovery.goflags import FlagError, apiserver_flags, etcd_flags
 from etcdguard.agent.discovery.manifests import (
@@ -46,6 +44,8 @@ from etcdguard.agent.discovery.manifests import (
 )
 from etcdguard.agent.discovery.member import ClientTLS, LocalMember, prefer_local
 from etcdguard.agent.runtime.static_pod import park_dir
+from etcdguard.common.base.addresses import parse_url
+from etcdguard.common.base.errors import DiscoveryError
 
 DEFAULT_MANIFEST = Path("/etc/kubernetes/manifests/etcd.yaml")
 APISERVER_MANIFEST_NAME = "kube-apiserver.yaml"

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.addresses import is_loopback, local_url, parse_url
+from etcdguard.common.base.addresses import is_loopback, local_url, parse_url
 
 ETCD_CLIENT_PORT = 2379  # etcd's default client port, for a URL that names none
 

@@ -13,9 +13,9 @@ import logging
 import threading
 from typing import Callable, Optional
 
-from etcdguard.agent.base.errors import EtcdguardError
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient
+from etcdguard.common.base.errors import EtcdguardError
 
 log = logging.getLogger(__name__)
 

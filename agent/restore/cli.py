@@ -13,21 +13,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import EXIT_OK, EXIT_UNSAFE, UnsafeRefusal, UsageError
 from etcdguard.agent.cli import PROG, _json_flag, command, discover_member, emit, load_config
+from etcdguard.common.base.durations import format_bytes, format_duration
+from etcdguard.common.base.errors import EXIT_OK, EXIT_UNSAFE, UnsafeRefusal, UsageError
 
 if TYPE_CHECKING:
     from etcdguard.agent.config import AgentConfig
     from etcdguard.agent.restore.plan import PlannedStep, RestoreParams
     from etcdguard.agent.restore.steps import NodeRestorer
-    from etcdguard.agent.snapshots.integrity import Recorded
+    from etcdguard.common.snapshot.integrity import Recorded
 
 
 def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
-    from etcdguard.agent.etcd.tools import find_tool
     from etcdguard.agent.restore.steps import NodeRestorer
     from etcdguard.agent.runtime.factory import make_runtime
+    from etcdguard.common.snapshot.tools import find_tool
 
     member = discover_member(config)
     runtime = make_runtime(config, member, config.state.dir)
@@ -49,8 +49,8 @@ def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
 def resolve_snapshot(config: AgentConfig, ref: str) -> tuple[Path, Optional[Recorded]]:
     """A file path, a snapshot name in the local store, or `latest`, with its catalog record if it has one."""
     from etcdguard.agent.restore.steps import catalog_record
-    from etcdguard.agent.snapshots.integrity import Recorded
     from etcdguard.agent.snapshots.store import SnapshotStore
+    from etcdguard.common.snapshot.integrity import Recorded
 
     store = SnapshotStore(config.backup.dir)
     if ref == "latest":
@@ -91,7 +91,7 @@ def _plan_json(params: RestoreParams, steps: list[PlannedStep], checks: list[str
 
 @command("restore", "restore this single-member cluster from a snapshot (--plan or --yes)", _restore_args)
 def cmd_restore(args: argparse.Namespace) -> int:
-    from etcdguard.agent.restore.journal import check_op_id
+    from etcdguard.common.journal import check_op_id
 
     if not args.plan and not args.yes:
         raise UsageError("restore needs --plan (show what would happen) or --yes (do it)")
@@ -156,7 +156,7 @@ def _rollback_args(p: argparse.ArgumentParser) -> None:
 
 @command("rollback", "put back the data a finished restore set aside", _rollback_args)
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from etcdguard.agent.restore.journal import check_op_id
+    from etcdguard.common.journal import check_op_id
 
     config = load_config(args)
     assert config is not None
@@ -180,8 +180,8 @@ def _cleanup_args(p: argparse.ArgumentParser) -> None:
 
 @command("cleanup", "delete the data one finished operation kept (only with --yes)", _cleanup_args)
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from etcdguard.agent.restore.journal import check_op_id
     from etcdguard.agent.restore.steps import kept_dirs
+    from etcdguard.common.journal import check_op_id
 
     config = load_config(args)
     assert config is not None

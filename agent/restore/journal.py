@@ -19,19 +19,16 @@ import errno
 import fcntl
 import json
 import os
-import re
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import UnsafeRefusal, UsageError
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import UnsafeRefusal, UsageError
+from etcdguard.common.journal import OP_ID_RE, check_op_id
 
-# A file name: never "." or "..".
-OP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DAMAGED = "damaged"
 # States of an operation that is not finished: backups wait, and no new restore starts.
 OPEN_STATES = ("running", "failed-needs-attention", DAMAGED)
@@ -85,18 +82,6 @@ def _read_json(path: Path, problem: Any, what: str) -> Any:
     if why is not None:
         raise DamagedRecord(f"{what} {path} {why}")
     return data
-
-
-def new_op_id(now: Optional[float] = None) -> str:
-    t = time.gmtime(time.time() if now is None else now)
-    return f"r{time.strftime('%Y%m%dT%H%M%SZ', t)}-{secrets.token_hex(3)}"
-
-
-def check_op_id(op: str) -> str:
-    if not OP_ID_RE.match(op):
-        raise UsageError(f"operation id {op!r} is not valid: letters, digits, '.', '_' and '-', "
-                         "starting with a letter or digit, at most 64")
-    return op
 
 
 @dataclass(frozen=True)

@@ -12,25 +12,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.restore.phases import DESTRUCTIVE as _DESTRUCTIVE
-from etcdguard.agent.restore.phases import NODE_STEPS
 from etcdguard.agent.restore.swap import aside_member, prepared_member, restore_target, wal_target
+from etcdguard.common.ops.phases import DESTRUCTIVE as _DESTRUCTIVE
+from etcdguard.common.ops.phases import NODE_STEPS
 
 STEPS = NODE_STEPS
 DESTRUCTIVE = frozenset(s for s in _DESTRUCTIVE if s in NODE_STEPS)
-
-
-def bump_for(configured: int, snapshot_revision: int, live_revision: Optional[int]) -> int:
-    """How far to bump: the configured amount, more if the live store is already beyond it.
-
-    The restored revision (snapshot + bump) must exceed every revision a client
-    may have seen, or watch caches would see revisions go backwards.
-    """
-    if configured <= 0:
-        return 0
-    if live_revision is not None and snapshot_revision + configured <= live_revision:
-        return live_revision - snapshot_revision + configured
-    return configured
 
 
 @dataclass(frozen=True)

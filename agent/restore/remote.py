@@ -31,16 +31,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import EtcdguardError, ToolError, UnsafeRefusal
 from etcdguard.agent.control.transfer import NotFound
-from etcdguard.agent.restore import phases as ph
 from etcdguard.agent.restore.journal import DAMAGED, OPEN_STATES, DamagedRecord, Operation, OperationStore
 from etcdguard.agent.restore.plan import RestoreParams
 from etcdguard.agent.restore.steps import NodeRestorer, catalog_record, kept_dirs
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.wire.protocol import CONFLICT, ProtocolError
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import EtcdguardError, ToolError, UnsafeRefusal
+from etcdguard.common.ops import phases as ph
+from etcdguard.common.wire.protocol import CONFLICT, ProtocolError
 
 log = logging.getLogger(__name__)
 # OPEN_STATES is defined with the records (journal.py) and read by the control server from here.

@@ -19,8 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import (
+from etcdguard.agent.config import AgentConfig
+from etcdguard.agent.discovery.member import LocalMember
+from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
+from etcdguard.agent.restore import swap, toolproc
+from etcdguard.agent.restore.journal import DAMAGED, OPEN_STATES, DamagedRecord, Operation, OperationStore
+from etcdguard.agent.restore.plan import STEPS, PlannedStep, RestoreParams, argv_problems, build_plan
+from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal, rollback_goes_backwards
+from etcdguard.agent.restore.swap import aside_member, prepared_member, restore_target, wal_target, workspace_dir
+from etcdguard.agent.runtime.base import NodeRuntime
+from etcdguard.agent.runtime.proof import etcd_stopped
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import (
     EtcdguardError,
     EtcdUnavailable,
     SnapshotCorrupt,
@@ -28,20 +38,11 @@ from etcdguard.agent.base.errors import (
     UnsafeRefusal,
     UsageError,
 )
-from etcdguard.agent.config import AgentConfig
-from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
-from etcdguard.agent.etcd.tools import SnapshotTool, failure_reason, restore_argv
-from etcdguard.agent.restore import phases as ph
-from etcdguard.agent.restore import swap, toolproc
-from etcdguard.agent.restore.journal import DAMAGED, OPEN_STATES, DamagedRecord, Operation, OperationStore, new_op_id
-from etcdguard.agent.restore.plan import STEPS, PlannedStep, RestoreParams, argv_problems, build_plan, bump_for
-from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal, rollback_goes_backwards
-from etcdguard.agent.restore.swap import aside_member, prepared_member, restore_target, wal_target, workspace_dir
-from etcdguard.agent.runtime.base import NodeRuntime
-from etcdguard.agent.runtime.proof import etcd_stopped
-from etcdguard.agent.snapshots.bbolt import BoltError, BoltMember, cluster_id_of, read_file_members
-from etcdguard.agent.snapshots.integrity import (
+from etcdguard.common.journal import new_op_id
+from etcdguard.common.ops import phases as ph
+from etcdguard.common.ops.bump import bump_for
+from etcdguard.common.snapshot.bbolt import BoltError, BoltMember, cluster_id_of, read_file_members
+from etcdguard.common.snapshot.integrity import (
     TRAILER_SIZE,
     Recorded,
     SnapshotCheck,
@@ -50,6 +51,7 @@ from etcdguard.agent.snapshots.integrity import (
     verify_file,
     verify_restorable,
 )
+from etcdguard.common.snapshot.tools import SnapshotTool, failure_reason, restore_argv
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import UnsafeRefusal
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import UnsafeRefusal
 
 HIDDEN = ".etcdguard-"
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import ToolError, UnsafeRefusal
 from etcdguard.agent.runtime.proof import cmdline, find_processes, pid_alive, start_ticks
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import ToolError, UnsafeRefusal
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
-from etcdguard.agent.base.errors import EXIT_UNSAFE, EtcdguardError
+from etcdguard.common.base.errors import EXIT_UNSAFE, EtcdguardError
 
 
 class RuntimeError_(EtcdguardError):

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from etcdguard.agent.base.addresses import LOOPBACK_V4, connect_host, format_host_port
-from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import AgentConfig, ApiserverSettings
 from etcdguard.agent.discovery.goflags import apiserver_flags
 from etcdguard.agent.discovery.manifests import ManifestError, load_pod, pod_command
@@ -32,6 +30,8 @@ from etcdguard.agent.runtime.proof import (
 )
 from etcdguard.agent.runtime.static_pod import StaticPodService, park_dir
 from etcdguard.agent.runtime.systemd import SystemdService
+from etcdguard.common.base.addresses import LOOPBACK_V4, connect_host, format_host_port
+from etcdguard.common.base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

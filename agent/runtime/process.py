@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from etcdguard.agent.base.fsutil import atomic_write_bytes, ensure_private_dir
-from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.runtime.base import NotOurProcess, RuntimeError_, StopNotProven
 from etcdguard.agent.runtime.proof import (
     ExactCommand,
@@ -49,6 +47,8 @@ from etcdguard.agent.runtime.proof import (
     start_ticks,
     wait_proven,
 )
+from etcdguard.common.base.fsutil import atomic_write_bytes, ensure_private_dir
+from etcdguard.common.base.polling import Deadline, PollTimeout, poll_until
 
 log = logging.getLogger(__name__)
 

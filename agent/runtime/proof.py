@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Union
 
-from etcdguard.agent.base.addresses import Address, connect_address
-from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.discovery.goflags import FlagError, etcd_flags
 from etcdguard.agent.runtime.base import StopNotProven
+from etcdguard.common.base.addresses import Address, connect_address
+from etcdguard.common.base.polling import Deadline, PollTimeout, poll_until
 
 POLL_INTERVAL = 0.05
 CONNECT_TIMEOUT = 0.5

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from etcdguard.agent.base.errors import ConfigError
-from etcdguard.agent.base.fsutil import atomic_writer, ensure_private_dir, fsync_dir
-from etcdguard.agent.base.polling import Deadline
 from etcdguard.agent.runtime.base import RuntimeError_
 from etcdguard.agent.runtime.proof import StopProof, wait_proven
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.base.fsutil import atomic_writer, ensure_private_dir, fsync_dir
+from etcdguard.common.base.polling import Deadline
 
 log = logging.getLogger(__name__)
 

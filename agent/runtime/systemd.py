@@ -13,9 +13,9 @@ import subprocess
 from collections.abc import Sequence
 from typing import Optional
 
-from etcdguard.agent.base.polling import Deadline
 from etcdguard.agent.runtime.base import RuntimeError_, StopNotProven
 from etcdguard.agent.runtime.proof import StopProof, wait_proven
+from etcdguard.common.base.polling import Deadline
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,14 @@ import threading
 import time
 from typing import Optional
 
-from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import (
+from etcdguard.agent.config import AgentConfig
+from etcdguard.agent.discovery.member import LocalMember
+from etcdguard.agent.etcd.client import Cancellation
+from etcdguard.agent.metrics import AgentMetrics
+from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.snapshots.take import Progress, Source, take_snapshot
+from etcdguard.common.base.durations import format_bytes, format_duration
+from etcdguard.common.base.errors import (
     Aborted,
     DiskError,
     EtcdguardError,
@@ -18,14 +24,8 @@ from etcdguard.agent.base.errors import (
     SnapshotCorrupt,
     ToolError,
 )
-from etcdguard.agent.base.freshness import future_dated
-from etcdguard.agent.config import AgentConfig
-from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import Cancellation
-from etcdguard.agent.etcd.tools import SnapshotTool, find_tool
-from etcdguard.agent.metrics import AgentMetrics
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
-from etcdguard.agent.snapshots.take import Progress, Source, take_snapshot
+from etcdguard.common.base.freshness import future_dated
+from etcdguard.common.snapshot.tools import SnapshotTool, find_tool
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base import agekeys, fsutil
-from etcdguard.agent.base.errors import EtcdguardError
 from etcdguard.agent.config import BundleSettings
 from etcdguard.agent.snapshots.store import SnapshotStore
+from etcdguard.common.base import agekeys, fsutil
+from etcdguard.common.base.errors import EtcdguardError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _encrypted_tar(paths: Sequence[Path], recipients: Sequence[str], out: Any) -
 def read_chunk(store: SnapshotStore, name: str, offset: int, size: int) -> tuple[dict[str, Any], bytes]:
     """One chunk of the encrypted bundle of snapshot ``name``, as the ``bundle.fetch`` reply carries it."""
     from etcdguard.agent.control.transfer import NotFound
-    from etcdguard.agent.wire.protocol import BAD_REQUEST, ProtocolError
+    from etcdguard.common.wire.protocol import BAD_REQUEST, ProtocolError
 
     path = store.bundle_path(name, True)
     if not path.is_file():

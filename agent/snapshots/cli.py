@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from etcdguard.agent.base.errors import EXIT_OK, UsageError
 from etcdguard.agent.cli import _json_flag, command, emit, load_config
+from etcdguard.common.base.errors import EXIT_OK, UsageError
 
 REASON_MAX = 64
 

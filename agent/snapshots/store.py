@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base import fsutil, retention
-from etcdguard.agent.base.errors import EtcdguardError, SnapshotError
+from etcdguard.common.base import fsutil, retention
+from etcdguard.common.base.errors import EtcdguardError, SnapshotError
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.durations import iso_utc
-from etcdguard.agent.base.errors import Aborted, EtcdguardError, SnapshotError, ToolError
 from etcdguard.agent.discovery.member import ClientTLS
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
-from etcdguard.agent.etcd.tools import SnapshotTool, snapshot_status
-from etcdguard.agent.snapshots.integrity import TrailerHasher
-from etcdguard.agent.snapshots.sink import HashingSink
 from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore, snapshot_name
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.durations import iso_utc
+from etcdguard.common.base.errors import Aborted, EtcdguardError, SnapshotError, ToolError
+from etcdguard.common.snapshot.integrity import TrailerHasher
+from etcdguard.common.snapshot.sink import HashingSink
+from etcdguard.common.snapshot.tools import SnapshotTool, snapshot_status
 
 log = logging.getLogger(__name__)
 

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.addresses import zmq_endpoint_is_ipv6
-from etcdguard.agent.base.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
-from etcdguard.agent.control.transfer import KnownSizeDigest
-from etcdguard.agent.snapshots.sink import HashingSink
-from etcdguard.agent.wire import protocol as P
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.addresses import zmq_endpoint_is_ipv6
+from etcdguard.common.base.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
+from etcdguard.common.snapshot.integrity import KnownSizeDigest
+from etcdguard.common.snapshot.sink import HashingSink
+from etcdguard.common.wire import protocol as P
 
 log = logging.getLogger(__name__)
 

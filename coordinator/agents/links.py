@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
-from etcdguard.agent.base.errors import EtcdguardError, UsageError
-from etcdguard.agent.wire.report import AgentReport
+from etcdguard.common.base.errors import EtcdguardError, UsageError
+from etcdguard.common.wire.report import AgentReport
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import CoordinatorConfig, Keys, MemberSettings
 

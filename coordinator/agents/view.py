@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from etcdguard.agent.wire.report import AgentReport, EtcdHealth, SnapshotSummary
+from etcdguard.common.wire.report import AgentReport, EtcdHealth, SnapshotSummary
 
 _NO_ETCD = EtcdHealth()
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, EtcdguardError
+from etcdguard.common.base.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, EtcdguardError
 
 log = logging.getLogger(__name__)
 

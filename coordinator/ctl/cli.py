@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.clikit import CommandLine, table
-from etcdguard.agent.base.durations import format_bytes, format_duration, stamp_times
-from etcdguard.agent.base.errors import EXIT_OK, EtcdguardError, UsageError
+from etcdguard.common.base.clikit import CommandLine, table
+from etcdguard.common.base.durations import format_bytes, format_duration, stamp_times
+from etcdguard.common.base.errors import EXIT_OK, EtcdguardError, UsageError
 from etcdguard.coordinator.config import DEFAULT_CONFIG_PATH, CoordinatorConfig, load_coordinator_config
 from etcdguard.coordinator.control import server as control
 
@@ -251,7 +251,7 @@ def _keygen_args(p: argparse.ArgumentParser) -> None:
          _keygen_args)
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Needs neither a config nor a daemon: keys come first. Never overwrites a key."""
-    from etcdguard.agent.wire import keys
+    from etcdguard.common.wire import keys
 
     directory: Path = args.dir
     try:

@@ -8,7 +8,7 @@ from typing import Optional
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from etcdguard.agent.base.fsutil import disk_error
+    from etcdguard.common.base.fsutil import disk_error
     from etcdguard.coordinator.ctl import cli, restore, vault_commands  # noqa: F401 - importing registers them
 
     try:

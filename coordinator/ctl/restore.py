@@ -13,9 +13,9 @@ import sys
 import time
 from typing import Any
 
-from etcdguard.agent.base.durations import format_bytes, format_duration
-from etcdguard.agent.base.errors import EXIT_OK, EXIT_UNSAFE, UsageError
-from etcdguard.agent.restore import phases as ph
+from etcdguard.common.base.durations import format_bytes, format_duration
+from etcdguard.common.base.errors import EXIT_OK, EXIT_UNSAFE, UsageError
+from etcdguard.common.ops import phases as ph
 from etcdguard.coordinator.ctl.cli import _json_flag, _table, ask, command, emit
 from etcdguard.coordinator.restore.plan import RestorePlan, render_plan
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from etcdguard.agent.base.durations import format_bytes
-from etcdguard.agent.base.errors import EXIT_OK, UsageError
+from etcdguard.common.base.durations import format_bytes
+from etcdguard.common.base.errors import EXIT_OK, UsageError
 from etcdguard.coordinator.ctl.cli import _json_flag, ask, command, emit, load_config
 
 

@@ -23,10 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.wire.protocol import BUSY, NOT_FOUND, RemoteError, new_request_id
-from etcdguard.agent.wire.report import EtcdHealth
-from etcdguard.agent.wire.typed import from_json
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.wire.protocol import BUSY, NOT_FOUND, RemoteError, new_request_id
+from etcdguard.common.wire.report import EtcdHealth
+from etcdguard.common.wire.typed import from_json
 from etcdguard.coordinator.agents.client import AgentUnreachable
 from etcdguard.coordinator.agents.links import AgentLink, MemberLinks
 

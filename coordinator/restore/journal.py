@@ -22,19 +22,18 @@ import errno
 import fcntl
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import UnsafeRefusal, UsageError
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import UnsafeRefusal, UsageError
+from etcdguard.common.journal import OP_ID_RE
 from etcdguard.coordinator.restore.plan import RestorePlan
 from etcdguard.coordinator.restore.states import OpState, transition
 
-OP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 JOURNAL = "journal.jsonl"
 
 STARTED, DONE, FAILED = "started", "done", "failed"
@@ -102,7 +101,7 @@ class Journal:
     """One operation's journal file."""
 
     def __init__(self, root: Path, op: str) -> None:
-        if not OP_RE.match(op):
+        if not OP_ID_RE.match(op):
             raise UsageError(f"operation id {op!r} is not valid (letters, digits, '.', '_', '-'; at most 64)")
         self.op = op
         self.dir = root / op
@@ -226,7 +225,7 @@ class JournalStore:
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(d.name for d in self.root.iterdir() if OP_RE.match(d.name) and (d / JOURNAL).is_file())
+        return sorted(d.name for d in self.root.iterdir() if OP_ID_RE.match(d.name) and (d / JOURNAL).is_file())
 
     def read_all(self) -> tuple[list[OperationRecord], list[tuple[str, str]]]:
         """(every operation that can be read, oldest first; (op, why) of each journal that cannot)."""

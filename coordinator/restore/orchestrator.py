@@ -16,8 +16,8 @@ import logging
 import time
 from typing import Optional
 
-from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.restore import phases as ph
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.ops import phases as ph
 from etcdguard.coordinator.restore.agents import Interrupted
 from etcdguard.coordinator.restore.journal import DONE, FAILED, STARTED, OperationRecord, PhaseStatus, set_state
 from etcdguard.coordinator.restore.plan import PhaseTiming, Summary

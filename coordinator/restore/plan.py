@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from etcdguard.agent.base.durations import format_bytes
-from etcdguard.agent.restore import phases as ph
-from etcdguard.agent.restore.plan import bump_for
-from etcdguard.agent.wire.typed import from_json, renamed, to_json
+from etcdguard.common.base.durations import format_bytes
+from etcdguard.common.ops import phases as ph
+from etcdguard.common.ops.bump import bump_for
+from etcdguard.common.wire.typed import from_json, renamed, to_json
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
 

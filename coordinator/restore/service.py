@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.durations import iso_utc
-from etcdguard.agent.base.errors import EtcdguardError, UnsafeRefusal, UsageError
-from etcdguard.agent.restore import phases as ph
-from etcdguard.agent.restore.journal import new_op_id
-from etcdguard.agent.snapshots.integrity import verify_restorable
-from etcdguard.agent.wire.typed import to_json
+from etcdguard.common.base.durations import iso_utc
+from etcdguard.common.base.errors import EtcdguardError, UnsafeRefusal, UsageError
+from etcdguard.common.journal import new_op_id
+from etcdguard.common.ops import phases as ph
+from etcdguard.common.snapshot.integrity import verify_restorable
+from etcdguard.common.wire.typed import to_json
 from etcdguard.coordinator.agents.links import MemberLinks
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.restore.agents import ClusterAgents

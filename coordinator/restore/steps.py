@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.durations import format_bytes
-from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.restore import phases as ph
-from etcdguard.agent.wire.report import EtcdHealth
+from etcdguard.common.base.durations import format_bytes
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.ops import phases as ph
+from etcdguard.common.wire.report import EtcdHealth
 from etcdguard.coordinator.restore.agents import NOT_RUNNING, ClusterAgents, Interrupted
 from etcdguard.coordinator.restore.journal import DONE, FAILED, STARTED, Journal, OperationRecord, StepStatus
 from etcdguard.coordinator.restore.plan import RestorePlan

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import IO, Any, Optional, Protocol, Union
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import SnapshotError
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import SnapshotError
 from etcdguard.coordinator.vault.entry import VaultEntry
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import hashlib
 import logging
 from typing import Any, Optional, Protocol, cast
 
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
 from etcdguard.coordinator.vault.entry import Incoming, VaultEntry
 from etcdguard.coordinator.vault.store import Vault
 

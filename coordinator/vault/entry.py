@@ -9,9 +9,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
-from etcdguard.agent.base import retention
-from etcdguard.agent.base.durations import iso_utc
-from etcdguard.agent.base.errors import UsageError
+from etcdguard.common.base import retention
+from etcdguard.common.base.durations import iso_utc
+from etcdguard.common.base.errors import UsageError
 
 FORMAT = 1
 MIN_PREFIX = 4

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from etcdguard.agent.base import agekeys
-from etcdguard.agent.base.errors import ConfigError
+from etcdguard.common.base import agekeys
+from etcdguard.common.base.errors import ConfigError
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.vault.backends import DirStore, SnapStore
 from etcdguard.coordinator.vault.store import FailureHook, Vault

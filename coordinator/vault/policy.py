@@ -10,10 +10,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from etcdguard.agent.base.agekeys import AgeError
-from etcdguard.agent.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
-from etcdguard.agent.wire.protocol import BUSY, RemoteError
-from etcdguard.agent.wire.report import SnapshotSummary
+from etcdguard.common.base.agekeys import AgeError
+from etcdguard.common.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
+from etcdguard.common.wire.protocol import BUSY, RemoteError
+from etcdguard.common.wire.report import SnapshotSummary
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.vault.store import VaultBackendError, VaultDiskError
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, Optional
 
-from etcdguard.agent.base.errors import ConfigError, SnapshotCorrupt
+from etcdguard.common.base.errors import ConfigError, SnapshotCorrupt
 from etcdguard.coordinator.config import S3Settings
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import BUNDLE, Data, VaultBackendError
@@ -279,7 +279,7 @@ def _name_of(e: VaultEntry) -> names.SnapshotName:
 
 
 def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultEntry:
-    from etcdguard.agent.base.durations import iso_utc
+    from etcdguard.common.base.durations import iso_utc
 
     return VaultEntry(
         sha256=n.sha256, size=n.size, source_member=n.source_member, original_name=n.original_name,

@@ -35,9 +35,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import IO, Callable, Optional, Union
 
-from etcdguard.agent.base import agekeys, fsutil, retention
-from etcdguard.agent.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
-from etcdguard.agent.snapshots.integrity import verify_file
+from etcdguard.common.base import agekeys, fsutil, retention
+from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
+from etcdguard.common.snapshot.integrity import verify_file
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import (
     BUNDLE,

@@ -32,7 +32,7 @@ import sys, time
 from pathlib import Path
 from etcdguard.agent.discovery.member import ClientTLS
 from etcdguard.agent.snapshots.take import Source, save_to_file
-from etcdguard.agent.etcd.tools import find_tool
+from etcdguard.common.snapshot.tools import find_tool
 tool = find_tool()
 t = time.perf_counter()
 save_to_file(Source(sys.argv[1], ClientTLS()), Path(sys.argv[2]), tool=tool)
@@ -84,7 +84,7 @@ def bench_size(member: EtcdMember, size_mb: int, repeat: int, work: Path, keys: 
 
 
 STARTUP = ("from etcdguard.agent import cli; cli._load_extensions(); "
-           "from etcdguard.agent.snapshots import take; from etcdguard.agent.etcd import tools")
+           "from etcdguard.agent.snapshots import take; from etcdguard.common.snapshot import tools")
 
 
 def startup_seconds(repeat: int = 5) -> dict[str, float]:

@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import zmq  # noqa: E402
-from etcdguard.agent.wire.protocol import RemoteError  # noqa: E402
+from etcdguard.common.wire.protocol import RemoteError  # noqa: E402
 
 from tests.bench.workload import fill_member  # noqa: E402
 from tests.helpers.agents import AgentProcess, CoordinatorKeys  # noqa: E402

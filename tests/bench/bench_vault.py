@@ -37,7 +37,7 @@ def vm_hwm_kib() -> int:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One push or pull in this process: its wall time and this process's peak RSS."""
-    from etcdguard.agent.snapshots.integrity import digest_file
+    from etcdguard.common.snapshot.integrity import digest_file
     from etcdguard.coordinator.config import parse_coordinator_config
     from etcdguard.coordinator.vault.factory import open_vault
     from etcdguard.coordinator.vault.store import Incoming

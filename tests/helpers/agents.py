@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.polling import PollTimeout, poll_until
 from etcdguard.agent.config import load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
-from etcdguard.agent.wire import keys
+from etcdguard.common.base.polling import PollTimeout, poll_until
+from etcdguard.common.wire import keys
 from etcdguard.coordinator.agents.client import AgentClient
 
 from .agentconf import AGENT, adopt, agent_sections, write_agent_config

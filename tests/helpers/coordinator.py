@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.addresses import format_host_port
+from etcdguard.common.base.addresses import format_host_port
 
 from .agentconf import render_toml
 from .net import wait_until

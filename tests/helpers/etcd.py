@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
 from etcdguard.agent.runtime.proof import cmdline, pid_alive
+from etcdguard.common.base.polling import Deadline, PollTimeout, poll_until
 
 from .net import free_server_port, wait_until
 from .tls import TLSMaterial

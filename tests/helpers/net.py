@@ -9,7 +9,7 @@ import socket
 import threading
 from typing import Callable, Optional, TypeVar
 
-from etcdguard.agent.base.polling import PollTimeout, poll_until
+from etcdguard.common.base.polling import PollTimeout, poll_until
 
 T = TypeVar("T")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcdguard.agent.base.agekeys import is_age_file
 from etcdguard.agent.config import load_agent_config
 from etcdguard.agent.control.transfer import NotFound
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.bundle import read_chunk
+from etcdguard.common.base.agekeys import is_age_file
 
 from tests.helpers.agentconf import agent_sections, render_toml, write_agent_config
 from tests.helpers.s3 import MotoServer, age_keypair, quiet_env

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from etcdguard.agent.wire import keys
+from etcdguard.common.wire import keys
 
 from tests.helpers.agentconf import agent_sections, run_agent, write_agent_config
 from tests.helpers.etcd import EtcdMember

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcdguard.agent.base.durations import iso_utc
 from etcdguard.agent.snapshots.store import SnapshotStore
+from etcdguard.common.base.durations import iso_utc
 from etcdguard.coordinator.vault.store import Incoming, Vault
 
 from tests.helpers.agentconf import AGENT, agent_sections, write_agent_config

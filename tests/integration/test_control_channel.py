@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 import zmq
-from etcdguard.agent.base.errors import EXIT_UNSAFE, ConfigError, SnapshotCorrupt, UnsafeRefusal, UsageError
 from etcdguard.agent.control.auth import Throttle, ZapLog
 from etcdguard.agent.control.handlers import fit_list
-from etcdguard.agent.control.transfer import KnownSizeDigest, NotFound
+from etcdguard.agent.control.transfer import NotFound
 from etcdguard.agent.control.workers import error_code
-from etcdguard.agent.snapshots.integrity import TrailerHasher
-from etcdguard.agent.snapshots.sink import HashingSink
-from etcdguard.agent.wire import protocol as P
+from etcdguard.common.base.errors import EXIT_UNSAFE, ConfigError, SnapshotCorrupt, UnsafeRefusal, UsageError
+from etcdguard.common.snapshot.integrity import KnownSizeDigest, TrailerHasher
+from etcdguard.common.snapshot.sink import HashingSink
+from etcdguard.common.wire import protocol as P
 from etcdguard.coordinator.agents.client import AgentClient, AgentUnreachable
 
 from tests.helpers.agentconf import AGENT, render_toml
@@ -127,7 +127,7 @@ def test_key_ring_reloads_only_on_a_change(tmp_path):
     """No "reloaded" at start: the set read at construction is the one the first check compares with."""
     from etcdguard.agent.config import ServerSettings
     from etcdguard.agent.control.auth import KeyRing
-    from etcdguard.agent.wire import keys as wire_keys
+    from etcdguard.common.wire import keys as wire_keys
 
     _, secret = wire_keys.generate("agent", tmp_path / "keys")
     authorized = tmp_path / "authorized"
@@ -356,7 +356,7 @@ def run_agent_cli(config: Path) -> tuple[int, str]:
                                   "no-authorized-dir", "bad-authorized-key", "port-taken"])
 def test_refuses_to_start_without_usable_keys(tmp_path, case):
     kdir = tmp_path / "keys"
-    from etcdguard.agent.wire import keys
+    from etcdguard.common.wire import keys
 
     public, secret = keys.generate("agent", kdir)
     authorized = kdir / "authorized"

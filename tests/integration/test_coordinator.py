@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from etcdguard.agent.base.errors import ConfigError
-from etcdguard.agent.wire import keys
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.wire import keys
 from etcdguard.coordinator.control import server as control
 
 from tests.helpers.agentconf import render_toml

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcdguard.agent.wire import protocol as P
+from etcdguard.common.wire import protocol as P
 
 from tests.helpers.agentconf import AGENT
 from tests.helpers.agents import AgentProcess, CoordinatorKeys

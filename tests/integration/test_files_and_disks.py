@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import ToolError
-from etcdguard.agent.etcd.tools import probe_tool, snapshot_status
-from etcdguard.agent.snapshots.bbolt import read_meta
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import ToolError
+from etcdguard.common.snapshot.bbolt import read_meta
+from etcdguard.common.snapshot.tools import probe_tool, snapshot_status
 from etcdguard.coordinator.vault.store import Incoming, Vault
 
 from tests.helpers.agentconf import AGENT, agent_sections, render_toml, write_agent_config

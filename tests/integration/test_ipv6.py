@@ -19,8 +19,9 @@ from typing import Optional
 import pytest
 from etcdguard.agent.discovery.member import ClientTLS
 from etcdguard.agent.etcd.client import EtcdClient
-from etcdguard.agent.metrics import AgentMetrics, MetricsServer
+from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.runtime.proof import etcd_proof
+from etcdguard.common.metrics_server import MetricsServer
 
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import adopt, agent_sections, run_agent, write_agent_config

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from etcdguard.agent.restore.swap import workspace_dir
 from etcdguard.agent.runtime.proof import pid_alive
-from etcdguard.agent.wire import protocol as P
+from etcdguard.common.wire import protocol as P
 
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config

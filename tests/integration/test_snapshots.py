@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base.errors import EtcdUnavailable
 from etcdguard.agent.config import load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotStore
+from etcdguard.common.base.errors import EtcdUnavailable
 
 from tests.helpers.agentconf import AGENT, agent_sections, run_agent, write_agent_config
 from tests.helpers.etcd import run_etcdctl

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcdguard.agent.base.agekeys import AgeError, is_age_file
-from etcdguard.agent.base.errors import ConfigError, SnapshotCorrupt
-from etcdguard.agent.snapshots.integrity import digest_file
+from etcdguard.common.base.agekeys import AgeError, is_age_file
+from etcdguard.common.base.errors import ConfigError, SnapshotCorrupt
+from etcdguard.common.snapshot.integrity import digest_file
 from etcdguard.coordinator.config import parse_coordinator_config
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.vault import names

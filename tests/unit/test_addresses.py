@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from etcdguard.agent.base.addresses import (
+from etcdguard.common.base.addresses import (
     Address,
     connect_address,
     connect_host,

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base.clikit import CommandLine, wants_json
-from etcdguard.agent.base.errors import UnsafeRefusal
+from etcdguard.common.base.clikit import CommandLine, wants_json
+from etcdguard.common.base.errors import UnsafeRefusal
 
 
 def _cli(fn) -> CommandLine:

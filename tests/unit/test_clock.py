@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-from etcdguard.agent.base import schedule
-from etcdguard.agent.base.freshness import Freshness, future_dated
-from etcdguard.agent.base.retention import Aged, Facts, decide, newest_first
 from etcdguard.agent.metrics import AgentMetrics
+from etcdguard.common.base import schedule
+from etcdguard.common.base.freshness import Freshness, future_dated
+from etcdguard.common.base.retention import Aged, Facts, decide, newest_first
 from etcdguard.coordinator.daemon import fresh_as_of
 
 NOW = 1_800_000_000.0

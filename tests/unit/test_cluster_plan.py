@@ -7,8 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from etcdguard.agent.restore import phases as ph
-from etcdguard.agent.wire.report import AgentReport, ClusterMember, EtcdHealth
+from etcdguard.common.ops import phases as ph
+from etcdguard.common.wire.report import AgentReport, ClusterMember, EtcdHealth
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
 from etcdguard.coordinator.restore.journal import Journal, JournalStore, replay

@@ -1,9 +1,9 @@
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base.durations import format_duration, parse_duration
-from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import load_agent_config, parse_agent_config
+from etcdguard.common.base.durations import format_duration, parse_duration
+from etcdguard.common.base.errors import ConfigError
 
 
 def test_defaults_match_the_design():

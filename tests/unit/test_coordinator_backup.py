@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from etcdguard.agent.base.errors import SnapshotError, UnsafeRefusal
-from etcdguard.agent.wire.protocol import BUSY, RemoteError
-from etcdguard.agent.wire.report import AgentInfo, AgentReport, EtcdHealth, MemberConfig, RestoreInfo
+from etcdguard.common.base.errors import SnapshotError, UnsafeRefusal
+from etcdguard.common.wire.protocol import BUSY, RemoteError
+from etcdguard.common.wire.report import AgentInfo, AgentReport, EtcdHealth, MemberConfig, RestoreInfo
 from etcdguard.coordinator.agents.links import AgentLink, MemberLinks
 from etcdguard.coordinator.config import MemberSettings, parse_coordinator_config
 from etcdguard.coordinator.daemon import CoordinatorDaemon

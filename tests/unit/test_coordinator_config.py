@@ -9,8 +9,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from etcdguard.agent.base.errors import ConfigError
-from etcdguard.agent.wire import keys
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.wire import keys
 from etcdguard.coordinator.config import (
     load_coordinator_config,
     load_keys,

@@ -3,7 +3,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from etcdguard.agent.base.errors import DiscoveryError
 from etcdguard.agent.config import AgentConfig, parse_agent_config
 from etcdguard.agent.discovery.discover import (
     discover,
@@ -16,6 +15,7 @@ from etcdguard.agent.discovery.discover import (
 )
 from etcdguard.agent.discovery.manifests import host_path
 from etcdguard.agent.discovery.member import ClientTLS
+from etcdguard.common.base.errors import DiscoveryError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 KUBEADM = FIXTURES / "kubeadm"

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base import fsutil
+from etcdguard.common.base import fsutil
 
 
 def test_temp_names_are_fresh_and_swept(tmp_path: Path) -> None:

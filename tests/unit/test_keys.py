@@ -8,8 +8,8 @@ import stat
 import pytest
 import zmq
 import zmq.auth
-from etcdguard.agent.base.errors import EXIT_USAGE, ConfigError, UsageError
-from etcdguard.agent.wire import keys
+from etcdguard.common.base.errors import EXIT_USAGE, ConfigError, UsageError
+from etcdguard.common.wire import keys
 
 
 def mode(path) -> int:

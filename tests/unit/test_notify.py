@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from etcdguard.agent.base.notify import Notifier
+from etcdguard.common.base.notify import Notifier
 
 
 def test_a_full_notify_socket_drops_messages_instead_of_blocking(tmp_path, monkeypatch):

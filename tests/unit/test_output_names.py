@@ -7,11 +7,11 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
-from etcdguard.agent.base.durations import iso_utc, stamp_times
-from etcdguard.agent.snapshots.integrity import Recorded
 from etcdguard.agent.snapshots.store import SnapshotMeta
-from etcdguard.agent.wire.report import SnapshotSummary
-from etcdguard.agent.wire.typed import from_json, renamed, to_json
+from etcdguard.common.base.durations import iso_utc, stamp_times
+from etcdguard.common.snapshot.integrity import Recorded
+from etcdguard.common.wire.report import SnapshotSummary
+from etcdguard.common.wire.typed import from_json, renamed, to_json
 from etcdguard.coordinator.agents.view import MemberView, member_row
 from etcdguard.coordinator.restore.plan import SnapshotRef
 from etcdguard.coordinator.vault.entry import VaultEntry

@@ -22,7 +22,6 @@ from typing import Any, Optional
 
 import pytest
 import yaml
-from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import (
     AgentConfig,
     ApiserverSettings,
@@ -39,6 +38,7 @@ from etcdguard.agent.config import (
 )
 from etcdguard.agent.discovery.manifests import load_yaml
 from etcdguard.agent.metrics import AgentMetrics
+from etcdguard.common.base.errors import ConfigError
 
 from tests.helpers.etcd import build_for, clean_env, missing_build_reason
 from tests.helpers.net import free_server_port

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from etcdguard.agent.base.errors import EtcdguardError
-from etcdguard.agent.base.polling import Deadline, PollTimeout, poll_until
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.base.polling import Deadline, PollTimeout, poll_until
 
 
 class Clock:

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
-from etcdguard.agent.wire import protocol as P
+from etcdguard.common.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
+from etcdguard.common.wire import protocol as P
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

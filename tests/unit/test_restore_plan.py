@@ -2,10 +2,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base.errors import UnsafeRefusal, UsageError
-from etcdguard.agent.etcd.tools import SnapshotTool, restore_argv
-from etcdguard.agent.restore.journal import OperationStore, check_op_id, new_op_id
-from etcdguard.agent.restore.plan import STEPS, RestoreParams, argv_problems, build_plan, bump_for, render_plan
+from etcdguard.agent.restore.journal import OperationStore
+from etcdguard.agent.restore.plan import STEPS, RestoreParams, argv_problems, build_plan, render_plan
 from etcdguard.agent.restore.safety import (
     ClusterFacts,
     Identity,
@@ -16,6 +14,10 @@ from etcdguard.agent.restore.safety import (
 )
 from etcdguard.agent.restore.swap import aside_member, prepared_member, workspace_dir
 from etcdguard.agent.restore.toolproc import is_restore_command
+from etcdguard.common.base.errors import UnsafeRefusal, UsageError
+from etcdguard.common.journal import check_op_id, new_op_id
+from etcdguard.common.ops.bump import bump_for
+from etcdguard.common.snapshot.tools import SnapshotTool, restore_argv
 
 
 def test_bump_default_and_when_live_is_ahead():

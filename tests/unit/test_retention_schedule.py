@@ -1,7 +1,7 @@
 import random
 
-from etcdguard.agent.base import schedule
-from etcdguard.agent.base.retention import Aged, decide
+from etcdguard.common.base import schedule
+from etcdguard.common.base.retention import Aged, decide
 
 NOW = 1_800_000_000.0
 

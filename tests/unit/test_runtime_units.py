@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base.errors import ConfigError
 from etcdguard.agent.config import AgentConfig, ApiserverSettings, EtcdSettings
 from etcdguard.agent.discovery.goflags import apiserver_flags
 from etcdguard.agent.discovery.manifests import ManifestError, pod_command
@@ -42,6 +41,7 @@ from etcdguard.agent.runtime.proof import (
 )
 from etcdguard.agent.runtime.static_pod import StaticPodService, is_within, move_preserving
 from etcdguard.agent.runtime.systemd import SystemdService
+from etcdguard.common.base.errors import ConfigError
 
 from tests.helpers.net import free_port, wait_until
 from tests.helpers.standins import SystemctlStandin

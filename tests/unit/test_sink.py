@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.snapshots.integrity import TrailerHasher
-from etcdguard.agent.snapshots.sink import HashingSink, write_all
+from etcdguard.common.snapshot.integrity import TrailerHasher
+from etcdguard.common.snapshot.sink import HashingSink, write_all
 
 from tests.helpers.net import wait_until
 

@@ -2,8 +2,8 @@ import hashlib
 import os
 
 import pytest
-from etcdguard.agent.base.errors import SnapshotCorrupt
-from etcdguard.agent.snapshots.integrity import TrailerHasher, verify_file
+from etcdguard.common.base.errors import SnapshotCorrupt
+from etcdguard.common.snapshot.integrity import TrailerHasher, verify_file
 
 
 def fake_snapshot(size: int) -> bytes:

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base.errors import ConfigError
-from etcdguard.agent.base.tomlconf import MAX_DURATION, Table, cut, load_toml, parse_toml
 from etcdguard.agent.config import parse_agent_config
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.base.tomlconf import MAX_DURATION, Table, cut, load_toml, parse_toml
 from etcdguard.coordinator.config import parse_coordinator_config
 
 DEEP = b"a = " + b"[" * 100_000 + b"\n"

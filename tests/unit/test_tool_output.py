@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.etcd.tools import REASON_CHARS, failure_reason
+from etcdguard.common.base import fsutil
+from etcdguard.common.snapshot.tools import REASON_CHARS, failure_reason
 
 PANIC = """panic: assertion failed: Page expected to be: 2, but self identifies as 18446744073709551615
 

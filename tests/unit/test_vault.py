@@ -8,9 +8,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
-from etcdguard.agent.wire.report import AgentReport
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
+from etcdguard.common.wire.report import AgentReport
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary
 from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull
 from etcdguard.coordinator.vault.store import Incoming, Vault, VaultDiskError, VaultEntry, resolve_ref

@@ -7,11 +7,11 @@ import dataclasses
 import re
 
 import pytest
-from etcdguard.agent.base.agekeys import check_recipients, is_age_file
-from etcdguard.agent.base.errors import ConfigError
-from etcdguard.agent.base.retention import Aged, decide
 from etcdguard.agent.config import DEFAULT_BUNDLE_PATHS, parse_agent_config
-from etcdguard.agent.wire.report import AgentReport
+from etcdguard.common.base.agekeys import check_recipients, is_age_file
+from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.base.retention import Aged, decide
+from etcdguard.common.wire.report import AgentReport
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import parse_coordinator_config
 from etcdguard.coordinator.metrics import CoordinatorMetrics

@@ -1,4 +1,4 @@
-"""The etcd command-line tools the agent drives: etcdutl (3.5+) or etcdctl (3.4).
+"""The etcd command-line tools both daemons drive: etcdutl (3.5+) or etcdctl (3.4).
 
 Capabilities are detected from the tool itself (`version`, `--help`), never
 assumed from a version number alone.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.errors import ToolError
+from etcdguard.common.base.errors import ToolError
 
 TOOL_TIMEOUT = 600.0
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.addresses import parse_host_port
-from etcdguard.agent.base.durations import parse_duration
-from etcdguard.agent.base.errors import ConfigError
+from etcdguard.common.base.addresses import parse_host_port
+from etcdguard.common.base.durations import parse_duration
+from etcdguard.common.base.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, TypeVar, Union
 
-from etcdguard.agent.base.errors import EtcdguardError
+from etcdguard.common.base.errors import EtcdguardError
 
 T = TypeVar("T")
 

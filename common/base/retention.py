@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
-from etcdguard.agent.base.durations import format_duration
+from etcdguard.common.base.durations import format_duration
 
 T = TypeVar("T")
 

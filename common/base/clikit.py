@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
-from etcdguard.agent import __version__
-from etcdguard.agent.base.errors import EXIT_USAGE, EtcdguardError
-from etcdguard.agent.base.fsutil import disk_error
-from etcdguard.agent.base.logsetup import setup_logging
+from etcdguard.common import __version__
+from etcdguard.common.base.errors import EXIT_USAGE, EtcdguardError
+from etcdguard.common.base.fsutil import disk_error
+from etcdguard.common.base.logsetup import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 AddArgs = Callable[[argparse.ArgumentParser], None]

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional, Union
 
-from etcdguard.agent.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
-from etcdguard.agent.restore.phases import OUTCOMES, WIRE_STEPS
+from etcdguard.common.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
+from etcdguard.common.journal import OP_ID_PATTERN
+from etcdguard.common.ops.phases import OUTCOMES, WIRE_STEPS
 
 PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes of the JSON header frame
@@ -76,7 +77,7 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType({
 REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
 # Operation and upload ids become parts of file names in the agent's state dir,
 # so they may not start with "." or "-" (no ".", "..", hidden files or option-like names).
-OP_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
 SHA256_PATTERN = r"[0-9a-f]{64}"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"   # snapshot names, member names, cluster tokens
 PEER_URL_PATTERN = (

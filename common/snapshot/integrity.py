@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Union
 
-from etcdguard.agent.base.errors import SnapshotCorrupt, ToolError
-from etcdguard.agent.snapshots import bbolt
+from etcdguard.common.base.errors import SnapshotCorrupt, ToolError
+from etcdguard.common.snapshot import bbolt
 
 if TYPE_CHECKING:
-    from etcdguard.agent.etcd.tools import SnapshotTool
+    from etcdguard.common.snapshot.tools import SnapshotTool
 
 TRAILER_SIZE = 32
 READ_CHUNK = 1 << 20
@@ -73,6 +73,28 @@ class TrailerHasher:
                 f"{what}: SHA-256 trailer does not match the data "
                 "(the file is truncated, corrupted, or not an etcd snapshot)"
             )
+
+
+class KnownSizeDigest(TrailerHasher):
+    """TrailerHasher for a transfer whose size was declared up front: more bytes than
+    declared is an error, and finish() insists every byte arrived."""
+
+    def __init__(self, total: int) -> None:
+        if total < 0:
+            raise ValueError("total must be >= 0")
+        super().__init__()
+        self.total = total
+
+    def update(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        if self.size + len(data) > self.total:
+            raise ValueError(f"{self.size + len(data)} bytes is more than the declared {self.total}")
+        super().update(data)
+
+    def finish(self) -> tuple[str, bool]:
+        """(sha256 hex of the whole file, trailer ok). Call once, after all bytes."""
+        if self.size != self.total:
+            raise ValueError(f"digest finished after {self.size} of {self.total} bytes")
+        return self.sha256, self.total > TRAILER_SIZE and self.trailer_ok()
 
 
 @dataclass(frozen=True)
@@ -142,7 +164,7 @@ def verify_restorable(path: Path, expect_sha256: Optional[str] = None, expect_si
                       tool: Optional[SnapshotTool] = None) -> SnapshotCheck:
     """verify_file, then prove the file is an etcd database: bbolt meta pages, and
     `snapshot status` where ``tool`` is given. Raises SnapshotCorrupt naming the file."""
-    from etcdguard.agent.etcd.tools import snapshot_status
+    from etcdguard.common.snapshot.tools import snapshot_status
 
     d = verify_file(path, expect_sha256, expect_size)
     db_size = d.size - TRAILER_SIZE

@@ -22,8 +22,8 @@ import struct
 from pathlib import Path
 
 import zmq
-from etcdguard.agent.base import fsutil
-from etcdguard.agent.base.errors import ConfigError, UsageError
+from etcdguard.common.base import fsutil
+from etcdguard.common.base.errors import ConfigError, UsageError
 from zmq.utils import z85
 
 log = logging.getLogger(__name__)

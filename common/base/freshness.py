@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Callable, Optional
 
-from etcdguard.agent.base.schedule import CLOCK_TOLERANCE
+from etcdguard.common.base.schedule import CLOCK_TOLERANCE
 
 
 def future_dated(stamps: Iterable[float], wall_now: float) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from etcdguard.agent.base.errors import EXIT_USAGE, DiskError, UsageError
+from etcdguard.common.base.errors import EXIT_USAGE, DiskError, UsageError
 
 TEMP_PREFIX = ".etcdguard-tmp-"
 _WHY = {errno.ENOSPC: "the filesystem is full", errno.EDQUOT: "the disk quota is used up",

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from etcdguard.agent.base.errors import ConfigError, EtcdguardError
+from etcdguard.common.base.errors import ConfigError, EtcdguardError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from etcdguard.agent.wire.typed import from_json, renamed, to_json
+from etcdguard.common.wire.typed import from_json, renamed, to_json
 
 
 @dataclass(frozen=True)
