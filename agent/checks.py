@@ -109,7 +109,7 @@ def _clock_check(config: AgentConfig) -> Optional[CheckResult]:
 
 def _records_check(config: AgentConfig) -> CheckResult:
     """Restore records that cannot be read block backups and restores here: say which, and what to do."""
-    from etcdguard.agent.restore.journal import OperationStore
+    from etcdguard.agent.restore.records import OperationStore
 
     ops = OperationStore(config.state.dir)
     try:
@@ -121,7 +121,7 @@ def _records_check(config: AgentConfig) -> CheckResult:
     if damaged:
         return CheckResult("restore records", False, "; ".join(why for _, why in damaged),
                            "look at the operation's journal.jsonl to see what it did and whether etcd serves the "
-                           f"data you expect; then repair op.json or move its directory out of {ops.root}")
+                           "data you expect; then repair op.json or move its directory out of {ops.root}")
     return CheckResult("restore records", True, f"{count} operation record(s) in {ops.root}, all readable")
 
 

@@ -19,8 +19,7 @@ from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.etcd.health import HealthProbe
 from etcdguard.agent.metrics import AgentMetrics
-from etcdguard.agent.restore.journal import DAMAGED, OperationStore
-from etcdguard.agent.restore.remote import restore_active
+from etcdguard.agent.restore.records import OperationStore, restore_active
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotMeta
 from etcdguard.common.base import schedule
@@ -29,6 +28,7 @@ from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.base.notify import Notifier
 from etcdguard.common.base.signals import SignalFlags
 from etcdguard.common.metrics_server import MetricsServer, bind_replacement
+from etcdguard.common.ops.states import ACTIVE, FINAL, OpState
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +235,13 @@ class AgentDaemon(SignalFlags):
         """
         try:
             restoring = restore_active(self.config.state.dir)
-            all_ops = OperationStore(self.config.state.dir).all()
-            records = [o.record() for o in all_ops]
+            ops = OperationStore(self.config.state.dir)
+            summaries = ops.summaries()
         except (OSError, EtcdguardError) as exc:
             self._restore_note = "restore records unreadable; "
             log.error("%s; backups wait until they can be read", exc)
             return True
-        damaged = {op.op: str(r.get("error")) for op, r in zip(all_ops, records) if r.get("state") == DAMAGED}
+        damaged = {s.op: str(s.error) for s in summaries if s.state is OpState.DAMAGED}
         for op_id, why in damaged.items():
             if op_id not in self._damaged:
                 log.error("restore operation %s needs attention: %s", op_id, why)
@@ -250,15 +250,15 @@ class AgentDaemon(SignalFlags):
         self._damaged = damaged
         self.metrics.records_damaged.set(len(damaged))
         self.metrics.restore_in_progress.set(1 if restoring else 0)
-        states = [r.get("state") for r in records if r.get("state") not in ("running", DAMAGED)]
-        if states:
-            self.metrics.restore_last_result.set(1 if states[-1] in ("done", "rolled-back") else 0)
+        ended = [s.state for s in summaries if s.state in FINAL]
+        if ended:
+            self.metrics.restore_last_result.set(1 if ended[-1] in (OpState.DONE, OpState.ROLLED_BACK) else 0)
         self._restore_note = "".join(f"restore record {op_id} damaged, needs attention; " for op_id in damaged)
-        for op, record in zip(all_ops, records):
-            if record.get("state") == "running":
-                tail = op.journal_lines()[-1:] or [{}]
-                event = " ".join(str(tail[0].get(k, "")) for k in ("step", "event")).strip()
-                self._restore_note += f"restore {op.op} running ({event or 'started'}); "
+        for s in summaries:
+            if s.state in ACTIVE:
+                tail = ops.get(s.op).journal_tail(1) or [{}]
+                event = " ".join(str(tail[0].get(k, "")) for k in ("step", "status")).strip()
+                self._restore_note += f"restore {s.op} {s.state.value} ({event or 'started'}); "
         return restoring
 
     def _shutdown(self) -> None:

@@ -128,6 +128,8 @@ class CoordinatorDaemon(SignalFlags):
             config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
             safety_snapshot=self.safety_snapshot, slot=self._slot, on_change=self._restore_changed,
             stop=self._restore_stop)
+        # Read at every scrape: a journal damaged on disk shows even while no restore changes.
+        self.metrics.restore_damaged.set_function(lambda: len(self.restores.journals.damaged()))
 
     # -- setup -------------------------------------------------------------
     def _factory(self, config: CoordinatorConfig) -> ClientFactory:
@@ -212,7 +214,6 @@ class CoordinatorDaemon(SignalFlags):
         return entry.sha256
 
     def refresh_restore_metrics(self) -> None:
-        self.metrics.restore_damaged.set(len(self.restores.journals.damaged()))
         records = self.restores.records()
         active = self.restores.active()
         self.metrics.restore_in_progress.set(1 if active else 0)

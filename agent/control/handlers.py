@@ -30,7 +30,8 @@ from etcdguard.agent.control.status import StatusReporter
 from etcdguard.agent.control.transfer import FetchFiles, NotFound, Staging
 from etcdguard.agent.control.workers import Result
 from etcdguard.agent.etcd.client import Cancellation
-from etcdguard.agent.restore.remote import RemoteRestore, operation_status, restore_active, snapshot_in_use
+from etcdguard.agent.restore.records import restore_active, snapshot_in_use
+from etcdguard.agent.restore.remote import RemoteRestore, operation_status
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.bundle import read_chunk as read_bundle_chunk
 from etcdguard.agent.snapshots.store import SnapshotStore
@@ -137,7 +138,7 @@ class Handlers:
     def _etcd_running(self) -> Optional[bool]:
         """Does this node's etcd process (as its runtime knows it) exist? None when that cannot be told."""
         try:
-            return self.restore.restorer().runtime.etcd.is_running()
+            return self.restore.engine().runtime.etcd.is_running()
         except (EtcdguardError, OSError):
             return None
 

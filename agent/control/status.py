@@ -18,8 +18,7 @@ from typing import Any, Callable, Optional
 
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient
-from etcdguard.agent.restore.journal import OperationStore
-from etcdguard.agent.restore.remote import OPEN_STATES
+from etcdguard.agent.restore.records import OperationStore
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotMeta
 from etcdguard.common import __version__
@@ -152,11 +151,11 @@ def member_config(runner: BackupRunner) -> MemberConfig:
 
 def restore_info(state_dir: Path) -> RestoreInfo:
     ops = OperationStore(state_dir)
-    all_ops = ops.all()
-    records = [(o.op, o.record().get("state")) for o in all_ops]
-    return RestoreInfo(locked=ops.locked(), last_op=all_ops[-1].op if all_ops else None,
-                       last_state=records[-1][1] if records else None,
-                       open_ops=tuple(op for op, state in records if state in OPEN_STATES))
+    summaries = ops.summaries()
+    last = summaries[-1] if summaries else None
+    return RestoreInfo(locked=ops.locked(), last_op=last.op if last else None,
+                       last_state=last.state.value if last else None,
+                       open_ops=tuple(s.op for s in summaries if s.open))
 
 
 class StatusReporter:

@@ -19,13 +19,14 @@ from etcdguard.common.base.errors import EXIT_OK, EXIT_UNSAFE, UnsafeRefusal, Us
 
 if TYPE_CHECKING:
     from etcdguard.agent.config import AgentConfig
-    from etcdguard.agent.restore.plan import PlannedStep, RestoreParams
-    from etcdguard.agent.restore.steps import NodeRestorer
+    from etcdguard.agent.restore.engine import NodeEngine
+    from etcdguard.agent.restore.plan import PlannedStep
+    from etcdguard.common.ops.params import RestoreParams
     from etcdguard.common.snapshot.integrity import Recorded
 
 
-def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
-    from etcdguard.agent.restore.steps import NodeRestorer
+def _engine(config: AgentConfig, quiet: bool) -> NodeEngine:
+    from etcdguard.agent.restore.engine import NodeEngine
     from etcdguard.agent.runtime.factory import make_runtime
     from etcdguard.common.snapshot.tools import find_tool
 
@@ -43,12 +44,12 @@ def _restorer(config: AgentConfig, quiet: bool) -> NodeRestorer:
         sys.stderr.write(f"[{format_duration(time.monotonic() - started):>6}] {step:<9} {message}\n")
         sys.stderr.flush()
 
-    return NodeRestorer(config, member, runtime, tool, progress)
+    return NodeEngine(config, member, runtime, tool, progress)
 
 
 def resolve_snapshot(config: AgentConfig, ref: str) -> tuple[Path, Optional[Recorded]]:
     """A file path, a snapshot name in the local store, or `latest`, with its catalog record if it has one."""
-    from etcdguard.agent.restore.steps import catalog_record
+    from etcdguard.agent.restore.opening import catalog_record
     from etcdguard.agent.snapshots.store import SnapshotStore
     from etcdguard.common.snapshot.integrity import Recorded
 
@@ -95,44 +96,48 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if not args.plan and not args.yes:
         raise UsageError("restore needs --plan (show what would happen) or --yes (do it)")
-    from etcdguard.agent.restore.plan import render_plan
-    from etcdguard.agent.restore.steps import kept_dirs
+    from etcdguard.agent.restore.node import kept_dirs
+    from etcdguard.agent.restore.opening import make_params
+    from etcdguard.agent.restore.plan import build_plan, render_plan
+    from etcdguard.agent.restore.records import params_of
 
     config = load_config(args)
     assert config is not None
-    restorer = _restorer(config, quiet=False)
+    engine = _engine(config, quiet=False)
     params: RestoreParams
     recorded: Optional[Recorded] = None
     op_id = check_op_id(args.op) if args.op else None
-    existing = op_id is not None and restorer.ops.get(op_id).exists()
+    existing = op_id is not None and engine.ops.get(op_id).exists()
     if existing:
         assert op_id is not None
-        params = restorer.params_of(restorer.ops.get(op_id))
+        params = params_of(engine.ops.get(op_id).log().record)
         if args.snapshot and resolve_snapshot(config, args.snapshot)[0].resolve() != Path(params.snapshot):
             raise UsageError(f"operation {op_id} restores {params.snapshot}, not {args.snapshot}")
     else:
         if not args.snapshot:
             raise UsageError("give the SNAPSHOT to restore (or --op OP of an existing operation)")
         path, recorded = resolve_snapshot(config, args.snapshot)
-        params = restorer.make_params(path, op_id, recorded=recorded)
+        params = make_params(config, engine.member, engine.tool, path, op_id, recorded=recorded)
     if args.plan:
-        steps = restorer.plan(params)
+        api = engine.runtime.apiserver
+        steps = build_plan(params, engine.runtime.etcd.describe(), api.describe() if api else None)
         checks: list[str] = []
         refusals: list[str] = []
         if existing:
             try:
-                checks = restorer.reverify(restorer.ops.get(params.op))
+                checks = engine.reverify(engine.ops.get(params.op).log())
             except UnsafeRefusal as exc:
                 refusals = [str(exc)]
         else:
-            local = restorer.local_checks(params, recorded, args.force)
+            local = engine.local_checks(params, recorded, args.force)
             checks, refusals = local.checks, local.refusals
-        text = render_plan(params, steps, restorer.runtime_descriptions(), checks, refusals)
+        runtimes = tuple(s.describe() for s in (engine.runtime.etcd, api) if s is not None)
+        text = render_plan(params, steps, runtimes, checks, refusals)
         emit(args, _plan_json(params, steps, checks, refusals), text)
         if refusals and not args.json:
             print(f"{PROG}: error: {'; '.join(refusals)}", file=sys.stderr)
         return EXIT_UNSAFE if refusals else EXIT_OK
-    outcome = restorer.run(params, recorded=recorded, force=args.force)
+    outcome = engine.run(params, recorded=recorded, force=args.force)
     kept = kept_dirs(Path(params.data_dir), params.op)
     emit(args, {**outcome.to_json(), "kept": [{"path": p, "bytes": b} for p, b in kept]},
          f"restore {params.op} done: member {params.name} serves the snapshot's data "
@@ -160,12 +165,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     assert config is not None
-    restorer = _restorer(config, quiet=args.json)
+    engine = _engine(config, quiet=args.json)
     op_id = check_op_id(args.op)
-    risk = restorer.backwards_risk(restorer.ops.get(op_id)) if restorer.ops.get(op_id).exists() else None
+    op = engine.ops.get(op_id)
+    risk = engine.backwards_risk(op.log()) if op.exists() else None
     if risk is not None and args.yes:
         print(f"{PROG}: warning: {risk}; rolling back anyway (--yes)", file=sys.stderr)
-    outcome = restorer.rollback(op_id, backwards_ok=args.yes)
+    outcome = engine.rollback(op_id, backwards_ok=args.yes)
     emit(args, {**outcome.to_json(), "revisions_backwards": risk is not None},
          f"rolled back {args.op}: the pre-restore data is live again"
          + ("\n  revisions went backwards: restart kube-apiserver, kube-controller-manager and "
@@ -180,41 +186,38 @@ def _cleanup_args(p: argparse.ArgumentParser) -> None:
 
 @command("cleanup", "delete the data one finished operation kept (only with --yes)", _cleanup_args)
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from etcdguard.agent.restore.steps import kept_dirs
+    from etcdguard.agent.restore.node import kept_dirs
+    from etcdguard.agent.restore.records import params_of
     from etcdguard.common.journal import check_op_id
 
     config = load_config(args)
     assert config is not None
     op_id = check_op_id(args.op)
-    restorer = _restorer(config, quiet=True)
-    params = restorer.params_of(restorer.ops.get(op_id))
+    engine = _engine(config, quiet=True)
+    params = params_of(engine.ops.get(op_id).log().record)
     kept = kept_dirs(Path(params.data_dir), op_id)
     if not args.yes:
         emit(args, {"op": op_id, "would_delete": [{"path": p, "bytes": b} for p, b in kept]},
              "would delete:\n" + "".join(f"  {p} ({format_bytes(b)})\n" for p, b in kept)
              + "run again with --yes to delete")
         return EXIT_OK
-    removed = restorer.cleanup(op_id)
+    removed = engine.cleanup(op_id)
     emit(args, {"op": op_id, "deleted": removed}, "deleted:\n" + "".join(f"  {p}\n" for p in removed))
     return EXIT_OK
 
 
 @command("restores", "list restore operations on this node and the data they keep", _json_flag)
 def cmd_restores(args: argparse.Namespace) -> int:
-    from etcdguard.agent.restore.journal import OperationStore
-    from etcdguard.agent.restore.steps import kept_dirs
+    from etcdguard.agent.restore.node import kept_dirs
+    from etcdguard.agent.restore.records import OperationStore
 
     config = load_config(args)
     assert config is not None
     rows: list[dict[str, Any]] = []
-    for op in OperationStore(config.state.dir).all():
-        rec = op.record()
-        params = rec.get("params", {})
-        kept = kept_dirs(Path(params.get("data_dir", "/nonexistent")), op.op)
-        rows.append({"op": op.op, "state": rec.get("state"), "kind": rec.get("kind"),
-                     "created_at": rec.get("created_at"), "snapshot": params.get("snapshot"),
-                     "failed_step": rec.get("failed_step"), "error": rec.get("error"),
-                     "kept": [{"path": p, "bytes": b} for p, b in kept]})
+    for s in OperationStore(config.state.dir).summaries():
+        kept = kept_dirs(Path(s.params.get("data_dir", "/nonexistent")), s.op,
+                         Path(s.params["wal_dir"]) if s.params.get("wal_dir") else None)
+        rows.append({**s.to_json(), "kept": [{"path": p, "bytes": b} for p, b in kept]})
     if args.json:
         emit(args, rows, "")
         return EXIT_OK

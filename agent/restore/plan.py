@@ -1,55 +1,24 @@
-"""The node-local restore plan: pure data, printed by `--plan`, executed by steps.py.
+"""The node-local restore plan: pure data, printed by `--plan`, executed by engine.py.
 
-The directory scheme (where the prepared data, the set-aside data and the
-WAL go) is agent/restore/swap.py's; the step names are agent/restore/phases.py's.
+The steps and their words are the step registry's (common/ops/flows.py,
+NODE_RESTORE); the directory scheme (where the prepared data, the set-aside
+data and the WAL go) is agent/restore/swap.py's.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from etcdguard.agent.restore.swap import aside_member, prepared_member, restore_target, wal_target
-from etcdguard.common.ops.phases import DESTRUCTIVE as _DESTRUCTIVE
-from etcdguard.common.ops.phases import NODE_STEPS
+from etcdguard.agent.restore.swap import restore_target, wal_target
+from etcdguard.common.ops.flows import NODE_RESTORE
+from etcdguard.common.ops.params import RestoreParams
 
-STEPS = NODE_STEPS
-DESTRUCTIVE = frozenset(s for s in _DESTRUCTIVE if s in NODE_STEPS)
-
-
-@dataclass(frozen=True)
-class RestoreParams:
-    op: str
-    snapshot: str
-    snapshot_sha256: str
-    snapshot_size: int
-    snapshot_revision: int
-    name: str
-    peer_url: str
-    initial_cluster: str
-    token: str
-    data_dir: str
-    bump_revision: int          # 0 when the tool cannot bump
-    restore_argv: tuple[str, ...]
-    live_cluster_id: str = ""   # the cluster this node served when the operation was planned (hex; "" unknown)
-    wal_dir: str = ""           # the member's separate --wal-dir ("" : the WAL is inside the data dir)
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["restore_argv"] = list(self.restore_argv)
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RestoreParams:
-        known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in data.items() if k in known}, "restore_argv": tuple(data["restore_argv"])})
-
-    @property
-    def expected_min_revision(self) -> int:
-        return self.snapshot_revision + self.bump_revision
+STEPS = NODE_RESTORE.names
+DESTRUCTIVE = frozenset(s.name for s in NODE_RESTORE.steps if s.destructive)
 
 
 def argv_problems(p: RestoreParams) -> list[str]:
@@ -85,30 +54,8 @@ class PlannedStep:
 
 
 def build_plan(p: RestoreParams, etcd_runtime: str, apiserver_runtime: Optional[str]) -> list[PlannedStep]:
-    data = Path(p.data_dir)
-    live = data / "member"
-    prepared = prepared_member(data, p.op)
-    aside = aside_member(data, p.op)
-    bump = (f"revision bumped by {p.bump_revision:,} (restored revision >= {p.expected_min_revision:,})"
-            if p.bump_revision else "no revision bump (the restore tool does not support --bump-revision)")
-    steps = [
-        PlannedStep("preflight", False,
-                    f"verify {p.snapshot} (sha256 {p.snapshot_sha256[:16]}..., {p.snapshot_size} bytes, "
-                    f"revision {p.snapshot_revision} read from the file); restore tool present; "
-                    "free disk >= 2x snapshot"),
-        PlannedStep("prepare", False,
-                    f"while etcd runs: {shlex.join(p.restore_argv)}; copy owner/mode of {live}; {bump}"),
-        PlannedStep("fence", True, "stop kube-apiserver and prove it stopped"
-                    if apiserver_runtime else "no kube-apiserver configured on this node: nothing to fence"),
-        PlannedStep("stop", True, f"stop etcd; prove: client port refuses and {live}/snap/db is lockable"),
-        PlannedStep("swap", True, f"rename {live} -> {aside} (kept for rollback); rename {prepared} -> {live}"
-                    + (f"; the WAL files in {p.wal_dir} likewise" if p.wal_dir else "")),
-        PlannedStep("start", True, "start etcd; wait until healthy"),
-        PlannedStep("verify", False, f"revision >= {p.expected_min_revision}; member {p.name} healthy"),
-        PlannedStep("unfence", True, "start kube-apiserver"
-                    if apiserver_runtime else "no kube-apiserver configured: nothing to start"),
-    ]
-    return steps
+    return [PlannedStep(s.name, s.destructive, s.describe_node(p, etcd_runtime, apiserver_runtime))
+            for s in NODE_RESTORE.steps]
 
 
 def render_plan(p: RestoreParams, steps: list[PlannedStep], runtimes: tuple[str, ...] = (),

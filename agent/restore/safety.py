@@ -8,7 +8,7 @@ of why, so the same words reach `--plan`, the refusal and the tests.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -118,12 +118,3 @@ def multi_member_refusal(member: str, live_members: Optional[Sequence[str]],
         return None
     return (f"member {member} is part of a multi-member cluster: {' and '.join(reasons)}. A node-local "
             f"restore would split it off into a one-member cluster of its own; {MULTI_MEMBER_HINT}")
-
-
-def rollback_goes_backwards(finished: Collection[str], started: Collection[str]) -> bool:
-    """Has the restore been unfenced (clients may have seen its revisions)?
-
-    Once `unfence` has started, kube-apiserver may have served the restored
-    revisions; swapping the old data back then sends revisions backwards.
-    """
-    return "unfence" in finished or "unfence" in started

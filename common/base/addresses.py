@@ -185,3 +185,18 @@ def zmq_endpoint_is_ipv6(endpoint: str) -> bool:
     rest = endpoint[len("tcp://"):]
     # "tcp://src;dst" binds from a source address: either side may be IPv6
     return any(part.startswith("[") or is_ipv6_literal(part.rsplit(":", 1)[0]) for part in rest.split(";"))
+
+
+def parse_initial_cluster(text: str) -> tuple[tuple[str, str], ...]:
+    """``name=url,name=url`` -> ((name, url), ...); ValueError naming what is wrong. A name may repeat
+    (one entry per peer URL); a URL may not."""
+    entries: list[tuple[str, str]] = []
+    for part in text.split(","):
+        name, sep, url = part.strip().partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise ValueError(f"--initial-cluster entry {part.strip()!r} is not name=peer-url")
+        entries.append((name.strip(), url.strip()))
+    urls = [url for _, url in entries]
+    if len(set(urls)) != len(urls):
+        raise ValueError("--initial-cluster names a peer URL more than once")
+    return tuple(entries)

@@ -34,7 +34,8 @@ from typing import Any, Optional, Union
 
 from etcdguard.common.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
 from etcdguard.common.journal import OP_ID_PATTERN
-from etcdguard.common.ops.phases import OUTCOMES, WIRE_STEPS
+from etcdguard.common.ops.flows import STEP_PARAMS, WIRE_STEPS
+from etcdguard.common.ops.steps.prepare import PARAMS as PREPARE_PARAMS
 from etcdguard.common.wire.schema import (
     _SURROGATE_RE,
     BAD_REQUEST,
@@ -90,8 +91,10 @@ __all__ = [
     "NOT_FOUND",
     "OP_ID_PATTERN",
     "PEER_URL_PATTERN",
+    "PREPARE_PARAMS",
     "REQUEST_ID_PATTERN",
     "SHA256_PATTERN",
+    "STEP_PARAMS",
     "TOO_LARGE",
     "UNKNOWN_OP",
     "UNSAFE",
@@ -171,28 +174,12 @@ class OpSpec:
                                      "which must be an earlier required string")
 
 
-STEPS = WIRE_STEPS   # agent/restore/phases.py names them once
+STEPS = WIRE_STEPS   # the step registry (common/ops/flows.py) names them once
 _STEP_PATTERN = "|".join(STEPS)
 
 _OP_ID = Str(OP_ID_PATTERN, "an operation id")
 _UPLOAD = Str(OP_ID_PATTERN, "an upload id")
 _SNAPSHOT_NAME = Str(NAME_PATTERN, "a snapshot name")
-
-PREPARE_PARAMS: Schema = MappingProxyType({
-    "snapshot": _SNAPSHOT_NAME,
-    "name": Str(NAME_PATTERN, "an etcd member name"),
-    "initial_cluster": Str(INITIAL_CLUSTER_PATTERN, "an initial cluster ('name=url,name=url')", max_len=8192),
-    "token": Str(NAME_PATTERN, "an initial cluster token"),
-    "peer_url": Str(PEER_URL_PATTERN, "a peer URL ('https://host:port')"),
-    "bump_revision": Int(0, MAX_BUMP_REVISION),   # 0: no bump (etcd < 3.5.10)
-})
-FINISH_PARAMS: Schema = MappingProxyType({
-    "outcome": Str("|".join(OUTCOMES), "how the operation ended (" + ", ".join(OUTCOMES) + ")"),
-})
-STEP_PARAMS: Mapping[str, Schema] = MappingProxyType({
-    step: {"prepare": PREPARE_PARAMS, "finish": FINISH_PARAMS}.get(step, MappingProxyType({})) for step in STEPS
-})
-
 
 def _check_put(args: JSONObject, data: Optional[bytes]) -> None:
     end = args["offset"] + len(data or b"")

@@ -15,9 +15,10 @@ from typing import Any
 
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EXIT_OK, EXIT_UNSAFE, UsageError
-from etcdguard.common.ops import phases as ph
+from etcdguard.common.ops.cluster_plan import RestorePlan
+from etcdguard.common.ops.flows import CLUSTER_RESTORE
 from etcdguard.coordinator.ctl.cli import _json_flag, _table, ask, command, emit
-from etcdguard.coordinator.restore.plan import RestorePlan, render_plan
+from etcdguard.coordinator.restore.plan import render_plan
 
 
 class RestoreProgress:
@@ -55,9 +56,11 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--rollback", metavar="OP", help="put every member back on its pre-restore data")
     mode.add_argument("--attach", metavar="OP", help="follow a running restore (or show how one ended)")
     mode.add_argument("--cleanup", metavar="OP", help="show (with --yes: delete) the data an ended restore kept")
+    mode.add_argument("--cancel", metavar="OP", help="stop a running restore at its next step boundary and roll it "
+                                                    "back while no client has seen its data")
     p.add_argument("--yes", action="store_true", help="run the restore (with --rollback/--cleanup: confirm)")
     p.add_argument("--plan-id", metavar="ID", help="with --yes: run only if the plan is still this one")
-    p.add_argument("--until", metavar="PHASE", choices=ph.CLUSTER_PHASES,
+    p.add_argument("--until", metavar="PHASE", choices=CLUSTER_RESTORE.names,
                    help="with --yes: stop after PHASE (e.g. prepare: stage and restore ahead, without downtime); "
                         "continue with --resume")
     p.add_argument("--force", action="store_true",
@@ -67,9 +70,9 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
 
 def _mode(args: argparse.Namespace) -> str:
     """Which restore action the flags ask for (``--yes`` also confirms --rollback/--cleanup)."""
-    for flag in ("resume", "rollback", "attach", "cleanup"):
+    for flag in ("resume", "rollback", "attach", "cleanup", "cancel"):
         if getattr(args, flag):
-            if args.yes and flag in ("resume", "attach"):
+            if args.yes and flag in ("resume", "attach", "cancel"):
                 raise UsageError(f"--{flag} takes no --yes")
             return flag
     if args.plan:
@@ -78,7 +81,8 @@ def _mode(args: argparse.Namespace) -> str:
         return "plan"
     if args.yes:
         return "run"
-    raise UsageError("restore needs --plan, --yes, --resume OP, --rollback OP, --attach OP or --cleanup OP")
+    raise UsageError("restore needs --plan, --yes, --resume OP, --rollback OP, --attach OP, --cleanup OP or "
+                     "--cancel OP")
 
 
 @command("restore", "restore the whole cluster from a vault snapshot (--plan first, then --yes)", _restore_args)
@@ -177,7 +181,7 @@ def cmd_restores(args: argparse.Namespace) -> int:
             damaged.append(r)
             rows.append([r["op"], "DAMAGED", "-", "-", "-"])
             continue
-        reached = [p for p in ph.CLUSTER_PHASES if p in (r.get("phases") or {})]
+        reached = [p for p in CLUSTER_RESTORE.names if p in (r.get("phases") or {})]
         rows.append([r["op"], r["state"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created_at"])),
                      r["snapshot"][:12], r.get("failed_phase") or (reached[-1] if reached else "-")])
     print(_table(rows))

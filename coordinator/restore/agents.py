@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.ops.cluster_checks import NOT_RUNNING
+from etcdguard.common.ops.step import Interrupted
 from etcdguard.common.wire.protocol import BUSY, NOT_FOUND, RemoteError, new_request_id
 from etcdguard.common.wire.report import EtcdHealth
 from etcdguard.common.wire.typed import from_json
@@ -35,13 +37,6 @@ log = logging.getLogger(__name__)
 SLICE = 3.0             # seconds a step request waits before the agent is pinged (and the step re-sent)
 PING_TIMEOUT = 3.0
 RETRY_PAUSE = 0.5       # between attempts while an agent is down or busy
-
-
-NOT_RUNNING = "etcd is not running"
-
-
-class Interrupted(EtcdguardError):
-    """The coordinator is stopping; the operation is left for a resume."""
 
 
 class StepTimeout(EtcdguardError):

@@ -23,25 +23,20 @@ from typing import Any, Callable, Optional
 
 from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import EtcdguardError, UnsafeRefusal, UsageError
-from etcdguard.common.journal import new_op_id
-from etcdguard.common.ops import phases as ph
+from etcdguard.common.journal import JournalDamaged, new_op_id
+from etcdguard.common.ops.cluster_plan import RestorePlan, SnapshotRef, Summary
+from etcdguard.common.ops.flows import CLUSTER_RESTORE
+from etcdguard.common.ops.ports import Timeouts
+from etcdguard.common.ops.states import ACTIVE, FINAL, OPEN, OpState
 from etcdguard.common.snapshot.integrity import verify_restorable
 from etcdguard.common.wire.typed import to_json
 from etcdguard.coordinator.agents.links import MemberLinks
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.restore.agents import ClusterAgents
-from etcdguard.coordinator.restore.journal import Journal, JournalStore, OperationRecord, set_state
+from etcdguard.coordinator.restore.journal import ClusterOperation, JournalStore
 from etcdguard.coordinator.restore.orchestrator import Orchestrator, summarize
-from etcdguard.coordinator.restore.plan import (
-    KIND_FORWARD_ROLLBACK,
-    PlanOptions,
-    RestorePlan,
-    SnapshotRef,
-    Summary,
-    build_plan,
-)
-from etcdguard.coordinator.restore.states import ACTIVE, OPEN, OpState
-from etcdguard.coordinator.restore.steps import RunContext, Timeouts
+from etcdguard.coordinator.restore.plan import KIND_FORWARD_ROLLBACK, PlanOptions, build_plan
+from etcdguard.coordinator.restore.run import RunContext
 from etcdguard.coordinator.vault.store import Vault, VaultEntry
 
 log = logging.getLogger(__name__)
@@ -66,6 +61,7 @@ class Run:
     summary: Optional[Summary] = None
     error: Optional[BaseException] = None
     cond: threading.Condition = field(default_factory=threading.Condition)
+    cancel: threading.Event = field(default_factory=threading.Event)
     on_phase: Callable[[], None] = lambda: None     # the daemon refreshes its systemd STATUS= line
 
     def emit(self, event: Mapping[str, Any]) -> None:
@@ -126,20 +122,19 @@ class RestoreService:
     def recover(self) -> list[str]:
         """Mark operations that were running when the daemon stopped as interrupted; return them."""
         interrupted = []
-        for rec in self.journals.all():
-            if rec.state in ACTIVE:
-                set_state(self.journals.journal(rec.op), rec, OpState.INTERRUPTED,
-                          why="the coordinator restarted while it ran")
-                interrupted.append(rec.op)
+        for operation in self.journals.all():
+            if operation.state in ACTIVE:
+                operation.log.set_state(OpState.INTERRUPTED, why="the coordinator restarted while it ran")
+                interrupted.append(operation.op)
                 log.warning("restore %s was interrupted (in %s); resume it with `etcdguardctl restore --resume %s` "
-                            "or roll it back with `--rollback %s`", rec.op, (rec.reached() or ["?"])[-1], rec.op,
-                            rec.op)
+                            "or roll it back with `--rollback %s`", operation.op,
+                            (operation.reached() or ["?"])[-1], operation.op, operation.op)
         for op, problem in self.journals.damaged():
             log.error("restore journal %s cannot be read: %s", op, problem)
         return interrupted
 
     # -- reading -----------------------------------------------------------
-    def records(self) -> list[OperationRecord]:
+    def records(self) -> list[ClusterOperation]:
         return self.journals.all()
 
     def open_operations(self) -> list[str]:
@@ -202,7 +197,7 @@ class RestoreService:
             return self.plan(_text(args, "snapshot"), force=bool(args.get("force"))).to_json()
         if mode == "run":
             return self.run(args, emit)
-        if mode in ("resume", "rollback", "attach", "cleanup"):
+        if mode in ("resume", "rollback", "attach", "cleanup", "cancel"):
             op = _text(args, "op")
             if mode == "resume":
                 return to_json(self.resume(op, emit))
@@ -210,8 +205,10 @@ class RestoreService:
                 return self.rollback(op, emit, yes=bool(args.get("yes")))
             if mode == "attach":
                 return to_json(self.attach(op, emit))
+            if mode == "cancel":
+                return self.cancel(op, emit)
             return self.cleanup(op, yes=bool(args.get("yes")))
-        raise UsageError(f"restore: unknown mode {mode!r} (plan, run, resume, rollback, attach, cleanup)")
+        raise UsageError(f"restore: unknown mode {mode!r} (plan, run, resume, rollback, attach, cleanup, cancel)")
 
     def run(self, args: Mapping[str, Any], emit: Emit) -> dict[str, Any]:
         open_ops = self.open_operations()
@@ -219,7 +216,7 @@ class RestoreService:
             damaged = {op for op, _ in self.journals.damaged()}
             raise UnsafeRefusal("refused: " + "; ".join(
                 f"restore {op}'s journal cannot be read (it may have run half-way): look at "
-                f"{self.journals.journal(op).path}, then move its directory out of {self.journals.root}"
+                f"{self.journals.path(op)}, then move its directory out of {self.journals.root}"
                 if op in damaged else f"restore operation {op} is not finished; resume it, roll it back or "
                 f"wait for it (etcdguardctl restores)" for op in open_ops))
         plan = self.plan(_text(args, "snapshot"), force=bool(args.get("force")))
@@ -229,8 +226,8 @@ class RestoreService:
                                 f"({plan.plan_id}); something changed since it was reviewed. Look at the new plan: "
                                 f"etcdguardctl restore {plan.snapshot.id[:12]} --plan")
         until = args.get("until")
-        if until is not None and until not in ph.CLUSTER_PHASES:
-            raise UsageError(f"--until {until!r}: not a phase ({', '.join(ph.CLUSTER_PHASES)})")
+        if until is not None and until not in CLUSTER_RESTORE.names:
+            raise UsageError(f"--until {until!r}: not a phase ({', '.join(CLUSTER_RESTORE.names)})")
         return _json(self._launch_new(plan, emit, until=until))
 
     def _launch_new(self, plan: RestorePlan, emit: Emit, until: Optional[str] = None) -> Summary:
@@ -240,45 +237,71 @@ class RestoreService:
         with self._lock:
             if any(not r.done for r in self._runs.values()):
                 raise UnsafeRefusal("refused: another restore operation is running in this coordinator")
-            journal = self.journals.create(plan, until=until)
+            operation = self.journals.create(plan, until=until)
             emit({"op": plan.op, "phase": "plan", "message": f"operation {plan.op} (plan {plan.plan_id}) started"})
-            run = self._start(journal, journal.replay(), "run")
+            run = self._start(operation, "run")
         return run.follow(emit)
 
     def resume(self, op: str, emit: Emit) -> Summary:
-        journal = self.journals.journal(op)
-        rec = journal.replay()
-        if rec.state not in (OpState.INTERRUPTED, OpState.PAUSED, OpState.NEEDS_ATTENTION):
-            raise UsageError(f"restore {op} is {rec.state.value}; only an interrupted, paused or needs-attention "
+        try:
+            operation = self.journals.open(op)
+        except JournalDamaged as exc:
+            raise UnsafeRefusal(f"restore {op} cannot be resumed: {exc}. Roll it back from what can be read "
+                                f"with `etcdguardctl restore --rollback {op}`, or look at "
+                                f"{self.journals.path(op)} and move its directory out of {self.journals.root}"
+                                ) from None
+        state = operation.state
+        if state not in (OpState.INTERRUPTED, OpState.PAUSED, OpState.NEEDS_ATTENTION):
+            raise UsageError(f"restore {op} is {state.value}; only an interrupted, paused or needs-attention "
                              "operation can be resumed")
-        if rec.state == OpState.NEEDS_ATTENTION and rec.failed_phase in ph.BEFORE_CLIENTS:
-            raise UnsafeRefusal(f"restore {op}: its rollback failed ({rec.error}); fix that, then "
+        failed = operation.record.failed_phase
+        if state is OpState.NEEDS_ATTENTION and failed and operation.flow.has(failed) \
+                and not operation.flow.step(failed).clients_see:
+            raise UnsafeRefusal(f"restore {op}: its rollback failed ({operation.record.error}); fix that, then "
                                 f"`etcdguardctl restore --rollback {op}` finishes it")
         with self._lock:
             self._refuse_if_running(op)
-            run = self._start(journal, rec, "resume")
+            run = self._start(operation, "resume")
         return run.follow(emit)
 
     def rollback(self, op: str, emit: Emit, yes: bool = False) -> dict[str, Any]:
-        journal = self.journals.journal(op)
-        rec = journal.replay()
-        reached = rec.reached()
-        if rec.state == OpState.DONE or ph.UNFENCE in reached:
-            return self._forward_rollback(rec, emit, yes)
-        if rec.state not in (OpState.INTERRUPTED, OpState.PAUSED, OpState.NEEDS_ATTENTION, OpState.ROLLING_BACK):
-            raise UsageError(f"restore {op} is {rec.state.value}: nothing to roll back")
+        try:
+            operation = self.journals.open(op)
+        except JournalDamaged as exc:
+            log.warning("restore %s: its journal is damaged (%s); rolling back from what can be read", op, exc)
+            operation = self.journals.salvage(op)
+        if operation.state is OpState.DONE or not operation.flow.rollback_possible(operation.reached()):
+            return self._forward_rollback(operation, emit, yes)
+        if operation.state not in (OpState.INTERRUPTED, OpState.PAUSED, OpState.NEEDS_ATTENTION,
+                                   OpState.ROLLING_BACK, OpState.RUNNING):
+            raise UsageError(f"restore {op} is {operation.state.value}: nothing to roll back")
         with self._lock:
             self._refuse_if_running(op)
-            run = self._start(journal, rec, "rollback")
+            if operation.state is OpState.RUNNING:
+                # Running in no daemon (it was, when this coordinator died): it is interrupted.
+                operation.log.set_state(OpState.INTERRUPTED, why="found running with no coordinator running it")
+            run = self._start(operation, "rollback")
         return _json(run.follow(emit))
 
-    def _forward_rollback(self, rec: OperationRecord, emit: Emit, yes: bool) -> dict[str, Any]:
+    def cancel(self, op: str, emit: Emit) -> dict[str, Any]:
+        """Stop a running restore at its next step boundary and roll it back while that is still safe."""
+        with self._lock:
+            run = self._runs.get(op)
+        if run is None or run.done:
+            raise UsageError(f"restore {op} is not running in this coordinator (see `etcdguardctl restores`); "
+                             f"an interrupted or paused one is rolled back with `--rollback {op}`")
+        run.cancel.set()
+        emit({"op": op, "phase": "cancel", "message": "cancel requested: the restore stops at its next step "
+                                                       "boundary and rolls back if no client has seen its data"})
+        return _json(run.follow(emit))
+
+    def _forward_rollback(self, operation: ClusterOperation, emit: Emit, yes: bool) -> dict[str, Any]:
         """After unfence: a new restore of the pre-restore snapshot, bumped above the current revision."""
-        sha = rec.facts.get("pre_restore_snapshot")
+        sha = operation.record.facts.get("pre_restore_snapshot")
         if not sha:
-            raise UnsafeRefusal(f"restore {rec.op} reached unfence and has no pre-restore snapshot (the cluster did "
-                                "not answer before it); there is nothing to roll back to")
-        plan = self.plan(str(sha), kind=KIND_FORWARD_ROLLBACK, rollback_of=rec.op, force=True)
+            raise UnsafeRefusal(f"restore {operation.op} reached unfence and has no pre-restore snapshot (the "
+                                "cluster did not answer before it); there is nothing to roll back to")
+        plan = self.plan(str(sha), kind=KIND_FORWARD_ROLLBACK, rollback_of=operation.op, force=True)
         if not yes:
             return {"plan": plan.to_json(), "needs_yes": True}
         return _json(self._launch_new(plan, emit))
@@ -288,26 +311,27 @@ class RestoreService:
             run = self._runs.get(op)
         if run is not None:
             return run.follow(emit)
-        return summarize(self.journals.journal(op).replay())
+        return summarize(self.journals.open(op))
 
     def cleanup(self, op: str, yes: bool) -> dict[str, Any]:
         """List (or with ``yes`` delete) the data an ended operation kept on each member."""
-        rec = self.journals.journal(op).replay()
-        if rec.state not in (OpState.DONE, OpState.FAILED, OpState.ROLLED_BACK):
-            raise UnsafeRefusal(f"restore {op} is {rec.state.value}; clean up only an operation that ended")
-        agents = ClusterAgents(self._links(), tuple(m.member for m in rec.plan.members), stop=self.stop)
+        operation = self.journals.open(op)
+        if operation.state not in FINAL:
+            raise UnsafeRefusal(f"restore {op} is {operation.state.value}; clean up only an operation that ended")
+        members = tuple(m.member for m in operation.plan.members)
+        agents = ClusterAgents(self._links(), members, stop=self.stop)
         out: dict[str, Any] = {"op": op, "members": {}}
         try:
-            for m in rec.plan.members:
+            for m in members:
                 try:
                     if yes:
-                        result = agents.undo(m.member, op, "cleanup", bound=600.0)
-                        out["members"][m.member] = {"removed": (result or {}).get("removed", [])}
+                        result = agents.undo(m, op, "cleanup", bound=600.0)
+                        out["members"][m] = {"removed": (result or {}).get("removed", [])}
                     else:
-                        status = agents.client(m.member).call("restore.status", {"op_id": op}, timeout=10.0)
-                        out["members"][m.member] = {"kept": status.get("kept", [])}
+                        status = agents.client(m).call("restore.status", {"op_id": op}, timeout=10.0)
+                        out["members"][m] = {"kept": status.get("kept", [])}
                 except EtcdguardError as exc:
-                    out["members"][m.member] = {"error": str(exc)}
+                    out["members"][m] = {"error": str(exc)}
         finally:
             agents.close()
         out["deleted"] = yes
@@ -325,36 +349,36 @@ class RestoreService:
             raise UnsafeRefusal(f"refused: restore {busy} is running in this coordinator; follow it with "
                                 f"`etcdguardctl restore --attach {busy}`")
 
-    def _start(self, journal: Journal, rec: OperationRecord, how: str) -> Run:
-        run = Run(rec.op, on_phase=self._on_change)
-        self._runs[rec.op] = run
-        thread = threading.Thread(target=self._execute, args=(journal, rec, run, how), name=f"restore-{rec.op}",
+    def _start(self, operation: ClusterOperation, how: str) -> Run:
+        run = Run(operation.op, on_phase=self._on_change)
+        self._runs[operation.op] = run
+        thread = threading.Thread(target=self._execute, args=(operation, run, how), name=f"restore-{operation.op}",
                                   daemon=True)
         thread.start()
         return run
 
-    def _execute(self, journal: Journal, rec: OperationRecord, run: Run, how: str) -> None:
+    def _execute(self, operation: ClusterOperation, run: Run, how: str) -> None:
         summary: Optional[Summary] = None
         error: Optional[BaseException] = None
         timeouts = self._timeouts()
-        agents = ClusterAgents(self._links(), tuple(m.member for m in rec.plan.members), stop=self.stop,
+        plan = operation.plan
+        agents = ClusterAgents(self._links(), tuple(m.member for m in plan.members), stop=self.stop,
                                agent_down=timeouts.agent_down)
         try:
             with self._hold_slot(run), self.journals.exclusive():
-                ctx = RunContext(plan=rec.plan, journal=journal, record=rec, agents=agents, emit=run.emit,
-                                 snapshot_file=lambda: self._snapshot_file(rec.plan),
-                                 safety_snapshot=lambda emit: self._safety_snapshot(rec.op, emit),
-                                 timeouts=timeouts)
+                ctx = RunContext(operation, agents, run.emit, snapshot_file=lambda: self._snapshot_file(plan),
+                                 safety_snapshot=lambda emit: self._safety_snapshot(operation.op, emit),
+                                 timeouts=timeouts, cancel=run.cancel)
                 orchestrator = Orchestrator(ctx)
                 self._on_change()
                 summary = orchestrator.rollback() if how == "rollback" else orchestrator.run()
         except BaseException as exc:
             error = exc
             if not isinstance(exc, EtcdguardError):
-                log.exception("restore %s: internal error", rec.op)
+                log.exception("restore %s: internal error", operation.op)
             with contextlib.suppress(EtcdguardError, ValueError):
-                if rec.state in ACTIVE:
-                    set_state(journal, rec, OpState.INTERRUPTED, why=f"stopped by an error: {exc}")
+                if operation.state in ACTIVE:
+                    operation.log.set_state(OpState.INTERRUPTED, why=f"stopped by an error: {exc}")
         finally:
             agents.close()
             run.finish(summary, error)

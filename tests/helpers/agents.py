@@ -323,3 +323,25 @@ def running_agents(members: EtcdCluster | Sequence[EtcdMember], base_dir: Path,
         yield agents
     finally:
         stop_all(agents)
+
+
+def op_journal(state_dir: Path, op: str) -> list[dict[str, Any]]:
+    """The records of one of an agent's operation journals (``<state>/operations/<op>/journal.jsonl``)."""
+    path = state_dir / "operations" / op / "journal.jsonl"
+    if not path.exists():
+        return []
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def op_header(state_dir: Path, op: str) -> dict[str, Any]:
+    """The ``created`` record of an agent's operation: its kind, parameters, checks."""
+    records = op_journal(state_dir, op)
+    assert records and records[0]["event"] == "created", records[:1]
+    return records[0]
+
+
+def steps_done(state_dir: Path, op: str) -> list[str]:
+    """The steps an agent's operation journal records as done, in order (repeats included)."""
+    return [r["step"] for r in op_journal(state_dir, op) if r["event"] == "step" and r.get("status") == "done"]

@@ -827,7 +827,7 @@ def test_restore_steps_are_recorded_and_deduplicated(etcd_member, tmp_path, ckey
         # a retry (new request id) returns the recorded result; nothing runs twice
         assert step("prepare", params=params) == prepared
         journal = client.call("restore.status", {"op_id": "op1"})
-        started = [e for e in journal["journal_tail"] if e.get("event") == "started"]
+        started = [e for e in journal["journal_tail"] if e.get("event") == "step" and e.get("status") == "started"]
         assert [e["step"] for e in started] == ["preflight", "prepare"]
         assert journal["state"] == "running" and sorted(journal["steps"]) == ["preflight", "prepare"]
         # the same operation id with other parameters is a conflict

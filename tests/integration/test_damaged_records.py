@@ -23,8 +23,8 @@ from tests.helpers.coordinator import Coordinator, lone_coordinator_config, scra
 from tests.helpers.etcd import EtcdMember
 from tests.helpers.net import free_port, wait_until
 
-TORN = b'{"state": "runn'
-NOT_AN_OBJECT = b"[1,2]"
+TORN = b'{"event": "created", "op": "zz", "par'       # the header itself torn by a crash: nothing readable
+NOT_AN_OBJECT = b"[1,2]\n"
 
 
 def agent_cli(config: Path, *args: str) -> tuple[int, Any, str]:
@@ -34,7 +34,7 @@ def agent_cli(config: Path, *args: str) -> tuple[int, Any, str]:
 
 
 def damage(state_dir: Path, op: str, content: bytes) -> Path:
-    path = state_dir / "operations" / op / "op.json"
+    path = state_dir / "operations" / op / "journal.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path
@@ -74,7 +74,8 @@ def test_a_corrupt_operation_record_is_reported_and_blocks_backups_and_restores(
         code, out, err = agent_cli(agent.config_path, "check")
         assert code == 1, err
         records = next(c for c in out["checks"] if c["name"] == "restore records")
-        assert not records["ok"] and "operation zz" in records["detail"] and "not valid JSON" in records["detail"]
+        assert not records["ok"] and "operation zz" in records["detail"]
+        assert "does not start with the operation's header" in records["detail"]
         assert "operation zy" in records["detail"] and "not a JSON object" in records["detail"]
 
         code, rows, err = agent_cli(agent.config_path, "restores")

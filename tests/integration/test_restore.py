@@ -20,6 +20,7 @@ from etcdguard.agent.restore.swap import aside_member, workspace_dir
 
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config
+from tests.helpers.agents import steps_done
 from tests.helpers.etcd import EtcdBuild, EtcdMember
 from tests.helpers.kubelet import TestKubelet
 from tests.helpers.manifests import apiserver_manifest_json, etcd_manifest_yaml
@@ -181,17 +182,15 @@ def test_killed_after_swap_resumes_without_redoing(adopted: tuple[EtcdMember, Pa
     op = "r-killed-after-swap"
     proc = subprocess.Popen([*AGENT, "--config", str(cfg), "restore", snap["path"], "--yes", "--op", op],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    swap_done = state / "operations" / op / "steps" / "swap.json"
     try:
-        wait_until(swap_done.exists, timeout=60, what="the swap step to be recorded")
+        wait_until(lambda: "swap" in steps_done(state, op), timeout=60, what="the swap step to be recorded")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.communicate(timeout=30)
     out = agent_json("--config", str(cfg), "restore", "--op", op, "--yes")
     assert out["state"] == "done"
     assert member.get("/k1") == "before" and member.get("/k2") is None
-    journal = [json.loads(line) for line in (state / "operations" / op / "journal.jsonl").read_text().splitlines()]
-    finished = [e["step"] for e in journal if e["event"] == "finished"]
+    finished = steps_done(state, op)
     for step in ("preflight", "prepare", "fence", "stop", "swap"):
         assert finished.count(step) == 1, finished
     assert finished[-1] == "unfence"

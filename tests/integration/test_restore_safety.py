@@ -26,7 +26,7 @@ from etcdguard.common.wire import protocol as P
 
 from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import AGENT, adopt, agent_sections, run_agent, write_agent_config
-from tests.helpers.agents import CoordinatorKeys, running_agents
+from tests.helpers.agents import CoordinatorKeys, op_header, op_journal, running_agents
 from tests.helpers.etcd import EtcdBuild, EtcdCluster, EtcdMember
 from tests.helpers.net import wait_until
 
@@ -117,7 +117,7 @@ def test_killed_in_prepare_the_tool_dies_and_a_resume_restores_only_the_verified
         wait_until(lambda: not pid_alive(tool_pid), timeout=10, what="the restore tool to die with the agent")
     finally:
         kill_pid(tool_pid_file)
-    record = json.loads((tmp_path / "agent" / "state" / "operations" / op / "op.json").read_text())
+    record = op_header(tmp_path / "agent" / "state", op)
     argv = record["params"]["restore_argv"]
     assert argv[3] == str(dir_a / "snap.db") and Path(argv[0]).is_absolute()
 
@@ -164,8 +164,7 @@ def test_resume_kills_a_leftover_restore_tool_before_redoing_prepare(etcd_member
     finally:
         kill_pid(leftover_file)
         kill_pid(tool_pid_file)
-    journal = [json.loads(line) for line in
-               (tmp_path / "agent" / "state" / "operations" / op / "journal.jsonl").read_text().splitlines()]
+    journal = op_journal(tmp_path / "agent" / "state", op)
     kills = [e for e in journal if e["event"] == "killed-leftover-tool"]
     assert len(kills) == 1 and f"pid {leftover} " in kills[0]["processes"][0]
     assert member.get("/k1") == "before" and member.get("/k2") is None
@@ -258,7 +257,7 @@ def test_snapshot_of_another_cluster_is_refused_unless_forced(etcd_factory: Etcd
     forced = agent_json("--config", str(cfg), "restore", str(foreign), "--yes", "--force")
     assert forced["state"] == "done"
     assert here.get("/there") == "1" and here.get("/here") is None
-    record = json.loads((tmp_path / "here" / "state" / "operations" / forced["op"] / "op.json").read_text())
+    record = op_header(tmp_path / "here" / "state", forced["op"])
     assert record["checks"]["identity"] == "another-cluster" and record["checks"]["forced"]
 
 

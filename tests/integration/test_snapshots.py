@@ -238,11 +238,16 @@ def test_open_restore_postpones_backups_and_shows_in_status(etcd_member, tmp_pat
     import os
     import socket
 
-    from etcdguard.agent.restore.journal import OperationStore
+    from etcdguard.agent.restore.records import KIND_LOCAL, OperationStore
+    from etcdguard.common.ops.flows import NODE_RESTORE
+    from etcdguard.common.ops.params import RestoreParams
 
-    op = OperationStore(tmp_path / "state").get("r-open")
-    op.create({"state": "running", "created_at": 1.0, "params": {}})
-    op.finish("prepare", {"bytes": 1})
+    params = RestoreParams(op="r-open", snapshot="/s.db", snapshot_sha256="a" * 64, snapshot_size=1,
+                           snapshot_revision=1, name="m1", peer_url="http://127.0.0.1:2380",
+                           initial_cluster="m1=http://127.0.0.1:2380", token="t", data_dir=str(etcd_member.data_dir),
+                           bump_revision=0, restore_argv=("/usr/bin/etcdutl", "snapshot", "restore", "/s.db"))
+    log = OperationStore(tmp_path / "state").get("r-open").create(kind=KIND_LOCAL, flow=NODE_RESTORE, params=params)
+    log.emit("step", step="prepare", status="done", result={"bytes": 1})
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
@@ -255,7 +260,7 @@ def test_open_restore_postpones_backups_and_shows_in_status(etcd_member, tmp_pat
     try:
         statuses: list[str] = []
         wait_until(lambda: statuses.append(sock.recv(4096).decode()) or any(
-            "restore r-open running (prepare finished)" in s for s in statuses), timeout=30,
+            "restore r-open running (prepare done)" in s for s in statuses), timeout=30,
             what="STATUS= naming the open restore")
         wait_until(lambda: "backup postponed" in log.read_text(), timeout=30, what="the backup to be postponed")
         assert SnapshotStore(tmp_path / "snapshots").list() == []

@@ -7,14 +7,21 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from etcdguard.common.ops import phases as ph
+from etcdguard.common.journal import JournalDamaged, JournalFile
+from etcdguard.common.ops import states
+from etcdguard.common.ops.cluster_checks import quorum_problem, verify_problems
+from etcdguard.common.ops.cluster_plan import RestorePlan, SnapshotRef
+from etcdguard.common.ops.flows import CLUSTER_RESTORE
+from etcdguard.common.ops.record import replay
+from etcdguard.common.ops.states import IllegalTransition, OpState, transition
 from etcdguard.common.wire.report import AgentReport, ClusterMember, EtcdHealth
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
-from etcdguard.coordinator.restore.journal import Journal, JournalStore, replay
-from etcdguard.coordinator.restore.plan import PlanOptions, RestorePlan, SnapshotRef, build_plan, render_plan
-from etcdguard.coordinator.restore.states import TRANSITIONS, IllegalTransition, OpState, transition
-from etcdguard.coordinator.restore.steps import PHASES, quorum_problem, verify_problems
+from etcdguard.coordinator.restore.journal import JournalStore
+from etcdguard.coordinator.restore.plan import PlanOptions, build_plan, render_plan
+
+DESIGN_PHASES = ("preflight", "stage", "prepare", "fence", "stop", "swap", "start", "verify", "unfence",
+                 "restart-controllers")
 
 SHA = "ab" * 32
 SNAP = SnapshotRef(id=SHA, size=300 << 20, revision=5_000, member="m2", created_at="2026-12-01T00:00:00Z",
@@ -69,8 +76,9 @@ def checks(p: RestorePlan) -> set[tuple[str, Any]]:
 def test_a_healthy_cluster_gets_one_token_one_bump_the_full_initial_cluster_and_phases_in_order():
     p = plan(views())
     assert p.blocking == ()
-    assert [x.phase for x in p.phases] == list(ph.CLUSTER_PHASES)
-    assert [x.destructive for x in p.phases] == [x in ph.DESTRUCTIVE for x in ph.CLUSTER_PHASES]
+    assert [x.phase for x in p.phases] == list(DESIGN_PHASES)
+    assert [x.phase for x in p.phases if x.destructive] == ["fence", "stop", "swap", "start", "unfence",
+                                                            "restart-controllers"]
     assert p.initial_cluster == ",".join(f"{n}=https://10.0.0.{i + 1}:2380" for i, n in enumerate(NAMES))
     assert p.token == "etcdguard-r1-test"
     assert p.bump_revision == 1_000_000_000 and p.expected_min_revision == SNAP.revision + 1_000_000_000
@@ -79,7 +87,7 @@ def test_a_healthy_cluster_gets_one_token_one_bump_the_full_initial_cluster_and_
     assert {m.data_dir for m in p.members} == {f"/var/lib/etcd-{n}" for n in NAMES}
     assert p.safety_snapshot is True
     # the same snapshot everywhere: every prepare line restores into that member's own workspace
-    prepare = next(x for x in p.phases if x.phase == ph.PREPARE)
+    prepare = next(x for x in p.phases if x.phase == "prepare")
     assert [m for m, _ in prepare.members] == list(NAMES)
     assert all(f"--name {m}" in what and f".etcdguard-{p.op}" in what for m, what in prepare.members)
     text = render_plan(p)
@@ -167,12 +175,12 @@ def test_the_transition_table_rejects_what_it_does_not_allow():
     assert transition(OpState.RUNNING, OpState.DONE) is OpState.DONE
     assert transition(OpState.INTERRUPTED, OpState.RUNNING) is OpState.RUNNING
     for final in (OpState.DONE, OpState.FAILED, OpState.ROLLED_BACK):
-        assert TRANSITIONS[final] == frozenset()
+        assert states.CLUSTER[final] == frozenset()
         with pytest.raises(IllegalTransition, match=f"from {final.value}"):
             transition(final, OpState.RUNNING)
     with pytest.raises(IllegalTransition):
         transition(OpState.RUNNING, OpState.ROLLED_BACK)   # only through rolling-back
-    assert set(TRANSITIONS) == set(OpState)
+    assert set(states.CLUSTER) == set(OpState) == set(states.NODE)
 
 
 # -- journal ---------------------------------------------------------------------------------
@@ -181,33 +189,42 @@ def test_the_transition_table_rejects_what_it_does_not_allow():
 def test_the_journal_replays_steps_facts_and_state_and_tolerates_a_torn_line(tmp_path):
     store = JournalStore(tmp_path)
     p = plan(views())
-    j = store.create(p, until=ph.PREPARE)
-    j.append("phase", phase=ph.PREFLIGHT, status="started")
-    j.append("fact", key="live_revision", value=7_000)
-    j.append("phase", phase=ph.PREFLIGHT, status="done")
-    j.append("step", phase=ph.STAGE, member="m1", status="started")
-    j.append("step", phase=ph.STAGE, member="m1", status="done", result={"staged": "r1-test.db"})
-    j.append("step", phase=ph.STAGE, member="m2", status="started")
-    with open(j.path, "ab") as fh:
+    j = store.create(p, until="prepare")
+    j.log.emit("phase", phase="preflight", status="started")
+    j.log.emit("fact", key="live_revision", value=7_000)
+    j.log.emit("phase", phase="preflight", status="done")
+    j.log.emit("step", phase="stage", member="m1", status="started")
+    j.log.emit("step", phase="stage", member="m1", status="done", result={"staged": "r1-test.db"})
+    j.log.emit("step", phase="stage", member="m2", status="started")
+    with open(j.log.path, "ab") as fh:
         fh.write(b'{"event": "step", "phase": "stage", "member": "m2", "sta')   # torn by a crash
-    rec = j.replay()
-    assert rec.state is OpState.RUNNING and rec.until == ph.PREPARE
-    assert rec.phase_done(ph.PREFLIGHT) and not rec.phase_done(ph.STAGE)
-    assert rec.step_done(ph.STAGE, "m1") is not None and rec.step_done(ph.STAGE, "m2") is None
-    assert rec.steps[(ph.STAGE, "m2")].status == "started"
+    again = store.open(p.op)
+    rec = again.record
+    assert rec.state is OpState.RUNNING and rec.until == "prepare"
+    assert rec.phase_done("preflight") and not rec.phase_done("stage")
+    assert rec.step_done("stage", "m1") is not None and rec.step_done("stage", "m2") is None
+    assert rec.steps[("stage", "m2")].status == "started"
     assert rec.facts == {"live_revision": 7_000}
-    assert rec.plan == p
+    assert again.plan == p
     assert [r.op for r in store.all()] == [p.op]
     with pytest.raises(Exception, match="already exists"):
         store.create(p)
 
 
 def test_a_journal_without_its_plan_is_damaged(tmp_path):
-    j = Journal(tmp_path, "r2")
-    j.append("state", state="running")
-    with pytest.raises(Exception, match="does not start with the plan"):
-        j.replay()
-    assert replay("r3", [{"event": "planned", "t": 1, "plan": plan(views()).to_json()}]).state is OpState.RUNNING
+    JournalFile(tmp_path / "restores" / "r2" / "journal.jsonl").append("state", state="running")
+    with pytest.raises(JournalDamaged, match="does not start with the operation's header"):
+        JournalStore(tmp_path).open("r2")
+    first = {"event": "planned", "t": 1, "plan": plan(views()).to_json()}
+    assert replay("r3", [first], states.CLUSTER).state is OpState.RUNNING
+
+
+def test_a_history_the_table_forbids_is_damage_not_a_state(tmp_path):
+    first = {"event": "planned", "t": 1, "plan": plan(views()).to_json()}
+    done = {"event": "state", "state": "done", "t": 2}
+    again = {"event": "state", "state": "running", "t": 3}
+    with pytest.raises(JournalDamaged, match=r"record 3 .* cannot go from done to running"):
+        replay("r4", [first, done, again], states.CLUSTER)
 
 
 # -- cluster checks ------------------------------------------------------------------------
@@ -246,7 +263,10 @@ def test_verify_catches_each_way_the_restored_cluster_can_be_wrong():
 
 
 def test_phases_are_the_design_phases_and_each_destructive_one_can_be_reverted_or_is_after_clients():
-    assert tuple(x.name for x in PHASES) == ph.CLUSTER_PHASES
-    for x in PHASES:
-        if x.name in ph.DESTRUCTIVE and x.name in ph.BEFORE_CLIENTS:
-            assert x.name in ph.UNDOABLE, x.name
+    assert CLUSTER_RESTORE.names == DESIGN_PHASES
+    seen = False
+    for step in CLUSTER_RESTORE.steps:
+        seen = seen or step.clients_see
+        if step.destructive and not seen:
+            assert step.undoable, step.name
+    assert CLUSTER_RESTORE.downtime == ("fence", "stop", "swap", "start", "verify", "unfence")

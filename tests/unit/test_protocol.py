@@ -82,7 +82,7 @@ def test_registry_declares_the_ops_and_flags():
     assert list(P.OPS)[-1] == "bundle.fetch"   # new ops go at the end
     assert P.STEPS == ("preflight", "prepare", "fence", "stop", "swap", "start", "verify",
                        "unfence", "restart-controllers", "undo-prepare", "undo-fence", "undo-stop", "undo-swap",
-                       "undo-start", "rollback", "cleanup", "finish")
+                       "undo-start", "undo-unfence", "rollback", "cleanup", "finish")
     assert set(P.STEP_PARAMS) == set(P.STEPS)
     assert [s for s in P.STEPS if P.STEP_PARAMS[s]] == ["prepare", "finish"]
 

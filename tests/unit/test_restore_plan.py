@@ -2,21 +2,23 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from etcdguard.agent.restore.journal import OperationStore
-from etcdguard.agent.restore.plan import STEPS, RestoreParams, argv_problems, build_plan, render_plan
+from etcdguard.agent.restore.plan import STEPS, argv_problems, build_plan, render_plan
+from etcdguard.agent.restore.records import KIND_LOCAL, OperationStore, summarize
 from etcdguard.agent.restore.safety import (
     ClusterFacts,
     Identity,
     compare_identity,
     initial_cluster_names,
     multi_member_refusal,
-    rollback_goes_backwards,
 )
 from etcdguard.agent.restore.swap import aside_member, prepared_member, workspace_dir
 from etcdguard.agent.restore.toolproc import is_restore_command
 from etcdguard.common.base.errors import UnsafeRefusal, UsageError
 from etcdguard.common.journal import check_op_id, new_op_id
 from etcdguard.common.ops.bump import bump_for
+from etcdguard.common.ops.flows import NODE_RESTORE
+from etcdguard.common.ops.params import RestoreParams
+from etcdguard.common.ops.states import OpState
 from etcdguard.common.snapshot.tools import SnapshotTool, restore_argv
 
 
@@ -77,20 +79,23 @@ def test_params_round_trip():
 
 
 def test_operation_records_steps_and_tolerates_torn_journal(tmp_path):
+    tool = SnapshotTool(Path("/usr/bin/etcdutl"), "etcdutl", "3.5.16", True)
     ops = OperationStore(tmp_path)
     op = ops.get("op1")
-    op.create({"state": "running", "created_at": 1.0, "params": {}})
-    assert op.finished("prepare") is None
-    op.finish("prepare", {"bytes": 5})
-    assert op.finished("prepare").result == {"bytes": 5}
+    log = op.create(kind=KIND_LOCAL, flow=NODE_RESTORE, params=_params(tool, 0))
+    assert log.record.step_done("prepare") is None
+    log.emit("step", step="prepare", status="started")
+    log.emit("step", step="prepare", status="done", result={"bytes": 5})
     with open(op.dir / "journal.jsonl", "a") as fh:
         fh.write('{"t": 1, "event": "torn')  # a crash mid-append
-    events = [e["event"] for e in op.journal_lines()]
-    assert events == ["created", "finished"]
-    op.forget("prepare")
-    assert op.finished("prepare") is None
+    again = op.log()                          # the torn line is not read ...
+    assert again.record.step_done("prepare").result == {"bytes": 5}
+    again.emit("forget", step="prepare")      # ... and is cut before the next record
+    assert op.log().record.step_done("prepare") is None
+    assert [e["event"] for e in op.journal_tail(10)] == ["created", "step", "step", "forget"]
     assert [o.op for o in ops.all()] == ["op1"]
-    assert (op.dir / "op.json").stat().st_mode & 0o777 == 0o600
+    assert summarize(op.log().record).state is OpState.RUNNING
+    assert (op.dir / "journal.jsonl").stat().st_mode & 0o777 == 0o600
 
 
 def test_one_restore_activity_at_a_time(tmp_path):
@@ -192,6 +197,5 @@ def test_multi_member_cluster_is_refused_from_either_source():
 
 
 def test_rollback_goes_backwards_once_unfence_started():
-    assert not rollback_goes_backwards(["preflight", "prepare", "swap", "start", "verify"], ["verify"])
-    assert rollback_goes_backwards(["verify"], ["unfence"])           # started, maybe failed half-way
-    assert rollback_goes_backwards(["verify", "unfence"], [])
+    assert NODE_RESTORE.rollback_possible(["preflight", "prepare", "swap", "start", "verify"])
+    assert not NODE_RESTORE.rollback_possible(["verify", "unfence"])    # started, maybe failed half-way

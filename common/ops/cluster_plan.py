@@ -1,0 +1,134 @@
+"""The cluster operation's plan and its summary: plain data that crosses the control socket.
+
+The coordinator builds a plan (coordinator/restore/plan.py), the steps describe
+themselves in it (common/ops/steps), ``etcdguardctl`` prints it, and the
+journal's first record holds it, so a restarted coordinator resumes exactly
+the plan the operator reviewed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from etcdguard.common.wire.typed import from_json, renamed, to_json
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """The vault snapshot a plan restores (everything the plan and the summary show of it)."""
+
+    id: str                      # the sha256
+    size: int
+    revision: int
+    member: str = field(metadata=renamed("source_member"))   # where it was taken (older journals: source_member)
+    created_at: str
+    created_unix: float
+    etcd_version: str = ""
+    cluster_id: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedMember:
+    member: str
+    agent: str
+    peer_url: str
+    data_dir: str
+    wal_dir: Optional[str] = None
+    runtime: Optional[str] = None
+    apiserver: Optional[str] = None
+    restart: tuple[str, ...] = ()
+    tool: str = ""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason not to go on. ``forcible``: ``--force`` accepts it (the operator knows better)."""
+
+    check: str
+    message: str
+    member: Optional[str] = None
+    forcible: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedPhase:
+    phase: str
+    destructive: bool
+    what: str
+    on_failure: str
+    members: tuple[tuple[str, str], ...] = ()     # (member, what happens there) where it differs per node
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    plan_id: str
+    op: str
+    kind: str
+    snapshot: SnapshotRef
+    members: tuple[PlannedMember, ...]
+    initial_cluster: str
+    token: str
+    bump_revision: int
+    expected_min_revision: int
+    live_revision: Optional[int]
+    live_cluster_id: Optional[str]
+    discarded_revisions: Optional[int]
+    safety_snapshot: bool
+    phases: tuple[PlannedPhase, ...]
+    refusals: tuple[Refusal, ...] = ()
+    warnings: tuple[str, ...] = ()
+    force: bool = False
+    rollback_of: Optional[str] = None
+    created_at: str = ""
+    downtime_phases: tuple[str, ...] = ()      # fence..unfence: the flow's steps from the first destructive one
+    start_timeout: float = 120.0
+    fence_settle: float = 0.5
+    flow: str = "restore"                       # the flow (common/ops/flows.py) the operation runs
+    cluster_down: bool = False                  # no member had quorum when planned: every phase is downtime
+
+    @property
+    def blocking(self) -> tuple[Refusal, ...]:
+        """The refusals that stop this plan (forcible ones do not when it was made with --force)."""
+        return tuple(r for r in self.refusals if not (r.forcible and self.force))
+
+    def member(self, name: str) -> PlannedMember:
+        for m in self.members:
+            if m.member == name:
+                return m
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = to_json(self)
+        data["refused"] = bool(self.blocking)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> RestorePlan:
+        return from_json(cls, data, "plan")
+
+
+@dataclass(frozen=True)
+class PhaseTiming:
+    phase: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What an operator reads when a restore ends."""
+
+    op: str
+    state: str
+    plan_id: str
+    snapshot: str
+    phases: tuple[PhaseTiming, ...] = ()
+    downtime_seconds: Optional[float] = None
+    total_seconds: Optional[float] = None
+    new_cluster_id: Optional[str] = None
+    old_cluster_id: Optional[str] = None
+    kept: tuple[tuple[str, str], ...] = ()           # (member, path of the pre-restore data)
+    pre_restore_snapshot: Optional[str] = None
+    error: Optional[str] = None
+    failed_phase: Optional[str] = None
+    notes: tuple[str, ...] = field(default_factory=tuple)

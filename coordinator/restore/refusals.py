@@ -1,0 +1,178 @@
+"""Every reason a cluster restore plan refuses, as a list of named checks (Barman's `check` style).
+
+Each check is a pure function of ``PlanFacts`` (the agents' reports, the
+configured members, the snapshot, the vault's verdict on its copy, the open
+operations) that returns the refusals it finds, each naming its check and
+its member; ``refusals`` runs all of them, so the operator sees every reason
+at once. A forcible refusal is one an operator may override (``--force``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from etcdguard.common.base.durations import format_bytes
+from etcdguard.common.ops.cluster_plan import Refusal, SnapshotRef
+from etcdguard.common.ops.space import restore_space
+from etcdguard.common.wire.report import AgentReport
+from etcdguard.coordinator.agents.view import MemberView
+from etcdguard.coordinator.config import MemberSettings
+
+DEFAULT_QUOTA = 2 * 1024**3        # etcd's --quota-backend-bytes default
+QUOTA_MARGIN = 0.9                 # a snapshot above 90% of the quota would start with NOSPACE close
+
+
+@dataclass(frozen=True)
+class PlanFacts:
+    views: Sequence[MemberView]
+    configured: Sequence[MemberSettings]
+    snapshot: SnapshotRef
+    vault_problem: Optional[str] = None
+    open_operations: Sequence[str] = ()
+
+    def reporting(self) -> Iterator[tuple[MemberView, AgentReport]]:
+        """Members whose agent answered with a report."""
+        for v in self.views:
+            if v.reachable and v.report is not None:
+                yield v, v.report
+
+
+Check = Callable[[PlanFacts], Iterator[Refusal]]
+
+
+def major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2]) if version else ""
+
+
+def peer_url(view: MemberView) -> Optional[str]:
+    """The member's own peer URL: from its configuration, else from etcd's member list."""
+    if view.report is None:
+        return None
+    if view.report.member.peer_url:
+        return view.report.member.peer_url
+    for m in view.etcd.members:
+        if m.name == view.name and m.peer_urls:
+            return m.peer_urls[0]
+    return None
+
+
+def vault_copy(f: PlanFacts) -> Iterator[Refusal]:
+    if f.vault_problem:
+        yield Refusal("snapshot", f"the vault copy of {f.snapshot.id[:12]} does not verify: {f.vault_problem}")
+
+
+def open_operations(f: PlanFacts) -> Iterator[Refusal]:
+    for op in f.open_operations:
+        yield Refusal("operation", f"restore operation {op} is not finished; resume it, roll it back or wait for "
+                                   "it (etcdguardctl restores)")
+
+
+def agents_reachable(f: PlanFacts) -> Iterator[Refusal]:
+    for v in f.views:
+        if not v.reachable or v.report is None:
+            yield Refusal("agent", f"the agent at {v.agent} is unreachable or refused this coordinator: "
+                                   f"{v.error or 'no report'}", v.name)
+
+
+def agent_serves_member(f: PlanFacts) -> Iterator[Refusal]:
+    for v, r in f.reporting():
+        if r.member.name != v.name:
+            yield Refusal("member", f"the agent at {v.agent} serves etcd member {r.member.name!r}, not {v.name!r}; "
+                                    "fix [[members]] in the coordinator's config", v.name)
+        if peer_url(v) is None:
+            yield Refusal("member", "this member's peer URL is unknown; set etcd.peer_url in its agent config",
+                          v.name)
+
+
+def restore_tool(f: PlanFacts) -> Iterator[Refusal]:
+    for v, r in f.reporting():
+        if r.restore_tool is None:
+            yield Refusal("tool", "no etcdutl or etcdctl on this node; install etcd's client tools or set "
+                                  "etcd.restore_tool", v.name)
+
+
+def node_operation(f: PlanFacts) -> Iterator[Refusal]:
+    for v, r in f.reporting():
+        if r.restore.open_ops or r.restore.locked:
+            which = ", ".join(r.restore.open_ops) or "a restore step holds the lock"
+            yield Refusal("operation", f"a restore operation is open on this node ({which}); finish or roll it "
+                                       "back first", v.name)
+
+
+def disk_space(f: PlanFacts) -> Iterator[Refusal]:
+    """The restored database, the WAL etcd preallocates and a margin, beside the live data (space.py);
+    the snapshot itself in the staging area."""
+    for v, r in f.reporting():
+        need = restore_space(f.snapshot.size, bool(r.member.wal_dir))
+        if r.disk.data_dir_free is not None and r.disk.data_dir_free < need.data_dir:
+            yield Refusal("disk", f"{format_bytes(r.disk.data_dir_free)} free on the data dir's filesystem; the "
+                                  f"restore needs {format_bytes(need.data_dir)} (the database, the WAL etcd "
+                                  "preallocates and a margin)", v.name)
+        if r.disk.staging_free is not None and r.disk.staging_free < f.snapshot.size:
+            yield Refusal("disk", f"{format_bytes(r.disk.staging_free)} free on the staging dir's filesystem; "
+                                  f"the snapshot needs {format_bytes(f.snapshot.size)}", v.name)
+        if need.wal_dir and r.disk.wal_dir_free is not None and r.disk.wal_dir_free < need.wal_dir:
+            yield Refusal("disk", f"{format_bytes(r.disk.wal_dir_free)} free for the WAL dir {r.member.wal_dir}; "
+                                  f"need {format_bytes(need.wal_dir)}", v.name)
+
+
+def backend_quota(f: PlanFacts) -> Iterator[Refusal]:
+    for v, r in f.reporting():
+        quota = r.member.quota_backend_bytes or DEFAULT_QUOTA
+        if f.snapshot.size > quota * QUOTA_MARGIN:
+            yield Refusal("quota", f"the snapshot ({format_bytes(f.snapshot.size)}) is above 90% of this member's "
+                                   f"--quota-backend-bytes ({format_bytes(quota)}); etcd would soon raise NOSPACE. "
+                                   "Raise the quota first", v.name)
+
+
+def etcd_version(f: PlanFacts) -> Iterator[Refusal]:
+    for v, r in f.reporting():
+        runs = v.etcd.version or (r.restore_tool.version if r.restore_tool else "")
+        if f.snapshot.etcd_version and runs and major_minor(runs) != major_minor(f.snapshot.etcd_version):
+            yield Refusal("version", f"the snapshot was taken from etcd {f.snapshot.etcd_version}; this member "
+                                     f"runs {runs}. --force restores it anyway", v.name, forcible=True)
+
+
+def member_list(f: PlanFacts) -> Iterator[Refusal]:
+    names = sorted(m.name for m in f.configured)
+    for v, _ in f.reporting():
+        if not v.healthy:
+            continue
+        listed = sorted(m.name for m in v.etcd.members)
+        if listed and listed != names:
+            yield Refusal("members", f"etcd's member list is {', '.join(listed)}, the configuration names "
+                                     f"{', '.join(names)}; make them agree", v.name)
+        learners = sorted(m.name or m.id for m in v.etcd.members if m.is_learner)
+        if learners:
+            yield Refusal("members", f"the member list holds learner(s) {', '.join(learners)}; promote or remove "
+                                     "them first (a restore rebuilds voters only)", v.name)
+
+
+def cluster_identity(f: PlanFacts) -> Iterator[Refusal]:
+    live_ids = sorted({v.etcd.cluster_id for v in f.views if v.healthy and v.etcd.cluster_id})
+    if len(live_ids) > 1:
+        yield Refusal("members", f"the members report different cluster ids ({', '.join(live_ids)}); are they one "
+                                 "cluster? --force restores them into one anyway", forcible=True)
+    if len(live_ids) == 1 and f.snapshot.cluster_id and f.snapshot.cluster_id != live_ids[0]:
+        yield Refusal("cluster", f"the snapshot comes from cluster {f.snapshot.cluster_id}, the live cluster is "
+                                 f"{live_ids[0]}. --force restores it anyway (e.g. moving a cluster to new "
+                                 "hardware)", forcible=True)
+
+
+CHECKS: tuple[Check, ...] = (vault_copy, open_operations, agents_reachable, agent_serves_member, restore_tool,
+                             node_operation, disk_space, backend_quota, etcd_version, member_list, cluster_identity)
+
+
+def refusals(facts: PlanFacts, checks: Sequence[Check] = CHECKS) -> list[Refusal]:
+    """Every check's refusals, each (check, message, member) once."""
+    seen: set[tuple[str, str, Optional[str]]] = set()
+    out = []
+    for check in checks:
+        for r in check(facts):
+            key = (r.check, r.message, r.member)
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
