@@ -37,7 +37,7 @@ from etcdguard.agent.discovery.member import ClientTLS, LocalMember, prefer_loca
 from etcdguard.agent.discovery.nodefiles import load_yaml_file
 from etcdguard.agent.discovery.static_pod import DEFAULT_MANIFEST, read_static_pod
 from etcdguard.agent.discovery.systemd import read_systemd
-from etcdguard.common.base.addresses import parse_url
+from etcdguard.common.base.addresses import parse_initial_cluster, parse_url
 from etcdguard.common.base.errors import DiscoveryError
 
 APISERVER_MANIFEST_NAME = "kube-apiserver.yaml"
@@ -173,9 +173,20 @@ def _peer_url(cfg: EtcdSettings, found: Found) -> tuple[Optional[str], Optional[
 
 
 def _initial_cluster(found: Found) -> tuple[Optional[str], Optional[str]]:
-    if found.value("initial-cluster"):
-        return found.settings["initial-cluster"]
-    return None, None
+    """etcd's --initial-cluster as configured; a malformed one is refused here, where its file is known.
+
+    The node-local restore counts its members to refuse splitting a member off
+    a multi-member cluster, so a value that cannot be read is not passed on.
+    """
+    if not found.value("initial-cluster"):
+        return None, None
+    value, source = found.settings["initial-cluster"]
+    try:
+        parse_initial_cluster(value)
+    except ValueError as exc:
+        raise DiscoveryError(f"{found.where}: --initial-cluster={value} (from {source}): {exc}; "
+                             "fix it there") from None
+    return value, source
 
 
 def _wal_dir(config: AgentConfig, found: Found) -> tuple[Optional[Path], Optional[str]]:

@@ -164,6 +164,23 @@ def test_command_line_etcd_would_refuse_is_a_discovery_error(tmp_path, command, 
         discover(config(start_command=command, pid_file="/run/e.pid"), tmp_path)
 
 
+@pytest.mark.parametrize(("cluster", "why"), [
+    ("m1=http://10.0.0.1:2380,", "entry 2 is empty"),
+    ("m1=http://10.0.0.1:2380,m2", "entry 2 'm2' is not name=peer-URL"),
+    ("m1=http://10.0.0.1:2380,m2=http://10.0.0.1:2380", "peer URL http://10.0.0.1:2380 appears more than once"),
+])
+def test_malformed_initial_cluster_is_refused_naming_where_it_is_set(tmp_path, cluster, why):
+    cmd = ["etcd", "--name", "m1", "--data-dir", "/d", f"--initial-cluster={cluster}"]
+    with pytest.raises(DiscoveryError) as info:
+        discover(config(start_command=cmd, pid_file="/run/e.pid"), tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"etcd.start_command: --initial-cluster={cluster} (from start_command): ")
+    assert why in message and message.endswith("; fix it there")
+    two_urls = "m1=http://10.0.0.1:2380,m1=http://m1.example:2380"   # one member, two peer URLs
+    cmd[-1] = f"--initial-cluster={two_urls}"
+    assert discover(config(start_command=cmd, pid_file="/run/e.pid"), tmp_path).initial_cluster == two_urls
+
+
 def test_manifest_command_line_etcd_would_refuse_names_the_manifest(tmp_path):
     text = fixture(KUBEADM / "etcd.yaml", **{"    - --data-dir=/var/lib/etcd\n": "    - --data-dir\n"})
     text = text.replace("    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt\n", "")
