@@ -22,13 +22,13 @@ from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.restore.journal import DAMAGED, OperationStore
 from etcdguard.agent.restore.remote import restore_active
 from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.snapshots.store import SnapshotMeta
 from etcdguard.common.base import schedule
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.base.notify import Notifier
 from etcdguard.common.base.signals import SignalFlags
 from etcdguard.common.metrics_server import MetricsServer, bind_replacement
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 
 log = logging.getLogger(__name__)
 

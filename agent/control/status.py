@@ -21,10 +21,10 @@ from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.agent.restore.journal import OperationStore
 from etcdguard.agent.restore.remote import OPEN_STATES
 from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.snapshots.store import SnapshotMeta
 from etcdguard.common import __version__
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.wire.report import (
     AgentInfo,
     AgentReport,
@@ -120,7 +120,7 @@ class EtcdProbe:
 
 def summary(meta: SnapshotMeta) -> SnapshotSummary:
     """What the status report tells of a catalogued snapshot."""
-    return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.revision,
+    return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.require_revision(),
                            created_at=meta.created_at, created_unix=meta.created_unix, member=meta.member,
                            member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version,
                            revision_source=meta.revision_source, pinned=meta.pinned, bundle=meta.bundle)

@@ -13,7 +13,7 @@ from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.agent.metrics import AgentMetrics
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.agent.snapshots.take import Progress, Source, take_snapshot
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import (
@@ -25,6 +25,7 @@ from etcdguard.common.base.errors import (
     ToolError,
 )
 from etcdguard.common.base.freshness import future_dated
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.snapshot.tools import SnapshotTool, find_tool
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class BackupRunner:
         self.metrics.record_store([m.created_unix for m in metas])
         if metas:
             newest = metas[0]   # by revision (store.list), whatever the clocks stamped
-            self.metrics.record_success(newest.created_unix, newest.size, newest.revision, name=newest.name)
+            self.metrics.record_success(newest.created_unix, newest.size, newest.require_revision(), name=newest.name)
         future = future_dated([m.created_unix for m in metas], time.time())
         if future and future != self._future_logged:
             log.warning("%d snapshot(s) in %s are stamped in the future: the clock was stepped back since they "
@@ -118,8 +119,8 @@ class BackupRunner:
             finally:
                 self.current = None
             self.metrics.etcd_up.set(1)
-            self.metrics.record_success(meta.created_unix, meta.size, meta.revision, time.monotonic() - started,
-                                        name=meta.name)
+            self.metrics.record_success(meta.created_unix, meta.size, meta.require_revision(),
+                                        time.monotonic() - started, name=meta.name)
             log.info("snapshot %s: %s, revision %d, sha256 %s..., %s", meta.name, format_bytes(meta.size),
                      meta.revision, meta.sha256[:12], format_duration(time.monotonic() - started))
             meta = self._bundle(meta)
