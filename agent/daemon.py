@@ -21,7 +21,7 @@ from etcdguard.agent.etcd.health import HealthProbe
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.restore.journal import DAMAGED, OperationStore
 from etcdguard.agent.restore.remote import restore_active
-from etcdguard.agent.snapshots.backup import BackupRunner
+from etcdguard.agent.snapshots.backup import SCHEDULED, BackupRunner
 from etcdguard.common.base import schedule
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EtcdguardError
@@ -101,7 +101,7 @@ class AgentDaemon(SignalFlags):
 
         def work() -> None:
             try:
-                self._worker_result = runner.run_once(progress=progress, cancel=cancel)
+                self._worker_result = runner.run_once(progress=progress, cancel=cancel, label=SCHEDULED)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop, which reports it
                 self._worker_result = exc
             finally:

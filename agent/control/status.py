@@ -173,7 +173,7 @@ class StatusReporter:
         """``long_op``: the label of what the long-op slot runs now, if anything."""
         runner = self._runner()
         config, member = runner.config, runner.member
-        busy = long_op or ("snapshot (scheduled)" if runner.slot.locked() else None)
+        busy = long_op or runner.slot.doing
         tool = runner.tool()
         return AgentReport(
             agent=AgentInfo(version=__version__, busy=busy),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from typing import Optional
 
@@ -25,6 +24,7 @@ from etcdguard.common.base.errors import (
     ToolError,
 )
 from etcdguard.common.base.freshness import future_dated
+from etcdguard.common.base.slot import Slot
 from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.snapshot.tools import SnapshotTool, find_tool
 
@@ -45,15 +45,18 @@ def failure_reason(exc: BaseException) -> str:
     return "other"
 
 
+SCHEDULED = "snapshot (scheduled)"   # what the slot says while the daemon's own snapshot runs
+
+
 class BackupRunner:
-    """Takes snapshots one at a time (a single slot: two can never overlap)."""
+    """Takes snapshots one at a time (a single slot, which says what holds it: two can never overlap)."""
 
     def __init__(self, config: AgentConfig, member: LocalMember, metrics: AgentMetrics) -> None:
         self.config = config
         self.member = member
         self.metrics = metrics
         self.store = SnapshotStore(config.backup.dir)
-        self.slot = threading.Lock()
+        self.slot = Slot()
         self._tool: Optional[SnapshotTool] = None
         self._tool_checked = False
         self.current: Optional[Cancellation] = None
@@ -99,10 +102,14 @@ class BackupRunner:
             return meta
         return dataclasses.replace(meta, bundle="encrypted" if self.config.bundle.encrypt_to else "local")
 
-    def run_once(self, progress: Optional[Progress] = None, cancel: Optional[Cancellation] = None) -> SnapshotMeta:
-        """Take one snapshot now; raises EtcdguardError (already counted in metrics)."""
+    def run_once(self, progress: Optional[Progress] = None, cancel: Optional[Cancellation] = None, *,
+                 label: str = "snapshot") -> SnapshotMeta:
+        """Take one snapshot now, waiting for one that runs; raises EtcdguardError (already counted in metrics).
+
+        ``label`` is what the slot says while it runs (status reports it as what the agent is busy with).
+        """
         cancel = cancel or Cancellation()
-        with self.slot:
+        with self.slot.held(label, waiting=lambda doing: log.info("%s waits for %s to finish", label, doing)):
             self.current = cancel
             started = time.monotonic()
             try:
