@@ -20,8 +20,7 @@ from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.etcd.health import HealthProbe
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.restore.records import OperationStore, restore_active
-from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.snapshots.store import SnapshotMeta
+from etcdguard.agent.snapshots.backup import SCHEDULED, BackupRunner
 from etcdguard.common.base import schedule
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EtcdguardError
@@ -29,6 +28,7 @@ from etcdguard.common.base.notify import Notifier
 from etcdguard.common.base.signals import SignalFlags
 from etcdguard.common.metrics_server import MetricsServer, bind_replacement
 from etcdguard.common.ops.states import ACTIVE, FINAL, OpState
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class AgentDaemon(SignalFlags):
 
         def work() -> None:
             try:
-                self._worker_result = runner.run_once(progress=progress, cancel=cancel)
+                self._worker_result = runner.run_once(progress=progress, cancel=cancel, label=SCHEDULED)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop, which reports it
                 self._worker_result = exc
             finally:

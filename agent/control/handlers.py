@@ -37,6 +37,7 @@ from etcdguard.agent.snapshots.bundle import read_chunk as read_bundle_chunk
 from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common import __version__
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.base.slot import Slot
 from etcdguard.common.wire.protocol import MAX_HEADER, Request
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,10 @@ class Handlers:
 
     ``runner`` returns the daemon's current BackupRunner (rebuilt on SIGHUP),
     so member, config and store are read through it on every request;
-    ``long_op`` returns the label of what the long-op slot runs now.
+    ``long_op`` is the long-op worker's slot (it says what runs there now).
     """
 
-    def __init__(self, config: AgentConfig, runner: Callable[[], Optional[BackupRunner]],
-                 long_op: Callable[[], Optional[str]]) -> None:
+    def __init__(self, config: AgentConfig, runner: Callable[[], Optional[BackupRunner]], long_op: Slot) -> None:
         self._initial_config = config
         self._runner_fn = runner
         self._long_op = long_op
@@ -182,21 +182,22 @@ class Handlers:
 
     # -- status worker --------------------------------------------------------------
     def status(self, call: Call) -> Result:
-        return self.reporter.report(self._long_op()).to_json(), None
+        return self.reporter.report(self._long_op.doing).to_json(), None
 
     def inspect(self, call: Call) -> Result:
         return self.reporter.inspect(call.args.get("hashkv_revision")), None
 
     # -- long-op worker ---------------------------------------------------------------
     def take(self, call: Call) -> Result:
-        meta = self.runner().run_once(cancel=call.cancel)
+        meta = self.runner().run_once(cancel=call.cancel, label="snapshot.take")
         return {"snapshot": meta.to_json()}, None
 
     def take_blocked(self) -> Optional[str]:
         """Why a snapshot cannot start now (beside the long-op slot being taken), or None."""
         runner = self._runner_fn()
-        if runner is not None and runner.slot.locked():
-            return "a scheduled snapshot is being taken; try again later"
+        doing = runner.slot.doing if runner is not None else None
+        if doing is not None:
+            return f"the agent is taking a snapshot ({doing}); try again later"
         if restore_active(self.config().state.dir):
             return "a restore operation is in progress on this node"
         return None

@@ -51,6 +51,7 @@ from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.common.base.addresses import zmq_endpoint_is_ipv6
 from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.base.slot import Slot
 from etcdguard.common.wire.protocol import (
     BUSY,
     CONFLICT,
@@ -89,7 +90,8 @@ class AgentServer:
         self.settings = config.server
         self._source = config.source
         self.keys = KeyRing(config.server, config.source)   # raises ConfigError: the agent stops with exit 2
-        self.handlers = Handlers(config, runner, lambda: self.long_job.label if self.long_job else None)
+        self.long_slot = Slot()   # the long-op worker's single slot: what it runs, taken until its reply is sent
+        self.handlers = Handlers(config, runner, self.long_slot)
         self.endpoint: Optional[str] = None
         self._ctx: Optional[zmq.Context[Any]] = None
         self._thread: Optional[threading.Thread] = None
@@ -205,8 +207,8 @@ class AgentServer:
             self._status_worker.stop(5.0)
             if not self._long_worker.stop(STOP_GRACE):
                 clean = False
-                label = self.long_job.label if self.long_job else "a long operation"
-                log.error("%s still running after %.0fs; leaving it behind", label, STOP_GRACE)
+                log.error("%s still running after %.0fs; leaving it behind", self.long_slot.doing or "a long operation",
+                          STOP_GRACE)
             router.close(0)
             done.close(0)
             self.handlers.close()
@@ -265,6 +267,7 @@ class AgentServer:
                 self._remember(job.cache_key, job.fingerprint, frames)
             if job.long and self.long_job is job:
                 self.long_job = None
+                self.long_slot.release()
             log.debug("%s answered after %.3fs", job.label, time.monotonic() - job.started)
 
     def _remember(self, key: CacheKey, fingerprint: Optional[str], frames: list[bytes]) -> None:
@@ -379,11 +382,11 @@ class AgentServer:
                 and running.fingerprint == req.fingerprint):
             running.waiters.append(peer.identity)   # a retry under a new request id joins the running step
             return
-        busy = self._busy_reason(op)
+        label = op.label(req)
+        busy = self._take_long_slot(op, label)
         if busy is not None:
             self._send(peer.identity, encode_error(req.id, BUSY, busy))
             return
-        label = op.label(req)
         cancel = Cancellation() if op.cancellable else None
         log.info("%s requested by %s", label, peer.describe())
         job = self._new_job(label, req.id, peer, long=True)
@@ -400,11 +403,15 @@ class AgentServer:
         self._jobs[job.id] = job
         return job
 
-    def _busy_reason(self, op: Op) -> Optional[str]:
-        job = self.long_job
-        if job is not None:
-            return f"{job.label} is running (for {time.monotonic() - job.started:.0f}s); try again later"
-        return op.blocked(self.handlers) if op.blocked is not None else None
+    def _take_long_slot(self, op: Op, label: str) -> Optional[str]:
+        """Take the long-op slot for ``label``; or why not (another long op runs, or ``op.blocked`` says)."""
+        if not self.long_slot.try_take(label):
+            what, seconds = self.long_slot.holder() or ("a long operation", 0.0)
+            return f"{what} is running (for {seconds:.0f}s); try again later"
+        blocked = op.blocked(self.handlers) if op.blocked is not None else None
+        if blocked is not None:
+            self.long_slot.release()
+        return blocked
 
 
 def attach_server(daemon: AgentDaemon) -> Optional[AgentServer]:

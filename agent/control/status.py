@@ -20,10 +20,10 @@ from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.agent.restore.records import OperationStore
 from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.snapshots.store import SnapshotMeta
 from etcdguard.common import __version__
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.wire.report import (
     AgentInfo,
     AgentReport,
@@ -119,7 +119,7 @@ class EtcdProbe:
 
 def summary(meta: SnapshotMeta) -> SnapshotSummary:
     """What the status report tells of a catalogued snapshot."""
-    return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.revision,
+    return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.require_revision(),
                            created_at=meta.created_at, created_unix=meta.created_unix, member=meta.member,
                            member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version,
                            revision_source=meta.revision_source, pinned=meta.pinned, bundle=meta.bundle)
@@ -172,7 +172,7 @@ class StatusReporter:
         """``long_op``: the label of what the long-op slot runs now, if anything."""
         runner = self._runner()
         config, member = runner.config, runner.member
-        busy = long_op or ("snapshot (scheduled)" if runner.slot.locked() else None)
+        busy = long_op or runner.slot.doing
         tool = runner.tool()
         return AgentReport(
             agent=AgentInfo(version=__version__, busy=busy),

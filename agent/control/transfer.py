@@ -15,7 +15,6 @@ restart: the sender learns ``received = 0`` and starts over.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -23,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
 from etcdguard.common.snapshot.integrity import KnownSizeDigest
+from etcdguard.common.snapshot.sidecar import read_sidecar
 from etcdguard.common.wire.protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,13 @@ class FetchFiles:
         if not name.endswith(STAGED_SUFFIX):
             raise NotFound(f"{name!r} is not a snapshot name (snapshot files end in {STAGED_SUFFIX})")
         path = store.dir / name
-        sidecar = store.dir / (name + ".json")
-        if path.is_file() and sidecar.is_file():
+        if path.is_file():
             try:
-                meta = SnapshotMeta.from_json(json.loads(sidecar.read_text()), str(sidecar))
-            except (OSError, ValueError) as exc:
+                meta = read_sidecar(path)
+            except ValueError as exc:
                 raise SnapshotCorrupt(f"snapshot {name}: unreadable metadata: {exc}") from None
-            return path, meta.size, meta.sha256
+            if meta is not None:
+                return path, meta.size, meta.sha256
         staged = self.staging.staged(name)
         if staged is not None:
             return staged
@@ -191,15 +191,14 @@ class Staging:
         if not name.endswith(STAGED_SUFFIX):
             return None
         path = self.dir / name
-        sidecar = self.dir / (name[: -len(STAGED_SUFFIX)] + SIDECAR_SUFFIX)
-        if not path.is_file() or not sidecar.is_file():
+        if not path.is_file():
             return None
         try:
-            info = json.loads(sidecar.read_text())
-            return path, int(info["size"]), str(info["sha256"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            meta = read_sidecar(path)   # <upload>.db.json
+        except ValueError as exc:
             log.warning("staging: ignoring %s with unreadable metadata: %s", path.name, exc)
             return None
+        return (path, meta.size, meta.sha256) if meta is not None else None
 
     def put(self, args: dict[str, Any], data: bytes) -> dict[str, Any]:
         """One snapshot.put chunk; returns the reply's result."""

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from etcdguard.common.base.addresses import parse_initial_cluster
+
 MULTI_MEMBER_HINT = ("restore the whole cluster with `etcdguardctl restore SNAPSHOT --plan` (the coordinator "
                      "restores every member from the same snapshot), or replace only this member "
                      "(etcdctl member remove/add) if the others are healthy")
@@ -90,13 +92,15 @@ def compare_identity(snapshot: Optional[ClusterFacts], live: Optional[ClusterFac
 
 
 def initial_cluster_names(initial_cluster: Optional[str]) -> list[str]:
-    """Member names in an --initial-cluster value (name=url,name=url; a name may repeat for its URLs)."""
-    names: list[str] = []
-    for part in (initial_cluster or "").split(","):
-        name = part.split("=", 1)[0].strip()
-        if name and name not in names:
-            names.append(name)
-    return names
+    """Member names in an --initial-cluster value (name=url,name=url; a name may repeat for its URLs).
+
+    None or "" (no initial cluster configured) has none. A malformed value is a ValueError saying
+    what is wrong; discovery has refused one already, so a LocalMember's value always reads.
+    """
+
+    if not initial_cluster:
+        return []
+    return list(dict.fromkeys(name for name, _ in parse_initial_cluster(initial_cluster)))
 
 
 def multi_member_refusal(member: str, live_members: Optional[Sequence[str]],

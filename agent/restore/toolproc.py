@@ -34,6 +34,7 @@ from typing import Callable, Optional
 from etcdguard.agent.runtime.proof import cmdline, find_processes, pid_alive, start_ticks
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import ToolError, UnsafeRefusal
+from etcdguard.common.base.polling import PollTimeout, poll
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,15 @@ def kill_leftovers(restore_argv: Sequence[str], record_dir: Path, timeout: float
         label = _kill_if_ours(pid, restore_argv)
         if label is not None:
             killed.append(label + (" (recorded by the interrupted run)" if recorded else ""))
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in pids if pid_alive(p) and is_restore_command(cmdline(p), restore_argv)]
-        if not left:
-            break
-        if time.monotonic() >= deadline:
-            raise UnsafeRefusal(f"a restore tool left over from an earlier run of this operation is still running "
-                                f"(pids {left}) after SIGKILL; refusing to redo the prepare beside it")
-        time.sleep(0.05)
+    left: list[int] = []
+    try:
+        for _ in poll(timeout, interval=0.05, what="the leftover restore tools to exit"):
+            left = [p for p in pids if pid_alive(p) and is_restore_command(cmdline(p), restore_argv)]
+            if not left:
+                break
+    except PollTimeout:
+        raise UnsafeRefusal(f"a restore tool left over from an earlier run of this operation is still running "
+                            f"(pids {left}) after SIGKILL; refusing to redo the prepare beside it") from None
     with contextlib.suppress(FileNotFoundError):
         (record_dir / RECORD_NAME).unlink()
     for line in killed:

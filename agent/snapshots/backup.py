@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from typing import Optional
 
@@ -13,7 +12,7 @@ from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.agent.metrics import AgentMetrics
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.agent.snapshots.take import Progress, Source, take_snapshot
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import (
@@ -25,6 +24,8 @@ from etcdguard.common.base.errors import (
     ToolError,
 )
 from etcdguard.common.base.freshness import future_dated
+from etcdguard.common.base.slot import Slot
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.snapshot.tools import SnapshotTool, find_tool
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,18 @@ def failure_reason(exc: BaseException) -> str:
     return "other"
 
 
+SCHEDULED = "snapshot (scheduled)"   # what the slot says while the daemon's own snapshot runs
+
+
 class BackupRunner:
-    """Takes snapshots one at a time (a single slot: two can never overlap)."""
+    """Takes snapshots one at a time (a single slot, which says what holds it: two can never overlap)."""
 
     def __init__(self, config: AgentConfig, member: LocalMember, metrics: AgentMetrics) -> None:
         self.config = config
         self.member = member
         self.metrics = metrics
         self.store = SnapshotStore(config.backup.dir)
-        self.slot = threading.Lock()
+        self.slot = Slot()
         self._tool: Optional[SnapshotTool] = None
         self._tool_checked = False
         self.current: Optional[Cancellation] = None
@@ -74,7 +78,7 @@ class BackupRunner:
         self.metrics.record_store([m.created_unix for m in metas])
         if metas:
             newest = metas[0]   # by revision (store.list), whatever the clocks stamped
-            self.metrics.record_success(newest.created_unix, newest.size, newest.revision, name=newest.name)
+            self.metrics.record_success(newest.created_unix, newest.size, newest.require_revision(), name=newest.name)
         future = future_dated([m.created_unix for m in metas], time.time())
         if future and future != self._future_logged:
             log.warning("%d snapshot(s) in %s are stamped in the future: the clock was stepped back since they "
@@ -98,10 +102,14 @@ class BackupRunner:
             return meta
         return dataclasses.replace(meta, bundle="encrypted" if self.config.bundle.encrypt_to else "local")
 
-    def run_once(self, progress: Optional[Progress] = None, cancel: Optional[Cancellation] = None) -> SnapshotMeta:
-        """Take one snapshot now; raises EtcdguardError (already counted in metrics)."""
+    def run_once(self, progress: Optional[Progress] = None, cancel: Optional[Cancellation] = None, *,
+                 label: str = "snapshot") -> SnapshotMeta:
+        """Take one snapshot now, waiting for one that runs; raises EtcdguardError (already counted in metrics).
+
+        ``label`` is what the slot says while it runs (status reports it as what the agent is busy with).
+        """
         cancel = cancel or Cancellation()
-        with self.slot:
+        with self.slot.held(label, waiting=lambda doing: log.info("%s waits for %s to finish", label, doing)):
             self.current = cancel
             started = time.monotonic()
             try:
@@ -118,8 +126,8 @@ class BackupRunner:
             finally:
                 self.current = None
             self.metrics.etcd_up.set(1)
-            self.metrics.record_success(meta.created_unix, meta.size, meta.revision, time.monotonic() - started,
-                                        name=meta.name)
+            self.metrics.record_success(meta.created_unix, meta.size, meta.require_revision(),
+                                        time.monotonic() - started, name=meta.name)
             log.info("snapshot %s: %s, revision %d, sha256 %s..., %s", meta.name, format_bytes(meta.size),
                      meta.revision, meta.sha256[:12], format_duration(time.monotonic() - started))
             meta = self._bundle(meta)

@@ -15,16 +15,15 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from etcdguard.common.base import fsutil, retention
 from etcdguard.common.base.errors import EtcdguardError, SnapshotError
+from etcdguard.common.snapshot.sidecar import SnapshotMeta, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -34,45 +33,6 @@ BUNDLE_ENCRYPTED = ".bundle.age"
 BUNDLE_LOCAL = ".bundle.tar"
 PIN_SUFFIX = ".pin"
 NAME_RE = re.compile(r"^snap-\d{8}T\d{6}(?:\.\d{3})?Z-r\d+\.db$")
-
-
-@dataclass(frozen=True)
-class SnapshotMeta:
-    """What is recorded about a verified snapshot (the sidecar's content)."""
-
-    name: str
-    path: str
-    size: int
-    sha256: str
-    revision: int
-    created_at: str          # ISO 8601 UTC
-    created_unix: float
-    member: str              # the etcd member it was taken on (older sidecars: member_name)
-    member_id: str           # hex, as etcdctl prints it
-    cluster_id: str
-    etcd_version: str
-    duration_seconds: float
-    revision_source: str     # "snapshot-status" (tool read the file) or "status-header" (lower bound)
-    total_keys: Optional[int] = None
-    etcd_hash: Optional[int] = None
-    trailer_verified: bool = True
-    bundle: Optional[str] = None     # "encrypted" (may go to the vault), "local" (stays here), None
-    pinned: Optional[str] = None     # the pin's reason; retention keeps it
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> SnapshotMeta:
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: sidecar is not a JSON object")
-        known = {f.name for f in fields(cls)}
-        if "member" not in data and "member_name" in data:
-            data = {**data, "member": data["member_name"]}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise ValueError(f"{where}: sidecar misses fields: {exc}") from None
 
 
 def snapshot_name(created_unix: float, revision: int) -> str:
@@ -128,14 +88,9 @@ class SnapshotStore:
             if not entry.name.endswith(META_SUFFIX):
                 continue
             snap = self.dir / entry.name[: -len(".json")]
-            if not snap.is_file():
-                continue
-            try:
-                meta = SnapshotMeta.from_json(json.loads(entry.read_text()), str(entry))
-            except (OSError, ValueError) as exc:
-                log.warning("ignoring snapshot with unreadable metadata %s: %s", entry, exc)
-                continue
-            out.append(self._annotate(_with_path(meta, snap)))
+            meta = _catalog_record(snap) if snap.is_file() else None
+            if meta is not None:
+                out.append(self._annotate(dataclasses.replace(meta, path=str(snap))))
         return retention.newest_first(out, facts)
 
     def _annotate(self, meta: SnapshotMeta) -> SnapshotMeta:
@@ -189,7 +144,7 @@ class SnapshotStore:
             raise SnapshotError(f"{final} already exists; refusing to overwrite a snapshot") from None
         except OSError as exc:
             raise fsutil.disk_error(f"snapshot not stored in {self.dir}", exc) from None
-        meta = _with_path(meta, final)
+        meta = dataclasses.replace(meta, path=str(final))
         try:
             fsutil.atomic_write_json(self.dir / (meta.name + ".json"), meta.to_json())
         except (OSError, EtcdguardError) as exc:
@@ -221,7 +176,8 @@ class SnapshotStore:
     ) -> builtins.list[retention.Verdict]:
         metas = {m.name: m for m in self.list()}
         verdicts = retention.decide(
-            [retention.Aged(m.name, m.created_unix, m.pinned, m.revision, m.cluster_id) for m in metas.values()],
+            [retention.Aged(m.name, m.created_unix, m.pinned, m.require_revision(), m.cluster_id)
+             for m in metas.values()],
             keep, max_age, time.time() if now is None else now,
         )
         for v in verdicts:
@@ -236,10 +192,16 @@ class SnapshotStore:
 
 def facts(meta: SnapshotMeta) -> retention.Facts:
     """How a catalog entry is ordered (newest: highest revision of the latest cluster; see retention)."""
-    return retention.Facts(meta.cluster_id, meta.revision, meta.created_unix, meta.name)
+    return retention.Facts(meta.cluster_id, meta.require_revision(), meta.created_unix, meta.name)
 
 
-def _with_path(meta: SnapshotMeta, path: Path) -> SnapshotMeta:
-    data = meta.to_json()
-    data["path"] = str(path)
-    return SnapshotMeta(**data)
+def _catalog_record(snap: Path) -> Optional[SnapshotMeta]:
+    """The catalog's record of ``snap``; None, with a warning, when its sidecar is gone or unreadable."""
+    try:
+        meta = read_sidecar(snap)
+        if meta is not None:
+            meta.require_revision()
+    except ValueError as exc:
+        log.warning("ignoring snapshot with unreadable metadata %s: %s", snap.name, exc)
+        return None
+    return meta

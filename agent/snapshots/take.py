@@ -18,11 +18,12 @@ from typing import Callable, Optional
 
 from etcdguard.agent.discovery.member import ClientTLS
 from etcdguard.agent.etcd.client import Cancellation, EtcdClient
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore, snapshot_name
+from etcdguard.agent.snapshots.store import SnapshotStore, snapshot_name
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import Aborted, EtcdguardError, SnapshotError, ToolError
 from etcdguard.common.snapshot.integrity import TrailerHasher
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.snapshot.sink import HashingSink
 from etcdguard.common.snapshot.tools import SnapshotTool, snapshot_status
 
@@ -137,7 +138,7 @@ def take_snapshot(
         if cancel is not None and cancel.requested:
             raise Aborted(f"snapshot aborted: {cancel.reason}")
         data = meta.to_json()
-        data.update(name=snapshot_name(meta.created_unix, meta.revision),
+        data.update(name=snapshot_name(meta.created_unix, meta.require_revision()),
                     duration_seconds=round(time.time() - meta.created_unix, 3))
         return store.commit(temp, SnapshotMeta(**data))
     finally:

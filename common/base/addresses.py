@@ -1,4 +1,5 @@
-"""Network addresses as etcdguard reads them: URLs, ``host:port`` and ZeroMQ ``tcp://`` endpoints.
+"""Network addresses as etcdguard reads them: URLs, ``host:port``, ZeroMQ ``tcp://`` endpoints and
+etcd's ``--initial-cluster`` list of peer URLs.
 
 One reader, so every part of the agent agrees on the same three rules:
 
@@ -13,6 +14,10 @@ One reader, so every part of the agent agrees on the same three rules:
 The standard library parses URLs (``urllib.parse``) but has no single call that
 accepts both a URL and a bare ``host:port`` with a bracketed IPv6 host, nor a
 notion of wildcard-to-loopback, so this small layer is written here.
+
+``--initial-cluster`` (``name=url,name=url``) is read by discovery, the
+node-local restore's safety check and the wire protocol's restore step: one
+reader here, so the three agree on what a malformed value is.
 """
 
 from __future__ import annotations
@@ -188,15 +193,39 @@ def zmq_endpoint_is_ipv6(endpoint: str) -> bool:
 
 
 def parse_initial_cluster(text: str) -> tuple[tuple[str, str], ...]:
-    """``name=url,name=url`` -> ((name, url), ...); ValueError naming what is wrong. A name may repeat
-    (one entry per peer URL); a URL may not."""
+    """The (member name, peer URL) pairs of an etcd ``--initial-cluster`` value, in order.
+
+    ``name=url,name=url`` as etcd reads it: a name may appear more than once,
+    because etcd reads ``m1=https://a:2380,m1=https://b:2380`` as one member
+    with two peer URLs. ValueError names the entry and what is wrong with it:
+    an empty entry (a doubled or trailing comma), one without ``=``, an empty
+    name or URL, or a peer URL listed twice (etcd refuses to bootstrap such a
+    cluster). The URLs themselves are not parsed here: what a caller accepts
+    as a peer URL is its own rule.
+    """
+    if not text:
+        raise ValueError("the initial cluster is empty (expected name=peer-URL,name=peer-URL)")
     entries: list[tuple[str, str]] = []
-    for part in text.split(","):
-        name, sep, url = part.strip().partition("=")
-        if not sep or not name.strip() or not url.strip():
-            raise ValueError(f"--initial-cluster entry {part.strip()!r} is not name=peer-url")
-        entries.append((name.strip(), url.strip()))
-    urls = [url for _, url in entries]
-    if len(set(urls)) != len(urls):
-        raise ValueError("--initial-cluster names a peer URL more than once")
+    owner: dict[str, str] = {}
+    for number, entry in enumerate(text.split(","), 1):
+        name, url = _cluster_entry(entry, number)
+        if url in owner:
+            raise ValueError(f"peer URL {url} appears more than once (entry {number}, {name}={url}, "
+                             f"and {owner[url]}={url} before it)")
+        owner[url] = name
+        entries.append((name, url))
     return tuple(entries)
+
+
+def _cluster_entry(entry: str, number: int) -> tuple[str, str]:
+    """(name, url) of entry ``number`` of an initial cluster; ValueError saying what it lacks."""
+    if not entry:
+        raise ValueError(f"entry {number} is empty (a doubled or trailing comma?)")
+    name, sep, url = entry.partition("=")
+    if not sep:
+        raise ValueError(f"entry {number} {entry!r} is not name=peer-URL (no '=')")
+    if not name:
+        raise ValueError(f"entry {number} {entry!r} has no member name before '='")
+    if not url:
+        raise ValueError(f"entry {number} {entry!r} has no peer URL after '='")
+    return name, url

@@ -6,18 +6,19 @@ that trailer proves the file is exactly what the member sent, but not that it
 is an etcd database ("hello" followed by its digest passes).
 ``verify_restorable`` adds what makes a file restorable: bbolt's meta pages
 (pure code, bbolt.py) and, where an etcd tool is present, ``snapshot status``.
+``sidecar_problems`` compares a file with what its sidecar (sidecar.py) recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
 from etcdguard.common.base.errors import SnapshotCorrupt, ToolError
 from etcdguard.common.snapshot import bbolt
+from etcdguard.common.snapshot.sidecar import SnapshotMeta, read_sidecar
 
 if TYPE_CHECKING:
     from etcdguard.common.snapshot.tools import SnapshotTool
@@ -193,60 +194,11 @@ def verify_restorable(path: Path, expect_sha256: Optional[str] = None, expect_si
     return SnapshotCheck(d, revision, total_keys, members, members_problem, label)
 
 
-@dataclass(frozen=True)
-class Recorded:
-    """What a sidecar beside a snapshot file recorded about it.
-
-    Two writers keep one: the catalog (``SnapshotMeta``: sha256, size, the
-    revision and the member and cluster it came from) and the staging area
-    of uploads (sha256 and size only). Both bind the file to its digest.
-    """
-
-    where: str
-    sha256: str
-    size: int
-    revision: Optional[int] = None
-    revision_exact: bool = False         # read from the file itself, not a lower bound
-    cluster_id: str = ""
-    member_id: str = ""
-    member: str = ""
-
-    @classmethod
-    def from_sidecar(cls, data: Any, where: str) -> Recorded:
-        """Read either format; ValueError naming ``where`` if it is neither."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: a sidecar is a JSON object")
-        try:
-            sha256, size = str(data["sha256"]), int(data["size"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{where}: no sha256 and size recorded") from None
-        if len(sha256) != 64 or size < 0:
-            raise ValueError(f"{where}: sha256 {sha256[:80]!r} / size {size} are not a digest and a size")
-        revision = data.get("revision")
-        return cls(where, sha256, size,
-                   revision=int(revision) if isinstance(revision, int) and not isinstance(revision, bool) else None,
-                   revision_exact=data.get("revision_source") == "snapshot-status",
-                   cluster_id=str(data.get("cluster_id") or ""), member_id=str(data.get("member_id") or ""),
-                   member=str(data.get("member") or data.get("member_name") or ""))
+# The sidecar's one type, under the names the restore reads it by.
+Recorded = SnapshotMeta
 
 
-def read_sidecar(snapshot: Path) -> Optional[Recorded]:
-    """The sidecar beside ``snapshot`` (``<file>.json``), None if there is none; ValueError if unreadable."""
-    sidecar = Path(str(snapshot) + ".json")
-    try:
-        text = sidecar.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ValueError(f"{sidecar}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{sidecar}: not JSON ({exc})") from None
-    return Recorded.from_sidecar(data, str(sidecar))
-
-
-def sidecar_problems(recorded: Recorded, digest: FileDigest, file_revision: Optional[int]) -> list[str]:
+def sidecar_problems(recorded: SnapshotMeta, digest: FileDigest, file_revision: Optional[int]) -> list[str]:
     """How a snapshot file differs from what its sidecar recorded (pure; [] when it matches).
 
     A sidecar revision read from the file itself must be equal; one from etcd's
@@ -265,3 +217,8 @@ def sidecar_problems(recorded: Recorded, digest: FileDigest, file_revision: Opti
             problems.append(f"revision {file_revision} (snapshot status) is below the recorded lower bound "
                             f"{recorded.revision}")
     return problems
+
+
+__all__ = ["READ_CHUNK", "TRAILER_SIZE", "FileDigest", "KnownSizeDigest", "Recorded", "SnapshotCheck", "SnapshotMeta",
+           "TrailerHasher", "digest_file", "digest_stream", "read_sidecar", "sidecar_problems", "verify_file",
+           "verify_restorable"]

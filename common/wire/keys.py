@@ -62,13 +62,18 @@ def _label(path: Path, what: str) -> str:
 
 def _read_keys(path: Path, what: str) -> dict[str, bytes]:
     """The public-key / secret-key lines of a certificate file, checked to be Z85 keys."""
+    return parse_keys(_read_key_file(path, what), _label(path, what))
+
+
+def _read_key_file(path: Path, what: str) -> str:
+    """A certificate file's text; ConfigError naming it when it is not a small readable text file."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{_label(path, what)}: not a regular file")
         if st.st_size > MAX_KEY_FILE:
             raise ConfigError(f"{_label(path, what)}: {st.st_size} bytes is too large for a key file")
-        text = path.read_text(encoding="ascii")
+        return path.read_text(encoding="ascii")
     except FileNotFoundError:
         raise ConfigError(f"{_label(path, what)}: no such file") from None
     except PermissionError:
@@ -77,24 +82,29 @@ def _read_keys(path: Path, what: str) -> dict[str, bytes]:
         raise ConfigError(f"{_label(path, what)}: not a ZeroMQ certificate (not ASCII text)") from None
     except OSError as exc:
         raise ConfigError(f"{_label(path, what)}: cannot read: {exc.strerror}") from None
+
+
+def parse_keys(text: str, label: str) -> dict[str, bytes]:
+    """Pure: the ``public-key``/``secret-key`` lines of a certificate's text (Z85, checked); ConfigError
+    naming ``label`` and the key that is not a 40-character Z85 encoding of 32 bytes."""
     found: dict[str, bytes] = {}
     for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        m = _LINE_RE.match(line)
-        if m is None:
-            continue
-        name, value = m.group(1), m.group(2)
-        if len(value) != 40:
-            raise ConfigError(f"{_label(path, what)}: {name} is not a 40-character Z85 key")
-        try:
-            raw = z85.decode(value.encode("ascii"))
-        except (ValueError, KeyError, IndexError, TypeError, struct.error):
-            raise ConfigError(f"{_label(path, what)}: {name} is not valid Z85") from None
-        if len(raw) != 32:
-            raise ConfigError(f"{_label(path, what)}: {name} does not decode to 32 bytes")
-        found[name] = value.encode("ascii")
+        m = None if line.lstrip().startswith("#") else _LINE_RE.match(line)
+        if m is not None:
+            found[m.group(1)] = _z85_key(m.group(1), m.group(2), label)
     return found
+
+
+def _z85_key(name: str, value: str, label: str) -> bytes:
+    if len(value) != 40:
+        raise ConfigError(f"{label}: {name} is not a 40-character Z85 key")
+    try:
+        raw = z85.decode(value.encode("ascii"))
+    except (ValueError, KeyError, IndexError, TypeError, struct.error):
+        raise ConfigError(f"{label}: {name} is not valid Z85") from None
+    if len(raw) != 32:
+        raise ConfigError(f"{label}: {name} does not decode to 32 bytes")
+    return value.encode("ascii")
 
 
 def load_public(path: Path, what: str = "") -> bytes:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional, Union
 
+from etcdguard.common.base.addresses import parse_initial_cluster
 from etcdguard.common.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
 from etcdguard.common.journal import OP_ID_PATTERN
 from etcdguard.common.ops.flows import STEP_PARAMS, WIRE_STEPS
@@ -190,13 +191,14 @@ def _check_put(args: JSONObject, data: Optional[bytes]) -> None:
 
 
 def _check_restore_step(args: JSONObject, data: Optional[bytes]) -> None:
+
     if args["step"] != "prepare":
         return
     params = args["params"]
-    entries = [tuple(e.split("=", 1)) for e in params["initial_cluster"].split(",")]
-    urls = [url for _, url in entries]
-    if len(set(urls)) != len(urls):
-        raise _bad("args.params.initial_cluster: a peer URL appears more than once")
+    try:
+        entries = parse_initial_cluster(params["initial_cluster"])
+    except ValueError as exc:
+        raise _bad(f"args.params.initial_cluster: {exc}") from None
     if (params["name"], params["peer_url"]) not in entries:
         raise _bad(f"args.params.initial_cluster: has no entry {params['name']}={params['peer_url']} "
                    "for this member (name=peer_url)")

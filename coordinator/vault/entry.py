@@ -156,21 +156,21 @@ class Incoming:
 
     @classmethod
     def from_agent(cls, member: str, meta: dict[str, Any]) -> Incoming:
-        """From an agent's SnapshotMeta JSON; ValueError if it lacks what the vault records."""
-        try:
-            sha = str(meta["sha256"])
-            if not SHA_RE.fullmatch(sha):
-                raise ValueError(f"member {member}: snapshot sha256 {sha!r} is not a sha256 hex digest")
-            created_unix = float(meta["created_unix"])
-            return cls(
-                sha256=sha, size=int(meta["size"]), source_member=member, original_name=str(meta["name"]),
-                revision=int(meta.get("revision") or 0), cluster_id=str(meta.get("cluster_id") or ""),
-                member_id=str(meta.get("member_id") or ""), etcd_version=str(meta.get("etcd_version") or ""),
-                created_at=str(meta.get("created_at") or iso_utc(created_unix)), created_unix=created_unix,
-                revision_exact=revision_exact(meta), bundle=meta.get("bundle") == "encrypted",
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"member {member}: snapshot metadata lacks {exc}") from None
+        """From an agent's snapshot record (its catalog sidecar, as snapshot.take and its status report send
+        it, read by the sidecar's one type); ValueError if it lacks what the vault records."""
+        from etcdguard.common.snapshot.sidecar import FROM_FILE, SnapshotMeta
+
+        missing = [key for key in ("sha256", "size", "name", "created_unix") if key not in meta]
+        if missing:
+            raise ValueError(f"member {member}: snapshot metadata lacks {', '.join(map(repr, missing))}")
+        record = SnapshotMeta.from_json(meta, f"member {member}: snapshot metadata")
+        return cls(
+            sha256=record.sha256, size=record.size, source_member=member, original_name=record.name,
+            revision=record.revision or 0, cluster_id=record.cluster_id, member_id=record.member_id,
+            etcd_version=record.etcd_version, created_at=record.created_at or iso_utc(record.created_unix),
+            created_unix=record.created_unix, revision_exact=record.revision_source == FROM_FILE,
+            bundle=record.bundle == "encrypted",
+        )
 
     def entry(self, pulled_unix: float, *, encrypted: bool = False, path: str = "") -> VaultEntry:
         return VaultEntry(

@@ -34,8 +34,9 @@ from etcdguard.agent.config import load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.snapshots.backup import BackupRunner
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore
+from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common.base.polling import PollTimeout, poll_until
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.wire import keys
 from etcdguard.coordinator.agents.client import AgentClient
 

@@ -24,7 +24,6 @@ import signal
 import ssl
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from etcdguard.agent.runtime.proof import cmdline, pid_alive
-from etcdguard.common.base.polling import Deadline, PollTimeout, poll_until
+from etcdguard.common.base.polling import Deadline, PollTimeout, poll, poll_until
 
 from .net import free_server_port, wait_until
 from .tls import TLSMaterial
@@ -457,12 +456,13 @@ class EtcdMember:
 
     def wait_peer_serving(self, timeout: float) -> bool:
         """Poll peer_serving() until true, the process exits, or ``timeout``; returns the last answer."""
-        deadline = time.monotonic() + timeout
-        while not self.peer_serving():
-            if self._died() or time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        with contextlib.suppress(PollTimeout):
+            for _ in poll(timeout, interval=0.01, what=f"{self.name}'s peer URL"):
+                if self.peer_serving():
+                    return True
+                if self._died():
+                    return False
+        return False
 
     def _log_since_start(self) -> str:
         try:

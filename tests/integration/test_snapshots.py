@@ -6,7 +6,6 @@ import hashlib
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common.base.errors import EtcdUnavailable
+from etcdguard.common.base.polling import poll
 
 from tests.helpers.agentconf import AGENT, agent_sections, run_agent, write_agent_config
 from tests.helpers.etcd import run_etcdctl
@@ -172,9 +172,10 @@ def test_daemon_notifies_ready_and_serves_metrics(etcd_member, tmp_path):
                             text=True, env={**__import__("os").environ, **env})
     try:
         messages: list[str] = []
-        deadline = time.monotonic() + 30
-        while not any("READY=1" in m for m in messages) and time.monotonic() < deadline:
+        for _ in poll(30, interval=0, what="READY=1 from the agent"):
             messages.append(sock.recv(4096).decode())
+            if any("READY=1" in m for m in messages):
+                break
         ready = next(m for m in messages if "READY=1" in m)
         assert "STATUS=" in ready
         store = SnapshotStore(tmp_path / "snapshots")

@@ -1,4 +1,4 @@
-"""The one address reader: URLs, host:port, bracketed IPv6, wildcard listen addresses."""
+"""The one address reader: URLs, host:port, bracketed IPv6, wildcard listen addresses, --initial-cluster."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from etcdguard.common.base.addresses import (
     is_loopback,
     local_url,
     parse_host_port,
+    parse_initial_cluster,
     parse_url,
     zmq_endpoint_is_ipv6,
 )
@@ -97,3 +98,26 @@ def test_loopback_and_zmq_ipv6() -> None:
     assert zmq_endpoint_is_ipv6("tcp://[::1]:7479") and zmq_endpoint_is_ipv6("tcp://[fd00::1]:*")
     assert not zmq_endpoint_is_ipv6("tcp://0.0.0.0:7479") and not zmq_endpoint_is_ipv6("tcp://*:7479")
     assert not zmq_endpoint_is_ipv6("ipc:///run/etcdguard/agent.sock")
+
+
+def test_parse_initial_cluster_keeps_order_and_several_urls_of_one_member() -> None:
+    assert parse_initial_cluster("m1=https://10.0.0.1:2380") == (("m1", "https://10.0.0.1:2380"),)
+    assert parse_initial_cluster("b=http://[fd00::2]:2380,a=http://a:2380,b=http://b.example:2380") == (
+        ("b", "http://[fd00::2]:2380"), ("a", "http://a:2380"), ("b", "http://b.example:2380"))
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("", "empty"),
+    ("m1=http://a:2380,", "entry 2 is empty"),
+    ("m1=http://a:2380,,m2=http://b:2380", "entry 2 is empty"),
+    ("m1 http://a:2380", "entry 1 'm1 http://a:2380' is not name=peer-URL"),
+    ("m1=http://a:2380,=http://b:2380", "entry 2 '=http://b:2380' has no member name"),
+    ("m1=", "entry 1 'm1=' has no peer URL"),
+    ("m1=http://a:2380,m2=http://a:2380", "peer URL http://a:2380 appears more than once (entry 2, "
+                                          "m2=http://a:2380, and m1=http://a:2380 before it)"),
+    ("m1=http://a:2380,m1=http://a:2380", "peer URL http://a:2380 appears more than once"),
+])
+def test_parse_initial_cluster_says_which_entry_is_wrong(text: str, why: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_initial_cluster(text)
+    assert why in str(info.value)

@@ -13,10 +13,10 @@ import struct
 from typing import Optional
 
 import pytest
-from etcdguard.agent.snapshots.store import SnapshotMeta
 from etcdguard.common.base.errors import SnapshotCorrupt
 from etcdguard.common.snapshot import bbolt
 from etcdguard.common.snapshot.integrity import FileDigest, Recorded, sidecar_problems, verify_file, verify_restorable
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 
 PS = 4096
 # Member ids and cluster id of a real 3-member etcd 3.4 cluster (etcdctl member list -w json).

@@ -4,8 +4,11 @@ from typing import Any, Optional
 
 import pytest
 from etcdguard.agent.config import AgentConfig, parse_agent_config
-from etcdguard.agent.discovery.discover import (
-    discover,
+from etcdguard.agent.discovery.discover import discover
+from etcdguard.agent.discovery.found import Found, absolute_only, config_file_settings, env_settings
+from etcdguard.agent.discovery.manifests import host_path
+from etcdguard.agent.discovery.member import ClientTLS
+from etcdguard.agent.discovery.systemd_unit import (
     etcd_command,
     expand_specifiers,
     parse_env_file,
@@ -13,8 +16,6 @@ from etcdguard.agent.discovery.discover import (
     read_service,
     split_exec,
 )
-from etcdguard.agent.discovery.manifests import host_path
-from etcdguard.agent.discovery.member import ClientTLS
 from etcdguard.common.base.errors import DiscoveryError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -161,6 +162,23 @@ def test_command_line_etcd_would_refuse_is_a_discovery_error(tmp_path, command, 
     with pytest.raises(DiscoveryError, match=rf"etcd\.start_command runs etcd with a command line etcd refuses: "
                                              rf"{message}.*fix etcd\.start_command in agent\.toml"):
         discover(config(start_command=command, pid_file="/run/e.pid"), tmp_path)
+
+
+@pytest.mark.parametrize(("cluster", "why"), [
+    ("m1=http://10.0.0.1:2380,", "entry 2 is empty"),
+    ("m1=http://10.0.0.1:2380,m2", "entry 2 'm2' is not name=peer-URL"),
+    ("m1=http://10.0.0.1:2380,m2=http://10.0.0.1:2380", "peer URL http://10.0.0.1:2380 appears more than once"),
+])
+def test_malformed_initial_cluster_is_refused_naming_where_it_is_set(tmp_path, cluster, why):
+    cmd = ["etcd", "--name", "m1", "--data-dir", "/d", f"--initial-cluster={cluster}"]
+    with pytest.raises(DiscoveryError) as info:
+        discover(config(start_command=cmd, pid_file="/run/e.pid"), tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"etcd.start_command: --initial-cluster={cluster} (from start_command): ")
+    assert why in message and message.endswith("; fix it there")
+    two_urls = "m1=http://10.0.0.1:2380,m1=http://m1.example:2380"   # one member, two peer URLs
+    cmd[-1] = f"--initial-cluster={two_urls}"
+    assert discover(config(start_command=cmd, pid_file="/run/e.pid"), tmp_path).initial_cluster == two_urls
 
 
 def test_manifest_command_line_etcd_would_refuse_names_the_manifest(tmp_path):
@@ -619,3 +637,38 @@ def test_specifiers_and_dropin_resets():
     assert spec.environment == (("B", "2", "/d"),)
     assert spec.environment_files == (("/e", True, "/u"),)
     assert spec.working_directory == "/w"
+
+
+# -- the pieces every reader shares ---------------------------------------------------
+
+
+def test_etcd_variables_become_settings_and_others_are_ignored():
+    env = {"ETCD_DATA_DIR": ("/d", "env:/etc/default/etcd"), "ETCD_": ("x", "unit:u"), "PATH": ("/bin", "unit:u"),
+           "ETCD_INITIAL_ADVERTISE_PEER_URLS": ("https://a:2380", "unit:u")}
+    assert env_settings(env) == {"data-dir": ("/d", "env:/etc/default/etcd"),
+                                 "initial-advertise-peer-urls": ("https://a:2380", "unit:u")}
+
+
+def test_config_file_settings_flatten_the_transport_sections():
+    doc = {"name": "m1", "snapshot-count": 10000, "enable-v2": False, "listen-client-urls": "https://a:2379",
+           "client-transport-security": {"cert-file": "/c.crt", "client-cert-auth": True},
+           "peer-transport-security": {"key-file": "/p.key"}, "log-outputs": ["stderr"]}
+    assert config_file_settings(doc, "config-file:/e.yml") == {
+        "name": ("m1", "config-file:/e.yml"), "snapshot-count": ("10000", "config-file:/e.yml"),
+        "enable-v2": ("false", "config-file:/e.yml"), "listen-client-urls": ("https://a:2379", "config-file:/e.yml"),
+        "cert-file": ("/c.crt", "config-file:/e.yml"), "client-cert-auth": ("true", "config-file:/e.yml"),
+        "peer-key-file": ("/p.key", "config-file:/e.yml"),
+    }
+
+
+def test_found_maps_paths_and_names_the_flag_its_source_and_the_fix():
+    found = Found("process", "config", "etcd.start_command",
+                  {"data-dir": ("rel/dir", "start_command"), "wal-dir": ("/w/../wal", "start_command"),
+                   "name": ("", "start_command")},
+                  absolute_only("is relative and the working directory is not known"))
+    assert found.value("name") == "" and found.value("absent") == ""
+    assert found.host_path("wal-dir", "set etcd.wal_dir") == Path("/wal")
+    assert found.maybe_host_path("data-dir") is None and found.maybe_host_path("absent") is None
+    with pytest.raises(DiscoveryError, match=r"^etcd\.start_command: --data-dir=rel/dir \(from start_command\) "
+                                             r"is relative .*; set etcd\.data_dir in agent\.toml$"):
+        found.host_path("data-dir", "set etcd.data_dir in agent.toml")

@@ -147,3 +147,15 @@ def test_unreadable_file(tmp_path):
 def test_fingerprint_is_a_short_prefix(tmp_path):
     public, _ = keys.load_keypair(keys.generate("agent", tmp_path)[1])
     assert keys.fingerprint(public) == public.decode()[:8]
+
+
+def test_parse_keys_reads_the_key_lines_of_a_certificates_text():
+    public, secret = zmq.curve_keypair()
+    text = (f'#   public-key = "{"x" * 40}"\nmetadata\ncurve\n    public-key = "{public.decode()}"\n'
+            f"    secret-key = '{secret.decode()}'\n")
+    assert keys.parse_keys(text, "server.secret_key /k") == {"public-key": public, "secret-key": secret}
+    assert keys.parse_keys("metadata\ncurve\n", "x") == {}
+    for bad, why in [(f'public-key = "{public.decode()[:-1]}"', "public-key is not a 40-character Z85 key"),
+                     ('secret-key = "' + "~" * 40 + '"', "secret-key is not valid Z85")]:
+        with pytest.raises(ConfigError, match=f"^server.secret_key /k: {why}$"):
+            keys.parse_keys(bad, "server.secret_key /k")

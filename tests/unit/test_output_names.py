@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
-from etcdguard.agent.snapshots.store import SnapshotMeta
 from etcdguard.common.base.durations import iso_utc, stamp_times
 from etcdguard.common.snapshot.integrity import Recorded
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.wire.report import SnapshotSummary
 from etcdguard.common.wire.typed import from_json, renamed, to_json
 from etcdguard.coordinator.agents.view import MemberView, member_row

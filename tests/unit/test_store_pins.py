@@ -7,7 +7,8 @@ import hashlib
 import json
 
 from etcdguard.agent.cli import main
-from etcdguard.agent.snapshots.store import SnapshotMeta, SnapshotStore, snapshot_name
+from etcdguard.agent.snapshots.store import SnapshotStore, snapshot_name
+from etcdguard.common.snapshot.sidecar import SnapshotMeta
 
 T0 = 1_790_000_000.0
 
