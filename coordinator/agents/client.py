@@ -9,8 +9,8 @@ never be mistaken for the answer to a new one.
 
 Retries resend the same request id: the agent answers a repeat with the
 reply it recorded, or attaches it to the still running request, so a retry
-never runs anything twice. Only requests that are idempotent, or deduplicated
-by the agent, are retried by default; ``snapshot.take`` is not.
+never runs anything twice. By default exactly the ops whose spec in the wire
+protocol says ``idempotent`` are retried; ``snapshot.take`` is not.
 
 Transfers follow the ZeroMQ guide's credit-based file transfer (fileio3):
 ``credit`` chunk requests are kept in flight, each addressed by offset, so
@@ -45,12 +45,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]   # (bytes done, total bytes)
 
-DEFAULT_RETRIES = 2
-# Safe to resend: reads, offset-addressed writes, and steps the agent deduplicates by (op_id, step).
-RETRYABLE = frozenset({
-    "ping", "status", "snapshot.list", "snapshot.fetch", "snapshot.put", "snapshot.put.abort",
-    "restore.status", "restore.step",
-})
+DEFAULT_RETRIES = 2       # for the ops the protocol declares idempotent; others are sent once
 STALL_PROBE = 5.0          # seconds without any reply before a transfer reconnects and resumes
 MAX_RESYNCS = 5            # put: gap errors in a row (without progress) before giving up
 READ_CHUNK = 1 << 20
@@ -177,7 +172,7 @@ class AgentClient:
         answers it from its record) and the reply carries the id awaited here.
         """
         if retries is None:
-            retries = DEFAULT_RETRIES if op in RETRYABLE else 0
+            retries = DEFAULT_RETRIES if P.is_idempotent(op) else 0
         rid = request_id or P.new_request_id()
         frames = P.encode_request(op, args or {}, rid, data)
         attempts = max(1, retries + 1)
