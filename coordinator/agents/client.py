@@ -16,8 +16,10 @@ Transfers follow the ZeroMQ guide's credit-based file transfer (fileio3):
 ``credit`` chunk requests are kept in flight, each addressed by offset, so
 throughput does not wait on round trips, memory stays at ``credit`` chunks,
 and a broken connection is resumed from the last contiguous byte. A fetched
-file is written to a temp file next to ``dest``, verified (sha256 and etcd's
-SHA-256 trailer), fsync'ed and renamed; on failure nothing is left behind.
+file is written to a temp file next to ``dest``, verified (sha256, and etcd's
+SHA-256 trailer for a snapshot), fsync'ed and renamed; on failure nothing is
+left behind. Snapshots (``snapshot.fetch``) and the node bundle beside one
+(``bundle.fetch``) go through the same transfer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -52,6 +55,7 @@ READ_CHUNK = 1 << 20
 SINK_DEPTH = 16            # fetch: received chunks queued for the writer thread (memory: that many chunks)
 WRITEBACK = 8 << 20        # fetch: start writeback every this many bytes (0: only the closing fsync)
 MAX_MESSAGE = P.MAX_CHUNK + P.MAX_HEADER + 4096
+_SHA256 = re.compile(P.SHA256_PATTERN)
 
 
 class AgentUnreachable(EtcdguardError):
@@ -237,18 +241,48 @@ class AgentClient:
         _check_transfer_args(credit, chunk, fetch=True)
         if expected_size <= 0:
             raise UsageError(f"expected_size must be > 0, got {expected_size}")
-        dest = Path(dest)
+        self._fetch(_Fetch("snapshot.fetch", name, name, expected_sha256, expected_size, trailer=True), Path(dest),
+                    progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+
+    def fetch_bundle(
+        self, name: str, dest: Path, *, max_size: int, progress: Optional[Progress] = None, credit: int = 4,
+        chunk: int = 1 << 20, timeout: float = 30.0,
+    ) -> None:
+        """Copy the encrypted node bundle beside snapshot ``name`` to ``dest``, verified end to end.
+
+        A bundle's size and sha256 are not in the snapshot's metadata, so a
+        one-byte ``bundle.fetch`` asks for them first; the transfer then runs
+        as for a snapshot, every chunk's reply checked against them, and the
+        received file's sha256 against the agent's. A bundle larger than
+        ``max_size`` is refused before anything is transferred. Same
+        guarantees as ``fetch_snapshot`` otherwise.
+        """
+        _check_transfer_args(credit, chunk, fetch=True)
+        what = f"the node bundle of {name}"
+        info = self.call("bundle.fetch", {"name": name, "offset": 0, "size": 1}, timeout=timeout)
+        total, sha256 = info.get("total"), info.get("sha256")
+        if not isinstance(total, int) or not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise P.ProtocolError(P.BAD_REQUEST, f"{what}: agent {self.name} described it as {total!r} bytes with "
+                                                 f"sha256 {sha256!r}")
+        if not 0 < total <= max_size:
+            raise SnapshotCorrupt(f"{what}: refused a {total}-byte node bundle from agent {self.name} (a bundle is "
+                                  f"1 to {max_size} bytes)")
+        self._fetch(_Fetch("bundle.fetch", name, what, sha256, total, trailer=False), Path(dest), progress=progress,
+                    credit=credit, chunk=chunk, timeout=timeout)
+
+    def _fetch(self, f: _Fetch, dest: Path, *, progress: Optional[Progress], credit: int, chunk: int,
+               timeout: float) -> None:
+        """The transfer into a temp file beside ``dest``, checked, fsync'ed and renamed; nothing left on failure."""
         tmp = fsutil.temp_path(dest.parent, dest.name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with self._lock:
-                sha, trailer_ok = self._pull(name, fd, sha256=expected_sha256, total=expected_size,
-                                             progress=progress, credit=credit, chunk=chunk, timeout=timeout)
-            if sha != expected_sha256:
-                raise SnapshotCorrupt(f"{name} from agent {self.name}: received data has sha256 {sha}, "
-                                      f"expected {expected_sha256}")
-            if not trailer_ok:
-                raise SnapshotCorrupt(f"{name} from agent {self.name}: the SHA-256 trailer does not match "
+                sha, trailer_ok = self._pull(f, fd, progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+            if sha != f.sha256:
+                raise SnapshotCorrupt(f"{f.what} from agent {self.name}: received data has sha256 {sha}, "
+                                      f"expected {f.sha256}")
+            if f.trailer and not trailer_ok:
+                raise SnapshotCorrupt(f"{f.what} from agent {self.name}: the SHA-256 trailer does not match "
                                       "(not an etcd snapshot, or corrupted)")
             fsutil.commit_temp(tmp, dest, fd=fd)
             os.close(fd)
@@ -260,17 +294,16 @@ class AgentClient:
                 os.unlink(tmp)
             raise
 
-    def _pull(self, name: str, fd: int, *, sha256: str, total: int, progress: Optional[Progress], credit: int,
-              chunk: int, timeout: float) -> tuple[str, bool]:
-        digest = KnownSizeDigest(total)
+    def _pull(self, f: _Fetch, fd: int, *, progress: Optional[Progress], credit: int, chunk: int,
+              timeout: float) -> tuple[str, bool]:
+        digest = KnownSizeDigest(f.total)
         with HashingSink(fd, digest, batch_bytes=1, depth=SINK_DEPTH, writeback=WRITEBACK,
                          name="fetch-writer") as sink:
-            self._pull_into(sink, name, sha256=sha256, total=total, progress=progress, credit=credit, chunk=chunk,
-                            timeout=timeout)
+            self._pull_into(sink, f, progress=progress, credit=credit, chunk=chunk, timeout=timeout)
         return digest.finish()
 
-    def _pull_into(self, sink: HashingSink, name: str, *, sha256: str, total: int, progress: Optional[Progress],
-                   credit: int, chunk: int, timeout: float) -> None:
+    def _pull_into(self, sink: HashingSink, f: _Fetch, *, progress: Optional[Progress], credit: int, chunk: int,
+                   timeout: float) -> None:
         stall = max(0.2, min(STALL_PROBE, timeout / 3))
         last_progress = time.monotonic()
         prefix = uuid.uuid4().hex[:16]
@@ -278,12 +311,13 @@ class AgentClient:
         inflight: dict[str, int] = {}            # request id -> offset
         early: dict[int, zmq.Frame] = {}         # chunks that arrived ahead of a missing one
         next_offset = 0
+        total = f.total
         sock = self._socket()
         while sink.size < total:
             while len(inflight) < credit and next_offset < total:
                 size = min(chunk, total - next_offset)
                 rid = f"{prefix}-{generation}-{next_offset}"
-                frames = P.encode_request("snapshot.fetch", {"name": name, "offset": next_offset, "size": size}, rid)
+                frames = P.encode_request(f.op, {"name": f.name, "offset": next_offset, "size": size}, rid)
                 if not self._send(sock, frames, time.monotonic() + stall):
                     break
                 inflight[rid] = next_offset
@@ -291,7 +325,7 @@ class AgentClient:
             now = time.monotonic()
             if now - last_progress > timeout:
                 raise AgentUnreachable(f"agent {self.name} at {self.endpoint}: no data for {timeout:g}s while "
-                                       f"fetching {name} ({sink.size} of {total} bytes received)")
+                                       f"fetching {f.what} ({sink.size} of {total} bytes received)")
             wait = min(stall, last_progress + timeout - now)
             if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
                 # Nothing for a while: the connection may have broken with requests in it. Start a
@@ -312,7 +346,7 @@ class AgentClient:
             if offset is None:
                 continue   # stale
             result = reply.raise_for_error()
-            _check_chunk(name, result, offset, data, sha256=sha256, total=total)
+            _check_chunk(f.what, result, offset, data, sha256=f.sha256, total=total)
             assert data is not None
             if offset == sink.size:
                 sink.write(data)
@@ -323,7 +357,6 @@ class AgentClient:
                     progress(sink.size, total)
             elif offset > sink.size:
                 early[offset] = message[1]
-
 
     # -- put -----------------------------------------------------------------
     def put_snapshot(
@@ -419,6 +452,19 @@ class AgentClient:
         p.next_offset = int(st["received"])
         p.sent_final = False
         return sock, (st if st["complete"] else None)
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """One file to fetch: the op that reads its chunks, the name it is asked by, how errors name it,
+    the sha256 and size it must have, and whether it ends in etcd's SHA-256 trailer (a snapshot)."""
+
+    op: str
+    name: str
+    what: str
+    sha256: str
+    total: int
+    trailer: bool
 
 
 @dataclass

@@ -16,13 +16,14 @@ slot, so they never change under a running pull).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from etcdguard.common.base import schedule
+from etcdguard.common.base import fsutil, schedule
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EtcdguardError, SnapshotError, UnsafeRefusal, UsageError
 from etcdguard.common.base.polling import Deadline, PollTimeout, poll_until
@@ -32,7 +33,6 @@ from etcdguard.coordinator.agents.links import AgentLink, MemberLinks, read_repo
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.metrics import CoordinatorMetrics
-from etcdguard.coordinator.vault import commands as vault_commands
 from etcdguard.coordinator.vault.entry import Incoming, VaultEntry
 from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull, failure_reason
 from etcdguard.coordinator.vault.store import Vault, VaultBackendError
@@ -43,6 +43,7 @@ Emit = Callable[[Mapping[str, Any]], None]
 
 BUSY_POLL = 2.0           # seconds between snapshot.take attempts while the agent takes one of its own
 PROGRESS_EVERY = 0.25     # seconds between progress lines to a control client
+MAX_BUNDLE = 256 << 20    # a bundle is certificates and manifests: anything near this is not one
 
 
 def fresh_as_of(newest: float, confirmed: Optional[float], wall_now: float) -> float:
@@ -255,7 +256,7 @@ class VaultPulls:
         started = time.monotonic()
         entry, pulled = vault.pull(incoming, self._fetcher(name, incoming, emit))
         if pulled and incoming.bundle:
-            entry = vault_commands.pull_bundle(vault, self._links().dedicated(name), incoming, entry)
+            entry = pull_bundle(vault, self._links().dedicated(name), incoming, entry)
         if pulled:
             took = time.monotonic() - started
             self.metrics.duration.observe(took)
@@ -290,3 +291,24 @@ class VaultPulls:
         self._vault().apply_retention(self._config().vault.keep)
         self.refresh_metrics()
 
+
+def pull_bundle(vault: Vault, client: AgentLink, incoming: Incoming, entry: VaultEntry,
+                timeout: float = 30.0) -> VaultEntry:
+    """Copy the agent's encrypted node bundle of ``incoming`` beside ``entry``; a failure is logged, not raised.
+
+    The snapshot is already safe in the vault; a missing bundle shows in
+    ``etcdguardctl snapshots`` and is tried again with the next snapshot.
+    """
+    temp = fsutil.temp_path(vault.work_dir, "bundle")
+    try:
+        fsutil.ensure_private_dir(vault.work_dir)
+        client.fetch_bundle(incoming.original_name, temp, max_size=MAX_BUNDLE, timeout=timeout)
+        return vault.add_bundle(entry, temp)
+    except (EtcdguardError, OSError) as exc:
+        log.warning("vault: the node bundle of %s from member %s was not copied: %s", incoming.original_name,
+                    incoming.source_member, exc)
+        return entry
+    finally:
+        client.close()
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
