@@ -43,7 +43,7 @@ from etcdguard.coordinator.vault import commands as vault_commands
 from etcdguard.coordinator.vault.factory import open_vault
 from etcdguard.coordinator.vault.pulls import VaultPulls
 from etcdguard.coordinator.vault.safety import safety_snapshot
-from etcdguard.coordinator.vault.store import VaultBackendError, VaultEntry
+from etcdguard.coordinator.vault.store import Vault, VaultBackendError, VaultEntry
 
 log = logging.getLogger(__name__)
 
@@ -233,22 +233,10 @@ class CoordinatorDaemon(SignalFlags):
             log.info("SIGHUP: no config file to reload")
             return
         self.notifier.reloading()
-        new_metrics: Optional[MetricsServer] = None
-        try:
-            config = load_coordinator_config(self.config_path)
-            require_members(config)
-            links = MemberLinks(config, self._factory(config))
-            vault = open_vault(config, self.metrics.record_backend_failure)
-            vault.prepare()
-            if config.metrics.listen != self.config.metrics.listen and config.metrics.listen:
-                new_metrics = bind_replacement(self.metrics.registry, config.metrics.listen, self.metrics_server)
-        except (EtcdguardError, OSError) as exc:
-            log.error("reload failed, kept the running configuration: %s", exc)
-            self.notifier.status(f"reload failed: {exc}")
+        loaded = self._load_for_reload(self.config_path)
+        if loaded is None:
             return
-        except Exception:   # a bug must not end the daemon that keeps the vault and runs restores
-            log.exception("reload failed (internal error), kept the running configuration")
-            return
+        config, links, vault, new_metrics = loaded
         if config.coordinator.control_socket != self.config.coordinator.control_socket:
             log.warning("control_socket changed to %s: takes effect at the next restart",
                         config.coordinator.control_socket)
@@ -263,16 +251,42 @@ class CoordinatorDaemon(SignalFlags):
         if old_links is not None:
             old_links.close()
         if config.metrics.listen != old_metrics:
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
-            self.metrics_server = new_metrics
-            if new_metrics is not None:
-                log.info("metrics on %s", new_metrics.url)
+            self._replace_metrics_server(new_metrics)
         self.metrics.interval.set(config.vault.interval)
         self.metrics.members.set(len(config.members))
         self.refresh_vault_metrics()
         self.next_due = min(self.next_due, self._first_due())
         log.info("configuration reloaded from %s (%d members)", self.config_path, len(config.members))
+
+    def _load_for_reload(self, path: Path) -> Optional[tuple[CoordinatorConfig, MemberLinks, Vault,
+                                                             Optional[MetricsServer]]]:
+        """The new configuration, its links, its prepared vault and (for a new address) its bound metrics
+        server; None, logged, when any of them fails: the running configuration stays."""
+        new_metrics: Optional[MetricsServer] = None
+        try:
+            config = load_coordinator_config(path)
+            require_members(config)
+            links = MemberLinks(config, self._factory(config))
+            vault = open_vault(config, self.metrics.record_backend_failure)
+            vault.prepare()
+            if config.metrics.listen != self.config.metrics.listen and config.metrics.listen:
+                new_metrics = bind_replacement(self.metrics.registry, config.metrics.listen, self.metrics_server)
+        except (EtcdguardError, OSError) as exc:
+            log.error("reload failed, kept the running configuration: %s", exc)
+            self.notifier.status(f"reload failed: {exc}")
+            return None
+        except Exception:   # a bug must not end the daemon that keeps the vault and runs restores
+            log.exception("reload failed (internal error), kept the running configuration")
+            return None
+        return config, links, vault, new_metrics
+
+    def _replace_metrics_server(self, new: Optional[MetricsServer]) -> None:
+        """[metrics] listen changed: the old server stops, the one bound at the new address serves."""
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        self.metrics_server = new
+        if new is not None:
+            log.info("metrics on %s", new.url)
 
     # -- the loop ----------------------------------------------------------
     def run(self) -> int:

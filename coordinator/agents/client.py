@@ -304,59 +304,57 @@ class AgentClient:
 
     def _pull_into(self, sink: HashingSink, f: _Fetch, *, progress: Optional[Progress], credit: int, chunk: int,
                    timeout: float) -> None:
-        stall = max(0.2, min(STALL_PROBE, timeout / 3))
-        last_progress = time.monotonic()
-        prefix = uuid.uuid4().hex[:16]
-        generation = 0
-        inflight: dict[str, int] = {}            # request id -> offset
-        early: dict[int, zmq.Frame] = {}         # chunks that arrived ahead of a missing one
-        next_offset = 0
-        total = f.total
+        p = _Pull(f, credit, chunk, timeout)
         sock = self._socket()
-        while sink.size < total:
-            while len(inflight) < credit and next_offset < total:
-                size = min(chunk, total - next_offset)
-                rid = f"{prefix}-{generation}-{next_offset}"
-                frames = P.encode_request(f.op, {"name": f.name, "offset": next_offset, "size": size}, rid)
-                if not self._send(sock, frames, time.monotonic() + stall):
-                    break
-                inflight[rid] = next_offset
-                next_offset += size
+        while sink.size < f.total:
+            self._ask(sock, p)
             now = time.monotonic()
-            if now - last_progress > timeout:
+            if now - p.last_progress > timeout:
                 raise AgentUnreachable(f"agent {self.name} at {self.endpoint}: no data for {timeout:g}s while "
-                                       f"fetching {f.what} ({sink.size} of {total} bytes received)")
-            wait = min(stall, last_progress + timeout - now)
+                                       f"fetching {f.what} ({sink.size} of {f.total} bytes received)")
+            wait = min(p.stall, p.last_progress + timeout - now)
             if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
                 # Nothing for a while: the connection may have broken with requests in it. Start a
                 # fresh socket and ask again from the last contiguous byte.
                 self._reset()
                 sock = self._socket()
-                generation += 1
-                inflight.clear()
-                early.clear()
-                next_offset = sink.size
+                p.restart(sink.size)
                 continue
-            message = sock.recv_multipart(copy=False)
-            got = self._decode(message)
-            if got is None:
-                continue
-            reply, data = got
-            offset = inflight.pop(reply.id, None) if reply.id is not None else None
-            if offset is None:
-                continue   # stale
-            result = reply.raise_for_error()
-            _check_chunk(f.what, result, offset, data, sha256=f.sha256, total=total)
-            assert data is not None
-            if offset == sink.size:
-                sink.write(data)
-                while sink.size in early:
-                    sink.write(early.pop(sink.size).buffer)
-                last_progress = time.monotonic()
-                if progress is not None:
-                    progress(sink.size, total)
-            elif offset > sink.size:
-                early[offset] = message[1]
+            self._receive(sink, p, sock.recv_multipart(copy=False), progress)
+
+    def _ask(self, sock: zmq.Socket[Any], p: _Pull) -> None:
+        """Request chunks until ``credit`` are in flight, the whole file is asked for, or the socket is mute."""
+        while len(p.inflight) < p.credit and p.next_offset < p.f.total:
+            size = min(p.chunk, p.f.total - p.next_offset)
+            rid = f"{p.prefix}-{p.generation}-{p.next_offset}"
+            frames = P.encode_request(p.f.op, {"name": p.f.name, "offset": p.next_offset, "size": size}, rid)
+            if not self._send(sock, frames, time.monotonic() + p.stall):
+                return
+            p.inflight[rid] = p.next_offset
+            p.next_offset += size
+
+    def _receive(self, sink: HashingSink, p: _Pull, message: list[zmq.Frame], progress: Optional[Progress]) -> None:
+        """One reply: its chunk is written in order (or kept until the missing ones before it arrive);
+        stale and malformed replies are dropped, an error reply raises."""
+        got = self._decode(message)
+        if got is None:
+            return
+        reply, data = got
+        offset = p.inflight.pop(reply.id, None) if reply.id is not None else None
+        if offset is None:
+            return   # stale
+        result = reply.raise_for_error()
+        _check_chunk(p.f.what, result, offset, data, sha256=p.f.sha256, total=p.f.total)
+        assert data is not None
+        if offset == sink.size:
+            sink.write(data)
+            while sink.size in p.early:
+                sink.write(p.early.pop(sink.size).buffer)
+            p.last_progress = time.monotonic()
+            if progress is not None:
+                progress(sink.size, p.f.total)
+        elif offset > sink.size:
+            p.early[offset] = message[1]
 
     # -- put -----------------------------------------------------------------
     def put_snapshot(
@@ -465,6 +463,34 @@ class _Fetch:
     sha256: str
     total: int
     trailer: bool
+
+
+@dataclass
+class _Pull:
+    """Where one fetch stands: the chunk requests in flight, chunks that came ahead of a missing one, and
+    the request ids' generation (a new one after each reconnect, so replies to old requests are stale)."""
+
+    f: _Fetch
+    credit: int
+    chunk: int
+    timeout: float
+    next_offset: int = 0
+    prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    generation: int = 0
+    inflight: dict[str, int] = field(default_factory=dict)      # request id -> offset
+    early: dict[int, zmq.Frame] = field(default_factory=dict)   # offset -> chunk
+    last_progress: float = field(default_factory=time.monotonic)
+
+    @property
+    def stall(self) -> float:
+        return max(0.2, min(STALL_PROBE, self.timeout / 3))
+
+    def restart(self, received: int) -> None:
+        """On a fresh socket: new request ids, and ask again from byte ``received``."""
+        self.generation += 1
+        self.inflight.clear()
+        self.early.clear()
+        self.next_offset = received
 
 
 @dataclass
