@@ -38,7 +38,7 @@ fi
 pip=("$venv/bin/python" -m pip)
 
 # Pinned versions of what the RPM vendors (pure Python; see docs/install.md).
-VENDOR_RPM=("etcd3==0.12.0" "sdnotify==0.3.2" "tomli==2.0.1")
+VENDOR_RPM=("sdnotify==0.3.2" "tomli==2.0.1")
 
 VERSION="$(python3 - <<'EOF'
 import re, pathlib
@@ -70,19 +70,8 @@ write_wrapper() {  # dir name module extra-setup
   cat >"$1/$2" <<EOF
 #!/usr/bin/python3
 """$2: installed by the etcdguard package (entry point $3:main)."""
-import os
 import sys
 $4
-# python-etcd3 0.12's generated code does not import with protobuf >= 4 unless protobuf
-# uses its pure-Python implementation.
-try:
-    from importlib.metadata import version
-
-    if int(version("protobuf").split(".")[0]) >= 4:
-        os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-except (ImportError, ValueError):
-    pass
-
 from $3 import main
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ pass "package installed: $(dpkg-query -W -f='${Version}' etcdguard)"
 
 # -- the code and its libraries come from the system -----------------------------------------
 where="$(/usr/bin/python3 - <<'EOF'
-import etcdguard.agent, etcd3, zmq, prometheus_client, sdnotify, yaml
-for m in (etcdguard.agent, etcd3, zmq, prometheus_client, sdnotify, yaml):
+import etcdguard.agent, grpc, zmq, prometheus_client, sdnotify, yaml
+for m in (etcdguard.agent, grpc, zmq, prometheus_client, sdnotify, yaml):
     print(m.__name__, m.__file__)
 EOF
 )" || where=""

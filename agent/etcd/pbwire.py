@@ -1,11 +1,13 @@
-"""Just enough protobuf wire format to read etcd's replies without the protobuf runtime.
+"""Just enough protobuf wire format to talk to etcd over grpcio, without the protobuf runtime.
 
-Hand-written because python-etcd3 0.12's generated messages predate etcd 3.4:
-they have no ``Member.isLearner`` or ``StatusResponse.errors``/``isLearner``,
-so those fields are dropped silently by the generated parser. Reading the
-wire directly gets them, and it is also faster: the snapshot stream is
-~10,000 messages per 300 MB, and decoding each with the pure-Python protobuf
-runtime (which python-etcd3 0.12 requires) costs more than the network.
+Not python-etcd3: its last release (0.12) has generated protos that predate
+learners (no ``Member.isLearner``, no ``MemberPromote``, no
+``StatusResponse.isLearner``/``dbSizeInUse``/``raftAppliedIndex``, no HashKV
+``hash_revision``), all of which etcdguard reads or will call, and it imports
+only with protobuf < 4. Reading the wire directly gets every field, needs
+only grpcio, and is faster: the snapshot stream is ~10,000 messages per
+300 MB, and decoding each with the pure-Python protobuf runtime costs more
+than the network.
 
 Messages read here (field numbers from etcd's rpc.proto):
   SnapshotResponse {1 header, 2 remaining_bytes, 3 blob, 4 version}

@@ -150,13 +150,17 @@ ArgCheck = Callable[[JSONObject, Optional[bytes]], None]
 class OpSpec:
     """What one op accepts. ``data``: the request carries exactly one data frame;
     ``reply_data``: its ok reply does; ``destructive``: it changes the node, so it
-    carries ``op_id`` and ``step`` and a retry returns the recorded result."""
+    carries ``op_id`` and ``step`` and a retry returns the recorded result;
+    ``idempotent``: resending it (after a deadline passed without a reply) cannot
+    do anything twice, because it is a read, an offset-addressed write, or a
+    request the agent deduplicates; the coordinator's client retries exactly these."""
 
     name: str
     args: Schema
     data: bool = False
     reply_data: bool = False
     destructive: bool = False
+    idempotent: bool = False
     check: Optional[ArgCheck] = None   # cross-field rules, after each field passed
     doc: str = ""
 
@@ -166,6 +170,8 @@ class OpSpec:
                 spec = self.args.get(key)
                 if not isinstance(spec, Str) or not spec.required:
                     raise ValueError(f"destructive op {self.name} must declare a required string {key!r}")
+            if not self.idempotent:
+                raise ValueError(f"destructive op {self.name} is deduplicated by (op_id, step): declare it idempotent")
         for key, spec in self.args.items():
             if isinstance(spec, Dependent):
                 names = list(self.args)
@@ -210,38 +216,52 @@ def _ops(*specs: OpSpec) -> Mapping[str, OpSpec]:
 
 _NONE: Schema = MappingProxyType({})
 
+# Idempotent: every read; snapshot.put (a chunk lands at its offset, and the agent records each reply by
+# request id); snapshot.put.abort (dropping what is gone already is a no-op); restore.step (recorded on
+# disk per (op_id, step)). Not snapshot.take: after an agent restart a resent one takes a second snapshot.
 OPS: Mapping[str, OpSpec] = _ops(
-    OpSpec("ping", _NONE, doc="liveness and authentication check"),
-    OpSpec("status", _NONE, doc="the member, runtime, store and current operation"),
-    OpSpec("snapshot.list", _NONE, doc="the local catalog"),
+    OpSpec("ping", _NONE, idempotent=True, doc="liveness and authentication check"),
+    OpSpec("status", _NONE, idempotent=True, doc="the member, runtime, store and current operation"),
+    OpSpec("snapshot.list", _NONE, idempotent=True, doc="the local catalog"),
     OpSpec("snapshot.take", _NONE, doc="take one verified snapshot now"),
     OpSpec("snapshot.fetch", MappingProxyType({
         "name": _SNAPSHOT_NAME,
         "offset": Int(0, MAX_OFFSET),
         "size": Int(1, MAX_CHUNK),
-    }), reply_data=True, doc="read one chunk of a snapshot (credit-based transfer)"),
+    }), reply_data=True, idempotent=True, doc="read one chunk of a snapshot (credit-based transfer)"),
     OpSpec("snapshot.put", MappingProxyType({
         "upload": _UPLOAD,
         "offset": Int(0, MAX_OFFSET),
         "total_size": Int(0, MAX_OFFSET),
         "sha256": Str(SHA256_PATTERN, "a sha256 hex digest (64 lowercase hex digits)"),
         "final": Bool(),
-    }), data=True, check=_check_put, doc="write one chunk of an incoming snapshot; final verifies it"),
-    OpSpec("snapshot.put.abort", MappingProxyType({"upload": _UPLOAD}), doc="drop a partial upload"),
+    }), data=True, idempotent=True, check=_check_put,
+        doc="write one chunk of an incoming snapshot; final verifies it"),
+    OpSpec("snapshot.put.abort", MappingProxyType({"upload": _UPLOAD}), idempotent=True,
+           doc="drop a partial upload"),
     OpSpec("restore.step", MappingProxyType({
         "op_id": _OP_ID,
         "step": Str(_STEP_PATTERN, "a restore step (" + ", ".join(STEPS) + ")", max_len=32),
         "params": Dependent("step", STEP_PARAMS),
-    }), destructive=True, check=_check_restore_step, doc="run one step of a restore, once per (op_id, step)"),
-    OpSpec("restore.status", MappingProxyType({"op_id": _OP_ID}), doc="recorded steps of an operation"),
+    }), destructive=True, idempotent=True, check=_check_restore_step,
+        doc="run one step of a restore, once per (op_id, step)"),
+    OpSpec("restore.status", MappingProxyType({"op_id": _OP_ID}), idempotent=True,
+           doc="recorded steps of an operation"),
     OpSpec("etcd.inspect", MappingProxyType({"hashkv_revision": Int(0, MAX_OFFSET, required=False)}),
+           idempotent=True,
            doc="the local etcd asked now: status, member list, alarms, and hashkv at a revision when given"),
     OpSpec("bundle.fetch", MappingProxyType({
         "name": _SNAPSHOT_NAME,
         "offset": Int(0, MAX_OFFSET),
         "size": Int(1, MAX_CHUNK),
-    }), reply_data=True, doc="read one chunk of the encrypted node bundle beside a snapshot"),
+    }), reply_data=True, idempotent=True, doc="read one chunk of the encrypted node bundle beside a snapshot"),
 )
+
+
+def is_idempotent(op: str) -> bool:
+    """Safe to resend: the op's spec says so (an unknown op is not)."""
+    spec = OPS.get(op)
+    return spec is not None and spec.idempotent
 
 
 # ---------------------------------------------------------------------------

@@ -9,15 +9,17 @@ never be mistaken for the answer to a new one.
 
 Retries resend the same request id: the agent answers a repeat with the
 reply it recorded, or attaches it to the still running request, so a retry
-never runs anything twice. Only requests that are idempotent, or deduplicated
-by the agent, are retried by default; ``snapshot.take`` is not.
+never runs anything twice. By default exactly the ops whose spec in the wire
+protocol says ``idempotent`` are retried; ``snapshot.take`` is not.
 
 Transfers follow the ZeroMQ guide's credit-based file transfer (fileio3):
 ``credit`` chunk requests are kept in flight, each addressed by offset, so
 throughput does not wait on round trips, memory stays at ``credit`` chunks,
 and a broken connection is resumed from the last contiguous byte. A fetched
-file is written to a temp file next to ``dest``, verified (sha256 and etcd's
-SHA-256 trailer), fsync'ed and renamed; on failure nothing is left behind.
+file is written to a temp file next to ``dest``, verified (sha256, and etcd's
+SHA-256 trailer for a snapshot), fsync'ed and renamed; on failure nothing is
+left behind. Snapshots (``snapshot.fetch``) and the node bundle beside one
+(``bundle.fetch``) go through the same transfer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -45,18 +48,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]   # (bytes done, total bytes)
 
-DEFAULT_RETRIES = 2
-# Safe to resend: reads, offset-addressed writes, and steps the agent deduplicates by (op_id, step).
-RETRYABLE = frozenset({
-    "ping", "status", "snapshot.list", "snapshot.fetch", "snapshot.put", "snapshot.put.abort",
-    "restore.status", "restore.step",
-})
+DEFAULT_RETRIES = 2       # for the ops the protocol declares idempotent; others are sent once
 STALL_PROBE = 5.0          # seconds without any reply before a transfer reconnects and resumes
 MAX_RESYNCS = 5            # put: gap errors in a row (without progress) before giving up
 READ_CHUNK = 1 << 20
 SINK_DEPTH = 16            # fetch: received chunks queued for the writer thread (memory: that many chunks)
 WRITEBACK = 8 << 20        # fetch: start writeback every this many bytes (0: only the closing fsync)
 MAX_MESSAGE = P.MAX_CHUNK + P.MAX_HEADER + 4096
+_SHA256 = re.compile(P.SHA256_PATTERN)
 
 
 class AgentUnreachable(EtcdguardError):
@@ -177,7 +176,7 @@ class AgentClient:
         answers it from its record) and the reply carries the id awaited here.
         """
         if retries is None:
-            retries = DEFAULT_RETRIES if op in RETRYABLE else 0
+            retries = DEFAULT_RETRIES if P.is_idempotent(op) else 0
         rid = request_id or P.new_request_id()
         frames = P.encode_request(op, args or {}, rid, data)
         attempts = max(1, retries + 1)
@@ -242,18 +241,48 @@ class AgentClient:
         _check_transfer_args(credit, chunk, fetch=True)
         if expected_size <= 0:
             raise UsageError(f"expected_size must be > 0, got {expected_size}")
-        dest = Path(dest)
+        self._fetch(_Fetch("snapshot.fetch", name, name, expected_sha256, expected_size, trailer=True), Path(dest),
+                    progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+
+    def fetch_bundle(
+        self, name: str, dest: Path, *, max_size: int, progress: Optional[Progress] = None, credit: int = 4,
+        chunk: int = 1 << 20, timeout: float = 30.0,
+    ) -> None:
+        """Copy the encrypted node bundle beside snapshot ``name`` to ``dest``, verified end to end.
+
+        A bundle's size and sha256 are not in the snapshot's metadata, so a
+        one-byte ``bundle.fetch`` asks for them first; the transfer then runs
+        as for a snapshot, every chunk's reply checked against them, and the
+        received file's sha256 against the agent's. A bundle larger than
+        ``max_size`` is refused before anything is transferred. Same
+        guarantees as ``fetch_snapshot`` otherwise.
+        """
+        _check_transfer_args(credit, chunk, fetch=True)
+        what = f"the node bundle of {name}"
+        info = self.call("bundle.fetch", {"name": name, "offset": 0, "size": 1}, timeout=timeout)
+        total, sha256 = info.get("total"), info.get("sha256")
+        if not isinstance(total, int) or not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise P.ProtocolError(P.BAD_REQUEST, f"{what}: agent {self.name} described it as {total!r} bytes with "
+                                                 f"sha256 {sha256!r}")
+        if not 0 < total <= max_size:
+            raise SnapshotCorrupt(f"{what}: refused a {total}-byte node bundle from agent {self.name} (a bundle is "
+                                  f"1 to {max_size} bytes)")
+        self._fetch(_Fetch("bundle.fetch", name, what, sha256, total, trailer=False), Path(dest), progress=progress,
+                    credit=credit, chunk=chunk, timeout=timeout)
+
+    def _fetch(self, f: _Fetch, dest: Path, *, progress: Optional[Progress], credit: int, chunk: int,
+               timeout: float) -> None:
+        """The transfer into a temp file beside ``dest``, checked, fsync'ed and renamed; nothing left on failure."""
         tmp = fsutil.temp_path(dest.parent, dest.name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with self._lock:
-                sha, trailer_ok = self._pull(name, fd, sha256=expected_sha256, total=expected_size,
-                                             progress=progress, credit=credit, chunk=chunk, timeout=timeout)
-            if sha != expected_sha256:
-                raise SnapshotCorrupt(f"{name} from agent {self.name}: received data has sha256 {sha}, "
-                                      f"expected {expected_sha256}")
-            if not trailer_ok:
-                raise SnapshotCorrupt(f"{name} from agent {self.name}: the SHA-256 trailer does not match "
+                sha, trailer_ok = self._pull(f, fd, progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+            if sha != f.sha256:
+                raise SnapshotCorrupt(f"{f.what} from agent {self.name}: received data has sha256 {sha}, "
+                                      f"expected {f.sha256}")
+            if f.trailer and not trailer_ok:
+                raise SnapshotCorrupt(f"{f.what} from agent {self.name}: the SHA-256 trailer does not match "
                                       "(not an etcd snapshot, or corrupted)")
             fsutil.commit_temp(tmp, dest, fd=fd)
             os.close(fd)
@@ -265,70 +294,67 @@ class AgentClient:
                 os.unlink(tmp)
             raise
 
-    def _pull(self, name: str, fd: int, *, sha256: str, total: int, progress: Optional[Progress], credit: int,
-              chunk: int, timeout: float) -> tuple[str, bool]:
-        digest = KnownSizeDigest(total)
+    def _pull(self, f: _Fetch, fd: int, *, progress: Optional[Progress], credit: int, chunk: int,
+              timeout: float) -> tuple[str, bool]:
+        digest = KnownSizeDigest(f.total)
         with HashingSink(fd, digest, batch_bytes=1, depth=SINK_DEPTH, writeback=WRITEBACK,
                          name="fetch-writer") as sink:
-            self._pull_into(sink, name, sha256=sha256, total=total, progress=progress, credit=credit, chunk=chunk,
-                            timeout=timeout)
+            self._pull_into(sink, f, progress=progress, credit=credit, chunk=chunk, timeout=timeout)
         return digest.finish()
 
-    def _pull_into(self, sink: HashingSink, name: str, *, sha256: str, total: int, progress: Optional[Progress],
-                   credit: int, chunk: int, timeout: float) -> None:
-        stall = max(0.2, min(STALL_PROBE, timeout / 3))
-        last_progress = time.monotonic()
-        prefix = uuid.uuid4().hex[:16]
-        generation = 0
-        inflight: dict[str, int] = {}            # request id -> offset
-        early: dict[int, zmq.Frame] = {}         # chunks that arrived ahead of a missing one
-        next_offset = 0
+    def _pull_into(self, sink: HashingSink, f: _Fetch, *, progress: Optional[Progress], credit: int, chunk: int,
+                   timeout: float) -> None:
+        p = _Pull(f, credit, chunk, timeout)
         sock = self._socket()
-        while sink.size < total:
-            while len(inflight) < credit and next_offset < total:
-                size = min(chunk, total - next_offset)
-                rid = f"{prefix}-{generation}-{next_offset}"
-                frames = P.encode_request("snapshot.fetch", {"name": name, "offset": next_offset, "size": size}, rid)
-                if not self._send(sock, frames, time.monotonic() + stall):
-                    break
-                inflight[rid] = next_offset
-                next_offset += size
+        while sink.size < f.total:
+            self._ask(sock, p)
             now = time.monotonic()
-            if now - last_progress > timeout:
+            if now - p.last_progress > timeout:
                 raise AgentUnreachable(f"agent {self.name} at {self.endpoint}: no data for {timeout:g}s while "
-                                       f"fetching {name} ({sink.size} of {total} bytes received)")
-            wait = min(stall, last_progress + timeout - now)
+                                       f"fetching {f.what} ({sink.size} of {f.total} bytes received)")
+            wait = min(p.stall, p.last_progress + timeout - now)
             if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
                 # Nothing for a while: the connection may have broken with requests in it. Start a
                 # fresh socket and ask again from the last contiguous byte.
                 self._reset()
                 sock = self._socket()
-                generation += 1
-                inflight.clear()
-                early.clear()
-                next_offset = sink.size
+                p.restart(sink.size)
                 continue
-            message = sock.recv_multipart(copy=False)
-            got = self._decode(message)
-            if got is None:
-                continue
-            reply, data = got
-            offset = inflight.pop(reply.id, None) if reply.id is not None else None
-            if offset is None:
-                continue   # stale
-            result = reply.raise_for_error()
-            _check_chunk(name, result, offset, data, sha256=sha256, total=total)
-            assert data is not None
-            if offset == sink.size:
-                sink.write(data)
-                while sink.size in early:
-                    sink.write(early.pop(sink.size).buffer)
-                last_progress = time.monotonic()
-                if progress is not None:
-                    progress(sink.size, total)
-            elif offset > sink.size:
-                early[offset] = message[1]
+            self._receive(sink, p, sock.recv_multipart(copy=False), progress)
 
+    def _ask(self, sock: zmq.Socket[Any], p: _Pull) -> None:
+        """Request chunks until ``credit`` are in flight, the whole file is asked for, or the socket is mute."""
+        while len(p.inflight) < p.credit and p.next_offset < p.f.total:
+            size = min(p.chunk, p.f.total - p.next_offset)
+            rid = f"{p.prefix}-{p.generation}-{p.next_offset}"
+            frames = P.encode_request(p.f.op, {"name": p.f.name, "offset": p.next_offset, "size": size}, rid)
+            if not self._send(sock, frames, time.monotonic() + p.stall):
+                return
+            p.inflight[rid] = p.next_offset
+            p.next_offset += size
+
+    def _receive(self, sink: HashingSink, p: _Pull, message: list[zmq.Frame], progress: Optional[Progress]) -> None:
+        """One reply: its chunk is written in order (or kept until the missing ones before it arrive);
+        stale and malformed replies are dropped, an error reply raises."""
+        got = self._decode(message)
+        if got is None:
+            return
+        reply, data = got
+        offset = p.inflight.pop(reply.id, None) if reply.id is not None else None
+        if offset is None:
+            return   # stale
+        result = reply.raise_for_error()
+        _check_chunk(p.f.what, result, offset, data, sha256=p.f.sha256, total=p.f.total)
+        assert data is not None
+        if offset == sink.size:
+            sink.write(data)
+            while sink.size in p.early:
+                sink.write(p.early.pop(sink.size).buffer)
+            p.last_progress = time.monotonic()
+            if progress is not None:
+                progress(sink.size, p.f.total)
+        elif offset > sink.size:
+            p.early[offset] = message[1]
 
     # -- put -----------------------------------------------------------------
     def put_snapshot(
@@ -424,6 +450,47 @@ class AgentClient:
         p.next_offset = int(st["received"])
         p.sent_final = False
         return sock, (st if st["complete"] else None)
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """One file to fetch: the op that reads its chunks, the name it is asked by, how errors name it,
+    the sha256 and size it must have, and whether it ends in etcd's SHA-256 trailer (a snapshot)."""
+
+    op: str
+    name: str
+    what: str
+    sha256: str
+    total: int
+    trailer: bool
+
+
+@dataclass
+class _Pull:
+    """Where one fetch stands: the chunk requests in flight, chunks that came ahead of a missing one, and
+    the request ids' generation (a new one after each reconnect, so replies to old requests are stale)."""
+
+    f: _Fetch
+    credit: int
+    chunk: int
+    timeout: float
+    next_offset: int = 0
+    prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    generation: int = 0
+    inflight: dict[str, int] = field(default_factory=dict)      # request id -> offset
+    early: dict[int, zmq.Frame] = field(default_factory=dict)   # offset -> chunk
+    last_progress: float = field(default_factory=time.monotonic)
+
+    @property
+    def stall(self) -> float:
+        return max(0.2, min(STALL_PROBE, self.timeout / 3))
+
+    def restart(self, received: int) -> None:
+        """On a fresh socket: new request ids, and ask again from byte ``received``."""
+        self.generation += 1
+        self.inflight.clear()
+        self.early.clear()
+        self.next_offset = received
 
 
 @dataclass

@@ -31,6 +31,10 @@ class AgentLink(Protocol):
                        progress: Optional[Callable[[int, int], None]] = None, credit: int = 4,
                        chunk: int = 1 << 20, timeout: float = 30.0) -> None: ...
 
+    def fetch_bundle(self, name: str, dest: Path, *, max_size: int,
+                     progress: Optional[Callable[[int, int], None]] = None, credit: int = 4,
+                     chunk: int = 1 << 20, timeout: float = 30.0) -> None: ...
+
     def put_snapshot(self, src: Path, upload: str, *, progress: Optional[Callable[[int, int], None]] = None,
                      chunk: int = 1 << 20, credit: int = 4, timeout: float = 30.0) -> dict[str, Any]: ...
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SLICE = 3.0             # seconds a step request waits before the agent is pinged (and the step re-sent)
 PING_TIMEOUT = 3.0
 RETRY_PAUSE = 0.5       # between attempts while an agent is down or busy
+HASHKV_TIMEOUT = 120.0  # etcd.inspect with a hashkv: it hashes every key at one revision
 
 
 class StepTimeout(EtcdguardError):
@@ -170,7 +171,11 @@ class ClusterAgents:
         The health's ``error`` says "etcd is not running" when the agent's runtime
         knows that its etcd process is gone (it exited after a start, say)."""
         args: dict[str, Any] = {} if hashkv_revision is None else {"hashkv_revision": hashkv_revision}
-        result = self.client(member).call("etcd.inspect", args, timeout=timeout)
+        # A hashkv reads the whole store (seconds on a large one): one attempt with the whole deadline,
+        # not the deadline split between retries.
+        retries = 0 if hashkv_revision is not None else None
+        result = self.client(member).call("etcd.inspect", args, timeout=max(timeout, HASHKV_TIMEOUT)
+                                          if hashkv_revision is not None else timeout, retries=retries)
         try:
             health = from_json(EtcdHealth, result.get("etcd"), f"member {member}: etcd.inspect")
         except ValueError as exc:

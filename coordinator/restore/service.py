@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import EtcdguardError, UnsafeRefusal, UsageError
+from etcdguard.common.base.slot import Slot
 from etcdguard.common.journal import JournalDamaged, new_op_id
 from etcdguard.common.ops.cluster_plan import RestorePlan, SnapshotRef, Summary
 from etcdguard.common.ops.flows import CLUSTER_RESTORE
@@ -101,7 +102,7 @@ class RestoreService:
 
     def __init__(self, *, config: Callable[[], CoordinatorConfig], links: Callable[[], MemberLinks],
                  vault: Callable[[], Vault], safety_snapshot: Callable[[str, Emit], Optional[str]],
-                 slot: threading.Lock, on_change: Callable[[], None] = lambda: None,
+                 slot: Slot, on_change: Callable[[], None] = lambda: None,
                  stop: Optional[threading.Event] = None) -> None:
         self._config = config
         self._links = links
@@ -387,13 +388,11 @@ class RestoreService:
     @contextlib.contextmanager
     def _hold_slot(self, run: Run) -> Iterator[None]:
         """The daemon's single slot: no vault pull or backup overlaps a restore."""
-        if not self._slot.acquire(blocking=False):
-            run.emit({"phase": "plan", "message": "waiting for the running vault pull or backup to finish"})
-            self._slot.acquire()
-        try:
+        def waiting(doing: str) -> None:
+            run.emit({"phase": "plan", "message": f"waiting for the running vault pull or backup to finish ({doing})"})
+
+        with self._slot.held(f"restore {run.op}", waiting=waiting):
             yield
-        finally:
-            self._slot.release()
 
     @contextlib.contextmanager
     def _snapshot_file(self, plan: RestorePlan) -> Iterator[Path]:

@@ -111,6 +111,43 @@ def test_without_a_recipient_the_bundle_stays_on_the_node_and_check_warns(tmp_pa
     assert "encrypt_to" in bundle.hint
 
 
+@pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
+def test_the_coordinator_fetches_a_bundle_through_the_credit_based_transfer(tmp_path, etcd_member):
+    """Small chunks with several in flight, each reply checked against the size and sha256 the agent declared;
+    an oversized or missing bundle leaves nothing behind."""
+    need_age()
+    from etcdguard.common.base.errors import SnapshotCorrupt
+    from etcdguard.common.wire.protocol import NOT_FOUND, RemoteError
+
+    from tests.helpers.agents import AgentProcess, CoordinatorKeys
+
+    _, recipient = age_keypair(tmp_path / "keys")
+    ckeys = CoordinatorKeys.create(tmp_path / "ckeys")
+    agent = AgentProcess(etcd_member, tmp_path / "agent", authorized=[ckeys.public_path],
+                         sections={"bundle": {**node_files(tmp_path / "node"), "encrypt_to": [recipient]}})
+    assert agent.seeded is not None and agent.seeded.bundle == "encrypted"
+    raw = agent.store().bundle_path(agent.seeded.name, True).read_bytes()
+    assert len(raw) > 3 * 1000
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[tuple[int, int]] = []
+    agent.start()
+    try:
+        with agent.client(ckeys) as client:
+            client.fetch_bundle(agent.seeded.name, out / "bundle.tar.age", max_size=1 << 20, chunk=1000, credit=3,
+                                progress=lambda done, total: seen.append((done, total)))
+            assert (out / "bundle.tar.age").read_bytes() == raw
+            assert len(seen) >= 3 and seen[-1] == (len(raw), len(raw))   # in 1000-byte chunks
+            with pytest.raises(SnapshotCorrupt, match=rf"refused a {len(raw)}-byte node bundle"):
+                client.fetch_bundle(agent.seeded.name, out / "big.tar.age", max_size=len(raw) - 1)
+            with pytest.raises(RemoteError) as missing:
+                client.fetch_bundle("snap-20261201T000000.000Z-r1.db", out / "none.tar.age", max_size=1 << 20)
+            assert missing.value.code == NOT_FOUND
+    finally:
+        agent.stop()
+    assert sorted(os.listdir(out)) == ["bundle.tar.age"]
+
+
 # -- end to end: agent, coordinator, an encrypted S3 vault -------------------------------------------
 
 

@@ -9,7 +9,7 @@ from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.common.base import schedule
 from etcdguard.common.base.freshness import Freshness, future_dated
 from etcdguard.common.base.retention import Aged, Facts, decide, newest_first
-from etcdguard.coordinator.daemon import fresh_as_of
+from etcdguard.coordinator.vault.pulls import fresh_as_of
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

@@ -7,6 +7,7 @@ talks to agents through); the vault is a real directory.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,3 +104,30 @@ def test_backup_never_waits_on_a_restore(tmp_path: Path) -> None:
     with pytest.raises(UnsafeRefusal, match="a restore operation is in progress on member cp1"):
         daemon(tmp_path, agent, "60s").backup("cp1", lambda e: None)
     assert len(agent.takes) == 1
+
+
+def test_backup_waits_for_the_slot_and_names_what_holds_it(tmp_path: Path) -> None:
+    agent = ScriptedAgent(busy=0)
+    d = daemon(tmp_path, agent, "60s")
+    assert d.slot.try_take("restore op1")
+    events: list[Mapping[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: results.append(d.backup("cp1", events.append)))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert events == [{"stage": "wait", "message": "waiting for the running operation: restore op1"}]
+    assert agent.takes == [] and d.status_report()["coordinator"]["busy"] == "restore op1"
+    d.slot.release()
+    worker.join(10)
+    assert results[0]["entry"]["sha256"] == META["sha256"] and len(agent.takes) == 1
+    assert d.slot.doing is None and d.pulls.last_pull is not None and d.pulls.last_pull["member"] == "cp1"
+
+
+def test_a_scheduled_pull_is_postponed_while_the_slot_is_taken(tmp_path: Path) -> None:
+    agent = ScriptedAgent(busy=0)
+    d = daemon(tmp_path, agent, "60s")
+    assert d.slot.try_take("backup: taking a snapshot on cp1")
+    assert d.pulls.pull_once() is True
+    assert agent.takes == [] and d.pulls.last_pull is None and d.slot.doing == "backup: taking a snapshot on cp1"

@@ -622,7 +622,8 @@ def test_deb_package(built_packages: dict[str, Path]) -> None:
     fields = dict(line.split(": ", 1) for line in info.splitlines() if ": " in line and not line.startswith(" "))
     assert fields["Architecture"] == "all" and fields["Version"] == version
     depends = fields["Depends"]
-    for dep in ("python3-etcd3", "python3-zmq", "python3-prometheus-client", "python3-sdnotify",
+    assert "etcd3" not in depends and "protobuf" not in depends
+    for dep in ("python3-grpcio", "python3-zmq", "python3-prometheus-client", "python3-sdnotify",
                 "python3-tomli | python3 (>= 3.11)", "python3-yaml"):
         assert dep in depends
     listing = run(["dpkg-deb", "-c", str(deb)]).stdout
@@ -657,10 +658,12 @@ def test_rpm_package(built_packages: dict[str, Path], tmp_path: Path) -> None:
     assert rpm.name == f"etcdguard-{project_version()}-1.noarch.rpm"
     files = run([rpm_cmd, "-qpl", str(rpm)]).stdout.split()
     for path in ("/usr/bin/etcdguard-agent", "/usr/lib/systemd/system/etcdguard-coordinator.service",
-                 "/usr/share/etcdguard/python/etcdguard/agent/cli.py", "/usr/share/etcdguard/python/etcd3/__init__.py",
+                 "/usr/share/etcdguard/python/etcdguard/agent/cli.py",
                  "/usr/share/etcdguard/python/sdnotify/__init__.py", "/usr/share/etcdguard/python/tomli/__init__.py"):
         assert path in files, path
     assert not any("__pycache__" in f for f in files)
+    vendored = {f.split("/")[5] for f in files if f.startswith("/usr/share/etcdguard/python/") and f.count("/") > 5}
+    assert {v for v in vendored if not v.endswith(".dist-info")} == {"etcdguard", "sdnotify", "tomli"}, vendored
     documented = run([rpm_cmd, "-qpd", str(rpm)]).stdout.split()   # %doc: every file of docs/, the man pages
     for doc in sorted((REPO / "docs").glob("*.md")):
         assert f"/usr/share/doc/etcdguard/{doc.name}" in documented, f"the .rpm lacks docs/{doc.name} as %doc"
@@ -671,7 +674,9 @@ def test_rpm_package(built_packages: dict[str, Path], tmp_path: Path) -> None:
     scripts = run([rpm_cmd, "-qp", "--scripts", str(rpm)]).stdout
     assert "useradd -r -g etcdguard" in scripts and "systemctl daemon-reload" in scripts
     requires = run([rpm_cmd, "-qp", "--requires", str(rpm)]).stdout
-    assert "python3dist(pyzmq)" in requires and "python3dist(etcd3)" not in requires
+    assert "python3dist(pyzmq)" in requires and "python3dist(grpcio)" in requires
+    for gone in ("etcd3", "protobuf", "six", "tenacity"):
+        assert f"python3dist({gone})" not in requires, requires
     assert "python3dist(pyyaml)" in requires   # python3-pyyaml provides it (Fedora, EL9); not vendored
 
     # Install into a scratch root and run the commands from there with this machine's Python.
@@ -682,8 +687,8 @@ def test_rpm_package(built_packages: dict[str, Path], tmp_path: Path) -> None:
     env = clean_env({"PYTHONPATH": str(private)})
     proc = run([sys.executable, str(root / "usr/bin/etcdguard-agent"), "--version"], env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == f"etcdguard-agent {project_version()}", proc.stderr
-    where = run([sys.executable, "-c", "import etcdguard.agent.cli, etcd3, sdnotify, tomli\n"
-                 "for m in (etcdguard.agent.cli, etcd3, sdnotify, tomli): print(m.__file__)"], env=env)
+    where = run([sys.executable, "-c", "import etcdguard.agent.cli, sdnotify, tomli\n"
+                 "for m in (etcdguard.agent.cli, sdnotify, tomli): print(m.__file__)"], env=env)
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(private)) for line in where.stdout.split()), where.stdout
 

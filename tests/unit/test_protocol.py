@@ -79,6 +79,10 @@ def test_registry_declares_the_ops_and_flags():
     assert {n for n, s in P.OPS.items() if s.destructive} == {"restore.step"}
     assert {n for n, s in P.OPS.items() if s.data} == {"snapshot.put"}
     assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch", "bundle.fetch"}
+    # every op but snapshot.take is safe to resend: reads, offset-addressed puts, steps deduplicated by (op_id, step)
+    assert {n for n, s in P.OPS.items() if not s.idempotent} == {"snapshot.take"}
+    assert [n for n in P.OPS if P.is_idempotent(n)] == [n for n, s in P.OPS.items() if s.idempotent]
+    assert not P.is_idempotent("no.such.op")
     assert list(P.OPS)[-1] == "bundle.fetch"   # new ops go at the end
     assert P.STEPS == ("preflight", "prepare", "fence", "stop", "swap", "start", "verify",
                        "unfence", "restart-controllers", "undo-prepare", "undo-fence", "undo-stop", "undo-swap",
@@ -92,6 +96,8 @@ def test_a_destructive_op_must_declare_op_id_and_step():
         P.OpSpec("x.wipe", {"step": P.Str()}, destructive=True)
     with pytest.raises(ValueError, match="earlier required"):
         P.OpSpec("x", {"params": P.Dependent("step", {}), "step": P.Str()})
+    with pytest.raises(ValueError, match="declare it idempotent"):
+        P.OpSpec("x.wipe", {"op_id": P.Str(), "step": P.Str()}, destructive=True)
 
 
 # ---------------------------------------------------------------------------

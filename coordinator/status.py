@@ -1,0 +1,84 @@
+"""What ``etcdguardctl status`` and ``etcdguardctl restores`` report, assembled from the daemon's parts.
+
+The agents' views, the vault's listing and the restore journals are read by
+the caller's parts; this module only shapes them into the reply, so the
+field names operators and scripts read are kept in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from etcdguard.common import __version__
+from etcdguard.common.base import schedule
+from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
+from etcdguard.coordinator.config import CoordinatorConfig
+from etcdguard.coordinator.restore.service import RestoreService
+from etcdguard.coordinator.vault.store import Vault, VaultBackendError
+
+WAITING = ("interrupted", "paused", "needs-attention")   # restore states that wait for the operator
+
+
+def status_report(*, views: Sequence[MemberView], vault: Vault, config: CoordinatorConfig,
+                  restores: RestoreService, busy: Optional[str], next_pull_in: Optional[float],
+                  last_pull: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The reply to ``status``: members, cluster, vault, restores and the coordinator itself."""
+    now = time.time()
+    return {
+        "members": [member_row(v, now) for v in views],
+        "cluster": cluster_summary(views),
+        "vault": vault_status(vault, config, now),
+        "restores": restore_status(restores),
+        "coordinator": {
+            "version": __version__,
+            "busy": busy,
+            "next_pull_in_seconds": next_pull_in,
+            "last_pull": last_pull,
+            "insecure": config.coordinator.insecure,
+        },
+    }
+
+
+def vault_status(vault: Vault, config: CoordinatorConfig, now: float) -> dict[str, Any]:
+    """The vault's part of ``status``; a backend that cannot be listed shows as ``error``."""
+    vault_error = None
+    try:
+        entries = vault.list()
+    except VaultBackendError as exc:
+        entries, vault_error = [], str(exc)
+    newest = entries[0] if entries else None
+    return {
+        "dir": vault.location,
+        "backend": vault.backend,
+        "encrypted": vault.encrypted,
+        "error": vault_error,
+        "count": len(entries),
+        "bytes": sum(e.size for e in entries),
+        "keep": config.vault.keep,
+        "interval_seconds": config.vault.interval,
+        "newest": newest.to_json() if newest else None,
+        "newest_age_seconds": schedule.age_of(newest.created_unix, now) if newest else None,
+    }
+
+
+def restore_status(restores: RestoreService) -> dict[str, Any]:
+    """The running restore and every one that waits for the operator (interrupted, paused, ...)."""
+    active = restores.active()
+    waiting = [{"op": r.op, "state": r.state.value, "phase": r.reached()[-1] if r.reached() else None,
+                "error": r.error} for r in restores.records() if r.state.value in WAITING]
+    return {"running": {"op": active[0], "doing": active[1]} if active else None, "waiting": waiting,
+            "damaged": [f"{op}: {why}" for op, why in restores.journals.damaged()]}
+
+
+def restores_report(restores: RestoreService) -> list[dict[str, Any]]:
+    """The reply to ``restores``: every journaled operation, and a row for each journal that cannot be read."""
+    return [r.to_json() for r in restores.records()] + [damaged_row(op, why) for op, why in restores.journals.damaged()]
+
+
+def damaged_row(op: str, why: str) -> dict[str, Any]:
+    """A journal that cannot be read, as a row of `etcdguardctl restores` (state ``damaged``)."""
+    return {"op": op, "state": "damaged", "error": why, "plan_id": None, "kind": None, "snapshot": None,
+            "created_at": None, "ended_at": None, "until": None, "failed_phase": None, "phases": {},
+            "reverts": {}, "facts": {}, "members": []}
