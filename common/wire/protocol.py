@@ -392,19 +392,28 @@ def _frames_of(header: JSONObject, data: Any) -> list[bytes]:
     return frames
 
 
-def _check_plain(value: Any, where: str, depth: int) -> None:
-    """Refuse Python values that JSON would change or that the decoder refuses."""
-    if value is None or isinstance(value, (bool, str)):
-        if isinstance(value, str) and _SURROGATE_RE.search(value):
+def _check_scalar(value: Any, where: str) -> bool:
+    """True (after checking it) when ``value`` is a JSON scalar; False for anything else."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        if _SURROGATE_RE.search(value):
             raise _bad(f"{where}: contains unpaired surrogates")
-        return
+        return True
     if isinstance(value, int):
         if not INT_MIN <= value <= INT_MAX:
             raise _bad(f"{where}: integer out of range ({INT_MIN} to {INT_MAX})")
-        return
+        return True
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _bad(f"{where}: {value} is not a finite number")
+        return True
+    return False
+
+
+def _check_plain(value: Any, where: str, depth: int) -> None:
+    """Refuse Python values that JSON would change or that the decoder refuses."""
+    if _check_scalar(value, where):
         return
     if isinstance(value, (list, dict)) and depth > MAX_DEPTH:
         raise _bad(f"{where}: nested deeper than {MAX_DEPTH} levels")

@@ -14,19 +14,12 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import KEYS
 from tests.helpers.etcd import EtcdCluster
 from tests.helpers.net import wait_until
 from tests.helpers.restore_rig import RestoreRig, phase_done, state_of, step_started
 
 pytestmark = pytest.mark.slow
-
-KEYS = 40
-
-
-def seed(cluster: EtcdCluster) -> None:
-    for i in range(KEYS):
-        cluster.members[i % 3].put(f"/registry/demo/k{i:03d}", f"value-{i}")
-
 
 def disaster(cluster: EtcdCluster) -> None:
     cluster.etcdctl("del", "--prefix", "/registry/demo/")
@@ -60,20 +53,6 @@ def assert_restored(cluster: EtcdCluster, old_cluster_id: int, snapshot_revision
 
 def kept_dirs(cluster: EtcdCluster, op: str) -> list[Path]:
     return [m.data_dir / f"member.etcdguard-{op}" for m in cluster.members]
-
-
-@pytest.fixture
-def rig(etcd_cluster3: EtcdCluster, tmp_path: Path):
-    seed(etcd_cluster3)
-    r = RestoreRig(etcd_cluster3, tmp_path, apiservers=True)
-    try:
-        r.start()
-        yield r
-    except BaseException:
-        r.dump_logs()
-        raise
-    finally:
-        r.stop()
 
 
 def test_plan_then_restore_brings_the_snapshot_back_on_every_member(rig: RestoreRig, etcd_build):

@@ -9,25 +9,10 @@ import json
 
 import pytest
 
-from tests.e2e.test_cluster_restore import assert_restored, disaster, seed
-from tests.helpers.etcd import EtcdCluster
+from tests.e2e.test_cluster_restore import assert_restored, disaster
 from tests.helpers.restore_rig import RestoreRig, state_of, step_started
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)]
-
-
-@pytest.fixture
-def rig(etcd_cluster3: EtcdCluster, tmp_path):
-    seed(etcd_cluster3)
-    r = RestoreRig(etcd_cluster3, tmp_path, apiservers=True)
-    r.start()
-    try:
-        yield r
-    except BaseException:
-        r.dump_logs()
-        raise
-    finally:
-        r.stop()
 
 
 def test_a_record_torn_by_a_kill_during_start_is_cut_and_the_restore_resumes(rig: RestoreRig):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cluster_restore import KEYS, assert_restored, disaster, seed
+from tests.e2e.conftest import KEYS, seed
+from tests.e2e.test_cluster_restore import assert_restored, disaster
 from tests.helpers.etcd import EtcdCluster
 from tests.helpers.restore_rig import RestoreRig
 from tests.helpers.s3 import MotoServer, age_keypair

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_cluster_restore import assert_restored, disaster, seed
+from tests.e2e.conftest import seed
+from tests.e2e.test_cluster_restore import assert_restored, disaster
 from tests.helpers.etcd import EtcdBuild
 from tests.helpers.kubelet import TestKubelet
 from tests.helpers.manifests import apiserver_manifest_json, etcd_manifest_yaml

@@ -193,36 +193,41 @@ def systemctl_main(state_file: str, calls_file: str, argv: list[str]) -> int:
     if verb == "show":
         print("yes" if unit.get("need_reload") else "no")
         return 0
-    if verb == "start":
-        if unit.get("fail_start"):
-            print(f"Job for {name} failed because the control process exited with error code.", file=sys.stderr)
-            unit["state"] = "failed"
-            _save(state_file, state)
-            return 1
-        if unit["state"] != "active" and unit.get("command"):
-            log = open(Path(state_file).parent / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-            proc = subprocess.Popen(unit["command"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            unit["pid"] = proc.pid
-        unit["state"] = "active"
+    if verb in ("start", "stop"):
+        code = (_unit_start if verb == "start" else _unit_stop)(state_file, name, unit)
         _save(state_file, state)
-        return 0
-    if verb == "stop":
-        pid = unit.get("pid")
-        if unit.get("stop", "term") == "term" and pid and _alive(int(pid)):
-            os.kill(int(pid), signal.SIGTERM)
-            deadline = time.monotonic() + 5.0
-            while _alive(int(pid)) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _alive(int(pid)):
-                os.kill(int(pid), signal.SIGKILL)
-                while _alive(int(pid)):
-                    time.sleep(0.02)
-        unit["state"] = "inactive"
-        _save(state_file, state)
-        return 0
+        return code
     print(f"systemctl stand-in: unsupported verb {verb!r}", file=sys.stderr)
     return 2
+
+
+def _unit_start(state_file: str, name: str, unit: dict[str, Any]) -> int:
+    if unit.get("fail_start"):
+        print(f"Job for {name} failed because the control process exited with error code.", file=sys.stderr)
+        unit["state"] = "failed"
+        return 1
+    if unit["state"] != "active" and unit.get("command"):
+        log = open(Path(state_file).parent / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(unit["command"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        unit["pid"] = proc.pid
+    unit["state"] = "active"
+    return 0
+
+
+def _unit_stop(state_file: str, name: str, unit: dict[str, Any]) -> int:
+    pid = unit.get("pid")
+    if unit.get("stop", "term") == "term" and pid and _alive(int(pid)):
+        os.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while _alive(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)
+            while _alive(int(pid)):
+                time.sleep(0.02)
+    unit["state"] = "inactive"
+    return 0
 
 
 def _save(path: str, state: dict[str, dict[str, Any]]) -> None:
