@@ -41,14 +41,23 @@ class PlannedMember:
     tool: str = ""
 
 
+# The named overrides an operator may give (``--allow-...``); ``--force`` is an alias for all of them.
+ALLOW_OTHER_CLUSTER = "allow-other-cluster"
+ALLOW_VERSION_MISMATCH = "allow-version-mismatch"
+ALLOW_MIXED_CLUSTER_IDS = "allow-mixed-cluster-ids"
+OVERRIDES = (ALLOW_OTHER_CLUSTER, ALLOW_VERSION_MISMATCH, ALLOW_MIXED_CLUSTER_IDS)
+
+
 @dataclass(frozen=True)
 class Refusal:
-    """One reason not to go on. ``forcible``: ``--force`` accepts it (the operator knows better)."""
+    """One reason not to go on. ``override``: the named override (``--allow-...``) that accepts it when the
+    operator knows better; None: nothing overrides it. ``forcible`` is kept for older plans."""
 
     check: str
     message: str
     member: Optional[str] = None
     forcible: bool = False
+    override: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -86,11 +95,18 @@ class RestorePlan:
     fence_settle: float = 0.5
     flow: str = "restore"                       # the flow (common/ops/flows.py) the operation runs
     cluster_down: bool = False                  # no member had quorum when planned: every phase is downtime
+    overrides: tuple[str, ...] = ()             # the named overrides the operator gave (--force: every one)
+    quorum: str = ""                            # the quorum as the plan saw it, in one sentence
 
     @property
     def blocking(self) -> tuple[Refusal, ...]:
-        """The refusals that stop this plan (forcible ones do not when it was made with --force)."""
-        return tuple(r for r in self.refusals if not (r.forcible and self.force))
+        """The refusals that stop this plan: all but those whose named override the operator gave."""
+        return tuple(r for r in self.refusals if not self.overridden(r))
+
+    def overridden(self, r: Refusal) -> bool:
+        if r.override is not None:
+            return r.override in self.overrides
+        return r.forcible and self.force     # a plan recorded before overrides had names
 
     def member(self, name: str) -> PlannedMember:
         for m in self.members:
@@ -132,3 +148,5 @@ class Summary:
     error: Optional[str] = None
     failed_phase: Optional[str] = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    down_before: bool = False                        # no member had quorum when the restore started
+    time_to_healthy_seconds: Optional[float] = None  # from the operation's start to quorum on the restored data

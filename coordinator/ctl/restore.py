@@ -15,7 +15,7 @@ from typing import Any
 
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EXIT_OK, EXIT_UNSAFE, UsageError
-from etcdguard.common.ops.cluster_plan import RestorePlan
+from etcdguard.common.ops.cluster_plan import OVERRIDES, RestorePlan
 from etcdguard.common.ops.flows import CLUSTER_RESTORE
 from etcdguard.coordinator.ctl.cli import _json_flag, _table, ask, command, emit
 from etcdguard.coordinator.restore.plan import render_plan
@@ -63,8 +63,14 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="PHASE", choices=CLUSTER_RESTORE.names,
                    help="with --yes: stop after PHASE (e.g. prepare: stage and restore ahead, without downtime); "
                         "continue with --resume")
+    p.add_argument("--allow-other-cluster", action="store_true",
+                   help="restore a snapshot of another cluster (one no recorded restore connects to this one)")
+    p.add_argument("--allow-version-mismatch", action="store_true",
+                   help="restore a snapshot taken from another etcd minor version")
+    p.add_argument("--allow-mixed-cluster-ids", action="store_true",
+                   help="restore members that report different cluster ids into one cluster")
     p.add_argument("--force", action="store_true",
-                   help="accept refusals that --plan marks as overridable (another etcd version, another cluster)")
+                   help="all of the --allow-... overrides at once (the plan lists which it accepted)")
     _json_flag(p)
 
 
@@ -96,9 +102,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError("--plan-id goes with --yes")
     if args.until and mode != "run":
         raise UsageError("--until goes with --yes")
+    given = [f"--{name}" for name in OVERRIDES if getattr(args, name.replace("-", "_"))]
+    if (given or args.force) and mode not in ("plan", "run"):
+        raise UsageError(f"{(given or ['--force'])[0]} goes with --plan or --yes")
     request: dict[str, Any] = {"mode": mode}
     if mode in ("plan", "run"):
-        request.update(snapshot=args.snapshot, force=args.force)
+        request.update(snapshot=args.snapshot, force=args.force, overrides=[
+            name for name in OVERRIDES if getattr(args, name.replace("-", "_"))])
         if args.plan_id:
             request["plan_id"] = args.plan_id
         if args.until:
@@ -132,12 +142,10 @@ def render_summary(s: dict[str, Any]) -> str:
         lines.append(f"  error: {s['error']}")
     for timing in s.get("phases") or []:
         lines.append(f"  {timing['phase']:<19} {format_duration(float(timing['seconds']))}")
-    if s.get("total_seconds") is not None:
-        lines.append(f"  total {format_duration(float(s['total_seconds']))}"
-                     + (f", downtime {format_duration(float(s['downtime_seconds']))} (fence to unfence)"
-                        if s.get("downtime_seconds") is not None else ""))
+    lines += _render_times(s)
     if s.get("new_cluster_id"):
-        lines.append(f"  cluster id {s.get('old_cluster_id') or '?'} -> {s['new_cluster_id']}")
+        lines.append(f"  cluster id {s['old_cluster_id']} -> {s['new_cluster_id']}" if s.get("old_cluster_id")
+                     else f"  new cluster id {s['new_cluster_id']} (the old one was not known: no member answered)")
     for member, path in s.get("kept") or []:
         lines.append(f"  {member}: pre-restore data kept in {path}")
     if s.get("pre_restore_snapshot"):
@@ -150,6 +158,21 @@ def render_summary(s: dict[str, Any]) -> str:
         lines.append(f"  continue: etcdguardctl restore --resume {s['op']}   "
                      f"roll back: etcdguardctl restore --rollback {s['op']}")
     return "\n".join(lines)
+
+
+def _render_times(s: dict[str, Any]) -> list[str]:
+    lines = []
+    if s.get("down_before"):
+        lines.append("  the cluster was down before the restore started: every second of it was downtime")
+    if s.get("time_to_healthy_seconds") is not None:
+        lines.append(f"  healthy again {format_duration(float(s['time_to_healthy_seconds']))} after the restore "
+                     "started")
+    if s.get("total_seconds") is not None:
+        downtime = s.get("downtime_seconds")
+        lines.append(f"  total {format_duration(float(s['total_seconds']))}"
+                     + (f", downtime {format_duration(float(downtime))} (fence to unfence)"
+                        if downtime is not None and not s.get("down_before") else ""))
+    return lines
 
 
 def _render_cleanup(result: dict[str, Any]) -> str:

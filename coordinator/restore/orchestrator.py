@@ -188,7 +188,21 @@ def summarize(operation: ClusterOperation) -> Summary:
         new_cluster_id=rec.facts.get("new_cluster_id"), old_cluster_id=rec.facts.get("old_cluster_id"),
         kept=tuple((m, str(path)) for m, path in sorted(kept.items()) if path),
         pre_restore_snapshot=rec.facts.get("pre_restore_snapshot"), error=rec.error,
-        failed_phase=rec.failed_phase, notes=tuple(notes))
+        failed_phase=rec.failed_phase, notes=tuple(notes), down_before=bool(rec.facts.get("down_before")),
+        time_to_healthy_seconds=_time_to_healthy(operation))
+
+
+def _time_to_healthy(operation: ClusterOperation) -> Optional[float]:
+    """From the operation's creation to the end of the step after which the restored cluster had quorum
+    (the last destructive step before verify: start), or None while it has not."""
+    rec = operation.record
+    healthy_after = [s.name for s in operation.flow.steps if s.destructive and not s.clients_see]
+    if not healthy_after or rec.state is not OpState.DONE:
+        return None
+    end = rec.phases.get(healthy_after[-1])
+    if end is None or end.ended_at is None or not rec.created_at:
+        return None
+    return round(end.ended_at - rec.created_at, 3)
 
 
 def _downtime(operation: ClusterOperation) -> Optional[float]:

@@ -20,11 +20,12 @@ from typing import Optional
 
 from etcdguard.common.base.durations import format_bytes
 from etcdguard.common.ops.bump import bump_for
-from etcdguard.common.ops.cluster_plan import PlannedMember, PlannedPhase, Refusal, RestorePlan, SnapshotRef
+from etcdguard.common.ops.cluster_plan import OVERRIDES, PlannedMember, PlannedPhase, Refusal, RestorePlan, SnapshotRef
 from etcdguard.common.ops.flows import CLUSTER_RESTORE, FLOWS
 from etcdguard.common.wire.typed import to_json
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
+from etcdguard.coordinator.restore.lineage import Link, component
 from etcdguard.coordinator.restore.refusals import PlanFacts, peer_url, refusals
 
 KIND_RESTORE = "restore"
@@ -40,17 +41,22 @@ class PlanOptions:
     fence_settle: float = 0.5
     kind: str = KIND_RESTORE
     rollback_of: Optional[str] = None
+    overrides: tuple[str, ...] = ()          # the named overrides given (--allow-...); --force gives every one
+
+    @property
+    def granted(self) -> tuple[str, ...]:
+        return OVERRIDES if self.force else tuple(o for o in OVERRIDES if o in self.overrides)
 
 
 # ---------------------------------------------------------------------------
 # building
 
 
-def plan_digest(snapshot: SnapshotRef, members: Sequence[PlannedMember], *, bump: int, force: bool,
+def plan_digest(snapshot: SnapshotRef, members: Sequence[PlannedMember], *, bump: int, overrides: Sequence[str],
                 live_cluster_id: Optional[str], refusals: Sequence[Refusal], kind: str) -> str:
     """What the operator reviewed, as 12 hex digits: the same decisions give the same id."""
     canonical = json.dumps({"snapshot": snapshot.id, "members": to_json(list(members)), "bump": bump,
-                            "force": force, "live_cluster_id": live_cluster_id, "kind": kind,
+                            "overrides": sorted(overrides), "live_cluster_id": live_cluster_id, "kind": kind,
                             "refusals": sorted(f"{r.check}:{r.member}:{r.message}" for r in refusals)},
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
@@ -89,24 +95,32 @@ def choose_bump(views: Sequence[MemberView], configured: int, snapshot_revision:
 
 def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings], snapshot: SnapshotRef,
                options: PlanOptions, *, op: str, created_at: str = "", vault_problem: Optional[str] = None,
-               open_operations: Sequence[str] = ()) -> RestorePlan:
-    """Every decision of a cluster restore, from the cluster view; no side effects."""
-    found = refusals(PlanFacts(views, configured, snapshot, vault_problem, open_operations))
-    members = planned_members(views, configured)
-    warnings: list[str] = []
+               open_operations: Sequence[str] = (), lineage: Sequence[Link] = ()) -> RestorePlan:
+    """Every decision of a cluster restore, from the cluster view; no side effects.
+
+    ``lineage``: the (before, after) cluster ids of the restores this coordinator recorded."""
     healthy = [v for v in views if v.healthy]
-    revisions = [v.etcd.revision for v in views if v.reachable and v.etcd.revision is not None]
-    live_revision = max(revisions) if revisions else None
     ids = sorted({v.etcd.cluster_id for v in healthy if v.etcd.cluster_id})
     live_cluster_id = ids[0] if len(ids) == 1 else None
+    ours = component(lineage, live_cluster_id) if live_cluster_id else frozenset()
+    found = refusals(PlanFacts(views, configured, snapshot, vault_problem, open_operations, ours))
+    members = planned_members(views, configured)
+    warnings: list[str] = []
+    revisions = [v.etcd.revision for v in views if v.reachable and v.etcd.revision is not None]
+    live_revision = max(revisions) if revisions else None
     bump, bump_warning = choose_bump(views, options.bump_revision, snapshot.revision, live_revision)
     if bump_warning:
         warnings.append(bump_warning)
+    if len(members) == 2:
+        warnings.append("a cluster of 2 members tolerates no failure: losing either member stops it. Get back to "
+                        "3 after the restore: add a member on a third host (`etcdctl member add`, then an agent "
+                        "there and this coordinator's [[members]]), or restore onto 3 members")
     safety = options.safety_snapshot and bool(healthy)
     if options.safety_snapshot and not healthy:
         warnings.append("no member has quorum: no pre-restore safety snapshot can be taken")
     discarded = max(0, live_revision - snapshot.revision) if live_revision is not None else None
-    plan_id = plan_digest(snapshot, members, bump=bump, force=options.force, live_cluster_id=live_cluster_id,
+    granted = tuple(o for o in options.granted if any(r.override == o for r in found))
+    plan_id = plan_digest(snapshot, members, bump=bump, overrides=granted, live_cluster_id=live_cluster_id,
                           refusals=found, kind=options.kind)
     base = RestorePlan(
         plan_id=plan_id, op=op, kind=options.kind, snapshot=snapshot, members=tuple(members),
@@ -115,7 +129,7 @@ def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings]
         live_cluster_id=live_cluster_id, discarded_revisions=discarded, safety_snapshot=safety, phases=(),
         refusals=tuple(found), warnings=tuple(warnings), force=options.force, rollback_of=options.rollback_of,
         created_at=created_at, start_timeout=options.start_timeout, fence_settle=options.fence_settle,
-        cluster_down=not healthy)
+        cluster_down=not healthy, overrides=granted)
     return _with_phases(base)
 
 
@@ -161,15 +175,25 @@ def render_plan(p: RestorePlan) -> str:
         lines.append(f"         on failure: {phase.on_failure}")
     for w in p.warnings:
         lines.append(f"  warning: {w}")
-    if p.refusals:
-        lines.append("  REFUSED:" if p.blocking else "  overridden by --force:")
-        for r in p.refusals:
-            where = f"{r.member}: " if r.member else ""
-            forced = " (overridden by --force)" if r.forcible and p.force else ""
-            lines.append(f"    - {where}{r.message}{forced}")
-    else:
-        lines.append("  preflight: no reason to refuse")
+    lines += _render_refusals(p)
+    flags = "".join(f" --{o}" for o in p.overrides)
     lines.append("  nothing has been changed" + ("" if p.blocking else
                                                   f"; run it with: etcdguardctl restore {snap.id[:12]} --yes "
-                                                  f"--plan-id {p.plan_id}"))
+                                                  f"--plan-id {p.plan_id}{flags}"))
     return "\n".join(lines)
+
+
+def _render_refusals(p: RestorePlan) -> list[str]:
+    if not p.refusals:
+        return ["  preflight: no reason to refuse"]
+    lines = ["  REFUSED:" if p.blocking else "  accepted by the operator's overrides:"]
+    for r in p.refusals:
+        where = f"{r.member}: " if r.member else ""
+        accepted = ""
+        if p.overridden(r):
+            accepted = f" (accepted: --{r.override})" if r.override else " (accepted: --force)"
+        lines.append(f"    - {where}{r.message}{accepted}")
+    if p.overrides:
+        lines.append("  overrides given: " + " ".join(f"--{o}" for o in p.overrides)
+                     + (" (what --force stands for here)" if p.force else ""))
+    return lines

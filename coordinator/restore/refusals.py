@@ -4,7 +4,14 @@ Each check is a pure function of ``PlanFacts`` (the agents' reports, the
 configured members, the snapshot, the vault's verdict on its copy, the open
 operations) that returns the refusals it finds, each naming its check and
 its member; ``refusals`` runs all of them, so the operator sees every reason
-at once. A forcible refusal is one an operator may override (``--force``).
+at once. A refusal that names an override (``--allow-other-cluster``, ...) is one
+the operator may accept; ``--force`` is an alias for every such override, and
+the plan spells out which ones it granted.
+
+A snapshot of this cluster's *lineage* is not "another cluster": every restore
+gives the cluster a new id, so the coordinator records which cluster ids each
+restore produced from which (lineage.py), and a snapshot whose cluster is
+connected to the live one through those records restores without an override.
 """
 
 from __future__ import annotations
@@ -14,7 +21,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from etcdguard.common.base.durations import format_bytes
-from etcdguard.common.ops.cluster_plan import Refusal, SnapshotRef
+from etcdguard.common.ops.cluster_plan import (
+    ALLOW_MIXED_CLUSTER_IDS,
+    ALLOW_OTHER_CLUSTER,
+    ALLOW_VERSION_MISMATCH,
+    Refusal,
+    SnapshotRef,
+)
 from etcdguard.common.ops.space import restore_space
 from etcdguard.common.wire.report import AgentReport
 from etcdguard.coordinator.agents.view import MemberView
@@ -31,6 +44,7 @@ class PlanFacts:
     snapshot: SnapshotRef
     vault_problem: Optional[str] = None
     open_operations: Sequence[str] = ()
+    lineage: frozenset[str] = frozenset()      # cluster ids of this cluster before and after its restores
 
     def reporting(self) -> Iterator[tuple[MemberView, AgentReport]]:
         """Members whose agent answered with a report."""
@@ -132,7 +146,8 @@ def etcd_version(f: PlanFacts) -> Iterator[Refusal]:
         runs = v.etcd.version or (r.restore_tool.version if r.restore_tool else "")
         if f.snapshot.etcd_version and runs and major_minor(runs) != major_minor(f.snapshot.etcd_version):
             yield Refusal("version", f"the snapshot was taken from etcd {f.snapshot.etcd_version}; this member "
-                                     f"runs {runs}. --force restores it anyway", v.name, forcible=True)
+                                     f"runs {runs}. --{ALLOW_VERSION_MISMATCH} restores it anyway", v.name,
+                          forcible=True, override=ALLOW_VERSION_MISMATCH)
 
 
 def member_list(f: PlanFacts) -> Iterator[Refusal]:
@@ -140,7 +155,7 @@ def member_list(f: PlanFacts) -> Iterator[Refusal]:
     for v, _ in f.reporting():
         if not v.healthy:
             continue
-        listed = sorted(m.name for m in v.etcd.members)
+        listed = sorted(m.name or f"an unstarted member {m.id}" for m in v.etcd.members)
         if listed and listed != names:
             yield Refusal("members", f"etcd's member list is {', '.join(listed)}, the configuration names "
                                      f"{', '.join(names)}; make them agree", v.name)
@@ -154,11 +169,14 @@ def cluster_identity(f: PlanFacts) -> Iterator[Refusal]:
     live_ids = sorted({v.etcd.cluster_id for v in f.views if v.healthy and v.etcd.cluster_id})
     if len(live_ids) > 1:
         yield Refusal("members", f"the members report different cluster ids ({', '.join(live_ids)}); are they one "
-                                 "cluster? --force restores them into one anyway", forcible=True)
-    if len(live_ids) == 1 and f.snapshot.cluster_id and f.snapshot.cluster_id != live_ids[0]:
-        yield Refusal("cluster", f"the snapshot comes from cluster {f.snapshot.cluster_id}, the live cluster is "
-                                 f"{live_ids[0]}. --force restores it anyway (e.g. moving a cluster to new "
-                                 "hardware)", forcible=True)
+                                 f"cluster? --{ALLOW_MIXED_CLUSTER_IDS} restores them into one anyway",
+                      forcible=True, override=ALLOW_MIXED_CLUSTER_IDS)
+    snap = f.snapshot.cluster_id
+    if len(live_ids) == 1 and snap and snap != live_ids[0] and snap not in f.lineage:
+        yield Refusal("cluster", f"the snapshot comes from cluster {snap}, the live cluster is {live_ids[0]}, and no "
+                                 "restore recorded by this coordinator connects the two. "
+                                 f"--{ALLOW_OTHER_CLUSTER} restores it anyway (e.g. moving a cluster to new "
+                                 "hardware)", forcible=True, override=ALLOW_OTHER_CLUSTER)
 
 
 CHECKS: tuple[Check, ...] = (vault_copy, open_operations, agents_reachable, agent_serves_member, restore_tool,

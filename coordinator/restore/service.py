@@ -25,7 +25,7 @@ from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import EtcdguardError, UnsafeRefusal, UsageError
 from etcdguard.common.base.slot import Slot
 from etcdguard.common.journal import JournalDamaged, new_op_id
-from etcdguard.common.ops.cluster_plan import RestorePlan, SnapshotRef, Summary
+from etcdguard.common.ops.cluster_plan import OVERRIDES, RestorePlan, SnapshotRef, Summary
 from etcdguard.common.ops.flows import CLUSTER_RESTORE
 from etcdguard.common.ops.ports import Timeouts
 from etcdguard.common.ops.states import ACTIVE, FINAL, OPEN, OpState
@@ -35,6 +35,7 @@ from etcdguard.coordinator.agents.links import MemberLinks
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.restore.agents import ClusterAgents
 from etcdguard.coordinator.restore.journal import ClusterOperation, JournalStore
+from etcdguard.coordinator.restore.lineage import Lineage, links_of
 from etcdguard.coordinator.restore.orchestrator import Orchestrator, summarize
 from etcdguard.coordinator.restore.plan import KIND_FORWARD_ROLLBACK, PlanOptions, build_plan
 from etcdguard.coordinator.restore.run import RunContext
@@ -177,8 +178,8 @@ class RestoreService:
                 self._verified[key] = str(exc)
         return self._verified[key]
 
-    def plan(self, ref: str, *, force: bool = False, op: Optional[str] = None, kind: str = "restore",
-             rollback_of: Optional[str] = None, bump: Optional[int] = None) -> RestorePlan:
+    def plan(self, ref: str, *, force: bool = False, overrides: tuple[str, ...] = (), op: Optional[str] = None,
+             kind: str = "restore", rollback_of: Optional[str] = None, bump: Optional[int] = None) -> RestorePlan:
         config = self._config()
         vault = self._vault()
         entry = vault.resolve(ref)
@@ -186,16 +187,29 @@ class RestoreService:
         r = config.restore
         options = PlanOptions(force=force, bump_revision=r.bump_revision if bump is None else bump,
                               safety_snapshot=r.safety_snapshot, start_timeout=r.start_timeout,
-                              fence_settle=r.fence_settle, kind=kind, rollback_of=rollback_of)
+                              fence_settle=r.fence_settle, kind=kind, rollback_of=rollback_of, overrides=overrides)
+        operations = self.journals.all()
         return build_plan(views, config.members, snapshot_ref(entry), options, op=op or new_op_id(),
                           created_at=iso_utc(time.time()), vault_problem=self._verify_vault_copy(entry),
-                          open_operations=self.open_operations())
+                          open_operations=self.open_operations(),
+                          lineage=[*self.lineage.links(), *links_of(operations)])
+
+    @property
+    def lineage(self) -> Lineage:
+        return Lineage(self._config().coordinator.state_dir)
+
+    def _plan_for(self, args: Mapping[str, Any]) -> RestorePlan:
+        """The plan an etcdguardctl request asks for: its snapshot and the overrides it gives."""
+        given = args.get("overrides") or []
+        if not isinstance(given, list) or any(o not in OVERRIDES for o in given):
+            raise UsageError(f"restore: 'overrides' must name some of {', '.join(OVERRIDES)}")
+        return self.plan(_text(args, "snapshot"), force=bool(args.get("force")), overrides=tuple(given))
 
     # -- the control command ---------------------------------------------------
     def command(self, args: Mapping[str, Any], emit: Emit) -> Any:
         mode = args.get("mode")
         if mode == "plan":
-            return self.plan(_text(args, "snapshot"), force=bool(args.get("force"))).to_json()
+            return self._plan_for(args).to_json()
         if mode == "run":
             return self.run(args, emit)
         if mode in ("resume", "rollback", "attach", "cleanup", "cancel"):
@@ -220,7 +234,7 @@ class RestoreService:
                 f"{self.journals.path(op)}, then move its directory out of {self.journals.root}"
                 if op in damaged else f"restore operation {op} is not finished; resume it, roll it back or "
                 f"wait for it (etcdguardctl restores)" for op in open_ops))
-        plan = self.plan(_text(args, "snapshot"), force=bool(args.get("force")))
+        plan = self._plan_for(args)
         wanted = args.get("plan_id")
         if wanted is not None and wanted != plan.plan_id:
             raise UnsafeRefusal(f"refused: plan {wanted} is not the plan for the cluster as it is now "
@@ -373,6 +387,8 @@ class RestoreService:
                 orchestrator = Orchestrator(ctx)
                 self._on_change()
                 summary = orchestrator.rollback() if how == "rollback" else orchestrator.run()
+                if operation.state is OpState.DONE:
+                    self.lineage.record(operation)
         except BaseException as exc:
             error = exc
             if not isinstance(exc, EtcdguardError):

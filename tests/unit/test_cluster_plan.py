@@ -18,6 +18,7 @@ from etcdguard.common.wire.report import AgentReport, ClusterMember, EtcdHealth
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
 from etcdguard.coordinator.restore.journal import JournalStore
+from etcdguard.coordinator.restore.lineage import component
 from etcdguard.coordinator.restore.plan import PlanOptions, build_plan, render_plan
 
 DESIGN_PHASES = ("preflight", "stage", "prepare", "fence", "stop", "swap", "start", "verify", "unfence",
@@ -153,6 +154,38 @@ def test_another_version_or_cluster_is_refused_unless_forced():
     assert plan(views(), snapshot=foreign, options=PlanOptions(force=True)).blocking == ()
 
 
+def test_each_override_accepts_only_its_refusal_and_force_lists_what_it_gave():
+    foreign = replace(SNAP, cluster_id="c9", etcd_version="3.4.23")
+    p = plan(views(), snapshot=foreign, options=PlanOptions(overrides=("allow-version-mismatch",)))
+    assert {r.check for r in p.blocking} == {"cluster"} and p.overrides == ("allow-version-mismatch",)
+    both = plan(views(), snapshot=foreign,
+                options=PlanOptions(overrides=("allow-version-mismatch", "allow-other-cluster")))
+    assert both.blocking == ()
+    forced = plan(views(), snapshot=foreign, options=PlanOptions(force=True))
+    assert forced.blocking == () and set(forced.overrides) == {"allow-version-mismatch", "allow-other-cluster"}
+    text = render_plan(forced)
+    assert "--allow-other-cluster --allow-version-mismatch" in text and "what --force stands for" in text
+    assert "(accepted: --allow-other-cluster)" in text
+    assert forced.plan_id != both.plan_id or forced.overrides == both.overrides
+    assert plan(views(), snapshot=SNAP, options=PlanOptions(force=True)).overrides == ()   # nothing to accept
+
+
+def test_an_older_backup_of_this_clusters_lineage_needs_no_override():
+    before_restore = replace(SNAP, cluster_id="c0")          # taken before two restores: c0 -> cA -> c1
+    assert {r.check for r in plan(views(), snapshot=before_restore).blocking} == {"cluster"}
+    p = plan(views(), snapshot=before_restore, lineage=[("c0", "cA"), ("cA", "c1")])
+    assert p.blocking == ()
+    other = plan(views(), snapshot=replace(SNAP, cluster_id="cX"), lineage=[("c0", "cA"), ("cA", "c1")])
+    assert {r.check for r in other.blocking} == {"cluster"}
+
+
+def test_lineage_components_follow_every_recorded_link():
+    links = [("a", "b"), ("c", "b"), ("b", "d"), ("x", "y")]
+    assert component(links, "d") == {"a", "b", "c", "d"}
+    assert component(links, "y") == {"x", "y"}
+    assert component([], "z") == {"z"}
+
+
 def test_a_dead_cluster_plans_without_a_safety_snapshot():
     dead = {"etcd": {"healthy": False, "error": "connection refused", "revision": None, "cluster_id": None,
                      "leader": None, "members": []}}
@@ -270,3 +303,15 @@ def test_phases_are_the_design_phases_and_each_destructive_one_can_be_reverted_o
         if step.destructive and not seen:
             assert step.undoable, step.name
     assert CLUSTER_RESTORE.downtime == ("fence", "stop", "swap", "start", "verify", "unfence")
+
+
+def test_two_members_are_warned_and_an_unstarted_member_is_named():
+    two = tuple(m for m in CONFIGURED if m.name != "m3")
+    vs = [v for v in views() if v.name != "m3"]
+    p = build_plan(vs, two, SNAP, PlanOptions(), op="r2-test")
+    assert any("2 members tolerates no failure" in w for w in p.warnings)
+    unstarted = {"etcd": {"members": [{"id": "a0", "name": "m1", "peer_urls": ["https://10.0.0.1:2380"]},
+                                      {"id": "a1", "name": "m2", "peer_urls": ["https://10.0.0.2:2380"]},
+                                      {"id": "a9", "name": "", "peer_urls": ["https://10.0.0.9:2380"]}]}}
+    message = next(r.message for r in plan(views(m1=unstarted)).blocking if r.check == "members")
+    assert "member list is an unstarted member a9, m1, m2" in message and ", ," not in message

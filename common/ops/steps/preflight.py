@@ -62,6 +62,7 @@ class Preflight(Step):
         revision = max(revisions) if revisions else None
         ids = sorted({h.cluster_id for h in live if h.cluster_id})
         run.fact("live_revision", revision)
+        run.fact("down_before", not live)
         run.fact("old_cluster_id", ids[0] if len(ids) == 1 else run.plan.live_cluster_id)
         plan = run.plan
         if revision is not None and plan.bump_revision and revision >= plan.expected_min_revision:
