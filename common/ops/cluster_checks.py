@@ -8,7 +8,7 @@ cluster has quorum under one leader, or says who is not there.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from etcdguard.common.ops.cluster_plan import RestorePlan
@@ -34,14 +34,20 @@ def quorum_problem(health: Mapping[str, EtcdHealth]) -> Optional[str]:
     return None
 
 
-def wait_quorum(run: ClusterRun, phase: str, timeout: float) -> dict[str, EtcdHealth]:
-    """Until every member is healthy under one leader; StepFailed naming who is not after ``timeout``,
-    or at once when a member's etcd stays not running (it exited: waiting longer cannot help)."""
+def wait_quorum(run: ClusterRun, phase: str, timeout: float,
+                members: Optional[Sequence[str]] = None) -> dict[str, EtcdHealth]:
+    """Until every member (of ``members``: a rollback without the ones left out) is healthy under one
+    leader; StepFailed naming who is not after ``timeout``, at once when a member's etcd stays not running
+    (it exited: waiting longer cannot help), or when ``members`` are no majority of the cluster."""
+    names = tuple(members) if members is not None else run.names
+    if len(names) * 2 <= len(run.names):
+        raise StepFailed(phase, f"only {', '.join(names) or 'no member'} of {len(run.names)} could be put back: "
+                                "no majority, so the cluster cannot have quorum until the others are back")
     deadline = time.monotonic() + timeout
     shown = 0.0
     gone_since: dict[str, float] = {}
     while True:
-        health = {n: h for n, (h, _) in run.inspect_all(run.names).items()}
+        health = {n: h for n, (h, _) in run.inspect_all(names).items()}
         problem = quorum_problem(health)
         if problem is None:
             return health

@@ -127,6 +127,10 @@ class ClusterRun(Protocol):
     @property
     def timeouts(self) -> Timeouts: ...
 
+    @property
+    def left_out(self) -> frozenset[str]:
+        """Members whose undo failed during this rollback; the others are put back without them."""
+
     def fact(self, key: str, value: Any) -> None: ...
 
     def say(self, phase: str, message: str, member: Optional[str] = None, **extra: Any) -> None: ...
@@ -135,7 +139,8 @@ class ClusterRun(Protocol):
 
     def each(self, phase: str, action: Callable[[str], dict[str, Any]], *, revert: bool = False,
              members: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
-        """``action(member)`` on every member in parallel, each journaled; a barrier; raise on any failure."""
+        """``action(member)`` on every member in parallel, each journaled; a barrier; raise on any failure.
+        With ``revert``, a member whose undo fails is left out of the rest of the rollback instead."""
 
     def started(self, phase: str) -> list[str]:
         """Members whose step of ``phase`` was sent (it may have acted there)."""

@@ -149,8 +149,10 @@ def _apply_state(rec: OpRecord, record: dict[str, Any], t: float) -> None:
     failed = _text(record, "failed_phase") or _text(record, "failed_step")
     if failed:
         rec.failed_phase = failed
-    if rec.state in (OpState.RUNNING,) and record.get("clear_error"):
-        rec.error, rec.failed_phase = None, None
+    if record.get("clear_error"):
+        rec.error = None
+        if rec.state is OpState.RUNNING:
+            rec.failed_phase = None
 
 
 def _apply_phase(target: dict[str, PhaseStatus], record: dict[str, Any], t: float) -> None:

@@ -20,8 +20,9 @@ import time
 from typing import Optional
 
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.ops.cluster_checks import quorum_problem
 from etcdguard.common.ops.cluster_plan import PhaseTiming, Summary
-from etcdguard.common.ops.record import DONE, FAILED, STARTED
+from etcdguard.common.ops.record import DONE, FAILED, STARTED, OpRecord
 from etcdguard.common.ops.states import OpState
 from etcdguard.common.ops.step import Interrupted, Step, StepFailed
 from etcdguard.coordinator.restore.journal import ClusterOperation
@@ -105,54 +106,100 @@ class Orchestrator:
 
     # -- backward ----------------------------------------------------------
     def rollback(self) -> Summary:
-        """Revert an interrupted, paused or half-rolled-back operation (one that clients have not seen)."""
+        """Revert an interrupted, paused, failed-half-way or half-rolled-back operation (one that clients
+        have not seen). The operator asked for it, so when every member is put back it is rolled back,
+        whatever failure led here (the summary names that failure)."""
         op = self.operation
         reached = op.reached()
         if not op.flow.rollback_possible(reached):
             seen = next(name for name in reached if op.flow.step(name).clients_see)
             raise StepFailed(seen, f"operation {op.op} reached {seen}: clients may have seen the restored data; "
                                    "a rollback is a new restore of its pre-restore snapshot")
+        if op.record.error and "failure" not in op.record.facts:
+            self.ctx.fact("failure", {"phase": op.record.failed_phase, "error": op.record.error})
         if op.state is not OpState.ROLLING_BACK:
             op.log.set_state(OpState.ROLLING_BACK, why="rollback requested")
-        return self._revert(OpState.ROLLED_BACK if op.record.failed_phase is None else OpState.FAILED)
+        return self._revert(OpState.ROLLED_BACK)
 
     def _revert(self, final: OpState) -> Summary:
-        op, ctx, rec = self.operation, self.ctx, self.operation.record
+        op, ctx = self.operation, self.ctx
         outcome = "failed" if final is OpState.FAILED else "rolled-back"
-        closed = False
         try:
-            for step in reversed(op.flow.steps):
-                if step.name not in rec.phases or step.clients_see:
-                    continue
-                if not step.on_agent and not closed:
-                    self._close(outcome)      # the agents' operations end before the coordinator's own steps
-                    closed = True
-                done = rec.reverts.get(step.name)
-                if done is not None and done.status == DONE:
-                    continue
-                op.log.emit("revert-phase", phase=step.name, status=STARTED)
-                ctx.say(step.name, "reverting")
-                step.revert(ctx)
-                op.log.emit("revert-phase", phase=step.name, status=DONE)
-            if not closed:
-                self._close(outcome)
+            self._revert_steps(outcome)
+            if not ctx.left_out:
+                self._check_put_back()
         except Interrupted:
             op.log.set_state(OpState.INTERRUPTED, why="the coordinator stopped during the rollback")
             return self.summary()
         except EtcdguardError as exc:
             op.log.set_state(OpState.NEEDS_ATTENTION, error=f"rollback failed: {exc}",
-                             failed_phase=rec.failed_phase or "rollback")
+                             failed_phase=op.record.failed_phase or "rollback")
             ctx.say("rollback", f"FAILED: {exc}; the journal {op.log.path} shows what was undone")
             return self.summary()
-        op.log.set_state(final)
+        if ctx.left_out:
+            return self._left_out()
+        op.log.set_state(final, clear_error=final is OpState.ROLLED_BACK)
         ctx.say("rollback", "every member is back on its pre-restore data")
         return self.summary()
 
-    def _close(self, outcome: str) -> None:
-        """Close the operation on every agent where it was opened (backups resume there)."""
+    def _revert_steps(self, outcome: str) -> None:
+        """Each started step's revert, newest first; the agents' operations end before the coordinator's
+        own steps (staging) are reverted."""
+        op, ctx, rec = self.operation, self.ctx, self.operation.record
+        closed = False
+        for step in reversed(op.flow.steps):
+            if step.name not in rec.phases or step.clients_see:
+                continue
+            if not step.on_agent and not closed:
+                self._close(outcome, skip=ctx.left_out)
+                closed = True
+            done = rec.reverts.get(step.name)
+            if done is not None and done.status == DONE:
+                continue
+            op.log.emit("revert-phase", phase=step.name, status=STARTED)
+            ctx.say(step.name, "reverting")
+            step.revert(ctx)
+            pending = _not_undone(rec, step, ctx.started(step.name))
+            if pending:
+                op.log.emit("revert-phase", phase=step.name, status=FAILED,
+                            error=f"not undone on {', '.join(pending)}")
+            else:
+                op.log.emit("revert-phase", phase=step.name, status=DONE)
+        if not closed:
+            self._close(outcome, skip=ctx.left_out)
+
+    def _check_put_back(self) -> None:
+        """After a rollback of a cluster that was up: quorum again, under its old cluster id."""
+        ctx, rec = self.ctx, self.operation.record
+        if rec.facts.get("down_before") or "stop" not in rec.phases:
+            return
+        health = {n: h for n, (h, _) in ctx.inspect_all(ctx.names).items()}
+        problem = quorum_problem(health)
+        old = rec.facts.get("old_cluster_id")
+        ids = {h.cluster_id for h in health.values()}
+        if problem is None and old and ids != {old}:
+            problem = f"the cluster id is {', '.join(sorted(str(i) for i in ids))}, not the old {old}"
+        if problem is not None:
+            raise StepFailed("rollback", f"the members were put back, but the old cluster does not verify: {problem}")
+
+    def _left_out(self) -> Summary:
+        op, ctx = self.operation, self.ctx
+        back = [m for m in ctx.names if m not in ctx.left_out]
+        why = "; ".join(f"{m}: {e}" for m, e in sorted(ctx.undo_errors.items()))
+        message = (f"rollback incomplete: {why}. {', '.join(back)} are back on their pre-restore data"
+                   + (" with quorum" if "stop" in op.record.phases and len(back) * 2 > len(ctx.names) else "")
+                   + f"; {', '.join(sorted(ctx.left_out))} not yet: once its agent answers again, "
+                   f"`etcdguardctl restore --rollback {op.op}` puts it back")
+        op.log.set_state(OpState.NEEDS_ATTENTION, error=message, failed_phase=op.record.failed_phase or "rollback")
+        ctx.say("rollback", message)
+        return self.summary()
+
+    def _close(self, outcome: str, skip: frozenset[str] = frozenset()) -> None:
+        """Close the operation on every agent where it was opened (backups resume there); not on the
+        ``skip`` members, whose part is not put back yet."""
         ctx = self.ctx
         opening = [s.name for s in self.operation.flow.steps if s.opens]
-        members = sorted({m for name in opening for m in ctx.started(name)})
+        members = sorted({m for name in opening for m in ctx.started(name)} - skip)
         for member in members:
             try:
                 ctx.agents.step(member, ctx.op, "finish", {"outcome": outcome}, bound=ctx.timeouts.step)
@@ -162,6 +209,18 @@ class Orchestrator:
     # -- reporting -----------------------------------------------------------
     def summary(self) -> Summary:
         return summarize(self.operation)
+
+
+def _not_undone(rec: OpRecord, step: Step, members: list[str]) -> list[str]:
+    """The members where ``step`` started but its undo is not recorded done."""
+    if not step.undoable:
+        return []
+    out = []
+    for m in members:
+        status = rec.revert_steps.get((step.name, m))
+        if status is None or status.status != DONE:
+            out.append(m)
+    return out
 
 
 def summarize(operation: ClusterOperation) -> Summary:
@@ -178,6 +237,10 @@ def summarize(operation: ClusterOperation) -> Summary:
     last = rec.ended_at or max((s.ended_at or 0 for s in [*rec.phases.values(), *rec.reverts.values()]),
                                default=None)
     notes = []
+    failure = rec.facts.get("failure")
+    if rec.state is OpState.ROLLED_BACK and isinstance(failure, dict) and failure.get("error"):
+        notes.append(f"the restore had failed in {failure.get('phase') or '?'} ({failure['error']}); every member "
+                     "is back on its pre-restore data")
     if rec.state is OpState.DONE and plan.bump_revision == 0:
         notes.append("revisions were not bumped; restart kubelets and controllers so no client keeps newer "
                      "revisions than etcd now has")

@@ -40,6 +40,13 @@ class RunContext:
         self._safety_snapshot = safety_snapshot
         self._timeouts = timeouts or Timeouts()
         self.cancel = cancel or threading.Event()
+        # Members whose undo failed during this rollback (their agent away, say): the others are put back
+        # without them, and the operation then needs attention naming them.
+        self.undo_errors: dict[str, str] = {}
+
+    @property
+    def left_out(self) -> frozenset[str]:
+        return frozenset(self.undo_errors)
 
     # -- what the steps read ----------------------------------------------------------
     @property
@@ -81,18 +88,44 @@ class RunContext:
     # -- every member at once -------------------------------------------------------------
     def each(self, phase: str, action: Callable[[str], dict[str, Any]], *, revert: bool = False,
              members: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
-        """Run ``action(member)`` on every member in parallel; journal each; barrier; raise on any failure."""
+        """Run ``action(member)`` on every member in parallel; journal each; barrier; raise on any failure.
+
+        With ``revert`` a member whose undo fails is left out of the rest of the rollback instead (the
+        others go on being put back: a member whose agent is away must not keep them down)."""
+        results, todo = self._recorded(phase, members if members is not None else self.names, revert)
+        if not todo:
+            return results
+        done, errors = self._run_all(phase, todo, action, revert)
+        results.update(done)
+        if errors and revert:
+            for member, why in errors.items():
+                self.undo_errors[member] = f"undoing {phase}: {why}"
+        elif errors:
+            raise StepFailed(phase, f"{phase} failed on {len(errors)} of {len(self.names)} member(s): "
+                                    + "; ".join(f"{m}: {e}" for m, e in errors.items()))
+        return results
+
+    def _recorded(self, phase: str, members: Sequence[str], revert: bool
+                  ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """(results the journal already holds, members still to do)."""
         steps = self.record.revert_steps if revert else self.record.steps
-        event = "revert-step" if revert else "step"
         results: dict[str, dict[str, Any]] = {}
         todo = []
-        for m in (members if members is not None else self.names):
+        for m in members:
+            if revert and m in self.undo_errors:
+                continue        # an earlier undo failed there: later undos would act on a guess
             done = steps.get((phase, m))
             if done is not None and done.status == DONE:
                 results[m] = done.result if isinstance(done.result, dict) else {}
             else:
                 todo.append(m)
+        return results, todo
+
+    def _run_all(self, phase: str, todo: list[str], action: Callable[[str], dict[str, Any]], revert: bool
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """``action`` on every member of ``todo`` at once, each journaled; (results, errors by member)."""
         log = self.operation.log
+        event = "revert-step" if revert else "step"
 
         def one(member: str) -> dict[str, Any]:
             log.emit(event, phase=phase, member=member, status=STARTED)
@@ -106,25 +139,21 @@ class RunContext:
             log.emit(event, phase=phase, member=member, status=DONE, result=result)
             return result
 
-        errors: list[str] = []
+        results: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
         interrupted: Optional[Interrupted] = None
-        if todo:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix=phase) as pool:
-                futures = {m: pool.submit(one, m) for m in todo}
-                for m, f in futures.items():
-                    try:
-                        results[m] = f.result()
-                    except Interrupted as exc:
-                        interrupted = exc
-                    except (EtcdguardError, OSError) as exc:
-                        errors.append(f"{m}: {exc}")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix=phase) as pool:
+            futures = {m: pool.submit(one, m) for m in todo}
+            for m, f in futures.items():
+                try:
+                    results[m] = f.result()
+                except Interrupted as exc:
+                    interrupted = exc
+                except (EtcdguardError, OSError) as exc:
+                    errors[m] = str(exc)
         if interrupted is not None:
             raise interrupted
-        if errors:
-            verb = "undoing " if revert else ""
-            raise StepFailed(phase, f"{verb}{phase} failed on {len(errors)} of {len(self.names)} member(s): "
-                                    + "; ".join(errors))
-        return results
+        return results, errors
 
     def started(self, phase: str) -> list[str]:
         return [m for m in self.names if (phase, m) in self.record.steps]

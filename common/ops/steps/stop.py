@@ -44,8 +44,10 @@ class Stop(Step):
         return {"etcd": "healthy"}
 
     def after_revert(self, run: ClusterRun) -> None:
-        run.say(self.name, "waiting for the old cluster to have quorum again")
-        wait_quorum(run, self.name, run.plan.start_timeout)
+        back = [m for m in run.names if m not in run.left_out]
+        run.say(self.name, "waiting for the old cluster to have quorum again"
+                + (f" (without {', '.join(sorted(run.left_out))})" if run.left_out else ""))
+        wait_quorum(run, self.name, run.plan.start_timeout, back)
 
 
 STEP = Stop()
