@@ -141,7 +141,7 @@ class CoordinatorDaemon(SignalFlags):
             "snapshots": lambda args, emit: [e.to_json() for e in self.vault.list()],
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
             "restore": self.restores.command,
-            "restores": lambda args, emit: status.restores_report(self.restores),
+            "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
 

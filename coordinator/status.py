@@ -15,6 +15,7 @@ from etcdguard.common import __version__
 from etcdguard.common.base import schedule
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
 from etcdguard.coordinator.config import CoordinatorConfig
+from etcdguard.coordinator.restore.orphans import orphans
 from etcdguard.coordinator.restore.service import RestoreService
 from etcdguard.coordinator.vault.store import Vault, VaultBackendError
 
@@ -30,7 +31,7 @@ def status_report(*, views: Sequence[MemberView], vault: Vault, config: Coordina
         "members": [member_row(v, now) for v in views],
         "cluster": cluster_summary(views),
         "vault": vault_status(vault, config, now),
-        "restores": restore_status(restores),
+        "restores": restore_status(restores, views),
         "coordinator": {
             "version": __version__,
             "busy": busy,
@@ -63,18 +64,31 @@ def vault_status(vault: Vault, config: CoordinatorConfig, now: float) -> dict[st
     }
 
 
-def restore_status(restores: RestoreService) -> dict[str, Any]:
-    """The running restore and every one that waits for the operator (interrupted, paused, ...)."""
+def restore_status(restores: RestoreService, views: Sequence[MemberView] = ()) -> dict[str, Any]:
+    """The running restore, every one that waits for the operator (interrupted, paused, ...), and the ones
+    only the agents know (a coordinator before this one ran them)."""
     active = restores.active()
     waiting = [{"op": r.op, "state": r.state.value, "phase": r.reached()[-1] if r.reached() else None,
                 "error": r.error} for r in restores.records() if r.state.value in WAITING]
     return {"running": {"op": active[0], "doing": active[1]} if active else None, "waiting": waiting,
-            "damaged": [f"{op}: {why}" for op, why in restores.journals.damaged()]}
+            "damaged": [f"{op}: {why}" for op, why in restores.journals.damaged()],
+            "orphaned": [{"op": op, "members": members}
+                         for op, members in orphans(views, restores.journals.ids()).items()]}
 
 
-def restores_report(restores: RestoreService) -> list[dict[str, Any]]:
-    """The reply to ``restores``: every journaled operation, and a row for each journal that cannot be read."""
-    return [r.to_json() for r in restores.records()] + [damaged_row(op, why) for op, why in restores.journals.damaged()]
+def restores_report(restores: RestoreService, views: Sequence[MemberView] = ()) -> list[dict[str, Any]]:
+    """The reply to ``restores``: every journaled operation, a row for each journal that cannot be read, and
+    one for each operation only the agents know."""
+    return ([r.to_json() for r in restores.records()]
+            + [damaged_row(op, why) for op, why in restores.journals.damaged()]
+            + [orphan_row(op, members) for op, members in orphans(views, restores.journals.ids()).items()])
+
+
+def orphan_row(op: str, members: list[str]) -> dict[str, Any]:
+    """An operation open on agents with no journal here, as a row of `etcdguardctl restores` (``orphaned``)."""
+    return {**damaged_row(op, ""), "state": "orphaned", "members": members,
+            "error": f"open on {', '.join(members)}, no journal on this coordinator: end it with "
+                     f"`etcdguardctl restore --rollback {op}`"}
 
 
 def damaged_row(op: str, why: str) -> dict[str, Any]:

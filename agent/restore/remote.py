@@ -48,6 +48,9 @@ from etcdguard.common.wire.protocol import CONFLICT, ProtocolError
 log = logging.getLogger(__name__)
 
 JOURNAL_TAIL = 20
+# What a coordinator that lost its own journal needs to take an operation over (no secrets, no paths to run).
+ADOPTABLE = ("snapshot_sha256", "snapshot_size", "snapshot_revision", "name", "peer_url", "initial_cluster", "token",
+             "bump_revision", "data_dir", "wal_dir", "live_cluster_id")
 
 
 def operation_status(state_dir: Path, op_id: str) -> dict[str, Any]:
@@ -57,17 +60,20 @@ def operation_status(state_dir: Path, op_id: str) -> dict[str, Any]:
         raise NotFound(f"no operation {op_id!r} on this node")
     summary = op.summary()
     steps: dict[str, Any] = {}
+    started: list[str] = []
     params: dict[str, Any] = summary.params
     with contextlib.suppress(JournalDamaged):
         rec = op.log().record
         steps = {name: status.result for (name, _), status in rec.steps.items() if status.status == "done"}
         steps.update({f"undo-{name}": status.result for (name, _), status in rec.revert_steps.items()
                       if status.status == "done"})
+        started = [name for (name, _) in rec.steps]
     kept = kept_dirs(Path(params.get("data_dir") or "/nonexistent"), op_id,
                      Path(params["wal_dir"]) if params.get("wal_dir") else None)
     return {"op": op_id, "state": summary.state.value, "kind": summary.kind,
             "failed_step": summary.failed_step, "error": summary.error,
-            "steps": steps, "kept": [{"path": p, "bytes": b} for p, b in kept],
+            "steps": steps, "started": started, "kept": [{"path": p, "bytes": b} for p, b in kept],
+            "params": {k: params.get(k) for k in ADOPTABLE if k in params},
             "journal_tail": op.journal_tail(JOURNAL_TAIL)}
 
 

@@ -200,14 +200,14 @@ def cmd_restores(args: argparse.Namespace) -> int:
     rows = [["OP", "STATE", "STARTED", "SNAPSHOT", "PHASE"]]
     damaged = []
     for r in records:
-        if r.get("state") == "damaged":
+        if r.get("state") in ("damaged", "orphaned"):
             damaged.append(r)
-            rows.append([r["op"], "DAMAGED", "-", "-", "-"])
+            rows.append([r["op"], r["state"].upper(), "-", "-", "-"])
             continue
         reached = [p for p in CLUSTER_RESTORE.names if p in (r.get("phases") or {})]
         rows.append([r["op"], r["state"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created_at"])),
                      r["snapshot"][:12], r.get("failed_phase") or (reached[-1] if reached else "-")])
     print(_table(rows))
     for r in damaged:
-        print(f"  {r['op']}: {r.get('error')}; new restores are refused until it is looked at", file=sys.stderr)
+        print(f"  {r['op']}: {r.get('error')}; new restores are refused until it is ended", file=sys.stderr)
     return EXIT_OK

@@ -95,7 +95,8 @@ def choose_bump(views: Sequence[MemberView], configured: int, snapshot_revision:
 
 def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings], snapshot: SnapshotRef,
                options: PlanOptions, *, op: str, created_at: str = "", vault_problem: Optional[str] = None,
-               open_operations: Sequence[str] = (), lineage: Sequence[Link] = ()) -> RestorePlan:
+               open_operations: Sequence[str] = (), lineage: Sequence[Link] = (),
+               known_operations: Sequence[str] = ()) -> RestorePlan:
     """Every decision of a cluster restore, from the cluster view; no side effects.
 
     ``lineage``: the (before, after) cluster ids of the restores this coordinator recorded."""
@@ -103,7 +104,8 @@ def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings]
     ids = sorted({v.etcd.cluster_id for v in healthy if v.etcd.cluster_id})
     live_cluster_id = ids[0] if len(ids) == 1 else None
     ours = component(lineage, live_cluster_id) if live_cluster_id else frozenset()
-    found = refusals(PlanFacts(views, configured, snapshot, vault_problem, open_operations, ours))
+    found = refusals(PlanFacts(views, configured, snapshot, vault_problem, open_operations, ours,
+                               frozenset(known_operations)))
     members = planned_members(views, configured)
     warnings: list[str] = []
     revisions = [v.etcd.revision for v in views if v.reachable and v.etcd.revision is not None]

@@ -45,6 +45,7 @@ class PlanFacts:
     vault_problem: Optional[str] = None
     open_operations: Sequence[str] = ()
     lineage: frozenset[str] = frozenset()      # cluster ids of this cluster before and after its restores
+    known_operations: frozenset[str] = frozenset()   # the operations this coordinator has a journal of
 
     def reporting(self) -> Iterator[tuple[MemberView, AgentReport]]:
         """Members whose agent answered with a report."""
@@ -109,10 +110,16 @@ def restore_tool(f: PlanFacts) -> Iterator[Refusal]:
 
 def node_operation(f: PlanFacts) -> Iterator[Refusal]:
     for v, r in f.reporting():
-        if r.restore.open_ops or r.restore.locked:
-            which = ", ".join(r.restore.open_ops) or "a restore step holds the lock"
+        known = [op for op in r.restore.open_ops if op in f.known_operations]
+        orphaned = [op for op in r.restore.open_ops if op not in f.known_operations]
+        if known or (r.restore.locked and not orphaned):
+            which = ", ".join(known) or "a restore step holds the lock"
             yield Refusal("operation", f"a restore operation is open on this node ({which}); finish or roll it "
                                        "back first", v.name)
+        for op in orphaned:
+            yield Refusal("operation", f"restore operation {op} is open on this node, and this coordinator has no "
+                                       "journal of it (an earlier coordinator ran it, or lost its state): end it on "
+                                       f"every member with `etcdguardctl restore --rollback {op}`", v.name)
 
 
 def disk_space(f: PlanFacts) -> Iterator[Refusal]:

@@ -30,6 +30,7 @@ from etcdguard.common.ops.flows import CLUSTER_RESTORE
 from etcdguard.common.ops.ports import Timeouts
 from etcdguard.common.ops.states import ACTIVE, FINAL, OPEN, OpState
 from etcdguard.common.snapshot.integrity import verify_restorable
+from etcdguard.common.wire.protocol import NOT_FOUND, RemoteError
 from etcdguard.common.wire.typed import to_json
 from etcdguard.coordinator.agents.links import MemberLinks
 from etcdguard.coordinator.config import CoordinatorConfig
@@ -37,6 +38,7 @@ from etcdguard.coordinator.restore.agents import ClusterAgents
 from etcdguard.coordinator.restore.journal import ClusterOperation, JournalStore
 from etcdguard.coordinator.restore.lineage import Lineage, links_of
 from etcdguard.coordinator.restore.orchestrator import Orchestrator, summarize
+from etcdguard.coordinator.restore.orphans import adopt, orphans
 from etcdguard.coordinator.restore.plan import KIND_FORWARD_ROLLBACK, PlanOptions, build_plan
 from etcdguard.coordinator.restore.run import RunContext
 from etcdguard.coordinator.vault.store import Vault, VaultEntry
@@ -192,7 +194,8 @@ class RestoreService:
         return build_plan(views, config.members, snapshot_ref(entry), options, op=op or new_op_id(),
                           created_at=iso_utc(time.time()), vault_problem=self._verify_vault_copy(entry),
                           open_operations=self.open_operations(),
-                          lineage=[*self.lineage.links(), *links_of(operations)])
+                          lineage=[*self.lineage.links(), *links_of(operations)],
+                          known_operations=self.journals.ids())
 
     @property
     def lineage(self) -> Lineage:
@@ -279,9 +282,37 @@ class RestoreService:
             run = self._start(operation, "resume")
         return run.follow(emit)
 
+    def orphans(self) -> dict[str, list[str]]:
+        """Operations open on some agent that this coordinator has no journal of -> members holding them."""
+        config = self._config()
+        return orphans(self._links().survey(config.coordinator.request_timeout), self.journals.ids())
+
+    def _adopt(self, op: str) -> ClusterOperation:
+        """Take over an operation only the agents know (its journal lost with an earlier coordinator)."""
+        config = self._config()
+        members = tuple(m.name for m in config.members)
+        agents = ClusterAgents(self._links(), members, stop=self.stop)
+        statuses: dict[str, dict[str, Any]] = {}
+        try:
+            for m in members:
+                try:
+                    statuses[m] = agents.client(m).call("restore.status", {"op_id": op}, timeout=10.0)
+                except RemoteError as exc:
+                    if exc.code != NOT_FOUND:
+                        raise
+        finally:
+            agents.close()
+        if not statuses:
+            raise UsageError(f"no restore operation {op!r}: neither this coordinator nor any agent knows it "
+                             "(see `etcdguardctl restores`)")
+        log.warning("restore %s: no journal here; taking it over from the records of %s", op, ", ".join(statuses))
+        return adopt(self.journals, op, statuses, config.members)
+
     def rollback(self, op: str, emit: Emit, yes: bool = False) -> dict[str, Any]:
         try:
             operation = self.journals.open(op)
+        except UsageError:
+            operation = self._adopt(op)
         except JournalDamaged as exc:
             log.warning("restore %s: its journal is damaged (%s); rolling back from what can be read", op, exc)
             operation = self.journals.salvage(op)

@@ -66,3 +66,35 @@ def test_an_agent_lost_in_start_leaves_the_others_up_and_the_later_rollback_is_r
     assert rows[op]["state"] == "rolled-back"
     text = rig.ctl("restore", "--attach", op)
     assert text.returncode == 0 and "ROLLED-BACK" in text.stdout, text.stdout + text.stderr
+
+
+def test_operations_orphaned_by_a_lost_coordinator_are_named_and_rolled_back_by_the_new_one(quick_rig: RestoreRig):
+    rig, cluster = quick_rig, quick_rig.cluster
+    rig.backup()
+    before = cluster.hashkvs()
+    paused = rig.ctl_json("restore", "latest", "--yes", "--until", "prepare")
+    assert paused["state"] == "paused"
+    op = paused["op"]
+    assert all((m.data_dir / f".etcdguard-{op}").exists() for m in cluster.members)
+    # The coordinator's host is lost: a new coordinator starts with the same config and no journals.
+    rig.kill_coordinator()
+    import shutil
+
+    shutil.rmtree(rig.state_dir / "restores")
+    rig.start_coordinator()
+
+    plan = rig.ctl("restore", "latest", "--plan")
+    assert plan.returncode == 3
+    assert "this coordinator has no journal of it" in plan.stdout and f"--rollback {op}" in plan.stdout
+    rows = {r["op"]: r for r in rig.ctl_json("restores")}
+    assert rows[op]["state"] == "orphaned" and rows[op]["members"] == ["m1", "m2", "m3"]
+    assert any(o["op"] == op for o in rig.ctl_json("status")["restores"]["orphaned"])
+
+    back = rig.ctl_json("restore", "--rollback", op)
+    assert back["state"] == "rolled-back", back
+    assert not any((m.data_dir / f".etcdguard-{op}").exists() for m in cluster.members)
+    assert cluster.hashkvs() == before
+    assert rig.ctl("restore", "latest", "--plan").returncode == 0
+    for a in rig.agents:
+        with a.client(rig.ckeys) as client:
+            assert client.call("restore.status", {"op_id": op})["state"] == "rolled-back"
