@@ -86,6 +86,8 @@ class RestoreSettings:
     step_timeout: float = 300.0          # one step on one member (stop, swap, start, ...)
     prepare_timeout: float = 3600.0      # staging and the restore tool, while etcd still serves
     agent_down: float = 60.0             # an agent that stops answering mid-restore gets this long to come back
+    prestage: bool = True                # copy each newest vault snapshot to every agent ahead of any restore
+    prestage_rate: int = 100 * 1024**2   # bytes per second per copy (0: no cap), so pre-staging spares the network
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ def _restore(t: Table) -> RestoreSettings:
         step_timeout=t.duration("step_timeout", d.step_timeout) or d.step_timeout,
         prepare_timeout=t.duration("prepare_timeout", d.prepare_timeout) or d.prepare_timeout,
         agent_down=t.duration("agent_down", d.agent_down) or d.agent_down,
+        prestage=t.flag("prestage", d.prestage),
+        prestage_rate=t.size("prestage_rate", d.prestage_rate) or 0,
     )
     t.finish()
     return s

@@ -41,6 +41,7 @@ from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
 from etcdguard.coordinator.vault import commands as vault_commands
 from etcdguard.coordinator.vault.factory import open_vault
+from etcdguard.coordinator.vault.prestage import Prestager
 from etcdguard.coordinator.vault.pulls import VaultPulls
 from etcdguard.coordinator.vault.safety import safety_snapshot
 from etcdguard.coordinator.vault.store import Vault, VaultBackendError, VaultEntry
@@ -91,6 +92,9 @@ class CoordinatorDaemon(SignalFlags):
             on_change=self._restore_changed, stop=self._restore_stop)
         # Read at every scrape: a journal damaged on disk shows even while no restore changes.
         self.metrics.restore_damaged.set_function(lambda: len(self.restores.journals.damaged()))
+        self.prestage = Prestager(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
+                                  restoring=lambda: self.restores.active() is not None,
+                                  on_change=self._prestage_changed)
 
     # -- setup -------------------------------------------------------------
     def _factory(self, config: CoordinatorConfig) -> ClientFactory:
@@ -125,6 +129,13 @@ class CoordinatorDaemon(SignalFlags):
     def _restore_changed(self) -> None:
         self.refresh_restore_metrics()
         self._wake.set()
+        if self.restores.active() is None:
+            self.prestage.wake()    # a restore ended: pre-staging picks up where it stopped
+
+    def _prestage_changed(self) -> None:
+        report = self.prestage.report()
+        for member, state in report["members"].items():
+            self.metrics.prestaged.labels(member=member).set(1 if state["holds_newest"] else 0)
 
     def handle(self, cmd: str, args: dict[str, Any], emit: Emit, peer: PeerCred) -> Any:
         """Serve one etcdguardctl request (in its own thread)."""
@@ -154,12 +165,14 @@ class CoordinatorDaemon(SignalFlags):
             return self.pulls.backup(member, emit)
         finally:
             self._wake.set()   # the loop refreshes its status line and schedule
+            self.prestage.wake()
 
     def status_report(self) -> dict[str, Any]:
         return status.status_report(
             views=self._survey(), vault=self.vault, config=self.config, restores=self.restores,
             busy=self.slot.doing, last_pull=self.pulls.last_pull,
-            next_pull_in=max(0.0, self.next_due - time.monotonic()) if self.next_due else None)
+            next_pull_in=max(0.0, self.next_due - time.monotonic()) if self.next_due else None,
+            prestage=self.prestage.report())
 
     def refresh_restore_metrics(self) -> None:
         records = self.restores.records()
@@ -200,6 +213,7 @@ class CoordinatorDaemon(SignalFlags):
         if self._worker_ok:
             self._failures = 0
             self.next_due = schedule.after_success(now, interval, self._rng)
+            self.prestage.wake()
         else:
             self._failures += 1
             self.next_due = schedule.after_failure(now, interval, self._failures)
@@ -306,6 +320,7 @@ class CoordinatorDaemon(SignalFlags):
         self.refresh_restore_metrics()
         self.control = ControlServer(self.config.coordinator.control_socket, self.handle)
         self.control.start()
+        self.prestage.start()
         try:
             self._start_metrics()
             return self._loop()
@@ -351,6 +366,7 @@ class CoordinatorDaemon(SignalFlags):
     def _shutdown(self) -> None:
         self.notifier.stopping()
         self._restore_stop.set()   # a running restore stops at its next barrier, journaled as interrupted
+        self.prestage.stop()
         if self.control is not None:
             self.control.stop()
         # A pull or an etcdguardctl backup may still run: give it time to finish cleanly.

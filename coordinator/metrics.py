@@ -102,6 +102,9 @@ class CoordinatorMetrics:
                                             registry=r)
         self.restore_downtime = Gauge("etcdguard_restore_downtime_seconds",
                                       "Downtime (fence to unfence) of the last cluster restore", registry=r)
+        self.prestaged = Gauge(f"{p}_prestaged", "1 when the member holds the vault's newest snapshot ahead of "
+                               "any restore (pre-staged or in its own store), 0 when it does not yet", ["member"],
+                               registry=r)
         self.build_info = Gauge("etcdguard_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.backend = ""

@@ -24,13 +24,13 @@ WAITING = ("interrupted", "paused", "needs-attention")   # restore states that w
 
 def status_report(*, views: Sequence[MemberView], vault: Vault, config: CoordinatorConfig,
                   restores: RestoreService, busy: Optional[str], next_pull_in: Optional[float],
-                  last_pull: Optional[dict[str, Any]]) -> dict[str, Any]:
+                  last_pull: Optional[dict[str, Any]], prestage: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The reply to ``status``: members, cluster, vault, restores and the coordinator itself."""
     now = time.time()
     return {
         "members": [member_row(v, now) for v in views],
         "cluster": cluster_summary(views),
-        "vault": vault_status(vault, config, now),
+        "vault": {**vault_status(vault, config, now), "prestage": prestage},
         "restores": restore_status(restores, views),
         "coordinator": {
             "version": __version__,

@@ -147,9 +147,11 @@ class Handlers:
         return {"pong": True, "version": __version__}, None
 
     def snapshot_list(self, call: Call) -> Result:
-        items, cut = fit_list([m.to_json() for m in self.store().list()])
-        result: dict[str, Any] = {"snapshots": items}
-        if cut:
+        """The local catalog, and the snapshots staged here (a restore's, or pre-staged for one)."""
+        items, cut = fit_list([m.to_json() for m in self.store().list()], REPLY_BUDGET * 3 // 4)
+        staged, cut_staged = fit_list(self.staging.completed(), REPLY_BUDGET // 4)
+        result: dict[str, Any] = {"snapshots": items, "staged": staged}
+        if cut or cut_staged:
             result["truncated"] = True
         return result, None
 

@@ -200,6 +200,21 @@ class Staging:
             return None
         return (path, meta.size, meta.sha256) if meta is not None else None
 
+    def completed(self) -> list[dict[str, Any]]:
+        """Every complete, verified upload (a restore's, or a snapshot pre-staged for one), newest first."""
+        out = []
+        try:
+            names = sorted(p.name for p in self.dir.iterdir() if p.name.endswith(STAGED_SUFFIX))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            found = self.staged(name)
+            if found is not None:
+                path, size, sha = found
+                out.append({"name": name, "upload": name[: -len(STAGED_SUFFIX)], "size": size, "sha256": sha,
+                            "mtime": path.stat().st_mtime})
+        return sorted(out, key=lambda e: -float(e["mtime"]))
+
     def put(self, args: dict[str, Any], data: bytes) -> dict[str, Any]:
         """One snapshot.put chunk; returns the reply's result."""
         upload, offset, total, sha = args["upload"], args["offset"], args["total_size"], args["sha256"]

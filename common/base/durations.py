@@ -59,6 +59,19 @@ def format_bytes(n: float) -> str:
     return f"{value:.1f} TiB"
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes for '100MiB', '1.5 GiB', '50MB', '4096'; ValueError naming the accepted form."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a size; use a number with a unit, e.g. '64MiB', '1GiB', '500MB'")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
 def iso_utc(unix: float) -> str:
     """``2026-12-01T09:57:40Z``: the format of every ``*_at`` field etcdguard writes or prints."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))

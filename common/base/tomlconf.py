@@ -145,6 +145,26 @@ class Table:
             raise self.error(key, f"an integer >= {minimum}")
         return value
 
+    def size(self, key: str, default: Optional[int] = None) -> Optional[int]:
+        """Bytes from '100MiB', '1GiB', '500MB' or a whole number of bytes."""
+        from etcdguard.common.base.durations import parse_size
+
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            raise self.error(key, "a size such as '100MiB' or a number of bytes")
+        if isinstance(value, int):
+            if value < 0:
+                raise self.error(key, "a size >= 0")
+            return value
+        if not isinstance(value, str):
+            raise self.error(key, "a size such as '100MiB' or a number of bytes")
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
     def flag(self, key: str, default: bool = False) -> bool:
         value = self._get(key)
         if value is None:

@@ -76,7 +76,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         emit(args, report, "")
         return EXIT_OK
     lines = [*_member_lines(report["members"]), "", _cluster_line(report["cluster"]), *_vault_lines(report["vault"]),
-             *_restore_lines(report.get("restores") or {}), *_coordinator_lines(report["coordinator"])]
+             *_prestage_lines(report["vault"].get("prestage")), *_restore_lines(report.get("restores") or {}),
+             *_coordinator_lines(report["coordinator"])]
     print("\n".join(lines))
     return EXIT_OK
 
@@ -134,6 +135,19 @@ def _vault_lines(v: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"vault: empty ({v['dir']})")
     return lines
+
+
+def _prestage_lines(p: Optional[dict[str, Any]]) -> list[str]:
+    """Which members hold the vault's newest snapshot ahead of a restore."""
+    if not p or not p.get("newest"):
+        return []
+    if not p.get("enabled"):
+        return ["pre-staging: off ([restore] prestage = false): a restore sends the snapshot at restore time"]
+    parts = []
+    for member, s in sorted((p.get("members") or {}).items()):
+        parts.append(f"{member} yes" if s.get("holds_newest") else
+                     f"{member} no" + (f" ({s['error']})" if s.get("error") else " (not yet)"))
+    return [f"newest snapshot {p['newest'][:12]} pre-staged on: {', '.join(parts) or 'no member yet'}"]
 
 
 def _restore_lines(restores: dict[str, Any]) -> list[str]:

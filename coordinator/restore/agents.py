@@ -44,6 +44,17 @@ class StepTimeout(EtcdguardError):
     """A step did not finish within its bound."""
 
 
+def held_name(listed: Mapping[str, Any], sha256: str, size: int) -> Optional[str]:
+    """Pure: in a ``snapshot.list`` reply, the name of a staged copy or a store snapshot with this sha256
+    and size (a staged copy first: it needs no catalog lookup), else None."""
+    for key in ("staged", "snapshots"):
+        for meta in listed.get(key) or []:
+            if (isinstance(meta, dict) and meta.get("sha256") == sha256 and meta.get("size") == size
+                    and isinstance(meta.get("name"), str) and meta["name"]):
+                return str(meta["name"])
+    return None
+
+
 class ClusterAgents:
     """Dedicated links to every member's agent for one operation."""
 
@@ -144,21 +155,18 @@ class ClusterAgents:
                 self._pause(RETRY_PAUSE)
 
     def held_snapshot(self, member: str, sha256: str, size: int) -> Optional[str]:
-        """The name of a snapshot in ``member``'s own store with this sha256 and size, if it lists one.
+        """The name of a snapshot ``member`` holds with this sha256 and size: pre-staged there ahead of
+        any restore (vault/prestage.py), or in its own store; None if it holds none.
 
-        Such a member need not be sent the snapshot: its prepare step restores from the store file,
-        which it first verifies in full against its catalog record (sha256 and size, the trailer,
-        `snapshot status`). Any error here only means the snapshot is sent as usual."""
+        Such a member need not be sent the snapshot: its prepare step restores from that file, which it
+        first verifies in full (sha256 and size, the trailer, `snapshot status`). Any error here only
+        means the snapshot is sent as usual."""
         try:
-            listed = self.client(member).call("snapshot.list", {}, timeout=10.0).get("snapshots") or []
+            listed = self.client(member).call("snapshot.list", {}, timeout=10.0)
         except EtcdguardError as exc:
-            log.info("member %s: its store could not be listed (%s); the snapshot is sent", member, exc)
+            log.info("member %s: its snapshots could not be listed (%s); the snapshot is sent", member, exc)
             return None
-        for meta in listed:
-            if (isinstance(meta, dict) and meta.get("sha256") == sha256 and meta.get("size") == size
-                    and isinstance(meta.get("name"), str) and meta["name"]):
-                return str(meta["name"])
-        return None
+        return held_name(listed, sha256, size)
 
     def abort_upload(self, member: str, upload: str) -> bool:
         result = self.client(member).call("snapshot.put.abort", {"upload": upload}, timeout=10.0)

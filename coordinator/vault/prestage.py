@@ -1,0 +1,191 @@
+"""Pre-staging: every member holds the vault's newest snapshot before a restore needs it.
+
+When a cluster is already down, every second of a restore is downtime; sending
+a 300 MB snapshot to every member at restore time costs seconds that could
+have been spent an hour earlier. So each snapshot that lands in the vault is
+copied in the background to every member's agent (its staging area; the agent
+checks the sha256 and the etcd trailer before it accepts it), with a
+bandwidth cap (``[restore] prestage_rate``) so the copies never crowd out
+etcd's own traffic; a member whose own store already holds that snapshot is
+not sent it. Each member keeps one pre-staged snapshot: the newest; older
+pre-staged copies are removed once the newer one is there. A restore's stage
+then finds the snapshot on every member and sends nothing.
+
+A restore always wins: while one runs (or the daemon stops), a copy in
+progress is abandoned at its next chunk and picked up after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from etcdguard.common.base.durations import format_bytes, iso_utc
+from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.coordinator.agents.links import MemberLinks
+from etcdguard.coordinator.config import CoordinatorConfig
+from etcdguard.coordinator.restore.agents import held_name
+from etcdguard.coordinator.vault.entry import VaultEntry
+from etcdguard.coordinator.vault.store import Vault, VaultBackendError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pre-"
+RECHECK = 600.0       # seconds between checks when nothing wakes the pre-stager (an agent replaced, say)
+
+
+def upload_id(sha256: str) -> str:
+    """The staging name a pre-staged snapshot gets on every agent (the same for the same snapshot)."""
+    return f"{PREFIX}{sha256[:16]}"
+
+
+def stale_uploads(listing: Mapping[str, Any], keep: str) -> list[str]:
+    """Pure: the pre-staged uploads in a ``snapshot.list`` reply other than ``keep`` (the newest's id)."""
+    out = []
+    for meta in listing.get("staged") or []:
+        upload = meta.get("upload") if isinstance(meta, dict) else None
+        if isinstance(upload, str) and upload.startswith(PREFIX) and upload != keep:
+            out.append(upload)
+    return sorted(out)
+
+
+class Stopped(EtcdguardError):
+    """A restore started (or the daemon stops): the copy in progress is abandoned."""
+
+
+class RateLimit:
+    """A transfer's progress callback that keeps its average at or below ``rate`` bytes per second
+    (0: no cap), and abandons it (Stopped) as soon as ``stopped()`` says so."""
+
+    def __init__(self, rate: int, stopped: Callable[[], bool], wait: Callable[[float], bool]) -> None:
+        self.rate = rate
+        self.stopped = stopped
+        self.wait = wait
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.stopped():
+            raise Stopped("a restore started: pre-staging waits until it ends")
+        if self.rate <= 0:
+            return
+        ahead = done / self.rate - (time.monotonic() - self.started)
+        if ahead > 0 and self.wait(min(ahead, 1.0)):
+            raise Stopped("the coordinator is stopping")
+
+
+@dataclass
+class MemberState:
+    """What the pre-stager last knew of one member."""
+
+    sha256: Optional[str] = None      # the snapshot it holds pre-staged (or in its store)
+    name: Optional[str] = None
+    at: Optional[float] = None
+    error: Optional[str] = None
+
+    def to_json(self, newest: Optional[str]) -> dict[str, Any]:
+        return {"sha256": self.sha256, "name": self.name, "at": iso_utc(self.at) if self.at else None,
+                "at_unix": self.at, "holds_newest": newest is not None and self.sha256 == newest,
+                "error": self.error}
+
+
+@dataclass
+class Prestager:
+    """Keeps the vault's newest snapshot on every member, in a thread of its own."""
+
+    config: Callable[[], CoordinatorConfig]
+    links: Callable[[], MemberLinks]
+    vault: Callable[[], Vault]
+    restoring: Callable[[], bool]
+    on_change: Callable[[], None] = lambda: None
+    members: dict[str, MemberState] = field(default_factory=dict)
+    newest: Optional[str] = None
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: Optional[threading.Thread] = None
+
+    # -- the thread -------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="prestage", daemon=True)
+        self._thread.start()
+        self.wake()
+
+    def wake(self) -> None:
+        """Look again now (a new snapshot in the vault, a restore ended)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(RECHECK)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_once()
+            except Exception:   # the thread's outermost level: logged; the next wake tries again
+                log.exception("pre-staging: internal error")
+
+    # -- one round --------------------------------------------------------------------------
+    def run_once(self) -> None:
+        """Bring every member the vault's newest snapshot (unless a restore runs or it is switched off)."""
+        if not self.config().restore.prestage or self.restoring():
+            return
+        try:
+            entry = self.vault().resolve("latest")
+        except (EtcdguardError, VaultBackendError) as exc:
+            log.debug("pre-staging: no newest snapshot (%s)", exc)
+            return
+        self.newest = entry.sha256
+        for member in self.config().members:
+            if self._stop.is_set() or self.restoring():
+                return
+            self._one(member.name, entry)
+        self.on_change()
+
+    def _one(self, member: str, entry: VaultEntry) -> None:
+        state = self.members.setdefault(member, MemberState())
+        link = self.links().dedicated(member)
+        try:
+            listing = link.call("snapshot.list", {}, timeout=10.0)
+            held = held_name(listing, entry.sha256, entry.size)
+            if held is None:
+                held = self._send(link, member, entry)
+                listing = link.call("snapshot.list", {}, timeout=10.0)
+            for old in stale_uploads(listing, upload_id(entry.sha256)):
+                link.call("snapshot.put.abort", {"upload": old}, timeout=10.0)
+                log.info("pre-staging: removed %s from %s (a newer snapshot is staged there)", old, member)
+            state.sha256, state.name, state.at, state.error = entry.sha256, held, time.time(), None
+        except Stopped as exc:
+            log.info("pre-staging on %s paused: %s", member, exc)
+        except EtcdguardError as exc:
+            state.error = str(exc)
+            log.warning("pre-staging: member %s does not hold snapshot %s yet: %s", member, entry.sha256[:12], exc)
+        finally:
+            link.close()
+
+    def _send(self, link: Any, member: str, entry: VaultEntry) -> str:
+        rate = self.config().restore.prestage_rate
+        started = time.monotonic()
+        limit = RateLimit(rate, lambda: self.restoring() or self._stop.is_set(), self._stop.wait)
+        with self.vault().materialize(entry) as path:
+            result = link.put_snapshot(path, upload_id(entry.sha256), progress=limit, timeout=60.0)
+        if not result.get("complete") or not isinstance(result.get("staged"), str):
+            raise EtcdguardError(f"the upload to {member} did not complete: {result}")
+        took = time.monotonic() - started
+        log.info("pre-staging: %s staged on %s (%s in %.1fs)", entry.sha256[:12], member, format_bytes(entry.size),
+                 took)
+        return str(result["staged"])
+
+    def report(self) -> dict[str, Any]:
+        """For ``status``: which member holds the newest snapshot pre-staged."""
+        return {"enabled": self.config().restore.prestage, "newest": self.newest,
+                "members": {m: s.to_json(self.newest) for m, s in sorted(self.members.items())}}
