@@ -98,3 +98,39 @@ def test_operations_orphaned_by_a_lost_coordinator_are_named_and_rolled_back_by_
     for a in rig.agents:
         with a.client(rig.ckeys) as client:
             assert client.call("restore.status", {"op_id": op})["state"] == "rolled-back"
+
+
+def test_the_plan_counts_the_restored_wal_and_a_margin_not_twice_the_snapshot(rig: RestoreRig,
+                                                                               request: pytest.FixtureRequest):
+    """A member whose data dir (the WAL inside it) has ~40 MiB free: twice a small snapshot fits, the restore
+    does not (etcd preallocates 64 MiB of WAL). The plan refuses before anything runs."""
+    import shutil
+    import subprocess
+
+    cluster = rig.cluster
+    m3 = cluster.members[2]
+    m3.stop(kill=True)
+    saved = m3.data_dir.with_name(m3.data_dir.name + ".saved")
+    shutil.move(str(m3.data_dir), saved)
+    m3.data_dir.mkdir()
+    used = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())
+    size_mib = used // (1024 * 1024) + 40          # what etcd holds now, and about 40 MiB to spare
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(m3.data_dir)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        shutil.rmtree(m3.data_dir)
+        shutil.move(str(saved), m3.data_dir)
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(m3.data_dir)], check=False))
+    shutil.copytree(saved, m3.data_dir, dirs_exist_ok=True)
+    m3.start()
+    cluster.wait_healthy(60)
+    entry = rig.backup()
+    free = shutil.disk_usage(m3.data_dir).free
+    assert 2 * entry["size"] < free < 128 * 1024 * 1024, (entry["size"], free)   # the old rule would pass
+    r = rig.ctl("restore", "latest", "--plan", "--json")
+    assert r.returncode == 3, r.stdout + r.stderr
+    plan = json.loads(r.stdout)
+    disk = [x for x in plan["refusals"] if x["check"] == "disk"]
+    assert [x["member"] for x in disk] == ["m3"] and "the WAL etcd preallocates" in disk[0]["message"]
+    assert rig.ops() == []
