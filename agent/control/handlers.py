@@ -107,7 +107,8 @@ class Handlers:
                                in_use=lambda path: snapshot_in_use(self.config().state.dir, path))
         self.fetch = FetchFiles(self.staging)
         self.staging.on_remove = self.fetch.forget
-        self.restore = RemoteRestore(self.runner, self._snapshot_path)   # used by the long-op worker
+        self.restore = RemoteRestore(self.runner, self._snapshot_path,   # used by the long-op worker
+                                     self.staging.verified_fingerprint)
         self.reporter = StatusReporter(self.runner, self.staging.dir, self._etcd_running)
 
     # -- what every handler reads through -------------------------------------

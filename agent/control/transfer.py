@@ -15,6 +15,7 @@ restart: the sender learns ``received = 0`` and starts over.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -200,6 +201,15 @@ class Staging:
             return None
         return (path, meta.size, meta.sha256) if meta is not None else None
 
+    def verified_fingerprint(self, path: Path) -> Optional[list[int]]:
+        """The fingerprint a staged file had when its sha256 and trailer were verified, if recorded."""
+        try:
+            data = json.loads(Path(str(path) + ".json").read_text())
+        except (OSError, ValueError):
+            return None
+        fp = data.get("fingerprint") if isinstance(data, dict) and data.get("trailer_verified") is True else None
+        return [int(x) for x in fp] if isinstance(fp, list) and all(isinstance(x, int) for x in fp) else None
+
     def completed(self) -> list[dict[str, Any]]:
         """Every complete, verified upload (a restore's, or a snapshot pre-staged for one), newest first."""
         out = []
@@ -297,9 +307,12 @@ class Staging:
             os.close(u.fd)
             u.fd = -1
             now = time.time()
+            st = os.stat(final)
             fsutil.atomic_write_json(self.dir / f"{u.name}{SIDECAR_SUFFIX}", {
                 "name": final.name, "upload": u.name, "size": u.total, "sha256": sha,
-                "received_at": iso_utc(now), "received_unix": now, "trailer_verified": True})
+                "received_at": iso_utc(now), "received_unix": now, "trailer_verified": True,
+                # the file as it was verified: a later change of any of these means it must be hashed again
+                "fingerprint": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]})
         except (EtcdguardError, OSError):
             self._drop(u)
             raise

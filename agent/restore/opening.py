@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,7 @@ from etcdguard.common.base.errors import EtcdguardError, ToolError, UnsafeRefusa
 from etcdguard.common.journal import new_op_id
 from etcdguard.common.ops.bump import bump_for
 from etcdguard.common.ops.params import RestoreParams
+from etcdguard.common.snapshot.bbolt import HEAD_BYTES, meta_problem
 from etcdguard.common.snapshot.integrity import (
     Recorded,
     SnapshotCheck,
@@ -72,10 +74,36 @@ def inspect_snapshot(snapshot: Path, tool: SnapshotTool, recorded: Optional[Reco
     return check
 
 
+@dataclass(frozen=True)
+class VerifiedCopy:
+    """A file already proven to be this snapshot (a staged copy verified on arrival and unchanged since)."""
+
+    sha256: str
+    size: int
+    revision: int
+
+
+def _proven(snapshot: Path, tool: SnapshotTool, recorded: Optional[Recorded], expect_sha256: Optional[str],
+            verified: Optional[VerifiedCopy]) -> tuple[str, int, int]:
+    """(sha256, size, revision) of a snapshot proven restorable: in full, or for a verified copy its
+    recorded facts once the cheap checks (bbolt's meta pages) pass."""
+    if verified is not None:
+        with open(snapshot, "rb") as fh:
+            problem = meta_problem(fh.read(HEAD_BYTES))
+        if problem is not None:
+            raise UnsafeRefusal(f"{snapshot}: not an etcd snapshot ({problem}); nothing was changed")
+        return verified.sha256, verified.size, verified.revision
+    check = inspect_snapshot(snapshot, tool, recorded, expect_sha256)
+    if check.revision is None:
+        raise ToolError(f"{tool.kind} did not report the revision of {snapshot}")
+    return check.digest.sha256, check.digest.size, check.revision
+
+
 def make_params(config: AgentConfig, member: LocalMember, tool: SnapshotTool, snapshot: Path,
                 op: Optional[str] = None, *, initial_cluster: Optional[str] = None, token: Optional[str] = None,
                 peer_url: Optional[str] = None, bump_revision: Optional[int] = None, exact_bump: bool = False,
-                recorded: Optional[Recorded] = None, expect_sha256: Optional[str] = None) -> RestoreParams:
+                recorded: Optional[Recorded] = None, expect_sha256: Optional[str] = None,
+                verified: Optional[VerifiedCopy] = None) -> RestoreParams:
     """Read the snapshot (verify + revision) and fill in every parameter of the restore.
 
     The bump is raised past this member's live revision unless ``exact_bump`` (a
@@ -86,9 +114,7 @@ def make_params(config: AgentConfig, member: LocalMember, tool: SnapshotTool, sn
     if not peer:
         raise UsageError("this member's peer URL is unknown: set etcd.peer_url in the agent config")
     snapshot = snapshot.resolve()
-    check = inspect_snapshot(snapshot, tool, recorded, expect_sha256)
-    if check.revision is None:
-        raise ToolError(f"{tool.kind} did not report the revision of {snapshot}")
+    sha256, size, revision = _proven(snapshot, tool, recorded, expect_sha256, verified)
     live = live_status(config, member)
     configured = config.restore.bump_revision if bump_revision is None else bump_revision
     if not tool.supports_bump:
@@ -96,7 +122,7 @@ def make_params(config: AgentConfig, member: LocalMember, tool: SnapshotTool, sn
     elif exact_bump:
         bump = configured
     else:
-        bump = bump_for(configured, check.revision, live.revision if live is not None else None)
+        bump = bump_for(configured, revision, live.revision if live is not None else None)
     cluster = initial_cluster or f"{member.name}={peer}"
     tok = token or f"etcdguard-{op}"
     data_dir = Path(os.path.abspath(member.data_dir))
@@ -107,8 +133,8 @@ def make_params(config: AgentConfig, member: LocalMember, tool: SnapshotTool, sn
                         wal_dir=wal_target(wal_dir, op) if wal_dir is not None else None)
     live_id = f"{live.cluster_id:x}" if live is not None else ""
     return RestoreParams(
-        op=op, snapshot=str(snapshot), snapshot_sha256=check.digest.sha256, snapshot_size=check.digest.size,
-        snapshot_revision=check.revision, name=member.name, peer_url=peer, initial_cluster=cluster,
+        op=op, snapshot=str(snapshot), snapshot_sha256=sha256, snapshot_size=size,
+        snapshot_revision=revision, name=member.name, peer_url=peer, initial_cluster=cluster,
         token=tok, data_dir=str(data_dir), bump_revision=bump, restore_argv=tuple(argv),
         live_cluster_id=live_id, wal_dir=str(wal_dir) if wal_dir is not None else "",
     )

@@ -31,8 +31,8 @@ from typing import Any, Callable, Optional
 
 from etcdguard.agent.control.transfer import NotFound
 from etcdguard.agent.restore.engine import NodeEngine
-from etcdguard.agent.restore.node import kept_dirs
-from etcdguard.agent.restore.opening import catalog_record, make_params
+from etcdguard.agent.restore.node import fingerprint, kept_dirs
+from etcdguard.agent.restore.opening import VerifiedCopy, catalog_record, make_params
 from etcdguard.agent.restore.records import KIND_CLUSTER, NodeOperation, OperationStore, flow_of, params_of
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.backup import BackupRunner
@@ -80,9 +80,11 @@ def operation_status(state_dir: Path, op_id: str) -> dict[str, Any]:
 class RemoteRestore:
     """Runs restore.step requests. Used from one thread (the server's long-op worker)."""
 
-    def __init__(self, runner: Callable[[], BackupRunner], snapshot_path: Callable[[str], Path]) -> None:
+    def __init__(self, runner: Callable[[], BackupRunner], snapshot_path: Callable[[str], Path],
+                 verified_fingerprint: Callable[[Path], Optional[list[int]]] = lambda path: None) -> None:
         self._runner = runner
         self._snapshot_path = snapshot_path
+        self._verified_fingerprint = verified_fingerprint
         self._engine: Optional[tuple[int, NodeEngine]] = None
 
     def engine(self) -> NodeEngine:
@@ -230,10 +232,26 @@ class RemoteRestore:
         p = make_params(engine.config, member, engine.tool, snapshot, op_id,
                         initial_cluster=params["initial_cluster"], token=params["token"],
                         peer_url=params["peer_url"], bump_revision=bump, exact_bump=True,
-                        recorded=catalog_record(snapshot), expect_sha256=params.get("sha256"))
+                        recorded=catalog_record(snapshot), expect_sha256=params.get("sha256"),
+                        verified=self._verified_copy(snapshot, params))
         oplog = engine.open_operation(p, KIND_CLUSTER, low_priority=params.get("priority", "low") == "low")
         oplog.emit("requested", by=who)
         return oplog
+
+    def _verified_copy(self, snapshot: Path, params: dict[str, Any]) -> Optional[VerifiedCopy]:
+        """A staged copy verified when it arrived (sha256 and trailer) and unchanged since (its inode, size
+        and times): the vault's sha256 and revision are taken for it without reading it again (seconds on a
+        large snapshot, while the cluster may be down). Anything else is verified in full."""
+        sha, revision = params.get("sha256"), params.get("revision")
+        if not isinstance(sha, str) or not isinstance(revision, int):
+            return None
+        recorded = self._verified_fingerprint(snapshot)
+        if recorded is None or recorded != fingerprint(snapshot):
+            return None
+        staged = catalog_record(snapshot)
+        if staged is None or staged.sha256 != sha:
+            return None
+        return VerifiedCopy(sha, staged.size, revision)
 
     @staticmethod
     def _check_same_opening(oplog: OpLog, params: dict[str, Any]) -> None:

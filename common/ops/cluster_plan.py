@@ -26,6 +26,7 @@ class SnapshotRef:
     created_unix: float
     etcd_version: str = ""
     cluster_id: str = ""
+    revision_exact: bool = False     # read from the file by `snapshot status` (not a lower bound)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ HEARTBEAT = 10.0     # seconds between keep-alive progress lines to a following 
 def snapshot_ref(entry: VaultEntry) -> SnapshotRef:
     return SnapshotRef(id=entry.sha256, size=entry.size, revision=entry.revision, member=entry.source_member,
                        created_at=entry.created_at, created_unix=entry.created_unix,
-                       etcd_version=entry.etcd_version, cluster_id=entry.cluster_id)
+                       etcd_version=entry.etcd_version, cluster_id=entry.cluster_id,
+                       revision_exact=entry.revision_exact)
 
 
 @dataclass

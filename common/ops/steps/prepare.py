@@ -21,6 +21,7 @@ from etcdguard.common.ops.step import Step, StepFailed
 from etcdguard.common.wire.schema import (
     INITIAL_CLUSTER_PATTERN,
     MAX_BUMP_REVISION,
+    MAX_OFFSET,
     NAME_PATTERN,
     PEER_URL_PATTERN,
     SHA256_PATTERN,
@@ -40,6 +41,9 @@ PARAMS: Schema = MappingProxyType({
     "sha256": Str(SHA256_PATTERN, "a sha256 hex digest", required=False),
     # "normal" when the cluster is down already (every second is downtime); default "low"
     "priority": Str("low|normal", "a priority (low, normal)", max_len=8, required=False),
+    # the snapshot's revision as the vault recorded it (read by `snapshot status` when it was taken): a
+    # staged copy verified on arrival is then not read again
+    "revision": Int(0, MAX_OFFSET, required=False),
 })
 
 
@@ -82,7 +86,8 @@ class Prepare(Step):
         m = plan.member(member)
         return {"snapshot": name, "name": member, "initial_cluster": plan.initial_cluster, "token": plan.token,
                 "peer_url": m.peer_url, "bump_revision": plan.bump_revision, "sha256": plan.snapshot.id,
-                "priority": "normal" if plan.cluster_down else "low"}
+                "priority": "normal" if plan.cluster_down else "low",
+                **({"revision": plan.snapshot.revision} if plan.snapshot.revision_exact else {})}
 
 
 def _bump(plan: RestorePlan) -> str:
