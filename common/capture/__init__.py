@@ -1,0 +1,1 @@
+"""Continuous backup: the changes between snapshots, captured from etcd's watch API."""
