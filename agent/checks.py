@@ -9,7 +9,7 @@ from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.checks import CheckResult, readable_problem, writable_dir
-from etcdguard.common.snapshot.tools import find_tool, tool_kind
+from etcdguard.common.snapshot.tools import find_tool, tool_kind, untested_version
 
 
 def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
@@ -44,7 +44,7 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
 
 
 def _etcd_check(member: LocalMember, config: AgentConfig) -> CheckResult:
-    """etcd answers and is healthy."""
+    """etcd answers, is healthy, and runs a version the project tests (another one is a warning)."""
     try:
         with EtcdClient(member.endpoint, member.tls, config.etcd.dial_timeout) as client:
             st = client.status()
@@ -56,11 +56,17 @@ def _etcd_check(member: LocalMember, config: AgentConfig) -> CheckResult:
                            "look at the etcd logs and `etcdctl endpoint status --cluster`")
     detail = (f"{member.endpoint}: etcd {st.version}, revision {st.revision}, "
               f"{'leader' if st.is_leader else 'follower'}, db {st.db_size} bytes")
+    untested = untested_version(st.version)
+    if untested is not None:
+        return CheckResult("etcd", True, f"{detail}; {untested}", UNTESTED_HINT, warning=True)
     return CheckResult("etcd", True, detail)
 
 
+UNTESTED_HINT = "backups and restores are expected to work; see docs/install.md for what was tested"
+
+
 def _tool_check(config: AgentConfig) -> CheckResult:
-    """The tool that reads and restores snapshots: found, and etcdutl wherever one is present."""
+    """The tool that reads and restores snapshots: found, etcdutl wherever one is present, a tested version."""
     try:
         tool = find_tool(config.etcd.restore_tool)
     except EtcdguardError as exc:
@@ -73,6 +79,10 @@ def _tool_check(config: AgentConfig) -> CheckResult:
     if configured is not None and configured != tool.path and tool_kind(configured) == "etcdctl":
         notes.append(f"used instead of the configured etcdctl {configured}")
         hints.append(f"set etcd.restore_tool to {tool.path} in {config.source}")
+    untested = untested_version(tool.version)
+    if untested is not None:
+        notes.append(untested)
+        hints.append(UNTESTED_HINT)
     return CheckResult("restore tool", True, "; ".join([detail, *notes]), "; ".join(hints), warning=bool(notes))
 
 

@@ -8,6 +8,10 @@ etcdctl: etcdctl's `snapshot status` and `snapshot restore` are deprecated in
 3.5 and gone in 3.6. etcdctl does that work only where no etcdutl exists (etcd
 3.4), also when ``etcd.restore_tool`` names an etcdctl that has an etcdutl
 beside it or on the search path.
+
+Versions: etcdguard is tested with etcd 3.5 and 3.4 (`TESTED_SERIES`). Any
+other version (3.6 and 3.7 above all) is accepted, with a warning that says it
+was not tested with it (`untested_version`); nothing refuses a version.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TOOL_TIMEOUT = 600.0
 ETCDUTL, ETCDCTL = "etcdutl", "etcdctl"
+TESTED_SERIES = ((3, 4), (3, 5))   # the etcd minor versions the project's tests run against
 NO_TOOL = ("neither etcdutl nor etcdctl is on PATH; install etcd's client tools (etcdutl) "
            "or set etcd.restore_tool")
 
@@ -65,8 +70,12 @@ def _run(
 
 
 def parse_version(output: str) -> str:
-    """'etcdutl version: 3.5.16' / 'etcdctl version: 3.4.23' -> '3.5.16'."""
-    m = re.search(r"(?:etcdutl|etcdctl) version:\s*(\S+)", output)
+    """The version in `etcdutl version`, `etcdctl version` or `etcd --version` output.
+
+    'etcdutl version: 3.6.5\nAPI version: 3.6' -> '3.6.5'; 'etcdctl version: 3.4.23' -> '3.4.23';
+    'etcd Version: 3.5.30\nGit SHA: ...' -> '3.5.30'.
+    """
+    m = re.search(r"^\s*(?:etcdutl|etcdctl|etcd) [Vv]ersion:\s*(\S+)", output, re.MULTILINE)
     if not m:
         raise ValueError("no version line in the tool's output")
     return m.group(1)
@@ -78,6 +87,20 @@ def version_tuple(version: str) -> Optional[tuple[int, int, int]]:
     if not m:
         return None
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def untested_version(version: str) -> Optional[str]:
+    """Pure: None for a version the project tests (3.4, 3.5), else the warning to log and show.
+
+    Never a refusal: etcd 3.6 and 3.7 (Kubernetes 1.34 and later, k3s, RKE2) keep every API and
+    snapshot format etcdguard uses, and their offline work is done with etcdutl.
+    """
+    parsed = version_tuple(version)
+    if parsed is not None and parsed[:2] in TESTED_SERIES:
+        return None
+    tested = " and ".join(f"{major}.{minor}" for major, minor in reversed(TESTED_SERIES))
+    what = f"etcd {version}" if parsed is not None else f"etcd version {version!r} (unreadable)"
+    return f"{what}: not tested with this version (etcdguard is tested with etcd {tested})"
 
 
 def tool_kind(path: Path) -> Optional[str]:
@@ -130,7 +153,8 @@ def locate_tool(configured: Optional[Path] = None, search_path: Optional[str] = 
 def probe_tool(path: Path) -> SnapshotTool:
     """Ask the tool what it is and what it supports.
 
-    An etcdctl of 3.6 or later is refused: it has no snapshot commands left to run.
+    A version the project does not test is logged as a warning and accepted; an etcdctl of
+    3.6 or later is refused, because it has no snapshot commands left to run.
     """
     kind = tool_kind(path) or ETCDCTL
     env = dict(os.environ)
@@ -148,6 +172,9 @@ def probe_tool(path: Path) -> SnapshotTool:
         raise ToolError(f"{path}: etcdctl {version} cannot read or restore snapshot files (etcd 3.6 moved "
                         "`snapshot status` and `snapshot restore` to etcdutl); install etcdutl or set "
                         "etcd.restore_tool to it")
+    untested = untested_version(version)
+    if untested is not None:
+        log.warning("%s (%s %s): %s", path, kind, version, untested)
     help_out = _run([str(path), "snapshot", "restore", "--help"], env=env)
     text = help_out.stdout + help_out.stderr
     return SnapshotTool(

@@ -1,4 +1,4 @@
-"""Which etcd tool reads and restores snapshots.
+"""Which etcd tool reads and restores snapshots, and which etcd versions are accepted.
 
 Stand-in tools (shell scripts) answer `version`, `snapshot restore --help` and `snapshot status`
 the way etcdutl and etcdctl of a given version do, and append every call to a log. A stand-in
@@ -20,8 +20,11 @@ from etcdguard.common.snapshot.tools import (
     find_status_tool,
     find_tool,
     locate_tool,
+    parse_version,
     restore_argv,
     snapshot_status,
+    untested_version,
+    version_tuple,
 )
 
 STATUS_JSON = '{"hash":1234,"revision":42,"totalKey":7,"totalSize":20480}'
@@ -147,3 +150,58 @@ def test_no_tool_at_all_names_etcdutl_and_the_config_key(tmp_path: Path) -> None
         find_tool(search_path=str(tmp_path))
     with pytest.raises(ToolError, match=r"etcd\.restore_tool .* does not exist"):
         find_status_tool(tmp_path / "etcdutl")
+
+
+# -- versions: 3.6 and 3.7 accepted with a warning --------------------------------------------------
+
+
+@pytest.mark.parametrize(("output", "version"), [
+    ("etcdutl version: 3.6.5\nAPI version: 3.6\n", "3.6.5"),
+    ("etcdutl version: 3.7.0\nAPI version: 3.7\n", "3.7.0"),
+    ("etcdctl version: 3.4.23\nAPI version: 3.4\n", "3.4.23"),
+    ("etcd Version: 3.6.5\nGit SHA: 1b4de5d\nGo Version: go1.24.6\nGo OS/Arch: linux/amd64\n", "3.6.5"),
+    ("etcd Version: 3.5.30\nGit SHA: Not provided (use ./build instead of go build)\n", "3.5.30"),
+])
+def test_parse_version(output: str, version: str) -> None:
+    assert parse_version(output) == version
+
+
+def test_parse_version_needs_a_version_line() -> None:
+    with pytest.raises(ValueError):
+        parse_version("API version: 3.6\n")
+
+
+@pytest.mark.parametrize(("version", "tested"), [
+    ("3.4.23", True), ("3.5.30", True), ("3.5.0", True), ("3.6.5", False), ("3.7.0", False),
+    ("3.7.0-rc.0", False), ("3.3.27", False), ("garbage", False),
+])
+def test_untested_versions_are_a_warning_never_a_refusal(version: str, tested: bool) -> None:
+    warning = untested_version(version)
+    if tested:
+        assert warning is None
+    else:
+        assert warning is not None and "not tested with this version" in warning and version in warning
+
+
+def test_version_tuple() -> None:
+    assert version_tuple("3.6.5") == (3, 6, 5)
+    assert version_tuple("v3.7.0-rc.0") == (3, 7, 0)
+    assert version_tuple("3.6") == (3, 6, 0)
+    assert version_tuple("unknown") is None
+
+
+@pytest.mark.parametrize("version", ["3.6.5", "3.7.0"])
+def test_etcdutl_of_3_6_and_3_7_is_accepted_with_a_warning(version: str, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    utl = stand_in(tmp_path / "bin", "etcdutl", version, tmp_path / "etcdutl.log")
+    with caplog.at_level(logging.WARNING):
+        tool = find_tool(search_path=str(tmp_path / "bin"))
+    assert (tool.path, tool.kind, tool.version, tool.supports_bump) == (utl, "etcdutl", version, True)
+    assert f"etcd {version}: not tested with this version" in caplog.text
+
+
+def test_a_tested_version_logs_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stand_in(tmp_path / "bin", "etcdutl", "3.5.30", tmp_path / "etcdutl.log")
+    with caplog.at_level(logging.WARNING):
+        find_tool(search_path=str(tmp_path / "bin"))
+    assert "not tested" not in caplog.text
