@@ -74,7 +74,7 @@ class EtcdBuild:
     etcd: Path
     etcdctl: Path
     etcdutl: Optional[Path]
-    version: str  # e.g. "3.5.16", from `etcd --version`
+    version: str  # e.g. "3.5.30", from `etcd --version`
 
     @property
     def bin_dir(self) -> Path:
