@@ -118,7 +118,8 @@ def test_corrupt_snapshot_refused_before_anything_stops(adopted: tuple[EtcdMembe
 
 
 def _wrapper_tool(tmp_path: Path, real: Path, body: str) -> Path:
-    tool = tmp_path / ("etcdutl" if real.name == "etcdutl" else "etcdctl")
+    # Not named etcdctl: a configured etcdctl gives way to an etcdutl on PATH, and this wrapper must be used.
+    tool = tmp_path / "restore-tool"
     tool.write_text(f"#!/bin/sh\n{body}\n")
     tool.chmod(0o755)
     return tool
