@@ -9,7 +9,7 @@ from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.checks import CheckResult, readable_problem, writable_dir
-from etcdguard.common.snapshot.tools import find_tool
+from etcdguard.common.snapshot.tools import find_tool, tool_kind, untested_version
 
 
 def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
@@ -22,33 +22,9 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
             f"tls {label}", problem is None, f"{path} {problem or 'readable'}",
             "" if problem is None else f"fix the file or set etcd.{label} in {config.source}",
         ))
-    try:
-        with EtcdClient(member.endpoint, member.tls, config.etcd.dial_timeout) as client:
-            st = client.status()
-        if st.healthy:
-            results.append(CheckResult(
-                "etcd", True,
-                f"{member.endpoint}: etcd {st.version}, revision {st.revision}, "
-                f"{'leader' if st.is_leader else 'follower'}, db {st.db_size} bytes",
-            ))
-        else:
-            why = "; ".join(st.errors) or "no leader"
-            results.append(CheckResult("etcd", False, f"{member.endpoint}: unhealthy: {why}",
-                                       "look at the etcd logs and `etcdctl endpoint status --cluster`"))
-    except EtcdguardError as exc:
-        results.append(CheckResult("etcd", False, str(exc),
-                                   "is etcd running? are etcd.endpoints and the TLS files right?"))
+    results.append(_etcd_check(member, config))
     results.append(_data_dir_check(config, member))
-    try:
-        tool = find_tool(config.etcd.restore_tool)
-        results.append(CheckResult(
-            "restore tool", True,
-            f"{tool.path} ({tool.kind} {tool.version}"
-            + (", supports --bump-revision)" if tool.supports_bump else ", no --bump-revision)"),
-        ))
-    except EtcdguardError as exc:
-        results.append(CheckResult("restore tool", False, str(exc),
-                                   "install etcdutl (etcd >= 3.5) or etcdctl, or set etcd.restore_tool"))
+    results.append(_tool_check(config))
     for label, key, path in (("backup dir", "backup.dir", config.backup.dir),
                              ("state dir", "state.dir", config.state.dir)):
         ok, detail = writable_dir(path)
@@ -65,6 +41,49 @@ def run_checks(config: AgentConfig, member: LocalMember) -> list[CheckResult]:
         results.append(CheckResult("apiserver manifest", present, str(config.apiserver.manifest),
                                    "" if present else "set apiserver.manifest, or remove [apiserver]"))
     return results
+
+
+def _etcd_check(member: LocalMember, config: AgentConfig) -> CheckResult:
+    """etcd answers, is healthy, and runs a version the project tests (another one is a warning)."""
+    try:
+        with EtcdClient(member.endpoint, member.tls, config.etcd.dial_timeout) as client:
+            st = client.status()
+    except EtcdguardError as exc:
+        return CheckResult("etcd", False, str(exc), "is etcd running? are etcd.endpoints and the TLS files right?")
+    if not st.healthy:
+        why = "; ".join(st.errors) or "no leader"
+        return CheckResult("etcd", False, f"{member.endpoint}: unhealthy: {why}",
+                           "look at the etcd logs and `etcdctl endpoint status --cluster`")
+    detail = (f"{member.endpoint}: etcd {st.version}, revision {st.revision}, "
+              f"{'leader' if st.is_leader else 'follower'}, db {st.db_size} bytes")
+    untested = untested_version(st.version)
+    if untested is not None:
+        return CheckResult("etcd", True, f"{detail}; {untested}", UNTESTED_HINT, warning=True)
+    return CheckResult("etcd", True, detail)
+
+
+UNTESTED_HINT = "backups and restores are expected to work; see docs/install.md for what was tested"
+
+
+def _tool_check(config: AgentConfig) -> CheckResult:
+    """The tool that reads and restores snapshots: found, etcdutl wherever one is present, a tested version."""
+    try:
+        tool = find_tool(config.etcd.restore_tool)
+    except EtcdguardError as exc:
+        return CheckResult("restore tool", False, str(exc),
+                           "install etcdutl (etcd >= 3.5) or etcdctl (etcd 3.4), or set etcd.restore_tool")
+    detail = (f"{tool.path} ({tool.kind} {tool.version}"
+              + (", supports --bump-revision)" if tool.supports_bump else ", no --bump-revision)"))
+    notes, hints = [], []
+    configured = config.etcd.restore_tool
+    if configured is not None and configured != tool.path and tool_kind(configured) == "etcdctl":
+        notes.append(f"used instead of the configured etcdctl {configured}")
+        hints.append(f"set etcd.restore_tool to {tool.path} in {config.source}")
+    untested = untested_version(tool.version)
+    if untested is not None:
+        notes.append(untested)
+        hints.append(UNTESTED_HINT)
+    return CheckResult("restore tool", True, "; ".join([detail, *notes]), "; ".join(hints), warning=bool(notes))
 
 
 def _data_dir_check(config: AgentConfig, member: LocalMember) -> CheckResult:

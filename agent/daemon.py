@@ -29,6 +29,7 @@ from etcdguard.common.base.signals import SignalFlags
 from etcdguard.common.metrics_server import MetricsServer, bind_replacement
 from etcdguard.common.ops.states import ACTIVE, FINAL, OpState
 from etcdguard.common.snapshot.sidecar import SnapshotMeta
+from etcdguard.common.snapshot.tools import untested_version
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class AgentDaemon(SignalFlags):
             with EtcdClient(runner.member.endpoint, runner.member.tls, self.config.etcd.dial_timeout) as c:
                 st = c.status()
             self.metrics.etcd_up.set(1 if st.healthy else 0)
+            untested = untested_version(st.version)
+            if untested is not None:
+                log.warning("%s at %s", untested, runner.member.endpoint)
             return f"etcd {st.version} at {runner.member.endpoint}, revision {st.revision}"
         except EtcdguardError as exc:
             self.metrics.etcd_up.set(0)

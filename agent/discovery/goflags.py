@@ -18,11 +18,14 @@ pflag (``interspersed=True``): the same for what the apiserver reader needs,
 except that words that are not flags may appear between flags.
 
 Which flags are booleans is not in the command line: it comes from the
-program's flag set, so the sets below name them. etcd's set is complete for
-3.4 and 3.5. kube-apiserver has hundreds of flags, so its reader also names
-the flags it reads (they always take a value) and reads any other flag the
-way it is written: with the next word as its value unless that word is a
-flag too, or with none at the end of the line.
+program's flag set, so the sets below name them. etcd's sets are complete for
+3.4, 3.5, 3.6 and 3.7 (3.6 renamed the ``--experimental-*`` flags and turned
+some into ``--feature-gates``; 3.7 dropped the old names). A flag in neither
+set (a newer etcd's, or a typo etcd itself would refuse) is read the way it is
+written: with the next word as its value unless that word is a flag too, or
+with none at the end of the line, so it never swallows a flag the agent reads.
+kube-apiserver has hundreds of flags, so its reader names only the flags it
+reads (they always take a value) and reads any other flag that way too.
 """
 
 from __future__ import annotations
@@ -32,17 +35,53 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-# etcd flags (3.4 and 3.5) that are booleans (from `etcd --help` of both).
+# etcd flags (3.4 to 3.7) that are booleans (the BoolVar flags of each release's flag set).
 ETCD_BOOL_FLAGS = frozenset({
-    "auto-tls", "client-cert-auth", "debug", "enable-grpc-gateway", "enable-log-rotation", "enable-pprof",
+    "auto-tls", "client-cert-auth", "debug", "discovery-insecure-skip-tls-verify", "discovery-insecure-transport",
+    "enable-distributed-tracing", "enable-grpc-gateway", "enable-log-rotation", "enable-pprof",
     "enable-v2", "experimental-compact-hash-check-enabled", "experimental-enable-distributed-tracing",
     "experimental-enable-lease-checkpoint", "experimental-enable-lease-checkpoint-persist",
     "experimental-initial-corrupt-check", "experimental-memory-mlock",
     "experimental-peer-skip-client-san-verification", "experimental-stop-grpc-service-on-defrag",
     "experimental-txn-mode-write-with-shared-buffer", "force-new-cluster", "initial-election-tick-advance",
-    "peer-auto-tls", "peer-client-cert-auth", "peer-skip-client-san-verification", "pre-vote",
+    "memory-mlock", "peer-auto-tls", "peer-client-cert-auth", "peer-skip-client-san-verification", "pre-vote",
     "socket-reuse-address", "socket-reuse-port", "strict-reconfig-check", "unsafe-no-fsync",
     "version", "help", "h",
+})
+
+# etcd flags (3.4 to 3.7) that take a value (from `etcd --help` of each): the next word is the value,
+# even when it starts with "-".
+ETCD_VALUE_FLAGS = frozenset({
+    "advertise-client-urls", "auth-token", "auth-token-ttl", "auto-compaction-mode", "auto-compaction-retention",
+    "backend-batch-interval", "backend-batch-limit", "backend-bbolt-freelist-type", "bcrypt-cost",
+    "bootstrap-defrag-threshold-megabytes", "cert-file", "cipher-suites", "client-cert-allowed-hostname",
+    "client-cert-file", "client-crl-file", "client-key-file", "compact-hash-check-time", "compaction-batch-limit",
+    "compaction-sleep-interval", "config-file", "corrupt-check-time", "cors", "data-dir", "discovery",
+    "discovery-cacert", "discovery-cert", "discovery-dial-timeout", "discovery-endpoints", "discovery-fallback",
+    "discovery-keepalive-time", "discovery-keepalive-timeout", "discovery-key", "discovery-password",
+    "discovery-proxy", "discovery-request-timeout", "discovery-srv", "discovery-srv-name", "discovery-token",
+    "discovery-user", "distributed-tracing-address", "distributed-tracing-instance-id",
+    "distributed-tracing-sampling-rate", "distributed-tracing-service-name", "downgrade-check-time",
+    "election-timeout", "experimental-backend-bbolt-freelist-type", "experimental-bootstrap-defrag-threshold-megabytes",
+    "experimental-compact-hash-check-time", "experimental-compaction-batch-limit",
+    "experimental-compaction-sleep-interval", "experimental-corrupt-check-time",
+    "experimental-distributed-tracing-address", "experimental-distributed-tracing-instance-id",
+    "experimental-distributed-tracing-sampling-rate", "experimental-distributed-tracing-service-name",
+    "experimental-downgrade-check-time", "experimental-enable-v2v3", "experimental-snapshot-catchup-entries",
+    "experimental-warning-apply-duration", "experimental-warning-unary-request-duration",
+    "experimental-watch-progress-notify-interval", "feature-gates", "grpc-keepalive-interval",
+    "grpc-keepalive-min-time", "grpc-keepalive-timeout", "heartbeat-interval", "host-whitelist",
+    "initial-advertise-peer-urls", "initial-cluster", "initial-cluster-state", "initial-cluster-token", "key-file",
+    "listen-client-http-urls", "listen-client-urls", "listen-metrics-urls", "listen-peer-urls", "log-format",
+    "log-level", "log-output", "log-outputs", "log-package-levels", "log-rotation-config-json", "logger",
+    "max-concurrent-streams", "max-learners", "max-request-bytes", "max-snapshots", "max-txn-ops", "max-wals",
+    "metrics", "name", "peer-cert-allowed-cn", "peer-cert-allowed-hostname", "peer-cert-file",
+    "peer-client-cert-file", "peer-client-key-file", "peer-crl-file", "peer-key-file", "peer-trusted-ca-file",
+    "proxy", "proxy-dial-timeout", "proxy-failure-wait", "proxy-read-timeout", "proxy-refresh-interval",
+    "proxy-write-timeout", "quota-backend-bytes", "raft-read-timeout", "raft-write-timeout",
+    "self-signed-cert-validity", "snapshot-catchup-entries", "snapshot-count", "tls-max-version", "tls-min-version",
+    "trusted-ca-file", "v2-deprecation", "wal-dir", "warning-apply-duration", "warning-unary-request-duration",
+    "watch-progress-notify-interval",
 })
 
 # kube-apiserver flags that take no separate value (pflag booleans and NoOptDefVal flags).
@@ -145,10 +184,12 @@ def etcd_flags(argv: Sequence[str]) -> Flags:
     """etcd's flags from its command line; FlagError where etcd itself would not start.
 
     When ``argv`` runs some wrapper rather than etcd itself, words the wrapper
-    may take as arguments are left in ``args`` instead of refused.
+    may take as arguments are left in ``args`` instead of refused. A flag no
+    etcd release 3.4 to 3.7 knows takes the next word only when that word is
+    not a flag.
     """
     runs_etcd = bool(argv) and posixpath.basename(argv[0]) == "etcd"
-    flags = parse_flags(argv, ETCD_BOOL_FLAGS, interspersed=not runs_etcd)
+    flags = parse_flags(argv, ETCD_BOOL_FLAGS, interspersed=not runs_etcd, value_flags=ETCD_VALUE_FLAGS)
     if runs_etcd and flags.args:
         raise FlagError(f"'{flags.args[0]}' is not a valid flag")
     return flags

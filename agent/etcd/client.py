@@ -66,6 +66,17 @@ class MemberInfo:
     is_learner: bool = False
 
 
+@dataclass(frozen=True)
+class HashKVResult:
+    """A member's HashKV answer: ``revision`` is its store's revision when it answered (the header's);
+    ``hash_revision`` the revision the hash covers (etcd >= 3.6 sends it; None from 3.4 and 3.5)."""
+
+    hash: int
+    revision: int
+    compact_revision: int
+    hash_revision: Optional[int] = None
+
+
 class Cancellation:
     """A cancel request that can reach a blocked gRPC stream from another thread."""
 
@@ -195,9 +206,15 @@ class EtcdClient:
 
     def hashkv(self, revision: int = 0) -> tuple[int, int]:
         """(hash, revision) of the key-value store, as `etcdctl endpoint hashkv`."""
-        header, hash_, _ = self._unary("/etcdserverpb.Maintenance/HashKV", pbwire.hashkv_request(revision),
+        reply = self.hashkv_full(revision)
+        return reply.hash, reply.revision
+
+    def hashkv_full(self, revision: int = 0) -> HashKVResult:
+        """Everything a HashKV reply says, with the revision the hash covers where etcd (>= 3.6) sends it."""
+        r: pbwire.HashKV = self._unary("/etcdserverpb.Maintenance/HashKV", pbwire.hashkv_request(revision),
                                        pbwire.parse_hashkv)
-        return hash_, header.revision
+        return HashKVResult(hash=r.hash, revision=r.header.revision, compact_revision=r.compact_revision,
+                            hash_revision=r.hash_revision or None)
 
     def snapshot_stream(self, cancel: Optional[Cancellation] = None, timeout: float = 1800.0) -> Iterator[memoryview]:
         """Yield the snapshot's bytes as etcd sends them (about 32 KiB a message).

@@ -238,21 +238,37 @@ def txn_puts_request(puts: list[tuple[bytes, bytes]]) -> bytes:
 
 
 # -- more replies -----------------------------------------------------------------------------
-#   HashKVResponse {1 header, 2 hash, 3 compact_revision}
+#   HashKVResponse {1 header, 2 hash, 3 compact_revision, 4 hash_revision (etcd >= 3.6)}
 #   AlarmResponse  {1 header, 2 alarms (repeated AlarmMember {1 memberID, 2 alarm})}
 #   RangeResponse  {1 header, 2 kvs (repeated KeyValue {1 key, ..., 5 value}), 3 more, 4 count}
 
 ALARM_NAMES = {0: "NONE", 1: "NOSPACE", 2: "CORRUPT"}
 
 
-def parse_hashkv(message: bytes) -> tuple[Header, int, int]:
-    header, ints = Header(), {2: 0, 3: 0}
+@dataclass(frozen=True)
+class HashKV:
+    """A HashKVResponse. ``hash_revision`` is the revision the hash covers, which etcd >= 3.6 sends
+    (3.4 and 3.5 leave the field out: 0 here, never a real revision)."""
+
+    header: Header
+    hash: int
+    compact_revision: int
+    hash_revision: int = 0
+
+
+def parse_hashkv(message: bytes) -> HashKV:
+    header, ints = Header(), {2: 0, 3: 0, 4: 0}
     for n, v in fields(message):
         if n == 1:
             header = parse_header(_bytes(v))
         elif n in ints:
             ints[n] = _int(v)
-    return header, ints[2], ints[3]
+    return HashKV(header, ints[2], _int64(ints[3]), _int64(ints[4]))
+
+
+def _int64(value: int) -> int:
+    """A varint read as protobuf's int64 (two's complement in 64 bits)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def parse_alarms(message: bytes) -> list[tuple[int, int]]:

@@ -153,7 +153,7 @@ class SnapshotCheck:
     total_keys: Optional[int]
     members: tuple[bbolt.BoltMember, ...]     # from the database's members bucket
     members_problem: Optional[str] = None     # why the members could not be read (not fatal)
-    tool: Optional[str] = None                # "etcdutl 3.5.16" when `snapshot status` ran
+    tool: Optional[str] = None                # "etcdutl 3.5.30" when `snapshot status` ran
 
     @property
     def computed_cluster_id(self) -> Optional[str]:

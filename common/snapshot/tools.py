@@ -2,11 +2,22 @@
 
 Capabilities are detected from the tool itself (`version`, `--help`), never
 assumed from a version number alone.
+
+Wherever an etcdutl is present it reads and restores snapshot files, never
+etcdctl: etcdctl's `snapshot status` and `snapshot restore` are deprecated in
+3.5 and gone in 3.6. etcdctl does that work only where no etcdutl exists (etcd
+3.4), also when ``etcd.restore_tool`` names an etcdctl that has an etcdutl
+beside it or on the search path.
+
+Versions: etcdguard is tested with etcd 3.5 and 3.4 (`TESTED_SERIES`). Any
+other version (3.6 and 3.7 above all) is accepted, with a warning that says it
+was not tested with it (`untested_version`); nothing refuses a version.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -17,7 +28,13 @@ from typing import Any, Optional
 
 from etcdguard.common.base.errors import ToolError
 
+log = logging.getLogger(__name__)
+
 TOOL_TIMEOUT = 600.0
+ETCDUTL, ETCDCTL = "etcdutl", "etcdctl"
+TESTED_SERIES = ((3, 4), (3, 5))   # the etcd minor versions the project's tests run against
+NO_TOOL = ("neither etcdutl nor etcdctl is on PATH; install etcd's client tools (etcdutl) "
+           "or set etcd.restore_tool")
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,7 @@ class SnapshotTool:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        if self.kind == "etcdctl":
+        if self.kind == ETCDCTL:
             env["ETCDCTL_API"] = "3"
         return env
 
@@ -53,26 +70,111 @@ def _run(
 
 
 def parse_version(output: str) -> str:
-    """'etcdutl version: 3.5.16' / 'etcdctl version: 3.4.23' -> '3.5.16'."""
-    m = re.search(r"(?:etcdutl|etcdctl) version:\s*(\S+)", output)
+    """The version in `etcdutl version`, `etcdctl version` or `etcd --version` output.
+
+    'etcdutl version: 3.6.5\nAPI version: 3.6' -> '3.6.5'; 'etcdctl version: 3.4.23' -> '3.4.23';
+    'etcd Version: 3.5.30\nGit SHA: ...' -> '3.5.30'.
+    """
+    m = re.search(r"^\s*(?:etcdutl|etcdctl|etcd) [Vv]ersion:\s*(\S+)", output, re.MULTILINE)
     if not m:
         raise ValueError("no version line in the tool's output")
     return m.group(1)
 
 
+def version_tuple(version: str) -> Optional[tuple[int, int, int]]:
+    """'3.6.5' -> (3, 6, 5); 'v3.7.0-rc.0' -> (3, 7, 0); None when it is not an etcd version."""
+    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", version.strip())
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def untested_version(version: str) -> Optional[str]:
+    """Pure: None for a version the project tests (3.4, 3.5), else the warning to log and show.
+
+    Never a refusal: etcd 3.6 and 3.7 (Kubernetes 1.34 and later, k3s, RKE2) keep every API and
+    snapshot format etcdguard uses, and their offline work is done with etcdutl.
+    """
+    parsed = version_tuple(version)
+    if parsed is not None and parsed[:2] in TESTED_SERIES:
+        return None
+    tested = " and ".join(f"{major}.{minor}" for major, minor in reversed(TESTED_SERIES))
+    what = f"etcd {version}" if parsed is not None else f"etcd version {version!r} (unreadable)"
+    return f"{what}: not tested with this version (etcdguard is tested with etcd {tested})"
+
+
+def tool_kind(path: Path) -> Optional[str]:
+    """"etcdutl" or "etcdctl" from the file's name; None for another name (a wrapper: its output says)."""
+    for kind in (ETCDUTL, ETCDCTL):
+        if path.name.startswith(kind):
+            return kind
+    return None
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _etcdutl_for(etcdctl: Path, search_path: Optional[str]) -> Optional[Path]:
+    """The etcdutl to use instead of ``etcdctl``: the one beside it, else one on the search path."""
+    beside = etcdctl.parent / ETCDUTL
+    if _executable(beside):
+        return beside
+    found = shutil.which(ETCDUTL, path=search_path)
+    return Path(found) if found else None
+
+
+def locate_tool(configured: Optional[Path] = None, search_path: Optional[str] = None) -> Path:
+    """Where the snapshot tool is: etcdutl wherever one is present, else etcdctl (etcd 3.4).
+
+    A configured etcdctl is replaced by the etcdutl beside it or on the search path (with a
+    warning): etcdctl's `snapshot status` and `snapshot restore` are gone in etcd 3.6. Any other
+    configured file (etcdutl, a wrapper) is used as it is.
+    """
+    if configured is not None:
+        if not configured.exists():
+            raise ToolError(f"etcd.restore_tool {configured} does not exist")
+        if tool_kind(configured) != ETCDCTL:
+            return configured
+        etcdutl = _etcdutl_for(configured, search_path)
+        if etcdutl is None:
+            return configured
+        log.warning("etcd.restore_tool %s is etcdctl, but etcdutl is present: %s reads and restores snapshots "
+                    "(etcdctl's snapshot status and restore are deprecated in 3.5 and gone in 3.6); "
+                    "set etcd.restore_tool to it", configured, etcdutl)
+        return etcdutl
+    for name in (ETCDUTL, ETCDCTL):
+        found = shutil.which(name, path=search_path)
+        if found:
+            return Path(found)
+    raise ToolError(NO_TOOL)
+
+
 def probe_tool(path: Path) -> SnapshotTool:
-    """Ask the tool what it is and what it supports."""
-    kind = "etcdutl" if path.name.startswith("etcdutl") else "etcdctl"
+    """Ask the tool what it is and what it supports.
+
+    A version the project does not test is logged as a warning and accepted; an etcdctl of
+    3.6 or later is refused, because it has no snapshot commands left to run.
+    """
+    kind = tool_kind(path) or ETCDCTL
     env = dict(os.environ)
-    if kind == "etcdctl":
+    if kind == ETCDCTL:
         env["ETCDCTL_API"] = "3"
     out = _run([str(path), "version"], env=env)
     try:
         version = parse_version(out.stdout + out.stderr)
     except ValueError:
         raise ToolError(f"{path}: `version` printed no etcd tool version: {out.stdout.strip()[:200]}") from None
-    if out.stdout.startswith("etcdutl"):
-        kind = "etcdutl"
+    if out.stdout.lstrip().startswith(ETCDUTL):
+        kind = ETCDUTL
+    parsed = version_tuple(version)
+    if kind == ETCDCTL and parsed is not None and parsed[:2] >= (3, 6):
+        raise ToolError(f"{path}: etcdctl {version} cannot read or restore snapshot files (etcd 3.6 moved "
+                        "`snapshot status` and `snapshot restore` to etcdutl); install etcdutl or set "
+                        "etcd.restore_tool to it")
+    untested = untested_version(version)
+    if untested is not None:
+        log.warning("%s (%s %s): %s", path, kind, version, untested)
     help_out = _run([str(path), "snapshot", "restore", "--help"], env=env)
     text = help_out.stdout + help_out.stderr
     return SnapshotTool(
@@ -82,19 +184,8 @@ def probe_tool(path: Path) -> SnapshotTool:
 
 
 def find_tool(configured: Optional[Path] = None, search_path: Optional[str] = None) -> SnapshotTool:
-    """The configured tool, else etcdutl on PATH, else etcdctl (3.4 restores with it)."""
-    if configured is not None:
-        if not configured.exists():
-            raise ToolError(f"etcd.restore_tool {configured} does not exist")
-        return probe_tool(configured)
-    for name in ("etcdutl", "etcdctl"):
-        found = shutil.which(name, path=search_path)
-        if found:
-            return probe_tool(Path(found))
-    raise ToolError(
-        "neither etcdutl nor etcdctl is on PATH; install etcd's client tools "
-        "or set etcd.restore_tool"
-    )
+    """The tool that reads and restores snapshots here (`locate_tool`), probed."""
+    return probe_tool(locate_tool(configured, search_path))
 
 
 def find_status_tool(configured: Optional[Path] = None, search_path: Optional[str] = None) -> SnapshotTool:
@@ -105,21 +196,8 @@ def find_status_tool(configured: Optional[Path] = None, search_path: Optional[st
     `etcdguard-agent snapshot` saves two process starts. The kind comes from the file name;
     ETCDCTL_API=3 is set for etcdctl, as find_tool's tools set it.
     """
-    path = configured
-    if path is not None:
-        if not path.exists():
-            raise ToolError(f"etcd.restore_tool {path} does not exist")
-    else:
-        for name in ("etcdutl", "etcdctl"):
-            found = shutil.which(name, path=search_path)
-            if found:
-                path = Path(found)
-                break
-    if path is None:
-        raise ToolError("neither etcdutl nor etcdctl is on PATH; install etcd's client tools "
-                        "or set etcd.restore_tool")
-    kind = "etcdutl" if path.name.startswith("etcdutl") else "etcdctl"
-    return SnapshotTool(path=path, kind=kind, version="", supports_bump=False)
+    path = locate_tool(configured, search_path)
+    return SnapshotTool(path=path, kind=tool_kind(path) or ETCDCTL, version="", supports_bump=False)
 
 
 @dataclass(frozen=True)

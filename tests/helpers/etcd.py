@@ -74,7 +74,7 @@ class EtcdBuild:
     etcd: Path
     etcdctl: Path
     etcdutl: Optional[Path]
-    version: str  # e.g. "3.5.16", from `etcd --version`
+    version: str  # e.g. "3.5.30", from `etcd --version`
 
     @property
     def bin_dir(self) -> Path:
@@ -599,6 +599,24 @@ def run_etcdctl(
     if check and proc.returncode != 0:
         raise EtcdctlError(proc.returncode, argv, proc.stdout, proc.stderr)
     return proc
+
+
+def snapshot_status(build: EtcdBuild, path: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`snapshot status -w json` of a file with ``build``'s etcdutl (etcdctl only on 3.4, which has no etcdutl),
+    as the agent runs it: etcd 3.6 has no `etcdctl snapshot status`."""
+    argv = [str(build.restore_tool), "snapshot", "status", str(path), "-w", "json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=ETCDCTL_TIMEOUT,
+                          env=clean_env({"ETCDCTL_API": "3"}), check=False)
+    if check and proc.returncode != 0:
+        raise EtcdctlError(proc.returncode, argv, proc.stdout, proc.stderr)
+    return proc
+
+
+def snapshot_status_json(build: EtcdBuild, path: Path) -> dict[str, Any]:
+    """The JSON object of `snapshot status -w json` (etcdctl 3.5 prints a deprecation line before it)."""
+    out = snapshot_status(build, path).stdout
+    parsed: dict[str, Any] = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+    return parsed
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,6 @@ cluster, the bundle pulled, export of both, pins, the metrics."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import stat
 import subprocess
@@ -23,6 +22,7 @@ from etcdguard.agent.snapshots.bundle import read_chunk
 from etcdguard.common.base.agekeys import is_age_file
 
 from tests.helpers.agentconf import agent_sections, render_toml, write_agent_config
+from tests.helpers.etcd import snapshot_status_json
 from tests.helpers.s3 import MotoServer, age_keypair, quiet_env
 from tests.integration.test_vault_s3 import need_age
 
@@ -215,9 +215,7 @@ def test_backup_into_an_encrypted_s3_vault_with_bundle_export_pins_and_dedup(etc
         r = coord.ctl("export", entry["sha256"][:8], "--output", str(out))
         assert r.returncode == 0, r.stderr
         assert "verified" in r.stdout
-        status = subprocess.run([str(member.build.bin_dir / "etcdctl"), "snapshot", "status", str(out), "-w", "json"],
-                                capture_output=True, text=True, check=True, env={**os.environ, "ETCDCTL_API": "3"})
-        assert json.loads(status.stdout)["revision"] == entry["revision"]
+        assert snapshot_status_json(member.build, out)["revision"] == entry["revision"]
         bundle_out = tmp_path / "bundle.tar"
         r = coord.ctl("export", "latest", "--bundle", "--output", str(bundle_out))
         assert r.returncode == 0, r.stderr

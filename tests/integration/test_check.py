@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from etcdguard.common.wire import keys
 
+from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import agent_sections, run_agent, write_agent_config
-from tests.helpers.etcd import EtcdMember
+from tests.helpers.etcd import EtcdBuild, EtcdMember
 
 
 def check(cfg: Path) -> tuple[int, dict]:
@@ -60,3 +62,36 @@ def test_check_bad_config_exits_2(tmp_path: Path) -> None:
     r = run_agent("--config", str(cfg), "check")
     assert r.returncode == 2
     assert "backup.keep: expected an integer >= 1" in r.stderr
+
+
+@pytest.mark.parametrize("version", ["3.6.5", "3.7.0"])
+def test_check_accepts_an_untested_etcdutl_version_with_a_warning(etcd_factory: EtcdFactory, etcd35_build: EtcdBuild,
+                                                                   tmp_path: Path, version: str) -> None:
+    """An etcdutl of 3.6 or 3.7 (as Kubernetes 1.34+, k3s and RKE2 ship) is used, and `check` warns."""
+    assert etcd35_build.etcdutl is not None
+    member = etcd_factory.member(etcd35_build)
+    member.put("/k", "v")
+    tool = tmp_path / "bin" / "etcdutl"
+    tool.parent.mkdir()
+    series = version.rsplit(".", 1)[0]
+    tool.write_text(f'#!/bin/sh\nif [ "$1" = version ]; then printf "etcdutl version: {version}\\nAPI version: '
+                    f'{series}\\n"; exit 0; fi\nexec {etcd35_build.etcdutl} "$@"\n')
+    tool.chmod(0o755)
+    sections = agent_sections(member, tmp_path, runtime=None)
+    sections["etcd"]["restore_tool"] = str(tool)
+    cfg = write_agent_config(tmp_path / "agent.toml", sections)
+
+    rc, report = check(cfg)
+    assert rc == 0, report                                   # a warning, not a problem
+    restore_tool = by_name(report)["restore tool"]
+    assert restore_tool["ok"] and restore_tool["warning"]
+    assert f"etcdutl {version}, supports --bump-revision" in restore_tool["detail"]
+    assert f"etcd {version}: not tested with this version" in restore_tool["detail"]
+    text = run_agent("--config", str(cfg), "check")
+    assert text.returncode == 0
+    assert f"WARN restore tool: {tool} (etcdutl {version}" in text.stdout
+    assert "not tested with this version" in text.stderr   # logged as well
+
+    # The tool is used: a snapshot reads its revision with it.
+    snap = json.loads(run_agent("--config", str(cfg), "snapshot", "--json", check=True).stdout)
+    assert snap["revision"] == member.revision() and snap["revision_source"] == "snapshot-status"

@@ -27,7 +27,7 @@ from tests.conftest import EtcdFactory
 from tests.helpers.agentconf import adopt, agent_sections, run_agent, write_agent_config
 from tests.helpers.agents import AgentProcess, CoordinatorKeys
 from tests.helpers.coordinator import Coordinator, lone_coordinator_config
-from tests.helpers.etcd import EtcdBuild, EtcdMember
+from tests.helpers.etcd import EtcdBuild, EtcdMember, snapshot_status_json
 from tests.helpers.net import free_server_port, wait_until
 from tests.helpers.tls import TLSMaterial
 from tests.integration.test_restore import check_restore_and_rollback
@@ -82,8 +82,7 @@ def test_snapshot_and_status_over_ipv6(etcd_factory: EtcdFactory, etcd_build: Et
     assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert run_agent("verify", str(out)).returncode == 0
     # etcd's own tool reads the same file the same way
-    status_out = member.etcdctl("snapshot", "status", str(out), "-w", "json").stdout
-    assert json.loads(status_out)["revision"] == expected_revision
+    assert snapshot_status_json(member.build, out)["revision"] == expected_revision
 
 
 def test_stop_proof_over_ipv6(member6: EtcdMember) -> None:

@@ -118,7 +118,8 @@ def test_corrupt_snapshot_refused_before_anything_stops(adopted: tuple[EtcdMembe
 
 
 def _wrapper_tool(tmp_path: Path, real: Path, body: str) -> Path:
-    tool = tmp_path / ("etcdutl" if real.name == "etcdutl" else "etcdctl")
+    # Not named etcdctl: a configured etcdctl gives way to an etcdutl on PATH, and this wrapper must be used.
+    tool = tmp_path / "restore-tool"
     tool.write_text(f"#!/bin/sh\n{body}\n")
     tool.chmod(0o755)
     return tool
@@ -171,6 +172,54 @@ def test_failure_after_swap_puts_old_data_back(etcd_member: EtcdMember, tmp_path
     assert (etcd_member.data_dir / "member").stat().st_ino == live_inode
     wait_until(etcd_member.healthy, timeout=30, what="etcd healthy again on the old data")
     assert etcd_member.get("/k2") == "after"
+
+
+def test_with_etcdutl_present_etcdctl_is_never_called_for_a_snapshot(etcd_factory: EtcdFactory,
+                                                                     etcd35_build: EtcdBuild, tmp_path: Path) -> None:
+    """etcd 3.6 has no `etcdctl snapshot status|restore`: with an etcdutl on the search path (or beside the
+    configured etcdctl), snapshot, verify and restore use etcdutl alone. The etcdctl here fails every call."""
+    assert etcd35_build.etcdutl is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ctl_log, utl_log = tmp_path / "etcdctl.calls", tmp_path / "etcdutl.calls"
+    etcdctl = bin_dir / "etcdctl"
+    etcdctl.write_text(f'#!/bin/sh\necho "$*" >> {ctl_log}\necho "Error: unknown command" >&2\nexit 1\n')
+    etcdutl = bin_dir / "etcdutl"
+    etcdutl.write_text(f'#!/bin/sh\necho "$*" >> {utl_log}\nexec {etcd35_build.etcdutl} "$@"\n')
+    for tool in (etcdctl, etcdutl):
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    member = etcd_factory.member(etcd35_build)
+    member.put("/k1", "before")
+
+    # No config at all: the tools are found on PATH.
+    out = tmp_path / "by-hand.db"
+    r = run_agent("snapshot", *member.etcdctl_env_args(), "--output", str(out), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["revision"] == member.revision()
+    verified = run_agent("verify", str(out), "--json", env=env)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["tool"].startswith("etcdutl ")
+
+    # etcd.restore_tool names the etcdctl: the etcdutl beside it does the work.
+    sections = agent_sections(member, tmp_path)
+    sections["etcd"]["restore_tool"] = str(etcdctl)
+    sections["restore"] = {"stop_timeout": "20s", "start_timeout": "30s"}
+    cfg = write_agent_config(tmp_path / "agent.toml", sections)
+    adopt(member, tmp_path / "etcd.pid")
+    snap = agent_json("--config", str(cfg), "snapshot")
+    member.put("/k2", "after")
+    r = run_agent("--config", str(cfg), "restore", snap["path"], "--yes", "--json", env=env, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"] == "done"
+    assert member.get("/k1") == "before" and member.get("/k2") is None
+    checked = run_agent("--config", str(cfg), "check", "--json", env=env)
+    tool_check = next(c for c in json.loads(checked.stdout)["checks"] if c["name"] == "restore tool")
+    assert tool_check["warning"] and f"instead of the configured etcdctl {etcdctl}" in tool_check["detail"]
+
+    assert not ctl_log.exists(), ctl_log.read_text()
+    used = utl_log.read_text()
+    assert "snapshot status" in used and "snapshot restore" in used
 
 
 def test_killed_after_swap_resumes_without_redoing(adopted: tuple[EtcdMember, Path]) -> None:

@@ -18,15 +18,13 @@ from etcdguard.common.base.errors import EtcdUnavailable
 from etcdguard.common.base.polling import poll
 
 from tests.helpers.agentconf import AGENT, agent_sections, run_agent, write_agent_config
-from tests.helpers.etcd import run_etcdctl
+from tests.helpers.etcd import snapshot_status_json
 from tests.helpers.net import wait_until
 from tests.helpers.proxy import SlowProxy
 
 
 def snapshot_status(member, path: Path) -> dict:
-    out = run_etcdctl(member.build, ["snapshot", "status", str(path), "-w", "json"])
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("{"))
-    return json.loads(line)
+    return snapshot_status_json(member.build, path)
 
 
 def write_keys(member, n: int, prefix: str = "/k/") -> None:

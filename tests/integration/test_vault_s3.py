@@ -23,6 +23,7 @@ from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.factory import open_vault
 from etcdguard.coordinator.vault.store import Incoming, Vault, VaultBackendError
 
+from tests.helpers.etcd import snapshot_status, snapshot_status_json
 from tests.helpers.proxy import CuttingProxy
 from tests.helpers.s3 import MotoServer, age_keypair, quiet_env, synthetic_snapshot
 
@@ -326,16 +327,10 @@ def test_age_decrypts_a_vault_object_to_a_snapshot_etcdctl_reads(tmp_path, moto,
     vault.add_file(snap, incoming(snap, revision=meta.revision))
     stored = tmp_path / "object.age"
     stored.write_bytes(moto.client().get_object(Bucket=bucket, Key=snapshot_keys(moto, bucket)[0])["Body"].read())
-    status = subprocess.run([str(etcd_member.build.bin_dir / "etcdctl"), "snapshot", "status", str(stored), "-w",
-                             "json"], capture_output=True, text=True, check=False, env={**os.environ,
-                                                                                         "ETCDCTL_API": "3"})
-    assert status.returncode != 0                                            # ciphertext: not a snapshot
+    assert snapshot_status(etcd_member.build, stored, check=False).returncode != 0   # ciphertext: not a snapshot
     decrypted = tmp_path / "by-hand.db"
     subprocess.run(["age", "-d", "-i", str(identity), "-o", str(decrypted), str(stored)], check=True, timeout=60)
-    status = subprocess.run([str(etcd_member.build.bin_dir / "etcdctl"), "snapshot", "status", str(decrypted), "-w",
-                             "json"], capture_output=True, text=True, check=True, env={**os.environ,
-                                                                                        "ETCDCTL_API": "3"})
-    info = json.loads(status.stdout)
+    info = snapshot_status_json(etcd_member.build, decrypted)
     assert info["revision"] == meta.revision and info["totalKey"] >= 20
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -117,6 +118,60 @@ def test_manifest_with_anchors_flow_sequence_block_scalars_and_tags_reads_as_the
     assert fancy == plain
     assert fancy.data_dir == Path("/var/lib/etcd")  # through the *data alias of the volume's hostPath
     assert fancy.image == "registry.k8s.io/etcd:3.5.15-0"  # a folded block scalar
+
+
+KUBEADM_134 = KUBEADM / "etcd-1.34.yaml"   # kubeadm 1.34's manifest for etcd 3.6: 3.6 flag names, feature gates
+
+
+def test_kubeadm_1_34_manifest_for_etcd_3_6(tmp_path):
+    m = discover(config(), kubeadm_root(tmp_path, KUBEADM_134.read_text(), apiserver=True, healthcheck=True))
+    assert m.runtime == "static-pod"
+    assert m.manifest == Path(f"{MANIFESTS}/etcd.yaml")
+    assert m.name == "cp2"
+    assert m.data_dir == Path("/var/lib/etcd")
+    assert m.wal_dir is None
+    assert m.endpoints == ("https://127.0.0.1:2379", "https://10.0.0.12:2379")
+    assert m.peer_url == "https://10.0.0.12:2380"
+    assert m.initial_cluster == "cp2=https://10.0.0.12:2380"
+    assert m.image == "registry.k8s.io/etcd:3.6.4-0"
+    assert m.tls == ClientTLS(Path(f"{PKI}/ca.crt"), Path(f"{PKI}/healthcheck-client.crt"),
+                              Path(f"{PKI}/healthcheck-client.key"))
+    assert m.peer_tls == ClientTLS(Path(f"{PKI}/ca.crt"), Path(f"{PKI}/peer.crt"), Path(f"{PKI}/peer.key"))
+    assert m.quota_backend_bytes is None
+    manifest = f"manifest:{MANIFESTS}/etcd.yaml"
+    src = dict(m.sources)
+    assert src["name"] == src["data_dir"] == src["endpoints"] == src["peer_url"] == src["tls.cacert"] == manifest
+    assert_real_paths(m, tmp_path)
+    # Without the healthcheck pair: kube-apiserver's etcd client certificate, as with 3.5.
+    without = discover(config(), kubeadm_root(tmp_path / "api", KUBEADM_134.read_text(), apiserver=True))
+    assert without.tls.cert == Path("/etc/kubernetes/pki/apiserver-etcd-client.crt")
+
+
+def test_the_3_5_shape_of_the_same_manifest_reads_the_same(tmp_path):
+    """kubeadm before 1.34 (etcd 3.5) wrote --experimental-* flags where 3.6 has their new names."""
+    v35 = fixture(KUBEADM_134, **{
+        "--feature-gates=InitialCorruptCheck=true": "--experimental-initial-corrupt-check=true",
+        "--watch-progress-notify-interval=5s": "--experimental-watch-progress-notify-interval=5s",
+        "etcd:3.6.4-0": "etcd:3.5.24-0",
+    })
+    new = discover(config(), kubeadm_root(tmp_path / "new", KUBEADM_134.read_text(), healthcheck=True))
+    old = discover(config(), kubeadm_root(tmp_path / "old", v35, healthcheck=True))
+    assert old == dataclasses.replace(new, image="registry.k8s.io/etcd:3.5.24-0")
+
+
+def test_flags_discovery_does_not_know_are_ignored(tmp_path):
+    """Flags written without a value (3.6's new booleans, a later release's flags, typos) never swallow the
+    next flag: --memory-mlock before --name is a boolean, not the name's owner."""
+    unknown = fixture(KUBEADM_134, **{
+        "    - --name=cp2\n": "    - --enable-distributed-tracing\n    - --discovery-insecure-transport\n"
+                             "    - --memory-mlock\n    - --name=cp2\n",
+        "    - --data-dir=/var/lib/etcd\n": "    - --some-flag-of-etcd-3.8\n    - --a-future-setting\n    - '7'\n"
+                                          "    - --data-dir=/var/lib/etcd\n",
+        "    - --cert-file=": "    - --feature-gates=InitialCorruptCheck=true,CompactHashCheck=true\n"
+                          "    - --no-such-flag=true\n    - --cert-file=",
+    })
+    plain = discover(config(), kubeadm_root(tmp_path / "plain", KUBEADM_134.read_text(), healthcheck=True))
+    assert discover(config(), kubeadm_root(tmp_path / "unknown", unknown, healthcheck=True)) == plain
 
 
 def test_apiserver_sidecar_listed_first_does_not_lend_its_client_cert(tmp_path):

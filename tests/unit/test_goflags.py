@@ -106,3 +106,24 @@ def test_apiserver_flags_of_unknown_kind_do_not_swallow_the_flags_the_agent_read
                             "bind-address": "-weird", "etcd-cafile": "/ca", "ignore-sigterm": "true"}
     with pytest.raises(FlagError, match="flag needs an argument: -secure-port"):
         apiserver_flags(["kube-apiserver", "--secure-port"])
+
+
+def test_etcd_3_6_booleans_take_no_next_word() -> None:
+    flags = etcd_flags(["etcd", "--memory-mlock", "--name", "a", "--enable-distributed-tracing",
+                        "--discovery-insecure-transport", "--data-dir", "/d", "--discovery-insecure-skip-tls-verify"])
+    assert flags.values == {"memory-mlock": "true", "name": "a", "enable-distributed-tracing": "true",
+                            "discovery-insecure-transport": "true", "data-dir": "/d",
+                            "discovery-insecure-skip-tls-verify": "true"}
+
+
+def test_etcd_flags_of_unknown_kind_do_not_swallow_the_flags_the_agent_reads() -> None:
+    argv = ["etcd", "--a-3.8-bool", "--name", "a", "--a-3.8-setting", "7", "--data-dir", "-weird",
+            "--feature-gates=InitialCorruptCheck=true", "--watch-progress-notify-interval", "5s", "--last-one"]
+    flags = etcd_flags(argv)
+    assert flags.values == {"a-3.8-bool": "true", "name": "a", "a-3.8-setting": "7", "data-dir": "-weird",
+                            "feature-gates": "InitialCorruptCheck=true", "watch-progress-notify-interval": "5s",
+                            "last-one": "true"}
+    # A known value flag still takes the next word whatever it is, and needs one.
+    assert etcd_flags(["etcd", "--log-outputs", "-", "--name", "a"]).values == {"log-outputs": "-", "name": "a"}
+    with pytest.raises(FlagError, match="flag needs an argument: -snapshot-count"):
+        etcd_flags(["etcd", "--snapshot-count"])
