@@ -148,13 +148,35 @@ def backend_quota(f: PlanFacts) -> Iterator[Refusal]:
                                    "Raise the quota first", v.name)
 
 
+def minor_step(snapshot: str, member: str) -> Optional[int]:
+    """Pure: how many minor versions the member runs ahead of the snapshot's etcd (negative: behind);
+    None when either is unknown or the majors differ."""
+    try:
+        s_major, s_minor = (int(x) for x in snapshot.split(".")[:2])
+        m_major, m_minor = (int(x) for x in member.split(".")[:2])
+    except ValueError:
+        return None
+    return m_minor - s_minor if s_major == m_major else None
+
+
 def etcd_version(f: PlanFacts) -> Iterator[Refusal]:
+    """The member's etcd (not its restore tool's, which may differ) must run the snapshot's minor version or
+    the next one (3.5 -> 3.6 is etcd's upgrade path, and what a Kubernetes upgrade does); an older etcd than
+    the snapshot's, or a jump of more than one minor, needs the override."""
+    if not f.snapshot.etcd_version:
+        return
     for v, r in f.reporting():
         runs = v.etcd.version or (r.restore_tool.version if r.restore_tool else "")
-        if f.snapshot.etcd_version and runs and major_minor(runs) != major_minor(f.snapshot.etcd_version):
-            yield Refusal("version", f"the snapshot was taken from etcd {f.snapshot.etcd_version}; this member "
-                                     f"runs {runs}. --{ALLOW_VERSION_MISMATCH} restores it anyway", v.name,
-                          forcible=True, override=ALLOW_VERSION_MISMATCH)
+        if not runs:
+            continue
+        step = minor_step(f.snapshot.etcd_version, runs)
+        if step in (0, 1):
+            continue
+        why = ("an older etcd than the one that wrote it" if step is not None and step < 0
+               else "more than one minor version apart")
+        yield Refusal("version", f"the snapshot was taken from etcd {f.snapshot.etcd_version}; this member runs "
+                                 f"{runs} ({why}). --{ALLOW_VERSION_MISMATCH} restores it anyway", v.name,
+                      forcible=True, override=ALLOW_VERSION_MISMATCH)
 
 
 def member_list(f: PlanFacts) -> Iterator[Refusal]:

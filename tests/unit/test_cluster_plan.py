@@ -145,7 +145,7 @@ def test_every_reason_is_listed_at_once_and_other_checks_too():
 
 
 def test_another_version_or_cluster_is_refused_unless_forced():
-    older = replace(SNAP, etcd_version="3.4.23")
+    older = replace(SNAP, etcd_version="3.6.4")   # newer than the members: refused
     p = plan(views(), snapshot=older)
     assert {(r.check, r.forcible) for r in p.blocking} == {("version", True)}
     assert plan(views(), snapshot=older, options=PlanOptions(force=True)).blocking == ()
@@ -155,7 +155,7 @@ def test_another_version_or_cluster_is_refused_unless_forced():
 
 
 def test_each_override_accepts_only_its_refusal_and_force_lists_what_it_gave():
-    foreign = replace(SNAP, cluster_id="c9", etcd_version="3.4.23")
+    foreign = replace(SNAP, cluster_id="c9", etcd_version="3.6.4")
     p = plan(views(), snapshot=foreign, options=PlanOptions(overrides=("allow-version-mismatch",)))
     assert {r.check for r in p.blocking} == {"cluster"} and p.overrides == ("allow-version-mismatch",)
     both = plan(views(), snapshot=foreign,
@@ -315,3 +315,9 @@ def test_two_members_are_warned_and_an_unstarted_member_is_named():
                                       {"id": "a9", "name": "", "peer_urls": ["https://10.0.0.9:2380"]}]}}
     message = next(r.message for r in plan(views(m1=unstarted)).blocking if r.check == "members")
     assert "member list is an unstarted member a9, m1, m2" in message and ", ," not in message
+
+
+def test_a_snapshot_restores_onto_its_own_minor_or_the_next_one_without_override():
+    for snap_version, ok in (("3.5.30", True), ("3.4.23", True), ("3.6.4", False), ("3.3.0", False)):
+        p = plan(views(), snapshot=replace(SNAP, etcd_version=snap_version))   # the members run 3.5.16
+        assert ("version" not in {r.check for r in p.blocking}) is ok, snap_version
