@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from etcdguard.common import __version__
 from etcdguard.common.base import schedule
+from etcdguard.coordinator.agents.quorum import cluster_quorum, member_state
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.restore.orphans import orphans
@@ -25,11 +26,14 @@ WAITING = ("interrupted", "paused", "needs-attention")   # restore states that w
 def status_report(*, views: Sequence[MemberView], vault: Vault, config: CoordinatorConfig,
                   restores: RestoreService, busy: Optional[str], next_pull_in: Optional[float],
                   last_pull: Optional[dict[str, Any]], prestage: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The reply to ``status``: members, cluster, vault, restores and the coordinator itself."""
+    """The reply to ``status``: members, cluster, vault, restores and the coordinator itself.
+
+    Each member's ``state`` and the cluster's ``quorum`` count only what the
+    agents measured within the last few seconds (coordinator/agents/quorum.py)."""
     now = time.time()
     return {
-        "members": [member_row(v, now) for v in views],
-        "cluster": cluster_summary(views),
+        "members": [{**member_row(v, now), "state": member_state(v).value} for v in views],
+        "cluster": {**cluster_summary(views), "quorum": cluster_quorum(views).to_json()},
         "vault": {**vault_status(vault, config, now), "prestage": prestage},
         "restores": restore_status(restores, views),
         "coordinator": {

@@ -12,8 +12,9 @@ Threads, and who owns what:
   ``Lane.STAGING`` ops itself;
 - the status worker answers ``status`` and ``etcd.inspect``; etcd is asked by
   a background probe and a reply waits at most ETCD_WAIT for it (else it
-  carries the last answer and its age), so a slow etcd never stalls
-  heartbeats, fetches or puts;
+  carries the last answer with its age while that is recent, and "not
+  measured now" after), so a slow etcd never stalls heartbeats, fetches or
+  puts;
 - the long-op worker is a single slot for snapshot.take and restore.step
   (agent/restore/remote.py): a second long op while one runs gets ``busy``.
 Workers hand their replies back over an inproc PUSH/PULL pair.

@@ -1,9 +1,20 @@
 """The agent's status report and ``etcd.inspect``: what the coordinator learns of this node.
 
-``status`` must answer fast even when etcd does not, so etcd is asked by a
-background probe (``EtcdProbe``) and a report carries its last answer and
-that answer's age. ``etcd.inspect`` is the opposite: a restore's fence and
-verify checks need etcd asked now, so it calls etcd itself, with a deadline.
+Whatever the agent says of etcd's health, role, leader and revision was
+measured within the last few seconds, or is said to be unknown, with the age
+of the last measurement: an operator and a restore act on it as the state of
+now. One measurement (``measure``) asks etcd's status first, with a short
+deadline (the member answers it itself, also without quorum), then its member
+list, and the alarm list only when the member has a leader: that one is a
+raft request, and no answer within its short deadline means no quorum.
+
+``status`` must answer fast even when etcd does not, so etcd is measured by a
+background probe (``EtcdProbe``): a reply waits briefly for a fresh
+measurement and otherwise carries the last one, as it was if it is younger
+than FRESH_FOR, else as "not measured now" (``reported``). ``etcd.inspect``
+(a restore's fence and verify checks) measures in the request itself; with
+the short deadlines it answers in well under a second also for a member
+without quorum or whose etcd is down.
 """
 
 from __future__ import annotations
@@ -22,9 +33,11 @@ from etcdguard.agent.restore.records import OperationStore
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.common import __version__
 from etcdguard.common.base import fsutil
-from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.base.durations import format_duration, iso_utc
+from etcdguard.common.base.errors import EtcdguardError, EtcdUnavailable
 from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.wire.report import (
+    FRESH_FOR,
     AgentInfo,
     AgentReport,
     ClusterMember,
@@ -39,36 +52,82 @@ from etcdguard.common.wire.typed import to_json
 
 log = logging.getLogger(__name__)
 
-ETCD_PROBE_TIMEOUT = 3.0        # seconds; deadline of the etcd status call behind `status`
-ETCD_WAIT = 0.5                 # seconds `status` waits for a fresh etcd answer before reporting the last one
+STATUS_DEADLINE = 0.5   # seconds for etcd's Status and MemberList, which the member answers itself
+QUORUM_DEADLINE = 0.5   # seconds for the alarm list, a raft request: no answer by then means no quorum
+ETCD_WAIT = 0.6         # seconds `status` waits for a fresh measurement (status, members and alarms fit)
 STATUS_SNAPSHOTS = 5
 
 
-def etcd_health(client: EtcdClient) -> EtcdHealth:
-    """Ask etcd now: status, member list and alarms (raises EtcdUnavailable)."""
-    st = client.status()
-    members = client.members()
-    alarms = client.alarms()
+def measure(client: EtcdClient, deadline: float = STATUS_DEADLINE,
+            quorum_deadline: float = QUORUM_DEADLINE) -> EtcdHealth:
+    """etcd asked now: status, member list and, under a leader, the alarm list. Never raises for etcd:
+    what could not be learned is None, and the reason is in ``error``."""
+    at = iso_utc(time.time())
+    try:
+        st = client.status(deadline)
+    except EtcdUnavailable as exc:
+        return EtcdHealth(error=str(exc), measured_at=at, age=0.0)
+    problems = list(st.errors)           # etcd's own: "etcdserver: no leader", raised alarms
+    members: tuple[ClusterMember, ...] = ()
+    try:
+        members = tuple(ClusterMember(f"{m.id:x}", m.name, m.peer_urls, m.is_learner)
+                        for m in client.members(deadline))
+    except EtcdUnavailable as exc:
+        problems.append(f"member list: {exc}")
+    alarms: list[str] = []
+    quorum = False
+    if st.leader:
+        try:
+            alarms = client.alarms(quorum_deadline)
+            quorum = True
+        except EtcdUnavailable as exc:
+            problems.append(f"no quorum: a raft request (the alarm list) got no answer within "
+                            f"{quorum_deadline:g}s ({exc})")
     return EtcdHealth(
-        healthy=st.healthy and not alarms, error="; ".join([*st.errors, *alarms]) or None, version=st.version,
-        revision=st.revision, member_id=f"{st.member_id:x}", cluster_id=f"{st.cluster_id:x}",
+        healthy=quorum and not problems and not alarms, error="; ".join([*problems, *alarms]) or None,
+        version=st.version, revision=st.revision, member_id=f"{st.member_id:x}", cluster_id=f"{st.cluster_id:x}",
         leader=f"{st.leader:x}" if st.leader else None, is_leader=st.is_leader, is_learner=st.is_learner,
-        db_size=st.db_size, alarms=tuple(alarms),
-        members=tuple(ClusterMember(f"{m.id:x}", m.name, m.peer_urls, m.is_learner) for m in members))
+        db_size=st.db_size, alarms=tuple(alarms), members=members, measured_at=at, age=0.0, quorum=quorum,
+        raft_applied_index=st.raft_applied_index, db_size_in_use=st.db_size_in_use)
+
+
+def reported(last: Optional[EtcdHealth], age: float, pending: float, endpoint: str,
+             fresh_for: float = FRESH_FOR) -> EtcdHealth:
+    """What a status reply says of etcd, given the last measurement, made ``age`` seconds ago, while
+    the one asked for has been pending ``pending`` seconds (pure).
+
+    Younger than ``fresh_for``: the measurement as it was, with its age. Older:
+    health, role, leader and revision are unknown (a stale "healthy" is how an
+    operator once read a cluster without quorum as fine); what identifies the
+    member stays, and the error says when etcd was last seen and how.
+    """
+    waiting = f"etcd at {endpoint} has not answered for {format_duration(pending)}"
+    if last is None:
+        return EtcdHealth(error=f"not measured yet: {waiting}", stale=True)
+    if age <= fresh_for:
+        return dataclasses.replace(last, age=round(age, 3))
+    seen = (f"last seen healthy {format_duration(age)} ago" if last.healthy else
+            f"last measured {format_duration(age)} ago: {last.error or 'not healthy'}")
+    return EtcdHealth(error=f"not measured now ({waiting}); {seen}", stale=True, version=last.version,
+                      member_id=last.member_id, cluster_id=last.cluster_id, is_learner=last.is_learner,
+                      members=last.members, age=round(age, 3), measured_at=last.measured_at)
 
 
 class EtcdProbe:
-    """The local member's status for `status` replies, asked off the reply path.
+    """The local member's measurement for `status` replies, made off the reply path.
 
-    One call to etcd at a time, in its own short-lived thread. A caller waits
-    up to ``wait`` seconds for a fresh answer and otherwise gets the last one
-    with its age, so a slow or hung etcd never makes the agent look dead.
+    One measurement at a time, in its own short-lived thread. A caller waits
+    up to ``wait`` seconds for a fresh one and otherwise gets the last one
+    through ``reported``, so a slow or hung etcd never makes the agent look
+    dead, and never makes an old answer look current.
     """
 
-    def __init__(self, timeout: float = ETCD_PROBE_TIMEOUT) -> None:
-        self.timeout = timeout
+    def __init__(self, deadline: float = STATUS_DEADLINE, quorum_deadline: float = QUORUM_DEADLINE) -> None:
+        self.deadline = deadline
+        self.quorum_deadline = quorum_deadline
         self._cond = threading.Condition()
         self._running = False
+        self._began = 0.0
         self._started = 0
         self._finished = 0
         self._result: Optional[EtcdHealth] = None
@@ -80,35 +139,39 @@ class EtcdProbe:
             if not self._running:
                 self._running = True
                 self._started += 1
-                threading.Thread(target=self._probe, args=(member, min(self.timeout, dial_timeout)),
+                self._began = time.monotonic()
+                threading.Thread(target=self._probe, args=(member, min(self.deadline, dial_timeout),
+                                                           min(self.quorum_deadline, dial_timeout)),
                                  name="etcd-probe", daemon=True).start()
             wanted = self._started
             self._cond.wait_for(lambda: self._finished >= wanted, timeout=wait)
-            if self._result is None:
-                return EtcdHealth(error=f"etcd at {member.endpoint} has not answered yet")
-            return dataclasses.replace(self._result, age=round(time.monotonic() - self._at, 3))
+            now = time.monotonic()
+            return reported(self._result, now - self._at, now - self._began, member.endpoint)
 
-    def _probe(self, member: LocalMember, timeout: float) -> None:
+    def _probe(self, member: LocalMember, deadline: float, quorum_deadline: float) -> None:
+        began = time.monotonic()   # the age counts from when etcd was asked, not from its last answer
         try:
-            result = self._ask(member, timeout)
+            result = self._ask(member, deadline, quorum_deadline)
         except Exception as exc:   # the probe thread's outermost level: logged, reported in status
             log.exception("etcd status probe failed")
-            result = EtcdHealth(error=f"etcd status probe failed: {exc}")
+            result = EtcdHealth(error=f"etcd status probe failed: {exc}", measured_at=iso_utc(time.time()))
         with self._cond:
-            self._result, self._at = result, time.monotonic()
+            self._result, self._at = result, began
             self._finished = self._started
             self._running = False
             self._cond.notify_all()
 
-    def _ask(self, member: LocalMember, timeout: float) -> EtcdHealth:
+    def _ask(self, member: LocalMember, deadline: float, quorum_deadline: float) -> EtcdHealth:
         try:
             if self._client is None or self._client[0] != member.endpoint:
                 self.close()
-                self._client = (member.endpoint, EtcdClient(member.endpoint, member.tls, timeout))
-            return etcd_health(self._client[1])
+                self._client = (member.endpoint, EtcdClient(member.endpoint, member.tls, deadline))
+            health = measure(self._client[1], deadline, quorum_deadline)
         except EtcdguardError as exc:
+            health = EtcdHealth(error=str(exc), measured_at=iso_utc(time.time()))
+        if health.version is None:   # etcd did not answer: the next measurement starts a fresh channel
             self.close()
-            return EtcdHealth(error=str(exc))
+        return health
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -188,13 +251,19 @@ class StatusReporter:
         )
 
     def inspect(self, hashkv_revision: Optional[int]) -> dict[str, Any]:
-        """etcd asked now (not the probe's cached answer): for a restore's fence and verify checks."""
+        """etcd measured now (not the probe's last answer): for a restore's fence and verify checks.
+
+        The short deadlines of ``measure`` apply (a member without quorum or a
+        stopped etcd is told in well under a second); a hashkv reads the whole
+        store and keeps the configured ``dial_timeout``."""
         runner = self._runner()
         member = runner.member
+        dial_timeout = runner.config.etcd.dial_timeout
         result: dict[str, Any] = {"member": member.name}
         try:
-            with EtcdClient(member.endpoint, member.tls, runner.config.etcd.dial_timeout) as client:
-                result["etcd"] = to_json(etcd_health(client))
+            with EtcdClient(member.endpoint, member.tls, dial_timeout) as client:
+                result["etcd"] = to_json(measure(client, min(STATUS_DEADLINE, dial_timeout),
+                                                 min(QUORUM_DEADLINE, dial_timeout)))
                 if hashkv_revision is not None:
                     hash_, revision = client.hashkv(hashkv_revision)
                     result["hashkv"] = {"hash": hash_, "revision": revision, "asked": hashkv_revision}

@@ -47,6 +47,8 @@ class EtcdStatus:
     raft_index: int
     errors: tuple[str, ...]
     is_learner: bool = False
+    raft_applied_index: Optional[int] = None   # None: this etcd does not report it
+    db_size_in_use: Optional[int] = None
 
     @property
     def is_leader(self) -> bool:
@@ -170,16 +172,19 @@ class EtcdClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _unary(self, method: str, request: bytes, parse: Callable[[bytes], Any]) -> Any:
-        """One unary call: ``request`` is the encoded message, the reply is read by ``parse`` (pbwire)."""
+    def _unary(self, method: str, request: bytes, parse: Callable[[bytes], Any],
+               timeout: Optional[float] = None) -> Any:
+        """One unary call: ``request`` is the encoded message, the reply is read by ``parse`` (pbwire);
+        ``timeout`` is this call's deadline (default: the client's)."""
         call = self._channel.unary_unary(method, request_serializer=None, response_deserializer=parse)
         try:
-            return call(request, timeout=self.timeout)
+            return call(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
 
-    def status(self) -> EtcdStatus:
-        r = self._unary("/etcdserverpb.Maintenance/Status", b"", parse_status)
+    def status(self, timeout: Optional[float] = None) -> EtcdStatus:
+        """The member's own view (served locally: it answers also without quorum)."""
+        r = self._unary("/etcdserverpb.Maintenance/Status", b"", parse_status, timeout)
         return EtcdStatus(
             endpoint=self.endpoint,
             version=r.version,
@@ -192,16 +197,21 @@ class EtcdClient:
             raft_index=r.raft_index,
             errors=r.errors,
             is_learner=r.is_learner,
+            raft_applied_index=r.raft_applied_index or None,
+            db_size_in_use=r.db_size_in_use or None,
         )
 
-    def members(self) -> list[MemberInfo]:
-        _, members = self._unary("/etcdserverpb.Cluster/MemberList", b"", parse_member_list)
+    def members(self, timeout: Optional[float] = None) -> list[MemberInfo]:
+        """The member list as this member knows it (served locally, as etcdctl's default)."""
+        _, members = self._unary("/etcdserverpb.Cluster/MemberList", b"", parse_member_list, timeout)
         return [MemberInfo(m.id, m.name, m.peer_urls, m.client_urls, m.is_learner) for m in members]
 
-    def alarms(self) -> list[str]:
-        """Active alarms cluster-wide, as ``<member id hex>:<ALARM>`` (e.g. ``8e9e05c52164694d:NOSPACE``)."""
+    def alarms(self, timeout: Optional[float] = None) -> list[str]:
+        """Active alarms cluster-wide, as ``<member id hex>:<ALARM>`` (e.g. ``8e9e05c52164694d:NOSPACE``).
+
+        A raft request: without quorum it gets no answer until its deadline."""
         # AlarmRequest{action: GET, memberID: 0 (all), alarm: NONE (any)}: every field is its default
-        alarms = self._unary("/etcdserverpb.Maintenance/Alarm", b"", pbwire.parse_alarms)
+        alarms = self._unary("/etcdserverpb.Maintenance/Alarm", b"", pbwire.parse_alarms, timeout)
         return [f"{member:x}:{pbwire.ALARM_NAMES.get(alarm, str(alarm))}" for member, alarm in alarms]
 
     def hashkv(self, revision: int = 0) -> tuple[int, int]:

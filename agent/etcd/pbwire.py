@@ -129,12 +129,14 @@ class Status:
     raft_term: int
     errors: tuple[str, ...]
     is_learner: bool
+    raft_applied_index: int = 0     # 0: not sent (etcd before 3.4 has no such field)
+    db_size_in_use: int = 0
 
 
 def parse_status(message: bytes) -> Status:
     header = Header()
     version, errors = "", []
-    ints = {3: 0, 4: 0, 5: 0, 6: 0, 10: 0}
+    ints = {3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 9: 0, 10: 0}
     for n, v in fields(message):
         if n == 1:
             header = parse_header(_bytes(v))
@@ -144,7 +146,8 @@ def parse_status(message: bytes) -> Status:
             errors.append(_text(v))
         elif n in ints:
             ints[n] = _int(v)
-    return Status(header, version, ints[3], ints[4], ints[5], ints[6], tuple(errors), bool(ints[10]))
+    return Status(header, version, ints[3], ints[4], ints[5], ints[6], tuple(errors), bool(ints[10]),
+                  raft_applied_index=ints[7], db_size_in_use=ints[9])
 
 
 @dataclass(frozen=True)

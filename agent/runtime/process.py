@@ -17,7 +17,12 @@ once the pid is gone and the stop proof holds.
 
 Note: a process started here is a child of the agent. Under systemd with the
 default ``KillMode=control-group`` stopping the agent's unit also stops it; a
-long-lived etcd is better run as its own unit (systemd runtime).
+long-lived etcd is better run as its own unit (systemd runtime). Each child
+has a thread of its own that waits for it (``_watch``), so a child that dies
+(an etcd SIGKILLed, OOM-killed or crashed) is reaped at once instead of
+staying a zombie until the agent next looks, and its end is logged. It waits
+for that one pid only: the exit statuses of the tools other code runs
+(etcdutl, systemctl) stay theirs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,6 +92,16 @@ def program_matches(argv: Sequence[str], command: Sequence[str], exe: Optional[s
     return exe is not None and resolved is not None and exe == resolved
 
 
+def describe_exit(code: int) -> str:
+    """Pure: a Popen return code in words ("killed by SIGKILL", "exit status 1")."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 @dataclass(frozen=True)
 class StopOutcome:
     """How the last stop went (for logs, --json and the bench)."""
@@ -129,6 +145,7 @@ class ProcessService:
         self.identity: Identity = identity or ExactCommand(self.start_command)
         self.last_stop: Optional[StopOutcome] = None
         self._child: Optional[subprocess.Popen[bytes]] = None
+        self._stopping: Optional[int] = None     # the pid stop() signals: its end is expected
         self._resolved: Optional[str] = None
 
     # -- pid bookkeeping
@@ -279,7 +296,24 @@ class ProcessService:
             child.wait()
             raise RuntimeError_(f"{self.name}: cannot write pid file {self.pid_file}: {exc.strerror}") from None
         self._child = child
+        threading.Thread(target=self._watch, args=(child,), name=f"reap-{self.name}-{child.pid}",
+                         daemon=True).start()
         log.info("%s started: pid %d, output in %s", self.name, child.pid, self.log_file)
+
+    def _watch(self, child: subprocess.Popen[bytes]) -> None:
+        """Wait for ``child`` (this pid only) and reap it as soon as it exits; say how it ended.
+
+        Popen's own lock makes this wait and the other threads' ``poll()`` take
+        turns: while this thread waits, their poll says "running", which it is;
+        the exit status is recorded under that lock in the same step as the
+        reaping, so a pid that was reaped is never signalled as ours.
+        """
+        how = describe_exit(child.wait())
+        if self._stopping == child.pid:
+            log.debug("%s pid %d ended (%s)", self.name, child.pid, how)
+        else:
+            log.warning("%s pid %d exited on its own (%s); its output is in %s", self.name, child.pid, how,
+                        self.log_file)
 
     def stop(self, timeout: float, grace: Optional[float] = None) -> None:
         """SIGTERM, SIGKILL after ``grace`` (default ``kill_grace``; 0: SIGKILL at once), wait for the
@@ -291,6 +325,7 @@ class ProcessService:
             self._refuse_foreign(recorded)
         pid = self.running_pid()   # proven ours just now; its start time pins that very process
         started = start_ticks(pid) if pid is not None else None
+        self._stopping = pid
         signals: list[str] = []
         grace = self.kill_grace if grace is None else grace
         if pid is not None:

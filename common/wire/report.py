@@ -47,9 +47,24 @@ class ClusterMember:
     is_learner: bool = False
 
 
+FRESH_FOR = 5.0   # seconds: an answer of etcd older than this is not the member's state now
+
+
 @dataclass(frozen=True)
 class EtcdHealth:
-    """The local etcd's answer to the agent's last probe (``age`` seconds ago)."""
+    """The local etcd as the agent measured it at ``measured_at``, ``age`` seconds before the reply.
+
+    Health, role, leader and revision are facts of one moment, and a restore
+    or an operator acts on them as facts of now; so an answer older than
+    FRESH_FOR is never sent as it was: the agent sends it ``stale``, with those
+    fields cleared (unknown) and an error that says when etcd was last seen
+    healthy, and a reader also treats an older ``age`` as not current
+    (``current``). ``quorum`` is whether a raft request (the alarm list) got
+    an answer at that moment: False when the member has no leader or the
+    request timed out, None when it was not asked (etcd did not answer, or
+    an agent older than this field). Fields added later default to None, so
+    older reports stay readable.
+    """
 
     healthy: bool = False
     error: Optional[str] = None
@@ -63,7 +78,16 @@ class EtcdHealth:
     db_size: Optional[int] = None
     members: tuple[ClusterMember, ...] = ()
     alarms: tuple[str, ...] = ()
-    age: Optional[float] = None
+    age: Optional[float] = None                 # seconds between the measurement and the reply
+    measured_at: Optional[str] = None           # ISO 8601 UTC of the measurement
+    stale: bool = False                         # the last measurement is older than FRESH_FOR: not now
+    quorum: Optional[bool] = None
+    raft_applied_index: Optional[int] = None    # None: etcd did not report it
+    db_size_in_use: Optional[int] = None
+
+    def current(self, fresh_for: float = FRESH_FOR) -> bool:
+        """Measured within ``fresh_for`` seconds of the reply (an answer without an age was asked for it)."""
+        return not self.stale and (self.age is None or self.age <= fresh_for)
 
 
 @dataclass(frozen=True)

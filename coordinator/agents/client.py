@@ -222,8 +222,9 @@ class AgentClient:
         reply, _ = self.request(op, args, timeout=timeout, retries=retries, data=data, request_id=request_id)
         return reply.raise_for_error()
 
-    def status(self, timeout: float = 5.0) -> dict[str, Any]:
-        return self.call("status", timeout=timeout)
+    def status(self, timeout: float = 5.0, retries: Optional[int] = None) -> dict[str, Any]:
+        """The agent's status report; ``retries`` within ``timeout`` (default: the idempotent ops' count)."""
+        return self.call("status", timeout=timeout, retries=retries)
 
     # -- fetch ---------------------------------------------------------------
     def fetch_snapshot(

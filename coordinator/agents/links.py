@@ -4,12 +4,20 @@
 (coordinator/agents/client.py's AgentClient implements it); tests may pass a
 factory of their own. ``survey`` asks every member in parallel and returns
 typed views, so nothing downstream re-parses a status dict.
+
+Two surveys, for two kinds of caller. ``survey(timeout)`` waits up to the
+caller's deadline (a vault pull, a restore's plan: a slow agent should still
+count). ``quick_survey`` is the operator's ``etcdguardctl status``: every agent
+within STATUS_DEADLINE (one retry at most within it), on clients of its own,
+so it never queues behind a slower request to the same agent; an agent that
+did not answer in time is marked so instead of being waited out.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -25,7 +33,7 @@ class AgentLink(Protocol):
              retries: Optional[int] = None, data: Optional[bytes] = None,
              request_id: Optional[str] = None) -> dict[str, Any]: ...
 
-    def status(self, timeout: float = 5.0) -> dict[str, Any]: ...
+    def status(self, timeout: float = 5.0, retries: Optional[int] = None) -> dict[str, Any]: ...
 
     def fetch_snapshot(self, name: str, dest: Path, *, expected_sha256: str, expected_size: int,
                        progress: Optional[Callable[[int, int], None]] = None, credit: int = 4,
@@ -42,6 +50,9 @@ class AgentLink(Protocol):
 
 
 ClientFactory = Callable[[MemberSettings], AgentLink]
+
+STATUS_DEADLINE = 1.5    # seconds `etcdguardctl status` waits for every agent's report
+STATUS_RETRIES = 1       # within that deadline: two attempts of half of it each
 
 
 def default_client_factory(config: CoordinatorConfig, keys: Keys) -> ClientFactory:
@@ -79,6 +90,8 @@ class MemberLinks:
         self.factory = factory
         self._clients: dict[str, AgentLink] = {}
         self._locks = {m.name: threading.Lock() for m in config.members}
+        self._quick: dict[str, AgentLink] = {}      # quick_survey's own clients
+        self._quick_locks = {m.name: threading.Lock() for m in config.members}
 
     def settings(self, name: str) -> MemberSettings:
         m = self.config.member(name)
@@ -118,8 +131,38 @@ class MemberLinks:
                                                    thread_name_prefix="survey") as pool:
             return list(pool.map(lambda m: self.view(m.name, timeout), members))
 
+    def quick_view(self, name: str, deadline: float = STATUS_DEADLINE) -> MemberView:
+        """One member's view within ``deadline`` seconds, or why not: for the operator's status."""
+        m = self.settings(name)
+        lock = self._quick_locks[name]
+        started = time.monotonic()
+        if not lock.acquire(timeout=deadline):
+            return MemberView(m.name, m.agent, False, error=f"did not answer within {deadline:g}s (an earlier status "
+                                                            "request to its agent is still waiting)")
+        try:
+            client = self._quick.get(name)
+            if client is None:
+                client = self._quick[name] = self.factory(m)
+            left = round(deadline - (time.monotonic() - started), 2)
+            return read_report(m.name, m.agent, client.status(timeout=max(0.05, left), retries=STATUS_RETRIES))
+        except EtcdguardError as exc:   # AgentUnreachable: "... did not answer status within 1.5s ..."
+            return MemberView(m.name, m.agent, False, error=str(exc))
+        finally:
+            lock.release()
+
+    def quick_survey(self, deadline: float = STATUS_DEADLINE) -> list[MemberView]:
+        """Every member's status within ``deadline`` seconds, asked in parallel; who did not answer is marked."""
+        members = self.config.members
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(members)),
+                                                   thread_name_prefix="status") as pool:
+            return list(pool.map(lambda m: self.quick_view(m.name, deadline), members))
+
     def close(self) -> None:
         for name, client in list(self._clients.items()):
             with self._locks[name]:
                 client.close()
         self._clients.clear()
+        for name, client in list(self._quick.items()):
+            with self._quick_locks[name]:
+                client.close()
+        self._quick.clear()

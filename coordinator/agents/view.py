@@ -17,7 +17,12 @@ _NO_ETCD = EtcdHealth()
 
 @dataclass(frozen=True)
 class MemberView:
-    """One member at one moment: its agent's status report, or why there is none."""
+    """One member at one moment: its agent's status report, or why there is none.
+
+    ``healthy`` and ``is_leader`` hold only for a measurement the agent made
+    within FRESH_FOR seconds (``EtcdHealth.current``): an older one, even from
+    an agent that still sends it as it was, is no fact of now.
+    """
 
     name: str
     agent: str
@@ -30,12 +35,17 @@ class MemberView:
         return self.report.etcd if self.report is not None else _NO_ETCD
 
     @property
+    def current(self) -> bool:
+        """The agent answered, and its etcd measurement is recent enough to be the member's state now."""
+        return self.reachable and self.report is not None and self.etcd.current()
+
+    @property
     def healthy(self) -> bool:
-        return self.reachable and self.etcd.healthy
+        return self.current and self.etcd.healthy
 
     @property
     def is_leader(self) -> bool:
-        return self.etcd.is_leader
+        return self.current and self.etcd.is_leader
 
     @property
     def busy(self) -> Optional[str]:
@@ -64,11 +74,14 @@ def member_row(v: MemberView, now: float) -> dict[str, Any]:
         "busy": v.busy,
         "healthy": v.healthy,
         "is_leader": v.is_leader,
-        "etcd": {"healthy": etcd.healthy, "error": etcd.error, "version": etcd.version, "revision": etcd.revision,
-                 "member_id": etcd.member_id, "cluster_id": etcd.cluster_id, "leader": etcd.leader,
-                 "is_leader": etcd.is_leader, "is_learner": etcd.is_learner, "db_size": etcd.db_size,
-                 "alarms": list(etcd.alarms), "age": etcd.age} if v.reachable else None,
-        "revision": etcd.revision,
+        "etcd": {"healthy": v.healthy, "error": etcd.error, "version": etcd.version,
+                 "revision": etcd.revision if v.current else None, "member_id": etcd.member_id,
+                 "cluster_id": etcd.cluster_id, "leader": etcd.leader if v.current else None,
+                 "is_leader": v.is_leader, "is_learner": etcd.is_learner, "db_size": etcd.db_size,
+                 "db_size_in_use": etcd.db_size_in_use, "raft_applied_index": etcd.raft_applied_index,
+                 "alarms": list(etcd.alarms), "quorum": etcd.quorum, "age": etcd.age,
+                 "measured_at": etcd.measured_at, "current": v.current} if v.reachable else None,
+        "revision": etcd.revision if v.current else None,
         "cluster_id": etcd.cluster_id,
         "member_id": etcd.member_id,
         "restore_tool": report.restore_tool.__dict__ if report and report.restore_tool else None,
@@ -89,11 +102,12 @@ def cluster_summary(views: Sequence[MemberView]) -> dict[str, Any]:
 
     The leader is named by the member id each member reports; it is mapped to
     a name through the members' own ids, so a leader whose agent is down still
-    shows (by id) instead of looking like a cluster without a leader.
+    shows (by id) instead of looking like a cluster without a leader. Only
+    measurements of now name a leader.
     """
     up = [v for v in views if v.reachable]
     ids = sorted({v.etcd.cluster_id for v in up if v.etcd.cluster_id})
-    leader_ids = sorted({v.etcd.leader for v in up if v.etcd.leader})
+    leader_ids = sorted({v.etcd.leader for v in up if v.current and v.etcd.leader})
     names = {v.etcd.member_id: v.name for v in up if v.etcd.member_id}
     claimed = sorted(v.name for v in up if v.is_leader)
     leader_id = leader_ids[0] if len(leader_ids) == 1 else None

@@ -75,18 +75,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, report, "")
         return EXIT_OK
-    lines = [*_member_lines(report["members"]), "", _cluster_line(report["cluster"]), *_vault_lines(report["vault"]),
-             *_prestage_lines(report["vault"].get("prestage")), *_restore_lines(report.get("restores") or {}),
-             *_coordinator_lines(report["coordinator"])]
+    lines = [*_member_lines(report["members"]), "", *_quorum_lines(report["cluster"]), _cluster_line(report["cluster"]),
+             *_vault_lines(report["vault"]), *_prestage_lines(report["vault"].get("prestage")),
+             *_restore_lines(report.get("restores") or {}), *_coordinator_lines(report["coordinator"])]
     print("\n".join(lines))
     return EXIT_OK
+
+
+# the ETCD column by member state (coordinator/agents/quorum.py's MemberState)
+_STATE_WORDS = {"healthy": "healthy", "unhealthy": "UNHEALTHY", "no-leader": "NO LEADER", "no-quorum": "NO QUORUM",
+                "down": "DOWN", "not-measured": "NOT MEASURED"}
 
 
 def _member_row(m: dict[str, Any]) -> list[str]:
     if not m["reachable"]:
         return [m["member"], m["agent"], "no", "-", "-", "-", "-"]
     etcd = m.get("etcd") or {}
-    health = "healthy" if m["healthy"] else "UNHEALTHY"
+    state = m.get("state") or ("healthy" if m["healthy"] else "unhealthy")   # a daemon before states sends none
+    health = _STATE_WORDS.get(state, state.upper())
     role = "leader" if m["is_leader"] else ("follower" if m["healthy"] else "-")
     newest = m.get("newest_backup")
     backup = "none" if not newest else f"{_age(newest.get('age_seconds'))} (rev {newest.get('revision')})"
@@ -107,6 +113,12 @@ def _member_lines(members: list[dict[str, Any]]) -> list[str]:
         elif not m["healthy"]:
             lines.append(f"  {m['member']}: etcd: {(m.get('etcd') or {}).get('error') or 'not healthy'}")
     return lines
+
+
+def _quorum_lines(c: dict[str, Any]) -> list[str]:
+    """The quorum's one sentence ("quorum lost: m2, m3 down; m1 up without a leader")."""
+    quorum = c.get("quorum") or {}
+    return [quorum["sentence"]] if quorum.get("sentence") else []
 
 
 def _cluster_line(c: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from etcdguard.common.ops.bump import bump_for
 from etcdguard.common.ops.cluster_plan import OVERRIDES, PlannedMember, PlannedPhase, Refusal, RestorePlan, SnapshotRef
 from etcdguard.common.ops.flows import CLUSTER_RESTORE, FLOWS
 from etcdguard.common.wire.typed import to_json
+from etcdguard.coordinator.agents.quorum import QuorumState, cluster_quorum
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
 from etcdguard.coordinator.restore.lineage import Link, component
@@ -101,6 +102,7 @@ def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings]
 
     ``lineage``: the (before, after) cluster ids of the restores this coordinator recorded."""
     healthy = [v for v in views if v.healthy]
+    quorum = cluster_quorum(views)
     ids = sorted({v.etcd.cluster_id for v in healthy if v.etcd.cluster_id})
     live_cluster_id = ids[0] if len(ids) == 1 else None
     ours = component(lineage, live_cluster_id) if live_cluster_id else frozenset()
@@ -131,7 +133,7 @@ def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings]
         live_cluster_id=live_cluster_id, discarded_revisions=discarded, safety_snapshot=safety, phases=(),
         refusals=tuple(found), warnings=tuple(warnings), force=options.force, rollback_of=options.rollback_of,
         created_at=created_at, start_timeout=options.start_timeout, fence_settle=options.fence_settle,
-        cluster_down=not healthy, overrides=granted)
+        cluster_down=not healthy or quorum.state is QuorumState.LOST, overrides=granted, quorum=quorum.sentence)
     return _with_phases(base)
 
 
@@ -154,6 +156,9 @@ def render_plan(p: RestorePlan) -> str:
              f"  snapshot {snap.id[:12]}: revision {snap.revision:,}, {format_bytes(snap.size)}, taken "
              f"{snap.created_at} on {snap.member}" + (f", etcd {snap.etcd_version}" if snap.etcd_version
                                                              else "")]
+    if p.quorum:
+        lines.append(f"  {p.quorum}" + ("; no safety snapshot can be taken and every phase is downtime"
+                                         if p.cluster_down else ""))
     if p.live_revision is not None:
         lost = f"{p.discarded_revisions:,}" if p.discarded_revisions is not None else "?"
         lines.append(f"  live cluster: revision {p.live_revision:,}"

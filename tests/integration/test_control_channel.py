@@ -237,6 +237,10 @@ def test_status_over_curve_and_unknown_keys_refused(etcd_member, tmp_path, ckeys
         assert etcd["member_id"] == f"{etcd_member.member_id():x}"
         assert etcd["is_leader"] is True and etcd["leader"] == etcd["member_id"]
         assert etcd["db_size"] > 0
+        # measured for this reply, the raft request answered (quorum); etcd >= 3.4 reports these too
+        assert etcd["quorum"] is True and etcd["stale"] is False and 0 <= etcd["age"] < 1.0
+        assert etcd["measured_at"].endswith("Z") and etcd["measured_at"][:4].isdigit()
+        assert etcd["raft_applied_index"] > 0 and 0 < etcd["db_size_in_use"] <= etcd["db_size"]
         assert st["restore_tool"]["path"] == str(etcd_member.build.restore_tool)
         assert st["restore_tool"]["version"] == etcd_member.build.version
         assert st["disk"]["data_dir_free"] > 0 and st["disk"]["store_free"] > 0 and st["disk"]["staging_free"] > 0

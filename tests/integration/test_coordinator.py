@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -388,10 +389,14 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
         # a dead agent: status still reports (exit 0); a backup on it is refused (exit 3)
         dead = next(a for a in agents if a.member.name != leader)
         dead.kill()
+        started = time.monotonic()
         status = coord.ctl_json("status")
+        assert time.monotonic() - started < 3.0   # each agent gets 1.5 s, not request_timeout (5 s)
         rows = {m["member"]: m for m in status["members"]}
         assert rows[dead.member.name]["reachable"] is False
-        assert rows[dead.member.name]["error"]
+        assert "did not answer status within 1.5s" in rows[dead.member.name]["error"]
+        assert rows[dead.member.name]["state"] == "unreachable"
+        assert status["cluster"]["quorum"]["state"] == "held", status["cluster"]["quorum"]
         assert all(rows[n]["reachable"] for n in rows if n != dead.member.name)
         assert status["cluster"]["reachable"] == 2 and status["cluster"]["leader"] == leader
         assert status["cluster"]["consistent"]

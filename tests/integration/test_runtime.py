@@ -36,6 +36,7 @@ from etcdguard.agent.runtime.static_pod import StaticPodService
 from etcdguard.agent.runtime.systemd import SystemdService
 
 from tests.conftest import EtcdFactory
+from tests.helpers.agents import AgentProcess, CoordinatorKeys
 from tests.helpers.etcd import EtcdBuild, EtcdMember
 from tests.helpers.kubelet import TestKubelet
 from tests.helpers.manifests import apiserver_manifest_json, etcd_manifest_yaml
@@ -185,6 +186,65 @@ def test_process_stop_times_sigterm_vs_sigkill(member: EtcdMember, tmp_path: Pat
     record_property("stop_sigkill_seconds", round(kill.last_stop.seconds, 3))
     print(f"\nsingle-member stop: SIGTERM {term.last_stop.seconds:.3f}s, "
           f"SIGKILL {kill.last_stop.seconds:.3f}s (signal to proof)")
+
+
+def proc_stat(pid: int) -> tuple[str, int]:
+    """(state, parent pid) of ``pid`` from /proc/PID/stat; ("", 0) once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "", 0
+    return fields[0], int(fields[1])
+
+
+def zombie_children(parent: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            state, ppid = proc_stat(int(entry.name))
+            if ppid == parent and state == "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_an_etcd_the_agent_started_is_reaped_at_once_when_it_is_killed(etcd_member: EtcdMember,
+                                                                        tmp_path: Path) -> None:
+    """The agent daemon (process runtime) starts etcd itself, as a restore's undo does; SIGKILLed, that
+    etcd must not stay a zombie under the agent until the agent next looks at it."""
+    ckeys = CoordinatorKeys.create(tmp_path / "ckeys")
+    agent = AgentProcess(etcd_member, tmp_path / "agent", authorized=[ckeys.public_path])
+    assert agent.seeded is not None
+    src = tmp_path / "snap.db"
+    src.write_bytes(Path(agent.seeded.path).read_bytes())
+    m = etcd_member
+    params = {"snapshot": "up.db", "name": m.name, "initial_cluster": f"{m.name}={m.peer_url}",
+              "token": "etcdguard-op1", "peer_url": m.peer_url, "bump_revision": 0}
+    agent.start()
+    try:
+        with agent.client(ckeys) as client:
+            assert client.put_snapshot(src, "up")["staged"] == "up.db"
+            for step in ("preflight", "prepare", "fence", "stop"):
+                args = {"op_id": "op1", "step": step, **({"params": params} if step == "prepare" else {})}
+                client.call("restore.step", args, timeout=120)
+            assert not m.is_running()
+            # the rollback undoes the stop: the agent starts etcd, its own child from here on
+            assert client.call("restore.step", {"op_id": "op1", "step": "rollback"}, timeout=120)["state"] == \
+                "rolled-back"
+        m.wait_healthy(30)
+        started = [pid for pid in m.pids() if proc_stat(pid)[1] == agent.pid]
+        assert len(started) == 1, (m.pids(), agent.pid)
+        pid = started[0]
+
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: proc_stat(pid) == ("", 0) and zombie_children(agent.pid) == [], 5,
+                   what=f"etcd pid {pid} reaped by the agent (zombies: {zombie_children(agent.pid)})")
+        wait_until(lambda: f"etcd pid {pid} exited on its own (killed by SIGKILL)" in agent.log_text(), 5,
+                   what="the agent's log line for the exit")
+    finally:
+        agent.stop()
 
 
 def test_process_apiserver_standin_via_factory(tmp_path: Path) -> None:

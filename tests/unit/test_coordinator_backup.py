@@ -45,7 +45,7 @@ class ScriptedAgent:
             raise RemoteError(BUSY, "snapshot.take is running")
         return {"snapshot": dict(META)}
 
-    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+    def status(self, timeout: float = 5.0, retries: Optional[int] = None) -> dict[str, Any]:
         busy = "snapshot.take" if len(self.takes) <= self.busy else None
         return AgentReport(agent=AgentInfo(version="test", busy=busy), member=MemberConfig(name="cp1", data_dir="/d"),
                            etcd=EtcdHealth(healthy=True, is_leader=True), restore=self.restore).to_json()

@@ -13,11 +13,13 @@ from typing import Any, Optional
 
 from etcdguard.common.base.addresses import parse_initial_cluster
 from etcdguard.common.base.errors import UnsafeRefusal
-from etcdguard.common.ops.cluster_checks import verify_problems
+from etcdguard.common.ops.cluster_checks import verify_problems, wait_quorum
 from etcdguard.common.ops.cluster_plan import RestorePlan
 from etcdguard.common.ops.params import RestoreParams
 from etcdguard.common.ops.ports import ClusterRun, NodeServices
 from etcdguard.common.ops.step import Step, StepFailed
+
+VERIFY_SETTLE = 30.0   # seconds verify waits for every member healthy under one leader before it judges
 
 
 class Verify(Step):
@@ -47,7 +49,9 @@ class Verify(Step):
                 "cluster_id": seen.get("cluster_id")}
 
     def phase(self, run: ClusterRun) -> None:
-        health = {n: h for n, (h, _) in run.inspect_all(run.names).items()}
+        # A restored cluster answers its first raft requests slower than later ones (a cold disk): poll for
+        # quorum a while before judging, as the start step did, instead of reading one answer.
+        health = wait_quorum(run, self.name, min(run.plan.start_timeout, VERIFY_SETTLE))
         revisions = [h.revision for h in health.values() if h.revision is not None]
         at = min(revisions) if revisions else 0
         hashes: dict[str, Optional[int]] = {n: None for n in run.names}
