@@ -6,9 +6,9 @@ from typing import Optional
 
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.checks import CheckResult, readable_problem, writable_dir
+from etcdguard.common.etcd.client import EtcdClient
 from etcdguard.common.snapshot.tools import find_tool, tool_kind, untested_version
 
 

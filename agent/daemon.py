@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional
 
 from etcdguard.agent.config import AgentConfig, load_agent_config
 from etcdguard.agent.discovery.discover import discover
-from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.etcd.health import HealthProbe
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.restore.records import OperationStore, restore_active
@@ -26,6 +25,7 @@ from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.base.notify import Notifier
 from etcdguard.common.base.signals import SignalFlags
+from etcdguard.common.etcd.client import Cancellation, EtcdClient
 from etcdguard.common.metrics_server import MetricsServer, bind_replacement
 from etcdguard.common.ops.states import ACTIVE, FINAL, OpState
 from etcdguard.common.snapshot.sidecar import SnapshotMeta

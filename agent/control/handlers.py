@@ -29,7 +29,6 @@ from etcdguard.agent.control.auth import key_label
 from etcdguard.agent.control.status import StatusReporter
 from etcdguard.agent.control.transfer import FetchFiles, NotFound, Staging
 from etcdguard.agent.control.workers import Result
-from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.agent.restore.records import restore_active, snapshot_in_use
 from etcdguard.agent.restore.remote import RemoteRestore, operation_status
 from etcdguard.agent.snapshots.backup import BackupRunner
@@ -38,6 +37,7 @@ from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common import __version__
 from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.base.slot import Slot
+from etcdguard.common.etcd.client import Cancellation
 from etcdguard.common.wire.protocol import MAX_HEADER, Request
 
 log = logging.getLogger(__name__)

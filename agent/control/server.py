@@ -48,11 +48,11 @@ from etcdguard.agent.control.auth import KeyRing, held_note
 from etcdguard.agent.control.handlers import OPS, Call, Handlers, Lane, Op, Peer
 from etcdguard.agent.control.outbox import RECEIVE_HWM, SEND_HWM, Outbox
 from etcdguard.agent.control.workers import Handler, Job, Worker, answer, internal_error
-from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.common.base.addresses import zmq_endpoint_is_ipv6
 from etcdguard.common.base.errors import ConfigError
 from etcdguard.common.base.slot import Slot
+from etcdguard.common.etcd.client import Cancellation
 from etcdguard.common.wire.protocol import (
     BUSY,
     CONFLICT,

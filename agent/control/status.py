@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.agent.restore.records import OperationStore
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.common import __version__
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.durations import format_duration, iso_utc
 from etcdguard.common.base.errors import EtcdguardError, EtcdUnavailable
+from etcdguard.common.etcd.client import EtcdClient
 from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.wire.report import (
     FRESH_FOR,

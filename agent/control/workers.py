@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional
 
 import zmq
 from etcdguard.agent.control.transfer import NotFound
-from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.common.base.errors import EXIT_UNSAFE, EtcdguardError, UsageError
+from etcdguard.common.etcd.client import Cancellation
 from etcdguard.common.wire.protocol import (
     BAD_REQUEST,
     FAILED,

@@ -7,22 +7,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from etcdguard.common.base.addresses import is_loopback, local_url, parse_url
+from etcdguard.common.etcd.tls import ETCD_CLIENT_PORT, ClientTLS
 
-ETCD_CLIENT_PORT = 2379  # etcd's default client port, for a URL that names none
-
-
-@dataclass(frozen=True)
-class ClientTLS:
-    """Files for a TLS client connection to etcd (as etcdctl's --cacert/--cert/--key)."""
-
-    cacert: Optional[Path] = None
-    cert: Optional[Path] = None
-    key: Optional[Path] = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.cacert is not None or self.cert is not None
-
+__all__ = ["ETCD_CLIENT_PORT", "ClientTLS", "LocalMember", "prefer_local"]
 
 @dataclass(frozen=True)
 class LocalMember:

@@ -14,8 +14,8 @@ import threading
 from typing import Callable, Optional
 
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.etcd.client import EtcdClient
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.agent.restore.records import OperationStore, params_of
 from etcdguard.agent.restore.safety import ClusterFacts, compare_identity, multi_member_refusal
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.etcd.client import EtcdClient
 from etcdguard.common.ops.params import RestoreParams
 from etcdguard.common.snapshot.bbolt import BoltError, BoltMember, cluster_id_of, read_file_members
 from etcdguard.common.snapshot.integrity import TRAILER_SIZE, Recorded

@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
 from etcdguard.agent.restore import swap, toolproc
 from etcdguard.agent.restore.plan import argv_problems
 from etcdguard.agent.runtime.base import NodeRuntime
@@ -27,6 +26,7 @@ from etcdguard.agent.runtime.proof import etcd_stopped
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import EtcdguardError, EtcdUnavailable, ToolError, UnsafeRefusal
 from etcdguard.common.base.polling import poll_until
+from etcdguard.common.etcd.client import EtcdClient, EtcdStatus
 from etcdguard.common.ops.params import RestoreParams
 from etcdguard.common.ops.ports import Service
 from etcdguard.common.ops.record import OpLog

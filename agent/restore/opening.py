@@ -16,9 +16,9 @@ from typing import Optional
 
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import EtcdClient, EtcdStatus
 from etcdguard.agent.restore.swap import restore_target, wal_target
 from etcdguard.common.base.errors import EtcdguardError, ToolError, UnsafeRefusal, UsageError
+from etcdguard.common.etcd.client import EtcdClient, EtcdStatus
 from etcdguard.common.journal import new_op_id
 from etcdguard.common.ops.bump import bump_for
 from etcdguard.common.ops.params import RestoreParams

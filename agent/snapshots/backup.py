@@ -10,7 +10,6 @@ from typing import Optional
 
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.etcd.client import Cancellation
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.agent.snapshots.take import Progress, Source, take_snapshot
@@ -25,6 +24,7 @@ from etcdguard.common.base.errors import (
 )
 from etcdguard.common.base.freshness import future_dated
 from etcdguard.common.base.slot import Slot
+from etcdguard.common.etcd.client import Cancellation
 from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.snapshot.tools import SnapshotTool, find_tool
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from etcdguard.agent.discovery.member import ClientTLS
-from etcdguard.agent.etcd.client import Cancellation, EtcdClient
 from etcdguard.agent.snapshots.store import SnapshotStore, snapshot_name
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import Aborted, EtcdguardError, SnapshotError, ToolError
+from etcdguard.common.etcd.client import Cancellation, EtcdClient
 from etcdguard.common.snapshot.integrity import TrailerHasher
 from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.snapshot.sink import HashingSink

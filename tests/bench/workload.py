@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from etcdguard.agent.etcd import pbwire  # noqa: E402
+from etcdguard.common.etcd import pbwire  # noqa: E402
 
 MB = 1_000_000
 DEFAULT_SIZE_MB = 300
@@ -106,7 +106,7 @@ class Loaded:
 
 def _channel(endpoint: str, tls: Optional[Any]) -> Any:
     import grpc
-    from etcdguard.agent.etcd.client import client_address
+    from etcdguard.common.etcd.client import client_address
 
     address = client_address(endpoint)
     target = f"{address.bracketed_host}:{address.port}"

@@ -11,7 +11,7 @@ from concurrent import futures
 from typing import Any, Callable, Optional
 
 import grpc
-from etcdguard.agent.etcd.pbwire import encode_bytes_field, encode_varint_field
+from etcdguard.common.etcd.pbwire import encode_bytes_field, encode_varint_field
 
 
 def header(cluster_id: int = 0xC1, member_id: int = 0xA1, revision: int = 0, raft_term: int = 2) -> bytes:

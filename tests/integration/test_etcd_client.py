@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etcdguard.agent.etcd.client import EtcdClient
+from etcdguard.common.etcd.client import EtcdClient
 
 from tests.helpers.etcd import EtcdMember
 

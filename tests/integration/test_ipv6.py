@@ -18,9 +18,9 @@ from typing import Optional
 
 import pytest
 from etcdguard.agent.discovery.member import ClientTLS
-from etcdguard.agent.etcd.client import EtcdClient
 from etcdguard.agent.metrics import AgentMetrics
 from etcdguard.agent.runtime.proof import etcd_proof
+from etcdguard.common.etcd.client import EtcdClient
 from etcdguard.common.metrics_server import MetricsServer
 
 from tests.conftest import EtcdFactory

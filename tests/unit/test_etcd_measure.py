@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from etcdguard.agent.control.status import QUORUM_DEADLINE, STATUS_DEADLINE, measure, reported
-from etcdguard.agent.etcd.client import EtcdStatus, MemberInfo
 from etcdguard.common.base.errors import EtcdUnavailable
+from etcdguard.common.etcd.client import EtcdStatus, MemberInfo
 from etcdguard.common.wire.report import EtcdHealth
 
 TIMEOUT = EtcdUnavailable("etcd at http://127.0.0.1:2379 did not answer: DEADLINE_EXCEEDED: Deadline Exceeded")

@@ -3,8 +3,8 @@ HashKVResponse {1 header, 2 hash, 3 compact_revision, 4 hash_revision})."""
 
 from __future__ import annotations
 
-from etcdguard.agent.etcd.client import EtcdClient, HashKVResult
-from etcdguard.agent.etcd.pbwire import HashKV, Header, parse_hashkv
+from etcdguard.common.etcd.client import EtcdClient, HashKVResult
+from etcdguard.common.etcd.pbwire import HashKV, Header, parse_hashkv
 
 from tests.helpers.fake_etcd import FakeEtcd, hashkv_reply
 

@@ -60,7 +60,7 @@ def test_truncated_and_tiny_and_missing(tmp_path):
 def test_pbwire_extracts_the_blob_like_protobuf():
     import warnings
 
-    from etcdguard.agent.etcd.pbwire import WireError, snapshot_blob
+    from etcdguard.common.etcd.pbwire import WireError, snapshot_blob
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import grpc
-from etcdguard.agent.discovery.member import ETCD_CLIENT_PORT, ClientTLS
-from etcdguard.agent.etcd import pbwire
-from etcdguard.agent.etcd.pbwire import parse_member_list, parse_status, snapshot_blob
 from etcdguard.common.base.addresses import Address, parse_url
 from etcdguard.common.base.errors import EtcdUnavailable
+from etcdguard.common.etcd import pbwire
+from etcdguard.common.etcd.pbwire import parse_member_list, parse_status, snapshot_blob
+from etcdguard.common.etcd.tls import ETCD_CLIENT_PORT, ClientTLS
 
 MAX_RECEIVE = 64 * 1024 * 1024
 STREAM_WINDOW = 4 << 20
