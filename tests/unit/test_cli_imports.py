@@ -19,7 +19,7 @@ def test_the_snapshot_path_needs_neither_python_etcd3_nor_protobuf_nor_the_resto
             "from etcdguard.agent import cli\n"
             "cli._load_extensions()\n"
             "from etcdguard.agent.snapshots import take\n"
-            "from etcdguard.agent.etcd import client\n"
+            "from etcdguard.common.etcd import client\n"
             "from etcdguard.common.snapshot import tools\n"
             "print(json.dumps(sorted(sys.modules)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
