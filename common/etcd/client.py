@@ -182,6 +182,10 @@ class EtcdClient:
         except grpc.RpcError as exc:
             raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
 
+    def unary(self, method: str, request: bytes, parse: Callable[[bytes], Any], timeout: Optional[float] = None) -> Any:
+        """One unary call of any etcd RPC (for modules that encode their own requests with pbwire)."""
+        return self._unary(method, request, parse, timeout)
+
     def status(self, timeout: Optional[float] = None) -> EtcdStatus:
         """The member's own view (served locally: it answers also without quorum)."""
         r = self._unary("/etcdserverpb.Maintenance/Status", b"", parse_status, timeout)
