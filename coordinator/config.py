@@ -88,6 +88,7 @@ class RestoreSettings:
     agent_down: float = 60.0             # an agent that stops answering mid-restore gets this long to come back
     prestage: bool = True                # copy each newest vault snapshot to every agent ahead of any restore
     prestage_rate: int = 100 * 1024**2   # bytes per second per copy (0: no cap), so pre-staging spares the network
+    warm_standby: bool = False           # keep the newest snapshot restored ahead on every member (a db copy each)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ def _restore(t: Table) -> RestoreSettings:
         agent_down=t.duration("agent_down", d.agent_down) or d.agent_down,
         prestage=t.flag("prestage", d.prestage),
         prestage_rate=t.size("prestage_rate", d.prestage_rate) or 0,
+        warm_standby=t.flag("warm_standby", d.warm_standby),
     )
     t.finish()
     return s

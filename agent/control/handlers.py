@@ -31,6 +31,7 @@ from etcdguard.agent.control.transfer import FetchFiles, NotFound, Staging
 from etcdguard.agent.control.workers import Result
 from etcdguard.agent.restore.records import restore_active, snapshot_in_use
 from etcdguard.agent.restore.remote import RemoteRestore, operation_status
+from etcdguard.agent.restore.warm import listing as warm_listing
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.agent.snapshots.bundle import read_chunk as read_bundle_chunk
 from etcdguard.agent.snapshots.store import SnapshotStore
@@ -151,7 +152,9 @@ class Handlers:
         """The local catalog, and the snapshots staged here (a restore's, or pre-staged for one)."""
         items, cut = fit_list([m.to_json() for m in self.store().list()], REPLY_BUDGET * 3 // 4)
         staged, cut_staged = fit_list(self.staging.completed(), REPLY_BUDGET // 4)
-        result: dict[str, Any] = {"snapshots": items, "staged": staged}
+        runner = self._runner_fn()
+        ready = warm_listing(runner.member.data_dir) if runner is not None else []
+        result: dict[str, Any] = {"snapshots": items, "staged": staged, "warm": ready}
         if cut or cut_staged:
             result["truncated"] = True
         return result, None
@@ -208,6 +211,9 @@ class Handlers:
     def restore_step(self, call: Call) -> Result:
         return self.restore.step(call.args, call.peer.describe()), None
 
+    def restore_warm(self, call: Call) -> Result:
+        return self.restore.warm(call.args), None
+
     def close(self) -> None:
         self.fetch.close()
         self.staging.close()
@@ -248,4 +254,6 @@ OPS: dict[str, Op] = {
     "etcd.inspect": Op(Lane.STATUS, Handlers.inspect),
     "snapshot.take": Op(Lane.LONG, Handlers.take, blocked=Handlers.take_blocked, cancellable=True),
     "restore.step": Op(Lane.LONG, Handlers.restore_step, label=_step_label),
+    "restore.warm": Op(Lane.LONG, Handlers.restore_warm, blocked=Handlers.take_blocked,
+                       label=lambda req: f"warm standby of {req.args['sha256'][:12]}"),
 }

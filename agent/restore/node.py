@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
-from etcdguard.agent.restore import swap, toolproc
+from etcdguard.agent.restore import swap, toolproc, warm
+from etcdguard.agent.restore.ownership import copy_ownership_and_sync
 from etcdguard.agent.restore.plan import argv_problems
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.agent.runtime.proof import etcd_stopped
@@ -33,7 +34,6 @@ from etcdguard.common.ops.record import OpLog
 from etcdguard.common.snapshot.integrity import verify_file
 from etcdguard.common.snapshot.tools import SnapshotTool, failure_reason
 
-SELINUX_XATTR = "security.selinux"
 # The restore tool runs while etcd still serves (no downtime), so it may take long on a big
 # snapshot; the bound only catches a tool that hangs.
 PREPARE_TIMEOUT = 3600.0
@@ -136,6 +136,9 @@ class NodeServicesImpl:
         fsutil.ensure_private_dir(swap.workspace_dir(data_dir, p.op))
         if self._wal_dir is not None:
             fsutil.ensure_private_dir(swap.wal_workspace(self._wal_dir, p.op))
+        adopted = warm.adopt(p)
+        if adopted is not None:
+            return {**adopted, "bytes": du(swap.prepared_member(data_dir, p.op))}
         low = bool(self.oplog.record.header.get("low_priority", True))
         out = toolproc.run_tool(p.restore_argv, self.tool.env(), PREPARE_TIMEOUT, op_dir, low_priority=low)
         if out.returncode != 0:
@@ -236,38 +239,6 @@ def probe_http(url: str, timeout: float = 2.0) -> tuple[bool, str]:
             return resp.status == 200, f"HTTP {resp.status}"
     except (OSError, urllib.error.URLError) as exc:
         return False, str(exc)
-
-
-def copy_ownership_and_sync(reference: Path, tree: Path) -> int:
-    """Give ``tree`` the owner, group (and SELinux label) of ``reference``; the top dir also
-    its mode. fsync every file and directory. Returns the bytes in the tree."""
-    st = os.stat(reference)
-    label: Optional[bytes] = None
-    with contextlib.suppress(OSError, AttributeError):
-        label = os.getxattr(reference, SELINUX_XATTR)
-    total = 0
-    for root, dirs, files in os.walk(tree):
-        for name in [*dirs, *files]:
-            _adopt(os.path.join(root, name), st, label)
-        for f in files:
-            path = os.path.join(root, f)
-            total += os.lstat(path).st_size
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsutil.fsync_dir(Path(root))
-    _adopt(str(tree), st, label)
-    os.chmod(tree, st.st_mode & 0o7777)
-    return total
-
-
-def _adopt(path: str, st: os.stat_result, label: Optional[bytes]) -> None:
-    os.lchown(path, st.st_uid, st.st_gid)
-    if label is not None:
-        with contextlib.suppress(OSError):
-            os.setxattr(path, SELINUX_XATTR, label, follow_symlinks=False)
 
 
 def du(path: Path) -> int:

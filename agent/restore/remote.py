@@ -34,6 +34,7 @@ from etcdguard.agent.restore.engine import NodeEngine
 from etcdguard.agent.restore.node import fingerprint, kept_dirs
 from etcdguard.agent.restore.opening import VerifiedCopy, catalog_record, make_params
 from etcdguard.agent.restore.records import KIND_CLUSTER, NodeOperation, OperationStore, flow_of, params_of
+from etcdguard.agent.restore.warm import prepare_warm
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.common.base import fsutil
@@ -237,6 +238,19 @@ class RemoteRestore:
         oplog = engine.open_operation(p, KIND_CLUSTER, low_priority=params.get("priority", "low") == "low")
         oplog.emit("requested", by=who)
         return oplog
+
+    def warm(self, args: dict[str, Any]) -> dict[str, Any]:
+        """restore.warm: restore a snapshot ahead into the warm standby area (warm.py); nothing live is touched."""
+        engine = self.engine()
+        member = engine.member
+        if args["name"] != member.name:
+            raise UnsafeRefusal(f"this agent serves member {member.name!r}, not {args['name']!r}")
+        snapshot = self._snapshot_path(args["snapshot"])
+        p = make_params(engine.config, member, engine.tool, snapshot, "warm", initial_cluster=args["initial_cluster"],
+                        token=args["token"], peer_url=args["peer_url"], bump_revision=args["bump_revision"],
+                        exact_bump=True, recorded=catalog_record(snapshot), expect_sha256=args["sha256"],
+                        verified=self._verified_copy(snapshot, args))
+        return prepare_warm(p, engine.tool)
 
     def _verified_copy(self, snapshot: Path, params: dict[str, Any]) -> Optional[VerifiedCopy]:
         """A staged copy verified when it arrived (sha256 and trailer) and unchanged since (its inode, size

@@ -98,6 +98,7 @@ class RestorePlan:
     cluster_down: bool = False                  # no member had quorum when planned: every phase is downtime
     overrides: tuple[str, ...] = ()             # the named overrides the operator gave (--force: every one)
     quorum: str = ""                            # the quorum as the plan saw it, in one sentence
+    warm: tuple[str, ...] = ()                  # members holding this snapshot restored ahead (warm standby)
 
     @property
     def blocking(self) -> tuple[Refusal, ...]:

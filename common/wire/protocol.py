@@ -255,6 +255,16 @@ OPS: Mapping[str, OpSpec] = _ops(
         "offset": Int(0, MAX_OFFSET),
         "size": Int(1, MAX_CHUNK),
     }), reply_data=True, idempotent=True, doc="read one chunk of the encrypted node bundle beside a snapshot"),
+    OpSpec("restore.warm", MappingProxyType({
+        "snapshot": _SNAPSHOT_NAME,
+        "sha256": Str(SHA256_PATTERN, "a sha256 hex digest (64 lowercase hex digits)"),
+        "revision": Int(0, MAX_OFFSET, required=False),
+        "name": Str(NAME_PATTERN, "an etcd member name"),
+        "initial_cluster": Str(INITIAL_CLUSTER_PATTERN, "an initial cluster ('name=url,name=url')", max_len=8192),
+        "token": Str(NAME_PATTERN, "an initial cluster token"),
+        "peer_url": Str(PEER_URL_PATTERN, "a peer URL ('https://host:port')"),
+        "bump_revision": Int(0, MAX_BUMP_REVISION),
+    }), idempotent=True, doc="warm standby: restore a snapshot ahead into a prepared data dir beside the live one"),
 )
 
 

@@ -157,7 +157,7 @@ def _prestage_lines(p: Optional[dict[str, Any]]) -> list[str]:
         return ["pre-staging: off ([restore] prestage = false): a restore sends the snapshot at restore time"]
     parts = []
     for member, s in sorted((p.get("members") or {}).items()):
-        parts.append(f"{member} yes" if s.get("holds_newest") else
+        parts.append(f"{member} yes" + (" (restored ahead)" if s.get("warm") else "") if s.get("holds_newest") else
                      f"{member} no" + (f" ({s['error']})" if s.get("error") else " (not yet)"))
     return [f"newest snapshot {p['newest'][:12]} pre-staged on: {', '.join(parts) or 'no member yet'}"]
 

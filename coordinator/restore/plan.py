@@ -134,10 +134,11 @@ def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings]
         refusals=tuple(found), warnings=tuple(warnings), force=options.force, rollback_of=options.rollback_of,
         created_at=created_at, start_timeout=options.start_timeout, fence_settle=options.fence_settle,
         cluster_down=not healthy or quorum.state is QuorumState.LOST, overrides=granted, quorum=quorum.sentence)
-    return _with_phases(base)
+    return with_phases(base)
 
 
-def _with_phases(p: RestorePlan) -> RestorePlan:
+def with_phases(p: RestorePlan) -> RestorePlan:
+    """The plan with every step's words for it (after a change of the plan's decisions)."""
     flow = FLOWS.get(p.flow, CLUSTER_RESTORE)
     return replace(p, phases=describe_phases(p), downtime_phases=flow.downtime)
 

@@ -39,8 +39,9 @@ from etcdguard.coordinator.restore.journal import ClusterOperation, JournalStore
 from etcdguard.coordinator.restore.lineage import Lineage, links_of
 from etcdguard.coordinator.restore.orchestrator import Orchestrator, summarize
 from etcdguard.coordinator.restore.orphans import adopt, orphans
-from etcdguard.coordinator.restore.plan import KIND_FORWARD_ROLLBACK, PlanOptions, build_plan
+from etcdguard.coordinator.restore.plan import KIND_FORWARD_ROLLBACK, PlanOptions, build_plan, with_phases
 from etcdguard.coordinator.restore.run import RunContext
+from etcdguard.coordinator.restore.warm import WarmState, adopt_in_plan
 from etcdguard.coordinator.vault.store import Vault, VaultEntry
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,28 @@ class RestoreService:
                               safety_snapshot=r.safety_snapshot, start_timeout=r.start_timeout,
                               fence_settle=r.fence_settle, kind=kind, rollback_of=rollback_of, overrides=overrides)
         operations = self.journals.all()
-        return build_plan(views, config.members, snapshot_ref(entry), options, op=op or new_op_id(),
+        plan = build_plan(views, config.members, snapshot_ref(entry), options, op=op or new_op_id(),
                           created_at=iso_utc(time.time()), vault_problem=self._verify_vault_copy(entry),
                           open_operations=self.open_operations(),
                           lineage=[*self.lineage.links(), *links_of(operations)],
                           known_operations=self.journals.ids())
+        return self._with_warm(plan) if r.warm_standby else plan
+
+    def _with_warm(self, plan: RestorePlan) -> RestorePlan:
+        """The plan with the warm standby token where the members hold this snapshot restored ahead with its
+        parameters (coordinator/restore/warm.py); unchanged otherwise."""
+        choice = WarmState(self._config().coordinator.state_dir).read()
+        if choice is None or choice.sha256 != plan.snapshot.id:
+            return plan
+        agents = ClusterAgents(self._links(), tuple(m.member for m in plan.members), stop=self.stop)
+        listings: dict[str, dict[str, Any]] = {}
+        try:
+            for m in plan.members:
+                with contextlib.suppress(EtcdguardError):
+                    listings[m.member] = agents.client(m.member).call("snapshot.list", {}, timeout=5.0)
+        finally:
+            agents.close()
+        return with_phases(adopt_in_plan(plan, choice, listings))
 
     @property
     def lineage(self) -> Lineage:
@@ -257,6 +275,8 @@ class RestoreService:
             if any(not r.done for r in self._runs.values()):
                 raise UnsafeRefusal("refused: another restore operation is running in this coordinator")
             operation = self.journals.create(plan, until=until)
+            if plan.warm:
+                WarmState(self._config().coordinator.state_dir).consumed(plan.token, plan.op)
             emit({"op": plan.op, "phase": "plan", "message": f"operation {plan.op} (plan {plan.plan_id}) started"})
             run = self._start(operation, "run")
         return run.follow(emit)

@@ -26,9 +26,12 @@ from typing import Any, Callable, Optional
 
 from etcdguard.common.base.durations import format_bytes, iso_utc
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.ops.bump import bump_for
 from etcdguard.coordinator.agents.links import MemberLinks
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.restore.agents import held_name
+from etcdguard.coordinator.restore.refusals import peer_url
+from etcdguard.coordinator.restore.warm import WarmChoice, WarmState, warm_initial_cluster
 from etcdguard.coordinator.vault.entry import VaultEntry
 from etcdguard.coordinator.vault.store import Vault, VaultBackendError
 
@@ -85,11 +88,12 @@ class MemberState:
     name: Optional[str] = None
     at: Optional[float] = None
     error: Optional[str] = None
+    warm: Optional[str] = None        # the warm standby token it holds that snapshot restored ahead with
 
     def to_json(self, newest: Optional[str]) -> dict[str, Any]:
         return {"sha256": self.sha256, "name": self.name, "at": iso_utc(self.at) if self.at else None,
                 "at_unix": self.at, "holds_newest": newest is not None and self.sha256 == newest,
-                "error": self.error}
+                "error": self.error, "warm": self.warm is not None and self.sha256 == newest}
 
 
 @dataclass
@@ -149,7 +153,47 @@ class Prestager:
             if self._stop.is_set() or self.restoring():
                 return
             self._one(member.name, entry)
+        if self.config().restore.warm_standby:
+            self._warm_all(entry)
         self.on_change()
+
+    # -- warm standby -------------------------------------------------------------------
+    def _warm_all(self, entry: VaultEntry) -> None:
+        """Have every member that holds the newest snapshot restore it ahead (coordinator/restore/warm.py)."""
+        config = self.config()
+        views = self.links().survey(config.coordinator.request_timeout)
+        urls = {v.name: peer_url(v) for v in views}
+        cluster = warm_initial_cluster([m.name for m in config.members], urls)
+        if cluster is None:
+            log.info("warm standby: a member's peer URL is unknown now; nothing restored ahead")
+            return
+        live = [v.etcd.revision for v in views if v.etcd.revision is not None]
+        bump = bump_for(config.restore.bump_revision, entry.revision, max(live) if live else None)
+        choice = WarmState(config.coordinator.state_dir).choose(entry.sha256, cluster, bump)
+        for member in config.members:
+            state = self.members.get(member.name)
+            if self._stop.is_set() or self.restoring() or state is None or state.sha256 != entry.sha256:
+                continue
+            self._warm_one(member.name, entry, choice, urls.get(member.name) or "")
+
+    def _warm_one(self, member: str, entry: VaultEntry, choice: WarmChoice, url: str) -> None:
+        state = self.members[member]
+        link = self.links().dedicated(member)
+        try:
+            args: dict[str, Any] = {"snapshot": state.name, "sha256": entry.sha256, "name": member,
+                                    "initial_cluster": choice.initial_cluster, "token": choice.token,
+                                    "peer_url": url, "bump_revision": choice.bump_revision}
+            if entry.revision_exact:
+                args["revision"] = entry.revision
+            result = link.call("restore.warm", args, timeout=self.config().restore.prepare_timeout, retries=0)
+            state.warm = choice.token
+            log.info("warm standby: %s holds %s restored ahead%s", member, entry.sha256[:12],
+                     " (already)" if result.get("reused") else "")
+        except EtcdguardError as exc:
+            state.warm = None
+            log.warning("warm standby: %s could not restore %s ahead: %s", member, entry.sha256[:12], exc)
+        finally:
+            link.close()
 
     def _one(self, member: str, entry: VaultEntry) -> None:
         state = self.members.setdefault(member, MemberState())

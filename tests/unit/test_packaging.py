@@ -474,7 +474,7 @@ COORDINATOR_EXTRA_KEYS = {
     "vault.s3": {"profile", "sse", "sse_kms_key_id", "ca_bundle", "part_size", "storage_class"},
     "metrics": {"enabled"},
     "restore": {"bump_revision", "safety_snapshot", "start_timeout", "fence_settle", "step_timeout",
-                "prepare_timeout", "agent_down", "prestage", "prestage_rate"},
+                "prepare_timeout", "agent_down", "prestage", "prestage_rate", "warm_standby"},
 }
 
 # The coordinator's keys, as design.md section 4 fixes them.

@@ -58,8 +58,12 @@ class Prepare(Step):
     def what(self, plan: RestorePlan) -> str:
         priority = ("at full priority (the cluster is down: nothing else needs the CPU or the disk)"
                     if plan.cluster_down else "at low CPU and I/O priority")
+        ahead = ""
+        if plan.warm:
+            ahead = (f"; {', '.join(plan.warm)} hold it restored ahead with these parameters (warm standby): "
+                     "there it is a rename")
         return (f"while etcd still serves (where it does), {priority}: restore into a new dir on the data dir's "
-                f"filesystem with token {plan.token} and {_bump(plan)}")
+                f"filesystem with token {plan.token} and {_bump(plan)}{ahead}")
 
     def per_member(self, plan: RestorePlan) -> tuple[tuple[str, str], ...]:
         return tuple((m.member, f"{m.tool or 'restore tool'}: --name {m.member} --initial-advertise-peer-urls "
