@@ -24,6 +24,8 @@ import builtins
 import contextlib
 import hashlib
 import logging
+import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, Optional
@@ -66,6 +68,27 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
+_URL_RE = re.compile(r"(?P<origin>https?://[^/\s\"']+)[^\s\"']*")
+
+
+def error_detail(exc: BaseException, bucket: str, key: Optional[str]) -> str:
+    """Pure: the first line of a botocore error, without the object's key.
+
+    The message that carries it already names the key (``uploading KEY
+    failed: ...``), and botocore repeats it in its own text, inside a request
+    URL (``Could not connect to the endpoint URL: "http://host/bucket/KEY?uploadId=..."``)
+    or after ``Failed to upload ... to bucket/KEY``: a key of 250 characters
+    printed twice hides the reason. URLs keep their scheme, host and port.
+    """
+    text = str(exc).splitlines()[0][:1000] if str(exc) else type(exc).__name__
+    text = _URL_RE.sub(lambda m: m.group("origin"), text)
+    if key:
+        quoted = urllib.parse.quote(key)
+        for form in (f"{bucket}/{key}", key, quoted, quoted.replace("~", "%7E")):
+            text = text.replace(form, "the object")
+    return text[:300]
+
+
 _HINTS = {
     "credentials": "the S3 credentials were refused or are missing: check [vault.s3] credentials_file (or "
                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the unit's environment)",
@@ -89,21 +112,22 @@ class S3Store:
         self.location = f"s3://{settings.bucket}/{settings.prefix}"
 
     # -- errors --------------------------------------------------------------
-    def _error(self, exc: BaseException, op: str, what: str) -> VaultBackendError:
+    def _error(self, exc: BaseException, op: str, what: str, key: Optional[str] = None) -> VaultBackendError:
+        """The operator's message: what failed (naming ``key`` once), botocore's reason, the hint."""
         reason = classify(exc)
         hint = _HINTS.get(reason, "")
-        detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        detail = error_detail(exc, self.bucket, key)
         return VaultBackendError(f"{self.location}: {what} failed: {detail}" + (f"; {hint}" if hint else ""),
                                  op, reason)
 
     @contextlib.contextmanager
-    def _calling(self, op: str, what: str) -> Iterator[None]:
+    def _calling(self, op: str, what: str, key: Optional[str] = None) -> Iterator[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
         except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, op, what) from None
+            raise self._error(exc, op, what, key) from None
 
     # -- opening -------------------------------------------------------------
     def prepare(self) -> builtins.list[PurePath]:
@@ -163,7 +187,7 @@ class S3Store:
     @contextlib.contextmanager
     def open_read(self, entry: VaultEntry, kind: str) -> Iterator[IO[bytes]]:
         key = names.bundle_key(self.prefix, entry.sha256) if kind == BUNDLE else self._snapshot_key(entry)
-        with self._calling("download", f"reading {key}"):
+        with self._calling("download", f"reading {key}", key):
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
         meta = {k.lower(): v for k, v in (obj.get("Metadata") or {}).items()}
         recorded = meta.get(META_SNAPSHOT)
@@ -207,7 +231,7 @@ class S3Store:
                                 max_concurrency=CONCURRENCY, max_io_queue=CONCURRENCY, use_threads=True)
         # s3transfer reads up to this many parts ahead into memory (10 by default: 160 MiB at 16 MiB parts).
         config.max_in_memory_upload_chunks = CONCURRENCY + 1
-        with self._calling("upload", f"uploading {key}"), contextlib.ExitStack() as stack:
+        with self._calling("upload", f"uploading {key}", key), contextlib.ExitStack() as stack:
             src: Any = stack.enter_context(open(data, "rb")) if isinstance(data, Path) else data
             self.client.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=config)
 
@@ -249,7 +273,7 @@ class _Checked:
         try:
             data: bytes = self.body.read(size if size >= 0 else None)
         except BotoCoreError as exc:
-            raise self.store._error(exc, "download", f"reading {self.key}") from None
+            raise self.store._error(exc, "download", f"reading {self.key}", self.key) from None
         except OSError as exc:
             raise VaultBackendError(f"{self.store.location}: reading {self.key} failed: {exc}", "download",
                                     "unreachable") from None

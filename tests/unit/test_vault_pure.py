@@ -85,6 +85,19 @@ def test_bundle_and_pin_keys():
     assert names.check_reason("x" * 65) is not None and names.check_reason("pre-restore") is None
 
 
+def test_an_s3_error_detail_does_not_repeat_the_key():
+    from botocore.exceptions import EndpointConnectionError
+    from etcdguard.coordinator.vault.s3 import error_detail
+
+    key = "prod/snapshots/" + SHA + "~t1~r2~s3~c~m~e3.5~fcp1~osnap.db~p4~x1.db"
+    exc = EndpointConnectionError(endpoint_url=f"http://10.0.0.9:9000/vault/{key}?uploadId=abc&partNumber=2")
+    assert error_detail(exc, "vault", key) == 'Could not connect to the endpoint URL: "http://10.0.0.9:9000"'
+    boto3_style = RuntimeError(f"Failed to upload <stream> to vault/{key}: An error occurred (AccessDenied)")
+    assert error_detail(boto3_style, "vault", key) == (
+        "Failed to upload <stream> to the object: An error occurred (AccessDenied)")
+    assert SHA not in error_detail(RuntimeError(key.replace("~", "%7E")), "vault", key)
+
+
 # -- pinned verdicts ------------------------------------------------------------------------
 
 
