@@ -107,19 +107,23 @@ class VaultPulls:
     # -- metrics -------------------------------------------------------------
     def refresh_metrics(self) -> list[VaultEntry]:
         """List the vault and publish its size and freshness; an unreadable vault is logged (and empty)."""
-        vault = self._vault()
         try:
-            entries = vault.list()
+            entries = self._vault().list()
         except VaultBackendError as exc:
             log.error("vault: %s", exc)
             return []
+        self.publish_metrics(entries)
+        return entries
+
+    def publish_metrics(self, entries: list[VaultEntry]) -> None:
+        """The vault's size and freshness from a listing of it (newest first)."""
+        vault = self._vault()
         self.metrics.retained.set(len(entries))
         self.metrics.bytes.set(sum(e.size for e in entries))
         self.metrics.record_vault([e.created_unix for e in entries])
         newest = entries[0] if entries else None   # by revision, whatever the clocks stamped
         self.metrics.record_newest(fresh_as_of(newest.created_unix, vault.fresh_as_of, time.time())
                                    if newest else None, newest.size if newest else 0, newest.revision if newest else 0)
-        return entries
 
     # -- etcdguardctl backup ---------------------------------------------------
     def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:

@@ -321,6 +321,11 @@ def open_s3(settings: S3Settings, source: str) -> S3Store:
     (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE), ~/.aws, a web
     identity or an instance role. Whether the endpoint accepts them shows at
     the first request (a failure metric with reason ``credentials``).
+
+    Every request is bounded by ``connect_timeout``, ``read_timeout`` and
+    ``max_attempts``: an endpoint that accepts connections and never answers
+    costs at most about their product, and nothing that answers an operator
+    waits on it (the daemon lists the vault in the background, catalog.py).
     """
     import boto3
     import botocore.session
@@ -348,7 +353,8 @@ def open_s3(settings: S3Settings, source: str) -> S3Store:
     config = Config(
         region_name=settings.region or session.region_name or "us-east-1",
         s3={"addressing_style": "path" if settings.path_style else "auto"},
-        retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=120,
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
     )
     client = session.client("s3", endpoint_url=settings.endpoint, config=config,
                             verify=str(settings.ca_bundle) if settings.ca_bundle else None)

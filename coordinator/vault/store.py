@@ -48,6 +48,7 @@ from etcdguard.coordinator.vault.backends import (
     VaultDiskError,
     ensure_space,
 )
+from etcdguard.coordinator.vault.catalog import Catalog, Listing
 from etcdguard.coordinator.vault.entry import (
     MIN_PREFIX,
     Incoming,
@@ -90,7 +91,8 @@ class Vault:
         self.on_failure = on_failure
         self.fresh_as_of: Optional[float] = None   # newest data the backend was seen to hold
         self.seen_at: Optional[float] = None       # when the backend last answered a listing or took a save
-        self.listed: builtins.list[VaultEntry] = []   # the last listing, newest first
+        self.catalog = Catalog()   # the last listing, for answers that must not wait on the backend
+        self.prepared = False
         # Retention and pins: an entry pinned while retention decides is never deleted.
         self._lock = threading.Lock()
 
@@ -149,18 +151,44 @@ class Vault:
                 for path in fsutil.remove_stale_temps(self.work_dir):
                     log.info("vault: removed a leftover temp file %s", path)
             with self._counting("list"):
-                return self.store.prepare()
+                removed = self.store.prepare()
+            self.prepared = True
+            return removed
         except OSError as exc:
             reason = "denied" if exc.errno in (errno.EACCES, errno.EPERM) else "disk"
             raise VaultBackendError(str(fsutil.disk_error(f"cannot open the vault {self.location}", exc)), "list",
                                     reason) from None
 
+    def refresh(self) -> Listing:
+        """Open the backend if that has not worked yet, then list it into the catalog; a failure is
+        recorded in the catalog (and logged), not raised. What the background lister runs."""
+        before = self.catalog.view().error
+        try:
+            if not self.prepared:
+                try:
+                    self.prepare()
+                except (EtcdguardError, OSError) as exc:
+                    self.catalog.failed(str(exc))   # the listing it stands for failed
+                    raise
+            self.list()
+        except (EtcdguardError, OSError) as exc:
+            if str(exc) != before:   # an outage logs once, not at every listing
+                log.error("vault: %s", exc)
+        return self.catalog.view()
+
     # -- reading -----------------------------------------------------------
     def list(self) -> builtins.list[VaultEntry]:
-        """Catalog entries, newest first: by revision within a cluster, not by clocks (entry.newest_first)."""
-        with self._counting("list"):
-            entries = newest_first(self.store.list())
-        self.listed = entries
+        """Catalog entries, newest first: by revision within a cluster, not by clocks (entry.newest_first).
+
+        Asks the backend; the result (or the failure) goes to ``catalog``."""
+        self.catalog.asking()
+        try:
+            with self._counting("list"):
+                entries = newest_first(self.store.list())
+        except (EtcdguardError, OSError) as exc:
+            self.catalog.failed(str(exc))
+            raise
+        self.catalog.answered(entries)
         self.seen_at = time.time()
         return entries
 
@@ -170,7 +198,7 @@ class Vault:
 
     def newest_cached(self) -> Optional[VaultEntry]:
         """The newest entry of the last listing, without asking the backend (status lines)."""
-        return self.listed[0] if self.listed else None
+        return self.catalog.view().newest()
 
     def has(self, sha256: str) -> Optional[VaultEntry]:
         with self._counting("list"):
@@ -238,6 +266,7 @@ class Vault:
                 self.store.save(entry, SNAPSHOT, temp)
         self.seen_at = time.time()
         stored = self.store.get(entry.sha256) or entry
+        self.catalog.put(stored)
         log.info("vault: stored %s (%d bytes, revision %d%s) from member %s in %s", incoming.sha256[:16],
                  incoming.size, incoming.revision, ", age-encrypted" if self.encrypted else "",
                  incoming.source_member, self.location)
@@ -266,6 +295,7 @@ class Vault:
                 raise UsageError(f"refused to store the bundle of {entry.sha256[:12]}: it is not age-encrypted")
         with self._counting("upload"):
             self.store.save(entry, BUNDLE, path)
+        self.catalog.put(entry.with_(bundle=True))
         return entry.with_(bundle=True)
 
     # -- pins ----------------------------------------------------------------
@@ -279,6 +309,7 @@ class Vault:
             with self._counting("upload"):
                 self.store.set_pin(sha256, reason)
         log.info("vault: pinned %s (%s)", sha256[:16], reason)
+        self.catalog.put(entry.with_(pinned=reason))
         return entry.with_(pinned=reason)
 
     def unpin(self, sha256: str) -> VaultEntry:
@@ -287,6 +318,7 @@ class Vault:
             with self._counting("delete"):
                 self.store.set_pin(sha256, None)
             log.info("vault: unpinned %s (was: %s)", sha256[:16], entry.pinned)
+        self.catalog.put(entry.with_(pinned=None))
         return entry.with_(pinned=None)
 
     def pinned(self, sha256: str) -> Optional[str]:
@@ -402,6 +434,7 @@ class Vault:
     def delete(self, entry: VaultEntry) -> None:
         with self._counting("delete"):
             self.store.delete(entry)
+        self.catalog.drop(entry.sha256)
 
     def apply_retention(self, keep: int) -> builtins.list[retention.Verdict]:
         """Keep pinned entries and the ``keep`` newest others (the newest always); delete the rest."""

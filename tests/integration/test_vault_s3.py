@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,16 @@ import pytest
 from etcdguard.common.base.agekeys import AgeError, is_age_file
 from etcdguard.common.base.errors import ConfigError, SnapshotCorrupt
 from etcdguard.common.snapshot.integrity import digest_file
-from etcdguard.coordinator.config import parse_coordinator_config
+from etcdguard.coordinator.config import load_coordinator_config, parse_coordinator_config
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.factory import open_vault
 from etcdguard.coordinator.vault.store import Incoming, Vault, VaultBackendError
 
-from tests.helpers.proxy import CuttingProxy
+from tests.helpers.agentconf import render_toml
+from tests.helpers.coordinator import Coordinator
+from tests.helpers.net import wait_until
+from tests.helpers.proxy import CuttingProxy, SwitchProxy
 from tests.helpers.s3 import MotoServer, age_keypair, quiet_env, synthetic_snapshot
 
 T0 = 1_790_000_000.0
@@ -383,3 +387,104 @@ def test_rss_stays_flat_through_encrypt_and_upload_of_a_300_mb_snapshot(tmp_path
     print(f"peak RSS (MiB) of encrypt + upload: {peaks}")
     assert peaks[300] < 200, peaks                    # far below the snapshot's 300 MB
     assert peaks[300] - peaks[100] < 32, peaks        # flat: does not grow with the snapshot
+
+
+# -- the daemon in front of an S3 that stops answering -------------------------------------------------
+
+
+def daemon_config(tmp_path: Path, moto: MotoServer, bucket: str, endpoint: str, s3: Any = None) -> Path:
+    """A coordinator (insecure; its one agent never answers) whose vault is ``bucket`` through ``endpoint``."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o750, exist_ok=True)
+    cfg = tmp_path / "coordinator.toml"
+    cfg.write_text(render_toml({
+        "coordinator": {"state_dir": str(tmp_path / "state"), "insecure": True, "control_socket": str(run / "c.sock"),
+                        "request_timeout": "1s"},
+        "vault": {"backend": "s3", "keep": 5},
+        "vault.s3": {"bucket": bucket, "endpoint": endpoint, "region": "us-east-1", "prefix": "prod/",
+                     "path_style": True, "credentials_file": str(moto.credentials_file(tmp_path / "s3.credentials")),
+                     "part_size": PART, **(s3 or {})},
+        "metrics": {"enabled": False},
+        "members": [{"name": "m1", "agent": "tcp://127.0.0.1:9"}],
+    }))
+    return cfg
+
+
+def timed(coord: Coordinator, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """etcdguardctl ARGS and how long it took to answer (a hung answer fails the test after 30 s)."""
+    from tests.helpers.coordinator import run_ctl
+
+    started = time.monotonic()
+    r = run_ctl(*args, "--config", str(coord.config), timeout=30)
+    return r, time.monotonic() - started
+
+
+def test_status_and_snapshots_answer_at_once_while_s3_hangs(tmp_path, moto, bucket):
+    """An endpoint that accepts connections and never answers: status and snapshots answer within about 2 s
+    from the last listing, say that listing failed, when the last one answered and what it held."""
+    proxy = SwitchProxy(moto.port)
+    # each request gives up after 3 s and is tried once, so a listing fails within the test's patience
+    cfg = daemon_config(tmp_path, moto, bucket, f"http://127.0.0.1:{proxy.port}",
+                        {"connect_timeout": "2s", "read_timeout": "3s", "max_attempts": 1})
+    snap = tmp_path / "snap.db"
+    sha = synthetic_snapshot(snap, 9000)
+    open_vault(load_coordinator_config(cfg)).add_file(snap, incoming(snap))
+    coord = Coordinator(cfg, tmp_path / "coordinator.log")
+    try:
+        coord.start(env=quiet_env({"PYTHONUNBUFFERED": "1"}))
+        coord.wait_ready()
+        assert [e["sha256"] for e in coord.ctl_json("snapshots")] == [sha]
+
+        proxy.hang()
+        seen: list[float] = []
+
+        def failed_listing_shown() -> Any:
+            r, took = timed(coord, "status", "--json")
+            seen.append(took)
+            assert r.returncode == 0, r.stderr
+            vault = json.loads(r.stdout)["vault"]
+            return vault if vault["listing"]["state"] == "failed" else None
+
+        vault = wait_until(failed_listing_shown, 40, interval=0.5, what="status to show the failed listing")
+        assert max(seen) < 2.5, seen                                     # every answer came at once
+        assert "did not answer" in vault["error"] and vault["listing"]["error"] == vault["error"]
+        assert vault["count"] == 1 and vault["newest"]["sha256"] == sha   # what the last listing held
+        assert vault["listing"]["listed_at"].endswith("Z") and vault["listing"]["age_seconds"] >= 0
+
+        text, took = timed(coord, "status")
+        assert text.returncode == 0 and took < 2.5, (took, text.stderr)
+        assert "vault: LISTING FAILED" in text.stdout and "vault: empty" not in text.stdout, text.stdout
+        assert "as last listed" in text.stdout and "1 snapshot(s)" in text.stdout and sha[:12] in text.stdout
+
+        listed, took = timed(coord, "snapshots")
+        assert listed.returncode == 0 and took < 2.5, (took, listed.stderr)
+        assert sha[:12] in listed.stdout and "empty" not in listed.stdout
+        assert "listing the vault failed" in listed.stderr and "as last listed" in listed.stderr
+        as_json, took = timed(coord, "snapshots", "--json")
+        assert as_json.returncode == 0 and took < 2.5
+        assert [e["sha256"] for e in json.loads(as_json.stdout)] == [sha]
+
+        # a restart while it hangs: nothing listed yet, which is not "empty" either
+        assert coord.stop() == 0, coord.log_tail()
+        coord.start(env=quiet_env({"PYTHONUNBUFFERED": "1"}))
+        wait_until(lambda: timed(coord, "status", "--json")[0].returncode == 0, 30, interval=0.2,
+                   what="the restarted coordinator to answer")
+        r, took = timed(coord, "status")
+        assert r.returncode == 0 and took < 2.5, (took, r.stderr)
+        assert "vault: empty" not in r.stdout
+        assert "vault: not listed yet" in r.stdout or "its contents are unknown" in r.stdout, r.stdout
+        r, took = timed(coord, "snapshots", "--json")
+        assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+        assert json.loads(r.stdout)["exit"] == 1 and "s3://" in r.stderr
+
+        # the endpoint answers again: so does the listing
+        proxy.forward()
+        wait_until(lambda: json.loads(timed(coord, "status", "--json")[0].stdout)["vault"]["listing"]["state"] == "ok",
+                   40, interval=0.5, what="the listing to answer again")
+        assert [e["sha256"] for e in coord.ctl_json("snapshots")] == [sha]
+    except BaseException:
+        print(coord.log_tail(80))
+        raise
+    finally:
+        coord.stop()
+        proxy.close()

@@ -190,6 +190,11 @@ def test_vault_defaults_and_an_s3_table():
     assert v.s3 is not None
     assert (v.s3.endpoint, v.s3.prefix, v.s3.path_style, v.s3.part_size) == (
         "https://minio.example:9000", "prod/", True, 8 << 20)
+    assert (v.s3.connect_timeout, v.s3.read_timeout, v.s3.max_attempts) == (5.0, 30.0, 3)
+    bounded = vault_config({"backend": "s3", "s3": {"bucket": "b-1", "connect_timeout": "2s", "read_timeout": "1m",
+                                                    "max_attempts": 1}})
+    assert bounded.s3 is not None
+    assert (bounded.s3.connect_timeout, bounded.s3.read_timeout, bounded.s3.max_attempts) == (2.0, 60.0, 1)
 
 
 @pytest.mark.parametrize(("vault", "words"), [
@@ -208,6 +213,10 @@ def test_vault_defaults_and_an_s3_table():
     ({"s3": {"bucket": "b-1", "part_size": 1024}}, "vault.s3.part_size: expected an integer >= 5242880"),
     ({"s3": {"bucket": "b-1", "profile": "p"}}, "vault.s3.profile: expected nothing unless credentials_file"),
     ({"s3": {"bucket": "b-1", "secret_access_key": "x"}}, "unknown key(s) in [vault.s3]: secret_access_key"),
+    ({"s3": {"bucket": "b-1", "read_timeout": "0s"}}, "vault.s3.read_timeout: expected a positive duration"),
+    ({"s3": {"bucket": "b-1", "connect_timeout": "1h"}}, "vault.s3.connect_timeout: expected a duration of at most"),
+    ({"s3": {"bucket": "b-1", "max_attempts": 0}}, "vault.s3.max_attempts: expected an integer >= 1"),
+    ({"s3": {"bucket": "b-1", "max_attempts": 50}}, "vault.s3.max_attempts: expected an integer from 1 to 10"),
     ({"encrypt": True}, "unknown key(s) in [vault]: encrypt"),
 ])
 def test_vault_config_errors_name_the_key(vault, words):
@@ -256,3 +265,37 @@ def test_vault_metrics_carry_the_backend_and_follow_a_change():
     text = m.render().decode()
     assert 'backend="s3"' not in text
     assert 'etcdguard_vault_interval_seconds{backend="dir"} 60.0' in text
+
+
+
+# -- the catalog: the last listing, for answers that must not wait ----------------------------------
+
+
+def test_the_catalog_keeps_the_last_listing_beside_a_failure():
+    from etcdguard.coordinator.vault.catalog import FAILED, OK, PENDING, Catalog, stale
+
+    now = [T0]
+    catalog = Catalog(clock=lambda: now[0])
+    old, new = entry("aa" * 32, revision=1, created=T0 + 1), entry("bb" * 32, revision=2, created=T0 + 2)
+    assert catalog.view().state == PENDING and not catalog.view().known
+    catalog.put(new)                           # before any listing the rest is unknown: nothing is shown
+    assert catalog.view().entries == ()
+    assert stale(catalog.view(), now[0], 5)
+    catalog.asking()
+    assert not stale(catalog.view(), now[0], 5)   # one listing at a time
+    catalog.answered([old])
+    assert catalog.view().state == OK and catalog.view().listed_at == T0 and catalog.view().asking_since is None
+    catalog.put(new)
+    assert [e.sha256 for e in catalog.view().entries] == [new.sha256, old.sha256]
+    now[0] += 60
+    failed = catalog.failed("s3://b/: listing failed: read timeout")
+    assert failed.state == FAILED and failed.listed_at == T0 and failed.failed_at == T0 + 60
+    assert [e.sha256 for e in failed.entries] == [new.sha256, old.sha256]   # not "empty"
+    report = failed.to_json(T0 + 70)
+    assert report == {"state": "failed", "listed_at": T0, "age_seconds": 70.0, "error": failed.error,
+                      "failed_at": T0 + 60, "asking_seconds": None}
+    assert not stale(failed, T0 + 62, 5) and stale(failed, T0 + 65, 5)
+    catalog.drop(new.sha256)
+    assert catalog.wait_past(failed.generation - 1, 0).entries == (old,)
+    assert catalog.answered([]).state == OK and catalog.view().error is None
+
