@@ -92,6 +92,11 @@ class SnapStore(Protocol):
 
     def ensure_space(self, size: int) -> None: ...
 
+    @property
+    def leftovers(self) -> bool: ...
+
+    def sweep(self, now: Optional[float] = None, everything: bool = False) -> builtins.list[PurePath]: ...
+
 
 class DirStore:
     """The vault in one local directory (the embedded default)."""
@@ -235,6 +240,14 @@ class DirStore:
 
     def ensure_space(self, size: int) -> None:
         ensure_space(self.dir, size, "vault")
+
+    @property
+    def leftovers(self) -> bool:
+        return False
+
+    def sweep(self, now: Optional[float] = None, everything: bool = False) -> builtins.list[PurePath]:
+        """A save that failed left only a temp file, removed when the vault is opened (``prepare``)."""
+        return []
 
 
 def ensure_space(directory: Path, size: int, what: str) -> None:

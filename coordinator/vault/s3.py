@@ -8,7 +8,11 @@
   at the peak, measured). An object exists only once its
   upload completed (S3's PutObject and CompleteMultipartUpload are atomic);
   a failed upload is aborted, and uploads left incomplete by a crash are
-  aborted when the vault is opened. A partial upload is never listed.
+  aborted when the vault is opened. A partial upload is never listed, and
+  never left behind: an upload whose own abort could not reach the endpoint
+  (cut by an outage) is aborted as soon as it answers again, and any
+  incomplete upload under the prefix older than ``abort_incomplete_after``
+  is swept after every pull (``sweep``; the decision is ``to_abort``).
 - Each object records the sha256 of the snapshot it holds (and of its bytes
   when they are not re-encrypted on the way) in its metadata; reads re-check
   them.
@@ -25,8 +29,12 @@ import contextlib
 import hashlib
 import logging
 import re
+import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, Optional
 
@@ -99,6 +107,40 @@ _HINTS = {
 }
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One incomplete multipart upload, as ListMultipartUploads shows it."""
+
+    key: str
+    upload_id: str
+    initiated: Optional[float]    # unix seconds by the endpoint's clock; None when it did not say
+
+
+def to_abort(uploads: Iterable[Upload], now: float, older_than: float, *, failed: Collection[str] = (),
+             uploading: Collection[str] = (), everything: bool = False) -> list[Upload]:
+    """Pure: the incomplete uploads to abort, never one of a key this coordinator uploads right now.
+
+    ``failed``: keys whose upload failed here (its own abort may not have
+    reached the endpoint): their uploads are dead. Others only once older
+    than ``older_than`` (another writer's may be live), or all of them with
+    ``everything`` (at start: nothing of this coordinator runs yet).
+    """
+    out = []
+    for u in uploads:
+        if u.key in uploading:
+            continue
+        stale = u.initiated is not None and now - u.initiated >= older_than
+        if everything or u.key in failed or stale:
+            out.append(u)
+    return out
+
+
+def _upload(raw: dict[str, Any]) -> Upload:
+    initiated = raw.get("Initiated")
+    when = initiated.timestamp() if isinstance(initiated, datetime) else None
+    return Upload(str(raw["Key"]), str(raw["UploadId"]), when)
+
+
 class S3Store:
     """The vault in ``s3://bucket/prefix``."""
 
@@ -110,6 +152,9 @@ class S3Store:
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         self.location = f"s3://{settings.bucket}/{settings.prefix}"
+        self._lock = threading.Lock()
+        self._uploading: set[str] = set()   # keys being uploaded now: never aborted
+        self._failed: set[str] = set()      # keys whose upload failed here: their incomplete uploads are dead
 
     # -- errors --------------------------------------------------------------
     def _error(self, exc: BaseException, op: str, what: str, key: Optional[str] = None) -> VaultBackendError:
@@ -132,18 +177,33 @@ class S3Store:
     # -- opening -------------------------------------------------------------
     def prepare(self) -> builtins.list[PurePath]:
         """Check the bucket answers; abort uploads a crashed pull left incomplete under the prefix."""
-        aborted: list[PurePath] = []
         with self._calling("list", f"opening bucket {self.bucket}"):
             self.client.head_bucket(Bucket=self.bucket)
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.prefix)
-            for page in pages:
-                for upload in page.get("Uploads", []) or []:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])
-                    aborted.append(PurePosixPath(upload["Key"]))
-                    log.info("vault: aborted an incomplete upload of %s", upload["Key"])
-        return aborted
+        return self.sweep(everything=True)
+
+    @property
+    def leftovers(self) -> bool:
+        """Whether an upload failed here and its incomplete upload may still be in the bucket."""
+        with self._lock:
+            return bool(self._failed)
+
+    def sweep(self, now: Optional[float] = None, everything: bool = False) -> builtins.list[PurePath]:
+        """Abort the incomplete uploads under the prefix that ``to_abort`` picks; the keys aborted."""
+        with self._calling("delete", f"listing the incomplete uploads under {self.location}"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                 Prefix=self.prefix)
+            found = [_upload(u) for page in pages for u in page.get("Uploads", []) or []]
+        with self._lock:
+            failed, uploading = set(self._failed), set(self._uploading)
+        chosen = to_abort(found, time.time() if now is None else now, self.settings.abort_incomplete_after,
+                          failed=failed, uploading=uploading, everything=everything)
+        for u in chosen:
+            with self._calling("delete", f"aborting the incomplete upload of {u.key}", u.key):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=u.key, UploadId=u.upload_id)
+            log.info("vault: aborted an incomplete upload of %s", u.key)
+        with self._lock:   # every upload of a failed key is gone now (or is the one running)
+            self._failed -= failed - uploading
+        return [PurePosixPath(u.key) for u in chosen]
 
     # -- listing -------------------------------------------------------------
     def _keys(self, prefix: str) -> Iterator[str]:
@@ -231,9 +291,21 @@ class S3Store:
                                 max_concurrency=CONCURRENCY, max_io_queue=CONCURRENCY, use_threads=True)
         # s3transfer reads up to this many parts ahead into memory (10 by default: 160 MiB at 16 MiB parts).
         config.max_in_memory_upload_chunks = CONCURRENCY + 1
-        with self._calling("upload", f"uploading {key}", key), contextlib.ExitStack() as stack:
-            src: Any = stack.enter_context(open(data, "rb")) if isinstance(data, Path) else data
-            self.client.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=config)
+        if self.leftovers:   # S3 answers again: first what the outage left behind
+            self.sweep()
+        with self._lock:
+            self._uploading.add(key)
+        try:
+            with self._calling("upload", f"uploading {key}", key), contextlib.ExitStack() as stack:
+                src: Any = stack.enter_context(open(data, "rb")) if isinstance(data, Path) else data
+                self.client.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=config)
+        except BaseException:
+            with self._lock:
+                self._failed.add(key)   # boto3 aborts it, unless the endpoint is what failed
+            raise
+        finally:
+            with self._lock:
+                self._uploading.discard(key)
 
     def delete(self, entry: VaultEntry) -> None:
         """The snapshot first (the entry leaves the catalog), then its bundle and pins."""

@@ -174,7 +174,20 @@ class Vault:
         except (EtcdguardError, OSError) as exc:
             if str(exc) != before:   # an outage logs once, not at every listing
                 log.error("vault: %s", exc)
+            return self.catalog.view()
+        if self.store.leftovers:   # it answers again: abort what an upload cut by the outage left
+            self.sweep()
         return self.catalog.view()
+
+    def sweep(self, now: Optional[float] = None) -> builtins.list[PurePath]:
+        """Abort incomplete uploads the backend holds (backends.SnapStore.sweep); a failure is logged and
+        counted, not raised: the next sweep tries again."""
+        try:
+            with self._counting("delete"):
+                return self.store.sweep(now)
+        except VaultBackendError as exc:
+            log.warning("vault: incomplete uploads were not swept: %s", exc)
+            return []
 
     # -- reading -----------------------------------------------------------
     def list(self) -> builtins.list[VaultEntry]:
@@ -446,5 +459,6 @@ class Vault:
                 if not v.keep:
                     log.info("vault retention: deleting %s (%s)", v.name[:16], v.reason)
                     self.delete(entries[v.name])
+        self.sweep()
         return verdicts
 

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import threading
 import time
+from typing import Optional
 
 
 class SlowProxy:
@@ -131,7 +132,9 @@ class SwitchProxy:
     - ``forward()``: a working endpoint;
     - ``hang()``: accepts connections and never answers (nor reads past the kernel's buffers): what a
       wedged load balancer or a black-holed route looks like;
-    - ``refuse()``: accepts and closes at once: an endpoint that is down.
+    - ``refuse()``: accepts and closes at once: an endpoint that is down;
+    - ``cut_after(n)``: forwards until ``n`` more client->server bytes have passed, then refuses (an
+      outage in the middle of an upload); ``cut`` is set then.
 
     A switch away from forwarding cuts every forwarded connection, so pooled keep-alive connections do
     not go on working past it.
@@ -144,6 +147,8 @@ class SwitchProxy:
         self._sockets: list[socket.socket] = []
         self._held: list[socket.socket] = []
         self._closed = threading.Event()
+        self._budget: Optional[int] = None
+        self.cut = threading.Event()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
@@ -152,6 +157,11 @@ class SwitchProxy:
 
     def forward(self) -> None:
         self._switch("forward")
+
+    def cut_after(self, nbytes: int) -> None:
+        with self._lock:
+            self._budget = nbytes
+            self.cut.clear()
 
     def hang(self) -> None:
         self._switch("hang")
@@ -194,15 +204,30 @@ class SwitchProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, counted in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, counted), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _spend(self, n: int) -> bool:
+        """Count ``n`` client->server bytes; True when that used up a ``cut_after`` budget."""
+        with self._lock:
+            if self._budget is None:
+                return False
+            self._budget -= n
+            if self._budget > 0:
+                return False
+            self._budget = None
+        self.cut.set()
+        return True
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
         with contextlib.suppress(OSError):
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if counted and self._spend(len(data)):
+                    self._switch("refuse")
+                    return
                 dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):

@@ -206,6 +206,56 @@ def test_bucket_unreachable_mid_upload_leaves_no_snapshot(tmp_path, moto, bucket
     assert direct.add_file(snap, incoming(snap))[1] is True
 
 
+def incomplete_uploads(moto: MotoServer, bucket: str, prefix: str = "prod/") -> list[str]:
+    return [u["Key"] for u in moto.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])]
+
+
+def test_an_upload_cut_by_an_outage_is_aborted_once_s3_answers_again(tmp_path, moto, bucket):
+    """boto3 aborts a failed multipart upload itself, unless the outage is what failed it: then the
+    coordinator aborts it when the endpoint answers again, at its next listing or push, not only at the
+    next start. Stale uploads of others under the prefix go after abort_incomplete_after."""
+    snap, second = tmp_path / "snap.db", tmp_path / "second.db"
+    synthetic_snapshot(snap, 4 * PART)
+    synthetic_snapshot(second, 2 * PART, seed=2)
+    proxy = SwitchProxy(moto.port)
+    try:
+        vault = open_vault(config_for(tmp_path, moto, bucket, endpoint=f"http://127.0.0.1:{proxy.port}",
+                                      extra={"connect_timeout": "2s", "read_timeout": "5s", "max_attempts": 1}))
+        vault.prepare()
+        proxy.cut_after(PART + PART // 2)                  # inside the second part; then the endpoint is down
+        with pytest.raises(VaultBackendError) as info:
+            vault.add_file(snap, incoming(snap))
+        assert proxy.cut.is_set() and info.value.reason == "unreachable"
+        left = incomplete_uploads(moto, bucket)
+        assert len(left) == 1 and "/snapshots/" in left[0]   # boto3's own abort could not reach it
+        vault.refresh()                                      # still down: nothing to do, nothing raised
+        assert vault.catalog.view().state == "failed" and incomplete_uploads(moto, bucket) == left
+
+        proxy.forward()                                      # S3 answers again; the next push
+        entry, pulled = vault.add_file(second, incoming(second, revision=8))
+        assert pulled and incomplete_uploads(moto, bucket) == []
+        assert [e.sha256 for e in vault.list()] == [entry.sha256]
+
+        # the same outage again, this time found by the background listing before any push
+        proxy.cut_after(PART // 2)
+        with pytest.raises(VaultBackendError):
+            vault.add_file(snap, incoming(snap))
+        assert len(incomplete_uploads(moto, bucket)) == 1
+        proxy.forward()
+        assert vault.refresh().state == "ok" and incomplete_uploads(moto, bucket) == []
+
+        # another writer's incomplete upload: left alone until it is older than abort_incomplete_after
+        # (moto stamps every upload 2010-11-10, so "now" is set just after that, then an hour later)
+        foreign = moto.client().create_multipart_upload(Bucket=bucket, Key="prod/snapshots/other-writer.db")
+        initiated = moto.client().list_multipart_uploads(Bucket=bucket)["Uploads"][0]["Initiated"].timestamp()
+        assert vault.sweep(now=initiated + 60) == [] and incomplete_uploads(moto, bucket) == [
+            "prod/snapshots/other-writer.db"]
+        assert [str(k) for k in vault.sweep(now=initiated + 3600)] == ["prod/snapshots/other-writer.db"]
+        assert incomplete_uploads(moto, bucket) == [] and foreign["UploadId"]
+    finally:
+        proxy.close()
+
+
 # -- credentials -----------------------------------------------------------------------------------
 
 

@@ -98,6 +98,18 @@ def test_an_s3_error_detail_does_not_repeat_the_key():
     assert SHA not in error_detail(RuntimeError(key.replace("~", "%7E")), "vault", key)
 
 
+def test_which_incomplete_uploads_are_aborted():
+    from etcdguard.coordinator.vault.s3 import Upload, to_abort
+
+    ups = [Upload("p/a", "1", T0 - 7200), Upload("p/b", "2", T0 - 60), Upload("p/c", "3", None),
+           Upload("p/d", "4", T0 - 7200)]
+    keys = lambda chosen: [u.key for u in chosen]   # noqa: E731
+    assert keys(to_abort(ups, T0, 3600)) == ["p/a", "p/d"]                          # stale: anyone's
+    assert keys(to_abort(ups, T0, 3600, failed={"p/b", "p/c"})) == ["p/a", "p/b", "p/c", "p/d"]   # ours, dead
+    assert keys(to_abort(ups, T0, 3600, failed={"p/b"}, uploading={"p/b", "p/d"})) == ["p/a"]  # never a live one
+    assert keys(to_abort(ups, T0, 3600, everything=True, uploading={"p/c"})) == ["p/a", "p/b", "p/d"]
+
+
 # -- pinned verdicts ------------------------------------------------------------------------
 
 
@@ -191,6 +203,7 @@ def test_vault_defaults_and_an_s3_table():
     assert (v.s3.endpoint, v.s3.prefix, v.s3.path_style, v.s3.part_size) == (
         "https://minio.example:9000", "prod/", True, 8 << 20)
     assert (v.s3.connect_timeout, v.s3.read_timeout, v.s3.max_attempts) == (5.0, 30.0, 3)
+    assert v.s3.abort_incomplete_after == 3600.0
     bounded = vault_config({"backend": "s3", "s3": {"bucket": "b-1", "connect_timeout": "2s", "read_timeout": "1m",
                                                     "max_attempts": 1}})
     assert bounded.s3 is not None
@@ -217,6 +230,8 @@ def test_vault_defaults_and_an_s3_table():
     ({"s3": {"bucket": "b-1", "connect_timeout": "1h"}}, "vault.s3.connect_timeout: expected a duration of at most"),
     ({"s3": {"bucket": "b-1", "max_attempts": 0}}, "vault.s3.max_attempts: expected an integer >= 1"),
     ({"s3": {"bucket": "b-1", "max_attempts": 50}}, "vault.s3.max_attempts: expected an integer from 1 to 10"),
+    ({"s3": {"bucket": "b-1", "abort_incomplete_after": "30s"}},
+     "vault.s3.abort_incomplete_after: expected a duration of at least 60s"),
     ({"encrypt": True}, "unknown key(s) in [vault]: encrypt"),
 ])
 def test_vault_config_errors_name_the_key(vault, words):
