@@ -42,9 +42,11 @@ from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
 from etcdguard.coordinator.vault import commands as vault_commands
+from etcdguard.coordinator.vault.attempts import SCHEDULED, Attempt
 from etcdguard.coordinator.vault.catalog import OK, Listing, stale
 from etcdguard.coordinator.vault.factory import open_vault
 from etcdguard.coordinator.vault.lister import Lister
+from etcdguard.coordinator.vault.policy import next_pull_due, retry_now
 from etcdguard.coordinator.vault.pulls import VaultPulls
 from etcdguard.coordinator.vault.safety import safety_snapshot
 from etcdguard.coordinator.vault.store import Vault, VaultEntry
@@ -88,7 +90,9 @@ class CoordinatorDaemon(SignalFlags):
         self._rng = random.Random()
         self._worker: Optional[threading.Thread] = None
         self._worker_ok = False
-        self._failures = 0
+        self._worker_before: Optional[Attempt] = None
+        self._retried_for: Optional[float] = None   # the storage's recovery a failed copy was retried after
+        self._schedule_lock = threading.Lock()
         self.next_due = 0.0
         self.pulls = VaultPulls(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
                                 metrics=self.metrics, slot=self.slot, survey=self._survey,
@@ -189,11 +193,31 @@ class CoordinatorDaemon(SignalFlags):
         return lambda args, emit: vault_commands.handle(self.vault, cmd, args)
 
     def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:
-        """``etcdguardctl backup``: a snapshot on ``member`` (default: a healthy follower) into the vault."""
+        """``etcdguardctl backup``: a snapshot on ``member`` (default: a healthy follower) into the vault.
+        A copy that fails is retried by the schedule (policy.next_pull_due), as a failed pull is."""
+        before = self.pulls.copies.view().last
         try:
             return self.pulls.backup(member, emit)
         finally:
+            if self.pulls.copies.view().last is not before:   # refusals before any copy change nothing
+                self._reschedule()
             self._wake.set()   # the loop refreshes its status line and schedule
+
+    def _reschedule(self) -> None:
+        """The next scheduled pull after the attempt just recorded."""
+        with self._schedule_lock:
+            self.next_due = next_pull_due(self.pulls.copies.view(), self.next_due, time.monotonic(),
+                                          self.config.vault.interval, self._rng)
+
+    def _retry_if_recovered(self) -> None:
+        """A copy failed on the storage and the storage answers a listing again: retry it now, once."""
+        failing = self.pulls.copies.view().failing
+        recovered = self.vault.catalog.view().recovered_at
+        if self._worker is None and recovered != self._retried_for and retry_now(failing, recovered):
+            self._retried_for = recovered
+            log.info("vault: the storage answers again; retrying the failed copy now")
+            with self._schedule_lock:
+                self.next_due = time.monotonic()
 
     def status_report(self) -> dict[str, Any]:
         """The reply to ``status``; the agents are asked while the vault lists (both bounded)."""
@@ -202,7 +226,7 @@ class CoordinatorDaemon(SignalFlags):
         listing = self._answer_listing(asked)
         return status.status_report(
             views=views, vault=self.vault, listing=listing, config=self.config, restores=self.restores,
-            busy=self.slot.doing, last_pull=self.pulls.last_pull,
+            busy=self.slot.doing, copies=self.pulls.copies.view(),
             next_pull_in=max(0.0, self.next_due - time.monotonic()) if self.next_due else None)
 
     def refresh_restore_metrics(self) -> None:
@@ -221,13 +245,15 @@ class CoordinatorDaemon(SignalFlags):
 
     # -- the scheduled pull ----------------------------------------------------
     def _start_pull(self) -> None:
+        self._worker_before = self.pulls.copies.view().last
+
         def work() -> None:
             ok = False
             try:
                 ok = self.pulls.pull_once()
-            except Exception:  # a bug must not kill the schedule; it is logged
+            except Exception as exc:  # a bug must not kill the schedule; it is logged
                 log.exception("vault pull: internal error")
-                self.metrics.record_failure("other")
+                self.pulls.failed(SCHEDULED, "other", f"internal error: {exc!r} (see the daemon's log)")
             finally:
                 self._worker_ok = ok
                 self._wake.set()
@@ -239,14 +265,13 @@ class CoordinatorDaemon(SignalFlags):
         assert self._worker is not None
         self._worker.join()
         self._worker = None
-        now = time.monotonic()
-        interval = self.config.vault.interval
-        if self._worker_ok:
-            self._failures = 0
-            self.next_due = schedule.after_success(now, interval, self._rng)
-        else:
-            self._failures += 1
-            self.next_due = schedule.after_failure(now, interval, self._failures)
+        if self.pulls.copies.view().last is not self._worker_before:
+            self._reschedule()
+            return
+        now = time.monotonic()   # postponed (a backup or restore held the slot): nothing was attempted
+        with self._schedule_lock:
+            self.next_due = (schedule.after_success(now, self.config.vault.interval, self._rng) if self._worker_ok
+                             else schedule.after_failure(now, self.config.vault.interval, 1))
 
     def status_line(self) -> str:
         active = self.restores.active()
@@ -256,7 +281,8 @@ class CoordinatorDaemon(SignalFlags):
         if doing:
             return doing
         vault = status.vault_phrase(self.vault.catalog.view(), time.time())
-        failing = f"; {self._failures} pull(s) failed in a row" if self._failures else ""
+        failures = self.pulls.copies.view().failures
+        failing = f"; {failures} copy attempt(s) failed in a row" if failures else ""
         return f"{vault}{failing}; next pull in {format_duration(max(0.0, self.next_due - time.monotonic()))}"
 
     def _first_due(self) -> float:
@@ -371,6 +397,7 @@ class CoordinatorDaemon(SignalFlags):
         while not self._stop:
             if self._worker is not None and not self._worker.is_alive():
                 self._finish_pull()
+            self._retry_if_recovered()
             if self._reload and self._worker is None:
                 if self.slot.locked():
                     # A restore or backup holds the slot (a restore for minutes): the loop must keep

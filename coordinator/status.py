@@ -18,6 +18,7 @@ from etcdguard.common.base.durations import format_duration
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.restore.service import RestoreService
+from etcdguard.coordinator.vault.attempts import Copies
 from etcdguard.coordinator.vault.catalog import FAILED, PENDING, Listing, summary
 from etcdguard.coordinator.vault.store import Vault
 
@@ -26,8 +27,11 @@ WAITING = ("interrupted", "paused", "needs-attention")   # restore states that w
 
 def status_report(*, views: Sequence[MemberView], vault: Vault, listing: Listing, config: CoordinatorConfig,
                   restores: RestoreService, busy: Optional[str], next_pull_in: Optional[float],
-                  last_pull: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """The reply to ``status``: members, cluster, vault, restores and the coordinator itself."""
+                  copies: Copies) -> dict[str, Any]:
+    """The reply to ``status``: members, cluster, vault, restores and the coordinator itself.
+
+    ``coordinator.last_failure`` is the newest failed copy (backup or pull) until one succeeds; the next
+    pull is then its retry (``next_pull_retries``)."""
     now = time.time()
     return {
         "members": [member_row(v, now) for v in views],
@@ -38,7 +42,8 @@ def status_report(*, views: Sequence[MemberView], vault: Vault, listing: Listing
             "version": __version__,
             "busy": busy,
             "next_pull_in_seconds": next_pull_in,
-            "last_pull": last_pull,
+            **copies.to_json(),
+            "next_pull_retries": copies.failing is not None,
             "insecure": config.coordinator.insecure,
         },
     }
@@ -60,6 +65,7 @@ def vault_status(vault: Vault, listing: Listing, config: CoordinatorConfig, now:
         "encrypted": vault.encrypted,
         "error": listing.error,
         "listing": listing.to_json(now),
+        "offsite_confirmed_at": vault.seen_at if vault.backend != "dir" else None,
         "count": count if listing.known else None,
         "bytes": size if listing.known else None,
         "keep": config.vault.keep,

@@ -170,15 +170,25 @@ def _restore_lines(restores: dict[str, Any]) -> list[str]:
 
 
 def _coordinator_lines(co: dict[str, Any]) -> list[str]:
+    """What the coordinator does, when it pulls next, and how the last copy went: a failed copy (a
+    backup's or a pull's) is shown, with its reason, until a copy succeeds."""
     parts = []
     if co.get("busy"):
         parts.append(f"busy: {co['busy']}")
+    failed = co.get("last_failure")
     if co.get("next_pull_in_seconds") is not None:
-        parts.append(f"next pull in {format_duration(co['next_pull_in_seconds'])}")
+        retry = " (a retry of the failed copy)" if failed else ""
+        parts.append(f"next pull in {format_duration(co['next_pull_in_seconds'])}{retry}")
     last = co.get("last_pull")
-    if last:
-        parts.append(f"last pull {'ok' if last.get('ok') else 'FAILED'}: {last.get('message')}")
-    return ["coordinator: " + "; ".join(parts)] if parts else []
+    if last and not failed:
+        parts.append(f"last pull ok: {last.get('message')}")
+    lines = ["coordinator: " + "; ".join(parts)] if parts else []
+    if failed:
+        count = int(co.get("failures_in_a_row") or 1)
+        since = (f"; {count} failed in a row since {_age(_since(co, 'failing_since_at'))}" if count > 1 else "")
+        lines.append(f"coordinator: last copy FAILED {_age(_since(failed, 'at'))} ({failed.get('kind')}, reason "
+                     f"{failed.get('reason')}){since}: {failed.get('message')}")
+    return lines
 
 
 # -- snapshots -----------------------------------------------------------------

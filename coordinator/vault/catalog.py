@@ -38,6 +38,7 @@ class Listing:
     failed_at: Optional[float] = None
     asking_since: Optional[float] = None   # a listing runs since then
     generation: int = 0                    # counts listing results, answered or failed
+    recovered_at: Optional[float] = None   # when a listing last answered right after one failed
 
     @property
     def known(self) -> bool:
@@ -91,8 +92,10 @@ class Catalog:
     def answered(self, entries: Iterable[VaultEntry]) -> Listing:
         """A listing answered with ``entries``; the error of an earlier one is cleared."""
         with self._cond:
-            self._set(Listing(tuple(newest_first(entries)), self._clock(), None, None, None,
-                              self._view.generation + 1))
+            now = self._clock()
+            recovered = now if self._view.error is not None else self._view.recovered_at
+            self._set(Listing(tuple(newest_first(entries)), now, None, None, None, self._view.generation + 1,
+                              recovered))
             return self._view
 
     def failed(self, error: str) -> Listing:

@@ -33,6 +33,7 @@ from etcdguard.coordinator.agents.links import AgentLink, MemberLinks, read_repo
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.metrics import CoordinatorMetrics
+from etcdguard.coordinator.vault.attempts import BACKUP, SCHEDULED, CopyRecord
 from etcdguard.coordinator.vault.entry import Incoming, VaultEntry
 from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull, failure_reason
 from etcdguard.coordinator.vault.store import Vault, VaultBackendError
@@ -88,8 +89,10 @@ class VaultPulls:
 
     ``survey`` asks every agent for its report (the daemon's, which also
     records reachability); ``stopping`` says the daemon is shutting down, so a
-    wait for a busy agent ends. ``last_pull`` is what the last pull or backup
-    did, for ``etcdguardctl status``.
+    wait for a busy agent ends. ``copies`` is how every pull and backup went
+    (attempts.py): what ``etcdguardctl status`` shows and the retries follow;
+    a failure is counted (``etcdguard_vault_failures_total``) where it is
+    recorded, with the same reason.
     """
 
     def __init__(self, *, config: Callable[[], CoordinatorConfig], links: Callable[[], MemberLinks],
@@ -102,7 +105,18 @@ class VaultPulls:
         self.slot = slot
         self.survey = survey
         self._stopping = stopping
-        self.last_pull: Optional[dict[str, Any]] = None
+        self.copies = CopyRecord()
+
+    @property
+    def last_pull(self) -> Optional[dict[str, Any]]:
+        """What the last pull or backup did (``status``'s ``last_pull``)."""
+        last = self.copies.view().last
+        return last.to_json() if last else None
+
+    def failed(self, kind: str, reason: str, message: str, member: Optional[str] = None) -> None:
+        """A copy failed: counted in the metric and recorded for status and the retry, with one reason."""
+        self.metrics.record_failure(reason)
+        self.copies.failed(kind, reason, message, member)
 
     # -- metrics -------------------------------------------------------------
     def refresh_metrics(self) -> list[VaultEntry]:
@@ -146,11 +160,10 @@ class VaultPulls:
                 meta = self.take(view.name, emit)
                 entry, pulled = self.pull(view.name, meta, emit)
             except EtcdguardError as exc:
-                self.metrics.record_failure(failure_reason(exc))
+                self.failed(BACKUP, failure_reason(exc), f"backup on {view.name}: {exc}", view.name)
                 raise
             took = time.monotonic() - started
-            self.last_pull = {"at": time.time(), "ok": True, "member": view.name, "sha256": entry.sha256,
-                              "message": f"backup on {view.name}"}
+            self.copies.succeeded(BACKUP, f"backup on {view.name}", view.name, entry.sha256)
             return {"member": view.name, "why": why, "snapshot": dict(meta), "entry": entry.to_json(),
                     "pulled": pulled, "duration_seconds": took}
 
@@ -161,22 +174,20 @@ class VaultPulls:
             log.info("vault pull postponed: %s", self.slot.doing)
             return True
         try:
-            ok, outcome = self._scheduled_pull()
-            self.last_pull = {"at": time.time(), **outcome}
-            return ok
+            return self._scheduled_pull()
         finally:
             self.slot.release()
 
-    def _scheduled_pull(self) -> tuple[bool, dict[str, Any]]:
-        """(vault up to date, what ``status`` shows as the last pull) of one scheduled pull."""
+    def _scheduled_pull(self) -> bool:
+        """One scheduled pull, recorded in ``copies``; True when the vault is up to date."""
         views = self.survey()
         vault = self._vault()
         try:
             entries = vault.list()
         except VaultBackendError as exc:
-            self.metrics.record_failure("backend")
             log.error("vault pull: %s", exc)
-            return False, {"ok": False, "message": str(exc)}
+            self.failed(SCHEDULED, "backend", str(exc))
+            return False
         choice = choose_pull(views, lambda sha: vault.has(sha) is not None, newest_revisions(entries),
                              self._config().vault.interval,
                              held={(e.cluster_id, e.revision) for e in entries if e.revision_exact})
@@ -186,16 +197,19 @@ class VaultPulls:
             self.refresh_metrics()
         if choice.member is None or choice.snapshot is None:
             if choice.failure is not None:
-                self.metrics.record_failure(choice.failure)
-            return choice.failure is None, {"ok": choice.failure is None, "message": choice.sentence}
+                self.failed(SCHEDULED, choice.failure, choice.sentence)
+                return False
+            self.copies.succeeded(SCHEDULED, choice.sentence)
+            return True
         try:
             entry, _ = self.pull(choice.member, choice.snapshot.to_json(), _discard)
         except EtcdguardError as exc:
             reason = failure_reason(exc)
-            self.metrics.record_failure(reason)
             log.error("vault pull from %s failed (%s): %s", choice.member, reason, exc)
-            return False, {"ok": False, "member": choice.member, "message": str(exc)}
-        return True, {"ok": True, "member": choice.member, "sha256": entry.sha256, "message": choice.sentence}
+            self.failed(SCHEDULED, reason, str(exc), choice.member)
+            return False
+        self.copies.succeeded(SCHEDULED, choice.sentence, choice.member, entry.sha256)
+        return True
 
     # -- take ------------------------------------------------------------------
     def take(self, name: str, emit: Emit) -> Mapping[str, Any]:

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import IO, Callable, Optional, Union
 
@@ -90,7 +90,11 @@ class Vault:
         self.work_dir = work_dir
         self.on_failure = on_failure
         self.fresh_as_of: Optional[float] = None   # newest data the backend was seen to hold
-        self.seen_at: Optional[float] = None       # when the backend last answered a listing or took a save
+        # When the backend last confirmed holding every copy the coordinator made: an upload completed,
+        # or a listing answered while no upload is pending (``unsaved``: one failed and nothing replaced it).
+        # A listing alone must not confirm a copy that never arrived (etcdguard_vault_offsite_age_seconds).
+        self.seen_at: Optional[float] = None
+        self.unsaved: Optional[str] = None         # sha256 of a snapshot whose upload failed, until one succeeds
         self.catalog = Catalog()   # the last listing, for answers that must not wait on the backend
         self.prepared = False
         # Retention and pins: an entry pinned while retention decides is never deleted.
@@ -202,8 +206,15 @@ class Vault:
             self.catalog.failed(str(exc))
             raise
         self.catalog.answered(entries)
-        self.seen_at = time.time()
+        self._confirmed(e.sha256 for e in entries)
         return entries
+
+    def _confirmed(self, shas: Iterable[str]) -> None:
+        """The backend answered with ``shas``: it holds every copy made, unless an upload is pending."""
+        if self.unsaved is not None and self.unsaved in set(shas):
+            self.unsaved = None   # it arrived after all (its answer was what was lost)
+        if self.unsaved is None:
+            self.seen_at = time.time()
 
     def newest(self) -> Optional[VaultEntry]:
         items = self.list()
@@ -215,7 +226,10 @@ class Vault:
 
     def has(self, sha256: str) -> Optional[VaultEntry]:
         with self._counting("list"):
-            return self.store.get(sha256)
+            found = self.store.get(sha256)
+        if found is not None and sha256 == self.unsaved:
+            self._confirmed([sha256])
+        return found
 
     def resolve(self, ref: str) -> VaultEntry:
         """``latest`` or a unique sha256 prefix; UsageError (exit 2) otherwise."""
@@ -270,13 +284,18 @@ class Vault:
 
     def _save(self, temp: Path, incoming: Incoming, pulled_unix: float) -> VaultEntry:
         entry = incoming.entry(pulled_unix, encrypted=self.encrypted)
-        with self._counting("upload"):
-            if self.recipients:
-                with agekeys.encrypting(temp, self.recipients) as stream:
-                    self.store.save(entry, SNAPSHOT, stream)
-            else:
-                os.chmod(temp, 0o600)
-                self.store.save(entry, SNAPSHOT, temp)
+        try:
+            with self._counting("upload"):
+                if self.recipients:
+                    with agekeys.encrypting(temp, self.recipients) as stream:
+                        self.store.save(entry, SNAPSHOT, stream)
+                else:
+                    os.chmod(temp, 0o600)
+                    self.store.save(entry, SNAPSHOT, temp)
+        except BaseException:
+            self.unsaved = entry.sha256
+            raise
+        self.unsaved = None
         self.seen_at = time.time()
         stored = self.store.get(entry.sha256) or entry
         self.catalog.put(stored)

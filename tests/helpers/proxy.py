@@ -134,7 +134,8 @@ class SwitchProxy:
       wedged load balancer or a black-holed route looks like;
     - ``refuse()``: accepts and closes at once: an endpoint that is down;
     - ``cut_after(n)``: forwards until ``n`` more client->server bytes have passed, then refuses (an
-      outage in the middle of an upload); ``cut`` is set then.
+      outage in the middle of an upload); ``cut`` is set then;
+    - ``cut_on(marker)``: the same, when the client sends ``marker`` (b"PUT /": at the next upload).
 
     A switch away from forwarding cuts every forwarded connection, so pooled keep-alive connections do
     not go on working past it.
@@ -148,6 +149,7 @@ class SwitchProxy:
         self._held: list[socket.socket] = []
         self._closed = threading.Event()
         self._budget: Optional[int] = None
+        self._marker: Optional[bytes] = None
         self.cut = threading.Event()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
@@ -161,6 +163,11 @@ class SwitchProxy:
     def cut_after(self, nbytes: int) -> None:
         with self._lock:
             self._budget = nbytes
+            self.cut.clear()
+
+    def cut_on(self, marker: bytes) -> None:
+        with self._lock:
+            self._marker = marker
             self.cut.clear()
 
     def hang(self) -> None:
@@ -207,15 +214,17 @@ class SwitchProxy:
             for src, dst, counted in ((client, upstream, True), (upstream, client, False)):
                 threading.Thread(target=self._pump, args=(src, dst, counted), daemon=True).start()
 
-    def _spend(self, n: int) -> bool:
-        """Count ``n`` client->server bytes; True when that used up a ``cut_after`` budget."""
+    def _spend(self, data: bytes) -> bool:
+        """Count client->server bytes; True when they used up a ``cut_after`` budget or carry the marker."""
         with self._lock:
-            if self._budget is None:
+            if self._marker is not None and self._marker in data:
+                self._marker = None
+            elif self._budget is not None and self._budget - len(data) <= 0:
+                self._budget = None
+            else:
+                if self._budget is not None:
+                    self._budget -= len(data)
                 return False
-            self._budget -= n
-            if self._budget > 0:
-                return False
-            self._budget = None
         self.cut.set()
         return True
 
@@ -225,7 +234,7 @@ class SwitchProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if counted and self._spend(len(data)):
+                if counted and self._spend(data):
                     self._switch("refuse")
                     return
                 dst.sendall(data)

@@ -538,3 +538,102 @@ def test_status_and_snapshots_answer_at_once_while_s3_hangs(tmp_path, moto, buck
     finally:
         coord.stop()
         proxy.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
+def test_a_failed_copy_is_shown_counted_and_retried_once_s3_answers_again(tmp_path, moto, bucket, etcd_member):
+    """A backup whose upload fails, then the retry (a scheduled pull) failing the same way: status shows the
+    last failure and its reason until a copy succeeds, the next pull is its retry, the failure counter and
+    the off-site confirmation agree with it, and the copy is retried as soon as S3 answers again."""
+    from tests.helpers.agents import AgentProcess, CoordinatorKeys
+    from tests.helpers.coordinator import coordinator_config, scrape
+    from tests.helpers.net import free_port
+
+    ckeys = CoordinatorKeys.create(tmp_path / "ckeys")
+    agent = AgentProcess(etcd_member, tmp_path / "agent", authorized=[ckeys.public_path])
+    proxy = SwitchProxy(moto.port)
+    port = free_port()
+    cfg = coordinator_config(tmp_path, ckeys, [agent], port, extra={
+        "vault": {"backend": "s3", "interval": "1h"},
+        "vault.s3": {"bucket": bucket, "endpoint": f"http://127.0.0.1:{proxy.port}", "region": "us-east-1",
+                     "prefix": "prod/", "path_style": True, "connect_timeout": "2s", "read_timeout": "3s",
+                     "max_attempts": 1,
+                     "credentials_file": str(moto.credentials_file(tmp_path / "s3.credentials"))}})
+    coord = Coordinator(cfg, tmp_path / "coordinator.log")
+    failures = 'etcdguard_vault_failures_total{backend="s3",reason="backend"}'
+    confirmed = "etcdguard_vault_offsite_last_success_timestamp_seconds"
+
+    def status() -> Any:
+        return coord.ctl_json("status")
+
+    try:
+        agent.start()
+        coord.start(env=quiet_env({"PYTHONUNBUFFERED": "1"}))
+        coord.wait_ready()
+        first = wait_until(lambda: (status()["coordinator"]["last_pull"] or {}).get("sha256"), 60,
+                           what="the first scheduled pull")
+        before = scrape(port)
+        assert before[confirmed] > 0 and before[failures] == 0
+
+        # 1. a backup whose upload is cut (then S3 is down)
+        etcd_member.put("/registry/after-the-first-pull", "x")
+        proxy.cut_on(b"PUT /")
+        r = coord.ctl("backup")
+        assert r.returncode == 1 and proxy.cut.is_set(), r.stderr
+        assert "uploading prod/snapshots/" in r.stderr, r.stderr
+        report = status()
+        co = report["coordinator"]
+        failed = co["last_failure"]
+        assert (failed["kind"], failed["reason"], co["failures_in_a_row"], co["next_pull_retries"]) == (
+            "backup", "backend", 1, True)
+        assert "uploading" in failed["message"] and co["last_pull"] == failed
+        assert 0 < co["next_pull_in_seconds"] <= 30                        # the retry, not the hourly pull
+        text = coord.ctl("status").stdout
+        assert "last copy FAILED" in text and "last pull ok" not in text and "a retry" in text, text
+        m = scrape(port)
+        assert m[failures] == 1 == co["failures_in_a_row"]
+        assert m['etcdguard_vault_backend_failures_total{backend="s3",op="upload",reason="unreachable"}'] >= 1
+        at_failure = m[confirmed]   # the backup's own listings answered before its upload failed
+        assert at_failure >= before[confirmed]
+        # S3 is down: status lists, fails, and still shows the failure (the listing is not a copy)
+        wait_until(lambda: status()["vault"]["listing"]["state"] == "failed", 30, interval=0.5,
+                   what="the listing to fail")
+        assert scrape(port)[confirmed] == at_failure
+
+        # 2. S3 answers listings again (the retry starts at once), and cuts that upload too
+        proxy.cut_on(b"PUT /")
+        proxy.forward()
+        co = wait_until(lambda: (c := status()["coordinator"])["failures_in_a_row"] == 2 and c, 30, interval=0.5,
+                        what="the retry to fail as well")
+        assert (co["last_failure"]["kind"], co["last_failure"]["reason"]) == ("scheduled", "backend")
+        assert co["failing_since_unix"] == failed["at"] and 0 < co["next_pull_in_seconds"] <= 60
+        m = scrape(port)
+        assert m[failures] == 2 == co["failures_in_a_row"]
+        assert m[confirmed] == at_failure   # listings answered, the copy did not arrive: not confirmed
+        assert m["etcdguard_vault_offsite_age_seconds"] > 0
+
+        # 3. S3 is back for good: retried at once (well before the 60 s backoff), then shown as ok
+        wait_until(lambda: status()["vault"]["listing"]["state"] == "failed", 30, interval=0.5,
+                   what="the listing to fail again")
+        proxy.forward()
+        started = time.monotonic()
+        co = wait_until(lambda: (c := status()["coordinator"])["last_failure"] is None and c, 45, interval=0.5,
+                        what="the retry to succeed")
+        assert time.monotonic() - started < 30
+        newest = status()["members"][0]["newest_backup"]["sha256"]
+        assert co["last_pull"]["ok"] and co["last_pull"]["sha256"] == newest != first
+        assert co["failures_in_a_row"] == 0 and co["next_pull_retries"] is False
+        assert co["next_pull_in_seconds"] > 1800                           # the interval again
+        assert "last pull ok" in coord.ctl("status").stdout
+        assert newest in [e["sha256"] for e in coord.ctl_json("snapshots")]
+        m = scrape(port)
+        assert m[failures] == 2 and m[confirmed] > at_failure
+    except BaseException:
+        print(coord.log_tail(120))
+        print(agent.log_tail(40))
+        raise
+    finally:
+        coord.stop()
+        agent.stop()
+        proxy.close()

@@ -314,3 +314,39 @@ def test_the_catalog_keeps_the_last_listing_beside_a_failure():
     assert catalog.wait_past(failed.generation - 1, 0).entries == (old,)
     assert catalog.answered([]).state == OK and catalog.view().error is None
 
+
+
+# -- failed copies: what status shows, and the retry -------------------------------------------------
+
+
+def test_a_failure_is_shown_until_a_copy_succeeds_and_the_retry_backs_off_to_the_interval():
+    import random
+
+    from etcdguard.coordinator.vault.attempts import BACKUP, SCHEDULED, Attempt, CopyRecord
+    from etcdguard.coordinator.vault.policy import next_pull_due, retry_now
+
+    rng = random.Random(1)
+    record = CopyRecord()
+    hourly = 5000.0
+    assert next_pull_due(record.view(), hourly, 100, 3600, rng) == hourly
+    first = record.failed(BACKUP, "backend", "backup on m1: uploading ... failed", "m1")
+    assert (first.failures, first.failing_since, first.failing is first.last) == (1, first.last.at, True)
+    assert next_pull_due(first, hourly, 100, 3600, rng) == 130           # a failed backup is retried in 30 s
+    again = record.failed(SCHEDULED, "backend", "uploading ... failed")
+    assert (again.failures, again.failing_since) == (2, first.failing_since)
+    assert next_pull_due(again, 130, 130, 3600, rng) == 190             # then 60 s, 120 s, ...
+    many = record.view()
+    for _ in range(10):
+        many = record.failed(SCHEDULED, "unreachable", "no agent answered")
+    assert next_pull_due(many, 0, 1000, 3600, rng) == 1000 + 3600       # never later than the interval
+    ok = record.succeeded(BACKUP, "backup on m1", "m1", "ab" * 32)
+    assert (ok.failing, ok.failures, ok.ended) == (None, 0, 12)
+    assert 1000 + 3420 <= next_pull_due(ok, 1010, 1000, 3600, rng) <= 1000 + 3780   # the interval again
+    calm = record.succeeded(BACKUP, "backup on m1", "m1", "cd" * 32)
+    assert next_pull_due(calm, 1234, 1000, 3600, rng) == 1234          # nothing was failing: schedule kept
+    assert calm.to_json()["last_failure"] is None and calm.to_json()["last_pull"]["sha256"] == "cd" * 32
+
+    failing = Attempt(at=T0, ok=False, kind=BACKUP, message="x", reason="backend")
+    assert retry_now(failing, T0 + 5) and not retry_now(failing, T0 - 5) and not retry_now(failing, None)
+    assert not retry_now(Attempt(at=T0, ok=False, kind=BACKUP, message="x", reason="unreachable"), T0 + 5)
+    assert not retry_now(None, T0 + 5)
