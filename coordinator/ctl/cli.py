@@ -206,11 +206,11 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
               f"the vault was empty at its last listing, {_age(listing.get('age_seconds'))}")
         return EXIT_OK
     now = time.time()
-    rows = [["ID", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED"]]
+    rows = [["ID", "KIND", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED"]]
     for e in entries:
-        rows.append([e["sha256"][:12], e["created_at"], format_duration(max(0.0, now - e["created_unix"])),
-                     format_bytes(e["size"]), str(e["revision"]), e["member"], e["etcd_version"] or "-",
-                     "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
+        rows.append([e["sha256"][:12], e.get("kind") or "-", e["created_at"],
+                     format_duration(max(0.0, now - e["created_unix"])), format_bytes(e["size"]), str(e["revision"]),
+                     e["member"], e["etcd_version"] or "-", "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
     print(_table(rows))
     return EXIT_OK
 

@@ -9,7 +9,8 @@ lists as an entry.
 
 The directory backend keeps the layout the vault always had, so existing
 vaults read unchanged: ``<sha256>.db`` (``<sha256>.db.age`` when encrypted)
-with its ``<sha256>.json`` sidecar, the data renamed in first and the sidecar
+with its ``<sha256>.json`` sidecar (its metadata, the entry's kind among them), the data renamed in first
+and the sidecar
 written last (each by temp + fsync + rename); ``<sha256>.bundle.age`` beside
 it; ``<sha256>.pin`` holding a pin's reason.
 """
@@ -29,7 +30,7 @@ from typing import IO, Any, Optional, Protocol, Union
 
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import SnapshotError
-from etcdguard.coordinator.vault.entry import VaultEntry
+from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class DirStore:
         with contextlib.suppress(FileNotFoundError):
             reason = _pin_reason(pin.read_text(encoding="utf-8", errors="replace"))
         return entry.with_(path=str(data), encrypted=data.name.endswith(AGE_DATA_SUFFIX), pinned=reason,
-                           bundle=self.bundle_path(sha256).is_file())
+                           bundle=self.bundle_path(sha256).is_file(), kind=derive_kind(entry.kind, reason))
 
     def list(self) -> builtins.list[VaultEntry]:
         if not self.dir.is_dir():

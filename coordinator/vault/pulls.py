@@ -34,7 +34,8 @@ from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.vault.attempts import BACKUP, SCHEDULED, CopyRecord
-from etcdguard.coordinator.vault.entry import Incoming, VaultEntry
+from etcdguard.coordinator.vault.entry import MANUAL, Incoming, VaultEntry
+from etcdguard.coordinator.vault.entry import SCHEDULED as SCHEDULED_KIND
 from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull, failure_reason
 from etcdguard.coordinator.vault.store import Vault, VaultBackendError
 
@@ -158,7 +159,7 @@ class VaultPulls:
             started = time.monotonic()
             try:
                 meta = self.take(view.name, emit)
-                entry, pulled = self.pull(view.name, meta, emit)
+                entry, pulled = self.pull(view.name, meta, emit, MANUAL)
             except EtcdguardError as exc:
                 self.failed(BACKUP, failure_reason(exc), f"backup on {view.name}: {exc}", view.name)
                 raise
@@ -253,10 +254,13 @@ class VaultPulls:
         emit({"stage": "wait", "member": name, "message": f"member {name} is busy ({busy.message}); waiting"})
 
     # -- pull ------------------------------------------------------------------
-    def pull(self, name: str, meta: Mapping[str, Any], emit: Emit) -> tuple[VaultEntry, bool]:
-        """Fetch one catalogued snapshot of ``name`` into the vault (unless it is there), then its bundle."""
+    def pull(self, name: str, meta: Mapping[str, Any], emit: Emit,
+             kind: str = SCHEDULED_KIND) -> tuple[VaultEntry, bool]:
+        """Fetch one catalogued snapshot of ``name`` into the vault (unless it is there), then its bundle.
+
+        ``kind`` is stored with a new entry (entry.KINDS); one the vault already holds keeps its own."""
         try:
-            incoming = Incoming.from_agent(name, dict(meta))
+            incoming = Incoming.from_agent(name, dict(meta), kind)
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         vault = self._vault()

@@ -42,7 +42,7 @@ from etcdguard.common.base.errors import ConfigError, SnapshotCorrupt
 from etcdguard.coordinator.config import S3Settings
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import BUNDLE, Data, VaultBackendError
-from etcdguard.coordinator.vault.entry import VaultEntry
+from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ CONCURRENCY = 2
 META_SNAPSHOT = "snapshot-sha256"
 META_CONTENT = "content-sha256"
 META_SIZE = "snapshot-size"
+META_KIND = "snapshot-kind"
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "Forbidden", "403"}
@@ -276,7 +277,7 @@ class S3Store:
             except ValueError as exc:
                 raise VaultBackendError(f"{self.location}: cannot name snapshot {entry.sha256[:16]}: {exc}",
                                         "upload", "other") from None
-            meta = {META_SNAPSHOT: entry.sha256, META_SIZE: str(entry.size)}
+            meta = {META_SNAPSHOT: entry.sha256, META_SIZE: str(entry.size), META_KIND: entry.kind}
             if not entry.encrypted:
                 meta[META_CONTENT] = entry.sha256
         extra: dict[str, Any] = {"Metadata": meta}
@@ -371,7 +372,7 @@ def _name_of(e: VaultEntry) -> names.SnapshotName:
         sha256=e.sha256, created_unix=e.created_unix, revision=e.revision, size=e.size, cluster_id=e.cluster_id,
         member_id=e.member_id, etcd_version=e.etcd_version, source_member=e.source_member,
         original_name=e.original_name, pulled_unix=e.pulled_unix, revision_exact=e.revision_exact,
-        encrypted=e.encrypted)
+        encrypted=e.encrypted, kind=e.kind)
 
 
 def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultEntry:
@@ -382,7 +383,7 @@ def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultE
         revision=n.revision, cluster_id=n.cluster_id, member_id=n.member_id, etcd_version=n.etcd_version,
         created_at=iso_utc(n.created_unix), created_unix=n.created_unix, pulled_at=iso_utc(n.pulled_unix),
         pulled_unix=n.pulled_unix, pinned=pinned, bundle=bundle, encrypted=n.encrypted,
-        revision_exact=n.revision_exact)
+        revision_exact=n.revision_exact, kind=derive_kind(n.kind, pinned))
 
 
 def open_s3(settings: S3Settings, source: str) -> S3Store:

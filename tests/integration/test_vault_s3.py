@@ -4,6 +4,7 @@ Ceph RGW; what these tests rely on is the S3 API itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -148,6 +149,33 @@ def test_retention_and_pins_on_the_bucket(tmp_path, moto, bucket):
     assert [e.sha256 for e in vault.list()] == [entries[4].sha256, entries[3].sha256]
     assert [k for k in moto.keys_in_bucket(bucket) if "/pins/" in k] == []
 
+
+def test_each_object_records_its_kind_and_latest_skips_safety_snapshots(tmp_path, moto, bucket):
+    vault = open_vault(config_for(tmp_path, moto, bucket))
+    stored = {}
+    for i, kind in enumerate(("scheduled", "manual", "pre-restore")):
+        snap = tmp_path / f"{kind}.db"
+        synthetic_snapshot(snap, 6000 + i, seed=i)
+        inc = dataclasses.replace(incoming(snap, created=T0 + i, revision=10 + i), kind=kind)
+        stored[kind] = vault.add_file(snap, inc, pin="pre-restore op1" if kind == "pre-restore" else None)[0]
+    for kind, e in stored.items():
+        (key,) = [k for k in snapshot_keys(moto, bucket) if e.sha256 in k]
+        assert key.endswith(f"~k{kind}.db")
+        assert moto.client().head_object(Bucket=bucket, Key=key)["Metadata"]["snapshot-kind"] == kind
+    again = open_vault(config_for(tmp_path, moto, bucket))
+    assert {e.sha256: e.kind for e in again.list()} == {e.sha256: k for k, e in stored.items()}
+    assert again.resolve("latest").sha256 == stored["manual"].sha256     # not the newer pre-restore one
+    assert again.resolve(stored["pre-restore"].sha256[:8]).kind == "pre-restore"
+
+    # objects stored before kinds were recorded: the kind comes from the pin (a restore's), else scheduled
+    for kind in ("manual", "pre-restore"):
+        (key,) = [k for k in snapshot_keys(moto, bucket) if stored[kind].sha256 in k]
+        moto.client().copy_object(Bucket=bucket, Key=key.replace(f"~k{kind}", ""),
+                                  CopySource={"Bucket": bucket, "Key": key})
+        moto.client().delete_object(Bucket=bucket, Key=key)
+    derived = {e.sha256: e.kind for e in open_vault(config_for(tmp_path, moto, bucket)).list()}
+    assert derived[stored["pre-restore"].sha256] == "pre-restore"
+    assert derived[stored["manual"].sha256] == "scheduled"
 
 def test_a_tampered_object_is_refused(tmp_path, moto, bucket):
     metrics = CoordinatorMetrics(backend="s3")

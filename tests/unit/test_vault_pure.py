@@ -49,6 +49,18 @@ def test_snapshot_key_carries_everything_a_listing_needs():
     assert plain.endswith(".db") and names.parse_key("", plain).snapshot.encrypted is False
 
 
+@pytest.mark.parametrize("kind", ["scheduled", "manual", "pre-restore", "point-in-time"])
+def test_the_key_carries_the_kind_and_an_old_key_reads_without_one(kind):
+    key = names.snapshot_key("prod/", name(kind=kind))
+    assert key.endswith(f"~x1~k{kind}.db.age")
+    assert names.parse_key("prod/", key).snapshot == name(kind=kind)
+    old = key.replace(f"~k{kind}", "")                 # as keys were written before kinds were recorded
+    assert names.parse_key("prod/", old).snapshot.kind == ""
+    assert names.parse_key("prod/", key.replace(f"~k{kind}", "~khourly")) is None
+    with pytest.raises(ValueError, match="kind 'hourly'"):
+        names.snapshot_key("", name(kind="hourly"))
+
+
 @given(revision=st.integers(0, 2**63), size=st.integers(0, 2**50), member=st.from_regex(
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", fullmatch=True), cluster=st.from_regex(r"[0-9a-f]{0,16}", fullmatch=True),
     created_ms=st.integers(0, 10**13), exact=st.booleans(), encrypted=st.booleans())
