@@ -242,12 +242,23 @@ class S3Store:
         return found[0] if found else None
 
     def _snapshot_key(self, entry: VaultEntry) -> str:
+        """The key a new copy of ``entry`` is stored under."""
         return names.snapshot_key(self.prefix, _name_of(entry))
+
+    def _stored_keys(self, sha256: str) -> builtins.list[str]:
+        """The keys the snapshot ``sha256`` is stored under, looked up rather than rebuilt: a key written
+        before kinds were recorded lacks the kind its entry now reads with."""
+        return [key for key in self._keys(f"{self.prefix}{names.SNAPSHOTS}{sha256}{names.SEP}")
+                if (parsed := names.parse_key(self.prefix, key)) is not None and parsed.kind == "snapshot"]
+
+    def _stored_key(self, entry: VaultEntry) -> str:
+        found = self._stored_keys(entry.sha256)
+        return found[0] if found else self._snapshot_key(entry)   # gone: reading it fails as missing
 
     # -- reading -------------------------------------------------------------
     @contextlib.contextmanager
     def open_read(self, entry: VaultEntry, kind: str) -> Iterator[IO[bytes]]:
-        key = names.bundle_key(self.prefix, entry.sha256) if kind == BUNDLE else self._snapshot_key(entry)
+        key = names.bundle_key(self.prefix, entry.sha256) if kind == BUNDLE else self._stored_key(entry)
         with self._calling("download", f"reading {key}", key):
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
         meta = {k.lower(): v for k, v in (obj.get("Metadata") or {}).items()}
@@ -310,7 +321,7 @@ class S3Store:
 
     def delete(self, entry: VaultEntry) -> None:
         """The snapshot first (the entry leaves the catalog), then its bundle and pins."""
-        keys = [self._snapshot_key(entry), names.bundle_key(self.prefix, entry.sha256),
+        keys = [*self._stored_keys(entry.sha256), names.bundle_key(self.prefix, entry.sha256),
                 *self._keys(f"{self.prefix}{names.PINS}{entry.sha256}{names.SEP}")]
         with self._calling("delete", f"deleting {entry.sha256[:16]}"):
             for key in keys:

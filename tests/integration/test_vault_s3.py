@@ -173,9 +173,15 @@ def test_each_object_records_its_kind_and_latest_skips_safety_snapshots(tmp_path
         moto.client().copy_object(Bucket=bucket, Key=key.replace(f"~k{kind}", ""),
                                   CopySource={"Bucket": bucket, "Key": key})
         moto.client().delete_object(Bucket=bucket, Key=key)
-    derived = {e.sha256: e.kind for e in open_vault(config_for(tmp_path, moto, bucket)).list()}
+    legacy = open_vault(config_for(tmp_path, moto, bucket))
+    derived = {e.sha256: e.kind for e in legacy.list()}
     assert derived[stored["pre-restore"].sha256] == "pre-restore"
     assert derived[stored["manual"].sha256] == "scheduled"
+    old = legacy.resolve(stored["manual"].sha256[:8])        # read, checked and deleted under its old key
+    with legacy.materialize(old) as path:
+        assert digest_file(path).sha256 == old.sha256
+    legacy.delete(old)
+    assert not [k for k in snapshot_keys(moto, bucket) if old.sha256 in k]
 
 def test_a_tampered_object_is_refused(tmp_path, moto, bucket):
     metrics = CoordinatorMetrics(backend="s3")
