@@ -31,6 +31,7 @@ from typing import IO, Any, Optional, Protocol, Union
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import SnapshotError
 from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
+from etcdguard.coordinator.vault.verified import ObjectStat
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class SnapStore(Protocol):
     def set_pin(self, sha256: str, reason: Optional[str]) -> None: ...
 
     def ensure_space(self, size: int) -> None: ...
+
+    def stat(self, entry: VaultEntry) -> Optional[ObjectStat]: ...
 
     @property
     def leftovers(self) -> bool: ...
@@ -241,6 +244,19 @@ class DirStore:
 
     def ensure_space(self, size: int) -> None:
         ensure_space(self.dir, size, "vault")
+
+    def stat(self, entry: VaultEntry) -> Optional[ObjectStat]:
+        """The data file's size and modification time (its fingerprint) and what its sidecar records."""
+        recorded = self.get(entry.sha256)
+        path = self.data_path(entry.sha256, entry.encrypted)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return ObjectStat(tag=f"{st.st_size}:{st.st_mtime_ns}", size=st.st_size,
+                          snapshot_sha256=recorded.sha256 if recorded else None,
+                          content_sha256=None if entry.encrypted else entry.sha256,
+                          recorded_size=str(recorded.size) if recorded else None)
 
     @property
     def leftovers(self) -> bool:

@@ -43,6 +43,7 @@ from etcdguard.coordinator.config import S3Settings
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import BUNDLE, Data, VaultBackendError
 from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
+from etcdguard.coordinator.vault.verified import ObjectStat
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,23 @@ class S3Store:
     def _stored_key(self, entry: VaultEntry) -> str:
         found = self._stored_keys(entry.sha256)
         return found[0] if found else self._snapshot_key(entry)   # gone: reading it fails as missing
+
+    def stat(self, entry: VaultEntry) -> Optional[ObjectStat]:
+        """A HEAD of the snapshot's object: its ETag, size and metadata; None when it is not there."""
+        from botocore.exceptions import ClientError
+
+        key = self._stored_key(entry)
+        with self._calling("download", f"checking {key}", key):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+        meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return ObjectStat(tag=str(head.get("ETag", "")).strip('"'), size=int(head.get("ContentLength", -1)),
+                          snapshot_sha256=meta.get(META_SNAPSHOT), content_sha256=meta.get(META_CONTENT),
+                          recorded_size=meta.get(META_SIZE))
 
     # -- reading -------------------------------------------------------------
     @contextlib.contextmanager

@@ -13,6 +13,11 @@ stores and lists bytes; this class decides what those bytes are:
   written to the backend, and a failed encryption or upload saves nothing;
 - every read re-checks the sha256 of the plaintext against the one the
   entry's name (or sidecar) and the object's metadata record;
+- a restore's plan checks the copy it would restore (``verify_copy``)
+  against the fingerprint the coordinator recorded in its own state when it
+  stored or last verified it (verified.py), and verifies a copy it has no
+  record of in full, once: a rewritten, metadata-less or undecryptable copy
+  is refused before anything is pinned, stopped or staged;
 - retention keeps pinned entries (a pin carries its reason, e.g.
   ``pre-restore``) and the ``keep`` newest others.
 
@@ -37,7 +42,7 @@ from typing import IO, Callable, Optional, Union
 
 from etcdguard.common.base import agekeys, fsutil, retention
 from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
-from etcdguard.common.snapshot.integrity import verify_file
+from etcdguard.common.snapshot.integrity import verify_file, verify_restorable
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import (
     BUNDLE,
@@ -58,6 +63,15 @@ from etcdguard.coordinator.vault.entry import (
     resolve_ref,
     same_data,
 )
+from etcdguard.coordinator.vault.verified import (
+    UPLOADED,
+    VERIFIED,
+    Fingerprint,
+    ObjectRecords,
+    ObjectStat,
+    fingerprint_problem,
+    metadata_problem,
+)
 
 __all__ = ["MIN_PREFIX", "Incoming", "Vault", "VaultBackendError", "VaultDiskError", "VaultEntry",
            "newest_first", "newest_first_key", "resolve_ref"]
@@ -77,7 +91,7 @@ class Vault:
 
     def __init__(self, store: Union[Path, SnapStore], *, encrypt_to: Sequence[str] = (),
                  identity: Optional[Path] = None, work_dir: Optional[Path] = None,
-                 on_failure: Optional[FailureHook] = None) -> None:
+                 on_failure: Optional[FailureHook] = None, records: Optional[ObjectRecords] = None) -> None:
         self.store: SnapStore = DirStore(store) if isinstance(store, Path) else store
         self.recipients = tuple(encrypt_to)
         self.identity = identity
@@ -89,6 +103,7 @@ class Vault:
             work_dir = self.store.dir
         self.work_dir = work_dir
         self.on_failure = on_failure
+        self.records = records   # the copies' fingerprints, in the coordinator's own state (verified.py)
         self.fresh_as_of: Optional[float] = None   # newest data the backend was seen to hold
         # When the backend last confirmed holding every copy the coordinator made: an upload completed,
         # or a listing answered while no upload is pending (``unsaved``: one failed and nothing replaced it).
@@ -297,6 +312,7 @@ class Vault:
             raise
         self.unsaved = None
         self.seen_at = time.time()
+        self._record(entry, UPLOADED)
         stored = self.store.get(entry.sha256) or entry
         self.catalog.put(stored)
         log.info("vault: stored %s (%d bytes, revision %d%s) from member %s in %s", incoming.sha256[:16],
@@ -398,11 +414,9 @@ class Vault:
             raise exc
 
     def check(self, entry: VaultEntry) -> Optional[str]:
-        """None when the backend holds ``entry`` and it can be read back; else the problem, for a plan.
+        """None when the backend lists ``entry`` and the coordinator holds what decrypts it; else the problem.
 
-        Reading an object back to hash it costs a download (and a decryption),
-        so here the listing and the identity are checked; ``materialize``
-        verifies the sha256 when the restore reads it.
+        The first, cheap part of ``verify_copy``: nothing is read here.
         """
         try:
             held = self.has(entry.sha256)
@@ -413,6 +427,66 @@ class Vault:
         if held.encrypted and self.identity is None:
             return (f"{entry.sha256[:12]} is age-encrypted and [vault] age_identity is not set: the coordinator "
                     "cannot read it back")
+        return None
+
+    # -- verifying a copy for a restore -------------------------------------------
+    def _record(self, entry: VaultEntry, how: str) -> None:
+        """Remember the fingerprint of ``entry``'s copy as it is now (stored or verified by this coordinator)."""
+        if self.records is None:
+            return
+        try:
+            stat = self.store.stat(entry)
+        except (EtcdguardError, OSError) as exc:   # not recorded: the next plan verifies it in full
+            log.warning("vault: cannot record the copy of %s: %s", entry.sha256[:16], exc)
+            return
+        if stat is not None:
+            self.records.put(self.location, entry.sha256, Fingerprint.of(stat, how))
+
+    def verify_copy(self, entry: VaultEntry) -> Optional[str]:
+        """None when the backend's copy of ``entry`` is provably the snapshot the vault recorded; else the
+        problem, which a restore's plan refuses (exit 3) before anything is pinned, stopped or staged.
+
+        Without downloading: the copy is there, the identity to decrypt it is
+        set, its metadata records the snapshot's sha256 (and size), and its
+        fingerprint (S3: ETag and size) is the one the coordinator recorded when
+        it stored or last verified it. A copy with no record is downloaded,
+        decrypted, and checked in full (sha256, size, the etcd snapshot's
+        trailer and meta pages) once, then recorded.
+        """
+        problem = self.check(entry)
+        if problem is not None:
+            return problem
+        try:
+            stat = self.store.stat(entry)
+        except (EtcdguardError, OSError) as exc:
+            return f"it cannot be checked: {exc}"
+        if stat is None:
+            return f"it is no longer in the vault ({self.location})"
+        known = self.records.get(self.location, entry.sha256) if self.records is not None else None
+        problem = metadata_problem(entry, stat) or (
+            fingerprint_problem(entry, stat, known, self.records.path) if known and self.records else None)
+        if problem is not None:
+            self._failed(VaultBackendError(problem, "download", "checksum"), "download")
+            return f"{problem}; refused ({self.location})"
+        return None if known is not None else self._verify_in_full(entry, stat)
+
+    def _verify_in_full(self, entry: VaultEntry, stat: ObjectStat) -> Optional[str]:
+        """Download (and decrypt) the copy, check it as a restore would, and record it when it passes."""
+        try:
+            with self.materialize(entry) as path:
+                verify_restorable(path, entry.sha256, entry.size)
+            after = self.store.stat(entry)
+        except agekeys.AgeError as exc:
+            return (f"it cannot be decrypted with [vault] age_identity {self.identity}: {' '.join(str(exc).split())}; "
+                    "a damaged or rewritten object, or an identity it was not encrypted to")
+        except (EtcdguardError, OSError) as exc:
+            return f"reading it back in full: {' '.join(str(exc).split())}"
+        if after != stat:
+            return (f"it changed while it was being verified (fingerprint {stat.tag} then "
+                    f"{after.tag if after else 'gone'})")
+        if self.records is not None:
+            self.records.put(self.location, entry.sha256, Fingerprint.of(stat, VERIFIED))
+        log.info("vault: verified the copy of %s in full (%s) and recorded it", entry.sha256[:16], self.location)
         return None
 
     @contextlib.contextmanager
@@ -467,6 +541,8 @@ class Vault:
         with self._counting("delete"):
             self.store.delete(entry)
         self.catalog.drop(entry.sha256)
+        if self.records is not None:
+            self.records.drop(self.location, entry.sha256)
 
     def apply_retention(self, keep: int) -> builtins.list[retention.Verdict]:
         """Keep pinned entries and the ``keep`` newest others (the newest always); delete the rest."""

@@ -362,3 +362,41 @@ def test_a_failure_is_shown_until_a_copy_succeeds_and_the_retry_backs_off_to_the
     assert retry_now(failing, T0 + 5) and not retry_now(failing, T0 - 5) and not retry_now(failing, None)
     assert not retry_now(Attempt(at=T0, ok=False, kind=BACKUP, message="x", reason="unreachable"), T0 + 5)
     assert not retry_now(None, T0 + 5)
+
+
+
+# -- verifying a copy at plan time: its metadata and the coordinator's own record ---------------------
+
+
+def test_a_copy_is_checked_against_its_metadata_and_the_recorded_fingerprint(tmp_path):
+    from etcdguard.coordinator.vault.verified import (
+        Fingerprint,
+        ObjectRecords,
+        ObjectStat,
+        fingerprint_problem,
+        metadata_problem,
+    )
+
+    e = entry(SHA).with_(size=100)
+    good = ObjectStat(tag="etag-1", size=100, snapshot_sha256=SHA, content_sha256=SHA, recorded_size="100")
+    assert metadata_problem(e, good) is None
+    assert "no snapshot sha256" in metadata_problem(e, dataclasses.replace(good, snapshot_sha256=None))
+    assert "another snapshot's" in metadata_problem(e, dataclasses.replace(good, snapshot_sha256="cd" * 32))
+    assert "content sha256" in metadata_problem(e, dataclasses.replace(good, content_sha256=None))
+    assert "101 bytes" in metadata_problem(e, dataclasses.replace(good, recorded_size="101"))
+    sealed = e.with_(encrypted=True)   # ciphertext: another size, no content sha256
+    assert metadata_problem(sealed, dataclasses.replace(good, size=350, content_sha256=None)) is None
+
+    records = ObjectRecords(tmp_path / "state" / "vault-objects.json")
+    assert records.get("s3://b/p/", SHA) is None
+    records.put("s3://b/p/", SHA, Fingerprint.of(good, "uploaded", at=T0))
+    again = ObjectRecords(records.path)           # read back from the file, as after a restart
+    known = again.get("s3://b/p/", SHA)
+    assert known == Fingerprint("etag-1", 100, T0, "uploaded") and again.get("s3://other/", SHA) is None
+    assert fingerprint_problem(e, good, known, records.path) is None
+    changed = fingerprint_problem(e, dataclasses.replace(good, tag="etag-2"), known, records.path)
+    assert "changed since the coordinator uploaded it" in changed and str(records.path) in changed
+    again.drop("s3://b/p/", SHA)
+    assert ObjectRecords(records.path).get("s3://b/p/", SHA) is None
+    records.path.write_text("{not json")
+    assert ObjectRecords(records.path).get("s3://b/p/", SHA) is None   # unreadable: nothing trusted
