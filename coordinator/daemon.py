@@ -49,7 +49,7 @@ from etcdguard.coordinator.vault.lister import Lister
 from etcdguard.coordinator.vault.policy import next_pull_due, retry_now
 from etcdguard.coordinator.vault.pulls import VaultPulls
 from etcdguard.coordinator.vault.safety import safety_snapshot
-from etcdguard.coordinator.vault.store import Vault, VaultEntry
+from etcdguard.coordinator.vault.store import Vault
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,6 @@ class CoordinatorDaemon(SignalFlags):
                 raise
             log.info("metrics on %s", self.metrics_server.url)
 
-    def refresh_vault_metrics(self) -> list[VaultEntry]:
-        return self.pulls.refresh_metrics()
-
     def _lister_of(self, vault: Vault) -> Lister:
         """The background listing of ``vault`` (a reload's new vault gets its own: the old one's may hang)."""
         return Lister(vault.refresh, LIST_EVERY, on_done=self._listed)
@@ -137,7 +134,8 @@ class CoordinatorDaemon(SignalFlags):
 
     def _ask_listing(self) -> Optional[tuple[int, float]]:
         """For an answer about the vault: ask for a new listing when the last result is older than
-        LIST_FRESH. (the generation to wait past, until when) when a listing is worth waiting for."""
+        LIST_FRESH. Returns (the generation to wait past, until when) when a listing runs that is worth
+        waiting for, else None."""
         view = self.vault.catalog.view()
         if view.asking_since is not None or (stale(view, time.time(), LIST_FRESH) and self.lister.request()):
             return view.generation, time.monotonic() + LIST_WAIT

@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional
 
 from etcdguard.coordinator.vault.entry import VaultEntry, newest_first
 
+KEEP_CHANGES = 256   # the coordinator's own recent changes, replayed over a listing that started before them
+
 OK = "ok"              # the last listing answered
 FAILED = "failed"      # the last listing failed (entries: the last one that answered, if any)
 PENDING = "pending"    # no listing has answered or failed yet since the coordinator started
@@ -73,6 +75,7 @@ class Catalog:
         self._clock = clock
         self._cond = threading.Condition()
         self._view = Listing()
+        self._changes: list[tuple[float, str, Optional[VaultEntry]]] = []   # (when, sha256, entry; None: deleted)
 
     def view(self) -> Listing:
         with self._cond:
@@ -83,19 +86,29 @@ class Catalog:
             self._view = view
             self._cond.notify_all()
 
-    def asking(self) -> None:
-        """A listing starts now."""
-        with self._cond:
-            if self._view.asking_since is None:
-                self._set(replace(self._view, asking_since=self._clock()))
-
-    def answered(self, entries: Iterable[VaultEntry]) -> Listing:
-        """A listing answered with ``entries``; the error of an earlier one is cleared."""
+    def asking(self) -> float:
+        """A listing starts now; when that is (what ``answered`` is told)."""
         with self._cond:
             now = self._clock()
+            if self._view.asking_since is None:
+                self._set(replace(self._view, asking_since=now))
+            return now
+
+    def answered(self, entries: Iterable[VaultEntry], started: Optional[float] = None) -> Listing:
+        """A listing that started at ``started`` answered with ``entries``; the error of an earlier one is
+        cleared. The coordinator's own changes made since it started are kept: the listing may predate them."""
+        with self._cond:
+            now = self._clock()
+            found = {e.sha256: e for e in entries}
+            for at, sha, changed in self._changes:
+                if started is not None and at >= started:
+                    if changed is None:
+                        found.pop(sha, None)
+                    else:
+                        found[sha] = changed
             recovered = now if self._view.error is not None else self._view.recovered_at
-            self._set(Listing(tuple(newest_first(entries)), now, None, None, None, self._view.generation + 1,
-                              recovered))
+            self._set(Listing(tuple(newest_first(found.values())), now, None, None, None,
+                              self._view.generation + 1, recovered))
             return self._view
 
     def failed(self, error: str) -> Listing:
@@ -109,6 +122,7 @@ class Catalog:
         """The coordinator stored or changed ``entry`` (a save, a pin): shown at once, without a listing.
         Before the first listing the rest is unknown, so nothing is shown then."""
         with self._cond:
+            self._changed(entry.sha256, entry)
             if self._view.known:
                 others = [e for e in self._view.entries if e.sha256 != entry.sha256]
                 self._set(replace(self._view, entries=tuple(newest_first([*others, entry]))))
@@ -116,7 +130,11 @@ class Catalog:
     def drop(self, sha256: str) -> None:
         """The coordinator deleted the entry ``sha256``."""
         with self._cond:
+            self._changed(sha256, None)
             self._set(replace(self._view, entries=tuple(e for e in self._view.entries if e.sha256 != sha256)))
+
+    def _changed(self, sha256: str, entry: Optional[VaultEntry]) -> None:
+        self._changes = [*self._changes[-(KEEP_CHANGES - 1):], (self._clock(), sha256, entry)]
 
     def wait_past(self, generation: int, timeout: float) -> Listing:
         """The catalog once a listing result newer than ``generation`` is in, or after ``timeout`` seconds."""

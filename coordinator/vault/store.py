@@ -213,14 +213,14 @@ class Vault:
         """Catalog entries, newest first: by revision within a cluster, not by clocks (entry.newest_first).
 
         Asks the backend; the result (or the failure) goes to ``catalog``."""
-        self.catalog.asking()
+        started = self.catalog.asking()
         try:
             with self._counting("list"):
                 entries = newest_first(self.store.list())
         except (EtcdguardError, OSError) as exc:
             self.catalog.failed(str(exc))
             raise
-        self.catalog.answered(entries)
+        self.catalog.answered(entries, started)
         self._confirmed(e.sha256 for e in entries)
         return entries
 

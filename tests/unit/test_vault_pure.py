@@ -325,6 +325,14 @@ def test_the_catalog_keeps_the_last_listing_beside_a_failure():
     catalog.drop(new.sha256)
     assert catalog.wait_past(failed.generation - 1, 0).entries == (old,)
     assert catalog.answered([]).state == OK and catalog.view().error is None
+    # a listing that started before the coordinator's own change answers without it: the change is kept
+    started = catalog.asking()
+    now[0] += 1
+    catalog.put(new)
+    catalog.drop(old.sha256)
+    assert [e.sha256 for e in catalog.answered([old], started).entries] == [new.sha256]
+    now[0] += 1                                    # a later listing shows the bucket as it is
+    assert [e.sha256 for e in catalog.answered([old], catalog.asking()).entries] == [old.sha256]
 
 
 
