@@ -43,6 +43,9 @@ BACKENDS = ("dir", "s3")
 SSE_MODES = ("AES256", "aws:kms")
 MIN_PART_SIZE = 5 << 20             # S3's smallest multipart part
 MAX_PART_SIZE = 1 << 30
+MAX_S3_TIMEOUT = 600.0              # a longer wait on one request is a hang, not a slow answer
+MAX_S3_ATTEMPTS = 10
+MIN_ABORT_AFTER = 60.0              # an incomplete upload younger than this may still be someone's live one
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class S3Settings:
     ca_bundle: Optional[Path] = None        # a private CA for the endpoint's TLS certificate
     part_size: int = 16 << 20               # multipart part size; memory use is about 5 parts
     storage_class: Optional[str] = None
+    connect_timeout: float = 5.0            # one TCP (and TLS) connect to the endpoint
+    read_timeout: float = 30.0              # one wait for bytes of an answer (or to send a part's bytes)
+    max_attempts: int = 3                   # tries of one request, the first included (botocore's standard mode)
+    abort_incomplete_after: float = 3600.0  # incomplete multipart uploads under the prefix older than this are aborted
 
 
 @dataclass(frozen=True)
@@ -244,17 +251,35 @@ def _s3(t: Table) -> S3Settings:
     storage_class = t.text("storage_class")
     if storage_class is not None and not re.fullmatch(r"[A-Z_]{2,32}", storage_class):
         raise t.error("storage_class", "an S3 storage class such as 'STANDARD_IA'")
+    timeouts = {key: _s3_timeout(t, key, getattr(d, key)) for key in ("connect_timeout", "read_timeout")}
+    attempts = t.integer("max_attempts", d.max_attempts, minimum=1) or d.max_attempts
+    if attempts > MAX_S3_ATTEMPTS:
+        raise t.error("max_attempts", f"an integer from 1 to {MAX_S3_ATTEMPTS} (tries of one request, the first "
+                      "included)")
+    abort_after = t.duration("abort_incomplete_after", d.abort_incomplete_after) or d.abort_incomplete_after
+    if abort_after < MIN_ABORT_AFTER:
+        raise t.error("abort_incomplete_after", f"a duration of at least {MIN_ABORT_AFTER:g}s (longer than any "
+                      "upload of a snapshot takes: a younger incomplete upload may be a live one)")
     s = S3Settings(
         bucket=bucket, endpoint=endpoint.rstrip("/") if endpoint else None, region=region, prefix=prefix,
         path_style=t.flag("path_style", d.path_style), credentials_file=t.path("credentials_file"),
         profile=t.text("profile"), sse=sse, sse_kms_key_id=kms, ca_bundle=t.path("ca_bundle"),
-        part_size=part or d.part_size, storage_class=storage_class,
+        part_size=part or d.part_size, storage_class=storage_class, max_attempts=attempts,
+        abort_incomplete_after=abort_after, **timeouts,
     )
     if s.profile is not None and s.credentials_file is None:
         raise t.error("profile", "nothing unless credentials_file is set (without it, the boto3 chain reads "
                       "AWS_PROFILE)")
     t.finish()
     return s
+
+
+def _s3_timeout(t: Table, key: str, default: float) -> float:
+    """A bound on one S3 request: a positive duration of at most MAX_S3_TIMEOUT."""
+    seconds = t.duration(key, default) or default
+    if seconds > MAX_S3_TIMEOUT:
+        raise t.error(key, f"a duration of at most {MAX_S3_TIMEOUT:g}s (one request's bound; longer is a hang)")
+    return seconds
 
 
 def require_members(config: CoordinatorConfig) -> None:

@@ -10,7 +10,9 @@ dispatched to their parts: backups and pulls (vault/pulls.py), restores
 Long work (a scheduled pull, ``etcdguardctl backup``, a restore) runs one at
 a time in the daemon's single slot (common/base/slot.py), in threads the
 daemon owns; signal handlers only set flags and wake the loop, which keeps
-answering the systemd watchdog.
+answering the systemd watchdog. The vault is listed in a thread of its own
+(vault/lister.py): ``status`` and ``snapshots`` answer from its last listing
+(vault/catalog.py), so neither they nor the loop ever wait on the backend.
 """
 
 from __future__ import annotations
@@ -40,16 +42,24 @@ from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
 from etcdguard.coordinator.vault import commands as vault_commands
+from etcdguard.coordinator.vault.attempts import SCHEDULED, Attempt
+from etcdguard.coordinator.vault.catalog import OK, Listing, stale
 from etcdguard.coordinator.vault.factory import open_vault
+from etcdguard.coordinator.vault.lister import Lister
+from etcdguard.coordinator.vault.policy import next_pull_due, retry_now
 from etcdguard.coordinator.vault.prestage import Prestager
 from etcdguard.coordinator.vault.pulls import VaultPulls
 from etcdguard.coordinator.vault.safety import safety_snapshot
-from etcdguard.coordinator.vault.store import Vault, VaultBackendError, VaultEntry
+from etcdguard.coordinator.vault.store import Vault
 
 log = logging.getLogger(__name__)
 
 STATUS_REFRESH = 15.0
 STOP_GRACE = 30.0
+LIST_EVERY = 60.0      # the background listing's period
+LIST_FRESH = 5.0       # status and snapshots ask for a new listing when the last result is older than this
+LIST_WAIT = 1.0        # ... and wait this long for it before they answer from the last one
+FIRST_LISTING = 2.0    # at start and reload: how long the first listing is waited for (a hung backend: not longer)
 
 
 def _member_arg(args: Mapping[str, Any]) -> Optional[str]:
@@ -72,6 +82,7 @@ class CoordinatorDaemon(SignalFlags):
         self.metrics.members.set(len(config.members))
         self.vault = open_vault(config, self.metrics.record_backend_failure)
         self.metrics.offsite_source = lambda: self.vault.seen_at
+        self.lister = self._lister_of(self.vault)
         self.links: Optional[MemberLinks] = None
         self.control: Optional[ControlServer] = None
         self.metrics_server: Optional[MetricsServer] = None
@@ -80,7 +91,9 @@ class CoordinatorDaemon(SignalFlags):
         self._rng = random.Random()
         self._worker: Optional[threading.Thread] = None
         self._worker_ok = False
-        self._failures = 0
+        self._worker_before: Optional[Attempt] = None
+        self._retried_for: Optional[float] = None   # the storage's recovery a failed copy was retried after
+        self._schedule_lock = threading.Lock()
         self.next_due = 0.0
         self.pulls = VaultPulls(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
                                 metrics=self.metrics, slot=self.slot, survey=self._survey,
@@ -112,8 +125,37 @@ class CoordinatorDaemon(SignalFlags):
                 raise
             log.info("metrics on %s", self.metrics_server.url)
 
-    def refresh_vault_metrics(self) -> list[VaultEntry]:
-        return self.pulls.refresh_metrics()
+    def _lister_of(self, vault: Vault) -> Lister:
+        """The background listing of ``vault`` (a reload's new vault gets its own: the old one's may hang)."""
+        return Lister(vault.refresh, LIST_EVERY, on_done=self._listed)
+
+    def _listed(self) -> None:
+        """The background listing ended: publish what it found, let the loop see it."""
+        listing = self.vault.catalog.view()
+        if listing.state == OK:
+            self.pulls.publish_metrics(list(listing.entries))
+        self._wake.set()
+
+    def _ask_listing(self) -> Optional[tuple[int, float]]:
+        """For an answer about the vault: ask for a new listing when the last result is older than
+        LIST_FRESH. Returns (the generation to wait past, until when) when a listing runs that is worth
+        waiting for, else None."""
+        view = self.vault.catalog.view()
+        if view.asking_since is not None or (stale(view, time.time(), LIST_FRESH) and self.lister.request()):
+            return view.generation, time.monotonic() + LIST_WAIT
+        return None
+
+    def _answer_listing(self, asked: Optional[tuple[int, float]]) -> Listing:
+        """The catalog to answer from: the asked-for listing if it came in time, else the last one (with its
+        age and error)."""
+        if asked is None:
+            return self.vault.catalog.view()
+        generation, until = asked
+        return self.vault.catalog.wait_past(generation, max(0.0, until - time.monotonic()))
+
+    def snapshots_report(self) -> dict[str, Any]:
+        listing = self._answer_listing(self._ask_listing())
+        return status.snapshots_report(listing, self.vault.location, time.time())
 
     def _survey(self) -> list[MemberView]:
         """Every agent's report, each waited for up to ``request_timeout`` (pulls, backups, the first survey)."""
@@ -157,7 +199,7 @@ class CoordinatorDaemon(SignalFlags):
         return {
             "ping": lambda args, emit: {"version": __version__},
             "status": lambda args, emit: self.status_report(),
-            "snapshots": lambda args, emit: [e.to_json() for e in self.vault.list()],
+            "snapshots": lambda args, emit: self.snapshots_report(),
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
             "restore": self.restores.command,
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
@@ -168,17 +210,41 @@ class CoordinatorDaemon(SignalFlags):
         return lambda args, emit: vault_commands.handle(self.vault, cmd, args)
 
     def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:
-        """``etcdguardctl backup``: a snapshot on ``member`` (default: a healthy follower) into the vault."""
+        """``etcdguardctl backup``: a snapshot on ``member`` (default: a healthy follower) into the vault.
+        A copy that fails is retried by the schedule (policy.next_pull_due), as a failed pull is."""
+        before = self.pulls.copies.view().last
         try:
             return self.pulls.backup(member, emit)
         finally:
+            if self.pulls.copies.view().last is not before:   # refusals before any copy change nothing
+                self._reschedule()
             self._wake.set()   # the loop refreshes its status line and schedule
             self.prestage.wake()
 
+    def _reschedule(self) -> None:
+        """The next scheduled pull after the attempt just recorded."""
+        with self._schedule_lock:
+            self.next_due = next_pull_due(self.pulls.copies.view(), self.next_due, time.monotonic(),
+                                          self.config.vault.interval, self._rng)
+
+    def _retry_if_recovered(self) -> None:
+        """A copy failed on the storage and the storage answers a listing again: retry it now, once."""
+        failing = self.pulls.copies.view().failing
+        recovered = self.vault.catalog.view().recovered_at
+        if self._worker is None and recovered != self._retried_for and retry_now(failing, recovered):
+            self._retried_for = recovered
+            log.info("vault: the storage answers again; retrying the failed copy now")
+            with self._schedule_lock:
+                self.next_due = time.monotonic()
+
     def status_report(self) -> dict[str, Any]:
+        """The reply to ``status``; the agents are asked while the vault lists (both bounded)."""
+        asked = self._ask_listing()
+        views = self._quick_survey()
+        listing = self._answer_listing(asked)
         return status.status_report(
-            views=self._quick_survey(), vault=self.vault, config=self.config, restores=self.restores,
-            busy=self.slot.doing, last_pull=self.pulls.last_pull,
+            views=views, vault=self.vault, listing=listing, config=self.config, restores=self.restores,
+            busy=self.slot.doing, copies=self.pulls.copies.view(),
             next_pull_in=max(0.0, self.next_due - time.monotonic()) if self.next_due else None,
             prestage=self.prestage.report())
 
@@ -198,13 +264,15 @@ class CoordinatorDaemon(SignalFlags):
 
     # -- the scheduled pull ----------------------------------------------------
     def _start_pull(self) -> None:
+        self._worker_before = self.pulls.copies.view().last
+
         def work() -> None:
             ok = False
             try:
                 ok = self.pulls.pull_once()
-            except Exception:  # a bug must not kill the schedule; it is logged
+            except Exception as exc:  # a bug must not kill the schedule; it is logged
                 log.exception("vault pull: internal error")
-                self.metrics.record_failure("other")
+                self.pulls.failed(SCHEDULED, "other", f"internal error: {exc!r} (see the daemon's log)")
             finally:
                 self._worker_ok = ok
                 self._wake.set()
@@ -216,15 +284,15 @@ class CoordinatorDaemon(SignalFlags):
         assert self._worker is not None
         self._worker.join()
         self._worker = None
-        now = time.monotonic()
-        interval = self.config.vault.interval
-        if self._worker_ok:
-            self._failures = 0
-            self.next_due = schedule.after_success(now, interval, self._rng)
-            self.prestage.wake()
-        else:
-            self._failures += 1
-            self.next_due = schedule.after_failure(now, interval, self._failures)
+        if self.pulls.copies.view().last is not self._worker_before:
+            self._reschedule()
+            if self._worker_ok:
+                self.prestage.wake()
+            return
+        now = time.monotonic()   # postponed (a backup or restore held the slot): nothing was attempted
+        with self._schedule_lock:
+            self.next_due = (schedule.after_success(now, self.config.vault.interval, self._rng) if self._worker_ok
+                             else schedule.after_failure(now, self.config.vault.interval, 1))
 
     def status_line(self) -> str:
         active = self.restores.active()
@@ -233,11 +301,9 @@ class CoordinatorDaemon(SignalFlags):
         doing = self.slot.doing
         if doing:
             return doing
-        newest = self.vault.newest_cached()
-        vault = "vault empty" if newest is None else (
-            f"vault newest {format_duration(max(0.0, time.time() - newest.created_unix))} old "
-            f"(from {newest.source_member}, revision {newest.revision})")
-        failing = f"; {self._failures} pull(s) failed in a row" if self._failures else ""
+        vault = status.vault_phrase(self.vault.catalog.view(), time.time())
+        failures = self.pulls.copies.view().failures
+        failing = f"; {failures} copy attempt(s) failed in a row" if failures else ""
         return f"{vault}{failing}; next pull in {format_duration(max(0.0, self.next_due - time.monotonic()))}"
 
     def _first_due(self) -> float:
@@ -261,6 +327,7 @@ class CoordinatorDaemon(SignalFlags):
         if loaded is None:
             return
         config, links, vault, new_metrics = loaded
+        self.lister.stop(0)   # a listing of the old vault that still runs ends on its own
         if config.coordinator.control_socket != self.config.coordinator.control_socket:
             log.warning("control_socket changed to %s: takes effect at the next restart",
                         config.coordinator.control_socket)
@@ -278,8 +345,10 @@ class CoordinatorDaemon(SignalFlags):
             self._replace_metrics_server(new_metrics)
         self.metrics.interval.set(config.vault.interval)
         self.metrics.members.set(len(config.members))
-        self.refresh_vault_metrics()
-        self.next_due = min(self.next_due, self._first_due())
+        self.lister = self._lister_of(vault)
+        self.lister.start()
+        if self.vault.catalog.wait_past(0, FIRST_LISTING).known:
+            self.next_due = min(self.next_due, self._first_due())
         log.info("configuration reloaded from %s (%d members)", self.config_path, len(config.members))
 
     def _load_for_reload(self, path: Path) -> Optional[tuple[CoordinatorConfig, MemberLinks, Vault,
@@ -292,7 +361,8 @@ class CoordinatorDaemon(SignalFlags):
             require_members(config)
             links = MemberLinks(config, self._factory(config))
             vault = open_vault(config, self.metrics.record_backend_failure)
-            vault.prepare()
+            if vault.backend == "dir":   # a local directory: opened now; a bucket is opened by the lister
+                vault.prepare()
             if config.metrics.listen != self.config.metrics.listen and config.metrics.listen:
                 new_metrics = bind_replacement(self.metrics.registry, config.metrics.listen, self.metrics_server)
         except (EtcdguardError, OSError) as exc:
@@ -319,11 +389,8 @@ class CoordinatorDaemon(SignalFlags):
             log.warning("insecure = true: talking to the agents over plain TCP, unauthenticated and "
                         "unencrypted; anyone on the network can impersonate an agent")
         self.links = MemberLinks(self.config, self._factory(self.config))
-        try:
-            self.vault.prepare()
-        except VaultBackendError as exc:   # the bucket may come back; every pull tries again
-            log.error("vault: %s", exc)
-        self.refresh_vault_metrics()
+        self.lister.start()   # opens and lists the vault; a bucket that does not answer is retried there
+        self.vault.catalog.wait_past(0, FIRST_LISTING)
         self.restores.recover()
         self.refresh_restore_metrics()
         self.control = ControlServer(self.config.coordinator.control_socket, self.handle)
@@ -339,10 +406,10 @@ class CoordinatorDaemon(SignalFlags):
         views = self._survey()
         summary = cluster_summary(views)
         self.next_due = self._first_due()
-        log.info("coordinator ready: %d/%d agents reachable, %d healthy, leader %s; vault %s (%d snapshots, "
+        log.info("coordinator ready: %d/%d agents reachable, %d healthy, leader %s; vault %s (%s, "
                  "keep %d, every %s)", summary["reachable"], summary["members"], summary["healthy"],
-                 summary["leader"] or "unknown", self.vault.location, len(self.vault.listed),
-                 self.config.vault.keep,
+                 summary["leader"] or "unknown", self.vault.location,
+                 status.vault_phrase(self.vault.catalog.view(), time.time()), self.config.vault.keep,
                  format_duration(self.config.vault.interval))
         for v in views:
             if not v.reachable:
@@ -352,6 +419,7 @@ class CoordinatorDaemon(SignalFlags):
         while not self._stop:
             if self._worker is not None and not self._worker.is_alive():
                 self._finish_pull()
+            self._retry_if_recovered()
             if self._reload and self._worker is None:
                 if self.slot.locked():
                     # A restore or backup holds the slot (a restore for minutes): the loop must keep
@@ -373,6 +441,7 @@ class CoordinatorDaemon(SignalFlags):
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        self.lister.stop()
         self._restore_stop.set()   # a running restore stops at its next barrier, journaled as interrupted
         self.prestage.stop()
         if self.control is not None:

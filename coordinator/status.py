@@ -1,8 +1,9 @@
-"""What ``etcdguardctl status`` and ``etcdguardctl restores`` report, assembled from the daemon's parts.
+"""What ``etcdguardctl status``, ``snapshots`` and ``restores`` report, assembled from the daemon's parts.
 
-The agents' views, the vault's listing and the restore journals are read by
-the caller's parts; this module only shapes them into the reply, so the
-field names operators and scripts read are kept in one place.
+The agents' views, the vault's catalog (its last listing: vault/catalog.py)
+and the restore journals are read by the caller's parts; this module only
+shapes them into the reply, so the field names operators and scripts read
+are kept in one place.
 """
 
 from __future__ import annotations
@@ -13,59 +14,90 @@ from typing import Any, Optional
 
 from etcdguard.common import __version__
 from etcdguard.common.base import schedule
+from etcdguard.common.base.durations import format_duration
 from etcdguard.coordinator.agents.quorum import cluster_quorum, member_state
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary, member_row
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.restore.orphans import orphans
 from etcdguard.coordinator.restore.service import RestoreService
-from etcdguard.coordinator.vault.store import Vault, VaultBackendError
+from etcdguard.coordinator.vault.attempts import Copies
+from etcdguard.coordinator.vault.catalog import FAILED, PENDING, Listing, summary
+from etcdguard.coordinator.vault.store import Vault
 
 WAITING = ("interrupted", "paused", "needs-attention")   # restore states that wait for the operator
 
 
-def status_report(*, views: Sequence[MemberView], vault: Vault, config: CoordinatorConfig,
+def status_report(*, views: Sequence[MemberView], vault: Vault, listing: Listing, config: CoordinatorConfig,
                   restores: RestoreService, busy: Optional[str], next_pull_in: Optional[float],
-                  last_pull: Optional[dict[str, Any]], prestage: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  copies: Copies, prestage: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The reply to ``status``: members, cluster, vault, restores and the coordinator itself.
 
     Each member's ``state`` and the cluster's ``quorum`` count only what the
-    agents measured within the last few seconds (coordinator/agents/quorum.py)."""
+    agents measured within the last few seconds (coordinator/agents/quorum.py).
+    ``coordinator.last_failure`` is the newest failed copy (backup or pull) until one succeeds; the next
+    pull is then its retry (``next_pull_retries``)."""
     now = time.time()
     return {
         "members": [{**member_row(v, now), "state": member_state(v).value} for v in views],
         "cluster": {**cluster_summary(views), "quorum": cluster_quorum(views).to_json()},
-        "vault": {**vault_status(vault, config, now), "prestage": prestage},
+        "vault": {**vault_status(vault, listing, config, now), "prestage": prestage},
         "restores": restore_status(restores, views),
         "coordinator": {
             "version": __version__,
             "busy": busy,
             "next_pull_in_seconds": next_pull_in,
-            "last_pull": last_pull,
+            **copies.to_json(),
+            "next_pull_retries": copies.failing is not None,
             "insecure": config.coordinator.insecure,
         },
     }
 
 
-def vault_status(vault: Vault, config: CoordinatorConfig, now: float) -> dict[str, Any]:
-    """The vault's part of ``status``; a backend that cannot be listed shows as ``error``."""
-    vault_error = None
-    try:
-        entries = vault.list()
-    except VaultBackendError as exc:
-        entries, vault_error = [], str(exc)
-    newest = entries[0] if entries else None
+def vault_status(vault: Vault, listing: Listing, config: CoordinatorConfig, now: float) -> dict[str, Any]:
+    """The vault's part of ``status``, from its last listing (``listing``: when, and how it went).
+
+    A listing that failed shows as ``error`` beside what the last listing that
+    answered held (``count``, ``bytes``, ``newest``); ``count`` and ``newest``
+    are null while no listing has answered since the coordinator started: the
+    contents are unknown then, not empty.
+    """
+    newest = listing.newest()
+    count, size = summary(listing.entries)
     return {
         "dir": vault.location,
         "backend": vault.backend,
         "encrypted": vault.encrypted,
-        "error": vault_error,
-        "count": len(entries),
-        "bytes": sum(e.size for e in entries),
+        "error": listing.error,
+        "listing": listing.to_json(now),
+        "offsite_confirmed_at": vault.seen_at if vault.backend != "dir" else None,
+        "count": count if listing.known else None,
+        "bytes": size if listing.known else None,
         "keep": config.vault.keep,
         "interval_seconds": config.vault.interval,
         "newest": newest.to_json() if newest else None,
         "newest_age_seconds": schedule.age_of(newest.created_unix, now) if newest else None,
     }
+
+
+def snapshots_report(listing: Listing, location: str, now: float) -> dict[str, Any]:
+    """The reply to ``snapshots``: the entries of the last listing, newest first, and that listing."""
+    return {"entries": [e.to_json() for e in listing.entries], "location": location,
+            "listing": listing.to_json(now)}
+
+
+def vault_phrase(listing: Listing, now: float) -> str:
+    """The vault in a few words for systemd's STATUS= line: never "empty" when that is not known."""
+    newest = listing.newest()
+    if listing.state == PENDING:
+        return "vault not listed yet"
+    if newest is not None:
+        text = (f"vault newest {format_duration(max(0.0, now - newest.created_unix))} old "
+                f"(from {newest.source_member}, revision {newest.revision})")
+    else:
+        text = "vault empty" if listing.known else "vault contents unknown"
+    if listing.state == FAILED:
+        text += "; vault listing failing"
+    return text
 
 
 def restore_status(restores: RestoreService, views: Sequence[MemberView] = ()) -> dict[str, Any]:

@@ -138,14 +138,28 @@ def _cluster_line(c: dict[str, Any]) -> str:
 
 
 def _vault_lines(v: dict[str, Any]) -> list[str]:
-    lines = [f"vault: ERROR: {v['error']}"] if v.get("error") else []
+    """The vault's lines: its last listing, and when that listing is not today's answer, why."""
+    listing = v.get("listing") or {"state": "failed" if v.get("error") else "ok"}
+    state = listing.get("state")
+    lines = []
+    if state == "failed":
+        lines.append(f"vault: LISTING FAILED {_age(_since(listing, 'failed_at'))}: {v['error']}")
+    if state == "pending":
+        lines.append(f"vault: not listed yet since the coordinator started (asking {v['dir']} for "
+                     f"{format_duration(float(listing.get('asking_seconds') or 0))})")
+        return lines
+    if state == "failed" and listing.get("listed_at") is None:
+        lines.append(f"vault: no listing of {v['dir']} has answered since the coordinator started: its contents "
+                     "are unknown")
+        return lines
+    held = f"as last listed {_age(listing.get('age_seconds'))}, " if state == "failed" else ""
     newest = v.get("newest")
     if newest:
-        lines.append(f"vault: {v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
+        lines.append(f"vault: {held}{v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
                      f"{newest['sha256'][:12]} from {newest['member']}, revision {newest['revision']}, "
                      f"taken {_age(v.get('newest_age_seconds'))}")
     else:
-        lines.append(f"vault: empty ({v['dir']})")
+        lines.append(f"vault: {held}empty ({v['dir']})")
     return lines
 
 
@@ -160,6 +174,12 @@ def _prestage_lines(p: Optional[dict[str, Any]]) -> list[str]:
         parts.append(f"{member} yes" + (" (restored ahead)" if s.get("warm") else "") if s.get("holds_newest") else
                      f"{member} no" + (f" ({s['error']})" if s.get("error") else " (not yet)"))
     return [f"newest snapshot {p['newest'][:12]} pre-staged on: {', '.join(parts) or 'no member yet'}"]
+
+
+def _since(d: dict[str, Any], key: str) -> Optional[float]:
+    """Seconds since the time ``d[key]`` (unix seconds, or stamped: ISO with ``*_unix`` beside it)."""
+    unix = d.get(f"{key[:-3]}_unix", d.get(key))
+    return max(0.0, time.time() - float(unix)) if isinstance(unix, (int, float)) else None
 
 
 def _restore_lines(restores: dict[str, Any]) -> list[str]:
@@ -178,35 +198,68 @@ def _restore_lines(restores: dict[str, Any]) -> list[str]:
 
 
 def _coordinator_lines(co: dict[str, Any]) -> list[str]:
+    """What the coordinator does, when it pulls next, and how the last copy went: a failed copy (a
+    backup's or a pull's) is shown, with its reason, until a copy succeeds."""
     parts = []
     if co.get("busy"):
         parts.append(f"busy: {co['busy']}")
+    failed = co.get("last_failure")
     if co.get("next_pull_in_seconds") is not None:
-        parts.append(f"next pull in {format_duration(co['next_pull_in_seconds'])}")
+        retry = " (a retry of the failed copy)" if failed else ""
+        parts.append(f"next pull in {format_duration(co['next_pull_in_seconds'])}{retry}")
     last = co.get("last_pull")
-    if last:
-        parts.append(f"last pull {'ok' if last.get('ok') else 'FAILED'}: {last.get('message')}")
-    return ["coordinator: " + "; ".join(parts)] if parts else []
+    if last and not failed:
+        parts.append(f"last pull ok: {last.get('message')}")
+    lines = ["coordinator: " + "; ".join(parts)] if parts else []
+    if failed:
+        count = int(co.get("failures_in_a_row") or 1)
+        since = (f"; {count} failed in a row since {_age(_since(co, 'failing_since_at'))}" if count > 1 else "")
+        lines.append(f"coordinator: last copy FAILED {_age(_since(failed, 'at'))} ({failed.get('kind')}, reason "
+                     f"{failed.get('reason')}){since}: {failed.get('message')}")
+    return lines
 
 
 # -- snapshots -----------------------------------------------------------------
 @command("snapshots", "list the snapshots in the vault, newest first", _json_flag)
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    entries = ask(args, "snapshots")
+    reply = stamp_times(ask(args, "snapshots"))
+    entries = reply["entries"] if isinstance(reply, dict) else reply   # a daemon from before the catalog: a list
+    listing = reply.get("listing") or {} if isinstance(reply, dict) else {}
+    _listing_warning(listing, str(reply.get("location") if isinstance(reply, dict) else "the vault"))
     if args.json:
         emit(args, entries, "")
         return EXIT_OK
     if not entries:
-        print("the vault is empty (take one with `etcdguardctl backup`)")
+        print("the vault is empty (take one with `etcdguardctl backup`)" if listing.get("state") != "failed" else
+              f"the vault was empty at its last listing, {_age(listing.get('age_seconds'))}")
         return EXIT_OK
     now = time.time()
-    rows = [["ID", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED"]]
+    rows = [["ID", "KIND", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED"]]
     for e in entries:
-        rows.append([e["sha256"][:12], e["created_at"], format_duration(max(0.0, now - e["created_unix"])),
-                     format_bytes(e["size"]), str(e["revision"]), e["member"], e["etcd_version"] or "-",
-                     "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
+        rows.append([e["sha256"][:12], e.get("kind") or "-", e["created_at"],
+                     format_duration(max(0.0, now - e["created_unix"])), format_bytes(e["size"]), str(e["revision"]),
+                     e["member"], e["etcd_version"] or "-", "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
     print(_table(rows))
     return EXIT_OK
+
+
+def _listing_warning(listing: dict[str, Any], location: str) -> None:
+    """The listing ``snapshots`` answers from, when it is not a current one: on stderr, or as the error
+    (exit 1) when no listing has answered since the coordinator started."""
+    state = listing.get("state")
+    if state == "pending":
+        raise EtcdguardError(f"the vault {location} has not answered a listing yet since the coordinator started "
+                             f"(asking for {format_duration(float(listing.get('asking_seconds') or 0))}); "
+                             "try again, or see `etcdguardctl status`")
+    if state != "failed":
+        return
+    if listing.get("listed_at") is None:
+        raise EtcdguardError(f"the vault {location} cannot be listed: {listing.get('error')}; no listing has "
+                             "answered since the coordinator started")
+    print(f"warning: listing the vault failed {_age(_since(listing, 'failed_at'))}: {listing.get('error')}",
+          file=sys.stderr)
+    print(f"warning: this is the vault as last listed, {_age(listing.get('age_seconds'))} "
+          f"({listing.get('listed_at')})", file=sys.stderr)
 
 
 # -- backup --------------------------------------------------------------------

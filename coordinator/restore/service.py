@@ -166,9 +166,11 @@ class RestoreService:
     # -- planning ------------------------------------------------------------
     def _verify_vault_copy(self, entry: VaultEntry) -> Optional[str]:
         """None if the vault file is the restorable etcd snapshot it was recorded as (sha256, size, the
-        SHA-256 trailer and bbolt's meta pages); else the problem. Cached per file and mtime."""
-        if not entry.path or entry.encrypted:   # an object store or an encrypted vault: checked when materialized
-            return self._vault().check(entry)
+        SHA-256 trailer and bbolt's meta pages); else the problem. Cached per file and mtime. An object
+        store's or an encrypted copy: against the fingerprint the coordinator recorded, else in full once
+        (Vault.verify_copy)."""
+        if not entry.path or entry.encrypted:
+            return self._vault().verify_copy(entry)
         try:
             st = Path(entry.path).stat()
         except OSError as exc:

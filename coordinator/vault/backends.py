@@ -9,7 +9,8 @@ lists as an entry.
 
 The directory backend keeps the layout the vault always had, so existing
 vaults read unchanged: ``<sha256>.db`` (``<sha256>.db.age`` when encrypted)
-with its ``<sha256>.json`` sidecar, the data renamed in first and the sidecar
+with its ``<sha256>.json`` sidecar (its metadata, the entry's kind among them), the data renamed in first
+and the sidecar
 written last (each by temp + fsync + rename); ``<sha256>.bundle.age`` beside
 it; ``<sha256>.pin`` holding a pin's reason.
 """
@@ -29,7 +30,8 @@ from typing import IO, Any, Optional, Protocol, Union
 
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import SnapshotError
-from etcdguard.coordinator.vault.entry import VaultEntry
+from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
+from etcdguard.coordinator.vault.verified import ObjectStat
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,13 @@ class SnapStore(Protocol):
     def set_pin(self, sha256: str, reason: Optional[str]) -> None: ...
 
     def ensure_space(self, size: int) -> None: ...
+
+    def stat(self, entry: VaultEntry) -> Optional[ObjectStat]: ...
+
+    @property
+    def leftovers(self) -> bool: ...
+
+    def sweep(self, now: Optional[float] = None, everything: bool = False) -> builtins.list[PurePath]: ...
 
 
 class DirStore:
@@ -170,7 +179,7 @@ class DirStore:
         with contextlib.suppress(FileNotFoundError):
             reason = _pin_reason(pin.read_text(encoding="utf-8", errors="replace"))
         return entry.with_(path=str(data), encrypted=data.name.endswith(AGE_DATA_SUFFIX), pinned=reason,
-                           bundle=self.bundle_path(sha256).is_file())
+                           bundle=self.bundle_path(sha256).is_file(), kind=derive_kind(entry.kind, reason))
 
     def list(self) -> builtins.list[VaultEntry]:
         if not self.dir.is_dir():
@@ -235,6 +244,27 @@ class DirStore:
 
     def ensure_space(self, size: int) -> None:
         ensure_space(self.dir, size, "vault")
+
+    def stat(self, entry: VaultEntry) -> Optional[ObjectStat]:
+        """The data file's size and modification time (its fingerprint) and what its sidecar records."""
+        recorded = self.get(entry.sha256)
+        path = self.data_path(entry.sha256, entry.encrypted)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return ObjectStat(tag=f"{st.st_size}:{st.st_mtime_ns}", size=st.st_size,
+                          snapshot_sha256=recorded.sha256 if recorded else None,
+                          content_sha256=None if entry.encrypted else entry.sha256,
+                          recorded_size=str(recorded.size) if recorded else None)
+
+    @property
+    def leftovers(self) -> bool:
+        return False
+
+    def sweep(self, now: Optional[float] = None, everything: bool = False) -> builtins.list[PurePath]:
+        """A save that failed left only a temp file, removed when the vault is opened (``prepare``)."""
+        return []
 
 
 def ensure_space(directory: Path, size: int, what: str) -> None:

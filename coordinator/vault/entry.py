@@ -1,5 +1,16 @@
 """What the vault knows of a snapshot (VaultEntry), what an agent offers (Incoming), and the pure
-decisions over them: resolving an id, and whether an offered snapshot adds anything."""
+decisions over them: resolving an id, and whether an offered snapshot adds anything.
+
+Every entry has a kind, stored with it: ``scheduled`` (the schedule's
+pulls), ``manual`` (``etcdguardctl backup``), ``pre-restore`` (the safety
+snapshot a restore takes of the live cluster first) and ``point-in-time`` (a
+snapshot derived from a full one and captured changes). ``latest`` is the
+newest ``scheduled`` or ``manual`` one: a safety snapshot is taken of the
+cluster a restore is about to replace, often of the very data the operator
+restores away from, so ``latest`` must never name it; those are chosen by
+id. Entries stored before kinds were recorded get one from their pin
+(``derive_kind``).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +26,17 @@ from etcdguard.common.base.errors import UsageError
 
 FORMAT = 1
 MIN_PREFIX = 4
+SCHEDULED = "scheduled"
+MANUAL = "manual"
+PRE_RESTORE = "pre-restore"
+POINT_IN_TIME = "point-in-time"
+KINDS = (SCHEDULED, MANUAL, PRE_RESTORE, POINT_IN_TIME)
+LATEST_KINDS = (SCHEDULED, MANUAL)   # what 'latest' may name
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 _HEX_RE = re.compile(r"[0-9a-f]+")
 # Not in the sidecar: where the data is now, and what the backend derives from its files or keys.
 DERIVED = ("path", "pinned", "bundle", "encrypted")
-OPTIONAL = {"revision_exact": True}
+OPTIONAL: dict[str, Any] = {"revision_exact": True, "kind": ""}   # "": recorded before kinds were
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class VaultEntry:
     bundle: bool = False     # a node bundle (PKI, manifests) is stored beside it
     encrypted: bool = False  # stored age-encrypted
     revision_exact: bool = True    # revision read from the file (False: a lower bound from etcd's header)
+    kind: str = SCHEDULED          # one of KINDS ("" only while a backend reads a record without one)
 
     @property
     def id(self) -> str:
@@ -74,12 +92,14 @@ class VaultEntry:
             "sha256": str, "size": int, "source_member": str, "original_name": str, "revision": int,
             "cluster_id": str, "member_id": str, "etcd_version": str, "created_at": str,
             "created_unix": (int, float), "pulled_at": str, "pulled_unix": (int, float), "revision_exact": bool,
+            "kind": str,
         }
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in DERIVED:
                 continue
             if f.name in OPTIONAL and f.name not in data:
+                values[f.name] = OPTIONAL[f.name]
                 continue
             value = data.get(f.name)
             if (isinstance(value, bool) and types[f.name] is not bool) or not isinstance(value, types[f.name]):
@@ -87,7 +107,17 @@ class VaultEntry:
             values[f.name] = float(value) if f.name.endswith("_unix") else value
         if not SHA_RE.fullmatch(values["sha256"]):
             raise ValueError(f"{where}: field 'sha256' is not a sha256 hex digest")
+        if values["kind"] and values["kind"] not in KINDS:
+            raise ValueError(f"{where}: field 'kind' is {values['kind']!r}, not one of {', '.join(KINDS)}")
         return cls(**values)
+
+
+def derive_kind(recorded: str, pinned: Optional[str]) -> str:
+    """Pure: an entry's kind: the recorded one, else (an entry from before kinds were recorded)
+    ``pre-restore`` when its pin's reason says a restore took it, ``scheduled`` otherwise."""
+    if recorded:
+        return recorded
+    return PRE_RESTORE if pinned is not None and pinned.startswith(PRE_RESTORE) else SCHEDULED
 
 
 def _member_named(data: dict[str, Any]) -> dict[str, Any]:
@@ -115,15 +145,22 @@ def newest_first_key(e: VaultEntry) -> tuple[int, float, str]:
 def resolve_ref(entries: Sequence[VaultEntry], ref: str, where: str = "the vault") -> VaultEntry:
     """Pure: ``latest`` or a unique sha256 prefix (at least 4 hex digits) -> the entry.
 
-    Unknown, ambiguous or malformed references raise UsageError (exit 2).
+    ``latest`` is the newest entry of kind ``scheduled`` or ``manual`` (never a
+    pre-restore safety snapshot or a point-in-time one: those by id). Unknown,
+    ambiguous or malformed references raise UsageError (exit 2).
     """
     ordered = newest_first(entries)
     text = ref.strip().lower()
     if text == "latest":
+        candidates = [e for e in ordered if e.kind in LATEST_KINDS]
         if not ordered:
             raise UsageError(f"{where} holds no snapshots yet, so 'latest' names none "
                              "(take one with `etcdguardctl backup`)")
-        return ordered[0]
+        if not candidates:
+            raise UsageError(f"{where} holds no scheduled or manual snapshot yet, so 'latest' names none; its "
+                             f"{len(ordered)} snapshot(s) ({', '.join(sorted({e.kind for e in ordered}))}) are "
+                             "chosen by id (see `etcdguardctl snapshots`), or take one with `etcdguardctl backup`")
+        return candidates[0]
     if len(text) < MIN_PREFIX or len(text) > 64 or not _HEX_RE.fullmatch(text):
         raise UsageError(f"{ref!r} is not a snapshot id: give 'latest' or a sha256 prefix of at least "
                          f"{MIN_PREFIX} hex digits (see `etcdguardctl snapshots`)")
@@ -153,9 +190,10 @@ class Incoming:
     created_unix: float
     revision_exact: bool = True
     bundle: bool = False     # the agent holds an encrypted node bundle beside it
+    kind: str = SCHEDULED    # why it is copied (KINDS): stored with the entry
 
     @classmethod
-    def from_agent(cls, member: str, meta: dict[str, Any]) -> Incoming:
+    def from_agent(cls, member: str, meta: dict[str, Any], kind: str = SCHEDULED) -> Incoming:
         """From an agent's snapshot record (its catalog sidecar, as snapshot.take and its status report send
         it, read by the sidecar's one type); ValueError if it lacks what the vault records."""
         from etcdguard.common.snapshot.sidecar import FROM_FILE, SnapshotMeta
@@ -169,7 +207,7 @@ class Incoming:
             revision=record.revision or 0, cluster_id=record.cluster_id, member_id=record.member_id,
             etcd_version=record.etcd_version, created_at=record.created_at or iso_utc(record.created_unix),
             created_unix=record.created_unix, revision_exact=record.revision_source == FROM_FILE,
-            bundle=record.bundle == "encrypted",
+            bundle=record.bundle == "encrypted", kind=kind,
         )
 
     def entry(self, pulled_unix: float, *, encrypted: bool = False, path: str = "") -> VaultEntry:
@@ -178,7 +216,7 @@ class Incoming:
             original_name=self.original_name, revision=self.revision, cluster_id=self.cluster_id,
             member_id=self.member_id, etcd_version=self.etcd_version, created_at=self.created_at,
             created_unix=self.created_unix, pulled_at=iso_utc(pulled_unix), pulled_unix=pulled_unix,
-            path=path, encrypted=encrypted, revision_exact=self.revision_exact,
+            path=path, encrypted=encrypted, revision_exact=self.revision_exact, kind=self.kind,
         )
 
 

@@ -15,6 +15,7 @@ from etcdguard.common.base.errors import ConfigError
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.vault.backends import DirStore, SnapStore
 from etcdguard.coordinator.vault.store import FailureHook, Vault
+from etcdguard.coordinator.vault.verified import FILE_NAME, ObjectRecords
 
 WORK_DIR = "vault-work"
 
@@ -53,4 +54,5 @@ def open_vault(config: CoordinatorConfig, on_failure: Optional[FailureHook] = No
         store = DirStore(v.dir)
     plain_dir = v.backend == "dir" and not v.encrypt_to
     return Vault(store, encrypt_to=v.encrypt_to, identity=v.age_identity,
-                 work_dir=None if plain_dir else work_dir(config), on_failure=on_failure)
+                 work_dir=None if plain_dir else work_dir(config), on_failure=on_failure,
+                 records=ObjectRecords(config.coordinator.state_dir / FILE_NAME))

@@ -6,12 +6,16 @@ A snapshot's key carries its sha256 first (so ``has`` is one prefix listing)
 and then tagged fields separated by ``~``, a character no field may hold::
 
     PREFIX snapshots/<sha256>~t<created ms>~r<revision>~s<size>~c<cluster id>~m<member id>
-           ~e<etcd version>~f<source member>~o<original name>~p<pulled ms>~x<revision exact 0|1>.db[.age]
+           ~e<etcd version>~f<source member>~o<original name>~p<pulled ms>~x<revision exact 0|1>
+           ~k<kind>.db[.age]
     PREFIX bundles/<sha256>.tar.age          the node bundle pulled with that snapshot (agent-encrypted)
     PREFIX pins/<sha256>~<reason, percent-encoded>   a zero-byte keep annotation
 
-Keys this module does not recognise are not entries (``parse_key`` returns
-None), so other objects under the prefix are never touched.
+The kind (``scheduled``, ``manual``, ``pre-restore``, ``point-in-time``) is
+the last field; keys written before kinds were recorded lack it and parse
+with an empty kind (entry.derive_kind decides it from the pin). Keys this
+module does not recognise are not entries (``parse_key`` returns None), so
+other objects under the prefix are never touched.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ _FIELDS = (
     ("p", "pulled_ms", r"[0-9]{1,16}"),
     ("x", "revision_exact", r"[01]"),
 )
+_KIND = r"scheduled|manual|pre-restore|point-in-time"
 _SNAPSHOT_RE = re.compile(
     rf"(?P<sha256>{_SHA})" + "".join(rf"~{tag}(?P<{name}>{pattern})" for tag, name, pattern in _FIELDS)
-    + r"(?P<suffix>\.db(?:\.age)?)")
+    + rf"(?:~k(?P<kind>{_KIND}))?" + r"(?P<suffix>\.db(?:\.age)?)")
 _BUNDLE_RE = re.compile(rf"(?P<sha256>{_SHA})\.tar\.age")
 _PIN_RE = re.compile(rf"(?P<sha256>{_SHA})~(?P<reason>[A-Za-z0-9%._-]{{1,{3 * MAX_REASON}}})")
 _REASON_RE = re.compile(rf"[A-Za-z0-9 ._:/()+-]{{1,{MAX_REASON}}}")
@@ -69,6 +74,7 @@ class SnapshotName:
     pulled_unix: float
     revision_exact: bool
     encrypted: bool
+    kind: str = ""       # "": a key from before kinds were recorded
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,10 @@ def snapshot_key(prefix: str, n: SnapshotName) -> str:
     for _tag, name, pattern in _FIELDS:
         if not re.fullmatch(pattern, values[name]):
             raise ValueError(f"{name} {values[name]!r} cannot be part of an object name (expected {pattern})")
-    body = SEP.join([n.sha256, *(f"{tag}{values[name]}" for tag, name, _ in _FIELDS)])
+    if n.kind and not re.fullmatch(_KIND, n.kind):
+        raise ValueError(f"kind {n.kind!r} cannot be part of an object name (expected {_KIND.replace('|', ', ')})")
+    kind = [f"k{n.kind}"] if n.kind else []   # none: as keys were before kinds (read back as derive_kind says)
+    body = SEP.join([n.sha256, *(f"{tag}{values[name]}" for tag, name, _ in _FIELDS), *kind])
     return f"{prefix}{SNAPSHOTS}{body}{AGE_SUFFIX if n.encrypted else PLAIN_SUFFIX}"
 
 
@@ -138,7 +147,7 @@ def parse_key(prefix: str, key: str) -> Optional[Parsed]:
             size=int(g["size"]), cluster_id=g["cluster_id"], member_id=g["member_id"],
             etcd_version=g["etcd_version"], source_member=g["source_member"], original_name=g["original_name"],
             pulled_unix=int(g["pulled_ms"]) / 1000, revision_exact=g["revision_exact"] == "1",
-            encrypted=g["suffix"] == AGE_SUFFIX))
+            encrypted=g["suffix"] == AGE_SUFFIX, kind=g["kind"] or ""))
     if rest.startswith(BUNDLES):
         m = _BUNDLE_RE.fullmatch(rest[len(BUNDLES):])
         return Parsed("bundle", m.group("sha256")) if m else None

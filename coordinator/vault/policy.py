@@ -6,15 +6,18 @@ one sentence saying why; the daemon logs the sentence and carries it out.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from etcdguard.common.base import schedule
 from etcdguard.common.base.agekeys import AgeError
 from etcdguard.common.base.errors import EtcdUnavailable, SnapshotCorrupt, UnsafeRefusal, UsageError
 from etcdguard.common.wire.protocol import BUSY, RemoteError
 from etcdguard.common.wire.report import SnapshotSummary
 from etcdguard.coordinator.agents.view import MemberView
+from etcdguard.coordinator.vault.attempts import SCHEDULED, Attempt, Copies
 from etcdguard.coordinator.vault.store import VaultBackendError, VaultDiskError
 
 
@@ -117,3 +120,30 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, (VaultBackendError, AgeError)):
         return "backend"
     return "other"
+
+
+def next_pull_due(copies: Copies, due: float, now: float, interval: float, rng: random.Random) -> float:
+    """When the next scheduled pull is due (monotonic), after the attempt ``copies.last`` recorded.
+
+    A failure, a backup's as much as a pull's, is retried after 30 s, 60 s,
+    120 s, ... capped at the interval (schedule.after_failure); a success after
+    failures, or any scheduled pull's, starts the interval again. A backup that
+    succeeds with nothing failing leaves the schedule as it was.
+    """
+    last = copies.last
+    if last is None:
+        return due
+    if not last.ok:
+        retry = schedule.after_failure(now, interval, copies.failures)
+        return retry if last.kind == SCHEDULED else min(due, retry)
+    if last.kind == SCHEDULED or copies.ended:
+        return schedule.after_success(now, interval, rng)
+    return due
+
+
+def retry_now(failing: Optional[Attempt], recovered_at: Optional[float]) -> bool:
+    """Whether a failed copy is retried at once: its storage failed, and a listing of the storage has since
+    answered again after failing (the outage is over). Once per recovery: a retry that fails again ends
+    after it, and waits for the backoff or the next recovery."""
+    return (failing is not None and failing.reason == "backend" and recovered_at is not None
+            and recovered_at > failing.at)

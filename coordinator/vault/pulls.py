@@ -33,7 +33,9 @@ from etcdguard.coordinator.agents.links import AgentLink, MemberLinks, read_repo
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import CoordinatorConfig
 from etcdguard.coordinator.metrics import CoordinatorMetrics
-from etcdguard.coordinator.vault.entry import Incoming, VaultEntry
+from etcdguard.coordinator.vault.attempts import BACKUP, SCHEDULED, CopyRecord
+from etcdguard.coordinator.vault.entry import MANUAL, Incoming, VaultEntry
+from etcdguard.coordinator.vault.entry import SCHEDULED as SCHEDULED_KIND
 from etcdguard.coordinator.vault.policy import choose_backup_member, choose_pull, failure_reason
 from etcdguard.coordinator.vault.store import Vault, VaultBackendError
 
@@ -88,8 +90,10 @@ class VaultPulls:
 
     ``survey`` asks every agent for its report (the daemon's, which also
     records reachability); ``stopping`` says the daemon is shutting down, so a
-    wait for a busy agent ends. ``last_pull`` is what the last pull or backup
-    did, for ``etcdguardctl status``.
+    wait for a busy agent ends. ``copies`` is how every pull and backup went
+    (attempts.py): what ``etcdguardctl status`` shows and the retries follow;
+    a failure is counted (``etcdguard_vault_failures_total``) where it is
+    recorded, with the same reason.
     """
 
     def __init__(self, *, config: Callable[[], CoordinatorConfig], links: Callable[[], MemberLinks],
@@ -102,24 +106,39 @@ class VaultPulls:
         self.slot = slot
         self.survey = survey
         self._stopping = stopping
-        self.last_pull: Optional[dict[str, Any]] = None
+        self.copies = CopyRecord()
+
+    @property
+    def last_pull(self) -> Optional[dict[str, Any]]:
+        """What the last pull or backup did (``status``'s ``last_pull``)."""
+        last = self.copies.view().last
+        return last.to_json() if last else None
+
+    def failed(self, kind: str, reason: str, message: str, member: Optional[str] = None) -> None:
+        """A copy failed: counted in the metric and recorded for status and the retry, with one reason."""
+        self.metrics.record_failure(reason)
+        self.copies.failed(kind, reason, message, member)
 
     # -- metrics -------------------------------------------------------------
     def refresh_metrics(self) -> list[VaultEntry]:
         """List the vault and publish its size and freshness; an unreadable vault is logged (and empty)."""
-        vault = self._vault()
         try:
-            entries = vault.list()
+            entries = self._vault().list()
         except VaultBackendError as exc:
             log.error("vault: %s", exc)
             return []
+        self.publish_metrics(entries)
+        return entries
+
+    def publish_metrics(self, entries: list[VaultEntry]) -> None:
+        """The vault's size and freshness from a listing of it (newest first)."""
+        vault = self._vault()
         self.metrics.retained.set(len(entries))
         self.metrics.bytes.set(sum(e.size for e in entries))
         self.metrics.record_vault([e.created_unix for e in entries])
         newest = entries[0] if entries else None   # by revision, whatever the clocks stamped
         self.metrics.record_newest(fresh_as_of(newest.created_unix, vault.fresh_as_of, time.time())
                                    if newest else None, newest.size if newest else 0, newest.revision if newest else 0)
-        return entries
 
     # -- etcdguardctl backup ---------------------------------------------------
     def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:
@@ -140,13 +159,12 @@ class VaultPulls:
             started = time.monotonic()
             try:
                 meta = self.take(view.name, emit)
-                entry, pulled = self.pull(view.name, meta, emit)
+                entry, pulled = self.pull(view.name, meta, emit, MANUAL)
             except EtcdguardError as exc:
-                self.metrics.record_failure(failure_reason(exc))
+                self.failed(BACKUP, failure_reason(exc), f"backup on {view.name}: {exc}", view.name)
                 raise
             took = time.monotonic() - started
-            self.last_pull = {"at": time.time(), "ok": True, "member": view.name, "sha256": entry.sha256,
-                              "message": f"backup on {view.name}"}
+            self.copies.succeeded(BACKUP, f"backup on {view.name}", view.name, entry.sha256)
             return {"member": view.name, "why": why, "snapshot": dict(meta), "entry": entry.to_json(),
                     "pulled": pulled, "duration_seconds": took}
 
@@ -157,22 +175,20 @@ class VaultPulls:
             log.info("vault pull postponed: %s", self.slot.doing)
             return True
         try:
-            ok, outcome = self._scheduled_pull()
-            self.last_pull = {"at": time.time(), **outcome}
-            return ok
+            return self._scheduled_pull()
         finally:
             self.slot.release()
 
-    def _scheduled_pull(self) -> tuple[bool, dict[str, Any]]:
-        """(vault up to date, what ``status`` shows as the last pull) of one scheduled pull."""
+    def _scheduled_pull(self) -> bool:
+        """One scheduled pull, recorded in ``copies``; True when the vault is up to date."""
         views = self.survey()
         vault = self._vault()
         try:
             entries = vault.list()
         except VaultBackendError as exc:
-            self.metrics.record_failure("backend")
             log.error("vault pull: %s", exc)
-            return False, {"ok": False, "message": str(exc)}
+            self.failed(SCHEDULED, "backend", str(exc))
+            return False
         choice = choose_pull(views, lambda sha: vault.has(sha) is not None, newest_revisions(entries),
                              self._config().vault.interval,
                              held={(e.cluster_id, e.revision) for e in entries if e.revision_exact})
@@ -182,16 +198,19 @@ class VaultPulls:
             self.refresh_metrics()
         if choice.member is None or choice.snapshot is None:
             if choice.failure is not None:
-                self.metrics.record_failure(choice.failure)
-            return choice.failure is None, {"ok": choice.failure is None, "message": choice.sentence}
+                self.failed(SCHEDULED, choice.failure, choice.sentence)
+                return False
+            self.copies.succeeded(SCHEDULED, choice.sentence)
+            return True
         try:
             entry, _ = self.pull(choice.member, choice.snapshot.to_json(), _discard)
         except EtcdguardError as exc:
             reason = failure_reason(exc)
-            self.metrics.record_failure(reason)
             log.error("vault pull from %s failed (%s): %s", choice.member, reason, exc)
-            return False, {"ok": False, "member": choice.member, "message": str(exc)}
-        return True, {"ok": True, "member": choice.member, "sha256": entry.sha256, "message": choice.sentence}
+            self.failed(SCHEDULED, reason, str(exc), choice.member)
+            return False
+        self.copies.succeeded(SCHEDULED, choice.sentence, choice.member, entry.sha256)
+        return True
 
     # -- take ------------------------------------------------------------------
     def take(self, name: str, emit: Emit) -> Mapping[str, Any]:
@@ -235,10 +254,13 @@ class VaultPulls:
         emit({"stage": "wait", "member": name, "message": f"member {name} is busy ({busy.message}); waiting"})
 
     # -- pull ------------------------------------------------------------------
-    def pull(self, name: str, meta: Mapping[str, Any], emit: Emit) -> tuple[VaultEntry, bool]:
-        """Fetch one catalogued snapshot of ``name`` into the vault (unless it is there), then its bundle."""
+    def pull(self, name: str, meta: Mapping[str, Any], emit: Emit,
+             kind: str = SCHEDULED_KIND) -> tuple[VaultEntry, bool]:
+        """Fetch one catalogued snapshot of ``name`` into the vault (unless it is there), then its bundle.
+
+        ``kind`` is stored with a new entry (entry.KINDS); one the vault already holds keeps its own."""
         try:
-            incoming = Incoming.from_agent(name, dict(meta))
+            incoming = Incoming.from_agent(name, dict(meta), kind)
         except ValueError as exc:
             raise SnapshotError(str(exc)) from None
         vault = self._vault()

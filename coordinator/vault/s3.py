@@ -8,7 +8,11 @@
   at the peak, measured). An object exists only once its
   upload completed (S3's PutObject and CompleteMultipartUpload are atomic);
   a failed upload is aborted, and uploads left incomplete by a crash are
-  aborted when the vault is opened. A partial upload is never listed.
+  aborted when the vault is opened. A partial upload is never listed, and
+  never left behind: an upload whose own abort could not reach the endpoint
+  (cut by an outage) is aborted as soon as it answers again, and any
+  incomplete upload under the prefix older than ``abort_incomplete_after``
+  is swept after every pull (``sweep``; the decision is ``to_abort``).
 - Each object records the sha256 of the snapshot it holds (and of its bytes
   when they are not re-encrypted on the way) in its metadata; reads re-check
   them.
@@ -24,7 +28,13 @@ import builtins
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, Optional
 
@@ -32,7 +42,8 @@ from etcdguard.common.base.errors import ConfigError, SnapshotCorrupt
 from etcdguard.coordinator.config import S3Settings
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import BUNDLE, Data, VaultBackendError
-from etcdguard.coordinator.vault.entry import VaultEntry
+from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
+from etcdguard.coordinator.vault.verified import ObjectStat
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +51,7 @@ CONCURRENCY = 2
 META_SNAPSHOT = "snapshot-sha256"
 META_CONTENT = "content-sha256"
 META_SIZE = "snapshot-size"
+META_KIND = "snapshot-kind"
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "Forbidden", "403"}
@@ -66,6 +78,27 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
+_URL_RE = re.compile(r"(?P<origin>https?://[^/\s\"']+)[^\s\"']*")
+
+
+def error_detail(exc: BaseException, bucket: str, key: Optional[str]) -> str:
+    """Pure: the first line of a botocore error, without the object's key.
+
+    The message that carries it already names the key (``uploading KEY
+    failed: ...``), and botocore repeats it in its own text, inside a request
+    URL (``Could not connect to the endpoint URL: "http://host/bucket/KEY?uploadId=..."``)
+    or after ``Failed to upload ... to bucket/KEY``: a key of 250 characters
+    printed twice hides the reason. URLs keep their scheme, host and port.
+    """
+    text = str(exc).splitlines()[0][:1000] if str(exc) else type(exc).__name__
+    text = _URL_RE.sub(lambda m: m.group("origin"), text)
+    if key:
+        quoted = urllib.parse.quote(key)
+        for form in (f"{bucket}/{key}", key, quoted, quoted.replace("~", "%7E")):
+            text = text.replace(form, "the object")
+    return text[:300]
+
+
 _HINTS = {
     "credentials": "the S3 credentials were refused or are missing: check [vault.s3] credentials_file (or "
                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the unit's environment)",
@@ -74,6 +107,40 @@ _HINTS = {
     "no_bucket": "the bucket does not exist: create it, or fix [vault.s3] bucket",
     "unreachable": "the S3 endpoint did not answer: check [vault.s3] endpoint, the network and TLS",
 }
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One incomplete multipart upload, as ListMultipartUploads shows it."""
+
+    key: str
+    upload_id: str
+    initiated: Optional[float]    # unix seconds by the endpoint's clock; None when it did not say
+
+
+def to_abort(uploads: Iterable[Upload], now: float, older_than: float, *, failed: Collection[str] = (),
+             uploading: Collection[str] = (), everything: bool = False) -> list[Upload]:
+    """Pure: the incomplete uploads to abort, never one of a key this coordinator uploads right now.
+
+    ``failed``: keys whose upload failed here (its own abort may not have
+    reached the endpoint): their uploads are dead. Others only once older
+    than ``older_than`` (another writer's may be live), or all of them with
+    ``everything`` (at start: nothing of this coordinator runs yet).
+    """
+    out = []
+    for u in uploads:
+        if u.key in uploading:
+            continue
+        stale = u.initiated is not None and now - u.initiated >= older_than
+        if everything or u.key in failed or stale:
+            out.append(u)
+    return out
+
+
+def _upload(raw: dict[str, Any]) -> Upload:
+    initiated = raw.get("Initiated")
+    when = initiated.timestamp() if isinstance(initiated, datetime) else None
+    return Upload(str(raw["Key"]), str(raw["UploadId"]), when)
 
 
 class S3Store:
@@ -87,39 +154,58 @@ class S3Store:
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         self.location = f"s3://{settings.bucket}/{settings.prefix}"
+        self._lock = threading.Lock()
+        self._uploading: set[str] = set()   # keys being uploaded now: never aborted
+        self._failed: set[str] = set()      # keys whose upload failed here: their incomplete uploads are dead
 
     # -- errors --------------------------------------------------------------
-    def _error(self, exc: BaseException, op: str, what: str) -> VaultBackendError:
+    def _error(self, exc: BaseException, op: str, what: str, key: Optional[str] = None) -> VaultBackendError:
+        """The operator's message: what failed (naming ``key`` once), botocore's reason, the hint."""
         reason = classify(exc)
         hint = _HINTS.get(reason, "")
-        detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        detail = error_detail(exc, self.bucket, key)
         return VaultBackendError(f"{self.location}: {what} failed: {detail}" + (f"; {hint}" if hint else ""),
                                  op, reason)
 
     @contextlib.contextmanager
-    def _calling(self, op: str, what: str) -> Iterator[None]:
+    def _calling(self, op: str, what: str, key: Optional[str] = None) -> Iterator[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
         except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, op, what) from None
+            raise self._error(exc, op, what, key) from None
 
     # -- opening -------------------------------------------------------------
     def prepare(self) -> builtins.list[PurePath]:
         """Check the bucket answers; abort uploads a crashed pull left incomplete under the prefix."""
-        aborted: list[PurePath] = []
         with self._calling("list", f"opening bucket {self.bucket}"):
             self.client.head_bucket(Bucket=self.bucket)
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.prefix)
-            for page in pages:
-                for upload in page.get("Uploads", []) or []:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])
-                    aborted.append(PurePosixPath(upload["Key"]))
-                    log.info("vault: aborted an incomplete upload of %s", upload["Key"])
-        return aborted
+        return self.sweep(everything=True)
+
+    @property
+    def leftovers(self) -> bool:
+        """Whether an upload failed here and its incomplete upload may still be in the bucket."""
+        with self._lock:
+            return bool(self._failed)
+
+    def sweep(self, now: Optional[float] = None, everything: bool = False) -> builtins.list[PurePath]:
+        """Abort the incomplete uploads under the prefix that ``to_abort`` picks; the keys aborted."""
+        with self._calling("delete", f"listing the incomplete uploads under {self.location}"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                 Prefix=self.prefix)
+            found = [_upload(u) for page in pages for u in page.get("Uploads", []) or []]
+        with self._lock:
+            failed, uploading = set(self._failed), set(self._uploading)
+        chosen = to_abort(found, time.time() if now is None else now, self.settings.abort_incomplete_after,
+                          failed=failed, uploading=uploading, everything=everything)
+        for u in chosen:
+            with self._calling("delete", f"aborting the incomplete upload of {u.key}", u.key):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=u.key, UploadId=u.upload_id)
+            log.info("vault: aborted an incomplete upload of %s", u.key)
+        with self._lock:   # every upload of a failed key is gone now (or is the one running)
+            self._failed -= failed - uploading
+        return [PurePosixPath(u.key) for u in chosen]
 
     # -- listing -------------------------------------------------------------
     def _keys(self, prefix: str) -> Iterator[str]:
@@ -157,13 +243,41 @@ class S3Store:
         return found[0] if found else None
 
     def _snapshot_key(self, entry: VaultEntry) -> str:
+        """The key a new copy of ``entry`` is stored under."""
         return names.snapshot_key(self.prefix, _name_of(entry))
+
+    def _stored_keys(self, sha256: str) -> builtins.list[str]:
+        """The keys the snapshot ``sha256`` is stored under, looked up rather than rebuilt: a key written
+        before kinds were recorded lacks the kind its entry now reads with."""
+        return [key for key in self._keys(f"{self.prefix}{names.SNAPSHOTS}{sha256}{names.SEP}")
+                if (parsed := names.parse_key(self.prefix, key)) is not None and parsed.kind == "snapshot"]
+
+    def _stored_key(self, entry: VaultEntry) -> str:
+        found = self._stored_keys(entry.sha256)
+        return found[0] if found else self._snapshot_key(entry)   # gone: reading it fails as missing
+
+    def stat(self, entry: VaultEntry) -> Optional[ObjectStat]:
+        """A HEAD of the snapshot's object: its ETag, size and metadata; None when it is not there."""
+        from botocore.exceptions import ClientError
+
+        key = self._stored_key(entry)
+        with self._calling("download", f"checking {key}", key):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+        meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return ObjectStat(tag=str(head.get("ETag", "")).strip('"'), size=int(head.get("ContentLength", -1)),
+                          snapshot_sha256=meta.get(META_SNAPSHOT), content_sha256=meta.get(META_CONTENT),
+                          recorded_size=meta.get(META_SIZE))
 
     # -- reading -------------------------------------------------------------
     @contextlib.contextmanager
     def open_read(self, entry: VaultEntry, kind: str) -> Iterator[IO[bytes]]:
-        key = names.bundle_key(self.prefix, entry.sha256) if kind == BUNDLE else self._snapshot_key(entry)
-        with self._calling("download", f"reading {key}"):
+        key = names.bundle_key(self.prefix, entry.sha256) if kind == BUNDLE else self._stored_key(entry)
+        with self._calling("download", f"reading {key}", key):
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
         meta = {k.lower(): v for k, v in (obj.get("Metadata") or {}).items()}
         recorded = meta.get(META_SNAPSHOT)
@@ -192,7 +306,7 @@ class S3Store:
             except ValueError as exc:
                 raise VaultBackendError(f"{self.location}: cannot name snapshot {entry.sha256[:16]}: {exc}",
                                         "upload", "other") from None
-            meta = {META_SNAPSHOT: entry.sha256, META_SIZE: str(entry.size)}
+            meta = {META_SNAPSHOT: entry.sha256, META_SIZE: str(entry.size), META_KIND: entry.kind}
             if not entry.encrypted:
                 meta[META_CONTENT] = entry.sha256
         extra: dict[str, Any] = {"Metadata": meta}
@@ -207,13 +321,25 @@ class S3Store:
                                 max_concurrency=CONCURRENCY, max_io_queue=CONCURRENCY, use_threads=True)
         # s3transfer reads up to this many parts ahead into memory (10 by default: 160 MiB at 16 MiB parts).
         config.max_in_memory_upload_chunks = CONCURRENCY + 1
-        with self._calling("upload", f"uploading {key}"), contextlib.ExitStack() as stack:
-            src: Any = stack.enter_context(open(data, "rb")) if isinstance(data, Path) else data
-            self.client.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=config)
+        if self.leftovers:   # S3 answers again: first what the outage left behind
+            self.sweep()
+        with self._lock:
+            self._uploading.add(key)
+        try:
+            with self._calling("upload", f"uploading {key}", key), contextlib.ExitStack() as stack:
+                src: Any = stack.enter_context(open(data, "rb")) if isinstance(data, Path) else data
+                self.client.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=config)
+        except BaseException:
+            with self._lock:
+                self._failed.add(key)   # boto3 aborts it, unless the endpoint is what failed
+            raise
+        finally:
+            with self._lock:
+                self._uploading.discard(key)
 
     def delete(self, entry: VaultEntry) -> None:
         """The snapshot first (the entry leaves the catalog), then its bundle and pins."""
-        keys = [self._snapshot_key(entry), names.bundle_key(self.prefix, entry.sha256),
+        keys = [*self._stored_keys(entry.sha256), names.bundle_key(self.prefix, entry.sha256),
                 *self._keys(f"{self.prefix}{names.PINS}{entry.sha256}{names.SEP}")]
         with self._calling("delete", f"deleting {entry.sha256[:16]}"):
             for key in keys:
@@ -249,7 +375,7 @@ class _Checked:
         try:
             data: bytes = self.body.read(size if size >= 0 else None)
         except BotoCoreError as exc:
-            raise self.store._error(exc, "download", f"reading {self.key}") from None
+            raise self.store._error(exc, "download", f"reading {self.key}", self.key) from None
         except OSError as exc:
             raise VaultBackendError(f"{self.store.location}: reading {self.key} failed: {exc}", "download",
                                     "unreachable") from None
@@ -275,7 +401,7 @@ def _name_of(e: VaultEntry) -> names.SnapshotName:
         sha256=e.sha256, created_unix=e.created_unix, revision=e.revision, size=e.size, cluster_id=e.cluster_id,
         member_id=e.member_id, etcd_version=e.etcd_version, source_member=e.source_member,
         original_name=e.original_name, pulled_unix=e.pulled_unix, revision_exact=e.revision_exact,
-        encrypted=e.encrypted)
+        encrypted=e.encrypted, kind=e.kind)
 
 
 def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultEntry:
@@ -286,7 +412,7 @@ def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultE
         revision=n.revision, cluster_id=n.cluster_id, member_id=n.member_id, etcd_version=n.etcd_version,
         created_at=iso_utc(n.created_unix), created_unix=n.created_unix, pulled_at=iso_utc(n.pulled_unix),
         pulled_unix=n.pulled_unix, pinned=pinned, bundle=bundle, encrypted=n.encrypted,
-        revision_exact=n.revision_exact)
+        revision_exact=n.revision_exact, kind=derive_kind(n.kind, pinned))
 
 
 def open_s3(settings: S3Settings, source: str) -> S3Store:
@@ -297,6 +423,11 @@ def open_s3(settings: S3Settings, source: str) -> S3Store:
     (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE), ~/.aws, a web
     identity or an instance role. Whether the endpoint accepts them shows at
     the first request (a failure metric with reason ``credentials``).
+
+    Every request is bounded by ``connect_timeout``, ``read_timeout`` and
+    ``max_attempts``: an endpoint that accepts connections and never answers
+    costs at most about their product, and nothing that answers an operator
+    waits on it (the daemon lists the vault in the background, catalog.py).
     """
     import boto3
     import botocore.session
@@ -324,7 +455,8 @@ def open_s3(settings: S3Settings, source: str) -> S3Store:
     config = Config(
         region_name=settings.region or session.region_name or "us-east-1",
         s3={"addressing_style": "path" if settings.path_style else "auto"},
-        retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=120,
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
     )
     client = session.client("s3", endpoint_url=settings.endpoint, config=config,
                             verify=str(settings.ca_bundle) if settings.ca_bundle else None)

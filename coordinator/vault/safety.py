@@ -5,11 +5,13 @@ restore goes wrong after clients have seen the restored data, the forward
 rollback restores from this snapshot. It is an ordinary backup (take on the
 member ``choose_backup_member`` picks, pull into the vault) that runs inside
 the restore, which already holds the daemon's slot, and is pinned so that
-retention never removes it.
+retention never removes it. Its entry's kind is ``pre-restore``, so that
+``latest`` never names it (entry.resolve_ref): it is chosen by id.
 """
 
 from __future__ import annotations
 
+from etcdguard.coordinator.vault.entry import PRE_RESTORE
 from etcdguard.coordinator.vault.policy import choose_backup_member
 from etcdguard.coordinator.vault.pulls import Emit, VaultPulls
 from etcdguard.coordinator.vault.store import Vault
@@ -22,7 +24,7 @@ def safety_snapshot(pulls: VaultPulls, vault: Vault, op: str, emit: Emit) -> str
         view, why = choose_backup_member(pulls.survey(), None)
         emit({"message": f"pre-restore safety snapshot on {why}", "member": view.name})
         meta = pulls.take(view.name, emit)
-        entry, _ = pulls.pull(view.name, meta, emit)
+        entry, _ = pulls.pull(view.name, meta, emit, PRE_RESTORE)
     finally:
         if label is not None:
             pulls.slot.update(label)

@@ -13,6 +13,11 @@ stores and lists bytes; this class decides what those bytes are:
   written to the backend, and a failed encryption or upload saves nothing;
 - every read re-checks the sha256 of the plaintext against the one the
   entry's name (or sidecar) and the object's metadata record;
+- a restore's plan checks the copy it would restore (``verify_copy``)
+  against the fingerprint the coordinator recorded in its own state when it
+  stored or last verified it (verified.py), and verifies a copy it has no
+  record of in full, once: a rewritten, metadata-less or undecryptable copy
+  is refused before anything is pinned, stopped or staged;
 - retention keeps pinned entries (a pin carries its reason, e.g.
   ``pre-restore``) and the ``keep`` newest others.
 
@@ -31,13 +36,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import IO, Callable, Optional, Union
 
 from etcdguard.common.base import agekeys, fsutil, retention
 from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
-from etcdguard.common.snapshot.integrity import verify_file
+from etcdguard.common.snapshot.integrity import verify_file, verify_restorable
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import (
     BUNDLE,
@@ -48,6 +53,7 @@ from etcdguard.coordinator.vault.backends import (
     VaultDiskError,
     ensure_space,
 )
+from etcdguard.coordinator.vault.catalog import Catalog, Listing
 from etcdguard.coordinator.vault.entry import (
     MIN_PREFIX,
     Incoming,
@@ -56,6 +62,15 @@ from etcdguard.coordinator.vault.entry import (
     newest_first_key,
     resolve_ref,
     same_data,
+)
+from etcdguard.coordinator.vault.verified import (
+    UPLOADED,
+    VERIFIED,
+    Fingerprint,
+    ObjectRecords,
+    ObjectStat,
+    fingerprint_problem,
+    metadata_problem,
 )
 
 __all__ = ["MIN_PREFIX", "Incoming", "Vault", "VaultBackendError", "VaultDiskError", "VaultEntry",
@@ -76,7 +91,7 @@ class Vault:
 
     def __init__(self, store: Union[Path, SnapStore], *, encrypt_to: Sequence[str] = (),
                  identity: Optional[Path] = None, work_dir: Optional[Path] = None,
-                 on_failure: Optional[FailureHook] = None) -> None:
+                 on_failure: Optional[FailureHook] = None, records: Optional[ObjectRecords] = None) -> None:
         self.store: SnapStore = DirStore(store) if isinstance(store, Path) else store
         self.recipients = tuple(encrypt_to)
         self.identity = identity
@@ -88,9 +103,15 @@ class Vault:
             work_dir = self.store.dir
         self.work_dir = work_dir
         self.on_failure = on_failure
+        self.records = records   # the copies' fingerprints, in the coordinator's own state (verified.py)
         self.fresh_as_of: Optional[float] = None   # newest data the backend was seen to hold
-        self.seen_at: Optional[float] = None       # when the backend last answered a listing or took a save
-        self.listed: builtins.list[VaultEntry] = []   # the last listing, newest first
+        # When the backend last confirmed holding every copy the coordinator made: an upload completed,
+        # or a listing answered while no upload is pending (``unsaved``: one failed and nothing replaced it).
+        # A listing alone must not confirm a copy that never arrived (etcdguard_vault_offsite_age_seconds).
+        self.seen_at: Optional[float] = None
+        self.unsaved: Optional[str] = None         # sha256 of a snapshot whose upload failed, until one succeeds
+        self.catalog = Catalog()   # the last listing, for answers that must not wait on the backend
+        self.prepared = False
         # Retention and pins: an entry pinned while retention decides is never deleted.
         self._lock = threading.Lock()
 
@@ -149,20 +170,66 @@ class Vault:
                 for path in fsutil.remove_stale_temps(self.work_dir):
                     log.info("vault: removed a leftover temp file %s", path)
             with self._counting("list"):
-                return self.store.prepare()
+                removed = self.store.prepare()
+            self.prepared = True
+            return removed
         except OSError as exc:
             reason = "denied" if exc.errno in (errno.EACCES, errno.EPERM) else "disk"
             raise VaultBackendError(str(fsutil.disk_error(f"cannot open the vault {self.location}", exc)), "list",
                                     reason) from None
 
+    def refresh(self) -> Listing:
+        """Open the backend if that has not worked yet, then list it into the catalog; a failure is
+        recorded in the catalog (and logged), not raised. What the background lister runs."""
+        before = self.catalog.view().error
+        try:
+            if not self.prepared:
+                try:
+                    self.prepare()
+                except (EtcdguardError, OSError) as exc:
+                    self.catalog.failed(str(exc))   # the listing it stands for failed
+                    raise
+            self.list()
+        except (EtcdguardError, OSError) as exc:
+            if str(exc) != before:   # an outage logs once, not at every listing
+                log.error("vault: %s", exc)
+            return self.catalog.view()
+        if self.store.leftovers:   # it answers again: abort what an upload cut by the outage left
+            self.sweep()
+        return self.catalog.view()
+
+    def sweep(self, now: Optional[float] = None) -> builtins.list[PurePath]:
+        """Abort incomplete uploads the backend holds (backends.SnapStore.sweep); a failure is logged and
+        counted, not raised: the next sweep tries again."""
+        try:
+            with self._counting("delete"):
+                return self.store.sweep(now)
+        except VaultBackendError as exc:
+            log.warning("vault: incomplete uploads were not swept: %s", exc)
+            return []
+
     # -- reading -----------------------------------------------------------
     def list(self) -> builtins.list[VaultEntry]:
-        """Catalog entries, newest first: by revision within a cluster, not by clocks (entry.newest_first)."""
-        with self._counting("list"):
-            entries = newest_first(self.store.list())
-        self.listed = entries
-        self.seen_at = time.time()
+        """Catalog entries, newest first: by revision within a cluster, not by clocks (entry.newest_first).
+
+        Asks the backend; the result (or the failure) goes to ``catalog``."""
+        started = self.catalog.asking()
+        try:
+            with self._counting("list"):
+                entries = newest_first(self.store.list())
+        except (EtcdguardError, OSError) as exc:
+            self.catalog.failed(str(exc))
+            raise
+        self.catalog.answered(entries, started)
+        self._confirmed(e.sha256 for e in entries)
         return entries
+
+    def _confirmed(self, shas: Iterable[str]) -> None:
+        """The backend answered with ``shas``: it holds every copy made, unless an upload is pending."""
+        if self.unsaved is not None and self.unsaved in set(shas):
+            self.unsaved = None   # it arrived after all (its answer was what was lost)
+        if self.unsaved is None:
+            self.seen_at = time.time()
 
     def newest(self) -> Optional[VaultEntry]:
         items = self.list()
@@ -170,11 +237,14 @@ class Vault:
 
     def newest_cached(self) -> Optional[VaultEntry]:
         """The newest entry of the last listing, without asking the backend (status lines)."""
-        return self.listed[0] if self.listed else None
+        return self.catalog.view().newest()
 
     def has(self, sha256: str) -> Optional[VaultEntry]:
         with self._counting("list"):
-            return self.store.get(sha256)
+            found = self.store.get(sha256)
+        if found is not None and sha256 == self.unsaved:
+            self._confirmed([sha256])
+        return found
 
     def resolve(self, ref: str) -> VaultEntry:
         """``latest`` or a unique sha256 prefix; UsageError (exit 2) otherwise."""
@@ -229,15 +299,22 @@ class Vault:
 
     def _save(self, temp: Path, incoming: Incoming, pulled_unix: float) -> VaultEntry:
         entry = incoming.entry(pulled_unix, encrypted=self.encrypted)
-        with self._counting("upload"):
-            if self.recipients:
-                with agekeys.encrypting(temp, self.recipients) as stream:
-                    self.store.save(entry, SNAPSHOT, stream)
-            else:
-                os.chmod(temp, 0o600)
-                self.store.save(entry, SNAPSHOT, temp)
+        try:
+            with self._counting("upload"):
+                if self.recipients:
+                    with agekeys.encrypting(temp, self.recipients) as stream:
+                        self.store.save(entry, SNAPSHOT, stream)
+                else:
+                    os.chmod(temp, 0o600)
+                    self.store.save(entry, SNAPSHOT, temp)
+        except BaseException:
+            self.unsaved = entry.sha256
+            raise
+        self.unsaved = None
         self.seen_at = time.time()
+        self._record(entry, UPLOADED)
         stored = self.store.get(entry.sha256) or entry
+        self.catalog.put(stored)
         log.info("vault: stored %s (%d bytes, revision %d%s) from member %s in %s", incoming.sha256[:16],
                  incoming.size, incoming.revision, ", age-encrypted" if self.encrypted else "",
                  incoming.source_member, self.location)
@@ -266,6 +343,7 @@ class Vault:
                 raise UsageError(f"refused to store the bundle of {entry.sha256[:12]}: it is not age-encrypted")
         with self._counting("upload"):
             self.store.save(entry, BUNDLE, path)
+        self.catalog.put(entry.with_(bundle=True))
         return entry.with_(bundle=True)
 
     # -- pins ----------------------------------------------------------------
@@ -279,6 +357,7 @@ class Vault:
             with self._counting("upload"):
                 self.store.set_pin(sha256, reason)
         log.info("vault: pinned %s (%s)", sha256[:16], reason)
+        self.catalog.put(entry.with_(pinned=reason))
         return entry.with_(pinned=reason)
 
     def unpin(self, sha256: str) -> VaultEntry:
@@ -287,6 +366,7 @@ class Vault:
             with self._counting("delete"):
                 self.store.set_pin(sha256, None)
             log.info("vault: unpinned %s (was: %s)", sha256[:16], entry.pinned)
+        self.catalog.put(entry.with_(pinned=None))
         return entry.with_(pinned=None)
 
     def pinned(self, sha256: str) -> Optional[str]:
@@ -334,11 +414,9 @@ class Vault:
             raise exc
 
     def check(self, entry: VaultEntry) -> Optional[str]:
-        """None when the backend holds ``entry`` and it can be read back; else the problem, for a plan.
+        """None when the backend lists ``entry`` and the coordinator holds what decrypts it; else the problem.
 
-        Reading an object back to hash it costs a download (and a decryption),
-        so here the listing and the identity are checked; ``materialize``
-        verifies the sha256 when the restore reads it.
+        The first, cheap part of ``verify_copy``: nothing is read here.
         """
         try:
             held = self.has(entry.sha256)
@@ -349,6 +427,66 @@ class Vault:
         if held.encrypted and self.identity is None:
             return (f"{entry.sha256[:12]} is age-encrypted and [vault] age_identity is not set: the coordinator "
                     "cannot read it back")
+        return None
+
+    # -- verifying a copy for a restore -------------------------------------------
+    def _record(self, entry: VaultEntry, how: str) -> None:
+        """Remember the fingerprint of ``entry``'s copy as it is now (stored or verified by this coordinator)."""
+        if self.records is None:
+            return
+        try:
+            stat = self.store.stat(entry)
+        except (EtcdguardError, OSError) as exc:   # not recorded: the next plan verifies it in full
+            log.warning("vault: cannot record the copy of %s: %s", entry.sha256[:16], exc)
+            return
+        if stat is not None:
+            self.records.put(self.location, entry.sha256, Fingerprint.of(stat, how))
+
+    def verify_copy(self, entry: VaultEntry) -> Optional[str]:
+        """None when the backend's copy of ``entry`` is provably the snapshot the vault recorded; else the
+        problem, which a restore's plan refuses (exit 3) before anything is pinned, stopped or staged.
+
+        Without downloading: the copy is there, the identity to decrypt it is
+        set, its metadata records the snapshot's sha256 (and size), and its
+        fingerprint (S3: ETag and size) is the one the coordinator recorded when
+        it stored or last verified it. A copy with no record is downloaded,
+        decrypted, and checked in full (sha256, size, the etcd snapshot's
+        trailer and meta pages) once, then recorded.
+        """
+        problem = self.check(entry)
+        if problem is not None:
+            return problem
+        try:
+            stat = self.store.stat(entry)
+        except (EtcdguardError, OSError) as exc:
+            return f"it cannot be checked: {exc}"
+        if stat is None:
+            return f"it is no longer in the vault ({self.location})"
+        known = self.records.get(self.location, entry.sha256) if self.records is not None else None
+        problem = metadata_problem(entry, stat) or (
+            fingerprint_problem(entry, stat, known, self.records.path) if known and self.records else None)
+        if problem is not None:
+            self._failed(VaultBackendError(problem, "download", "checksum"), "download")
+            return f"{problem}; refused ({self.location})"
+        return None if known is not None else self._verify_in_full(entry, stat)
+
+    def _verify_in_full(self, entry: VaultEntry, stat: ObjectStat) -> Optional[str]:
+        """Download (and decrypt) the copy, check it as a restore would, and record it when it passes."""
+        try:
+            with self.materialize(entry) as path:
+                verify_restorable(path, entry.sha256, entry.size)
+            after = self.store.stat(entry)
+        except agekeys.AgeError as exc:
+            return (f"it cannot be decrypted with [vault] age_identity {self.identity}: {' '.join(str(exc).split())}; "
+                    "a damaged or rewritten object, or an identity it was not encrypted to")
+        except (EtcdguardError, OSError) as exc:
+            return f"reading it back in full: {' '.join(str(exc).split())}"
+        if after != stat:
+            return (f"it changed while it was being verified (fingerprint {stat.tag} then "
+                    f"{after.tag if after else 'gone'})")
+        if self.records is not None:
+            self.records.put(self.location, entry.sha256, Fingerprint.of(stat, VERIFIED))
+        log.info("vault: verified the copy of %s in full (%s) and recorded it", entry.sha256[:16], self.location)
         return None
 
     @contextlib.contextmanager
@@ -402,6 +540,9 @@ class Vault:
     def delete(self, entry: VaultEntry) -> None:
         with self._counting("delete"):
             self.store.delete(entry)
+        self.catalog.drop(entry.sha256)
+        if self.records is not None:
+            self.records.drop(self.location, entry.sha256)
 
     def apply_retention(self, keep: int) -> builtins.list[retention.Verdict]:
         """Keep pinned entries and the ``keep`` newest others (the newest always); delete the rest."""
@@ -413,5 +554,6 @@ class Vault:
                 if not v.keep:
                     log.info("vault retention: deleting %s (%s)", v.name[:16], v.reason)
                     self.delete(entries[v.name])
+        self.sweep()
         return verdicts
 

@@ -418,3 +418,65 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
         coord.stop()
         stop_all(agents)
         notify.close()
+
+
+# -- vault entry kinds across a restore (slow) ----------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_latest_stays_the_scheduled_or_manual_snapshot_after_a_restore_took_a_safety_snapshot(
+        etcd_factory, etcd_build, tmp_path):
+    from tests.helpers.restore_rig import RestoreRig
+
+    cluster = etcd_factory.cluster(etcd_build, size=1)
+    member = cluster.members[0]
+    member.put("/registry/before", "1")
+    rig = RestoreRig(cluster, tmp_path)
+    try:
+        rig.start()
+        # the start pulls the agent's snapshot (scheduled); then one by hand (manual)
+        scheduled = wait_until(lambda: [e for e in rig.ctl_json("snapshots") if e["kind"] == "scheduled"], 60,
+                               what="the scheduled pull at start")[0]
+        member.put("/registry/manual", "2")
+        manual = rig.backup()
+        assert manual["kind"] == "manual" and manual["revision"] > scheduled["revision"]
+        member.put("/registry/after-the-backup", "3")   # the live cluster is ahead: its safety snapshot is newer
+
+        done = rig.ctl_json("restore", "latest", "--yes")
+        assert done["state"] == "done" and done["snapshot"] == manual["sha256"]
+        safety = done["pre_restore_snapshot"]
+        listed = {e["sha256"]: e for e in rig.ctl_json("snapshots")}
+        assert listed[safety]["kind"] == "pre-restore" and listed[safety]["pinned"].startswith("pre-restore")
+        assert listed[safety]["revision"] > manual["revision"]
+        assert (listed[manual["sha256"]]["kind"], listed[scheduled["sha256"]]["kind"]) == ("manual", "scheduled")
+        text = rig.ctl("snapshots").stdout
+        assert "KIND" in text and "pre-restore" in text and "manual" in text
+
+        # 'latest' everywhere it is accepted: the manual snapshot, never the newer safety snapshot
+        plan = rig.ctl("restore", "latest", "--plan", "--json")
+        assert json.loads(plan.stdout)["snapshot"]["id"] == manual["sha256"], plan.stderr
+        out = tmp_path / "latest.db"
+        exported = rig.ctl_json("export", "latest", "--output", str(out))
+        assert exported["id"] == manual["sha256"]
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == manual["sha256"]
+        assert rig.ctl_json("pin", "latest", "--reason", "kept")["sha256"] == manual["sha256"]
+        # the safety snapshot is chosen by its id
+        assert json.loads(rig.ctl("restore", safety[:12], "--plan", "--json").stdout)["snapshot"]["id"] == safety
+
+        # entries stored before kinds: the restore's pin makes the safety snapshot pre-restore, the rest scheduled
+        for sha in (safety, manual["sha256"]):
+            sidecar = tmp_path / "vault" / f"{sha}.json"
+            meta = json.loads(sidecar.read_text())
+            del meta["kind"]
+            sidecar.write_text(json.dumps(meta))
+        rig.coordinator.stop()
+        rig.start_coordinator()
+        kinds = {e["sha256"]: e["kind"] for e in rig.ctl_json("snapshots")}
+        assert (kinds[safety], kinds[manual["sha256"]]) == ("pre-restore", "scheduled")
+        assert json.loads(rig.ctl("restore", "latest", "--plan", "--json").stdout)["snapshot"]["id"] != safety
+    except BaseException:
+        rig.dump_logs()
+        raise
+    finally:
+        rig.stop()

@@ -4,12 +4,14 @@ Ceph RGW; what these tests rely on is the S3 API itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,17 @@ import pytest
 from etcdguard.common.base.agekeys import AgeError, is_age_file
 from etcdguard.common.base.errors import ConfigError, SnapshotCorrupt
 from etcdguard.common.snapshot.integrity import digest_file
-from etcdguard.coordinator.config import parse_coordinator_config
+from etcdguard.coordinator.config import load_coordinator_config, parse_coordinator_config
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.factory import open_vault
 from etcdguard.coordinator.vault.store import Incoming, Vault, VaultBackendError
 
+from tests.helpers.agentconf import render_toml
+from tests.helpers.coordinator import Coordinator
 from tests.helpers.etcd import snapshot_status, snapshot_status_json
-from tests.helpers.proxy import CuttingProxy
+from tests.helpers.net import wait_until
+from tests.helpers.proxy import CuttingProxy, SwitchProxy
 from tests.helpers.s3 import MotoServer, age_keypair, quiet_env, synthetic_snapshot
 
 T0 = 1_790_000_000.0
@@ -146,6 +151,39 @@ def test_retention_and_pins_on_the_bucket(tmp_path, moto, bucket):
     assert [k for k in moto.keys_in_bucket(bucket) if "/pins/" in k] == []
 
 
+def test_each_object_records_its_kind_and_latest_skips_safety_snapshots(tmp_path, moto, bucket):
+    vault = open_vault(config_for(tmp_path, moto, bucket))
+    stored = {}
+    for i, kind in enumerate(("scheduled", "manual", "pre-restore")):
+        snap = tmp_path / f"{kind}.db"
+        synthetic_snapshot(snap, 6000 + i, seed=i)
+        inc = dataclasses.replace(incoming(snap, created=T0 + i, revision=10 + i), kind=kind)
+        stored[kind] = vault.add_file(snap, inc, pin="pre-restore op1" if kind == "pre-restore" else None)[0]
+    for kind, e in stored.items():
+        (key,) = [k for k in snapshot_keys(moto, bucket) if e.sha256 in k]
+        assert key.endswith(f"~k{kind}.db")
+        assert moto.client().head_object(Bucket=bucket, Key=key)["Metadata"]["snapshot-kind"] == kind
+    again = open_vault(config_for(tmp_path, moto, bucket))
+    assert {e.sha256: e.kind for e in again.list()} == {e.sha256: k for k, e in stored.items()}
+    assert again.resolve("latest").sha256 == stored["manual"].sha256     # not the newer pre-restore one
+    assert again.resolve(stored["pre-restore"].sha256[:8]).kind == "pre-restore"
+
+    # objects stored before kinds were recorded: the kind comes from the pin (a restore's), else scheduled
+    for kind in ("manual", "pre-restore"):
+        (key,) = [k for k in snapshot_keys(moto, bucket) if stored[kind].sha256 in k]
+        moto.client().copy_object(Bucket=bucket, Key=key.replace(f"~k{kind}", ""),
+                                  CopySource={"Bucket": bucket, "Key": key})
+        moto.client().delete_object(Bucket=bucket, Key=key)
+    legacy = open_vault(config_for(tmp_path, moto, bucket))
+    derived = {e.sha256: e.kind for e in legacy.list()}
+    assert derived[stored["pre-restore"].sha256] == "pre-restore"
+    assert derived[stored["manual"].sha256] == "scheduled"
+    old = legacy.resolve(stored["manual"].sha256[:8])        # read, checked and deleted under its old key
+    with legacy.materialize(old) as path:
+        assert digest_file(path).sha256 == old.sha256
+    legacy.delete(old)
+    assert not [k for k in snapshot_keys(moto, bucket) if old.sha256 in k]
+
 def test_a_tampered_object_is_refused(tmp_path, moto, bucket):
     metrics = CoordinatorMetrics(backend="s3")
     vault = open_vault(config_for(tmp_path, moto, bucket), metrics.record_backend_failure)
@@ -175,7 +213,7 @@ def test_a_tampered_object_is_refused(tmp_path, moto, bucket):
 
 def test_bucket_unreachable_mid_upload_leaves_no_snapshot(tmp_path, moto, bucket):
     snap = tmp_path / "snap.db"
-    synthetic_snapshot(snap, 4 * PART)
+    sha = synthetic_snapshot(snap, 4 * PART)
     proxy = CuttingProxy(moto.port, limit=PART + PART // 2)   # inside the second part
     metrics = CoordinatorMetrics(backend="s3")
     vault = open_vault(config_for(tmp_path, moto, bucket, endpoint=f"http://127.0.0.1:{proxy.port}"),
@@ -187,6 +225,10 @@ def test_bucket_unreachable_mid_upload_leaves_no_snapshot(tmp_path, moto, bucket
         proxy.close()
     assert proxy.cut.is_set() and info.value.reason == "unreachable"
     assert "did not answer" in str(info.value) or "unreachable" in str(info.value) or "endpoint" in str(info.value)
+    # the long key is named once (botocore's URL would repeat it), the endpoint still shows
+    assert str(info.value).count(sha) == 1, str(info.value)
+    assert f"uploading prod/snapshots/{sha}~" in str(info.value)
+    assert f'"http://127.0.0.1:{proxy.port}"' in str(info.value) or "127.0.0.1" in str(info.value)
     assert snapshot_keys(moto, bucket) == []
     assert list((tmp_path / "state" / "vault-work").iterdir()) == []
     assert 'op="upload",reason="unreachable"} 1.0' in metrics.render().decode()
@@ -197,6 +239,56 @@ def test_bucket_unreachable_mid_upload_leaves_no_snapshot(tmp_path, moto, bucket
     assert uploads == [] and all("/snapshots/" in str(p) for p in aborted)
     assert direct.list() == []
     assert direct.add_file(snap, incoming(snap))[1] is True
+
+
+def incomplete_uploads(moto: MotoServer, bucket: str, prefix: str = "prod/") -> list[str]:
+    return [u["Key"] for u in moto.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])]
+
+
+def test_an_upload_cut_by_an_outage_is_aborted_once_s3_answers_again(tmp_path, moto, bucket):
+    """boto3 aborts a failed multipart upload itself, unless the outage is what failed it: then the
+    coordinator aborts it when the endpoint answers again, at its next listing or push, not only at the
+    next start. Stale uploads of others under the prefix go after abort_incomplete_after."""
+    snap, second = tmp_path / "snap.db", tmp_path / "second.db"
+    synthetic_snapshot(snap, 4 * PART)
+    synthetic_snapshot(second, 2 * PART, seed=2)
+    proxy = SwitchProxy(moto.port)
+    try:
+        vault = open_vault(config_for(tmp_path, moto, bucket, endpoint=f"http://127.0.0.1:{proxy.port}",
+                                      extra={"connect_timeout": "2s", "read_timeout": "5s", "max_attempts": 1}))
+        vault.prepare()
+        proxy.cut_after(PART + PART // 2)                  # inside the second part; then the endpoint is down
+        with pytest.raises(VaultBackendError) as info:
+            vault.add_file(snap, incoming(snap))
+        assert proxy.cut.is_set() and info.value.reason == "unreachable"
+        left = incomplete_uploads(moto, bucket)
+        assert len(left) == 1 and "/snapshots/" in left[0]   # boto3's own abort could not reach it
+        vault.refresh()                                      # still down: nothing to do, nothing raised
+        assert vault.catalog.view().state == "failed" and incomplete_uploads(moto, bucket) == left
+
+        proxy.forward()                                      # S3 answers again; the next push
+        entry, pulled = vault.add_file(second, incoming(second, revision=8))
+        assert pulled and incomplete_uploads(moto, bucket) == []
+        assert [e.sha256 for e in vault.list()] == [entry.sha256]
+
+        # the same outage again, this time found by the background listing before any push
+        proxy.cut_after(PART // 2)
+        with pytest.raises(VaultBackendError):
+            vault.add_file(snap, incoming(snap))
+        assert len(incomplete_uploads(moto, bucket)) == 1
+        proxy.forward()
+        assert vault.refresh().state == "ok" and incomplete_uploads(moto, bucket) == []
+
+        # another writer's incomplete upload: left alone until it is older than abort_incomplete_after
+        # (moto stamps every upload 2010-11-10, so "now" is set just after that, then an hour later)
+        foreign = moto.client().create_multipart_upload(Bucket=bucket, Key="prod/snapshots/other-writer.db")
+        initiated = moto.client().list_multipart_uploads(Bucket=bucket)["Uploads"][0]["Initiated"].timestamp()
+        assert vault.sweep(now=initiated + 60) == [] and incomplete_uploads(moto, bucket) == [
+            "prod/snapshots/other-writer.db"]
+        assert [str(k) for k in vault.sweep(now=initiated + 3600)] == ["prod/snapshots/other-writer.db"]
+        assert incomplete_uploads(moto, bucket) == [] and foreign["UploadId"]
+    finally:
+        proxy.close()
 
 
 # -- credentials -----------------------------------------------------------------------------------
@@ -374,3 +466,203 @@ def test_rss_stays_flat_through_encrypt_and_upload_of_a_300_mb_snapshot(tmp_path
     print(f"peak RSS (MiB) of encrypt + upload: {peaks}")
     assert peaks[300] < 200, peaks                    # far below the snapshot's 300 MB
     assert peaks[300] - peaks[100] < 32, peaks        # flat: does not grow with the snapshot
+
+
+# -- the daemon in front of an S3 that stops answering -------------------------------------------------
+
+
+def daemon_config(tmp_path: Path, moto: MotoServer, bucket: str, endpoint: str, s3: Any = None) -> Path:
+    """A coordinator (insecure; its one agent never answers) whose vault is ``bucket`` through ``endpoint``."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o750, exist_ok=True)
+    cfg = tmp_path / "coordinator.toml"
+    cfg.write_text(render_toml({
+        "coordinator": {"state_dir": str(tmp_path / "state"), "insecure": True, "control_socket": str(run / "c.sock"),
+                        "request_timeout": "1s"},
+        "vault": {"backend": "s3", "keep": 5},
+        "vault.s3": {"bucket": bucket, "endpoint": endpoint, "region": "us-east-1", "prefix": "prod/",
+                     "path_style": True, "credentials_file": str(moto.credentials_file(tmp_path / "s3.credentials")),
+                     "part_size": PART, **(s3 or {})},
+        "metrics": {"enabled": False},
+        "members": [{"name": "m1", "agent": "tcp://127.0.0.1:9"}],
+    }))
+    return cfg
+
+
+def timed(coord: Coordinator, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """etcdguardctl ARGS and how long it took to answer (a hung answer fails the test after 30 s)."""
+    from tests.helpers.coordinator import run_ctl
+
+    started = time.monotonic()
+    r = run_ctl(*args, "--config", str(coord.config), timeout=30)
+    return r, time.monotonic() - started
+
+
+def test_status_and_snapshots_answer_at_once_while_s3_hangs(tmp_path, moto, bucket):
+    """An endpoint that accepts connections and never answers: status and snapshots answer within about 2 s
+    from the last listing, say that listing failed, when the last one answered and what it held."""
+    proxy = SwitchProxy(moto.port)
+    # each request gives up after 3 s and is tried once, so a listing fails within the test's patience
+    cfg = daemon_config(tmp_path, moto, bucket, f"http://127.0.0.1:{proxy.port}",
+                        {"connect_timeout": "2s", "read_timeout": "3s", "max_attempts": 1})
+    snap = tmp_path / "snap.db"
+    sha = synthetic_snapshot(snap, 9000)
+    open_vault(load_coordinator_config(cfg)).add_file(snap, incoming(snap))
+    coord = Coordinator(cfg, tmp_path / "coordinator.log")
+    try:
+        coord.start(env=quiet_env({"PYTHONUNBUFFERED": "1"}))
+        coord.wait_ready()
+        assert [e["sha256"] for e in coord.ctl_json("snapshots")] == [sha]
+
+        proxy.hang()
+        seen: list[float] = []
+
+        def failed_listing_shown() -> Any:
+            r, took = timed(coord, "status", "--json")
+            seen.append(took)
+            assert r.returncode == 0, r.stderr
+            vault = json.loads(r.stdout)["vault"]
+            return vault if vault["listing"]["state"] == "failed" else None
+
+        vault = wait_until(failed_listing_shown, 40, interval=0.5, what="status to show the failed listing")
+        assert max(seen) < 2.5, seen                                     # every answer came at once
+        assert "did not answer" in vault["error"] and vault["listing"]["error"] == vault["error"]
+        assert vault["count"] == 1 and vault["newest"]["sha256"] == sha   # what the last listing held
+        assert vault["listing"]["listed_at"].endswith("Z") and vault["listing"]["age_seconds"] >= 0
+
+        text, took = timed(coord, "status")
+        assert text.returncode == 0 and took < 2.5, (took, text.stderr)
+        assert "vault: LISTING FAILED" in text.stdout and "vault: empty" not in text.stdout, text.stdout
+        assert "as last listed" in text.stdout and "1 snapshot(s)" in text.stdout and sha[:12] in text.stdout
+
+        listed, took = timed(coord, "snapshots")
+        assert listed.returncode == 0 and took < 2.5, (took, listed.stderr)
+        assert sha[:12] in listed.stdout and "empty" not in listed.stdout
+        assert "listing the vault failed" in listed.stderr and "as last listed" in listed.stderr
+        as_json, took = timed(coord, "snapshots", "--json")
+        assert as_json.returncode == 0 and took < 2.5
+        assert [e["sha256"] for e in json.loads(as_json.stdout)] == [sha]
+
+        # a restart while it hangs: nothing listed yet, which is not "empty" either
+        assert coord.stop() == 0, coord.log_tail()
+        coord.start(env=quiet_env({"PYTHONUNBUFFERED": "1"}))
+        wait_until(lambda: timed(coord, "status", "--json")[0].returncode == 0, 30, interval=0.2,
+                   what="the restarted coordinator to answer")
+        r, took = timed(coord, "status")
+        assert r.returncode == 0 and took < 2.5, (took, r.stderr)
+        assert "vault: empty" not in r.stdout
+        assert "vault: not listed yet" in r.stdout or "its contents are unknown" in r.stdout, r.stdout
+        r, took = timed(coord, "snapshots", "--json")
+        assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+        assert json.loads(r.stdout)["exit"] == 1 and "s3://" in r.stderr
+
+        # the endpoint answers again: so does the listing
+        proxy.forward()
+        wait_until(lambda: json.loads(timed(coord, "status", "--json")[0].stdout)["vault"]["listing"]["state"] == "ok",
+                   40, interval=0.5, what="the listing to answer again")
+        assert [e["sha256"] for e in coord.ctl_json("snapshots")] == [sha]
+    except BaseException:
+        print(coord.log_tail(80))
+        raise
+    finally:
+        coord.stop()
+        proxy.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
+def test_a_failed_copy_is_shown_counted_and_retried_once_s3_answers_again(tmp_path, moto, bucket, etcd_member):
+    """A backup whose upload fails, then the retry (a scheduled pull) failing the same way: status shows the
+    last failure and its reason until a copy succeeds, the next pull is its retry, the failure counter and
+    the off-site confirmation agree with it, and the copy is retried as soon as S3 answers again."""
+    from tests.helpers.agents import AgentProcess, CoordinatorKeys
+    from tests.helpers.coordinator import coordinator_config, scrape
+    from tests.helpers.net import free_port
+
+    ckeys = CoordinatorKeys.create(tmp_path / "ckeys")
+    agent = AgentProcess(etcd_member, tmp_path / "agent", authorized=[ckeys.public_path])
+    proxy = SwitchProxy(moto.port)
+    port = free_port()
+    cfg = coordinator_config(tmp_path, ckeys, [agent], port, extra={
+        "vault": {"backend": "s3", "interval": "1h"},
+        "vault.s3": {"bucket": bucket, "endpoint": f"http://127.0.0.1:{proxy.port}", "region": "us-east-1",
+                     "prefix": "prod/", "path_style": True, "connect_timeout": "2s", "read_timeout": "3s",
+                     "max_attempts": 1,
+                     "credentials_file": str(moto.credentials_file(tmp_path / "s3.credentials"))}})
+    coord = Coordinator(cfg, tmp_path / "coordinator.log")
+    failures = 'etcdguard_vault_failures_total{backend="s3",reason="backend"}'
+    confirmed = "etcdguard_vault_offsite_last_success_timestamp_seconds"
+
+    def status() -> Any:
+        return coord.ctl_json("status")
+
+    try:
+        agent.start()
+        coord.start(env=quiet_env({"PYTHONUNBUFFERED": "1"}))
+        coord.wait_ready()
+        first = wait_until(lambda: (status()["coordinator"]["last_pull"] or {}).get("sha256"), 60,
+                           what="the first scheduled pull")
+        before = scrape(port)
+        assert before[confirmed] > 0 and before[failures] == 0
+
+        # 1. a backup whose upload is cut (then S3 is down)
+        etcd_member.put("/registry/after-the-first-pull", "x")
+        proxy.cut_on(b"PUT /")
+        r = coord.ctl("backup")
+        assert r.returncode == 1 and proxy.cut.is_set(), r.stderr
+        assert "uploading prod/snapshots/" in r.stderr, r.stderr
+        report = status()
+        co = report["coordinator"]
+        failed = co["last_failure"]
+        assert (failed["kind"], failed["reason"], co["failures_in_a_row"], co["next_pull_retries"]) == (
+            "backup", "backend", 1, True)
+        assert "uploading" in failed["message"] and co["last_pull"] == failed
+        assert 0 < co["next_pull_in_seconds"] <= 30                        # the retry, not the hourly pull
+        text = coord.ctl("status").stdout
+        assert "last copy FAILED" in text and "last pull ok" not in text and "a retry" in text, text
+        m = scrape(port)
+        assert m[failures] == 1 == co["failures_in_a_row"]
+        assert m['etcdguard_vault_backend_failures_total{backend="s3",op="upload",reason="unreachable"}'] >= 1
+        at_failure = m[confirmed]   # the backup's own listings answered before its upload failed
+        assert at_failure >= before[confirmed]
+        # S3 is down: status lists, fails, and still shows the failure (the listing is not a copy)
+        wait_until(lambda: status()["vault"]["listing"]["state"] == "failed", 30, interval=0.5,
+                   what="the listing to fail")
+        assert scrape(port)[confirmed] == at_failure
+
+        # 2. S3 answers listings again (the retry starts at once), and cuts that upload too
+        proxy.cut_on(b"PUT /")
+        proxy.forward()
+        co = wait_until(lambda: (c := status()["coordinator"])["failures_in_a_row"] == 2 and c, 30, interval=0.5,
+                        what="the retry to fail as well")
+        assert (co["last_failure"]["kind"], co["last_failure"]["reason"]) == ("scheduled", "backend")
+        assert co["failing_since_unix"] == failed["at"] and 0 < co["next_pull_in_seconds"] <= 60
+        m = scrape(port)
+        assert m[failures] == 2 == co["failures_in_a_row"]
+        assert m[confirmed] == at_failure   # listings answered, the copy did not arrive: not confirmed
+        assert m["etcdguard_vault_offsite_age_seconds"] > 0
+
+        # 3. S3 is back for good: retried at once (well before the 60 s backoff), then shown as ok
+        wait_until(lambda: status()["vault"]["listing"]["state"] == "failed", 30, interval=0.5,
+                   what="the listing to fail again")
+        proxy.forward()
+        started = time.monotonic()
+        co = wait_until(lambda: (c := status()["coordinator"])["last_failure"] is None and c, 45, interval=0.5,
+                        what="the retry to succeed")
+        assert time.monotonic() - started < 30
+        newest = status()["members"][0]["newest_backup"]["sha256"]
+        assert co["last_pull"]["ok"] and co["last_pull"]["sha256"] == newest != first
+        assert co["failures_in_a_row"] == 0 and co["next_pull_retries"] is False
+        assert co["next_pull_in_seconds"] > 1800                           # the interval again
+        assert "last pull ok" in coord.ctl("status").stdout
+        assert newest in [e["sha256"] for e in coord.ctl_json("snapshots")]
+        m = scrape(port)
+        assert m[failures] == 2 and m[confirmed] > at_failure
+    except BaseException:
+        print(coord.log_tail(120))
+        print(agent.log_tail(40))
+        raise
+    finally:
+        coord.stop()
+        agent.stop()
+        proxy.close()

@@ -471,7 +471,8 @@ def test_packaged_agent_config_mentions_every_key() -> None:
 COORDINATOR_EXTRA_KEYS = {
     "coordinator": {"insecure", "request_timeout", "control_timeout"},
     "vault": {"timeout"},
-    "vault.s3": {"profile", "sse", "sse_kms_key_id", "ca_bundle", "part_size", "storage_class"},
+    "vault.s3": {"profile", "sse", "sse_kms_key_id", "ca_bundle", "part_size", "storage_class", "connect_timeout",
+                 "read_timeout", "max_attempts", "abort_incomplete_after"},
     "metrics": {"enabled"},
     "restore": {"bump_revision", "safety_snapshot", "start_timeout", "fence_settle", "step_timeout",
                 "prepare_timeout", "agent_down", "prestage", "prestage_rate", "warm_standby"},

@@ -223,6 +223,47 @@ def test_resolve_latest_in_an_empty_vault(vault):
         vault.resolve("latest")
 
 
+def test_latest_is_the_newest_scheduled_or_manual_entry_never_a_safety_or_derived_one():
+    def of(kind: str, sha: str, revision: int) -> VaultEntry:
+        return fake(sha, T0 + revision).with_(revision=revision, kind=kind)
+
+    scheduled, manual = of("scheduled", "aaaa" + "1" * 60, 10), of("manual", "bbbb" + "2" * 60, 20)
+    safety, derived = of("pre-restore", "cccc" + "3" * 60, 30), of("point-in-time", "dddd" + "4" * 60, 40)
+    assert resolve_ref([scheduled, manual, safety, derived], "latest") == manual
+    assert resolve_ref([scheduled, safety], "latest") == scheduled
+    assert resolve_ref([scheduled, manual, safety, derived], "cccc") == safety      # by id, as any other
+    with pytest.raises(UsageError, match=r"no scheduled or manual snapshot yet.*1 snapshot\(s\) \(pre-restore\) "
+                                         r"are chosen by id") as info:
+        resolve_ref([safety], "latest")
+    assert info.value.exit_code == 2
+
+
+def test_every_entry_has_a_kind_and_an_old_one_gets_it_from_its_pin(vault):
+    manual = vault.add_file(*_file(vault, "manual"), now=T0)[0]
+    assert manual.kind == "manual" and vault.list()[0].kind == "manual"
+    assert json.loads(vault.meta_path(manual.sha256).read_text())["kind"] == "manual"
+    old_safety = add(vault, "old-safety", created=T0 + 5)
+    old_plain = add(vault, "old-plain", created=T0 + 6)
+    vault.pin(old_safety.sha256, "pre-restore 20261201-abc")
+    for e in (old_safety, old_plain):   # sidecars written before kinds were recorded
+        meta = json.loads(vault.meta_path(e.sha256).read_text())
+        del meta["kind"]
+        vault.meta_path(e.sha256).write_text(json.dumps(meta))
+    kinds = {e.sha256: e.kind for e in Vault(vault.dir).list()}
+    assert kinds == {manual.sha256: "manual", old_safety.sha256: "pre-restore", old_plain.sha256: "scheduled"}
+    assert Vault(vault.dir).resolve("latest").sha256 == old_plain.sha256
+    bad = json.loads(vault.meta_path(old_plain.sha256).read_text())
+    bad["kind"] = "hourly"
+    vault.meta_path(old_plain.sha256).write_text(json.dumps(bad))
+    assert old_plain.sha256 not in {e.sha256 for e in Vault(vault.dir).list()}   # an unknown kind: not an entry
+
+
+def _file(vault: Vault, kind: str) -> tuple[Path, Incoming]:
+    data = snapshot_bytes(kind)
+    path = vault.dir.parent / f"{kind}.db"
+    path.write_bytes(data)
+    return path, Incoming(**{**incoming_for(data).__dict__, "kind": kind})
+
 def test_resolve_against_the_directory(vault):
     a = add(vault, "a", T0)
     b = add(vault, "b", T0 + 1)

@@ -49,6 +49,18 @@ def test_snapshot_key_carries_everything_a_listing_needs():
     assert plain.endswith(".db") and names.parse_key("", plain).snapshot.encrypted is False
 
 
+@pytest.mark.parametrize("kind", ["scheduled", "manual", "pre-restore", "point-in-time"])
+def test_the_key_carries_the_kind_and_an_old_key_reads_without_one(kind):
+    key = names.snapshot_key("prod/", name(kind=kind))
+    assert key.endswith(f"~x1~k{kind}.db.age")
+    assert names.parse_key("prod/", key).snapshot == name(kind=kind)
+    old = key.replace(f"~k{kind}", "")                 # as keys were written before kinds were recorded
+    assert names.parse_key("prod/", old).snapshot.kind == ""
+    assert names.parse_key("prod/", key.replace(f"~k{kind}", "~khourly")) is None
+    with pytest.raises(ValueError, match="kind 'hourly'"):
+        names.snapshot_key("", name(kind="hourly"))
+
+
 @given(revision=st.integers(0, 2**63), size=st.integers(0, 2**50), member=st.from_regex(
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", fullmatch=True), cluster=st.from_regex(r"[0-9a-f]{0,16}", fullmatch=True),
     created_ms=st.integers(0, 10**13), exact=st.booleans(), encrypted=st.booleans())
@@ -83,6 +95,31 @@ def test_bundle_and_pin_keys():
     with pytest.raises(ValueError, match="pin reason"):
         names.pin_key("p/", SHA, "semi;colon")
     assert names.check_reason("x" * 65) is not None and names.check_reason("pre-restore") is None
+
+
+def test_an_s3_error_detail_does_not_repeat_the_key():
+    from botocore.exceptions import EndpointConnectionError
+    from etcdguard.coordinator.vault.s3 import error_detail
+
+    key = "prod/snapshots/" + SHA + "~t1~r2~s3~c~m~e3.5~fcp1~osnap.db~p4~x1.db"
+    exc = EndpointConnectionError(endpoint_url=f"http://10.0.0.9:9000/vault/{key}?uploadId=abc&partNumber=2")
+    assert error_detail(exc, "vault", key) == 'Could not connect to the endpoint URL: "http://10.0.0.9:9000"'
+    boto3_style = RuntimeError(f"Failed to upload <stream> to vault/{key}: An error occurred (AccessDenied)")
+    assert error_detail(boto3_style, "vault", key) == (
+        "Failed to upload <stream> to the object: An error occurred (AccessDenied)")
+    assert SHA not in error_detail(RuntimeError(key.replace("~", "%7E")), "vault", key)
+
+
+def test_which_incomplete_uploads_are_aborted():
+    from etcdguard.coordinator.vault.s3 import Upload, to_abort
+
+    ups = [Upload("p/a", "1", T0 - 7200), Upload("p/b", "2", T0 - 60), Upload("p/c", "3", None),
+           Upload("p/d", "4", T0 - 7200)]
+    keys = lambda chosen: [u.key for u in chosen]   # noqa: E731
+    assert keys(to_abort(ups, T0, 3600)) == ["p/a", "p/d"]                          # stale: anyone's
+    assert keys(to_abort(ups, T0, 3600, failed={"p/b", "p/c"})) == ["p/a", "p/b", "p/c", "p/d"]   # ours, dead
+    assert keys(to_abort(ups, T0, 3600, failed={"p/b"}, uploading={"p/b", "p/d"})) == ["p/a"]  # never a live one
+    assert keys(to_abort(ups, T0, 3600, everything=True, uploading={"p/c"})) == ["p/a", "p/b", "p/d"]
 
 
 # -- pinned verdicts ------------------------------------------------------------------------
@@ -177,6 +214,12 @@ def test_vault_defaults_and_an_s3_table():
     assert v.s3 is not None
     assert (v.s3.endpoint, v.s3.prefix, v.s3.path_style, v.s3.part_size) == (
         "https://minio.example:9000", "prod/", True, 8 << 20)
+    assert (v.s3.connect_timeout, v.s3.read_timeout, v.s3.max_attempts) == (5.0, 30.0, 3)
+    assert v.s3.abort_incomplete_after == 3600.0
+    bounded = vault_config({"backend": "s3", "s3": {"bucket": "b-1", "connect_timeout": "2s", "read_timeout": "1m",
+                                                    "max_attempts": 1}})
+    assert bounded.s3 is not None
+    assert (bounded.s3.connect_timeout, bounded.s3.read_timeout, bounded.s3.max_attempts) == (2.0, 60.0, 1)
 
 
 @pytest.mark.parametrize(("vault", "words"), [
@@ -195,6 +238,12 @@ def test_vault_defaults_and_an_s3_table():
     ({"s3": {"bucket": "b-1", "part_size": 1024}}, "vault.s3.part_size: expected an integer >= 5242880"),
     ({"s3": {"bucket": "b-1", "profile": "p"}}, "vault.s3.profile: expected nothing unless credentials_file"),
     ({"s3": {"bucket": "b-1", "secret_access_key": "x"}}, "unknown key(s) in [vault.s3]: secret_access_key"),
+    ({"s3": {"bucket": "b-1", "read_timeout": "0s"}}, "vault.s3.read_timeout: expected a positive duration"),
+    ({"s3": {"bucket": "b-1", "connect_timeout": "1h"}}, "vault.s3.connect_timeout: expected a duration of at most"),
+    ({"s3": {"bucket": "b-1", "max_attempts": 0}}, "vault.s3.max_attempts: expected an integer >= 1"),
+    ({"s3": {"bucket": "b-1", "max_attempts": 50}}, "vault.s3.max_attempts: expected an integer from 1 to 10"),
+    ({"s3": {"bucket": "b-1", "abort_incomplete_after": "30s"}},
+     "vault.s3.abort_incomplete_after: expected a duration of at least 60s"),
     ({"encrypt": True}, "unknown key(s) in [vault]: encrypt"),
 ])
 def test_vault_config_errors_name_the_key(vault, words):
@@ -243,3 +292,119 @@ def test_vault_metrics_carry_the_backend_and_follow_a_change():
     text = m.render().decode()
     assert 'backend="s3"' not in text
     assert 'etcdguard_vault_interval_seconds{backend="dir"} 60.0' in text
+
+
+
+# -- the catalog: the last listing, for answers that must not wait ----------------------------------
+
+
+def test_the_catalog_keeps_the_last_listing_beside_a_failure():
+    from etcdguard.coordinator.vault.catalog import FAILED, OK, PENDING, Catalog, stale
+
+    now = [T0]
+    catalog = Catalog(clock=lambda: now[0])
+    old, new = entry("aa" * 32, revision=1, created=T0 + 1), entry("bb" * 32, revision=2, created=T0 + 2)
+    assert catalog.view().state == PENDING and not catalog.view().known
+    catalog.put(new)                           # before any listing the rest is unknown: nothing is shown
+    assert catalog.view().entries == ()
+    assert stale(catalog.view(), now[0], 5)
+    catalog.asking()
+    assert not stale(catalog.view(), now[0], 5)   # one listing at a time
+    catalog.answered([old])
+    assert catalog.view().state == OK and catalog.view().listed_at == T0 and catalog.view().asking_since is None
+    catalog.put(new)
+    assert [e.sha256 for e in catalog.view().entries] == [new.sha256, old.sha256]
+    now[0] += 60
+    failed = catalog.failed("s3://b/: listing failed: read timeout")
+    assert failed.state == FAILED and failed.listed_at == T0 and failed.failed_at == T0 + 60
+    assert [e.sha256 for e in failed.entries] == [new.sha256, old.sha256]   # not "empty"
+    report = failed.to_json(T0 + 70)
+    assert report == {"state": "failed", "listed_at": T0, "age_seconds": 70.0, "error": failed.error,
+                      "failed_at": T0 + 60, "asking_seconds": None}
+    assert not stale(failed, T0 + 62, 5) and stale(failed, T0 + 65, 5)
+    catalog.drop(new.sha256)
+    assert catalog.wait_past(failed.generation - 1, 0).entries == (old,)
+    assert catalog.answered([]).state == OK and catalog.view().error is None
+    # a listing that started before the coordinator's own change answers without it: the change is kept
+    started = catalog.asking()
+    now[0] += 1
+    catalog.put(new)
+    catalog.drop(old.sha256)
+    assert [e.sha256 for e in catalog.answered([old], started).entries] == [new.sha256]
+    now[0] += 1                                    # a later listing shows the bucket as it is
+    assert [e.sha256 for e in catalog.answered([old], catalog.asking()).entries] == [old.sha256]
+
+
+
+# -- failed copies: what status shows, and the retry -------------------------------------------------
+
+
+def test_a_failure_is_shown_until_a_copy_succeeds_and_the_retry_backs_off_to_the_interval():
+    import random
+
+    from etcdguard.coordinator.vault.attempts import BACKUP, SCHEDULED, Attempt, CopyRecord
+    from etcdguard.coordinator.vault.policy import next_pull_due, retry_now
+
+    rng = random.Random(1)
+    record = CopyRecord()
+    hourly = 5000.0
+    assert next_pull_due(record.view(), hourly, 100, 3600, rng) == hourly
+    first = record.failed(BACKUP, "backend", "backup on m1: uploading ... failed", "m1")
+    assert (first.failures, first.failing_since, first.failing is first.last) == (1, first.last.at, True)
+    assert next_pull_due(first, hourly, 100, 3600, rng) == 130           # a failed backup is retried in 30 s
+    again = record.failed(SCHEDULED, "backend", "uploading ... failed")
+    assert (again.failures, again.failing_since) == (2, first.failing_since)
+    assert next_pull_due(again, 130, 130, 3600, rng) == 190             # then 60 s, 120 s, ...
+    many = record.view()
+    for _ in range(10):
+        many = record.failed(SCHEDULED, "unreachable", "no agent answered")
+    assert next_pull_due(many, 0, 1000, 3600, rng) == 1000 + 3600       # never later than the interval
+    ok = record.succeeded(BACKUP, "backup on m1", "m1", "ab" * 32)
+    assert (ok.failing, ok.failures, ok.ended) == (None, 0, 12)
+    assert 1000 + 3420 <= next_pull_due(ok, 1010, 1000, 3600, rng) <= 1000 + 3780   # the interval again
+    calm = record.succeeded(BACKUP, "backup on m1", "m1", "cd" * 32)
+    assert next_pull_due(calm, 1234, 1000, 3600, rng) == 1234          # nothing was failing: schedule kept
+    assert calm.to_json()["last_failure"] is None and calm.to_json()["last_pull"]["sha256"] == "cd" * 32
+
+    failing = Attempt(at=T0, ok=False, kind=BACKUP, message="x", reason="backend")
+    assert retry_now(failing, T0 + 5) and not retry_now(failing, T0 - 5) and not retry_now(failing, None)
+    assert not retry_now(Attempt(at=T0, ok=False, kind=BACKUP, message="x", reason="unreachable"), T0 + 5)
+    assert not retry_now(None, T0 + 5)
+
+
+
+# -- verifying a copy at plan time: its metadata and the coordinator's own record ---------------------
+
+
+def test_a_copy_is_checked_against_its_metadata_and_the_recorded_fingerprint(tmp_path):
+    from etcdguard.coordinator.vault.verified import (
+        Fingerprint,
+        ObjectRecords,
+        ObjectStat,
+        fingerprint_problem,
+        metadata_problem,
+    )
+
+    e = entry(SHA).with_(size=100)
+    good = ObjectStat(tag="etag-1", size=100, snapshot_sha256=SHA, content_sha256=SHA, recorded_size="100")
+    assert metadata_problem(e, good) is None
+    assert "no snapshot sha256" in metadata_problem(e, dataclasses.replace(good, snapshot_sha256=None))
+    assert "another snapshot's" in metadata_problem(e, dataclasses.replace(good, snapshot_sha256="cd" * 32))
+    assert "content sha256" in metadata_problem(e, dataclasses.replace(good, content_sha256=None))
+    assert "101 bytes" in metadata_problem(e, dataclasses.replace(good, recorded_size="101"))
+    sealed = e.with_(encrypted=True)   # ciphertext: another size, no content sha256
+    assert metadata_problem(sealed, dataclasses.replace(good, size=350, content_sha256=None)) is None
+
+    records = ObjectRecords(tmp_path / "state" / "vault-objects.json")
+    assert records.get("s3://b/p/", SHA) is None
+    records.put("s3://b/p/", SHA, Fingerprint.of(good, "uploaded", at=T0))
+    again = ObjectRecords(records.path)           # read back from the file, as after a restart
+    known = again.get("s3://b/p/", SHA)
+    assert known == Fingerprint("etag-1", 100, T0, "uploaded") and again.get("s3://other/", SHA) is None
+    assert fingerprint_problem(e, good, known, records.path) is None
+    changed = fingerprint_problem(e, dataclasses.replace(good, tag="etag-2"), known, records.path)
+    assert "changed since the coordinator uploaded it" in changed and str(records.path) in changed
+    again.drop("s3://b/p/", SHA)
+    assert ObjectRecords(records.path).get("s3://b/p/", SHA) is None
+    records.path.write_text("{not json")
+    assert ObjectRecords(records.path).get("s3://b/p/", SHA) is None   # unreadable: nothing trusted
