@@ -99,6 +99,15 @@ class RestoreSettings:
 
 
 @dataclass(frozen=True)
+class ScratchSettings:
+    """The scratch etcd on the coordinator host: restore drills and point-in-time builds run one."""
+
+    etcd: Optional[Path] = None       # the etcd server binary (None: `etcd` on PATH)
+    tool: Optional[Path] = None       # etcdutl (or etcd 3.4's etcdctl) (None: found on PATH)
+    dir: Optional[Path] = None        # where scratch data lives (None: <state_dir>/scratch)
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: Optional[str] = "127.0.0.1:9480"   # None: no metrics endpoint
 
@@ -118,6 +127,7 @@ class CoordinatorConfig:
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     members: tuple[MemberSettings, ...] = ()
+    scratch: ScratchSettings = field(default_factory=ScratchSettings)
 
     def member(self, name: str) -> Optional[MemberSettings]:
         for m in self.members:
@@ -137,17 +147,18 @@ def parse_coordinator_config(data: dict[str, Any], source: str) -> CoordinatorCo
     coordinator = _coordinator(Table(source, "coordinator", top.data.get("coordinator")))
     vault = _vault(Table(source, "vault", top.data.get("vault")))
     restore = _restore(Table(source, "restore", top.data.get("restore")))
+    scratch = _scratch(Table(source, "scratch", top.data.get("scratch")))
     metrics_t = Table(source, "metrics", top.data.get("metrics"))
     metrics = MetricsSettings(listen=metrics_t.listen("listen", MetricsSettings.listen))
     if metrics_t.has("enabled") and not metrics_t.flag("enabled", True):
         metrics = MetricsSettings(listen=None)
     metrics_t.finish()
     members = _members(source, top.data.get("members"), coordinator.insecure)
-    for section in ("coordinator", "vault", "restore", "metrics", "members"):
+    for section in ("coordinator", "vault", "restore", "metrics", "members", "scratch"):
         top._get(section)
     top.finish()
     return CoordinatorConfig(source=source, coordinator=coordinator, vault=vault, restore=restore,
-                             metrics=metrics, members=members)
+                             metrics=metrics, members=members, scratch=scratch)
 
 
 def _coordinator(t: Table) -> CoordinatorSettings:
@@ -195,6 +206,12 @@ def _vault(t: Table) -> VaultSettings:
         age_identity=t.path("age_identity"),
         s3=s3,
     )
+    t.finish()
+    return s
+
+
+def _scratch(t: Table) -> ScratchSettings:
+    s = ScratchSettings(etcd=t.path("etcd"), tool=t.path("tool"), dir=t.path("dir"))
     t.finish()
     return s
 

@@ -476,6 +476,7 @@ COORDINATOR_EXTRA_KEYS = {
     "metrics": {"enabled"},
     "restore": {"bump_revision", "safety_snapshot", "start_timeout", "fence_settle", "step_timeout",
                 "prepare_timeout", "agent_down", "prestage", "prestage_rate", "warm_standby"},
+    "scratch": {"etcd", "tool", "dir"},
 }
 
 # The coordinator's keys, as design.md section 4 fixes them.
