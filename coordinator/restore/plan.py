@@ -43,6 +43,7 @@ class PlanOptions:
     kind: str = KIND_RESTORE
     rollback_of: Optional[str] = None
     overrides: tuple[str, ...] = ()          # the named overrides given (--allow-...); --force gives every one
+    bump_at_least: int = 0                   # a warm standby copy's bump: a larger bump is as safe
 
     @property
     def granted(self) -> tuple[str, ...]:
@@ -80,15 +81,19 @@ def planned_members(views: Sequence[MemberView], configured: Sequence[MemberSett
 
 
 def choose_bump(views: Sequence[MemberView], configured: int, snapshot_revision: int,
-                live_revision: Optional[int]) -> tuple[int, Optional[str]]:
-    """(the one revision bump every member uses, a warning when there can be none)."""
+                live_revision: Optional[int], at_least: int = 0) -> tuple[int, Optional[str]]:
+    """(the one revision bump every member uses, a warning when there can be none).
+
+    ``at_least``: the bump a warm standby copy was restored with; any bump at or above the one needed is
+    as safe, so the plan takes it and the copy can be adopted."""
     if configured <= 0:
         return 0, None
+    needed = max(bump_for(configured, snapshot_revision, live_revision), at_least)
     reports = [v.report for v in views if v.report is not None]
     if len(reports) < len(views):
-        return bump_for(configured, snapshot_revision, live_revision), None   # refused anyway: an agent is away
+        return needed, None   # refused anyway: an agent is away
     if all(r.restore_tool is not None and r.restore_tool.supports_bump for r in reports):
-        return bump_for(configured, snapshot_revision, live_revision), None
+        return needed, None
     return 0, ("no revision bump: not every member's restore tool supports --bump-revision (etcd >= 3.5.10 "
                "etcdutl). Kubernetes watch caches may see revisions go backwards; the restart-controllers phase "
                "and a kubelet restart are the remedy")
@@ -112,7 +117,8 @@ def build_plan(views: Sequence[MemberView], configured: Sequence[MemberSettings]
     warnings: list[str] = []
     revisions = [v.etcd.revision for v in views if v.reachable and v.etcd.revision is not None]
     live_revision = max(revisions) if revisions else None
-    bump, bump_warning = choose_bump(views, options.bump_revision, snapshot.revision, live_revision)
+    bump, bump_warning = choose_bump(views, options.bump_revision, snapshot.revision, live_revision,
+                                     options.bump_at_least)
     if bump_warning:
         warnings.append(bump_warning)
     if len(members) == 2:

@@ -41,7 +41,7 @@ from etcdguard.coordinator.restore.orchestrator import Orchestrator, summarize
 from etcdguard.coordinator.restore.orphans import adopt, orphans
 from etcdguard.coordinator.restore.plan import KIND_FORWARD_ROLLBACK, PlanOptions, build_plan, with_phases
 from etcdguard.coordinator.restore.run import RunContext
-from etcdguard.coordinator.restore.warm import WarmState, adopt_in_plan
+from etcdguard.coordinator.restore.warm import WarmChoice, WarmState, adopt_in_plan, usable_bump
 from etcdguard.coordinator.vault.store import Vault, VaultEntry
 
 log = logging.getLogger(__name__)
@@ -191,22 +191,23 @@ class RestoreService:
         entry = vault.resolve(ref)
         views = self._links().survey(config.coordinator.request_timeout)
         r = config.restore
+        warm = WarmState(config.coordinator.state_dir).read() if r.warm_standby and bump is None else None
         options = PlanOptions(force=force, bump_revision=r.bump_revision if bump is None else bump,
                               safety_snapshot=r.safety_snapshot, start_timeout=r.start_timeout,
-                              fence_settle=r.fence_settle, kind=kind, rollback_of=rollback_of, overrides=overrides)
+                              fence_settle=r.fence_settle, kind=kind, rollback_of=rollback_of, overrides=overrides,
+                              bump_at_least=usable_bump(warm, entry.sha256))
         operations = self.journals.all()
         plan = build_plan(views, config.members, snapshot_ref(entry), options, op=op or new_op_id(),
                           created_at=iso_utc(time.time()), vault_problem=self._verify_vault_copy(entry),
                           open_operations=self.open_operations(),
                           lineage=[*self.lineage.links(), *links_of(operations)],
                           known_operations=self.journals.ids())
-        return self._with_warm(plan) if r.warm_standby else plan
+        return self._with_warm(plan, warm) if warm is not None else plan
 
-    def _with_warm(self, plan: RestorePlan) -> RestorePlan:
+    def _with_warm(self, plan: RestorePlan, choice: WarmChoice) -> RestorePlan:
         """The plan with the warm standby token where the members hold this snapshot restored ahead with its
         parameters (coordinator/restore/warm.py); unchanged otherwise."""
-        choice = WarmState(self._config().coordinator.state_dir).read()
-        if choice is None or choice.sha256 != plan.snapshot.id:
+        if choice.sha256 != plan.snapshot.id:
             return plan
         agents = ClusterAgents(self._links(), tuple(m.member for m in plan.members), stop=self.stop)
         listings: dict[str, dict[str, Any]] = {}

@@ -5,8 +5,9 @@ member (pre-staging), each agent is asked to restore it ahead into a warm
 data dir (agent/restore/warm.py) with the parameters a restore of it would
 use now: the full initial cluster, the configured revision bump, and one
 token chosen here for it. The choice is kept in ``<state_dir>/warm.json``.
-A plan for that snapshot whose initial cluster and bump are still those takes
-that token, and each member holding the warm copy prepares by a rename.
+A plan for that snapshot whose initial cluster is still that takes that token
+and that bump (any bump at least the one needed is as safe: warm_bump), and
+each member holding the warm copy prepares by a rename.
 
 A token is used by at most one restore: once a plan with it runs, the next
 warm copy gets a new one, so no two restores ever share a cluster token.
@@ -53,14 +54,15 @@ class WarmState:
         fsutil.ensure_private_dir(self.path.parent)
         fsutil.atomic_write_json(self.path, asdict(choice))
 
-    def choose(self, sha256: str, initial_cluster: str, bump_revision: int) -> WarmChoice:
-        """The current choice when it still fits, else a new one with a fresh token (written)."""
+    def choose(self, sha256: str, initial_cluster: str, needed_bump: int, configured_bump: int) -> WarmChoice:
+        """The current choice when it still fits (its bump at least the one needed now), else a new one with
+        a fresh token (written). See ``warm_bump`` for the bump a new one gets."""
         current = self.read()
         if (current is not None and current.consumed_by is None and current.sha256 == sha256
-                and current.initial_cluster == initial_cluster and current.bump_revision == bump_revision):
+                and current.initial_cluster == initial_cluster and current.bump_revision >= needed_bump):
             return current
         choice = WarmChoice(sha256, f"etcdguard-warm-{sha256[:12]}-{secrets.token_hex(3)}", initial_cluster,
-                            bump_revision)
+                            warm_bump(needed_bump, configured_bump))
         self.write(choice)
         return choice
 
@@ -68,6 +70,26 @@ class WarmState:
         current = self.read()
         if current is not None and current.token == token and current.consumed_by is None:
             self.write(replace(current, consumed_by=op))
+
+
+def warm_bump(needed: int, configured: int) -> int:
+    """Pure: the bump a new warm copy is restored with.
+
+    Normally the one needed now is the configured one, and it stays so while the live revision is
+    less than the snapshot's plus that. Once the live store is already past it (restores of older
+    snapshots), the needed bump grows with every write: the copy then gets twice the configured
+    bump of headroom, so it stays adoptable (a larger bump is as safe) while the live revision grows
+    by up to that much."""
+    if needed <= configured:
+        return needed
+    return needed + 2 * configured
+
+
+def usable_bump(choice: Optional[WarmChoice], sha256: str) -> int:
+    """Pure: the bump a plan of ``sha256`` should take at least so that the warm copy fits it (0: none)."""
+    if choice is None or choice.consumed_by is not None or choice.sha256 != sha256:
+        return 0
+    return choice.bump_revision
 
 
 def holders(plan: RestorePlan, choice: WarmChoice, listings: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:

@@ -90,10 +90,12 @@ class MemberState:
     error: Optional[str] = None
     warm: Optional[str] = None        # the warm standby token it holds that snapshot restored ahead with
 
-    def to_json(self, newest: Optional[str]) -> dict[str, Any]:
+    def to_json(self, newest: Optional[str], warm_token: Optional[str] = None) -> dict[str, Any]:
+        """``warm``: it holds the newest snapshot restored ahead with the warm token a plan would take now."""
         return {"sha256": self.sha256, "name": self.name, "at": iso_utc(self.at) if self.at else None,
                 "at_unix": self.at, "holds_newest": newest is not None and self.sha256 == newest,
-                "error": self.error, "warm": self.warm is not None and self.sha256 == newest}
+                "error": self.error,
+                "warm": warm_token is not None and self.warm == warm_token and self.sha256 == newest}
 
 
 @dataclass
@@ -168,8 +170,9 @@ class Prestager:
             log.info("warm standby: a member's peer URL is unknown now; nothing restored ahead")
             return
         live = [v.etcd.revision for v in views if v.etcd.revision is not None]
-        bump = bump_for(config.restore.bump_revision, entry.revision, max(live) if live else None)
-        choice = WarmState(config.coordinator.state_dir).choose(entry.sha256, cluster, bump)
+        configured = config.restore.bump_revision
+        needed = bump_for(configured, entry.revision, max(live) if live else None)
+        choice = WarmState(config.coordinator.state_dir).choose(entry.sha256, cluster, needed, configured)
         for member in config.members:
             state = self.members.get(member.name)
             if self._stop.is_set() or self.restoring() or state is None or state.sha256 != entry.sha256:
@@ -231,5 +234,8 @@ class Prestager:
 
     def report(self) -> dict[str, Any]:
         """For ``status``: which member holds the newest snapshot pre-staged."""
-        return {"enabled": self.config().restore.prestage, "newest": self.newest,
-                "members": {m: s.to_json(self.newest) for m, s in sorted(self.members.items())}}
+        config = self.config()
+        choice = WarmState(config.coordinator.state_dir).read() if config.restore.warm_standby else None
+        token = choice.token if choice is not None and choice.consumed_by is None else None
+        return {"enabled": config.restore.prestage, "newest": self.newest, "warm_standby": choice is not None,
+                "members": {m: s.to_json(self.newest, token) for m, s in sorted(self.members.items())}}

@@ -20,8 +20,12 @@ disks gone), one survivor without a leader. The manual script restores from the 
 on every node; etcdguard from the snapshot its agents hold pre-staged (the bench waits until they do,
 before the first run). Every second is downtime in both, so the ratio compares the totals.
 
+``--warm``: the coordinator runs with ``[restore] warm_standby``; before each of etcdguard's runs the
+bench waits (untimed) until every member holds the snapshot restored ahead, so prepare is a rename.
+
     python tests/bench/bench_cluster_restore.py --build 3.5 --members 3 --sizes-mb 300,1000 --runs 5
     python tests/bench/bench_cluster_restore.py --build 3.5 --scenario dead --sizes-mb 300,1000
+    python tests/bench/bench_cluster_restore.py --build 3.5 --scenario dead --warm --sizes-mb 300,1000
 """
 
 from __future__ import annotations
@@ -68,17 +72,19 @@ def kill_quorum(cluster: EtcdCluster) -> None:
         shutil.rmtree(m.data_dir / "member", ignore_errors=True)
 
 
-def wait_prestaged(rig: RestoreRig, sha: str, timeout: float = 600.0) -> float:
-    """Until every member holds the snapshot pre-staged (or in its store); the seconds it took."""
+def wait_prestaged(rig: RestoreRig, sha: str, timeout: float = 600.0, warm: bool = False) -> float:
+    """Until every member holds the snapshot pre-staged (or in its store), and with ``warm`` restored
+    ahead too; the seconds it took."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         p = rig.ctl_json("status")["vault"].get("prestage") or {}
         members = p.get("members") or {}
         if p.get("newest") == sha and len(members) == len(rig.agents) and all(
-                s.get("holds_newest") for s in members.values()):
+                s.get("holds_newest") and (s.get("warm") or not warm) for s in members.values()):
             return time.monotonic() - started
         time.sleep(0.5)   # polling the coordinator's status with a deadline (outside every timed part)
-    raise SystemExit(f"snapshot {sha[:12]} was not pre-staged on every member within {timeout:.0f}s")
+    raise SystemExit(f"snapshot {sha[:12]} was not {'restored ahead' if warm else 'pre-staged'} on every member "
+                     f"within {timeout:.0f}s")
 
 
 def etcdguard_run(rig: RestoreRig, snapshot_id: str) -> dict[str, Any]:
@@ -96,13 +102,17 @@ def etcdguard_run(rig: RestoreRig, snapshot_id: str) -> dict[str, Any]:
     phases = {p["phase"]: float(p["seconds"]) for p in summary.get("phases") or []}
     # outside the timed part: the kept old data, and the pre-restore snapshot the vault pinned
     rig.ctl("restore", "--cleanup", summary["op"], "--yes", "--json", timeout=600)
-    staged = [r.get("result") or {} for r in rig.journal(summary["op"])
+    records = rig.journal(summary["op"])
+    staged = [r.get("result") or {} for r in records
               if r.get("event") == "step" and r.get("phase") == "stage" and r.get("status") == "done"]
+    prepared = [r.get("result") or {} for r in records
+                if r.get("event") == "step" and r.get("phase") == "prepare" and r.get("status") == "done"]
     return {"total": total, "downtime": float(summary["downtime_seconds"] or total), "phases": phases,
             "summary_total": summary.get("total_seconds"), "op": summary["op"],
             "pre_restore": summary.get("pre_restore_snapshot"), "down_before": summary.get("down_before"),
             "time_to_healthy": summary.get("time_to_healthy_seconds"),
-            "sent_at_restore": sum(1 for s in staged if not s.get("from_store"))}
+            "sent_at_restore": sum(1 for s in staged if not s.get("from_store")),
+            "prepared_ahead": sum(1 for p in prepared if p.get("warm"))}
 
 
 def manual_run(rig: RestoreRig, snapshot: Path, revision: int) -> dict[str, Any]:
@@ -128,7 +138,7 @@ def drop_pre_restore(rig: RestoreRig, vault_dir: Path, keep: str) -> None:
 
 
 def bench_size(rig: RestoreRig, size_mb: int, runs: int, seed: int, present: int,
-               scenario: str = "live") -> dict[str, Any]:
+               scenario: str = "live", warm: bool = False) -> dict[str, Any]:
     """Top the cluster up from ``present`` bytes of values to ``size_mb`` (seeded), then the A/B runs."""
     cluster = rig.cluster
     loaded = fill_cluster(cluster, size_mb * MB - present, seed=seed)
@@ -146,6 +156,8 @@ def bench_size(rig: RestoreRig, size_mb: int, runs: int, seed: int, present: int
     planned = runs
     i = 0
     while i < planned:
+        if warm:
+            wait_prestaged(rig, sha, warm=True)
         if scenario == "dead":
             kill_quorum(cluster)
         eg.append(etcdguard_run(rig, sha))
@@ -164,7 +176,8 @@ def bench_size(rig: RestoreRig, size_mb: int, runs: int, seed: int, present: int
     eg_down = spread([r["downtime"] for r in eg])
     m_total = spread([r["total_seconds"] for r in manual])
     row: dict[str, Any] = {
-        "scenario": scenario, "prestaged_seconds": round(prestaged, 2),
+        "scenario": scenario, "warm_standby": warm, "prestaged_seconds": round(prestaged, 2),
+        "prepared_ahead": min(r["prepared_ahead"] for r in eg),
         "sent_at_restore": max(r["sent_at_restore"] for r in eg),
         "etcd": cluster.build.version, "members": len(cluster.members), "size_mb": size_mb,
         "snapshot_bytes": int(entry["size"]), "value_bytes": present + loaded.value_bytes, "runs": len(eg),
@@ -191,6 +204,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--name", help="results/<name>.json (default cluster-restore-<build>-<members>)")
     ap.add_argument("--scenario", choices=("live", "dead"), default="live",
                     help="live: a serving cluster; dead: quorum lost before each run (two members killed, data gone)")
+    ap.add_argument("--warm", action="store_true", help="[restore] warm_standby on: prepare adopts the copy "
+                    "restored ahead")
     args = ap.parse_args(argv)
     build = build_for(args.build)
     if build is None:
@@ -200,12 +215,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cluster = EtcdCluster(build, base / "etcd", size=args.members)
         cluster.launch()
-        rig = RestoreRig(cluster, base / "rig", restore=RESTORE_CONFIG, seed_agents=False)
+        rig = RestoreRig(cluster, base / "rig", restore={**RESTORE_CONFIG, "warm_standby": args.warm},
+                         seed_agents=False)
         try:
             rig.start()
             present = 0
             for n, size in enumerate(int(s) for s in args.sizes_mb.split(",")):
-                rows.append(bench_size(rig, size, args.runs, seed=n, present=present, scenario=args.scenario))
+                rows.append(bench_size(rig, size, args.runs, seed=n, present=present, scenario=args.scenario,
+                                       warm=args.warm))
                 present = rows[-1]["value_bytes"]
         except BaseException:
             rig.dump_logs()
@@ -219,7 +236,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             shutil.rmtree(base, ignore_errors=True)
     name = args.name or (f"cluster-restore-{args.build}-{args.members}"
-                         + ("-dead" if args.scenario == "dead" else ""))
+                         + ("-dead" if args.scenario == "dead" else "") + ("-warm" if args.warm else ""))
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k != "raw"}))
     print(f"wrote {save(name, {'rows': rows, 'restore_config': RESTORE_CONFIG})}")

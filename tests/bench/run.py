@@ -134,22 +134,35 @@ def cluster_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def live_target(r: dict[str, Any]) -> float:
+    """The live-cluster downtime target: 0.35x the manual runbook at 300 MB, 0.25x from 1 GB."""
+    return 0.25 if r["size_mb"] >= 1000 else 0.35
+
+
+def dead_target(r: dict[str, Any]) -> float:
+    """The dead-cluster total target: 1.0x the manual runbook, 0.5x with warm standby."""
+    return 0.5 if r.get("warm_standby") else 1.0
+
+
 def cluster_section() -> list[str]:
-    rows = cluster_rows()
-    if not rows:
+    every = cluster_rows()
+    if not every:
         return []
-    three = [r for r in rows if r["members"] == 3]
-    for r in rows:
+    for r in every:
         r["snap_mb"] = round(r["snapshot_bytes"] / 1e6)
         r["eg_total"] = rng(r["etcdguard_total"])
         r["m_total"] = rng(r["manual_total"])
         r["eg_down"] = rng(r["etcdguard_downtime"])
-        r["total_met"] = met(r["total_ratio"] <= 1.3)
-        r["down_met"] = met(r["downtime_ratio"] <= 0.6)
+        r["total_met"] = met(r["total_ratio"] <= (dead_target(r) if r.get("scenario") == "dead" else 1.5))
+        r["down_met"] = met(r["downtime_ratio"] <= live_target(r))
+        r["target"] = f"<= {dead_target(r) if r.get('scenario') == 'dead' else live_target(r)}x"
+        r["warm"] = "yes" if r.get("warm_standby") else "no"
         for phase, d in r["etcdguard_phases"].items():
             r[f"ph_{phase}"] = f"{d['median']:.2f}" if d.get("median") is not None else ""
         for step, d in r["manual_steps"].items():
             r[f"ms_{step}"] = f"{d['median']:.2f}" if d.get("median") is not None else ""
+    rows = [r for r in every if r.get("scenario", "live") == "live"]
+    three = [r for r in rows if r["members"] == 3]
     out = [
         "## Cluster restore: `etcdguardctl restore` vs the manual HA runbook",
         "",
@@ -172,11 +185,12 @@ def cluster_section() -> list[str]:
         table(three, [("etcd", "etcd"), ("members", "members"), ("size_mb", "data MB"),
                       ("snap_mb", "snapshot MB"), ("runs", "runs"), ("eg_total", "etcdguard total s"),
                       ("m_total", "manual total s"), ("total_ratio", "total ratio"),
-                      ("total_met", "<= 1.3x"), ("eg_down", "etcdguard downtime s"),
+                      ("total_met", "<= 1.5x"), ("eg_down", "etcdguard downtime s"),
                       ("m_total", "manual downtime s"), ("downtime_ratio", "downtime ratio"),
-                      ("down_met", "<= 0.6x")]),
+                      ("target", "downtime target"), ("down_met", "met")]),
         "",
     ]
+    out += dead_section([r for r in every if r.get("scenario") == "dead"])
     flat = []
     for build in sorted({r["etcd"] for r in three}):
         sizes = sorted((r for r in three if r["etcd"] == build), key=lambda r: r["size_mb"])
@@ -215,6 +229,35 @@ def cluster_section() -> list[str]:
                          ("ms_restore", "snapshot restore"), ("ms_swap", "swap"),
                          ("ms_start", "start .. healthy")]), ""]
     return out
+
+
+def dead_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The dead-cluster scenario: quorum lost before every run, so the whole of each is downtime."""
+    if not rows:
+        return []
+    rows = sorted(rows, key=lambda r: (r["etcd"], r["size_mb"], r["warm"]))
+    phase_cols = [(f"ph_{p}", p) for p in ("preflight", "stage", "prepare", "fence", "stop", "swap", "start",
+                                           "verify")]
+    return [
+        "### A cluster that is already dead",
+        "",
+        "Before every run (etcdguard's and the manual one's) two of the three members are SIGKILLed and their",
+        "data deleted: quorum lost, one survivor without a leader. The manual script restores from the",
+        "snapshot file already on every node; etcdguard from the copy its agents hold pre-staged (the bench",
+        "waits, untimed, until every member holds it; with warm standby also until every member holds it",
+        "restored ahead). Every second is downtime in both, so the ratio compares the totals (the command's",
+        "wall clock against the script's).",
+        "",
+        table(rows, [("etcd", "etcd"), ("size_mb", "data MB"), ("snap_mb", "snapshot MB"), ("warm", "warm standby"),
+                     ("runs", "runs"), ("eg_total", "etcdguard total s"), ("m_total", "manual total s"),
+                     ("total_ratio", "total ratio"), ("target", "target"), ("total_met", "met"),
+                     ("sent_at_restore", "sent at restore"), ("prepared_ahead", "prepared ahead")]),
+        "",
+        "Its phases (median seconds):",
+        "",
+        table(rows, [("size_mb", "MB"), ("warm", "warm"), *phase_cols]),
+        "",
+    ]
 
 
 def transfer_section() -> list[str]:
@@ -350,6 +393,7 @@ def main() -> int:
         if args.quick:
             run("bench_snapshot.py", "--sizes-mb", "30", "--build", "3.5", "--repeat", "1")
             run("bench_cluster_restore.py", "--build", "3.5", "--members", "3", "--sizes-mb", "30", "--runs", "1")
+            run("bench_cluster_restore.py", "--build", "3.5", "--scenario", "dead", "--sizes-mb", "30", "--runs", "1")
             run("bench_transfer.py", "--size-mb", "30", "--rounds", "1", "--json", str(RESULTS / "transfer.json"))
             run("bench_idle.py", "--seconds", "15")
         else:
@@ -358,6 +402,9 @@ def main() -> int:
                 run("bench_restore.py", "--size-mb", "300", "--build", build, "--repeat", "3")
                 run("bench_cluster_restore.py", "--build", build, "--members", "3", "--sizes-mb", "300,1000",
                     "--runs", "5")
+            for warm in ((), ("--warm",)):
+                run("bench_cluster_restore.py", "--build", "3.5", "--scenario", "dead", *warm, "--sizes-mb",
+                    "300,1000", "--runs", "3")
             for members in ("1", "5"):
                 run("bench_cluster_restore.py", "--build", "3.5", "--members", members, "--sizes-mb", "300",
                     "--runs", "5")
