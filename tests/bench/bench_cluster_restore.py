@@ -120,6 +120,11 @@ def manual_run(rig: RestoreRig, snapshot: Path, revision: int) -> dict[str, Any]
     result = run_manual(rig.cluster, snapshot, revision)
     for agent in rig.agents:   # the harness started these etcds: the agents adopt them
         adopt(agent.member, agent.workdir / "etcd.pid")
+        # The script swaps whole data dirs, so etcdguard's warm standby area (inside the data dir) went
+        # with the old one: put it back (untimed), as if no manual restore had happened in between.
+        warm = agent.member.dir / f"manual-old-{result.token}" / ".etcdguard-warm"
+        if warm.is_dir():
+            os.rename(warm, agent.member.data_dir / ".etcdguard-warm")
     discard_old(rig.cluster, result)
     return result.to_json()
 
