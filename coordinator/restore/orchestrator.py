@@ -48,8 +48,13 @@ class Orchestrator:
         for step in steps:
             if rec.phase_done(step.name):
                 continue
-            if self.ctx.cancel.is_set():
+            if self.ctx.cancel.is_set() and op.flow.rollback_possible(op.reached()):
                 return self._cancelled(step)
+            if self.ctx.cancel.is_set():
+                self.ctx.say(step.name, "too late to cancel: clients may have seen the restored data; the "
+                                        "restore finishes (a rollback is then a new restore of its pre-restore "
+                                        "snapshot)")
+                self.ctx.cancel.clear()
             try:
                 self._forward(step)
             except Interrupted:

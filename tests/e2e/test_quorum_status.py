@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import seed
+from tests.helpers.agents import CoordinatorKeys
 from tests.helpers.etcd import EtcdCluster
 from tests.helpers.restore_rig import RestoreRig
 
@@ -110,6 +111,33 @@ def test_status_after_two_members_are_killed_says_quorum_lost_at_once(etcd_clust
                                  f"{killed[0]} unknown (its agent did not answer)"), q
         took, text = timed_status(rig)
         assert took < STATUS_WITHIN and q["sentence"] in text, text
+    except BaseException:
+        rig.dump_logs()
+        raise
+    finally:
+        rig.stop()
+
+
+def test_status_answers_at_once_when_every_agent_refuses_the_coordinators_key(etcd_cluster3: EtcdCluster,
+                                                                             tmp_path: Path) -> None:
+    """A coordinator whose key no agent authorizes (a new host, keys not yet copied): each agent drops its
+    CURVE handshake, and status still answers within the survey deadline, naming every member."""
+    rig = RestoreRig(etcd_cluster3, tmp_path)
+    try:
+        rig.start()
+        assert rig.coordinator is not None
+        rig.coordinator.stop()
+        stranger = CoordinatorKeys.create(tmp_path / "stranger-keys")
+        config = rig.coordinator.config
+        config.write_text(config.read_text().replace(str(rig.ckeys.secret_path), str(stranger.secret_path)))
+        rig.start_coordinator()
+        took, report = timed_status(rig, "--json")
+        assert took < STATUS_WITHIN, took
+        rows = {m["member"]: m for m in report["members"]}
+        assert sorted(rows) == ["m1", "m2", "m3"]
+        assert not any(m["reachable"] or m["healthy"] for m in rows.values()), rows
+        assert all("did not answer status within 1.5s" in m["error"] for m in rows.values()), rows
+        assert report["cluster"]["quorum"]["state"] == "unknown", report["cluster"]
     except BaseException:
         rig.dump_logs()
         raise

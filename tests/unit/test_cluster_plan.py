@@ -321,3 +321,19 @@ def test_a_snapshot_restores_onto_its_own_minor_or_the_next_one_without_override
     for snap_version, ok in (("3.5.30", True), ("3.4.23", True), ("3.6.4", False), ("3.3.0", False)):
         p = plan(views(), snapshot=replace(SNAP, etcd_version=snap_version))   # the members run 3.5.16
         assert ("version" not in {r.check for r in p.blocking}) is ok, snap_version
+
+
+def test_an_unreachable_agent_is_a_refusal_not_a_missing_revision_bump():
+    p = plan(views(m2={"unreachable": True}))
+    assert ("agent", "m2") in checks(p)
+    assert p.bump_revision == 1_000_000_000
+    assert not any("no revision bump" in w for w in p.warnings), p.warnings
+
+
+def test_a_summary_without_the_old_cluster_id_says_it_was_not_known():
+    from etcdguard.coordinator.ctl.restore import render_summary
+
+    base = {"op": "r1", "state": "done", "phases": [], "new_cluster_id": "5bf76147a93aa0f"}
+    assert "cluster id c1 -> 5bf76147a93aa0f" in render_summary({**base, "old_cluster_id": "c1"})
+    text = render_summary({**base, "old_cluster_id": None})
+    assert "?" not in text and "new cluster id 5bf76147a93aa0f (the old one was not known" in text
