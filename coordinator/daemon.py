@@ -36,6 +36,7 @@ from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, defau
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary
 from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members
 from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
+from etcdguard.coordinator.members.service import MemberOperations
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
@@ -90,6 +91,8 @@ class CoordinatorDaemon(SignalFlags):
             config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
             safety_snapshot=lambda op, emit: safety_snapshot(self.pulls, self.vault, op, emit), slot=self.slot,
             on_change=self._restore_changed, stop=self._restore_stop)
+        self.members_ops = MemberOperations(config=lambda: self.config, links=self._require_links,
+                                            restores=self.restores)
         # Read at every scrape: a journal damaged on disk shows even while no restore changes.
         self.metrics.restore_damaged.set_function(lambda: len(self.restores.journals.damaged()))
         self.prestage = Prestager(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
@@ -160,6 +163,8 @@ class CoordinatorDaemon(SignalFlags):
             "snapshots": lambda args, emit: [e.to_json() for e in self.vault.list()],
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
             "restore": self.restores.command,
+            "replace": self.members_ops.replace_command,
+            "defrag": self.members_ops.defrag_command,
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }

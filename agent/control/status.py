@@ -88,7 +88,8 @@ def measure(client: EtcdClient, deadline: float = STATUS_DEADLINE,
         version=st.version, revision=st.revision, member_id=f"{st.member_id:x}", cluster_id=f"{st.cluster_id:x}",
         leader=f"{st.leader:x}" if st.leader else None, is_leader=st.is_leader, is_learner=st.is_learner,
         db_size=st.db_size, alarms=tuple(alarms), members=members, measured_at=at, age=0.0, quorum=quorum,
-        raft_applied_index=st.raft_applied_index, db_size_in_use=st.db_size_in_use)
+        raft_applied_index=st.raft_applied_index, db_size_in_use=st.db_size_in_use, raft_index=st.raft_index,
+        raft_term=st.raft_term)
 
 
 def reported(last: Optional[EtcdHealth], age: float, pending: float, endpoint: str,

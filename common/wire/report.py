@@ -84,6 +84,8 @@ class EtcdHealth:
     quorum: Optional[bool] = None
     raft_applied_index: Optional[int] = None    # None: etcd did not report it
     db_size_in_use: Optional[int] = None
+    raft_index: Optional[int] = None            # the member's raft index (the leader's: the cluster's commit)
+    raft_term: Optional[int] = None
 
     def current(self, fresh_for: float = FRESH_FOR) -> bool:
         """Measured within ``fresh_for`` seconds of the reply (an answer without an age was asked for it)."""
