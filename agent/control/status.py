@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent import certs
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.restore.records import OperationStore
 from etcdguard.agent.snapshots.backup import BackupRunner
@@ -201,6 +202,13 @@ def free_bytes(path: Path) -> Optional[int]:
     return None
 
 
+def file_size(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def member_config(runner: BackupRunner) -> MemberConfig:
     config, member = runner.config, runner.member
     apiserver = config.apiserver
@@ -246,9 +254,11 @@ class StatusReporter:
                                                             tool.supports_bump),
             disk=DiskInfo(data_dir_free=free_bytes(member.data_dir),
                           wal_dir_free=free_bytes(member.wal_dir) if member.wal_dir else None,
-                          store_free=free_bytes(runner.store.dir), staging_free=free_bytes(self._staging_dir)),
+                          store_free=free_bytes(runner.store.dir), staging_free=free_bytes(self._staging_dir),
+                          db_file=file_size(member.data_dir / "member" / "snap" / "db")),
             snapshots=tuple(summary(m) for m in runner.store.list()[:STATUS_SNAPSHOTS]),
             restore=restore_info(config.state.dir),
+            certificates=certs.current(config, member),
         )
 
     def inspect(self, hashkv_revision: Optional[int]) -> dict[str, Any]:
