@@ -36,6 +36,9 @@ from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, defau
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary
 from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members
 from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
+from etcdguard.coordinator.diagnose.gather import gather
+from etcdguard.coordinator.diagnose.verdict import diagnose
+from etcdguard.coordinator.diagnose.verdict import to_json as verdict_json
 from etcdguard.coordinator.members.service import MemberOperations
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.restore.orchestrator import summarize
@@ -166,6 +169,7 @@ class CoordinatorDaemon(SignalFlags):
             "replace": self.members_ops.replace_command,
             "defrag": self.members_ops.defrag_command,
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
+            "diagnose": lambda args, emit: self.diagnose(),
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
 
@@ -179,6 +183,14 @@ class CoordinatorDaemon(SignalFlags):
         finally:
             self._wake.set()   # the loop refreshes its status line and schedule
             self.prestage.wake()
+
+    def diagnose(self) -> dict[str, Any]:
+        """``etcdguardctl diagnose``: one verdict from every agent's fresh report and the vault (diagnose/)."""
+        active = self.restores.active()
+        facts = gather(self._survey(), newest=self.vault.newest_cached(), interval=self.config.vault.interval,
+                       failures=self._failures, last_pull=self.pulls.last_pull, operations=self.restores.records(),
+                       running=active[0] if active else None, now=time.time())
+        return verdict_json(diagnose(facts), facts)
 
     def status_report(self) -> dict[str, Any]:
         return status.status_report(
