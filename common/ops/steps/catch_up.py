@@ -18,7 +18,7 @@ from etcdguard.common.ops.ports import ClusterRun
 from etcdguard.common.ops.step import Step, StepFailed
 from etcdguard.common.wire.report import EtcdHealth
 
-POLL = 0.1
+POLL = 0.05
 SAY_EVERY = 2.0
 
 
