@@ -22,7 +22,7 @@ from etcdguard.common.ops.flows import DEFRAG, REPLACE, Flow
 from etcdguard.common.ops.membership import find, quorum_after_removal
 from etcdguard.common.wire.report import ClusterMember
 from etcdguard.common.wire.typed import to_json
-from etcdguard.coordinator.agents.quorum import QuorumState, cluster_quorum
+from etcdguard.coordinator.agents.quorum import QuorumState, cluster_quorum, member_state
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
 from etcdguard.coordinator.members.drift import drift
@@ -145,7 +145,7 @@ def serving(f: MemberFacts) -> Iterator[Refusal]:
     for v in f.views:
         if not v.reachable or v.report is None:
             yield Refusal("agent", f"its agent at {v.agent} does not answer ({v.error or 'no report'})", v.name)
-        elif not v.current or v.etcd.version is None or not v.etcd.leader or not v.etcd.quorum:
+        elif not member_state(v).in_quorum:
             yield Refusal("quorum", f"etcd is not serving under a leader ({v.etcd.error or 'not measured now'}); "
                                     "defragment only a healthy cluster", v.name)
 
