@@ -130,7 +130,7 @@ class NodeServicesImpl:
         return fsutil.free_bytes(wal) if wal is not None and wal.is_dir() else None
 
     def live_member_present(self) -> bool:
-        return (Path(self._params.data_dir) / "member").is_dir()
+        return (Path(self._node.data_dir) / "member").is_dir()
 
     # -- the data ----------------------------------------------------------------------
     def prepare_data(self) -> dict[str, Any]:

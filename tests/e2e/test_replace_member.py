@@ -253,3 +253,29 @@ def test_a_lost_static_pod_member_is_replaced_and_its_manifest_left_as_it_was(et
     finally:
         for k in kubelets.values():
             k.stop_all()
+
+
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_a_replacement_failing_before_the_removal_puts_the_member_back_as_it_was(rig: RestoreRig) -> None:
+    """The member's data cannot be set aside (its member dir is a mount point, which cannot be renamed): the
+    replacement fails before anything is removed from etcd, and the member runs again on its own data."""
+    import subprocess
+
+    cluster = rig.cluster
+    m3 = cluster.members[2]
+    member_id = m3.member_id()
+    member = str(m3.data_dir / "member")
+    if subprocess.run(["mount", "--bind", member, member], capture_output=True, check=False).returncode != 0:
+        pytest.skip("bind mounts need root")
+    try:
+        r = rig.ctl("replace", "m3", "--yes", "--json")
+        cluster.wait_healthy(30)
+    finally:
+        subprocess.run(["umount", "--lazy", member], check=True)   # etcd holds files in it again
+    summary = json.loads(r.stdout)
+    assert r.returncode == 1 and summary["state"] == "failed" and summary["failed_phase"] == "set-aside", summary
+    records = rig.journal(summary["op"])
+    assert not any(x.get("phase") == "remove" for x in records)                  # etcd's member list untouched
+    assert {x["phase"] for x in records if x.get("event") == "revert-step"} == {"set-aside", "retire"}
+    assert m3.member_id() == member_id and (m3.data_dir / "member").is_dir()
+    assert rig.ctl("replace", "--rollback", summary["op"]).returncode == 2       # failed is final: nothing to undo

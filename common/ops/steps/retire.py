@@ -41,9 +41,13 @@ class Retire(Step):
         return {"etcd": "stopped", "was_running": was_running}
 
     def undo(self, node: NodeServices) -> dict[str, Any]:
-        done = node.result_of(self.name) or {}
-        if not done.get("was_running"):
+        """etcd started again where it ran before (when the stop failed half-way, so nothing recorded whether
+        it ran: wherever its data is in place); never on a data dir without data (a lost member)."""
+        done = node.result_of(self.name)
+        if done is not None and not done.get("was_running"):
             return {"etcd": "left stopped (it was not running before)"}
+        if not node.live_member_present():
+            return {"etcd": "left stopped (no data in its data dir)"}
         if not node.etcd.is_running():
             node.etcd.start(node.start_timeout)
         return {"etcd": "started"}
