@@ -204,7 +204,8 @@ class CoordinatorDaemon(SignalFlags):
         active = self.restores.active()
         self.metrics.restore_in_progress.set(1 if active else 0)
         self.metrics.restore_interrupted.set(sum(1 for r in records if r.state.value in status.WAITING))
-        ended = [r for r in records if r.state.value in ("done", "failed", "rolled-back")]
+        # the last restore's result and timings (a replacement or defragmentation is not a restore)
+        ended = [r for r in records if r.state.value in ("done", "failed", "rolled-back") and r.plan.snapshot]
         if ended:
             last = summarize(ended[-1])
             self.metrics.restore_last_result.set(0 if last.state == "failed" else 1)

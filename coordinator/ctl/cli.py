@@ -166,8 +166,9 @@ def _restore_lines(restores: dict[str, Any]) -> list[str]:
     lines = []
     running = restores.get("running")
     if running:
-        lines.append(f"restore {running['op']} running: {running['doing']} "
-                     f"(follow it: etcdguardctl restore --attach {running['op']})")
+        command = running.get("command") or "restore"
+        lines.append(f"{command} {running['op']} running: {running['doing']} "
+                     f"(follow it: etcdguardctl {command} --attach {running['op']})")
     for w in restores.get("waiting") or []:
         command = w.get("command") or "restore"
         lines.append(f"{command} {w['op']} is {w['state'].upper()} (last phase {w['phase']}): resume with "
