@@ -367,7 +367,8 @@ def to_json(verdict: Verdict, facts: ClusterFacts) -> dict[str, Any]:
         "problems": [{"kind": p.kind.label, "exit": p.kind.exit_code, "member": p.member, "summary": p.summary,
                       "command": p.command, "evidence": list(p.evidence)} for p in verdict.problems],
         "quorum": facts.quorum.to_json(),
-        "members": [{**typed_json(m), "state": m.state.value} for m in facts.members],
+        "members": [{"member": m.name, **{k: v for k, v in typed_json(m).items() if k != "name"},
+                     "state": m.state.value} for m in facts.members],
         "vault": typed_json(facts.vault),
         "operations": [typed_json(o) for o in facts.operations],
     }

@@ -180,3 +180,4 @@ def test_the_most_severe_problem_is_the_verdict_and_the_others_follow() -> None:
     data = to_json(v, facts(m1, seen("m2"), down))
     assert data["verdict"] == "member-lost" and data["exit"] == 12 and len(data["problems"]) == 4
     assert {m["state"] for m in data["members"]} == {"healthy", "down"}
+    assert [m["member"] for m in data["members"]] == ["m1", "m2", "m3"] and "name" not in data["members"][0]
