@@ -11,9 +11,11 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent import certs
 from etcdguard.agent.config import AgentConfig, load_agent_config
 from etcdguard.agent.discovery.discover import discover
 from etcdguard.agent.etcd.health import HealthProbe
@@ -30,6 +32,7 @@ from etcdguard.common.metrics_server import MetricsServer, bind_replacement
 from etcdguard.common.ops.states import ACTIVE, FINAL, OpState
 from etcdguard.common.snapshot.sidecar import SnapshotMeta
 from etcdguard.common.snapshot.tools import untested_version
+from etcdguard.common.wire.report import CertificateInfo
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,15 @@ class AgentDaemon(SignalFlags):
         self.on_ready: Optional[Callable[[], None]] = None
         # etcdguard_etcd_up between snapshots (agent/etcd/health.py)
         self.health = HealthProbe(lambda: (self.runner.member, self.config.etcd.dial_timeout) if self.runner else None,
-                                  lambda up: self.metrics.etcd_up.set(1 if up else 0))
+                                  lambda up: self.metrics.etcd_up.set(1 if up else 0),
+                                  status=lambda st: self.metrics.record_db(st.db_size if st else None,
+                                                                           st.db_size_in_use if st else None))
+        self.metrics.certificates.source = self._certificates
+
+    def _certificates(self) -> Sequence[CertificateInfo]:
+        """The certificates etcd and kube-apiserver use here, for ``etcdguard_certificate_expiry_seconds``."""
+        runner = self.runner
+        return certs.current(runner.config, runner.member) if runner is not None else ()
 
     def _stop_requested(self, reason: str) -> None:
         if self._cancel is not None:
@@ -79,6 +90,7 @@ class AgentDaemon(SignalFlags):
             with EtcdClient(runner.member.endpoint, runner.member.tls, self.config.etcd.dial_timeout) as c:
                 st = c.status()
             self.metrics.etcd_up.set(1 if st.healthy else 0)
+            self.metrics.record_db(st.db_size, st.db_size_in_use)
             untested = untested_version(st.version)
             if untested is not None:
                 log.warning("%s at %s", untested, runner.member.endpoint)

@@ -10,15 +10,45 @@ so a stepped clock can neither make it negative nor hold it at 0.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Callable, Optional
 
 from etcdguard.common import __version__
 from etcdguard.common.base.freshness import Freshness, future_dated
+from etcdguard.common.wire.report import CertificateInfo
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 FAILURE_REASONS = ("etcd_unavailable", "corrupt", "tool", "disk", "aborted", "timeout", "other")
 DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+
+
+class CertificateCollector(Collector):
+    """``etcdguard_certificate_expiry_seconds{path, kind}``: seconds until each certificate expires (negative
+    once it has), computed at scrape time; ``etcdguard_certificates_unreadable``: files that cannot be read."""
+
+    def __init__(self, prefix: str, wall: Callable[[], float]) -> None:
+        self.prefix = prefix
+        self.wall = wall
+        self.source: Callable[[], Sequence[CertificateInfo]] = lambda: ()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        expiry = GaugeMetricFamily(f"{self.prefix}_certificate_expiry_seconds",
+                                   "Seconds until the certificate expires (negative: expired), by file and use",
+                                   labels=["path", "kind"])
+        unreadable = GaugeMetricFamily(f"{self.prefix}_certificates_unreadable",
+                                       "Configured certificate files that cannot be read or parsed")
+        now, bad = self.wall(), 0
+        for cert in self.source():
+            if cert.not_after_unix is None:
+                bad += 1
+                continue
+            for kind in cert.kinds:
+                expiry.add_metric([cert.path, kind], round(cert.not_after_unix - now, 3))
+        unreadable.add_metric([], bad)
+        yield expiry
+        yield unreadable
 
 
 class AgentMetrics:
@@ -61,6 +91,15 @@ class AgentMetrics:
             "Restore operation records here that cannot be read; backups and restores wait for an operator",
             registry=r)
         self.etcd_up = Gauge(f"{p}_etcd_up", "1 if the local etcd answered at the last attempt", registry=r)
+        self.db_size = Gauge(f"{p}_etcd_db_size_bytes", "Size of the local member's database file (NaN: unknown)",
+                             registry=r)
+        self.db_size_in_use = Gauge(f"{p}_etcd_db_size_in_use_bytes",
+                                    "Bytes of the local member's database in use; the rest is free space a "
+                                    "defragmentation gives back (NaN: unknown)", registry=r)
+        self.db_size.set(float("nan"))
+        self.db_size_in_use.set(float("nan"))
+        self.certificates = CertificateCollector(p, wall)
+        r.register(self.certificates)
         self.build_info = Gauge(f"{p}_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 
@@ -73,6 +112,11 @@ class AgentMetrics:
             self.last_revision.set(revision)
         if duration is not None:
             self.duration.observe(duration)
+
+    def record_db(self, size: Optional[int], in_use: Optional[int]) -> None:
+        """The local member's database size and in-use size as etcd's status said (None: unknown)."""
+        self.db_size.set(float("nan") if size is None else size)
+        self.db_size_in_use.set(float("nan") if in_use is None else in_use)
 
     def record_store(self, stamps: Sequence[float]) -> None:
         """Every snapshot's stamp, for ``etcdguard_snapshots_future_dated``."""

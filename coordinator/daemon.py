@@ -38,6 +38,10 @@ from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, defau
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary
 from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members
 from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
+from etcdguard.coordinator.diagnose.gather import gather
+from etcdguard.coordinator.diagnose.verdict import diagnose
+from etcdguard.coordinator.diagnose.verdict import to_json as verdict_json
+from etcdguard.coordinator.members.service import MemberOperations
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
@@ -103,6 +107,8 @@ class CoordinatorDaemon(SignalFlags):
             config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
             safety_snapshot=lambda op, emit: safety_snapshot(self.pulls, self.vault, op, emit), slot=self.slot,
             on_change=self._restore_changed, stop=self._restore_stop)
+        self.members_ops = MemberOperations(config=lambda: self.config, links=self._require_links,
+                                            restores=self.restores)
         # Read at every scrape: a journal damaged on disk shows even while no restore changes.
         self.metrics.restore_damaged.set_function(lambda: len(self.restores.journals.damaged()))
         self.prestage = Prestager(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
@@ -202,7 +208,10 @@ class CoordinatorDaemon(SignalFlags):
             "snapshots": lambda args, emit: self.snapshots_report(),
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
             "restore": self.restores.command,
+            "replace": self.members_ops.replace_command,
+            "defrag": self.members_ops.defrag_command,
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
+            "diagnose": lambda args, emit: self.diagnose(),
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
 
@@ -237,6 +246,15 @@ class CoordinatorDaemon(SignalFlags):
             with self._schedule_lock:
                 self.next_due = time.monotonic()
 
+    def diagnose(self) -> dict[str, Any]:
+        """``etcdguardctl diagnose``: one verdict from every agent's fresh report and the vault (diagnose/)."""
+        active = self.restores.active()
+        copies = self.pulls.copies.view()
+        facts = gather(self._survey(), newest=self.vault.newest_cached(), interval=self.config.vault.interval,
+                       failures=copies.failures, last_pull=copies.last.to_json() if copies.last else None,
+                       operations=self.restores.records(), running=active[0] if active else None, now=time.time())
+        return verdict_json(diagnose(facts), facts)
+
     def status_report(self) -> dict[str, Any]:
         """The reply to ``status``; the agents are asked while the vault lists (both bounded)."""
         asked = self._ask_listing()
@@ -253,7 +271,8 @@ class CoordinatorDaemon(SignalFlags):
         active = self.restores.active()
         self.metrics.restore_in_progress.set(1 if active else 0)
         self.metrics.restore_interrupted.set(sum(1 for r in records if r.state.value in status.WAITING))
-        ended = [r for r in records if r.state.value in ("done", "failed", "rolled-back")]
+        # the last restore's result and timings (a replacement or defragmentation is not a restore)
+        ended = [r for r in records if r.state.value in ("done", "failed", "rolled-back") and r.plan.snapshot]
         if ended:
             last = summarize(ended[-1])
             self.metrics.restore_last_result.set(0 if last.state == "failed" else 1)

@@ -105,8 +105,10 @@ def restore_status(restores: RestoreService, views: Sequence[MemberView] = ()) -
     only the agents know (a coordinator before this one ran them)."""
     active = restores.active()
     waiting = [{"op": r.op, "state": r.state.value, "phase": r.reached()[-1] if r.reached() else None,
-                "error": r.error} for r in restores.records() if r.state.value in WAITING]
-    return {"running": {"op": active[0], "doing": active[1]} if active else None, "waiting": waiting,
+                "error": r.error, "command": r.flow.command} for r in restores.records() if r.state.value in WAITING]
+    commands = {r.op: r.flow.command for r in restores.records()}
+    running = {"op": active[0], "doing": active[1], "command": commands.get(active[0], "restore")} if active else None
+    return {"running": running, "waiting": waiting,
             "damaged": [f"{op}: {why}" for op, why in restores.journals.damaged()],
             "orphaned": [{"op": op, "members": members}
                          for op, members in orphans(views, restores.journals.ids()).items()]}

@@ -7,7 +7,7 @@
 - ``Lane.STAGING``: uploads, answered by the loop too, whose reply is recorded
   so a retried request id gets it again instead of writing twice;
 - ``Lane.STATUS``: the status worker (it may wait briefly for etcd);
-- ``Lane.LONG``: the single long-op slot (snapshot.take, restore.step); a
+- ``Lane.LONG``: the single long-op slot (snapshot.take, restore.step, etcd.admin); a
   second long op while one runs is refused with ``busy``.
 
 Handlers take a ``Call`` (the validated request, the authenticated peer and,
@@ -214,6 +214,12 @@ class Handlers:
     def restore_warm(self, call: Call) -> Result:
         return self.restore.warm(call.args), None
 
+    def etcd_admin(self, call: Call) -> Result:
+        from etcdguard.agent.etcd.admin import administer
+
+        log.info("etcd.admin %s by %s", call.args["action"], call.peer.describe())
+        return administer(self.runner().member, call.args), None
+
     def close(self) -> None:
         self.fetch.close()
         self.staging.close()
@@ -256,4 +262,5 @@ OPS: dict[str, Op] = {
     "restore.step": Op(Lane.LONG, Handlers.restore_step, label=_step_label),
     "restore.warm": Op(Lane.LONG, Handlers.restore_warm, blocked=Handlers.take_blocked,
                        label=lambda req: f"warm standby of {req.args['sha256'][:12]}"),
+    "etcd.admin": Op(Lane.LONG, Handlers.etcd_admin, label=lambda req: f"etcd.admin {req.args['action']}"),
 }

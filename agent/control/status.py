@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent import certs
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.agent.restore.records import OperationStore
 from etcdguard.agent.snapshots.backup import BackupRunner
@@ -88,7 +89,8 @@ def measure(client: EtcdClient, deadline: float = STATUS_DEADLINE,
         version=st.version, revision=st.revision, member_id=f"{st.member_id:x}", cluster_id=f"{st.cluster_id:x}",
         leader=f"{st.leader:x}" if st.leader else None, is_leader=st.is_leader, is_learner=st.is_learner,
         db_size=st.db_size, alarms=tuple(alarms), members=members, measured_at=at, age=0.0, quorum=quorum,
-        raft_applied_index=st.raft_applied_index, db_size_in_use=st.db_size_in_use)
+        raft_applied_index=st.raft_applied_index, db_size_in_use=st.db_size_in_use, raft_index=st.raft_index,
+        raft_term=st.raft_term)
 
 
 def reported(last: Optional[EtcdHealth], age: float, pending: float, endpoint: str,
@@ -200,6 +202,13 @@ def free_bytes(path: Path) -> Optional[int]:
     return None
 
 
+def file_size(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def member_config(runner: BackupRunner) -> MemberConfig:
     config, member = runner.config, runner.member
     apiserver = config.apiserver
@@ -245,9 +254,11 @@ class StatusReporter:
                                                             tool.supports_bump),
             disk=DiskInfo(data_dir_free=free_bytes(member.data_dir),
                           wal_dir_free=free_bytes(member.wal_dir) if member.wal_dir else None,
-                          store_free=free_bytes(runner.store.dir), staging_free=free_bytes(self._staging_dir)),
+                          store_free=free_bytes(runner.store.dir), staging_free=free_bytes(self._staging_dir),
+                          db_file=file_size(member.data_dir / "member" / "snap" / "db")),
             snapshots=tuple(summary(m) for m in runner.store.list()[:STATUS_SNAPSHOTS]),
             restore=restore_info(config.state.dir),
+            certificates=certs.current(config, member),
         )
 
     def inspect(self, hashkv_revision: Optional[int]) -> dict[str, Any]:

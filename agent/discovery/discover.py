@@ -115,6 +115,11 @@ def _assemble(config: AgentConfig, found: Found, root: Path, apiserver_manifest:
         cert=found.maybe_host_path("peer-cert-file"),
         key=found.maybe_host_path("peer-key-file"),
     )
+    server_tls = ClientTLS(
+        cacert=found.maybe_host_path("trusted-ca-file"),
+        cert=found.maybe_host_path("cert-file"),
+        key=found.maybe_host_path("key-file"),
+    )
     if found.image:
         sources.append(("image", f"manifest:{found.manifest}"))
     wal_dir = _pick(sources, "wal_dir", _wal_dir(config, found))
@@ -124,6 +129,7 @@ def _assemble(config: AgentConfig, found: Found, root: Path, apiserver_manifest:
         runtime=found.runtime, manifest=found.manifest, unit=found.unit,
         initial_cluster=initial_cluster, image=found.image, peer_tls=peer_tls, wal_dir=wal_dir,
         quota_backend_bytes=int(quota) if quota.isdigit() and int(quota) > 0 else None, sources=tuple(sources),
+        server_tls=server_tls,
     )
 
 

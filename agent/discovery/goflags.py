@@ -31,7 +31,7 @@ reads (they always take a value) and reads any other flag that way too.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -198,3 +198,24 @@ def etcd_flags(argv: Sequence[str]) -> Flags:
 def apiserver_flags(argv: Sequence[str]) -> Flags:
     """kube-apiserver's flags from its command line (pflag: stray words between flags allowed)."""
     return parse_flags(argv, APISERVER_BOOL_FLAGS, interspersed=True, value_flags=APISERVER_VALUE_FLAGS)
+
+
+def replace_etcd_flags(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """etcd's command line with every occurrence of the flags in ``values`` removed and each set once, as
+    ``--name=value``, at the end (pure). FlagError when the command does not run etcd itself (a wrapper's
+    words cannot be edited safely) or when etcd would refuse it."""
+    if not argv or posixpath.basename(argv[0]) != "etcd":
+        raise FlagError(f"{argv[0] if argv else 'an empty command'} is not etcd itself; its flags cannot be edited")
+    etcd_flags(argv)   # refused as etcd would refuse it
+    out = [argv[0]]
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        name, has_value, _ = (word[2:] if word.startswith("--") else word[1:]).partition("=")
+        takes_next = not has_value and name not in ETCD_BOOL_FLAGS and (
+            name in ETCD_VALUE_FLAGS or (i + 1 < len(argv) and not argv[i + 1].startswith("-")))
+        span = 2 if takes_next else 1
+        if name not in values:
+            out.extend(argv[i:i + span])
+        i += span
+    return out + [f"--{name}={value}" for name, value in values.items()]

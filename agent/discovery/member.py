@@ -28,6 +28,7 @@ class LocalMember:
     peer_tls: ClientTLS = field(default_factory=ClientTLS)
     wal_dir: Optional[Path] = None      # a separate --wal-dir (host path), else the WAL is in data_dir/member
     quota_backend_bytes: Optional[int] = None   # --quota-backend-bytes; None: etcd's default (2 GiB)
+    server_tls: ClientTLS = field(default_factory=ClientTLS)   # --trusted-ca-file, --cert-file, --key-file
     sources: tuple[tuple[str, str], ...] = ()  # (field, where it came from) for `check`
 
     @property
@@ -40,7 +41,7 @@ class LocalMember:
         for key, value in list(out.items()):
             if isinstance(value, Path):
                 out[key] = str(value)
-        for group in ("tls", "peer_tls"):
+        for group in ("tls", "peer_tls", "server_tls"):
             out[group] = {k: (str(v) if v is not None else None) for k, v in out[group].items()}
         out["endpoints"] = list(self.endpoints)
         out["sources"] = dict(self.sources)

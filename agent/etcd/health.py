@@ -1,4 +1,4 @@
-"""A periodic health probe of the local etcd, for ``etcdguard_etcd_up``.
+"""A periodic health probe of the local etcd, for ``etcdguard_etcd_up`` and the database's sizes.
 
 Snapshots alone would refresh the gauge once per backup interval (an hour by
 default), so an etcd that died would read as up until the next snapshot and
@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from etcdguard.agent.discovery.member import LocalMember
 from etcdguard.common.base.errors import EtcdguardError
-from etcdguard.common.etcd.client import EtcdClient
+from etcdguard.common.etcd.client import EtcdClient, EtcdStatus
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,14 @@ INTERVAL = 15.0        # seconds between probes
 MAX_TIMEOUT = 5.0      # seconds; a probe never waits longer for etcd than this
 
 
-def probe(member: LocalMember, timeout: float) -> tuple[bool, str]:
-    """(up, why): etcd answered a status call and reports itself healthy (no errors, a leader)."""
+def probe(member: LocalMember, timeout: float) -> tuple[bool, str, Optional[EtcdStatus]]:
+    """(up, why, its status): etcd answered a status call and reports itself healthy (no errors, a leader)."""
     try:
         with EtcdClient(member.endpoint, member.tls, timeout) as client:
             st = client.status()
     except EtcdguardError as exc:
-        return False, str(exc)
-    return st.healthy, "healthy" if st.healthy else "; ".join(st.errors) or "not healthy"
+        return False, str(exc), None
+    return st.healthy, "healthy" if st.healthy else "; ".join(st.errors) or "not healthy", st
 
 
 class HealthProbe:
@@ -42,9 +42,10 @@ class HealthProbe:
     """
 
     def __init__(self, target: Callable[[], Optional[tuple[LocalMember, float]]], report: Callable[[bool], None],
-                 interval: float = INTERVAL) -> None:
+                 interval: float = INTERVAL, status: Callable[[Optional[EtcdStatus]], None] = lambda st: None) -> None:
         self._target = target
         self._report = report
+        self._status = status
         self.interval = interval
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -65,8 +66,9 @@ class HealthProbe:
         if target is None:
             return None
         member, dial_timeout = target
-        up, why = probe(member, min(dial_timeout, MAX_TIMEOUT))
+        up, why, st = probe(member, min(dial_timeout, MAX_TIMEOUT))
         self._report(up)
+        self._status(st)
         if up != self._last:
             if not up:
                 log.warning("etcd at %s is down: %s", member.endpoint, why)

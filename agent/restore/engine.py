@@ -28,11 +28,18 @@ from etcdguard.agent.restore import swap
 from etcdguard.agent.restore.identity import LocalChecks, local_checks
 from etcdguard.agent.restore.node import NodeServicesImpl, fingerprint
 from etcdguard.agent.restore.plan import argv_problems
-from etcdguard.agent.restore.records import KIND_CLUSTER, KIND_LOCAL, OperationStore, flow_of, params_of
+from etcdguard.agent.restore.records import (
+    KIND_CLUSTER,
+    KIND_LOCAL,
+    OperationStore,
+    flow_of,
+    node_params_of,
+    params_of,
+)
 from etcdguard.agent.runtime.base import NodeRuntime
 from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
-from etcdguard.common.ops.flows import CLUSTER_RESTORE, NODE_RESTORE, undone_step
-from etcdguard.common.ops.params import RestoreParams
+from etcdguard.common.ops.flows import CLUSTER_RESTORE, NODE_RESTORE, Flow, undone_step
+from etcdguard.common.ops.params import MemberParams, RestoreParams
 from etcdguard.common.ops.record import DONE, FAILED, STARTED, OpLog
 from etcdguard.common.ops.states import FINAL, OpState
 from etcdguard.common.ops.step import Step, StepFailed
@@ -76,7 +83,8 @@ class NodeEngine:
 
     def services(self, oplog: OpLog, *, rollback_requested: bool = False) -> NodeServicesImpl:
         rec = oplog.record
-        return NodeServicesImpl(self.config, self.member, self.runtime, self.tool, oplog=oplog, params=params_of(rec),
+        return NodeServicesImpl(self.config, self.member, self.runtime, self.tool, oplog=oplog,
+                                params=node_params_of(rec),
                                 in_cluster=rec.header.get("kind") == KIND_CLUSTER,
                                 rollback_requested=rollback_requested)
 
@@ -113,6 +121,27 @@ class NodeEngine:
             oplog.emit("forced", refusals=checks.forced)
         return oplog
 
+    def open_member_operation(self, params: MemberParams, flow: Flow) -> OpLog:
+        """An operation on this member that restores nothing (a replacement): created now, after refusing
+        while another operation is open here, or the existing one of the same id."""
+        op = self.ops.get(params.op)
+        if op.exists():
+            oplog = op.log()
+            if flow_of(oplog.record) is not flow:
+                raise UnsafeRefusal(f"operation {params.op} on this node is a {flow_of(oplog.record).name}, not a "
+                                    f"{flow.name}; use a new operation id")
+            return oplog
+        self._refuse_other_operations()
+        return op.create(kind=KIND_CLUSTER, flow=flow, params=params)
+
+    def _refuse_other_operations(self) -> None:
+        for other in self.ops.summaries():
+            if other.state is OpState.DAMAGED:
+                raise UnsafeRefusal(f"refusing to start an operation: {other.error}")
+            if other.open:
+                raise UnsafeRefusal(f"operation {other.op} on this node is {other.state.value}; finish it "
+                                    f"(restore --op {other.op} --yes) or roll it back first")
+
     def reverify(self, oplog: OpLog, full: bool = True) -> list[str]:
         """Before a resumed operation runs any step: is its snapshot still the verified file?
 
@@ -123,6 +152,8 @@ class NodeEngine:
         Raises UnsafeRefusal (nothing is done) on any mismatch.
         """
         rec = oplog.record
+        if flow_of(rec).params is not RestoreParams:
+            return []    # an operation that restores no snapshot has none to verify
         p = params_of(rec)
         prepared = rec.step_done("prepare") is not None
         undo = (f"Nothing was done. Put the verified file back, or undo the operation with "
@@ -321,7 +352,7 @@ class NodeEngine:
             if oplog.record.state not in FINAL:
                 raise UnsafeRefusal(f"operation {op_id} is {oplog.record.state.value}; clean up only finished "
                                     "operations")
-            p = params_of(oplog.record)
+            p = node_params_of(oplog.record)
             removed = []
             for path in swap.kept_paths(Path(p.data_dir), op_id, Path(p.wal_dir) if p.wal_dir else None):
                 shutil.rmtree(path)

@@ -15,7 +15,7 @@ import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.discovery.member import LocalMember
@@ -28,7 +28,7 @@ from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import EtcdguardError, EtcdUnavailable, ToolError, UnsafeRefusal
 from etcdguard.common.base.polling import poll_until
 from etcdguard.common.etcd.client import EtcdClient, EtcdStatus
-from etcdguard.common.ops.params import RestoreParams
+from etcdguard.common.ops.params import MemberParams, NodeParams, RestoreParams
 from etcdguard.common.ops.ports import Service
 from etcdguard.common.ops.record import OpLog
 from etcdguard.common.snapshot.integrity import verify_file
@@ -39,6 +39,7 @@ from etcdguard.common.snapshot.tools import SnapshotTool, failure_reason
 PREPARE_TIMEOUT = 3600.0
 HEALTH_POLL = 0.1
 APISERVER_POLL = 0.2
+P = TypeVar("P", RestoreParams, MemberParams)
 
 
 def fingerprint(path: Path) -> list[int]:
@@ -51,20 +52,33 @@ class NodeServicesImpl:
     """NodeServices for one operation on this node."""
 
     def __init__(self, config: AgentConfig, member: LocalMember, runtime: NodeRuntime, tool: SnapshotTool, *,
-                 oplog: OpLog, params: RestoreParams, in_cluster: bool, rollback_requested: bool = False) -> None:
+                 oplog: OpLog, params: NodeParams, in_cluster: bool, rollback_requested: bool = False) -> None:
         self.config = config
         self.member = member
         self.runtime = runtime
         self.tool = tool
         self.oplog = oplog
-        self._params = params
+        self._node = params
         self._in_cluster = in_cluster
         self.rollback_requested = rollback_requested
 
     # -- what the steps read ------------------------------------------------------
     @property
     def params(self) -> RestoreParams:
-        return self._params
+        return self.params_as(RestoreParams)
+
+    @property
+    def _params(self) -> RestoreParams:
+        return self.params_as(RestoreParams)
+
+    def params_as(self, kind: type[P]) -> P:
+        if not isinstance(self._node, kind):
+            raise UnsafeRefusal(f"operation {self._node.op} has no {kind.__name__} (it is of another flow)")
+        return self._node
+
+    def result_of(self, step: str) -> Optional[dict[str, Any]]:
+        done = self.oplog.record.step_done(step)
+        return done.result if done is not None and isinstance(done.result, dict) else None
 
     @property
     def in_cluster(self) -> bool:
@@ -91,7 +105,7 @@ class NodeServicesImpl:
 
     @property
     def _wal_dir(self) -> Optional[Path]:
-        return Path(self._params.wal_dir) if self._params.wal_dir else None
+        return Path(self._node.wal_dir) if self._node.wal_dir else None
 
     # -- preflight --------------------------------------------------------------------
     def verify_snapshot(self, just_verified: bool) -> None:
@@ -116,7 +130,7 @@ class NodeServicesImpl:
         return fsutil.free_bytes(wal) if wal is not None and wal.is_dir() else None
 
     def live_member_present(self) -> bool:
-        return (Path(self._params.data_dir) / "member").is_dir()
+        return (Path(self._node.data_dir) / "member").is_dir()
 
     # -- the data ----------------------------------------------------------------------
     def prepare_data(self) -> dict[str, Any]:
@@ -160,9 +174,9 @@ class NodeServicesImpl:
         return {"removed": removed, "killed": killed}
 
     def _prove_stopped(self) -> None:
-        ok, why = etcd_stopped(self.member.endpoints, Path(self._params.data_dir))
+        ok, why = etcd_stopped(self.member.endpoints, Path(self._node.data_dir))
         if not ok:
-            raise UnsafeRefusal(f"etcd is not proven stopped ({why}); refusing to touch {self._params.data_dir}")
+            raise UnsafeRefusal(f"etcd is not proven stopped ({why}); refusing to touch {self._node.data_dir}")
 
     def swap_in(self) -> dict[str, Any]:
         self._prove_stopped()
@@ -227,6 +241,36 @@ class NodeServicesImpl:
         from etcdguard.agent.runtime.factory import make_restart_services
 
         return list(make_restart_services(self.config, self.config.state.dir))
+
+    # -- a member replaced ---------------------------------------------------------------------
+    def set_aside(self) -> dict[str, Any]:
+        self._prove_stopped()
+        return swap.set_aside(Path(self._node.data_dir), self._node.op, self._wal_dir)
+
+    def put_back(self) -> list[str]:
+        self._prove_stopped()
+        return swap.put_back(Path(self._node.data_dir), self._node.op, self._wal_dir)
+
+    def start_joining(self, initial_cluster: str) -> dict[str, Any]:
+        from etcdguard.agent.runtime.joining import join_form
+
+        p = self.params_as(MemberParams)
+        if f"{p.name}={p.peer_url}" not in initial_cluster.split(","):
+            raise UnsafeRefusal(f"the initial cluster {initial_cluster} has no entry {p.name}={p.peer_url}")
+        if self.etcd.is_running():
+            return {"etcd": "running already"}
+        result = join_form(self.etcd, self.member, p.op).start(initial_cluster, self.start_timeout)
+        return {**result, "initial_cluster": initial_cluster}
+
+    def settle(self) -> dict[str, Any]:
+        from etcdguard.agent.runtime.joining import join_form
+
+        p = self.params_as(MemberParams)
+        result = join_form(self.etcd, self.member, p.op).settle(self.start_timeout)
+        if not self.etcd.is_running():
+            self.etcd.start(self.start_timeout)
+        health = self.wait_healthy()
+        return {**result, "etcd": "healthy", "revision": health.get("revision")}
 
 
 def probe_http(url: str, timeout: float = 2.0) -> tuple[bool, str]:

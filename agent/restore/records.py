@@ -39,7 +39,7 @@ from etcdguard.common.journal import (
 )
 from etcdguard.common.ops import states
 from etcdguard.common.ops.flows import CLUSTER_RESTORE, FLOWS, NODE_RESTORE, Flow
-from etcdguard.common.ops.params import RestoreParams
+from etcdguard.common.ops.params import MemberParams, NodeParams, RestoreParams
 from etcdguard.common.ops.record import OpLog, OpRecord
 from etcdguard.common.ops.states import OpState
 
@@ -86,7 +86,7 @@ class NodeOperation:
         except OSError as exc:
             raise fsutil.disk_error(f"cannot look for operation {self.op}", exc) from None
 
-    def create(self, *, kind: str, flow: Flow, params: RestoreParams, **fields: Any) -> OpLog:
+    def create(self, *, kind: str, flow: Flow, params: NodeParams, **fields: Any) -> OpLog:
         fsutil.ensure_private_dir(self.dir.parent)
         fsutil.ensure_private_dir(self.dir)
         return OpLog.create(self.journal.path, self.op, "created", states.NODE, kind=kind, flow=flow.name,
@@ -139,6 +139,17 @@ def params_of(rec: OpRecord) -> RestoreParams:
     except (KeyError, TypeError, ValueError) as exc:
         raise JournalDamaged(f"the journal of operation {rec.op} holds no usable restore parameters "
                              f"({exc!r})") from None
+
+
+def node_params_of(rec: OpRecord) -> NodeParams:
+    """The operation's recorded parameters, of its flow's type; JournalDamaged when they cannot be read."""
+    if flow_of(rec).params is RestoreParams:
+        return params_of(rec)
+    params = rec.header.get("params")
+    try:
+        return MemberParams.from_json(params if isinstance(params, dict) else {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalDamaged(f"the journal of operation {rec.op} holds no usable parameters ({exc!r})") from None
 
 
 class OperationStore:

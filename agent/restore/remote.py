@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,18 +34,26 @@ from etcdguard.agent.control.transfer import NotFound
 from etcdguard.agent.restore.engine import NodeEngine
 from etcdguard.agent.restore.node import fingerprint, kept_dirs
 from etcdguard.agent.restore.opening import VerifiedCopy, catalog_record, make_params
-from etcdguard.agent.restore.records import KIND_CLUSTER, NodeOperation, OperationStore, flow_of, params_of
+from etcdguard.agent.restore.records import (
+    KIND_CLUSTER,
+    NodeOperation,
+    OperationStore,
+    flow_of,
+    node_params_of,
+    params_of,
+)
 from etcdguard.agent.restore.warm import prepare_warm
 from etcdguard.agent.runtime.factory import make_runtime
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import EtcdguardError, ToolError, UnsafeRefusal
 from etcdguard.common.journal import JournalDamaged
-from etcdguard.common.ops.flows import ACTIONS, CLUSTER_RESTORE, STEPS, UNDO_STEPS
+from etcdguard.common.ops.flows import ACTIONS, CLUSTER_RESTORE, FLOWS, STEPS, UNDO_STEPS, Flow
+from etcdguard.common.ops.params import MemberParams, RestoreParams
 from etcdguard.common.ops.record import OpLog
 from etcdguard.common.ops.states import OpState
 from etcdguard.common.ops.step import Step
-from etcdguard.common.wire.protocol import CONFLICT, ProtocolError
+from etcdguard.common.wire.protocol import BAD_REQUEST, CONFLICT, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +118,14 @@ class RemoteRestore:
     def step(self, args: dict[str, Any], who: str) -> dict[str, Any]:
         """Run (or answer from the record) one restore.step; ``who`` names the requester for the journal."""
         op_id, name = args["op_id"], args["step"]
+        flow = FLOWS[args.get("flow") or CLUSTER_RESTORE.name]
         engine = self.engine()
         op = engine.ops.get(op_id)   # a handle by id: it sees the operation once its opening step creates it
         try:
             if name in ACTIONS:
                 return self._action(engine, op, name, args)
-            with engine.ops.exclusive(f"run restore step {name} of {op_id}"):
-                return self._locked_step(engine, op, name, args, who)
+            with engine.ops.exclusive(f"run {flow.name} step {name} of {op_id}"):
+                return self._locked_step(engine, op, name, args, who=who, flow=flow)
         except subprocess.SubprocessError as exc:
             raise ToolError(f"restore step {name}: {exc}") from None
 
@@ -132,34 +142,38 @@ class RemoteRestore:
         with engine.ops.exclusive(f"close {op.op}"):
             return engine.finish(op.log(), args["params"]["outcome"])
 
-    def _locked_step(self, engine: NodeEngine, op: NodeOperation, name: str, args: dict[str, Any],
-                     who: str) -> dict[str, Any]:
+    def _locked_step(self, engine: NodeEngine, op: NodeOperation, name: str, args: dict[str, Any], *,
+                     who: str, flow: Flow) -> dict[str, Any]:
         """A forward or undo step, with the node's lock held."""
         if name in UNDO_STEPS:
             if not op.exists():
                 raise NotFound(f"no operation {op.op!r} on this node")
             return engine.run_undo(op.log(), name)
+        if not flow.has(name):
+            raise ProtocolError(BAD_REQUEST, f"a {flow.name} has no step {name!r} (its steps: {', '.join(flow.names)})")
         step = STEPS[name]
         if not op.exists():
             if not step.opens:
-                if not any(s.opens for s in CLUSTER_RESTORE.before(name)):
+                if not any(s.opens for s in flow.before(name)):
                     return self._checks_without_operation(engine)
                 raise NotFound(f"no operation {op.op!r} on this node (it is created by its opening step)")
-            oplog = self._open(engine, op.op, args["params"], who)
+            oplog = self._open(engine, op.op, args["params"], who, flow)
             for earlier in flow_of(oplog.record).before(name):
                 if earlier.on_agent:
                     engine.run_step(oplog, earlier, just_verified=True)
             return self._run(engine, oplog, step, who)
         oplog = op.log()
-        recorded = self._known_operation(engine, oplog, step, args)
+        recorded = self._known_operation(engine, oplog, step, args, flow)
         if recorded is not None:
             return recorded
         self._check_order(oplog, step)
-        return self._run(engine, oplog, step, who)
+        return self._run(engine, oplog, step, who, args.get("params") or {})
 
-    def _run(self, engine: NodeEngine, oplog: OpLog, step: Step, who: str) -> dict[str, Any]:
+    def _run(self, engine: NodeEngine, oplog: OpLog, step: Step, who: str,
+             params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """Run ``step``; the parameters of a step that does not open the operation are its options."""
         try:
-            result = engine.run_step(oplog, step)
+            result = engine.run_step(oplog, step, **(params or {}))
         except (EtcdguardError, OSError) as exc:
             with contextlib.suppress(EtcdguardError, OSError):
                 oplog.emit("failed-request", step=step.name, error=str(exc), by=who)
@@ -179,10 +193,13 @@ class RemoteRestore:
         return out
 
     def _known_operation(self, engine: NodeEngine, oplog: OpLog, step: Step,
-                         args: dict[str, Any]) -> Optional[dict[str, Any]]:
+                         args: dict[str, Any], flow: Flow) -> Optional[dict[str, Any]]:
         """A step of an operation created earlier: the recorded answer of a closed one, else None once
         the operation's snapshot is proven to be the verified file still."""
         rec = oplog.record
+        if flow_of(rec) is not flow:
+            raise ProtocolError(CONFLICT, f"operation {rec.op} on this node is a {flow_of(rec).name}, not a "
+                                          f"{flow.name}")
         if rec.state is not OpState.RUNNING:
             # A finished step answers with its record; nothing new runs in a closed operation.
             done = rec.step_done(step.name)
@@ -219,11 +236,13 @@ class RemoteRestore:
                 "tool": {"path": str(engine.tool.path), "version": engine.tool.version,
                          "supports_bump": engine.tool.supports_bump}}
 
-    def _open(self, engine: NodeEngine, op_id: str, params: dict[str, Any], who: str) -> OpLog:
+    def _open(self, engine: NodeEngine, op_id: str, params: dict[str, Any], who: str, flow: Flow) -> OpLog:
         member = engine.member
         if params["name"] != member.name:
             raise UnsafeRefusal(f"this agent serves member {member.name!r}, not {params['name']!r}; "
                                 "check the coordinator's member list")
+        if flow.params is not RestoreParams:
+            return self._open_member(engine, op_id, params, who, flow)
         bump = params["bump_revision"]
         if bump > 0 and not engine.tool.supports_bump:
             raise UnsafeRefusal(f"{engine.tool.kind} {engine.tool.version} cannot --bump-revision; "
@@ -252,6 +271,20 @@ class RemoteRestore:
                         verified=self._verified_copy(snapshot, args))
         return prepare_warm(p, engine.tool)
 
+    @staticmethod
+    def _open_member(engine: NodeEngine, op_id: str, params: dict[str, Any], who: str, flow: Flow) -> OpLog:
+        """An operation on this member that restores nothing (a replacement), opened with its name and peer URL."""
+        member = engine.member
+        if member.peer_url and params["peer_url"] != member.peer_url:
+            raise UnsafeRefusal(f"this agent's etcd member {member.name} joins with peer URL {member.peer_url}, not "
+                                f"{params['peer_url']}; set etcd.peer_url in its config, or give that URL")
+        p = MemberParams(op=op_id, name=member.name, peer_url=params["peer_url"],
+                         data_dir=os.path.abspath(member.data_dir),
+                         wal_dir=os.path.abspath(member.wal_dir) if member.wal_dir else "")
+        oplog = engine.open_member_operation(p, flow)
+        oplog.emit("requested", by=who)
+        return oplog
+
     def _verified_copy(self, snapshot: Path, params: dict[str, Any]) -> Optional[VerifiedCopy]:
         """A staged copy verified when it arrived (sha256 and trailer) and unchanged since (its inode, size
         and times): the vault's sha256 and revision are taken for it without reading it again (seconds on a
@@ -269,6 +302,12 @@ class RemoteRestore:
 
     @staticmethod
     def _check_same_opening(oplog: OpLog, params: dict[str, Any]) -> None:
+        if flow_of(oplog.record).params is not RestoreParams:
+            recorded = node_params_of(oplog.record)
+            if (params.get("name"), params.get("peer_url")) != (recorded.name, recorded.peer_url):
+                raise ProtocolError(CONFLICT, f"operation {oplog.op} was opened for {recorded.name} at "
+                                              f"{recorded.peer_url}; use a new operation id")
+            return
         p = params_of(oplog.record)
         planned = {"snapshot": Path(p.snapshot).name, "name": p.name, "initial_cluster": p.initial_cluster,
                    "token": p.token, "peer_url": p.peer_url, "bump_revision": p.bump_revision}

@@ -177,3 +177,55 @@ def remove_prepared(data_dir: Path, op: str, wal_dir: Optional[Path] = None) -> 
             shutil.rmtree(wws)
             removed.append(str(wws))
     return removed
+
+
+# -- a replaced member: its data set aside (the member rejoins empty), or put back -------------------------
+
+
+def set_aside(data_dir: Path, op: str, wal_dir: Optional[Path] = None) -> dict[str, Optional[str]]:
+    """Rename the live data (and the WAL files) aside, kept as ``member.etcdguard-<op>``; a member whose data is
+    gone has nothing to set aside. Idempotent; the caller proves etcd stopped first."""
+    live, aside = data_dir / "member", aside_member(data_dir, op)
+    if live.exists():
+        if aside.exists():
+            raise UnsafeRefusal(f"{live} reappeared after it was set aside as {aside}; refusing (is etcd running?)")
+        os.rename(live, aside)
+        fsutil.fsync_dir(data_dir)
+    result: dict[str, Optional[str]] = {"kept": str(aside) if aside.exists() else None}
+    if wal_dir is not None and wal_dir.is_dir():
+        ws, aside_wal = wal_workspace(wal_dir, op), wal_aside(wal_dir, op)
+        done = ws / "aside.done"
+        if not done.exists():
+            _move_all(wal_dir, aside_wal)
+            fsutil.atomic_write_bytes(done, b"")
+        result["wal_kept"] = str(aside_wal) if _entries(aside_wal) else None
+    return result
+
+
+def put_back(data_dir: Path, op: str, wal_dir: Optional[Path] = None) -> list[str]:
+    """Undo ``set_aside``: the data set aside back in place; anything etcd made meanwhile moves into the
+    operation's workspace (``discarded-member``). Idempotent; the caller proves etcd stopped first."""
+    live, aside = data_dir / "member", aside_member(data_dir, op)
+    notes: list[str] = []
+    if aside.exists():
+        if live.exists():
+            keep = workspace_dir(data_dir, op) / "discarded-member"
+            fsutil.ensure_private_dir(keep.parent)
+            if keep.exists():
+                raise UnsafeRefusal(f"{keep} already exists; move it away and retry")
+            os.rename(live, keep)
+            notes.append(f"data made since moved to {keep}")
+        os.rename(aside, live)
+        fsutil.fsync_dir(data_dir)
+        notes.append(f"the data set aside is back in {live}")
+    else:
+        notes.append(f"{aside} does not exist: nothing was set aside")
+    if wal_dir is not None:
+        ws, aside_wal = wal_workspace(wal_dir, op), wal_aside(wal_dir, op)
+        if (ws / "aside.done").exists() or _entries(aside_wal):
+            _move_all(wal_dir, ws / "discarded")
+            _move_all(aside_wal, wal_dir)
+            with contextlib.suppress(FileNotFoundError):
+                (ws / "aside.done").unlink()
+            notes.append(f"the WAL set aside is back in {wal_dir}")
+    return notes

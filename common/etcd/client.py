@@ -1,9 +1,11 @@
 """The agent's only door to etcd's gRPC API.
 
 Kept small on purpose: status, the snapshot stream, hashkv, alarms and member
-list. gRPC alone makes the calls: requests are encoded and replies read by
-pbwire, so neither python-etcd3's generated messages nor the protobuf runtime
-is imported (they cost a one-shot command like `etcdguard-agent snapshot`
+list; and the few administrative calls a replacement and a defragmentation
+make (member add, remove and promote, defragment, disarm an alarm). gRPC
+alone makes the calls: requests are encoded and replies read by pbwire, so
+neither python-etcd3's generated messages nor the protobuf runtime is
+imported (they cost a one-shot command like `etcdguard-agent snapshot`
 about a tenth of a second at start-up, and python-etcd3 0.12's messages lack
 fields etcd >= 3.4 sends). Everything else in the agent works on the plain
 values returned here.
@@ -208,7 +210,7 @@ class EtcdClient:
     def members(self, timeout: Optional[float] = None) -> list[MemberInfo]:
         """The member list as this member knows it (served locally, as etcdctl's default)."""
         _, members = self._unary("/etcdserverpb.Cluster/MemberList", b"", parse_member_list, timeout)
-        return [MemberInfo(m.id, m.name, m.peer_urls, m.client_urls, m.is_learner) for m in members]
+        return [_member(m) for m in members]
 
     def alarms(self, timeout: Optional[float] = None) -> list[str]:
         """Active alarms cluster-wide, as ``<member id hex>:<ALARM>`` (e.g. ``8e9e05c52164694d:NOSPACE``).
@@ -229,6 +231,41 @@ class EtcdClient:
                                        pbwire.parse_hashkv)
         return HashKVResult(hash=r.hash, revision=r.header.revision, compact_revision=r.compact_revision,
                             hash_revision=r.hash_revision or None)
+
+    # -- the cluster's administration (the coordinator asks an agent to make these calls) --------
+    def member_add(self, peer_urls: tuple[str, ...], learner: bool,
+                   timeout: Optional[float] = None) -> tuple[MemberInfo, list[MemberInfo]]:
+        """Add a member (a learner with ``learner``): (the new member, the member list after the add).
+        A raft request: it needs quorum."""
+        added, members = self._unary("/etcdserverpb.Cluster/MemberAdd",
+                                     pbwire.member_add_request(peer_urls, learner), pbwire.parse_member_add, timeout)
+        return _member(added), [_member(m) for m in members]
+
+    def member_remove(self, member_id: int, timeout: Optional[float] = None) -> list[MemberInfo]:
+        """Remove a member by its id: the member list after the removal."""
+        _, members = self._unary("/etcdserverpb.Cluster/MemberRemove", pbwire.member_id_request(member_id),
+                                 parse_member_list, timeout)
+        return [_member(m) for m in members]
+
+    def member_promote(self, member_id: int, timeout: Optional[float] = None) -> list[MemberInfo]:
+        """Make a learner a voting member (etcd refuses while it is not in sync with the leader)."""
+        _, members = self._unary("/etcdserverpb.Cluster/MemberPromote", pbwire.member_id_request(member_id),
+                                 parse_member_list, timeout)
+        return [_member(m) for m in members]
+
+    def defragment(self, timeout: float) -> None:
+        """Defragment this member's backend (it stops serving while it rewrites its db file)."""
+        self._unary("/etcdserverpb.Maintenance/Defragment", b"", bytes, timeout)
+
+    def alarm_disarm(self, member_id: int, alarm: str, timeout: Optional[float] = None) -> list[str]:
+        """Deactivate ``alarm`` (NOSPACE, CORRUPT) of the member ``member_id``; the alarms left, as ``alarms``."""
+        number = pbwire.ALARM_NUMBERS.get(alarm)
+        if number is None or number == 0:
+            raise ValueError(f"unknown alarm {alarm!r} (known: NOSPACE, CORRUPT)")
+        left = self._unary("/etcdserverpb.Maintenance/Alarm",
+                           pbwire.alarm_request(pbwire.ALARM_DEACTIVATE, member_id, number), pbwire.parse_alarms,
+                           timeout)
+        return [f"{member:x}:{pbwire.ALARM_NAMES.get(kind, str(kind))}" for member, kind in left]
 
     def snapshot_stream(self, cancel: Optional[Cancellation] = None, timeout: float = 1800.0) -> Iterator[memoryview]:
         """Yield the snapshot's bytes as etcd sends them (about 32 KiB a message).
@@ -260,6 +297,10 @@ class EtcdClient:
         values = self._unary("/etcdserverpb.KV/Range", pbwire.range_request(key.encode()),
                              pbwire.parse_range_values)
         return values[0] if values else None
+
+
+def _member(m: pbwire.Member) -> MemberInfo:
+    return MemberInfo(m.id, m.name, m.peer_urls, m.client_urls, m.is_learner)
 
 
 def _read(path: Any) -> bytes:

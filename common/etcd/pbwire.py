@@ -305,3 +305,39 @@ def parse_range_values(message: bytes) -> list[bytes]:
 def parse_header_of(message: bytes) -> Header:
     """The ResponseHeader (field 1) of any etcd reply."""
     return parse_header(field_bytes(message, 1))
+
+
+# -- the cluster's administration: membership, defragmentation, alarms ---------------------------
+#   MemberAddRequest {1 peerURLs (repeated), 2 isLearner}   MemberRemoveRequest {1 ID}
+#   MemberPromoteRequest {1 ID}   DefragmentRequest {}   AlarmRequest {1 action, 2 memberID, 3 alarm}
+#   MemberAddResponse {1 header, 2 member, 3 members (repeated)}
+#   MemberRemoveResponse, MemberPromoteResponse {1 header, 2 members (repeated)}
+
+ALARM_GET, ALARM_ACTIVATE, ALARM_DEACTIVATE = 0, 1, 2
+ALARM_NUMBERS = {name: number for number, name in ALARM_NAMES.items()}
+
+
+def member_add_request(peer_urls: tuple[str, ...], learner: bool) -> bytes:
+    return (b"".join(encode_bytes_field(1, url.encode()) for url in peer_urls)
+            + encode_varint_field(2, 1 if learner else 0))
+
+
+def member_id_request(member_id: int) -> bytes:
+    """MemberRemoveRequest and MemberPromoteRequest: the member's ID (uint64) alone."""
+    return encode_varint_field(1, member_id)
+
+
+def alarm_request(action: int, member_id: int, alarm: int) -> bytes:
+    return encode_varint_field(1, action) + encode_varint_field(2, member_id) + encode_varint_field(3, alarm)
+
+
+def parse_member_add(message: bytes) -> tuple[Member, tuple[Member, ...]]:
+    """(the added member, the member list after the add)."""
+    added = Member(0, "", (), (), False)
+    members: list[Member] = []
+    for n, v in fields(message):
+        if n == 2:
+            added = _parse_member(_bytes(v))
+        elif n == 3:
+            members.append(_parse_member(_bytes(v)))
+    return added, tuple(members)

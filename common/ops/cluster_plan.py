@@ -40,6 +40,7 @@ class PlannedMember:
     apiserver: Optional[str] = None
     restart: tuple[str, ...] = ()
     tool: str = ""
+    quota_backend_bytes: Optional[int] = None   # --quota-backend-bytes (None: etcd's default)
 
 
 # The named overrides an operator may give (``--allow-...``); ``--force`` is an alias for all of them.
@@ -75,7 +76,7 @@ class RestorePlan:
     plan_id: str
     op: str
     kind: str
-    snapshot: SnapshotRef
+    snapshot: Optional[SnapshotRef]             # None: an operation that restores nothing (replace, defrag)
     members: tuple[PlannedMember, ...]
     initial_cluster: str
     token: str
@@ -99,6 +100,17 @@ class RestorePlan:
     overrides: tuple[str, ...] = ()             # the named overrides the operator gave (--force: every one)
     quorum: str = ""                            # the quorum as the plan saw it, in one sentence
     warm: tuple[str, ...] = ()                  # members holding this snapshot restored ahead (warm standby)
+    target: Optional[str] = None                # the one member the operation is about (replace; defrag --member)
+    target_peer_url: str = ""                   # the peer URL the target (re)joins with (replace)
+    catch_up_timeout: float = 600.0             # how long a joining member may take to catch up (replace)
+    notes: tuple[str, ...] = ()                 # what the operator is told beside the phases (plain sentences)
+
+    @property
+    def restored(self) -> SnapshotRef:
+        """The snapshot a restore restores; ValueError for a plan that restores none."""
+        if self.snapshot is None:
+            raise ValueError(f"operation {self.op} ({self.flow}) restores no snapshot")
+        return self.snapshot
 
     @property
     def blocking(self) -> tuple[Refusal, ...]:
@@ -139,7 +151,7 @@ class Summary:
     op: str
     state: str
     plan_id: str
-    snapshot: str
+    snapshot: Optional[str]
     phases: tuple[PhaseTiming, ...] = ()
     downtime_seconds: Optional[float] = None
     total_seconds: Optional[float] = None
@@ -152,3 +164,5 @@ class Summary:
     notes: tuple[str, ...] = field(default_factory=tuple)
     down_before: bool = False                        # no member had quorum when the restore started
     time_to_healthy_seconds: Optional[float] = None  # from the operation's start to quorum on the restored data
+    flow: str = "restore"                            # the flow the operation ran (common/ops/flows.py)
+    target: Optional[str] = None                     # the member it was about (replace; defrag --member)

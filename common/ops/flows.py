@@ -2,7 +2,9 @@
 
 The cluster restore runs its steps on every member with a barrier between
 them (design.md section 3); the node-local restore of a single-member cluster
-runs the same steps on one node, without staging. The wire protocol's
+runs the same steps on one node, without staging. A member replacement runs
+its node steps on the replaced member and changes etcd's membership through
+a healthy one; a defragmentation asks each member in turn. The wire protocol's
 ``restore.step`` accepts exactly the steps the agents run, their undo steps
 and the whole-operation actions, all derived from here; so do the plans, the
 journals' readers and the CLI's ``--until`` choices.
@@ -13,9 +15,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Union
 
+from etcdguard.common.ops.params import MemberParams, RestoreParams
 from etcdguard.common.ops.step import Step
-from etcdguard.common.ops.steps import fence, preflight, prepare, restart, stage, start, stop, swap, unfence, verify
+from etcdguard.common.ops.steps import (
+    catch_up,
+    confirm,
+    defrag_check,
+    defragment,
+    disarm,
+    fence,
+    health_check,
+    join,
+    learner_add,
+    member_remove,
+    preflight,
+    prepare,
+    promote,
+    restart,
+    retire,
+    set_aside,
+    settle,
+    stage,
+    start,
+    stop,
+    swap,
+    unfence,
+    verify,
+)
 from etcdguard.common.wire.schema import Schema, Str
 
 # Whole-operation actions on an agent: a node-local rollback, deleting kept data, closing an operation.
@@ -26,10 +54,18 @@ OUTCOMES = ("done", "failed", "rolled-back")
 
 @dataclass(frozen=True)
 class Flow:
-    """One kind of operation: its steps in order."""
+    """One kind of operation: its steps in order.
+
+    ``command``: the etcdguardctl command that runs, resumes and rolls it back;
+    ``params``: the type of its parameters on a node (the opening step fills them in);
+    ``serves``: the cluster keeps serving throughout (no step of it is downtime).
+    """
 
     name: str
     steps: tuple[Step, ...]
+    command: str = "restore"
+    params: type[Union[RestoreParams, MemberParams]] = RestoreParams
+    serves: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -55,7 +91,10 @@ class Flow:
 
     @property
     def downtime(self) -> tuple[str, ...]:
-        """From the first destructive step through the first one whose effect clients see (fence..unfence)."""
+        """From the first destructive step through the first one whose effect clients see (fence..unfence);
+        none for a flow the cluster keeps serving through."""
+        if self.serves:
+            return ()
         first = next((i for i, s in enumerate(self.steps) if s.destructive), None)
         if first is None:
             return ()
@@ -71,9 +110,19 @@ CLUSTER_RESTORE = Flow("restore", (preflight.STEP, stage.STEP, prepare.STEP, fen
                                    start.STEP, verify.STEP, unfence.STEP, restart.STEP))
 NODE_RESTORE = Flow("local-restore", (preflight.STEP, prepare.STEP, fence.STEP, stop.STEP, swap.STEP, start.STEP,
                                       verify.STEP, unfence.STEP))
-FLOWS: Mapping[str, Flow] = MappingProxyType({f.name: f for f in (CLUSTER_RESTORE, NODE_RESTORE)})
+REPLACE = Flow("replace", (health_check.STEP, retire.STEP, set_aside.STEP, member_remove.STEP, learner_add.STEP,
+                           join.STEP, catch_up.STEP, promote.STEP, settle.STEP, confirm.STEP),
+               command="replace", params=MemberParams, serves=True)
+DEFRAG = Flow("defrag", (defrag_check.STEP, defragment.STEP, disarm.STEP), command="defrag", params=MemberParams,
+              serves=True)
+FLOWS: Mapping[str, Flow] = MappingProxyType({f.name: f for f in (CLUSTER_RESTORE, NODE_RESTORE, REPLACE, DEFRAG)})
+# The flows the coordinator runs across the cluster (the agents open their part by the flow's name).
+CLUSTER_FLOWS = (CLUSTER_RESTORE.name, REPLACE.name, DEFRAG.name)
 
 STEPS: Mapping[str, Step] = MappingProxyType({s.name: s for f in FLOWS.values() for s in f.steps})
+for _step in (s for f in FLOWS.values() for s in f.steps):
+    if STEPS[_step.name] is not _step:
+        raise ValueError(f"two different steps are named {_step.name!r}")
 AGENT_STEPS = tuple(dict.fromkeys(s.name for f in FLOWS.values() for s in f.agent_steps))
 UNDO_STEPS = tuple(dict.fromkeys(s.undo_name for f in FLOWS.values() for s in f.steps if s.undoable))
 WIRE_STEPS = (*AGENT_STEPS, *UNDO_STEPS, *ACTIONS)

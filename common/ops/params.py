@@ -1,4 +1,4 @@
-"""The parameters of a restore on one node: what the agent's steps act on, recorded in its journal.
+"""The parameters of an operation on one node: what the agent's steps act on, recorded in its journal.
 
 Every path is absolute, so a resume restores the same file from any working
 directory; ``restore_argv`` is the exact restore command, checked against the
@@ -8,7 +8,7 @@ other fields before it runs (agent/restore/prepare.py).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Union
 
 
 @dataclass(frozen=True)
@@ -41,3 +41,26 @@ class RestoreParams:
     @property
     def expected_min_revision(self) -> int:
         return self.snapshot_revision + self.bump_revision
+
+
+@dataclass(frozen=True)
+class MemberParams:
+    """The parameters of an operation on one member that restores nothing (a replacement): who it is, where
+    its data lives and the peer URL it joins with, recorded in the journal when the operation opens."""
+
+    op: str
+    name: str
+    peer_url: str
+    data_dir: str
+    wal_dir: str = ""           # the member's separate --wal-dir ("" : the WAL is inside the data dir)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MemberParams:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+NodeParams = Union[RestoreParams, MemberParams]

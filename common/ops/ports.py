@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from etcdguard.common.ops.cluster_plan import RestorePlan
-from etcdguard.common.ops.params import RestoreParams
+from etcdguard.common.ops.params import MemberParams, RestoreParams
 from etcdguard.common.ops.record import OpRecord
 from etcdguard.common.wire.report import EtcdHealth
 
+P = TypeVar("P", RestoreParams, MemberParams)
 Emit = Callable[[Mapping[str, Any]], None]
 Inspection = tuple[EtcdHealth, Optional[dict[str, Any]]]   # (health, hashkv result or None)
 
@@ -50,7 +51,14 @@ class NodeServices(Protocol):
     """What a step's execute and undo may do on one node (the agent implements it)."""
 
     @property
-    def params(self) -> RestoreParams: ...
+    def params(self) -> RestoreParams:
+        """A restore's parameters (UnsafeRefusal in an operation of another flow)."""
+
+    def params_as(self, kind: type[P]) -> P:
+        """The operation's parameters as ``kind`` (the flow's own type); UnsafeRefusal when they are not."""
+
+    def result_of(self, step: str) -> Optional[dict[str, Any]]:
+        """The recorded result of ``step`` of this operation on this node, None while it is not done."""
 
     @property
     def in_cluster(self) -> bool:
@@ -107,6 +115,20 @@ class NodeServices(Protocol):
 
     def restart_services(self) -> list[Service]:
         """What this node restarts after a restore so nothing serves pre-restore caches."""
+
+    # -- a member replaced (it rejoins the cluster it left, without a restore) ---------------------------
+    def set_aside(self) -> dict[str, Any]:
+        """Etcd proven stopped, rename the member's data (and WAL) aside, kept as a restore keeps it."""
+
+    def put_back(self) -> list[str]:
+        """Etcd proven stopped, rename the data set aside back into place."""
+
+    def start_joining(self, initial_cluster: str) -> dict[str, Any]:
+        """Start etcd as a member joining an existing cluster (``--initial-cluster-state existing`` and
+        ``initial_cluster``), through a temporary form of the runtime's configuration."""
+
+    def settle(self) -> dict[str, Any]:
+        """Put the runtime's configuration back exactly as it was before the join; etcd runs on it (healthy)."""
 
 
 class ClusterRun(Protocol):
@@ -168,6 +190,10 @@ class ClusterRun(Protocol):
         """Send the plan's snapshot to ``member``'s staging area (resumable, sha256 checked there)."""
 
     def abort_upload(self, member: str) -> None: ...
+
+    def etcd_admin(self, member: str, action: str, args: Mapping[str, Any], bound: float) -> dict[str, Any]:
+        """Ask ``member``'s agent to make one administrative call to its etcd (member-list, member-add,
+        member-remove, member-promote, defragment, alarm-disarm); the agent's answer."""
 
 
 @dataclass(frozen=True)

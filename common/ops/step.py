@@ -20,7 +20,10 @@ Flags:
 - ``undoable``: it has an undo on the agent (``undo-<name>``);
 - ``opens``: its parameters open the operation on the agent, and the steps
   before it in the flow run there first;
-- ``long``: its bound is the long one (the restore tool on a large snapshot).
+- ``long``: its bound is the long one (the restore tool on a large snapshot);
+- ``healthy_after``: once it is done the cluster is healthy again, with the
+  operation's effect (a summary's time to healthy ends there; a flow that
+  marks no step counts to the last destructive step before clients see it).
 
 Adding a step is one module under common/ops/steps/ and its place in a flow
 (common/ops/flows.py).
@@ -63,6 +66,7 @@ class Step:
     undoable: ClassVar[bool] = False
     opens: ClassVar[bool] = False
     long: ClassVar[bool] = False
+    healthy_after: ClassVar[bool] = False
     params: ClassVar[Schema] = NO_PARAMS
     on_failure: ClassVar[str] = "abort: nothing changed"
 

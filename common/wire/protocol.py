@@ -35,7 +35,7 @@ from typing import Any, Optional, Union
 from etcdguard.common.base.addresses import parse_initial_cluster
 from etcdguard.common.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardError
 from etcdguard.common.journal import OP_ID_PATTERN
-from etcdguard.common.ops.flows import STEP_PARAMS, WIRE_STEPS
+from etcdguard.common.ops.flows import CLUSTER_FLOWS, STEP_PARAMS, WIRE_STEPS
 from etcdguard.common.ops.steps.prepare import PARAMS as PREPARE_PARAMS
 from etcdguard.common.wire.schema import (
     _SURROGATE_RE,
@@ -210,6 +210,18 @@ def _check_restore_step(args: JSONObject, data: Optional[bytes]) -> None:
                    "for this member (name=peer_url)")
 
 
+ADMIN_ACTIONS = ("member-list", "member-add", "member-remove", "member-promote", "defragment", "alarm-disarm")
+MEMBER_ID_PATTERN = r"[0-9a-f]{1,16}"
+_ADMIN_NEEDS = {"member-add": ("peer_url",), "member-remove": ("member_id",), "member-promote": ("member_id",),
+                "alarm-disarm": ("member_id", "alarm")}
+
+
+def _check_admin(args: JSONObject, data: Optional[bytes]) -> None:
+    missing = [k for k in _ADMIN_NEEDS.get(args["action"], ()) if k not in args]
+    if missing:
+        raise _bad(f"args: {args['action']} needs {', '.join(missing)}")
+
+
 def _ops(*specs: OpSpec) -> Mapping[str, OpSpec]:
     return MappingProxyType({s.name: s for s in specs})
 
@@ -243,8 +255,11 @@ OPS: Mapping[str, OpSpec] = _ops(
         "op_id": _OP_ID,
         "step": Str(_STEP_PATTERN, "a restore step (" + ", ".join(STEPS) + ")", max_len=32),
         "params": Dependent("step", STEP_PARAMS),
+        # the flow the operation runs (its opening step creates it of that flow); absent: a restore
+        "flow": Str("|".join(CLUSTER_FLOWS), "a flow (" + ", ".join(CLUSTER_FLOWS) + ")", max_len=32,
+                    required=False),
     }), destructive=True, idempotent=True, check=_check_restore_step,
-        doc="run one step of a restore, once per (op_id, step)"),
+        doc="run one step of an operation (a restore, a replacement), once per (op_id, step)"),
     OpSpec("restore.status", MappingProxyType({"op_id": _OP_ID}), idempotent=True,
            doc="recorded steps of an operation"),
     OpSpec("etcd.inspect", MappingProxyType({"hashkv_revision": Int(0, MAX_OFFSET, required=False)}),
@@ -265,6 +280,16 @@ OPS: Mapping[str, OpSpec] = _ops(
         "peer_url": Str(PEER_URL_PATTERN, "a peer URL ('https://host:port')"),
         "bump_revision": Int(0, MAX_BUMP_REVISION),
     }), idempotent=True, doc="warm standby: restore a snapshot ahead into a prepared data dir beside the live one"),
+    OpSpec("etcd.admin", MappingProxyType({
+        "action": Str("|".join(ADMIN_ACTIONS), "an action (" + ", ".join(ADMIN_ACTIONS) + ")", max_len=32),
+        "peer_url": Str(PEER_URL_PATTERN, "a peer URL ('https://host:port')", required=False),
+        "learner": Bool(required=False),
+        "member_id": Str(MEMBER_ID_PATTERN, "a member id (hex)", max_len=16, required=False),
+        "alarm": Str("NOSPACE|CORRUPT", "an alarm (NOSPACE, CORRUPT)", max_len=16, required=False),
+        "timeout": Int(1, 86400, required=False),
+    }), check=_check_admin,
+        doc="one administrative call to the local etcd for the coordinator: the member list, member add, remove "
+            "and promote, defragment, disarm an alarm (not resent: the coordinator reads the member list again)"),
 )
 
 

@@ -84,6 +84,8 @@ class EtcdHealth:
     quorum: Optional[bool] = None
     raft_applied_index: Optional[int] = None    # None: etcd did not report it
     db_size_in_use: Optional[int] = None
+    raft_index: Optional[int] = None            # the member's raft index (the leader's: the cluster's commit)
+    raft_term: Optional[int] = None
 
     def current(self, fresh_for: float = FRESH_FOR) -> bool:
         """Measured within ``fresh_for`` seconds of the reply (an answer without an age was asked for it)."""
@@ -104,6 +106,7 @@ class DiskInfo:
     wal_dir_free: Optional[int] = None
     store_free: Optional[int] = None
     staging_free: Optional[int] = None          # where a cluster restore's snapshot is uploaded
+    db_file: Optional[int] = None               # bytes of the member's member/snap/db (None: there is none)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,18 @@ class RestoreInfo:
 
 
 @dataclass(frozen=True)
+class CertificateInfo:
+    """A certificate file etcd or kube-apiserver is configured with, as the agent read it."""
+
+    path: str
+    kinds: tuple[str, ...]                      # server, peer, client, ca (one file may serve several)
+    not_after: Optional[str] = None             # ISO 8601 UTC; the soonest of the file's certificates
+    not_after_unix: Optional[float] = None
+    subject: str = ""
+    error: Optional[str] = None                 # the file could not be read or parsed
+
+
+@dataclass(frozen=True)
 class AgentReport:
     agent: AgentInfo
     member: MemberConfig
@@ -146,6 +161,7 @@ class AgentReport:
     disk: DiskInfo = field(default_factory=DiskInfo)
     snapshots: tuple[SnapshotSummary, ...] = ()
     restore: RestoreInfo = field(default_factory=RestoreInfo)
+    certificates: tuple[CertificateInfo, ...] = ()
 
     @property
     def newest(self) -> Optional[SnapshotSummary]:

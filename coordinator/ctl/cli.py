@@ -186,11 +186,13 @@ def _restore_lines(restores: dict[str, Any]) -> list[str]:
     lines = []
     running = restores.get("running")
     if running:
-        lines.append(f"restore {running['op']} running: {running['doing']} "
-                     f"(follow it: etcdguardctl restore --attach {running['op']})")
+        command = running.get("command") or "restore"
+        lines.append(f"{command} {running['op']} running: {running['doing']} "
+                     f"(follow it: etcdguardctl {command} --attach {running['op']})")
     for w in restores.get("waiting") or []:
-        lines.append(f"restore {w['op']} is {w['state'].upper()} (last phase {w['phase']}): resume with "
-                     f"`etcdguardctl restore --resume {w['op']}` or roll back with `--rollback {w['op']}`")
+        command = w.get("command") or "restore"
+        lines.append(f"{command} {w['op']} is {w['state'].upper()} (last phase {w['phase']}): resume with "
+                     f"`etcdguardctl {command} --resume {w['op']}` or roll back with `--rollback {w['op']}`")
     lines += [f"restore journal problem: {problem}" for problem in restores.get("damaged") or []]
     lines += [f"restore {o['op']} is open on {', '.join(o['members'])} and this coordinator has no journal of it: "
               f"end it with `etcdguardctl restore --rollback {o['op']}`" for o in restores.get("orphaned") or []]

@@ -16,7 +16,7 @@ from typing import Any
 from etcdguard.common.base.durations import format_bytes, format_duration
 from etcdguard.common.base.errors import EXIT_OK, EXIT_UNSAFE, UsageError
 from etcdguard.common.ops.cluster_plan import OVERRIDES, RestorePlan
-from etcdguard.common.ops.flows import CLUSTER_RESTORE
+from etcdguard.common.ops.flows import CLUSTER_RESTORE, FLOWS
 from etcdguard.coordinator.ctl.cli import _json_flag, _table, ask, command, emit
 from etcdguard.coordinator.restore.plan import render_plan
 
@@ -197,16 +197,18 @@ def cmd_restores(args: argparse.Namespace) -> int:
     if not records:
         print("no restore operations")
         return EXIT_OK
-    rows = [["OP", "STATE", "STARTED", "SNAPSHOT", "PHASE"]]
+    rows = [["OP", "STATE", "STARTED", "SNAPSHOT OR WHAT", "PHASE"]]
     damaged = []
     for r in records:
         if r.get("state") in ("damaged", "orphaned"):
             damaged.append(r)
             rows.append([r["op"], r["state"].upper(), "-", "-", "-"])
             continue
-        reached = [p for p in CLUSTER_RESTORE.names if p in (r.get("phases") or {})]
+        flow = FLOWS.get(r.get("flow") or "restore", CLUSTER_RESTORE)
+        reached = [p for p in flow.names if p in (r.get("phases") or {})]
+        what = r["snapshot"][:12] if r.get("snapshot") else f"{flow.name} {r.get('target') or ''}".strip()
         rows.append([r["op"], r["state"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created_at"])),
-                     r["snapshot"][:12], r.get("failed_phase") or (reached[-1] if reached else "-")])
+                     what, r.get("failed_phase") or (reached[-1] if reached else "-")])
     print(_table(rows))
     for r in damaged:
         print(f"  {r['op']}: {r.get('error')}; new restores are refused until it is ended", file=sys.stderr)

@@ -92,15 +92,18 @@ class ClusterAgents:
             return False
 
     def step(self, member: str, op: str, step: str, params: Optional[Mapping[str, Any]] = None, *,
-             bound: float) -> dict[str, Any]:
+             bound: float, flow: Optional[str] = None) -> dict[str, Any]:
         """Run restore.step ``step`` of ``op`` on ``member``: its (recorded) result, or raise.
 
-        ``bound`` limits the whole step. RemoteError carries the agent's refusal or failure;
-        AgentUnreachable means the agent stayed away for ``agent_down`` seconds.
+        ``bound`` limits the whole step; ``flow`` names the operation's flow when it is not a restore.
+        RemoteError carries the agent's refusal or failure; AgentUnreachable means the agent stayed away
+        for ``agent_down`` seconds.
         """
         args: dict[str, Any] = {"op_id": op, "step": step}
         if params is not None:
             args["params"] = dict(params)
+        if flow is not None:
+            args["flow"] = flow
         deadline = time.monotonic() + bound
         down_since: Optional[float] = None
         # One request id for every re-send: the agent joins a re-send to the running step and its
@@ -132,14 +135,33 @@ class ClusterAgents:
                 log.info("member %s: agent busy (%s); step %s waits", member, exc.message, step)
                 self._pause(RETRY_PAUSE)
 
-    def undo(self, member: str, op: str, step: str, *, bound: float) -> Optional[dict[str, Any]]:
+    def undo(self, member: str, op: str, step: str, *, bound: float, flow: Optional[str] = None
+             ) -> Optional[dict[str, Any]]:
         """An undo step; None when the agent has no such operation (nothing to undo there)."""
         try:
-            return self.step(member, op, step, bound=bound)
+            return self.step(member, op, step, bound=bound, flow=flow)
         except RemoteError as exc:
             if exc.code == NOT_FOUND:
                 return None
             raise
+
+    def admin(self, member: str, action: str, args: Mapping[str, Any], *, bound: float) -> dict[str, Any]:
+        """One ``etcd.admin`` call on ``member``'s agent, sent once (the caller reads the member list again
+        after an error rather than resending a member add); a busy agent is waited for within ``bound``."""
+        request = {"action": action, **args, "timeout": max(1, int(bound))}
+        deadline = time.monotonic() + bound
+        while True:
+            if self.stop.is_set():
+                raise Interrupted("the coordinator is stopping")
+            try:
+                result: dict[str, Any] = self.client(member).call("etcd.admin", request, timeout=bound + 5.0,
+                                                                  retries=0)
+                return result
+            except RemoteError as exc:
+                if exc.code != BUSY or time.monotonic() >= deadline:
+                    raise
+                log.info("member %s: agent busy (%s); %s waits", member, exc.message, action)
+                self._pause(RETRY_PAUSE)
 
     def upload(self, member: str, path: Path, upload: str, *, progress: Optional[Callable[[int, int], None]],
                bound: float) -> dict[str, Any]:

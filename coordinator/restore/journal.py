@@ -86,7 +86,8 @@ class ClusterOperation:
         rec = self.record
         return {
             "op": rec.op, "state": rec.state.value, "plan_id": self.plan.plan_id, "kind": self.plan.kind,
-            "snapshot": self.plan.snapshot.id, "created_at": rec.created_at, "ended_at": rec.ended_at,
+            "snapshot": self.plan.snapshot.id if self.plan.snapshot else None, "flow": self.plan.flow,
+            "target": self.plan.target, "created_at": rec.created_at, "ended_at": rec.ended_at,
             "until": rec.until, "error": rec.error, "failed_phase": rec.failed_phase,
             "phases": {k: vars(v) for k, v in rec.phases.items()},
             "reverts": {k: vars(v) for k, v in rec.reverts.items()},

@@ -31,8 +31,8 @@ def links_of(operations: Iterable[ClusterOperation]) -> list[Link]:
     """(before, after) links every done restore made (pure over the journals)."""
     out: list[Link] = []
     for operation in operations:
-        if operation.state is not OpState.DONE:
-            continue
+        if operation.state is not OpState.DONE or operation.plan.snapshot is None:
+            continue   # only restores make a new cluster id
         after = operation.facts.get("new_cluster_id")
         if not isinstance(after, str) or not after:
             continue

@@ -63,8 +63,8 @@ class Orchestrator:
             except StepFailed as exc:
                 return self._failed(step, exc)
             if rec.until == step.name and step is not steps[-1]:
-                self.ctx.say(step.name, f"paused after {step.name}, as asked: resume with `etcdguardctl restore "
-                                        f"--resume {op.op}` or roll back with `--rollback {op.op}`")
+                self.ctx.say(step.name, f"paused after {step.name}, as asked: resume with `etcdguardctl "
+                                        f"{op.flow.command} --resume {op.op}` or roll back with `--rollback {op.op}`")
                 op.log.set_state(OpState.PAUSED, why=f"--until {step.name}")
                 return self.summary()
         self._close("done")
@@ -96,8 +96,9 @@ class Orchestrator:
         log.error("restore %s: %s", op.op, exc)
         if step.clients_see:
             op.log.set_state(OpState.NEEDS_ATTENTION, error=str(exc), failed_phase=step.name)
-            ctx.say(step.name, "the data is restored, but this phase failed; fix what it names and resume with "
-                               f"`etcdguardctl restore --resume {op.op}`")
+            done = "the data is restored, but " if op.flow.command == "restore" else "there is no way back from here: "
+            ctx.say(step.name, f"{done}this phase failed; fix what it names and resume with "
+                               f"`etcdguardctl {op.flow.command} --resume {op.op}`")
             return self.summary()
         op.log.set_state(OpState.ROLLING_BACK, error=str(exc), failed_phase=step.name)
         ctx.say(step.name, f"failed; rolling every member back: {exc}")
@@ -118,6 +119,9 @@ class Orchestrator:
         reached = op.reached()
         if not op.flow.rollback_possible(reached):
             seen = next(name for name in reached if op.flow.step(name).clients_see)
+            if op.flow.command != "restore":
+                raise StepFailed(seen, f"operation {op.op} reached {seen}, which cannot be undone: finish it with "
+                                       f"`etcdguardctl {op.flow.command} --resume {op.op}`", 3)
             raise StepFailed(seen, f"operation {op.op} reached {seen}: clients may have seen the restored data; "
                                    "a rollback is a new restore of its pre-restore snapshot")
         if op.record.error and "failure" not in op.record.facts:
@@ -246,25 +250,27 @@ def summarize(operation: ClusterOperation) -> Summary:
     if rec.state is OpState.ROLLED_BACK and isinstance(failure, dict) and failure.get("error"):
         notes.append(f"the restore had failed in {failure.get('phase') or '?'} ({failure['error']}); every member "
                      "is back on its pre-restore data")
-    if rec.state is OpState.DONE and plan.bump_revision == 0:
+    if rec.state is OpState.DONE and plan.bump_revision == 0 and plan.snapshot is not None:
         notes.append("revisions were not bumped; restart kubelets and controllers so no client keeps newer "
                      "revisions than etcd now has")
     return Summary(
-        op=rec.op, state=rec.state.value, plan_id=plan.plan_id, snapshot=plan.snapshot.id,
+        op=rec.op, state=rec.state.value, plan_id=plan.plan_id, snapshot=plan.snapshot.id if plan.snapshot else None,
         phases=tuple(timings), downtime_seconds=downtime,
         total_seconds=round(last - first, 3) if first and last else None,
         new_cluster_id=rec.facts.get("new_cluster_id"), old_cluster_id=rec.facts.get("old_cluster_id"),
         kept=tuple((m, str(path)) for m, path in sorted(kept.items()) if path),
         pre_restore_snapshot=rec.facts.get("pre_restore_snapshot"), error=rec.error,
         failed_phase=rec.failed_phase, notes=tuple(notes), down_before=bool(rec.facts.get("down_before")),
-        time_to_healthy_seconds=_time_to_healthy(operation))
+        time_to_healthy_seconds=_time_to_healthy(operation), flow=plan.flow, target=plan.target)
 
 
 def _time_to_healthy(operation: ClusterOperation) -> Optional[float]:
-    """From the operation's creation to the end of the step after which the restored cluster had quorum
-    (the last destructive step before verify: start), or None while it has not."""
+    """From the operation's creation to the end of the step after which the cluster was healthy with the
+    operation's effect (the step flagged ``healthy_after``; else the last destructive step before clients see
+    it: a restore's start), or None while it was not."""
     rec = operation.record
-    healthy_after = [s.name for s in operation.flow.steps if s.destructive and not s.clients_see]
+    healthy_after = ([s.name for s in operation.flow.steps if s.healthy_after]
+                     or [s.name for s in operation.flow.steps if s.destructive and not s.clients_see])
     if not healthy_after or rec.state is not OpState.DONE:
         return None
     end = rec.phases.get(healthy_after[-1])

@@ -76,7 +76,8 @@ def planned_members(views: Sequence[MemberView], configured: Sequence[MemberSett
             member=m.name, agent=m.agent, peer_url=(peer_url(v) if v is not None else None) or "",
             data_dir=r.member.data_dir if r else "", wal_dir=r.member.wal_dir if r else None,
             runtime=r.member.runtime if r else None, apiserver=r.member.apiserver if r else None,
-            restart=r.member.restart if r else (), tool=f"{tool.kind} {tool.version}" if tool else ""))
+            restart=r.member.restart if r else (), tool=f"{tool.kind} {tool.version}" if tool else "",
+            quota_backend_bytes=r.member.quota_backend_bytes if r else None))
     return members
 
 
@@ -156,7 +157,7 @@ def describe_phases(p: RestorePlan) -> tuple[PlannedPhase, ...]:
 
 def render_plan(p: RestorePlan) -> str:
     """The plan for a terminal."""
-    snap = p.snapshot
+    snap = p.restored
     title = ("cluster restore" if p.kind == KIND_RESTORE
              else f"rollback of {p.rollback_of}: a new, forward restore of its pre-restore snapshot")
     lines = [f"{title}, plan {p.plan_id} (operation {p.op})",

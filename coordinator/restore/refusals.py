@@ -32,6 +32,7 @@ from etcdguard.common.ops.space import restore_space
 from etcdguard.common.wire.report import AgentReport
 from etcdguard.coordinator.agents.view import MemberView
 from etcdguard.coordinator.config import MemberSettings
+from etcdguard.coordinator.members.drift import drift
 
 DEFAULT_QUOTA = 2 * 1024**3        # etcd's --quota-backend-bytes default
 QUOTA_MARGIN = 0.9                 # a snapshot above 90% of the quota would start with NOSPACE close
@@ -181,13 +182,15 @@ def etcd_version(f: PlanFacts) -> Iterator[Refusal]:
 
 def member_list(f: PlanFacts) -> Iterator[Refusal]:
     names = sorted(m.name for m in f.configured)
+    peers = {v.name: peer_url(v) for v in f.views}
     for v, _ in f.reporting():
         if not v.healthy:
             continue
         listed = sorted(m.name or f"an unstarted member {m.id}" for m in v.etcd.members)
         if listed and listed != names:
+            fixes = "; ".join(d.sentence() for d in drift(names, v.etcd.members, peers))
             yield Refusal("members", f"etcd's member list is {', '.join(listed)}, the configuration names "
-                                     f"{', '.join(names)}; make them agree", v.name)
+                                     f"{', '.join(names)}; make them agree" + (f": {fixes}" if fixes else ""), v.name)
         learners = sorted(m.name or m.id for m in v.etcd.members if m.is_learner)
         if learners:
             yield Refusal("members", f"the member list holds learner(s) {', '.join(learners)}; promote or remove "

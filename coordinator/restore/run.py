@@ -158,12 +158,20 @@ class RunContext:
     def started(self, phase: str) -> list[str]:
         return [m for m in self.names if (phase, m) in self.record.steps]
 
+    @property
+    def _flow(self) -> Optional[str]:
+        """The flow named in the agents' requests: none for a restore (what agents before flows understand)."""
+        return None if self.plan.flow == "restore" else self.plan.flow
+
     def send_step(self, member: str, step: str, params: Optional[Mapping[str, Any]], bound: float
                   ) -> dict[str, Any]:
-        return self.agents.step(member, self.op, step, params, bound=bound)
+        return self.agents.step(member, self.op, step, params, bound=bound, flow=self._flow)
 
     def send_undo(self, member: str, step: str, bound: float) -> Optional[dict[str, Any]]:
-        return self.agents.undo(member, self.op, f"undo-{step}", bound=bound)
+        return self.agents.undo(member, self.op, f"undo-{step}", bound=bound, flow=self._flow)
+
+    def etcd_admin(self, member: str, action: str, args: Mapping[str, Any], bound: float) -> dict[str, Any]:
+        return self.agents.admin(member, action, args, bound=bound)
 
     def inspect_all(self, names: Sequence[str], hashkv_revision: Optional[int] = None
                     ) -> dict[str, Inspection]:
@@ -182,7 +190,7 @@ class RunContext:
         return self._safety_snapshot(emit)
 
     def held_snapshot(self, member: str) -> Optional[str]:
-        return self.agents.held_snapshot(member, self.plan.snapshot.id, self.plan.snapshot.size)
+        return self.agents.held_snapshot(member, self.plan.restored.id, self.plan.restored.size)
 
     def upload(self, member: str, progress: Callable[[int, int], None]) -> dict[str, Any]:
         with self._snapshot_file() as path:

@@ -207,7 +207,7 @@ class RestoreService:
     def _with_warm(self, plan: RestorePlan, choice: WarmChoice) -> RestorePlan:
         """The plan with the warm standby token where the members hold this snapshot restored ahead with its
         parameters (coordinator/restore/warm.py); unchanged otherwise."""
-        if choice.sha256 != plan.snapshot.id:
+        if choice.sha256 != plan.restored.id:
             return plan
         agents = ClusterAgents(self._links(), tuple(m.member for m in plan.members), stop=self.stop)
         listings: dict[str, dict[str, Any]] = {}
@@ -264,11 +264,19 @@ class RestoreService:
         if wanted is not None and wanted != plan.plan_id:
             raise UnsafeRefusal(f"refused: plan {wanted} is not the plan for the cluster as it is now "
                                 f"({plan.plan_id}); something changed since it was reviewed. Look at the new plan: "
-                                f"etcdguardctl restore {plan.snapshot.id[:12]} --plan")
+                                f"etcdguardctl restore {plan.restored.id[:12]} --plan")
         until = args.get("until")
         if until is not None and until not in CLUSTER_RESTORE.names:
             raise UsageError(f"--until {until!r}: not a phase ({', '.join(CLUSTER_RESTORE.names)})")
         return _json(self._launch_new(plan, emit, until=until))
+
+    def launch(self, plan: RestorePlan, emit: Emit) -> Summary:
+        """Run a new operation of any flow from its plan (refused while another one is open or running)."""
+        open_ops = self.open_operations()
+        if open_ops:
+            raise UnsafeRefusal(f"refused, nothing was changed: operation {', '.join(open_ops)} is not finished; "
+                                "resume it, roll it back or wait for it (etcdguardctl restores)")
+        return self._launch_new(plan, emit)
 
     def _launch_new(self, plan: RestorePlan, emit: Emit, until: Optional[str] = None) -> Summary:
         if plan.blocking:
@@ -468,9 +476,9 @@ class RestoreService:
     @contextlib.contextmanager
     def _snapshot_file(self, plan: RestorePlan) -> Iterator[Path]:
         vault = self._vault()
-        entry = vault.has(plan.snapshot.id)
+        entry = vault.has(plan.restored.id)
         if entry is None:
-            raise UsageError(f"snapshot {plan.snapshot.id[:12]} is no longer in the vault")
+            raise UsageError(f"snapshot {plan.restored.id[:12]} is no longer in the vault")
         with vault.materialize(entry) as path:
             yield path
 

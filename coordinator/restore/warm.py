@@ -97,7 +97,7 @@ def holders(plan: RestorePlan, choice: WarmChoice, listings: Mapping[str, Mappin
     out = []
     for m in plan.members:
         for w in listings.get(m.member, {}).get("warm") or []:
-            if (isinstance(w, dict) and w.get("token") == choice.token and w.get("sha256") == plan.snapshot.id
+            if (isinstance(w, dict) and w.get("token") == choice.token and w.get("sha256") == plan.restored.id
                     and w.get("name") == m.member and w.get("peer_url") == m.peer_url
                     and w.get("initial_cluster") == plan.initial_cluster
                     and w.get("bump_revision") == plan.bump_revision and w.get("wal") == bool(m.wal_dir)):
@@ -109,7 +109,8 @@ def holders(plan: RestorePlan, choice: WarmChoice, listings: Mapping[str, Mappin
 def adopt_in_plan(plan: RestorePlan, choice: Optional[WarmChoice],
                   listings: Mapping[str, Mapping[str, Any]]) -> RestorePlan:
     """The plan with the warm token, when the warm copy fits it and some member holds it (pure)."""
-    if (choice is None or choice.consumed_by is not None or choice.sha256 != plan.snapshot.id
+    if (choice is None or choice.consumed_by is not None or plan.snapshot is None
+            or choice.sha256 != plan.snapshot.id
             or choice.initial_cluster != plan.initial_cluster or choice.bump_revision != plan.bump_revision):
         return plan
     ready = holders(plan, choice, listings)

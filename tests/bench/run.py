@@ -260,6 +260,46 @@ def dead_section(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def replace_section() -> list[str]:
+    """`etcdguardctl replace` against the manual etcdctl procedure (results/replace-*.json)."""
+    rows = [r for name in ("replace-3.4", "replace-3.5") if load(name) for r in load(name)["rows"]]
+    if not rows:
+        return []
+    for r in rows:
+        r["db_mb"] = round(r["db_bytes"] / 1e6)
+        r["eg_healthy"] = rng(r["etcdguard_time_to_healthy"])
+        r["eg_total"] = rng(r["etcdguard_total"])
+        r["m_total"] = rng(r["manual_total"])
+        r["met"] = met(r["healthy_ratio"] <= 1.2)
+        for step, d in r["etcdguard_phases"].items():
+            r[f"ph_{step}"] = f"{d['median']:.2f}" if d.get("median") is not None else ""
+    return [
+        "## Member replacement: `etcdguardctl replace` vs the manual etcdctl procedure",
+        "",
+        "Three real members on loopback, an agent each and a coordinator (tests/helpers/restore_rig.py), filled",
+        "with the seeded workload. Runs alternate: m3's etcd is SIGKILLed and its data dir deleted, then the",
+        "member is replaced by `etcdguardctl replace m3 --yes --json` or by tests/bench/manual_replace.py",
+        "(`member remove`, `member add --learner`, start with `--initial-cluster-state=existing`, wait until",
+        "its applied raft index is within 1,000 entries of the leader's, `member promote`, wait healthy; the",
+        "membership calls retried while etcd answers \"unhealthy cluster\"). etcdguard's time to healthy is",
+        "the summary's `time_to_healthy_seconds`: the operation's start to the end of promote (removed, re-added,",
+        "started, caught up, promoted); its total is the command's wall clock, with the plan's survey before and",
+        "settle and confirm (the same hashkv on every member) after. Median [min-max] of the runs.",
+        "",
+        table(rows, [("etcd", "etcd"), ("size_mb", "data MB"), ("db_mb", "db MB"), ("runs", "runs"),
+                     ("eg_healthy", "etcdguard time to healthy s"), ("m_total", "manual s"),
+                     ("healthy_ratio", "ratio"), ("met", "<= 1.2x"), ("eg_total", "etcdguard total s"),
+                     ("total_ratio", "total ratio")]),
+        "",
+        "Where etcdguard's time goes, step by step (median seconds):",
+        "",
+        table(rows, [("etcd", "etcd"), ("size_mb", "MB"),
+                     *[(f"ph_{p}", p) for p in ("health-check", "retire", "set-aside", "remove", "add-learner",
+                                                "join", "catch-up", "promote", "settle", "confirm")]]),
+        "",
+    ]
+
+
 def transfer_section() -> list[str]:
     transfer = load("transfer")
     if not transfer:
@@ -335,6 +375,7 @@ def render() -> str:
     ]
     parts += snapshot_section()
     parts += cluster_section()
+    parts += replace_section()
     restores = [r for name in ("restore-3.4", "restore-3.5") if load(name) for r in load(name)["rows"]]
     if restores:
         parts += [
@@ -394,6 +435,7 @@ def main() -> int:
             run("bench_snapshot.py", "--sizes-mb", "30", "--build", "3.5", "--repeat", "1")
             run("bench_cluster_restore.py", "--build", "3.5", "--members", "3", "--sizes-mb", "30", "--runs", "1")
             run("bench_cluster_restore.py", "--build", "3.5", "--scenario", "dead", "--sizes-mb", "30", "--runs", "1")
+            run("bench_replace.py", "--build", "3.5", "--size-mb", "30", "--runs", "1")
             run("bench_transfer.py", "--size-mb", "30", "--rounds", "1", "--json", str(RESULTS / "transfer.json"))
             run("bench_idle.py", "--seconds", "15")
         else:
@@ -408,6 +450,7 @@ def main() -> int:
             for members in ("1", "5"):
                 run("bench_cluster_restore.py", "--build", "3.5", "--members", members, "--sizes-mb", "300",
                     "--runs", "5")
+            run("bench_replace.py", "--build", "3.5", "--size-mb", "300", "--runs", "3")
             run("bench_transfer.py", "--size-mb", "300", "--json", str(RESULTS / "transfer.json"))
             run("bench_vault.py", "--size-mb", "300", "--runs", "2")
             run("bench_idle.py", "--seconds", "60")

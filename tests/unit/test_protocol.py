@@ -75,20 +75,23 @@ def test_registry_declares_the_ops_and_flags():
     assert set(P.OPS) == {
         "ping", "status", "snapshot.list", "snapshot.take", "snapshot.fetch", "snapshot.put",
         "snapshot.put.abort", "restore.step", "restore.status", "etcd.inspect", "bundle.fetch", "restore.warm",
+        "etcd.admin",
     }
     assert {n for n, s in P.OPS.items() if s.destructive} == {"restore.step"}
     assert {n for n, s in P.OPS.items() if s.data} == {"snapshot.put"}
     assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch", "bundle.fetch"}
-    # every op but snapshot.take is safe to resend: reads, offset-addressed puts, steps deduplicated by (op_id, step)
-    assert {n for n, s in P.OPS.items() if not s.idempotent} == {"snapshot.take"}
+    # every op but snapshot.take and etcd.admin is safe to resend: reads, offset-addressed puts, steps deduplicated
+    # by (op_id, step); etcd.admin is not resent (a member add twice fails): its callers read the member list again
+    assert {n for n, s in P.OPS.items() if not s.idempotent} == {"snapshot.take", "etcd.admin"}
     assert [n for n in P.OPS if P.is_idempotent(n)] == [n for n, s in P.OPS.items() if s.idempotent]
     assert not P.is_idempotent("no.such.op")
-    assert list(P.OPS)[-1] == "restore.warm"   # new ops go at the end
+    assert list(P.OPS)[-1] == "etcd.admin"   # new ops go at the end
     assert P.STEPS == ("preflight", "prepare", "fence", "stop", "swap", "start", "verify",
-                       "unfence", "restart-controllers", "undo-prepare", "undo-fence", "undo-stop", "undo-swap",
-                       "undo-start", "undo-unfence", "rollback", "cleanup", "finish")
+                       "unfence", "restart-controllers", "retire", "set-aside", "join", "settle",
+                       "undo-prepare", "undo-fence", "undo-stop", "undo-swap", "undo-start", "undo-unfence",
+                       "undo-retire", "undo-set-aside", "rollback", "cleanup", "finish")
     assert set(P.STEP_PARAMS) == set(P.STEPS)
-    assert [s for s in P.STEPS if P.STEP_PARAMS[s]] == ["prepare", "finish"]
+    assert [s for s in P.STEPS if P.STEP_PARAMS[s]] == ["prepare", "retire", "join", "finish"]
 
 
 def test_a_destructive_op_must_declare_op_id_and_step():
@@ -116,7 +119,12 @@ VALID = [
     ("snapshot.put.abort", {"upload": "up-1"}, None),
     ("restore.step", {"op_id": "op-1", "step": "prepare", "params": PREPARE}, None),
     ("restore.step", {"op_id": "op-1", "step": "prepare", "params": {**PREPARE, "bump_revision": 0}}, None),
-    *[("restore.step", {"op_id": "op-1", "step": s}, None) for s in P.STEPS if s not in ("prepare", "finish")],
+    *[("restore.step", {"op_id": "op-1", "step": s}, None) for s in P.STEPS
+      if s not in ("prepare", "finish", "retire", "join")],
+    ("restore.step", {"op_id": "op-1", "step": "retire", "flow": "replace",
+                      "params": {"name": "m3", "peer_url": "https://10.0.0.3:2380"}}, None),
+    ("restore.step", {"op_id": "op-1", "step": "join", "flow": "replace",
+                      "params": {"initial_cluster": "m1=https://10.0.0.1:2380,m3=https://10.0.0.3:2380"}}, None),
     ("restore.step", {"op_id": "op-1", "step": "finish", "params": {"outcome": "rolled-back"}}, None),
     ("restore.step", {"op_id": "op-1", "step": "fence", "params": {}}, None),
     ("restore.status", {"op_id": "20261124T033600Z-1a2b"}, None),
@@ -126,6 +134,10 @@ VALID = [
     ("restore.warm", {"snapshot": "pre-abcdef0123456789.db", "sha256": "ab" * 32, "revision": 42, "name": "m1",
                       "initial_cluster": "m1=https://10.0.0.1:2380", "token": "etcdguard-warm-abc",
                       "peer_url": "https://10.0.0.1:2380", "bump_revision": 1_000_000_000}, None),
+    ("etcd.admin", {"action": "member-list"}, None),
+    ("etcd.admin", {"action": "member-add", "peer_url": "https://10.0.0.3:2380", "learner": True, "timeout": 15}, None),
+    ("etcd.admin", {"action": "member-remove", "member_id": "8e9e05c52164694d"}, None),
+    ("etcd.admin", {"action": "alarm-disarm", "member_id": "8e9e05c52164694d", "alarm": "NOSPACE"}, None),
 ]
 
 
@@ -686,8 +698,15 @@ def step_request(draw):
         args["params"] = draw(prepare_params())
     elif name == "finish":
         args["params"] = {"outcome": draw(st.sampled_from(["done", "failed", "rolled-back"]))}
+    elif name == "retire":
+        args["params"] = {"name": draw(names), "peer_url": draw(peer_urls)}
+    elif name == "join":
+        cluster = draw(prepare_params())["initial_cluster"]
+        args["params"] = {"initial_cluster": cluster}
     elif draw(st.booleans()):
         args["params"] = {}
+    if draw(st.booleans()):
+        args["flow"] = draw(st.sampled_from(["restore", "replace", "defrag"]))
     return ("restore.step", args, None)
 
 
@@ -723,6 +742,14 @@ json_values = st.recursive(
     max_leaves=10,
 )
 results = st.dictionaries(st.text(max_size=8), json_values, max_size=5).filter(lambda r: depth(r) <= P.MAX_DEPTH - 1)
+
+
+def optional_path(op, args, path):
+    """May this leaf of a valid request be left out (and the request still be valid)?"""
+    if op == "etcd.admin" and path[-1] in ("peer_url", "member_id", "alarm"):
+        return False   # required by the action (the cross-field check names it)
+    return ((path == ("args", "params") and args.get("step") not in ("prepare", "finish", "retire", "join"))
+            or path in (("args", "hashkv_revision"), ("args", "flow"), ("args", "learner"), ("args", "timeout")))
 
 
 @examples(250)
@@ -940,9 +967,7 @@ def test_fuzz_mutated_requests(item, mutation, data):
     elif mutation == "drop":
         path = draw(st.sampled_from(leaf_paths(header)))
         del at(header, path)[path[-1]]
-        optional = ((path == ("args", "params") and args.get("step") not in ("prepare", "finish"))
-                    or path == ("args", "hashkv_revision"))
-        if not optional:
+        if not optional_path(op, args, path):
             must_fail_naming = path[-1]
         frames[0] = raw(header)
     elif mutation == "add":

@@ -89,9 +89,9 @@ class Prepare(Step):
         plan = run.plan
         m = plan.member(member)
         return {"snapshot": name, "name": member, "initial_cluster": plan.initial_cluster, "token": plan.token,
-                "peer_url": m.peer_url, "bump_revision": plan.bump_revision, "sha256": plan.snapshot.id,
+                "peer_url": m.peer_url, "bump_revision": plan.bump_revision, "sha256": plan.restored.id,
                 "priority": "normal" if plan.cluster_down else "low",
-                **({"revision": plan.snapshot.revision} if plan.snapshot.revision_exact else {})}
+                **({"revision": plan.restored.revision} if plan.restored.revision_exact else {})}
 
 
 def _bump(plan: RestorePlan) -> str:

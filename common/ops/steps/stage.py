@@ -28,19 +28,19 @@ class Stage(Step):
     on_failure = "abort: staged copies removed"
 
     def what(self, plan: RestorePlan) -> str:
-        snap = plan.snapshot
+        snap = plan.restored
         return (f"send snapshot {snap.id[:12]} ({format_bytes(snap.size)}) to every agent that does not hold it "
                 "yet, in parallel; each checks its sha256 against the vault's")
 
     def phase(self, run: ClusterRun) -> None:
-        size = run.plan.snapshot.size
+        size = run.plan.restored.size
 
         def send(member: str) -> dict[str, Any]:
             held = run.held_snapshot(member)
             if held is not None:
                 run.say(self.name, f"holds the snapshot already as {held}: not sent (its prepare verifies that "
                                    "file in full)", member)
-                return {"staged": held, "sha256": run.plan.snapshot.id, "from_store": True}
+                return {"staged": held, "sha256": run.plan.restored.id, "from_store": True}
 
             def progress(done: int, total: int) -> None:
                 run.emit({"phase": self.name, "member": member, "bytes": done, "total": total})
@@ -49,7 +49,7 @@ class Stage(Step):
             if not result.get("complete") or not result.get("staged"):
                 raise StepFailed(self.name, f"{member}: the upload did not complete: {result}")
             run.say(self.name, f"staged {format_bytes(size)}, sha256 verified by the agent", member)
-            return {"staged": result["staged"], "sha256": run.plan.snapshot.id}
+            return {"staged": result["staged"], "sha256": run.plan.restored.id}
 
         run.each(self.name, send)
 
