@@ -228,9 +228,10 @@ def test_a_corrupt_staged_copy_aborts_before_anything_is_stopped(rig: RestoreRig
     r = rig.ctl("restore", "latest", "--yes", "--until", "stage", "--json")
     assert r.returncode == 0, r.stderr
     op = json.loads(r.stdout)["op"]
-    # A member whose own store holds the snapshot is not sent it: corrupt a copy that was sent.
-    agent = next(a for a in rig.agents if (a.staging_dir / f"{op}.db").exists())
-    staged = agent.staging_dir / f"{op}.db"
+    # The copy a member restores from: the one sent in stage, or the one the vault staged ahead of time.
+    agent, staged = next((a, p) for a in rig.agents
+                         for p in [a.staging_dir / f"{op}.db", *sorted(a.staging_dir.glob("pre-*.db"))]
+                         if p.exists())
     data = bytearray(staged.read_bytes())
     data[len(data) // 2] ^= 0xFF
     staged.write_bytes(bytes(data))
