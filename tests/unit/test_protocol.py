@@ -75,15 +75,16 @@ def test_registry_declares_the_ops_and_flags():
     assert set(P.OPS) == {
         "ping", "status", "snapshot.list", "snapshot.take", "snapshot.fetch", "snapshot.put",
         "snapshot.put.abort", "restore.step", "restore.status", "etcd.inspect", "bundle.fetch", "restore.warm",
+        "capture.read", "capture.stop",
     }
     assert {n for n, s in P.OPS.items() if s.destructive} == {"restore.step"}
     assert {n for n, s in P.OPS.items() if s.data} == {"snapshot.put"}
-    assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch", "bundle.fetch"}
+    assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch", "bundle.fetch", "capture.read"}
     # every op but snapshot.take is safe to resend: reads, offset-addressed puts, steps deduplicated by (op_id, step)
     assert {n for n, s in P.OPS.items() if not s.idempotent} == {"snapshot.take"}
     assert [n for n in P.OPS if P.is_idempotent(n)] == [n for n, s in P.OPS.items() if s.idempotent]
     assert not P.is_idempotent("no.such.op")
-    assert list(P.OPS)[-1] == "restore.warm"   # new ops go at the end
+    assert list(P.OPS)[-2:] == ["capture.read", "capture.stop"]   # new ops go at the end
     assert P.STEPS == ("preflight", "prepare", "fence", "stop", "swap", "start", "verify",
                        "unfence", "restart-controllers", "undo-prepare", "undo-fence", "undo-stop", "undo-swap",
                        "undo-start", "undo-unfence", "rollback", "cleanup", "finish")
@@ -126,6 +127,9 @@ VALID = [
     ("restore.warm", {"snapshot": "pre-abcdef0123456789.db", "sha256": "ab" * 32, "revision": 42, "name": "m1",
                       "initial_cluster": "m1=https://10.0.0.1:2380", "token": "etcdguard-warm-abc",
                       "peer_url": "https://10.0.0.1:2380", "bump_revision": 1_000_000_000}, None),
+    ("capture.read", {"after": 0, "size": 1}, None),
+    ("capture.read", {"after": 1_000_000_042, "size": P.MAX_CHUNK}, None),
+    ("capture.stop", {}, None),
 ]
 
 
