@@ -207,6 +207,8 @@ class CoordinatorDaemon(SignalFlags):
         m.continuous_last_revision.set_function(lambda: capture.state.written)
         m.continuous_segment_bytes.set_function(lambda: sum(s.size for s in self.vault.segments.catalog.view()))
         m.continuous_segments.set_function(lambda: len(self.vault.segments.catalog.view()))
+        m.continuous_last_gap.set_function(lambda: max((s.info.first_ms / 1000 for s in
+                                                        self.vault.segments.catalog.view() if s.info.gap), default=0))
 
     def _snapshot_for_capture(self, why: str) -> None:
         """Continuous backup needs a full snapshot now (a gap, a new cluster): one backup in a thread of its

@@ -121,6 +121,8 @@ class CoordinatorMetrics:
         self.continuous_segment_bytes = Gauge("etcdguard_continuous_segment_bytes",
                                               "Bytes of continuous backup segments in the vault (as stored)",
                                               registry=r)
+        self.continuous_last_gap = Gauge("etcdguard_continuous_last_gap_timestamp_seconds",
+                                         "Unix time the newest gap the vault holds was found (0: none)", registry=r)
         self.continuous_segments = Gauge("etcdguard_continuous_segments",
                                          "Continuous backup segments in the vault (gaps included)", registry=r)
         self.build_info = Gauge("etcdguard_build_info", "etcdguard version", ["version"], registry=r)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -204,7 +205,10 @@ def test_a_coordinator_restart_resumes_and_a_compaction_past_the_capture_is_a_re
         c = wait_until(lambda: (s := continuous(rig))["gaps"] and s, 60, what="the gap recorded")
         assert c["gaps"][0]["first_revision"] == lost_from and c["gaps"][0]["last_revision"] == compacted
         assert c["gaps_recorded"] == 1
-        assert rig.metrics()["etcdguard_continuous_gaps_total"] == 1
+        metrics = rig.metrics()
+        assert metrics["etcdguard_continuous_gaps_total"] == 1
+        # what EtcdguardContinuousGap reads: a gap found within the hour
+        assert 0 < time.time() - metrics["etcdguard_continuous_last_gap_timestamp_seconds"] < 600
         # a full snapshot taken at once, at or past the gap: the window starts again there
         fresh = wait_until(lambda: [e for e in rig.ctl_json("snapshots") if e["revision"] >= compacted], 60,
                            what="a full snapshot after the gap")
