@@ -181,8 +181,10 @@ def _point_in_time(args: argparse.Namespace, request: dict[str, Any]) -> int:
         data = ask(args, "restore", request)
         point = data.pop("point_in_time")
         plan = RestorePlan.from_json(data)
+        run_with = f"etcdguardctl restore --to-revision {point['revision']} --yes"
         emit(args, {**data, "op": plan.op, "point_in_time": point},
-             render_point(point, plan.discarded_revisions, plan.live_revision) + "\n\n" + render_plan(plan))
+             render_point(point, plan.discarded_revisions, plan.live_revision) + "\n\n"
+             + render_plan(plan, run_with=run_with))
         return EXIT_UNSAFE if plan.blocking else EXIT_OK
     result = ask(args, "restore", request, on_progress=RestoreProgress())
     point = result.get("point_in_time") or {}

@@ -19,7 +19,7 @@ from etcdguard.common.ops.cluster_plan import SnapshotRef
 from etcdguard.coordinator.pitr.scan import ReplayCount
 from etcdguard.coordinator.pitr.window import Choice, Gap, Span
 
-PLACEHOLDER_ID = "point-in-time"   # the plan's snapshot id until the build made the file
+PLACEHOLDER_ID = "(to build)"   # the plan's snapshot id until the build made the file
 
 
 @dataclass(frozen=True)

@@ -184,8 +184,8 @@ class PointInTime:
         for stored in point.choice.segments:
             yield vault.segments.read(stored)
 
-    @staticmethod
-    def _progress(point: PointPlan, emit: Emit, started: float) -> Callable[[int, int], None]:
+    def _progress(self, point: PointPlan, emit: Emit, started: float) -> Callable[[int, int], None]:
+        """Replay progress to etcdguardctl (at most a line a second) and to systemd's STATUS= (the slot)."""
         base = point.choice.base.revision
         last = [0.0]
 
@@ -195,9 +195,10 @@ class PointInTime:
                 return
             last[0] = now
             done, total = revision - base, max(1, upto - base)
-            emit({"phase": PHASE, "message": f"replayed {done} of {total} revisions "
-                                              f"({100 * done // total}%, {done / max(1e-6, now - started):.0f} "
-                                              "revisions/s)"})
+            text = (f"replayed {done} of {total} revisions ({100 * done // total}%, "
+                    f"{done / max(1e-6, now - started):.0f} revisions/s)")
+            self.slot.update(f"point-in-time: building revision {point.revision}: {text}")
+            emit({"phase": PHASE, "message": text})
         return progress
 
     def _store(self, vault: Vault, point: PointPlan, built: Built) -> VaultEntry:
