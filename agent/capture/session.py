@@ -39,7 +39,7 @@ from etcdguard.common.etcd.watch import Watch, lease_ttl
 
 log = logging.getLogger(__name__)
 
-BUFFER_LIMIT = 16 << 20     # bytes of encoded changes held for the coordinator
+BUFFER_LIMIT = 8 << 20      # bytes of encoded changes held for the coordinator
 SYNC_EVERY = 1.0            # seconds between sync points (one Status call each)
 MAX_LEASES = 100_000        # leases described in one session (an LRU of the newest)
 

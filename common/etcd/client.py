@@ -191,6 +191,17 @@ class EtcdClient:
         """One unary call of any etcd RPC (for modules that encode their own requests with pbwire)."""
         return self._unary(method, request, parse, timeout)
 
+    def reply_stream(self, method: str, request: bytes, parse: Callable[[bytes], Any],
+                     timeout: Optional[float] = None) -> Any:
+        """One request, then a stream of replies read on the calling thread (no thread hand-off per reply):
+        the grpc call (iterate it, ``cancel()`` it to end). Also for a bidirectional method whose client has
+        nothing more to send (etcd's watch keeps sending after the client closed its side)."""
+        call = self._channel.unary_stream(method, request_serializer=None, response_deserializer=parse)
+        try:
+            return call(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+
     def stream(self, method: str, requests: Iterator[bytes], parse: Callable[[bytes], Any],
                timeout: Optional[float] = None) -> Any:
         """A bidirectional stream (etcd's watch): ``requests`` are sent as the iterator yields them, the

@@ -70,35 +70,86 @@ def create_request(start_revision: int, *, key: bytes = EVERY_KEY, range_end: by
     return encode_bytes_field(1, create)
 
 
-def progress_request() -> bytes:
-    """A WatchRequest asking for a progress notification (etcd >= 3.4): the store's revision, sent once
-    every change up to it has been sent."""
-    return encode_bytes_field(3, b"")
-
-
 def _int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def parse_event(message: Union[bytes, memoryview]) -> WatchEvent:
-    kind = PUT
-    kv: Union[bytes, memoryview] = b""
-    for n, v in pbwire.fields(message):
-        if n == 1 and isinstance(v, int):
-            kind = v
-        elif n == 2 and isinstance(v, memoryview):
-            kv = v
+# The watch's replies are read by hand-inlined code rather than pbwire.fields: at a thousand revisions a
+# second, one reply per revision, the generic reader was most of the capturing agent's CPU (58 us a reply
+# of one 1 KB put, against 12 us here). Truncated input raises IndexError inside; the callers turn it into
+# WireError.
+
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    result, shift = b & 0x7F, 7
+    while True:
+        pos += 1
+        b = buf[pos]
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos + 1
+        shift += 7
+        if shift > 63:
+            raise pbwire.WireError("varint too long")
+
+
+def _skip(buf: bytes, pos: int, wire: int) -> int:
+    if wire == pbwire.VARINT:
+        return _uvarint(buf, pos)[1]
+    if wire == pbwire.I64:
+        return pos + 8
+    if wire == pbwire.I32:
+        return pos + 4
+    if wire == pbwire.LEN:
+        length, pos = _uvarint(buf, pos)
+        return pos + length
+    raise pbwire.WireError(f"unsupported wire type {wire}")
+
+
+def _kv(buf: bytes, pos: int, end: int) -> tuple[bytes, int, bytes, int]:
+    """(key, mod_revision, value, lease) of a KeyValue at buf[pos:end]."""
     key, value = b"", b""
     revision = lease = 0
-    for n, v in pbwire.fields(kv):
-        if n == 1 and isinstance(v, memoryview):
-            key = bytes(v)
-        elif n == 3 and isinstance(v, int):
-            revision = v
-        elif n == 5 and isinstance(v, memoryview):
-            value = bytes(v)
-        elif n == 6 and isinstance(v, int):
-            lease = _int64(v)
+    while pos < end:
+        tag, pos = _uvarint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == pbwire.LEN and number in (1, 5):
+            length, pos = _uvarint(buf, pos)
+            if number == 1:
+                key = buf[pos:pos + length]
+            else:
+                value = buf[pos:pos + length]
+            pos += length
+        elif wire == pbwire.VARINT and number in (3, 6):
+            v, pos = _uvarint(buf, pos)
+            if number == 3:
+                revision = v
+            else:
+                lease = _int64(v)
+        else:
+            pos = _skip(buf, pos, wire)
+    if pos != end:
+        raise pbwire.WireError("truncated key-value")
+    return key, revision, value, lease
+
+
+def _event(buf: bytes, pos: int, end: int) -> WatchEvent:
+    kind = PUT
+    kv = (b"", 0, b"", 0)
+    while pos < end:
+        tag, pos = _uvarint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if number == 1 and wire == pbwire.VARINT:
+            kind, pos = _uvarint(buf, pos)
+        elif number == 2 and wire == pbwire.LEN:
+            length, pos = _uvarint(buf, pos)
+            kv = _kv(buf, pos, pos + length)
+            pos += length
+        else:
+            pos = _skip(buf, pos, wire)
+    key, revision, value, lease = kv
     if kind == DELETE:
         return WatchEvent(revision, key, deleted=True)
     if kind != PUT:
@@ -106,20 +157,61 @@ def parse_event(message: Union[bytes, memoryview]) -> WatchEvent:
     return WatchEvent(revision, key, value=value, lease=lease)
 
 
+def _header(buf: bytes, pos: int, end: int) -> Header:
+    values = [0, 0, 0, 0, 0]
+    while pos < end:
+        tag, pos = _uvarint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == pbwire.VARINT:
+            value, pos = _uvarint(buf, pos)
+            if 1 <= number <= 4:
+                values[number] = value
+        else:
+            pos = _skip(buf, pos, wire)
+    return Header(values[1], values[2], values[3], values[4])
+
+
+def parse_event(message: Union[bytes, memoryview]) -> WatchEvent:
+    buf = bytes(message)
+    try:
+        return _event(buf, 0, len(buf))
+    except IndexError:
+        raise pbwire.WireError("truncated watch event") from None
+
+
 def parse_watch_response(message: bytes) -> WatchResponse:
+    buf = bytes(message)
     header = Header()
     ints = {2: 0, 3: 0, 4: 0, 5: 0}
     reason = ""
     events = []
-    for n, v in pbwire.fields(message):
-        if n == 1 and isinstance(v, memoryview):
-            header = pbwire.parse_header(v)
-        elif n == 11 and isinstance(v, memoryview):
-            events.append(parse_event(v))
-        elif n == 6 and isinstance(v, memoryview):
-            reason = bytes(v).decode("utf-8", "replace")
-        elif n in ints and isinstance(v, int):
-            ints[n] = v
+    pos, end = 0, len(buf)
+    try:
+        while pos < end:
+            tag, pos = _uvarint(buf, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == pbwire.LEN:
+                length, pos = _uvarint(buf, pos)
+                stop = pos + length
+                if stop > end:
+                    raise pbwire.WireError("truncated length-delimited field")
+                if number == 11:
+                    events.append(_event(buf, pos, stop))
+                elif number == 1:
+                    header = _header(buf, pos, stop)
+                elif number == 6:
+                    reason = buf[pos:stop].decode("utf-8", "replace")
+                pos = stop
+            elif wire == pbwire.VARINT:
+                value, pos = _uvarint(buf, pos)
+                if number in ints:
+                    ints[number] = value
+            else:
+                pos = _skip(buf, pos, wire)
+    except IndexError:
+        raise pbwire.WireError("truncated watch response") from None
+    if pos != end:
+        raise pbwire.WireError("truncated watch response")
     return WatchResponse(header, _int64(ints[2]), bool(ints[3]), bool(ints[4]), _int64(ints[5]), reason,
                          tuple(events))
 

@@ -125,23 +125,24 @@ class PointInTime:
             reasons = "\n".join(f"  - {(r.member + ': ') if r.member else ''}{r.message}"
                                 for r in restore_plan.blocking)
             raise UnsafeRefusal(f"point-in-time restore refused, nothing was built or changed:\n{reasons}")
-        entry = self._entry(point, emit)
+        entry, built = self._entry(point, emit)
         plan = self.restores.plan(entry.sha256, force=bool(args.get("force")),
                                   overrides=tuple(args.get("overrides") or ()))
         emit({"phase": PHASE, "message": f"restoring the cluster to revision {point.revision} from "
                                           f"{entry.sha256[:12]}"})
         until = args.get("until")
         result = self.restores.launch(plan, emit, until=until if isinstance(until, str) else None)
-        return {**result, "point_in_time": {**point.to_json(), "snapshot": entry.sha256}}
+        return {**result, "point_in_time": {**point.to_json(), "snapshot": entry.sha256, "build": built}}
 
     # -- building ----------------------------------------------------------------
-    def _entry(self, point: PointPlan, emit: Emit) -> VaultEntry:
-        """The vault entry holding the point: the one there already, or one built now."""
+    def _entry(self, point: PointPlan, emit: Emit) -> tuple[VaultEntry, Optional[dict[str, Any]]]:
+        """The vault entry holding the point: the one there already, or one built now (with the build's
+        figures)."""
         vault = self._vault()
         if point.reuse is not None:
             emit({"phase": PHASE, "message": f"the vault holds revision {point.revision} already "
                                               f"({point.reuse[:12]}): nothing to build"})
-            return vault.resolve(point.reuse)
+            return vault.resolve(point.reuse), None
 
         def waiting(doing: str) -> None:
             emit({"phase": PHASE, "message": f"waiting for the running operation to finish ({doing})"})
@@ -149,7 +150,7 @@ class PointInTime:
         with self.slot.held(f"point-in-time: building revision {point.revision}", waiting=waiting):
             return self._build(vault, point, emit)
 
-    def _build(self, vault: Vault, point: PointPlan, emit: Emit) -> VaultEntry:
+    def _build(self, vault: Vault, point: PointPlan, emit: Emit) -> tuple[VaultEntry, dict[str, Any]]:
         config = self._config()
         binaries = scratch_binaries(config)
         work = fsutil.ensure_private_dir(scratch_dir(config))
@@ -177,7 +178,10 @@ class PointInTime:
         log.info("point-in-time: built revision %d of cluster %s from %s in %s (%d events, %.0f/s); vault %s",
                  point.revision, base.cluster_id, base.sha256[:12], format_duration(took), stats.events,
                  stats.events_per_second, entry.sha256[:12])
-        return entry
+        return entry, {"seconds": round(took, 3), "replay_seconds": round(stats.seconds, 3),
+                       "revisions": stats.revisions, "events": stats.events,
+                       "events_per_second": round(stats.events_per_second), "leases_granted": stats.leases_granted,
+                       "unleased_puts": stats.unleased_puts}
 
     @staticmethod
     def _segments(vault: Vault, point: PointPlan) -> Iterator[Segment]:

@@ -54,29 +54,6 @@ def test_every_change_comes_with_its_revision_key_value_and_lease(etcd_member: E
     client.close()
 
 
-def test_a_progress_request_says_everything_up_to_the_store_revision_arrived(etcd_member: EtcdMember):
-    client = EtcdClient(etcd_member.client_url, timeout=10.0)
-    writer = EtcdWriter(client)
-    last = writer.txn([Op("put", b"/x", b"1")])
-    watch = Watch(client, last)      # etcd 3.5 sends no progress to a watch that starts in the future
-    timer = threading.Timer(20.0, watch.close)
-    timer.start()
-    synced = None
-    try:
-        for response in watch:
-            if response.events:      # synced now: etcd answers a progress request only then
-                watch.request_progress()
-                continue
-            if not response.events and not response.created:
-                synced = response
-                break
-    finally:
-        timer.cancel()
-        watch.close()
-    assert synced is not None and synced.synced and synced.header.revision == last
-    client.close()
-
-
 def test_a_compacted_start_revision_answers_with_the_compaction(etcd_member: EtcdMember):
     client = EtcdClient(etcd_member.client_url, timeout=10.0)
     writer = EtcdWriter(client)
