@@ -363,6 +363,7 @@ class Capture:
                 return False
             pending.written_through(last, time.monotonic())
             self.sync.stored(last)
+            self._fresh = False          # the window reaches past here now: losing what follows is a gap
             self._set(written=last)
         return True
 

@@ -4,9 +4,9 @@ Like a backup, the capture spares the leader: its watch reads every change,
 which costs the member it runs on some CPU and network. The member that
 captures keeps capturing while it is healthy (a watch restarted elsewhere
 costs a new stream, not data), members that just failed are avoided for a
-while, and only members of the cluster most members report are candidates
-(mid-restore, or with a member split off, another cluster's revisions are
-another history).
+while (unless every one did: then any is tried again), and only members
+of the cluster most members report are candidates (mid-restore, or with a
+member split off, another cluster's revisions are another history).
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ def choose_capturer(views: Sequence[MemberView], current: Optional[str] = None,
         return CaptureChoice(f"no member has a healthy etcd to capture from ({reachable} of {len(views)} agents "
                              "answered)")
     cluster = Counter(v.etcd.cluster_id or "" for v in healthy).most_common(1)[0][0]
-    candidates = [v for v in healthy if v.etcd.cluster_id == cluster and v.name not in avoid]
-    if not candidates:
-        return CaptureChoice(f"every healthy member failed to capture just now ({', '.join(sorted(avoid))}); "
-                             "trying again shortly")
+    same = [v for v in healthy if v.etcd.cluster_id == cluster]
+    candidates = [v for v in same if v.name not in avoid] or same   # every one failed just now: try again
     for v in candidates:
         if v.name == current:
             return CaptureChoice(f"member {v.name} keeps capturing", v.name, cluster, v.etcd.revision or 0)

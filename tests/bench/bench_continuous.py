@@ -220,6 +220,87 @@ def set_continuous(rig: Any, enabled: bool) -> None:
     os.killpg(rig.coordinator.proc.pid, 1)    # SIGHUP: reload
 
 
+def wait_caught_up(rig: Any, revision: int, key: str = "received_revision", timeout: float = 120) -> dict[str, Any]:
+    """The capture's status once it is running and ``key`` reached ``revision`` (bounded; polled)."""
+    deadline = time.time() + timeout
+    while True:
+        status: dict[str, Any] = rig.ctl_json("status")["continuous"]
+        if (status["running"] and (status[key] or 0) >= revision) or time.time() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def measure_load(rig: Any, cluster: Any, args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """Part 1: the load, and what the capture did with it."""
+    status = wait_caught_up(rig, int(base["revision"]))
+    capturing = status["member"]
+    procs = {a.member.name: a.pid for a in rig.agents if a.pid}
+    rss_before = {name: rss_mib(pid) for name, pid in procs.items()}
+    procs["coordinator"] = rig.coordinator.proc.pid
+    sampler = Sampler(rig, procs).start()
+    out = rig.tmp / "load.json"
+    started = time.time()
+    subprocess.run([sys.executable, __file__, "--rate", str(args.rate), "--seconds", str(args.seconds),
+                    "--value-size", str(args.value_size), "--load", cluster.endpoints, str(out)], check=True, cwd=REPO)
+    run = json.loads(out.read_text())
+    wait_caught_up(rig, max(r for r, _ in run["samples"]), key="written_revision")
+    samples = sampler.stop()
+    during = [s for s in samples if started + 2 <= s["t"] <= started + run["seconds"]]
+    status = rig.ctl_json("status")["continuous"]
+    segs = segment_times(rig.tmp / "vault")
+    seen_at = seen_times(rig.tmp / "vault", {r for r, _ in run["samples"]})
+    durable, seen = [], []
+    for revision, done in run["samples"]:
+        written = next((m for first, last, m in segs if first <= revision <= last), None)
+        if written is not None:
+            durable.append(written - done)
+        if revision in seen_at:
+            seen.append(seen_at[revision] - done)
+    return {
+        "writes": run["writes"], "seconds": round(run["seconds"], 1),
+        "writes_per_second": round(run["writes"] / run["seconds"], 1), "capturing_member": capturing,
+        "lag_metric_seconds": dist([s["lag"] for s in during if s.get("lag") is not None]),
+        "durable_lag_seconds": dist(durable), "seen_lag_seconds": dist(seen),
+        "segments": len(segs), "segment_bytes": status["segment_bytes"],
+        "written_revision": int(status["written_revision"]),
+        "cpu_percent": {name: cpu_share(during, name) for name in procs},
+        "rss_mib_max": {name: max((s[f"rss_{name}"] or 0) for s in during) if during else None for name in procs},
+        "capturing_agent_peak_rss_mib": rss_mib(procs[capturing], "VmHWM"),
+        "rss_mib_before_load": rss_before,
+    }
+
+
+def measure_restores(rig: Any, base: dict[str, Any], last_revision: int, runs: int) -> dict[str, Any]:
+    """Part 2: point-in-time restores of the last revision against plain restores of the base, alternating."""
+    set_continuous(rig, False)
+    deadline = time.time() + 30
+    while rig.ctl_json("status")["continuous"]["enabled"] and time.time() < deadline:
+        time.sleep(0.2)   # the reload taken (bounded)
+    pit, plain, builds = [], [], []
+    for i in range(runs):
+        took, summary = restore_timed(rig, "--to-revision", str(last_revision))
+        figures = summary["point_in_time"].get("build") or {}
+        pit.append(took)
+        builds.append(figures)
+        drop_derived(rig, base["sha256"])
+        took_plain, _ = restore_timed(rig, base["sha256"])
+        plain.append(took_plain)
+        drop_derived(rig, base["sha256"])
+        print(f"  round {i + 1}: point-in-time {took:.1f}s (build {figures.get('seconds')}s, "
+              f"{figures.get('events')} events at {figures.get('events_per_second')}/s); plain {took_plain:.1f}s",
+              flush=True)
+    out: dict[str, Any] = {
+        "events_replayed": builds[0].get("events") if builds else None,
+        "revisions_replayed": last_revision - int(base["revision"]),
+        "point_in_time_seconds": spread(pit), "plain_seconds": spread(plain),
+        "build_seconds": spread([b["seconds"] for b in builds if b]),
+        "replay_events_per_second": spread([b["events_per_second"] for b in builds if b]), "builds": builds,
+    }
+    p, q = out["point_in_time_seconds"]["median"], out["plain_seconds"]["median"]
+    out["ratio"] = round(p / q, 2) if p and q else None
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mb", type=int, default=300)
@@ -250,87 +331,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cluster = EtcdCluster(build, base_dir / "etcd", size=3)
         cluster.launch()
+        # filled before the coordinator starts: its capture then starts at the filled revision, so the load's
+        # figures are the capture of the load alone (not of 300 MB of 1 MB transactions read first)
+        loaded = fill_cluster(cluster, args.size_mb * MB, seed=0)
         rig = RestoreRig(cluster, base_dir / "rig", seed_agents=False,
                          restore={"bump_revision": 1_000_000, "fence_settle": "0.5s", "start_timeout": "120s"},
                          coordinator_sections={"continuous": {"flush": "5s"},
                                                "scratch": {"etcd": str(build.etcd), "tool": str(build.restore_tool)}})
         try:
             rig.start()
-            loaded = fill_cluster(cluster, args.size_mb * MB, seed=0)
             base = rig.backup()
             print(f"filled {args.size_mb} MB in {loaded.seconds:.1f}s; base {base['sha256'][:12]} revision "
                   f"{base['revision']}, {base['size'] / MB:.0f} MB", flush=True)
-            status = rig.ctl_json("status")["continuous"]
-            capturing = status["member"]
-            procs = {a.member.name: a.pid for a in rig.agents if a.pid}
-            assert rig.coordinator.proc is not None
-            procs["coordinator"] = rig.coordinator.proc.pid
-            sampler = Sampler(rig, procs).start()
-            out = base_dir / "load.json"
-            started = time.time()
-            subprocess.run([sys.executable, __file__, "--rate", str(args.rate), "--seconds", str(args.seconds),
-                            "--value-size", str(args.value_size), "--load", cluster.endpoints, str(out)],
-                           check=True, cwd=REPO)
-            loaded_run = json.loads(out.read_text())
-            last = max(r for r, _ in loaded_run["samples"])
-            deadline = time.time() + 120
-            while (rig.ctl_json("status")["continuous"]["written_revision"] or 0) < last and time.time() < deadline:
-                time.sleep(0.5)   # the tail of the load reaching the vault (bounded), outside the load's figures
-            samples = sampler.stop()
-            during = [s for s in samples if started + 2 <= s["t"] <= started + loaded_run["seconds"]]
-            status = rig.ctl_json("status")["continuous"]
-            last_revision = int(status["written_revision"])
-            segs = segment_times(rig.tmp / "vault")
-            durable, seen = [], []
-            sampled = {r for r, _ in loaded_run["samples"]}
-            seen_at = seen_times(rig.tmp / "vault", sampled)
-            for revision, done in loaded_run["samples"]:
-                written = next((m for first, lastr, m in segs if first <= revision <= lastr), None)
-                if written is not None:
-                    durable.append(written - done)
-                if revision in seen_at:
-                    seen.append(seen_at[revision] - done)
-            result["load"] = {
-                "writes": loaded_run["writes"], "seconds": round(loaded_run["seconds"], 1),
-                "writes_per_second": round(loaded_run["writes"] / loaded_run["seconds"], 1),
-                "capturing_member": capturing,
-                "lag_metric_seconds": dist([s["lag"] for s in during if s.get("lag") is not None]),
-                "durable_lag_seconds": dist(durable), "seen_lag_seconds": dist(seen),
-                "segments": len(segs), "segment_bytes": status["segment_bytes"],
-                "cpu_percent": {name: cpu_share(during, name) for name in procs},
-                "rss_mib_max": {name: max((s[f"rss_{name}"] or 0) for s in during) if during else None
-                                for name in procs},
-                "capturing_agent_peak_rss_mib": rss_mib(procs[capturing], "VmHWM"),
-            }
+            result["load"] = measure_load(rig, cluster, args, base)
             print(json.dumps(result["load"], indent=1), flush=True)
-
-            set_continuous(rig, False)
-            deadline = time.time() + 30
-            while rig.ctl_json("status")["continuous"]["enabled"] and time.time() < deadline:
-                time.sleep(0.2)
-            pit, plain, builds = [], [], []
-            for i in range(args.runs):
-                took, summary = restore_timed(rig, "--to-revision", str(last_revision))
-                build_figures = summary["point_in_time"].get("build") or {}
-                pit.append(took)
-                builds.append(build_figures)
-                drop_derived(rig, base["sha256"])
-                took_plain, _ = restore_timed(rig, base["sha256"])
-                plain.append(took_plain)
-                drop_derived(rig, base["sha256"])
-                print(f"  round {i + 1}: point-in-time {took:.1f}s (build {build_figures.get('seconds')}s, "
-                      f"{build_figures.get('events')} events at {build_figures.get('events_per_second')}/s); "
-                      f"plain {took_plain:.1f}s", flush=True)
-            result["restore"] = {
-                "events_replayed": builds[0].get("events") if builds else None,
-                "revisions_replayed": last_revision - int(base["revision"]),
-                "point_in_time_seconds": spread(pit), "plain_seconds": spread(plain),
-                "build_seconds": spread([b["seconds"] for b in builds if b]),
-                "replay_events_per_second": spread([b["events_per_second"] for b in builds if b]),
-                "builds": builds,
-            }
-            p, q = result["restore"]["point_in_time_seconds"]["median"], result["restore"]["plain_seconds"]["median"]
-            result["restore"]["ratio"] = round(p / q, 2) if p and q else None
+            result["restore"] = measure_restores(rig, base, result["load"]["written_revision"], args.runs)
             print(json.dumps(result["restore"], indent=1), flush=True)
         except BaseException:
             rig.dump_logs()

@@ -113,6 +113,15 @@ def test_restore_to_revisions_recorded_under_a_kubernetes_like_load(etcd_cluster
         assert p["window"][-1]["first_revision"] <= base["revision"] and p["window"][-1]["last_revision"] >= later[-1]
         text = rig.ctl("restore", "--to-revision", str(points[1]), "--plan")
         assert text.returncode == 0 and "any point from" in text.stdout and "gaps: none" in text.stdout
+        # --to-time names the newest revision the capture had seen by then
+        every = rig.ctl_json("history", "/", "--limit", "100000")["changes"]
+        moment = next(c for c in every if c["revision"] == points[1])["at_ms"]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment // 1000)) + f".{moment % 1000:03d}Z"
+        by_time = rig.ctl_json("restore", "--to-time", stamp, "--plan")["point_in_time"]
+        assert by_time["revision"] == max(c["revision"] for c in every if c["at_ms"] <= moment)
+        assert by_time["asked_at"] and by_time["revision"] >= points[1]
+        late = rig.ctl("restore", "--to-time", "2099-01-01T00:00:00Z", "--plan", "--json")
+        assert late.returncode == 2 and "outside the restorable window" in json.loads(late.stdout)["error"]
 
         used = {}
         for r in points:
@@ -222,6 +231,18 @@ def test_a_coordinator_restart_resumes_and_a_compaction_past_the_capture_is_a_re
         refused = rig.ctl("restore", "--to-revision", str(lost_from + 3), "--plan", "--json")
         assert refused.returncode == 2 and "gap" in json.loads(refused.stdout)["error"]
         assert "GAP" in rig.coordinator.log_tail(200)
+
+        # the same with the coordinator up all along: every agent down while etcd compacts
+        for agent in rig.agents:
+            agent.kill()
+        second_from = churn.revisions[-1] + 1
+        churn.run(20)
+        cluster.etcdctl("compact", str(churn.revisions[-1]))
+        for agent in rig.agents:
+            agent.start()
+        c = wait_until(lambda: len((s := continuous(rig))["gaps"]) == 2 and s, 90, what="the second gap")
+        assert (c["gaps"][1]["first_revision"], c["gaps"][1]["last_revision"]) == (second_from, churn.revisions[-1])
+        assert rig.metrics()["etcdguard_continuous_gaps_total"] == 2
     except BaseException:
         rig.dump_logs()
         raise

@@ -42,7 +42,7 @@ def test_the_capture_prefers_a_follower_and_stays_where_it_is():
     # a member split off into another cluster is no candidate
     split = [view("m1", leader=True), view("m2"), view("m3", cluster="other")]
     assert choose_capturer(split, current="m3").member == "m2"
-    assert choose_capturer(views, avoid={"m1", "m2", "m3"}).member is None
+    assert choose_capturer(views, avoid={"m1", "m2", "m3"}).member == "m2"    # all failed just now: try again
 
 
 def ev(r: int, key: str = "/k", kind: str = PUT, t: int = 0, value: bytes = b"v", lease: int = 0) -> Event:
