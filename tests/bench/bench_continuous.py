@@ -214,8 +214,9 @@ def drop_derived(rig: Any, keep: str) -> None:
 def set_continuous(rig: Any, enabled: bool) -> None:
     config = rig.coordinator.config
     text = config.read_text()
-    text = re.sub(r"(?m)^enabled = (true|false)\n(?=flush)", "", text)
-    text = text.replace("[continuous]\n", f"[continuous]\nenabled = {'true' if enabled else 'false'}\n", 1)
+    head, sep, rest = text.partition("[continuous]\n")
+    rest = re.sub(r"(?m)^enabled = (true|false)$", f"enabled = {'true' if enabled else 'false'}", rest, count=1)
+    text = head + sep + rest
     config.write_text(text)
     os.killpg(rig.coordinator.proc.pid, 1)    # SIGHUP: reload
 
@@ -336,7 +337,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         loaded = fill_cluster(cluster, args.size_mb * MB, seed=0)
         rig = RestoreRig(cluster, base_dir / "rig", seed_agents=False,
                          restore={"bump_revision": 1_000_000, "fence_settle": "0.5s", "start_timeout": "120s"},
-                         coordinator_sections={"continuous": {"flush": "5s"},
+                         coordinator_sections={"continuous": {"enabled": True, "flush": "5s"},
                                                "scratch": {"etcd": str(build.etcd), "tool": str(build.restore_tool)}})
         try:
             rig.start()

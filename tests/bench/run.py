@@ -414,7 +414,7 @@ def render() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run, < 3 min)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run, about 6 min)")
     ap.add_argument("--render", action="store_true", help="only write docs/benchmarks.md from the results")
     args = ap.parse_args()
     started = time.monotonic()

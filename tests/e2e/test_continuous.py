@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("etcd_build", ["3.5"], i
 
 
 def sections(build: EtcdBuild, **continuous: Any) -> dict[str, dict[str, Any]]:
-    return {"continuous": {"flush": "1s", **continuous},
+    return {"continuous": {"enabled": True, "flush": "1s", **continuous},
             "scratch": {"etcd": str(build.etcd), "tool": str(build.restore_tool)}}
 
 
