@@ -98,6 +98,20 @@ class RestoreSettings:
     warm_standby: bool = False           # keep the newest snapshot restored ahead on every member (a db copy each)
 
 
+MIN_FLUSH = 0.5                     # seconds: a segment more often than this is an object per write
+MIN_SEGMENT_SIZE = 64 << 10
+MAX_SEGMENT_SIZE = 64 << 20         # a segment is read whole into memory (replay, history)
+
+
+@dataclass(frozen=True)
+class ContinuousSettings:
+    """[continuous]: every change between snapshots captured from etcd's watch into vault segments."""
+
+    enabled: bool = True
+    flush: float = 5.0                  # a segment at least this often while changes come in
+    segment_size: int = 4 << 20         # ... or as soon as this many bytes of changes wait
+
+
 @dataclass(frozen=True)
 class ScratchSettings:
     """The scratch etcd on the coordinator host: restore drills and point-in-time builds run one."""
@@ -128,6 +142,7 @@ class CoordinatorConfig:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     members: tuple[MemberSettings, ...] = ()
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
+    continuous: ContinuousSettings = field(default_factory=ContinuousSettings)
 
     def member(self, name: str) -> Optional[MemberSettings]:
         for m in self.members:
@@ -148,17 +163,18 @@ def parse_coordinator_config(data: dict[str, Any], source: str) -> CoordinatorCo
     vault = _vault(Table(source, "vault", top.data.get("vault")))
     restore = _restore(Table(source, "restore", top.data.get("restore")))
     scratch = _scratch(Table(source, "scratch", top.data.get("scratch")))
+    continuous = _continuous(Table(source, "continuous", top.data.get("continuous")))
     metrics_t = Table(source, "metrics", top.data.get("metrics"))
     metrics = MetricsSettings(listen=metrics_t.listen("listen", MetricsSettings.listen))
     if metrics_t.has("enabled") and not metrics_t.flag("enabled", True):
         metrics = MetricsSettings(listen=None)
     metrics_t.finish()
     members = _members(source, top.data.get("members"), coordinator.insecure)
-    for section in ("coordinator", "vault", "restore", "metrics", "members", "scratch"):
+    for section in ("coordinator", "vault", "restore", "metrics", "members", "scratch", "continuous"):
         top._get(section)
     top.finish()
     return CoordinatorConfig(source=source, coordinator=coordinator, vault=vault, restore=restore,
-                             metrics=metrics, members=members, scratch=scratch)
+                             metrics=metrics, members=members, scratch=scratch, continuous=continuous)
 
 
 def _coordinator(t: Table) -> CoordinatorSettings:
@@ -212,6 +228,20 @@ def _vault(t: Table) -> VaultSettings:
 
 def _scratch(t: Table) -> ScratchSettings:
     s = ScratchSettings(etcd=t.path("etcd"), tool=t.path("tool"), dir=t.path("dir"))
+    t.finish()
+    return s
+
+
+def _continuous(t: Table) -> ContinuousSettings:
+    d = ContinuousSettings()
+    flush = t.duration("flush", d.flush)
+    if flush is None or flush < MIN_FLUSH:
+        raise t.error("flush", f"a duration of at least {MIN_FLUSH:g}s, e.g. '5s' (how often captured changes are "
+                      "written to the vault)")
+    size = t.size("segment_size", d.segment_size)
+    if size is None or not MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE:
+        raise t.error("segment_size", "a size from 64KiB to 64MiB, e.g. '4MiB'")
+    s = ContinuousSettings(enabled=t.flag("enabled", d.enabled), flush=flush, segment_size=size)
     t.finish()
     return s
 

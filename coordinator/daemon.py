@@ -37,17 +37,23 @@ from etcdguard.coordinator import status
 from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, default_client_factory
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary
 from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members
+from etcdguard.coordinator.continuous.capture import Capture
+from etcdguard.coordinator.continuous.report import continuous_report
 from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
 from etcdguard.coordinator.diagnose.gather import gather
 from etcdguard.coordinator.diagnose.verdict import diagnose
 from etcdguard.coordinator.diagnose.verdict import to_json as verdict_json
 from etcdguard.coordinator.members.service import MemberOperations
 from etcdguard.coordinator.metrics import CoordinatorMetrics
+from etcdguard.coordinator.pitr.history import history
+from etcdguard.coordinator.pitr.service import PointInTime, is_point_request
 from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
 from etcdguard.coordinator.vault import commands as vault_commands
 from etcdguard.coordinator.vault.attempts import SCHEDULED, Attempt
 from etcdguard.coordinator.vault.catalog import OK, Listing, stale
+from etcdguard.coordinator.vault.entry import MANUAL
+from etcdguard.coordinator.vault.entry import SCHEDULED as SCHEDULED_KIND
 from etcdguard.coordinator.vault.factory import open_vault
 from etcdguard.coordinator.vault.lister import Lister
 from etcdguard.coordinator.vault.policy import next_pull_due, retry_now
@@ -114,6 +120,13 @@ class CoordinatorDaemon(SignalFlags):
         self.prestage = Prestager(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
                                   restoring=lambda: self.restores.active() is not None,
                                   on_change=self._prestage_changed)
+        self.capture = Capture(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
+                               restoring=lambda: self.restores.active() is not None,
+                               snapshot_now=self._snapshot_for_capture, on_gap=self.metrics.continuous_gaps.inc)
+        self._capture_snapshot: Optional[threading.Thread] = None
+        self.pitr = PointInTime(config=lambda: self.config, vault=lambda: self.vault, restores=self.restores,
+                                capture=self.capture, slot=self.slot)
+        self._bind_continuous_metrics()
 
     # -- setup -------------------------------------------------------------
     def _factory(self, config: CoordinatorConfig) -> ClientFactory:
@@ -161,7 +174,11 @@ class CoordinatorDaemon(SignalFlags):
 
     def snapshots_report(self) -> dict[str, Any]:
         listing = self._answer_listing(self._ask_listing())
-        return status.snapshots_report(listing, self.vault.location, time.time())
+        return status.snapshots_report(listing, self.vault.location, time.time(), self._continuous())
+
+    def _continuous(self) -> dict[str, Any]:
+        c = self.config.continuous
+        return continuous_report(self.capture, self.vault, c.enabled, c.flush, time.time())
 
     def _survey(self) -> list[MemberView]:
         """Every agent's report, each waited for up to ``request_timeout`` (pulls, backups, the first survey)."""
@@ -188,6 +205,35 @@ class CoordinatorDaemon(SignalFlags):
         if self.restores.active() is None:
             self.prestage.wake()    # a restore ended: pre-staging picks up where it stopped
 
+    def _bind_continuous_metrics(self) -> None:
+        m, capture = self.metrics, self.capture
+        m.continuous_enabled.set_function(lambda: 1 if self.config.continuous.enabled else 0)
+        m.continuous_running.set_function(lambda: 1 if capture.state.running else 0)
+        m.continuous_lag.set_function(lambda: capture.lag() if self.config.continuous.enabled else 0.0)
+        m.continuous_last_revision.set_function(lambda: capture.state.written)
+        m.continuous_segment_bytes.set_function(lambda: sum(s.size for s in self.vault.segments.catalog.view()))
+        m.continuous_segments.set_function(lambda: len(self.vault.segments.catalog.view()))
+        m.continuous_last_gap.set_function(lambda: max((s.info.first_ms / 1000 for s in
+                                                        self.vault.segments.catalog.view() if s.info.gap), default=0))
+
+    def _snapshot_for_capture(self, why: str) -> None:
+        """Continuous backup needs a full snapshot now (a gap, a new cluster): one backup in a thread of its
+        own, waiting for the slot like any backup; a second request while it runs joins it."""
+        if self._capture_snapshot is not None and self._capture_snapshot.is_alive():
+            return
+
+        def work() -> None:
+            log.info("continuous backup: taking a full snapshot now: %s", why)
+            try:
+                result = self.backup(None, lambda event: None, kind=SCHEDULED_KIND)
+                log.info("continuous backup: full snapshot %s at revision %d is in the vault",
+                         result["entry"]["sha256"][:12], result["entry"]["revision"])
+            except EtcdguardError as exc:
+                log.error("continuous backup: the full snapshot it needs failed: %s (the schedule tries again)", exc)
+
+        self._capture_snapshot = threading.Thread(target=work, name="continuous-snapshot", daemon=True)
+        self._capture_snapshot.start()
+
     def _prestage_changed(self) -> None:
         report = self.prestage.report()
         for member, state in report["members"].items():
@@ -207,9 +253,11 @@ class CoordinatorDaemon(SignalFlags):
             "status": lambda args, emit: self.status_report(),
             "snapshots": lambda args, emit: self.snapshots_report(),
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
-            "restore": self.restores.command,
+            "restore": lambda args, emit: (self.pitr.command(args, emit) if is_point_request(args)
+                                           else self.restores.command(args, emit)),
             "replace": self.members_ops.replace_command,
             "defrag": self.members_ops.defrag_command,
+            "history": lambda args, emit: history(self.vault, args),
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
             "diagnose": lambda args, emit: self.diagnose(),
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
@@ -218,12 +266,12 @@ class CoordinatorDaemon(SignalFlags):
     def _vault_command(self, cmd: str) -> Callable[[dict[str, Any], Emit], Any]:
         return lambda args, emit: vault_commands.handle(self.vault, cmd, args)
 
-    def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:
+    def backup(self, member: Optional[str], emit: Emit, kind: str = MANUAL) -> dict[str, Any]:
         """``etcdguardctl backup``: a snapshot on ``member`` (default: a healthy follower) into the vault.
         A copy that fails is retried by the schedule (policy.next_pull_due), as a failed pull is."""
         before = self.pulls.copies.view().last
         try:
-            return self.pulls.backup(member, emit)
+            return self.pulls.backup(member, emit, kind)
         finally:
             if self.pulls.copies.view().last is not before:   # refusals before any copy change nothing
                 self._reschedule()
@@ -264,7 +312,7 @@ class CoordinatorDaemon(SignalFlags):
             views=views, vault=self.vault, listing=listing, config=self.config, restores=self.restores,
             busy=self.slot.doing, copies=self.pulls.copies.view(),
             next_pull_in=max(0.0, self.next_due - time.monotonic()) if self.next_due else None,
-            prestage=self.prestage.report())
+            prestage=self.prestage.report(), continuous=self._continuous())
 
     def refresh_restore_metrics(self) -> None:
         records = self.restores.records()
@@ -415,6 +463,7 @@ class CoordinatorDaemon(SignalFlags):
         self.control = ControlServer(self.config.coordinator.control_socket, self.handle)
         self.control.start()
         self.prestage.start()
+        self.capture.start()
         try:
             self._start_metrics()
             return self._loop()
@@ -463,6 +512,7 @@ class CoordinatorDaemon(SignalFlags):
         self.lister.stop()
         self._restore_stop.set()   # a running restore stops at its next barrier, journaled as interrupted
         self.prestage.stop()
+        self.capture.stop()
         if self.control is not None:
             self.control.stop()
         # A pull or an etcdguardctl backup may still run: give it time to finish cleanly.

@@ -105,6 +105,26 @@ class CoordinatorMetrics:
         self.prestaged = Gauge(f"{p}_prestaged", "1 when the member holds the vault's newest snapshot ahead of "
                                "any restore (pre-staged or in its own store), 0 when it does not yet", ["member"],
                                registry=r)
+        # continuous backup (coordinator/continuous/): read at scrape time from the capture
+        self.continuous_enabled = Gauge("etcdguard_continuous_enabled",
+                                        "1 when continuous backup is configured on ([continuous] enabled)",
+                                        registry=r)
+        self.continuous_running = Gauge("etcdguard_continuous_running",
+                                        "1 while an agent's capture answers the coordinator's reads", registry=r)
+        self.continuous_lag = Gauge("etcdguard_continuous_lag_seconds",
+                                    "Seconds since the vault last held every change etcd had made", registry=r)
+        self.continuous_last_revision = Gauge("etcdguard_continuous_last_revision",
+                                              "The newest etcd revision the vault's segments hold", registry=r)
+        self.continuous_gaps = Counter("etcdguard_continuous_gaps_total",
+                                       "Gaps recorded: revisions etcd compacted before the capture read them",
+                                       registry=r)
+        self.continuous_segment_bytes = Gauge("etcdguard_continuous_segment_bytes",
+                                              "Bytes of continuous backup segments in the vault (as stored)",
+                                              registry=r)
+        self.continuous_last_gap = Gauge("etcdguard_continuous_last_gap_timestamp_seconds",
+                                         "Unix time the newest gap the vault holds was found (0: none)", registry=r)
+        self.continuous_segments = Gauge("etcdguard_continuous_segments",
+                                         "Continuous backup segments in the vault (gaps included)", registry=r)
         self.build_info = Gauge("etcdguard_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.backend = ""

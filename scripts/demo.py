@@ -6,8 +6,11 @@ coordinator with its vault, CURVE keys made for the occasion. A recognisable
 data set is written and backed up into the vault; then a disaster (the data
 set deleted, garbage written); then `etcdguardctl restore latest --plan` and
 `--yes`; finally the data set is shown back on every member with one hashkv
-and a new cluster id. Everything lives in a temp dir and everything started
-here is stopped again at the end, whatever happens.
+and a new cluster id. Then continuous backup undoes one bad change: a few
+good changes, one bad delete, `etcdguardctl history` to find it, `restore
+--to-revision` just before it, and the good changes are back with the data.
+Everything lives in a temp dir and everything started here is stopped again at
+the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -205,6 +208,13 @@ request_timeout = "3s"
 dir = "{self.work / 'vault'}"
 interval = "1h"
 
+[continuous]
+flush = "1s"
+
+[scratch]
+etcd = "{self.etcd}"
+tool = "{self.tool}"
+
 [metrics]
 enabled = false
 
@@ -250,6 +260,45 @@ enabled = false
         print(f"the data set is back on all 3 members, one hashkv, new cluster id {summary.get('new_cluster_id')} "
               f"(was {summary.get('old_cluster_id')}); downtime {summary.get('downtime_seconds')} s of "
               f"{summary.get('total_seconds')} s")
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.ctl("status", "--json", show=False).stdout))
+
+    def undo_a_bad_change(self) -> None:
+        """Continuous backup: good changes, one bad delete, history, a restore to just before it."""
+        say("continuous backup: every change is captured; wait for the window of the restored cluster")
+        cluster = wait_for("the capture of the restored cluster", lambda: (c := self.status()["continuous"])
+                           ["running"] and c["cluster_id"], 60)
+        wait_for("its first full snapshot", lambda: any(w["cluster_id"] == cluster for w in
+                                                        self.status()["continuous"]["window"]), 60)
+        say("a few good changes, then one bad delete")
+        for i in range(1, 4):
+            print(f"$ etcdctl put /registry/configmaps/demo/settings-{i} ...")
+            self.etcdctl_("m1", "put", f"/registry/configmaps/demo/settings-{i}", f"good change {i}")
+        print("$ etcdctl del --prefix /registry/demo/")
+        self.etcdctl_("m1", "del", "--prefix", "/registry/demo/")
+        deleted_at = self.revision("m1")
+        wait_for("the delete in the vault", lambda: (self.status()["continuous"]["written_revision"] or 0)
+                 >= deleted_at, 30)
+        say("find the moment: etcdguardctl history")
+        self.ctl("history", "/registry/configmaps/demo/")
+        self.ctl("history", "/registry/demo/", "--limit", "3")
+        say(f"restore to revision {deleted_at - 1}, just before the delete")
+        self.ctl("restore", "--to-revision", str(deleted_at - 1), "--plan")
+        print(f"$ etcdguardctl restore --to-revision {deleted_at - 1} --yes", flush=True)
+        r = subprocess.run([*CTL, "restore", "--to-revision", str(deleted_at - 1), "--yes", "--json", "--config",
+                            str(self.coordinator_config)], stdout=subprocess.PIPE, text=True, timeout=600,
+                           check=False)
+        summary = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        if r.returncode != 0:
+            raise SystemExit(f"demo: the point-in-time restore failed (exit {r.returncode}): {summary.get('error')}")
+        print(f"restore {summary['op']}: {summary['state']}, total {summary.get('total_seconds')} s")
+        good = {m: len([ln for ln in self.etcdctl_(m, "get", "--prefix", "/registry/configmaps/demo/",
+                                                   "--keys-only").splitlines() if ln.strip()]) for m in MEMBERS}
+        self.show_restored(summary)
+        if set(good.values()) != {3}:
+            raise SystemExit(f"demo: expected the 3 good changes on every member, found {good}")
+        print("and the 3 good changes made after the backup are there too, on every member")
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
@@ -299,6 +348,7 @@ def main() -> int:
 
         print(render_summary(summary))
         demo.show_restored(summary)
+        demo.undo_a_bad_change()
         demo.ctl("restores")
         say(f"done in {time.monotonic() - started:.0f}s")
         return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from etcdguard.agent.capture.manager import CaptureManager
 from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.control.auth import key_label
 from etcdguard.agent.control.status import StatusReporter
@@ -38,7 +39,7 @@ from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common import __version__
 from etcdguard.common.base.errors import EtcdguardError
 from etcdguard.common.base.slot import Slot
-from etcdguard.common.etcd.client import Cancellation
+from etcdguard.common.etcd.client import Cancellation, EtcdClient
 from etcdguard.common.wire.protocol import MAX_HEADER, Request
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class Handlers:
         self.restore = RemoteRestore(self.runner, self._snapshot_path,   # used by the long-op worker
                                      self.staging.verified_fingerprint)
         self.reporter = StatusReporter(self.runner, self.staging.dir, self._etcd_running)
+        self.capture = CaptureManager(self._etcd_client)
 
     # -- what every handler reads through -------------------------------------
     def runner(self) -> BackupRunner:
@@ -136,6 +138,11 @@ class Handlers:
             if meta.name == name:
                 return Path(meta.path)
         raise NotFound(f"no staged upload or local snapshot named {name!r} on this node")
+
+    def _etcd_client(self) -> EtcdClient:
+        """A client of this node's etcd, for the capture's watch (it closes it)."""
+        runner = self.runner()
+        return EtcdClient(runner.member.endpoint, runner.member.tls, runner.config.etcd.dial_timeout)
 
     def _etcd_running(self) -> Optional[bool]:
         """Does this node's etcd process (as its runtime knows it) exist? None when that cannot be told."""
@@ -166,6 +173,13 @@ class Handlers:
     def bundle_fetch(self, call: Call) -> Result:
         a = call.args
         return read_bundle_chunk(self.store(), a["name"], a["offset"], a["size"])
+
+    def capture_read(self, call: Call) -> Result:
+        result, data = self.capture.read(call.args["after"], call.args["size"])
+        return result, data
+
+    def capture_stop(self, call: Call) -> Result:
+        return {"stopped": self.capture.stop_session()}, None
 
     def restore_status(self, call: Call) -> Result:
         result: dict[str, Any] = operation_status(self.config().state.dir, call.args["op_id"])
@@ -221,6 +235,7 @@ class Handlers:
         return administer(self.runner().member, call.args), None
 
     def close(self) -> None:
+        self.capture.close()
         self.fetch.close()
         self.staging.close()
         self.reporter.close()
@@ -254,6 +269,8 @@ OPS: dict[str, Op] = {
     "snapshot.fetch": Op(Lane.LOOP, Handlers.snapshot_fetch, data=True),
     "bundle.fetch": Op(Lane.LOOP, Handlers.bundle_fetch, data=True),
     "restore.status": Op(Lane.LOOP, Handlers.restore_status),
+    "capture.read": Op(Lane.LOOP, Handlers.capture_read, data=True),
+    "capture.stop": Op(Lane.LOOP, Handlers.capture_stop),
     "snapshot.put": Op(Lane.STAGING, Handlers.put),
     "snapshot.put.abort": Op(Lane.STAGING, Handlers.put_abort),
     "status": Op(Lane.STATUS, Handlers.status),

@@ -234,3 +234,27 @@ def copy_stream(src: Any, dst: IO[bytes], chunk: int = CHUNK) -> int:
             return total
         dst.write(data)
         total += len(data)
+
+
+def encrypt_bytes(data: bytes, recipients: Sequence[str], doing: str) -> bytes:
+    """``data`` encrypted to ``recipients`` (for small objects: a continuous backup's segments)."""
+    argv = [find_age()]
+    for r in recipients:
+        argv += ["-r", r]
+    return _run_age(argv, data, doing)
+
+
+def decrypt_bytes(data: bytes, identity: Path, doing: str) -> bytes:
+    """``data`` decrypted with ``identity``; AgeError when it cannot be (damaged, or another recipient's)."""
+    return _run_age([find_age(), "-d", "-i", str(identity)], data, doing)
+
+
+def _run_age(argv: list[str], data: bytes, doing: str) -> bytes:
+    try:
+        proc = subprocess.run(argv, input=data, capture_output=True, check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AgeError(f"{doing}: age did not run: {exc}") from None
+    if proc.returncode != 0:
+        text = proc.stderr[:4000].decode("utf-8", "replace").strip()
+        raise AgeError(f"{doing}: age exited with {proc.returncode}: {_explain(text)}")
+    return proc.stdout

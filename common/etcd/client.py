@@ -122,6 +122,11 @@ def _describe(exc: Exception, endpoint: str) -> str:
     return f"etcd at {endpoint} did not answer: {exc}"
 
 
+def describe_rpc_error(exc: Exception, endpoint: str) -> str:
+    """An operator's sentence for a failed call to etcd at ``endpoint``."""
+    return _describe(exc, endpoint)
+
+
 def client_address(endpoint: str) -> Address:
     """Host and port of an etcd client URL (``http(s)://host[:port]``); ValueError if it has no host."""
     address = parse_url(endpoint, default_port=ETCD_CLIENT_PORT)
@@ -187,6 +192,27 @@ class EtcdClient:
     def unary(self, method: str, request: bytes, parse: Callable[[bytes], Any], timeout: Optional[float] = None) -> Any:
         """One unary call of any etcd RPC (for modules that encode their own requests with pbwire)."""
         return self._unary(method, request, parse, timeout)
+
+    def reply_stream(self, method: str, request: bytes, parse: Callable[[bytes], Any],
+                     timeout: Optional[float] = None) -> Any:
+        """One request, then a stream of replies read on the calling thread (no thread hand-off per reply):
+        the grpc call (iterate it, ``cancel()`` it to end). Also for a bidirectional method whose client has
+        nothing more to send (etcd's watch keeps sending after the client closed its side)."""
+        call = self._channel.unary_stream(method, request_serializer=None, response_deserializer=parse)
+        try:
+            return call(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
+
+    def stream(self, method: str, requests: Iterator[bytes], parse: Callable[[bytes], Any],
+               timeout: Optional[float] = None) -> Any:
+        """A bidirectional stream (etcd's watch): ``requests`` are sent as the iterator yields them, the
+        replies read by ``parse``; the grpc call (iterate it for replies, ``cancel()`` it to end)."""
+        call = self._channel.stream_stream(method, request_serializer=None, response_deserializer=parse)
+        try:
+            return call(requests, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise EtcdUnavailable(_describe(exc, self.endpoint)) from None
 
     def status(self, timeout: Optional[float] = None) -> EtcdStatus:
         """The member's own view (served locally: it answers also without quorum)."""

@@ -11,6 +11,7 @@ Messages (field numbers from etcd's rpc.proto):
   RequestOp {1 request_range, 2 request_put, 3 request_delete_range}
   PutRequest {1 key, 2 value, 3 lease}   DeleteRangeRequest {1 key, 2 range_end}
   TxnResponse {1 header, 2 succeeded}    LeaseGrantRequest {1 TTL, 2 ID}   LeaseGrantResponse {1 header, 2 ID, 3 TTL}
+  LeaseKeepAliveRequest {1 ID} (a stream)   LeaseKeepAliveResponse {1 header, 2 ID, 3 TTL}
   RangeRequest {1 key, 2 range_end, 3 limit, 4 revision}  RangeResponse {1 header, 2 kvs, 3 more, 4 count}
   KeyValue {1 key, 2 create_revision, 3 mod_revision, 4 version, 5 value, 6 lease}
 """
@@ -127,6 +128,20 @@ class EtcdWriter:
                                   lambda m: dict(pbwire.fields(m)), self.timeout)
         granted = reply.get(2)
         return int(granted) if isinstance(granted, int) else lease_id
+
+    def keep_alive(self, lease_ids: Sequence[int]) -> None:
+        """Renew every lease in ``lease_ids`` once (one LeaseKeepAlive stream, one request and reply each), so
+        none expires in the scratch store while a replay runs longer than its TTL."""
+        if not lease_ids:
+            return
+        call = self.client.stream("/etcdserverpb.Lease/LeaseKeepAlive",
+                                  iter([pbwire.encode_varint_field(1, i) for i in lease_ids]), bytes, self.timeout)
+        try:
+            for answered, _ in enumerate(call, 1):
+                if answered >= len(lease_ids):
+                    break
+        finally:
+            call.cancel()
 
     def range(self, key: bytes, range_end: bytes = b"", revision: int = 0,
               timeout: Optional[float] = None) -> tuple[int, list[KeyValue]]:

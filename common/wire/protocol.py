@@ -230,7 +230,8 @@ _NONE: Schema = MappingProxyType({})
 
 # Idempotent: every read; snapshot.put (a chunk lands at its offset, and the agent records each reply by
 # request id); snapshot.put.abort (dropping what is gone already is a no-op); restore.step (recorded on
-# disk per (op_id, step)). Not snapshot.take: after an agent restart a resent one takes a second snapshot.
+# disk per (op_id, step)); capture.read (a read from a revision acknowledges what is before it, so a resent
+# read answers the same changes). Not snapshot.take: after an agent restart a resent one takes a second snapshot.
 OPS: Mapping[str, OpSpec] = _ops(
     OpSpec("ping", _NONE, idempotent=True, doc="liveness and authentication check"),
     OpSpec("status", _NONE, idempotent=True, doc="the member, runtime, store and current operation"),
@@ -290,6 +291,13 @@ OPS: Mapping[str, OpSpec] = _ops(
     }), check=_check_admin,
         doc="one administrative call to the local etcd for the coordinator: the member list, member add, remove "
             "and promote, defragment, disarm an alarm (not resent: the coordinator reads the member list again)"),
+    OpSpec("capture.read", MappingProxyType({
+        "after": Int(0, MAX_OFFSET),
+        "size": Int(1, MAX_CHUNK),
+    }), reply_data=True, idempotent=True,
+        doc="continuous backup: the changes after revision 'after' (whole revisions, at most 'size' bytes), "
+            "watching from there when no watch of this agent can answer; acknowledges everything up to 'after'"),
+    OpSpec("capture.stop", _NONE, idempotent=True, doc="continuous backup: end this agent's watch"),
 )
 
 

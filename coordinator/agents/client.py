@@ -226,6 +226,13 @@ class AgentClient:
         """The agent's status report; ``retries`` within ``timeout`` (default: the idempotent ops' count)."""
         return self.call("status", timeout=timeout, retries=retries)
 
+    def capture_read(self, after: int, size: int, timeout: float = 5.0) -> tuple[dict[str, Any], bytes]:
+        """Continuous backup: the agent's captured changes after revision ``after`` (at most ``size`` bytes of
+        whole revisions) and what its watch reports; RemoteError, AgentUnreachable as ``call``."""
+        reply, data = self.request("capture.read", {"after": after, "size": size}, timeout=timeout)
+        result = reply.raise_for_error()
+        return result, bytes(data) if data is not None else b""
+
     # -- fetch ---------------------------------------------------------------
     def fetch_snapshot(
         self, name: str, dest: Path, *, expected_sha256: str, expected_size: int,

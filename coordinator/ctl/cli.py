@@ -77,7 +77,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     lines = [*_member_lines(report["members"]), "", *_quorum_lines(report["cluster"]), _cluster_line(report["cluster"]),
              *_vault_lines(report["vault"]), *_prestage_lines(report["vault"].get("prestage")),
-             *_restore_lines(report.get("restores") or {}), *_coordinator_lines(report["coordinator"])]
+             *_restore_lines(report.get("restores") or {}), *continuous_lines(report.get("continuous")),
+             *_coordinator_lines(report["coordinator"])]
     print("\n".join(lines))
     return EXIT_OK
 
@@ -176,6 +177,39 @@ def _prestage_lines(p: Optional[dict[str, Any]]) -> list[str]:
     return [f"newest snapshot {p['newest'][:12]} pre-staged on: {', '.join(parts) or 'no member yet'}"]
 
 
+def window_phrase(c: dict[str, Any]) -> str:
+    """"any point from 2026-12-05T14:00:00Z to 12s ago (revisions 80..88211); gaps: none"."""
+    now = float(c.get("now_unix") or c.get("now") or time.time())
+    spans = c.get("window") or []
+    if not spans:
+        return "no point-in-time window yet (it starts with the first full snapshot after the capture began)"
+    parts = []
+    for w in spans:
+        ago = max(0.0, now - float(w["last_unix"]))
+        end = f"{format_duration(ago)} ago" if ago < 3600 else str(w["last_at"])
+        parts.append(f"any point from {w['first_at']} to {end} (revisions {w['first_revision']}.."
+                     f"{w['last_revision']}{'' if len(spans) == 1 else ', cluster ' + w['cluster_id']})")
+    gaps = c.get("gaps") or []
+    gap_text = ", ".join(f"revisions {g['first_revision']}..{g['last_revision']} (found {g['found_at']})"
+                         for g in gaps)
+    return "; ".join(parts) + f"; gaps: {gap_text or 'none'}"
+
+
+def continuous_lines(c: Optional[dict[str, Any]]) -> list[str]:
+    """Continuous backup in status: what the capture does, its lag, the window."""
+    if not c:
+        return []
+    if not c.get("enabled"):
+        return ["continuous backup: off ([continuous] enabled = false); restores go back to a full snapshot"]
+    if c.get("running"):
+        doing = f"capturing on member {c.get('member')}, lag {format_duration(float(c.get('lag_seconds') or 0))}"
+    else:
+        doing = f"NOT RUNNING: {c.get('doing')}"
+        if c.get("error"):
+            doing += f" (last error {_age(_since(c, 'error_at'))}: {c['error']})"
+    return [f"continuous backup: {doing}", f"  {window_phrase(c)}"]
+
+
 def _since(d: dict[str, Any], key: str) -> Optional[float]:
     """Seconds since the time ``d[key]`` (unix seconds, or stamped: ISO with ``*_unix`` beside it)."""
     unix = d.get(f"{key[:-3]}_unix", d.get(key))
@@ -242,6 +276,9 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
                      format_duration(max(0.0, now - e["created_unix"])), format_bytes(e["size"]), str(e["revision"]),
                      e["member"], e["etcd_version"] or "-", "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
     print(_table(rows))
+    continuous = reply.get("continuous") if isinstance(reply, dict) else None
+    if continuous and continuous.get("enabled"):
+        print(f"point in time: {window_phrase(continuous)}")
     return EXIT_OK
 
 

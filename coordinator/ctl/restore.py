@@ -18,6 +18,8 @@ from etcdguard.common.base.errors import EXIT_OK, EXIT_UNSAFE, UsageError
 from etcdguard.common.ops.cluster_plan import OVERRIDES, RestorePlan
 from etcdguard.common.ops.flows import CLUSTER_RESTORE, FLOWS
 from etcdguard.coordinator.ctl.cli import _json_flag, _table, ask, command, emit
+from etcdguard.coordinator.pitr.plan import render_point
+from etcdguard.coordinator.pitr.times import parse_moment
 from etcdguard.coordinator.restore.plan import render_plan
 
 
@@ -50,6 +52,12 @@ class RestoreProgress:
 
 def _restore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="vault id (a sha256 prefix) or 'latest'")
+    p.add_argument("--to-revision", type=int, metavar="N",
+                   help="point-in-time: the cluster as it was at revision N (a full snapshot plus the captured "
+                        "changes up to N, built on this host first)")
+    p.add_argument("--to-time", metavar="T",
+                   help="point-in-time: the cluster as it was at T (RFC 3339 with a zone, e.g. 2026-12-05T14:32:05Z, "
+                        "or a duration ago: 5m, '5m ago')")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--plan", action="store_true", help="print the restore plan; change nothing")
     mode.add_argument("--resume", metavar="OP", help="continue an interrupted or paused restore")
@@ -91,11 +99,35 @@ def _mode(args: argparse.Namespace) -> str:
                      "--cancel OP")
 
 
-@command("restore", "restore the whole cluster from a vault snapshot (--plan first, then --yes)", _restore_args)
-def cmd_restore(args: argparse.Namespace) -> int:
-    mode = _mode(args)
+def _point_request(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """The request of a point-in-time restore (--to-revision / --to-time); UsageError for what does not go."""
+    if args.to_revision is not None and args.to_time is not None:
+        raise UsageError("give --to-revision or --to-time, not both")
+    if mode not in ("plan", "run"):
+        raise UsageError("--to-revision and --to-time go with --plan or --yes")
+    if args.snapshot:
+        raise UsageError("a point-in-time restore chooses its own full snapshot: give no SNAPSHOT with "
+                         "--to-revision or --to-time")
+    if args.plan_id:
+        raise UsageError("--plan-id is not for a point-in-time restore (its snapshot is built after the plan)")
+    if args.to_revision is not None and args.to_revision < 0:
+        raise UsageError("--to-revision: a revision is a whole number >= 0")
+    request: dict[str, Any] = {"mode": mode, "force": args.force, "overrides": [
+        name for name in OVERRIDES if getattr(args, name.replace("-", "_"))]}
+    if args.to_revision is not None:
+        request["to_revision"] = args.to_revision
+    else:
+        request["to_time"] = parse_moment(args.to_time, time.time())
+    if args.until:
+        request["until"] = args.until
+    return request
+
+
+def _snapshot_request(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """The request of a restore of SNAPSHOT, or of an action on operation OP; UsageError for what does not go."""
     if mode in ("plan", "run") and not args.snapshot:
-        raise UsageError("give the SNAPSHOT to restore: a vault id (sha256 prefix) or 'latest'")
+        raise UsageError("give the SNAPSHOT to restore (a vault id, a sha256 prefix, or 'latest'), or a point in "
+                         "time with --to-revision N or --to-time T")
     if mode not in ("plan", "run") and args.snapshot:
         raise UsageError(f"--{mode} takes an operation id, not a snapshot")
     if args.plan_id and mode != "run":
@@ -116,6 +148,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         request["op"] = getattr(args, mode)
         request["yes"] = args.yes
+    return request
+
+
+@command("restore", "restore the whole cluster from a vault snapshot (--plan first, then --yes)", _restore_args)
+def cmd_restore(args: argparse.Namespace) -> int:
+    mode = _mode(args)
+    if args.to_revision is not None or args.to_time is not None:
+        return _point_in_time(args, _point_request(args, mode))
+    request = _snapshot_request(args, mode)
     if mode == "plan":
         data = ask(args, "restore", request)
         plan = RestorePlan.from_json(data)
@@ -132,6 +173,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
                                                                    f"--rollback {request['op']} --yes")
         return EXIT_UNSAFE if plan.blocking else EXIT_OK
     emit(args, result, render_summary(result))
+    return EXIT_OK if result.get("state") in ("done", "paused", "rolled-back") else 1
+
+
+def _point_in_time(args: argparse.Namespace, request: dict[str, Any]) -> int:
+    if request["mode"] == "plan":
+        data = ask(args, "restore", request)
+        point = data.pop("point_in_time")
+        plan = RestorePlan.from_json(data)
+        run_with = f"etcdguardctl restore --to-revision {point['revision']} --yes"
+        emit(args, {**data, "op": plan.op, "point_in_time": point},
+             render_point(point, plan.discarded_revisions, plan.live_revision) + "\n\n"
+             + render_plan(plan, run_with=run_with))
+        return EXIT_UNSAFE if plan.blocking else EXIT_OK
+    result = ask(args, "restore", request, on_progress=RestoreProgress())
+    point = result.get("point_in_time") or {}
+    head = (f"point-in-time restore to revision {point.get('revision')} of cluster {point.get('cluster_id')} "
+            f"(snapshot {str(point.get('snapshot', ''))[:12]}, pinned in the vault)\n")
+    emit(args, result, head + render_summary(result))
     return EXIT_OK if result.get("state") in ("done", "paused", "rolled-back") else 1
 
 

@@ -12,7 +12,11 @@ A put that carried a lease gets it again: leases the snapshot held are still
 there, and one granted later is granted again with its original id and the
 TTL the capture read; a lease whose TTL was not captured cannot be granted,
 so its keys are put without one and counted (Kubernetes recreates node
-leases and events within seconds).
+leases and events within seconds). Every lease the scratch store holds is
+renewed each second while the replay runs: a replay longer than a lease's
+TTL (kube-apiserver's master leases live 15 s) must not see it expire and
+delete its keys on its own; the restored cluster then counts each TTL from
+its own start, as etcd does after any restore.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from etcdguard.common.etcd.writes import PUT as OP_PUT
 from etcdguard.common.etcd.writes import EtcdWriter, Op
 
 Progress = Callable[[int, int], None]     # (revisions applied, up to revision)
+KEEP_ALIVE_EVERY = 1.0                    # seconds between renewals of every lease the scratch store holds
 
 
 class ReplayError(EtcdguardError):
@@ -78,6 +83,7 @@ class Replayer:
         self.stats = ReplayStats()
         self._leases = existing_leases(writer)
         self._ttls: dict[int, int] = {}
+        self._renewed = time.monotonic()
 
     def apply(self, events: Iterable[Event]) -> None:
         """Apply every revision of ``events`` up to ``upto`` (earlier ones, already in the store, are skipped)."""
@@ -85,6 +91,7 @@ class Replayer:
         for revision, group in by_revision(events):
             if revision <= self.expected:
                 continue
+            self._keep_leases()
             if revision > self.upto:
                 break
             if revision != self.expected + 1:
@@ -115,6 +122,12 @@ class Replayer:
         self.stats.events += len(ops)
         if self.progress is not None and self.stats.revisions % 1000 == 0:
             self.progress(revision, self.upto)
+
+    def _keep_leases(self) -> None:
+        now = time.monotonic()
+        if now - self._renewed >= KEEP_ALIVE_EVERY:
+            self.writer.keep_alive(sorted(self._leases))
+            self._renewed = now
 
     def _lease_for(self, lease: int) -> int:
         if lease == 0 or lease in self._leases:

@@ -155,8 +155,8 @@ def describe_phases(p: RestorePlan) -> tuple[PlannedPhase, ...]:
     return tuple(step.describe(p) for step in FLOWS.get(p.flow, CLUSTER_RESTORE).steps)
 
 
-def render_plan(p: RestorePlan) -> str:
-    """The plan for a terminal."""
+def render_plan(p: RestorePlan, run_with: Optional[str] = None) -> str:
+    """The plan for a terminal; ``run_with``: the command that runs it (default: this snapshot's, by plan id)."""
     snap = p.restored
     title = ("cluster restore" if p.kind == KIND_RESTORE
              else f"rollback of {p.rollback_of}: a new, forward restore of its pre-restore snapshot")
@@ -192,9 +192,8 @@ def render_plan(p: RestorePlan) -> str:
         lines.append(f"  warning: {w}")
     lines += _render_refusals(p)
     flags = "".join(f" --{o}" for o in p.overrides)
-    lines.append("  nothing has been changed" + ("" if p.blocking else
-                                                  f"; run it with: etcdguardctl restore {snap.id[:12]} --yes "
-                                                  f"--plan-id {p.plan_id}{flags}"))
+    command = run_with or f"etcdguardctl restore {snap.id[:12]} --yes --plan-id {p.plan_id}"
+    lines.append("  nothing has been changed" + ("" if p.blocking else f"; run it with: {command}{flags}"))
     return "\n".join(lines)
 
 

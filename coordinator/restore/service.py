@@ -186,19 +186,25 @@ class RestoreService:
 
     def plan(self, ref: str, *, force: bool = False, overrides: tuple[str, ...] = (), op: Optional[str] = None,
              kind: str = "restore", rollback_of: Optional[str] = None, bump: Optional[int] = None) -> RestorePlan:
+        entry = self._vault().resolve(ref)
+        return self.plan_snapshot(snapshot_ref(entry), self._verify_vault_copy(entry), force=force,
+                                  overrides=overrides, op=op, kind=kind, rollback_of=rollback_of, bump=bump)
+
+    def plan_snapshot(self, snapshot: SnapshotRef, vault_problem: Optional[str], *, force: bool = False,
+                      overrides: tuple[str, ...] = (), op: Optional[str] = None, kind: str = "restore",
+                      rollback_of: Optional[str] = None, bump: Optional[int] = None) -> RestorePlan:
+        """The plan of restoring ``snapshot`` (a vault entry's, or one a point-in-time restore will build)."""
         config = self._config()
-        vault = self._vault()
-        entry = vault.resolve(ref)
         views = self._links().survey(config.coordinator.request_timeout)
         r = config.restore
         warm = WarmState(config.coordinator.state_dir).read() if r.warm_standby and bump is None else None
         options = PlanOptions(force=force, bump_revision=r.bump_revision if bump is None else bump,
                               safety_snapshot=r.safety_snapshot, start_timeout=r.start_timeout,
                               fence_settle=r.fence_settle, kind=kind, rollback_of=rollback_of, overrides=overrides,
-                              bump_at_least=usable_bump(warm, entry.sha256))
+                              bump_at_least=usable_bump(warm, snapshot.id))
         operations = self.journals.all()
-        plan = build_plan(views, config.members, snapshot_ref(entry), options, op=op or new_op_id(),
-                          created_at=iso_utc(time.time()), vault_problem=self._verify_vault_copy(entry),
+        plan = build_plan(views, config.members, snapshot, options, op=op or new_op_id(),
+                          created_at=iso_utc(time.time()), vault_problem=vault_problem,
                           open_operations=self.open_operations(),
                           lineage=[*self.lineage.links(), *links_of(operations)],
                           known_operations=self.journals.ids())
@@ -250,7 +256,7 @@ class RestoreService:
             return self.cleanup(op, yes=bool(args.get("yes")))
         raise UsageError(f"restore: unknown mode {mode!r} (plan, run, resume, rollback, attach, cleanup, cancel)")
 
-    def run(self, args: Mapping[str, Any], emit: Emit) -> dict[str, Any]:
+    def _refuse_open(self) -> None:
         open_ops = self.open_operations()
         if open_ops:
             damaged = {op for op, _ in self.journals.damaged()}
@@ -259,6 +265,9 @@ class RestoreService:
                 f"{self.journals.path(op)}, then move its directory out of {self.journals.root}"
                 if op in damaged else f"restore operation {op} is not finished; resume it, roll it back or "
                 f"wait for it (etcdguardctl restores)" for op in open_ops))
+
+    def run(self, args: Mapping[str, Any], emit: Emit) -> dict[str, Any]:
+        self._refuse_open()
         plan = self._plan_for(args)
         wanted = args.get("plan_id")
         if wanted is not None and wanted != plan.plan_id:
@@ -270,13 +279,11 @@ class RestoreService:
             raise UsageError(f"--until {until!r}: not a phase ({', '.join(CLUSTER_RESTORE.names)})")
         return _json(self._launch_new(plan, emit, until=until))
 
-    def launch(self, plan: RestorePlan, emit: Emit) -> Summary:
-        """Run a new operation of any flow from its plan (refused while another one is open or running)."""
-        open_ops = self.open_operations()
-        if open_ops:
-            raise UnsafeRefusal(f"refused, nothing was changed: operation {', '.join(open_ops)} is not finished; "
-                                "resume it, roll it back or wait for it (etcdguardctl restores)")
-        return self._launch_new(plan, emit)
+    def launch(self, plan: RestorePlan, emit: Emit, until: Optional[str] = None) -> Summary:
+        """Run a new operation of any flow from its plan (refused while another one is open or running) and
+        follow it to its end."""
+        self._refuse_open()
+        return self._launch_new(plan, emit, until=until)
 
     def _launch_new(self, plan: RestorePlan, emit: Emit, until: Optional[str] = None) -> Summary:
         if plan.blocking:

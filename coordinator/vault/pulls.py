@@ -141,8 +141,9 @@ class VaultPulls:
                                    if newest else None, newest.size if newest else 0, newest.revision if newest else 0)
 
     # -- etcdguardctl backup ---------------------------------------------------
-    def backup(self, member: Optional[str], emit: Emit) -> dict[str, Any]:
-        """Take a snapshot on ``member`` (default: a healthy follower) and pull it into the vault."""
+    def backup(self, member: Optional[str], emit: Emit, kind: str = MANUAL) -> dict[str, Any]:
+        """Take a snapshot on ``member`` (default: a healthy follower) and pull it into the vault, as an entry of
+        ``kind`` (``manual``: etcdguardctl backup; ``scheduled``: one the coordinator decided on itself)."""
         config = self._config()
         if member is not None and config.member(member) is None:
             raise UsageError(f"no member named {member!r} in the configuration "
@@ -159,7 +160,7 @@ class VaultPulls:
             started = time.monotonic()
             try:
                 meta = self.take(view.name, emit)
-                entry, pulled = self.pull(view.name, meta, emit, MANUAL)
+                entry, pulled = self.pull(view.name, meta, emit, kind)
             except EtcdguardError as exc:
                 self.failed(BACKUP, failure_reason(exc), f"backup on {view.name}: {exc}", view.name)
                 raise

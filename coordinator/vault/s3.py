@@ -27,6 +27,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import itertools
 import logging
 import re
 import threading
@@ -231,7 +232,11 @@ class S3Store:
         return [_entry(n, pinned=pins.get(sha), bundle=sha in bundles) for sha, (_, n) in snapshots.items()]
 
     def list(self) -> builtins.list[VaultEntry]:
-        return self._entries(self._keys(self.prefix))
+        """The snapshots, bundles and pins (each its own prefix: segments, many small objects, are listed
+        on their own, by S3Segments)."""
+        keys = itertools.chain(*(self._keys(f"{self.prefix}{sub}") for sub in (names.SNAPSHOTS, names.BUNDLES,
+                                                                             names.PINS)))
+        return self._entries(keys)
 
     def get(self, sha256: str) -> Optional[VaultEntry]:
         keys = [*self._keys(f"{self.prefix}{names.SNAPSHOTS}{sha256}{names.SEP}")]
@@ -357,6 +362,60 @@ class S3Store:
 
     def ensure_space(self, size: int) -> None:
         return None
+
+
+class S3Segments:
+    """Continuous backup's segments as objects under ``<prefix>segments/`` (vault/segstore.py): small,
+    uploaded whole with one PutObject (atomic: a failed upload is never listed)."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
+        self.root = f"{store.prefix}segments/"
+        self.location = f"s3://{store.bucket}/{self.root}"
+
+    def list_objects(self) -> builtins.list[tuple[str, int]]:
+        s = self.store
+        out = []
+        with s._calling("list", f"listing {self.location}"):
+            for page in s.client.get_paginator("list_objects_v2").paginate(Bucket=s.bucket, Prefix=self.root):
+                for obj in page.get("Contents", []) or []:
+                    out.append((str(obj["Key"])[len(self.root):], int(obj.get("Size", 0))))
+        return out
+
+    def put(self, name: str, data: bytes) -> None:
+        s = self.store
+        key = self.root + name
+        extra: dict[str, Any] = {"Metadata": {META_CONTENT: hashlib.sha256(data).hexdigest()}}
+        if s.settings.sse:
+            extra["ServerSideEncryption"] = s.settings.sse
+            if s.settings.sse_kms_key_id:
+                extra["SSEKMSKeyId"] = s.settings.sse_kms_key_id
+        if s.settings.storage_class:
+            extra["StorageClass"] = s.settings.storage_class
+        with s._calling("upload", f"uploading {key}", key):
+            s.client.put_object(Bucket=s.bucket, Key=key, Body=data, **extra)
+
+    def get(self, name: str) -> bytes:
+        s = self.store
+        key = self.root + name
+        with s._calling("download", f"reading {key}", key):
+            obj = s.client.get_object(Bucket=s.bucket, Key=key)
+            try:
+                data: bytes = obj["Body"].read()
+            finally:
+                obj["Body"].close()
+        recorded = {k.lower(): v for k, v in (obj.get("Metadata") or {}).items()}.get(META_CONTENT)
+        digest = hashlib.sha256(data).hexdigest()
+        if recorded is not None and recorded != digest:
+            raise SnapshotCorrupt(f"{self.location}: {name}: its bytes hash to {digest[:16]}, its metadata "
+                                  f"records {recorded[:16]}: altered or damaged; refused")
+        return data
+
+    def delete(self, name: str) -> None:
+        s = self.store
+        key = self.root + name
+        with s._calling("delete", f"deleting {key}", key):
+            s.client.delete_object(Bucket=s.bucket, Key=key)
 
 
 class _Checked:

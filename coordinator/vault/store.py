@@ -63,6 +63,8 @@ from etcdguard.coordinator.vault.entry import (
     resolve_ref,
     same_data,
 )
+from etcdguard.coordinator.vault.segments import SegmentVault
+from etcdguard.coordinator.vault.segstore import segment_objects
 from etcdguard.coordinator.vault.verified import (
     UPLOADED,
     VERIFIED,
@@ -111,6 +113,9 @@ class Vault:
         self.seen_at: Optional[float] = None
         self.unsaved: Optional[str] = None         # sha256 of a snapshot whose upload failed, until one succeeds
         self.catalog = Catalog()   # the last listing, for answers that must not wait on the backend
+        # continuous backup's segments, on the same backend and encrypted the same way
+        self.segments = SegmentVault(segment_objects(self.store), recipients=self.recipients, identity=identity,
+                                     on_failure=on_failure)
         self.prepared = False
         # Retention and pins: an entry pinned while retention decides is never deleted.
         self._lock = threading.Lock()
@@ -190,6 +195,7 @@ class Vault:
                     self.catalog.failed(str(exc))   # the listing it stands for failed
                     raise
             self.list()
+            self.segments.refresh()
         except (EtcdguardError, OSError) as exc:
             if str(exc) != before:   # an outage logs once, not at every listing
                 log.error("vault: %s", exc)
@@ -545,7 +551,8 @@ class Vault:
             self.records.drop(self.location, entry.sha256)
 
     def apply_retention(self, keep: int) -> builtins.list[retention.Verdict]:
-        """Keep pinned entries and the ``keep`` newest others (the newest always); delete the rest."""
+        """Keep pinned entries and the ``keep`` newest others (the newest always); delete the rest, and the
+        continuous backup segments no kept snapshot needs."""
         with self._lock:
             entries = {e.sha256: e for e in self.list()}
             verdicts = retention.decide([retention.Aged(e.sha256, e.created_unix, e.pinned, e.revision, e.cluster_id)
@@ -554,6 +561,7 @@ class Vault:
                 if not v.keep:
                     log.info("vault retention: deleting %s (%s)", v.name[:16], v.reason)
                     self.delete(entries[v.name])
+            self.segments.prune([entries[v.name] for v in verdicts if v.keep])
         self.sweep()
         return verdicts
 

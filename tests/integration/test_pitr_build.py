@@ -101,3 +101,29 @@ def test_a_missing_revision_stops_the_replay_with_the_reason(etcd_member: EtcdMe
         build(binaries, base, base_rev, [decode(data)], upto=events[-1].revision, out=tmp_path / "x.db",
               workdir=tmp_path)
     assert not (tmp_path / "x.db").exists() and not list(tmp_path.glob("etcdguard-scratch-*"))
+
+
+def test_a_replay_longer_than_a_lease_ttl_keeps_the_lease_and_its_keys(etcd_member: EtcdMember, tmp_path: Path):
+    """kube-apiserver's master leases live 15 s: a replay that takes longer must not see them expire (their
+    keys would vanish in the scratch store and every later revision would come back one off)."""
+    import time
+
+    from etcdguard.coordinator.pitr.replay import Replayer
+
+    writer = EtcdWriter(EtcdClient(etcd_member.client_url, timeout=10.0))
+    lease = writer.lease_grant(3, 0)
+    writer.txn([Op("put", b"/registry/masterleases/10.0.0.1", b"x", lease)])
+    base = tmp_path / "base.db"
+    etcd_member.etcdctl("snapshot", "save", str(base), timeout=120)
+    tool = probe_tool(etcd_member.build.restore_tool)
+    base_rev = snapshot_status(tool, base).revision
+    binaries = EtcdBinaries(etcd_member.build.etcd, tool)
+    with serving(binaries, base, tmp_path) as (_, client):
+        scratch = EtcdWriter(client)
+        replayer = Replayer(scratch, base_rev, base_rev + 7)
+        for i in range(1, 8):                      # about 7 s of replay, more than twice the lease's TTL
+            replayer.apply([Event(base_rev + i, 0, PUT, f"/registry/pods/p{i}".encode(), b"v")])
+            time.sleep(1.0)
+        assert replayer.done
+        _, kvs = scratch.range(b"/registry/masterleases/", prefix_end(b"/registry/masterleases/"))
+        assert [(kv.key, kv.lease) for kv in kvs] == [(b"/registry/masterleases/10.0.0.1", lease)]

@@ -666,3 +666,35 @@ def test_a_failed_copy_is_shown_counted_and_retried_once_s3_answers_again(tmp_pa
         coord.stop()
         agent.stop()
         proxy.close()
+
+
+# -- continuous backup's segments -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["s3", "dir"])
+def test_segments_round_trip_encrypted_listed_apart_from_snapshots(tmp_path, moto, bucket, backend):
+    from etcdguard.common.capture.segment import PUT, Event, encode
+
+    need_age()
+    identity, recipient = age_keypair(tmp_path / "keys")
+    config = config_for(tmp_path, moto, bucket, backend=backend, recipients=[recipient], identity=identity)
+    vault = open_vault(config)
+    vault.prepare()
+    events = [Event(r, 1_790_000_000_000 + r, PUT, b"/registry/secrets/s", b"top-secret-%d" % r) for r in range(8, 12)]
+    info, data = encode(events, cluster_id="7e3a1c0f", member="m1", first=8, last=11)
+    stored = vault.segments.write("7e3a1c0f", info, data)
+    assert stored.encrypted and stored.name.endswith(".jsonl.age")
+    if backend == "s3":
+        keys = moto.keys_in_bucket(bucket)
+        assert keys == [f"prod/segments/{stored.name}"]
+        at_rest = moto.client().get_object(Bucket=bucket, Key=keys[0])["Body"].read()
+    else:
+        at_rest = (tmp_path / "vault" / "segments" / stored.name).read_bytes()
+    assert is_age_file(at_rest) and b"top-secret" not in at_rest and b"c2VjcmV0" not in at_rest
+    fresh = open_vault(config)                 # a restarted coordinator: the listing alone tells the range
+    fresh.prepare()
+    assert fresh.list() == []
+    assert [s.info for s in fresh.segments.refresh()] == [info]
+    assert fresh.segments.read(stored).events == tuple(events)
+    fresh.segments.delete(stored)
+    assert fresh.segments.refresh() == ()

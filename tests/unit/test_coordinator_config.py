@@ -196,3 +196,19 @@ def test_load_keys_names_the_config_key_of_a_missing_file(tmp_path):
     c2 = parse({"coordinator": {"secret_key": str(tmp_path / "none.key_secret")}, "members": [MEMBER]})
     with pytest.raises(ConfigError, match=r"coordinator\.toml: coordinator\.secret_key .*none\.key_secret: no such"):
         load_keys(c2)
+
+
+def test_continuous_defaults_and_bounds():
+    from etcdguard.coordinator.config import parse_coordinator_config
+
+    c = parse_coordinator_config({}, "c.toml").continuous
+    assert (c.enabled, c.flush, c.segment_size) == (True, 5.0, 4 << 20)
+    c = parse_coordinator_config({"continuous": {"enabled": False, "flush": "2s", "segment_size": "1MiB"}},
+                                 "c.toml").continuous
+    assert (c.enabled, c.flush, c.segment_size) == (False, 2.0, 1 << 20)
+    for table, key in (({"flush": "0.1s"}, "flush"), ({"segment_size": "1KiB"}, "segment_size"),
+                       ({"segment_size": "1GiB"}, "segment_size"), ({"enabled": "yes"}, "enabled")):
+        with pytest.raises(ConfigError, match=rf"c\.toml: continuous\.{key}"):
+            parse_coordinator_config({"continuous": table}, "c.toml")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[continuous\]: interval"):
+        parse_coordinator_config({"continuous": {"interval": "5s"}}, "c.toml")

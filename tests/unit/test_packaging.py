@@ -242,7 +242,7 @@ def test_coordinator_metrics_are_documented() -> None:
     from etcdguard.coordinator.metrics import CoordinatorMetrics
 
     exported = {m.name for m in CoordinatorMetrics().registry.collect()} - {"etcdguard_build_info"}
-    exported = {n + "_total" if n.endswith("failures") else n for n in exported}
+    exported = {n + "_total" if n.endswith(("failures", "gaps")) else n for n in exported}
     assert documented_metrics()["coordinator"] == exported
     # the design's names are all there
     assert {
@@ -477,6 +477,7 @@ COORDINATOR_EXTRA_KEYS = {
     "restore": {"bump_revision", "safety_snapshot", "start_timeout", "fence_settle", "step_timeout",
                 "prepare_timeout", "agent_down", "prestage", "prestage_rate", "warm_standby"},
     "scratch": {"etcd", "tool", "dir"},
+    "continuous": {"segment_size"},
 }
 
 # The coordinator's keys, as design.md section 4 fixes them.
@@ -486,6 +487,7 @@ COORDINATOR_KEYS = {
     "vault.s3": {"endpoint", "region", "bucket", "prefix", "path_style", "credentials_file"},
     "metrics": {"listen"},
     "members": {"name", "agent", "public_key"},
+    "continuous": {"enabled", "flush"},
 }
 
 

@@ -76,16 +76,17 @@ def test_registry_declares_the_ops_and_flags():
         "ping", "status", "snapshot.list", "snapshot.take", "snapshot.fetch", "snapshot.put",
         "snapshot.put.abort", "restore.step", "restore.status", "etcd.inspect", "bundle.fetch", "restore.warm",
         "etcd.admin",
+        "capture.read", "capture.stop",
     }
     assert {n for n, s in P.OPS.items() if s.destructive} == {"restore.step"}
     assert {n for n, s in P.OPS.items() if s.data} == {"snapshot.put"}
-    assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch", "bundle.fetch"}
+    assert {n for n, s in P.OPS.items() if s.reply_data} == {"snapshot.fetch", "bundle.fetch", "capture.read"}
     # every op but snapshot.take and etcd.admin is safe to resend: reads, offset-addressed puts, steps deduplicated
     # by (op_id, step); etcd.admin is not resent (a member add twice fails): its callers read the member list again
     assert {n for n, s in P.OPS.items() if not s.idempotent} == {"snapshot.take", "etcd.admin"}
     assert [n for n in P.OPS if P.is_idempotent(n)] == [n for n, s in P.OPS.items() if s.idempotent]
     assert not P.is_idempotent("no.such.op")
-    assert list(P.OPS)[-1] == "etcd.admin"   # new ops go at the end
+    assert list(P.OPS)[-3:] == ["etcd.admin", "capture.read", "capture.stop"]   # new ops go at the end
     assert P.STEPS == ("preflight", "prepare", "fence", "stop", "swap", "start", "verify",
                        "unfence", "restart-controllers", "retire", "set-aside", "join", "settle",
                        "undo-prepare", "undo-fence", "undo-stop", "undo-swap", "undo-start", "undo-unfence",
@@ -138,6 +139,9 @@ VALID = [
     ("etcd.admin", {"action": "member-add", "peer_url": "https://10.0.0.3:2380", "learner": True, "timeout": 15}, None),
     ("etcd.admin", {"action": "member-remove", "member_id": "8e9e05c52164694d"}, None),
     ("etcd.admin", {"action": "alarm-disarm", "member_id": "8e9e05c52164694d", "alarm": "NOSPACE"}, None),
+    ("capture.read", {"after": 0, "size": 1}, None),
+    ("capture.read", {"after": 1_000_000_042, "size": P.MAX_CHUNK}, None),
+    ("capture.stop", {}, None),
 ]
 
 
