@@ -40,6 +40,7 @@ class CoordinatorSettings:
 
 
 BACKENDS = ("dir", "s3")
+COMPRESSIONS = ("zstd", "none")
 SSE_MODES = ("AES256", "aws:kms")
 MIN_PART_SIZE = 5 << 20             # S3's smallest multipart part
 MAX_PART_SIZE = 1 << 30
@@ -80,6 +81,8 @@ class VaultSettings:
     encrypt_to: tuple[str, ...] = ()   # age recipients: with any, nothing is stored unencrypted
     age_identity: Optional[Path] = None   # decrypts on fetch and export (0600)
     s3: Optional[S3Settings] = None    # with backend = "s3"
+    compression: str = "zstd"          # how new objects are stored: "zstd" or "none" (old objects read either way)
+    compression_level: int = 1         # zstd level, 1 (fastest) to 19
 
 
 @dataclass(frozen=True)
@@ -205,9 +208,20 @@ def _vault(t: Table) -> VaultSettings:
         encrypt_to=recipients,
         age_identity=t.path("age_identity"),
         s3=s3,
+        compression=t.choice("compression", COMPRESSIONS, d.compression) or d.compression,
+        compression_level=_level(t, d.compression_level),
     )
     t.finish()
     return s
+
+
+def _level(t: Table, default: int) -> int:
+    from etcdguard.common.snapshot.compression import MAX_LEVEL, MIN_LEVEL
+
+    level = t.integer("compression_level", default, minimum=MIN_LEVEL)
+    if level is not None and level > MAX_LEVEL:
+        raise t.error("compression_level", f"a zstd level from {MIN_LEVEL} (fastest) to {MAX_LEVEL}")
+    return default if level is None else level
 
 
 def _scratch(t: Table) -> ScratchSettings:

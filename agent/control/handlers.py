@@ -161,7 +161,7 @@ class Handlers:
 
     def snapshot_fetch(self, call: Call) -> Result:
         a = call.args
-        return self.fetch.read(self.store(), a["name"], a["offset"], a["size"])
+        return self.fetch.read(self.store(), a["name"], a["offset"], a["size"], a.get("zstd_level"))
 
     def bundle_fetch(self, call: Call) -> Result:
         a = call.args

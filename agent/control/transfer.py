@@ -3,7 +3,9 @@
 Both directions are credit-based (the ZeroMQ guide's fileio): the receiver
 asks for, or the sender pushes, a bounded number of chunks at a time, each
 addressed by its byte offset, so a transfer resumes at any offset and memory
-use does not grow with the file. Every file is checked end to end: its
+use does not grow with the file. A fetch may ask for its chunks compressed:
+each is then sent as one zstd frame of its own (common/snapshot/compression.py),
+so the transfer shrinks and stays addressable by offset. Every file is checked end to end: its
 sha256 and the SHA-256 trailer etcd appends to a snapshot.
 
 Uploads are written to ``<staging>/<upload>.partial`` and become
@@ -27,6 +29,7 @@ from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
+from etcdguard.common.snapshot import compression
 from etcdguard.common.snapshot.integrity import KnownSizeDigest
 from etcdguard.common.snapshot.sidecar import read_sidecar
 from etcdguard.common.wire.protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
@@ -106,8 +109,10 @@ class FetchFiles:
         self._open[real] = entry
         return entry
 
-    def read(self, store: SnapshotStore, name: str, offset: int, size: int) -> tuple[dict[str, Any], bytes]:
-        """One chunk: (result, data) as the snapshot.fetch reply carries them."""
+    def read(self, store: SnapshotStore, name: str, offset: int, size: int,
+             zstd_level: Optional[int] = None) -> tuple[dict[str, Any], bytes]:
+        """One chunk: (result, data) as the snapshot.fetch reply carries them. With ``zstd_level`` the data
+        is the chunk as one zstd frame (compression.py), and ``size`` still counts the snapshot's bytes."""
         entry = self._get(store, name, time.monotonic())
         if offset > entry.size:
             raise ProtocolError(BAD_REQUEST, f"offset {offset} is past the end of {name} ({entry.size} bytes)")
@@ -116,8 +121,12 @@ class FetchFiles:
         if len(data) != n:
             self._close(entry)
             raise SnapshotCorrupt(f"snapshot {name}: short read at offset {offset} (file truncated?)")
-        return ({"name": name, "offset": offset, "size": n, "total": entry.size, "sha256": entry.sha256,
-                 "eof": offset + n == entry.size}, data)
+        result = {"name": name, "offset": offset, "size": n, "total": entry.size, "sha256": entry.sha256,
+                  "eof": offset + n == entry.size}
+        if zstd_level is not None and n:
+            data = compression.compress_frame(data, zstd_level)
+            result["encoding"] = compression.ZSTD
+        return result, data
 
     def forget(self, path: Path) -> None:
         entry = self._open.get(path)

@@ -288,7 +288,7 @@ class VaultPulls:
         self.retention()
         return entry, pulled
 
-    def _fetcher(self, name: str, incoming: Incoming, emit: Emit) -> Callable[[Path], None]:
+    def _fetcher(self, name: str, incoming: Incoming, emit: Emit) -> Callable[[Path], Optional[str]]:
         """What the vault calls to write the snapshot at its temp path: a transfer on a client of its own."""
         progress = Throttled(emit, stage="fetch", member=name, name=incoming.original_name)
         links = self._links()
@@ -299,11 +299,15 @@ class VaultPulls:
                              f"{format_bytes(done)} of {format_bytes(total)}")
             progress(done, total)
 
-        def fetch(dest: Path) -> None:
+        level = self._vault().zstd_level
+
+        def fetch(dest: Path) -> str:
             client = links.dedicated(name)
             try:
-                client.fetch_snapshot(incoming.original_name, dest, expected_sha256=incoming.sha256,
-                                      expected_size=incoming.size, progress=track, timeout=timeout)
+                # compressed: the agent compresses each chunk as it sends it, and the vault stores the frames
+                return client.fetch_snapshot(incoming.original_name, dest, expected_sha256=incoming.sha256,
+                                             expected_size=incoming.size, progress=track, timeout=timeout,
+                                             zstd_level=level)
             finally:
                 client.close()
 

@@ -73,8 +73,8 @@ def measure(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 
 def vault_config(work: Path, backend: str, endpoint: str, bucket: str, creds: Path, recipient: str,
-                 identity: Path) -> dict[str, Any]:
-    vault: dict[str, Any] = {"backend": backend, "dir": str(work / f"vault-{bucket}")}
+                 identity: Path, compression: str = "zstd") -> dict[str, Any]:
+    vault: dict[str, Any] = {"backend": backend, "dir": str(work / f"vault-{bucket}"), "compression": compression}
     if recipient:
         vault.update(encrypt_to=[recipient], age_identity=str(identity))
     if backend == "s3":

@@ -196,7 +196,7 @@ def test_backup_into_an_encrypted_s3_vault_with_bundle_export_pins_and_dedup(etc
         assert first["pulled"] is True and entry["encrypted"] is True and entry["bundle"] is True
         keys = moto.keys_in_bucket("etcd-vault")
         snapshots = [k for k in keys if k.startswith("prod/snapshots/")]
-        assert snapshots and all(k.endswith(".db.age") for k in snapshots)
+        assert snapshots and all(k.endswith(".db.zst.age") for k in snapshots)   # compressed, then encrypted
         assert f"prod/bundles/{entry['sha256']}.tar.age" in keys
 
         # an idle cluster: a new snapshot of the same revision is not stored again

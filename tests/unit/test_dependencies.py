@@ -34,6 +34,7 @@ DISTRIBUTION = {
     "boto3": "boto3",
     "botocore": "boto3",    # boto3's own dependency; its exceptions are boto3's error API
     "yaml": "pyyaml",
+    "zstandard": "zstandard",
 }
 # distribution -> what the .deb depends on for it
 DEBIAN = {
@@ -44,6 +45,7 @@ DEBIAN = {
     "tomli": "python3-tomli | python3 (>= 3.11)",
     "boto3": "python3-boto3",
     "pyyaml": "python3-yaml",
+    "zstandard": "python3-zstandard",
 }
 NOT_PYTHON_DEBIAN = {"python3", "age", "adduser"}
 NOT_PYTHON_RPM = {"python3 >= 3.9", "age", "shadow-utils"}

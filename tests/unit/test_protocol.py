@@ -691,9 +691,23 @@ def step_request(draw):
     return ("restore.step", args, None)
 
 
+@st.composite
+def fetch_request(draw):
+    """A chunk, plain or compressed (a compressed one is at most MAX_COMPRESSED_CHUNK bytes of snapshot)."""
+    name = draw(field_values(P.OPS["snapshot.fetch"].args["name"]))
+    args = {"name": name, "offset": draw(st.integers(0, P.MAX_OFFSET))}
+    if draw(st.booleans()):
+        args.update(size=draw(st.integers(1, P.MAX_COMPRESSED_CHUNK)), zstd_level=draw(st.integers(1, 19)))
+    else:
+        args["size"] = draw(st.integers(1, P.MAX_CHUNK))
+    return ("snapshot.fetch", args, None)
+
+
 def op_request(op):
     if op == "snapshot.put":
         return put_request()
+    if op == "snapshot.fetch":
+        return fetch_request()
     if op == "restore.step":
         return step_request()
     schema = P.OPS[op].args
@@ -941,7 +955,7 @@ def test_fuzz_mutated_requests(item, mutation, data):
         path = draw(st.sampled_from(leaf_paths(header)))
         del at(header, path)[path[-1]]
         optional = ((path == ("args", "params") and args.get("step") not in ("prepare", "finish"))
-                    or path == ("args", "hashkv_revision"))
+                    or path in (("args", "hashkv_revision"), ("args", "zstd_level")))
         if not optional:
             must_fail_naming = path[-1]
         frames[0] = raw(header)
