@@ -111,6 +111,15 @@ class ScratchSettings:
 
 
 @dataclass(frozen=True)
+class DrillSettings:
+    """Restore drills: vault snapshots restored into a scratch etcd on this host and proven (coordinator/drill/)."""
+
+    interval: float = 86400.0        # a scheduled drill this often; 0: none (etcdguardctl drill still works)
+    enabled: Optional[bool] = None   # None: wherever a scratch etcd is available here; True: say loudly when not
+    sample_keys: int = 64            # keys read back one by one from the restored store
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: Optional[str] = "127.0.0.1:9480"   # None: no metrics endpoint
 
@@ -131,6 +140,7 @@ class CoordinatorConfig:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     members: tuple[MemberSettings, ...] = ()
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
+    drill: DrillSettings = field(default_factory=DrillSettings)
 
     def member(self, name: str) -> Optional[MemberSettings]:
         for m in self.members:
@@ -151,17 +161,18 @@ def parse_coordinator_config(data: dict[str, Any], source: str) -> CoordinatorCo
     vault = _vault(Table(source, "vault", top.data.get("vault")))
     restore = _restore(Table(source, "restore", top.data.get("restore")))
     scratch = _scratch(Table(source, "scratch", top.data.get("scratch")))
+    drill = _drill(Table(source, "drill", top.data.get("drill")))
     metrics_t = Table(source, "metrics", top.data.get("metrics"))
     metrics = MetricsSettings(listen=metrics_t.listen("listen", MetricsSettings.listen))
     if metrics_t.has("enabled") and not metrics_t.flag("enabled", True):
         metrics = MetricsSettings(listen=None)
     metrics_t.finish()
     members = _members(source, top.data.get("members"), coordinator.insecure)
-    for section in ("coordinator", "vault", "restore", "metrics", "members", "scratch"):
+    for section in ("coordinator", "vault", "restore", "metrics", "members", "scratch", "drill"):
         top._get(section)
     top.finish()
     return CoordinatorConfig(source=source, coordinator=coordinator, vault=vault, restore=restore,
-                             metrics=metrics, members=members, scratch=scratch)
+                             metrics=metrics, members=members, scratch=scratch, drill=drill)
 
 
 def _coordinator(t: Table) -> CoordinatorSettings:
@@ -226,6 +237,17 @@ def _level(t: Table, default: int) -> int:
 
 def _scratch(t: Table) -> ScratchSettings:
     s = ScratchSettings(etcd=t.path("etcd"), tool=t.path("tool"), dir=t.path("dir"))
+    t.finish()
+    return s
+
+
+def _drill(t: Table) -> DrillSettings:
+    d = DrillSettings()
+    raw = t._get("interval")
+    off = not isinstance(raw, bool) and raw in ("0", 0, "0s")   # "0": no scheduled drills
+    enabled = t.flag("enabled") if t.has("enabled") else None
+    s = DrillSettings(interval=0.0 if off else (t.duration("interval", d.interval) or d.interval), enabled=enabled,
+                      sample_keys=t.integer("sample_keys", d.sample_keys, minimum=1) or d.sample_keys)
     t.finish()
     return s
 

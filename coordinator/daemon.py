@@ -5,7 +5,9 @@ older than that) the loop starts a scheduled vault pull in a worker thread;
 what a pull does (ask every agent, choose a member and a snapshot, copy it,
 apply retention) is vault/pulls.py. The control socket's commands are
 dispatched to their parts: backups and pulls (vault/pulls.py), restores
-(restore/service.py), the status report (status.py), pins (vault/commands.py).
+(restore/service.py), restore drills (drill/service.py, which also runs their
+schedule in a thread of its own), the status report (status.py), pins
+(vault/commands.py).
 
 Long work (a scheduled pull, ``etcdguardctl backup``, a restore) runs one at
 a time in the daemon's single slot (common/base/slot.py), in threads the
@@ -38,6 +40,9 @@ from etcdguard.coordinator.agents.links import ClientFactory, MemberLinks, defau
 from etcdguard.coordinator.agents.view import MemberView, cluster_summary
 from etcdguard.coordinator.config import CoordinatorConfig, load_coordinator_config, load_keys, require_members
 from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
+from etcdguard.coordinator.drill.records import FILE_NAME as DRILLS_FILE
+from etcdguard.coordinator.drill.records import DrillRecords
+from etcdguard.coordinator.drill.service import Drills
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.restore.orchestrator import summarize
 from etcdguard.coordinator.restore.service import RestoreService
@@ -108,6 +113,9 @@ class CoordinatorDaemon(SignalFlags):
         self.prestage = Prestager(config=lambda: self.config, links=self._require_links, vault=lambda: self.vault,
                                   restoring=lambda: self.restores.active() is not None,
                                   on_change=self._prestage_changed)
+        self.drills = Drills(config=lambda: self.config, vault=lambda: self.vault, metrics=self.metrics,
+                             records=DrillRecords(config.coordinator.state_dir / DRILLS_FILE),
+                             restoring=lambda: self.restores.active() is not None)
 
     # -- setup -------------------------------------------------------------
     def _factory(self, config: CoordinatorConfig) -> ClientFactory:
@@ -155,7 +163,7 @@ class CoordinatorDaemon(SignalFlags):
 
     def snapshots_report(self) -> dict[str, Any]:
         listing = self._answer_listing(self._ask_listing())
-        return status.snapshots_report(listing, self.vault.location, time.time())
+        return status.snapshots_report(listing, self.vault.location, time.time(), self.drills.of_entries())
 
     def _survey(self) -> list[MemberView]:
         """Every agent's report, each waited for up to ``request_timeout`` (pulls, backups, the first survey)."""
@@ -203,6 +211,7 @@ class CoordinatorDaemon(SignalFlags):
             "backup": lambda args, emit: self.backup(_member_arg(args), emit),
             "restore": self.restores.command,
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
+            "drill": self.drills.command,
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
 
@@ -220,6 +229,7 @@ class CoordinatorDaemon(SignalFlags):
                 self._reschedule()
             self._wake.set()   # the loop refreshes its status line and schedule
             self.prestage.wake()
+            self.drills.wake()
 
     def _reschedule(self) -> None:
         """The next scheduled pull after the attempt just recorded."""
@@ -246,7 +256,7 @@ class CoordinatorDaemon(SignalFlags):
             views=views, vault=self.vault, listing=listing, config=self.config, restores=self.restores,
             busy=self.slot.doing, copies=self.pulls.copies.view(),
             next_pull_in=max(0.0, self.next_due - time.monotonic()) if self.next_due else None,
-            prestage=self.prestage.report())
+            prestage=self.prestage.report(), drills=self.drills.report())
 
     def refresh_restore_metrics(self) -> None:
         records = self.restores.records()
@@ -288,6 +298,7 @@ class CoordinatorDaemon(SignalFlags):
             self._reschedule()
             if self._worker_ok:
                 self.prestage.wake()
+                self.drills.wake()
             return
         now = time.monotonic()   # postponed (a backup or restore held the slot): nothing was attempted
         with self._schedule_lock:
@@ -347,6 +358,7 @@ class CoordinatorDaemon(SignalFlags):
         self.metrics.members.set(len(config.members))
         self.lister = self._lister_of(vault)
         self.lister.start()
+        self.drills.wake()
         if self.vault.catalog.wait_past(0, FIRST_LISTING).known:
             self.next_due = min(self.next_due, self._first_due())
         log.info("configuration reloaded from %s (%d members)", self.config_path, len(config.members))
@@ -396,6 +408,7 @@ class CoordinatorDaemon(SignalFlags):
         self.control = ControlServer(self.config.coordinator.control_socket, self.handle)
         self.control.start()
         self.prestage.start()
+        self.drills.start()
         try:
             self._start_metrics()
             return self._loop()
@@ -444,6 +457,7 @@ class CoordinatorDaemon(SignalFlags):
         self.lister.stop()
         self._restore_stop.set()   # a running restore stops at its next barrier, journaled as interrupted
         self.prestage.stop()
+        self.drills.stop()
         if self.control is not None:
             self.control.stop()
         # A pull or an etcdguardctl backup may still run: give it time to finish cleanly.

@@ -29,7 +29,8 @@ WAITING = ("interrupted", "paused", "needs-attention")   # restore states that w
 
 def status_report(*, views: Sequence[MemberView], vault: Vault, listing: Listing, config: CoordinatorConfig,
                   restores: RestoreService, busy: Optional[str], next_pull_in: Optional[float],
-                  copies: Copies, prestage: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  copies: Copies, prestage: Optional[dict[str, Any]] = None,
+                  drills: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The reply to ``status``: members, cluster, vault, restores and the coordinator itself.
 
     Each member's ``state`` and the cluster's ``quorum`` count only what the
@@ -42,6 +43,7 @@ def status_report(*, views: Sequence[MemberView], vault: Vault, listing: Listing
         "cluster": {**cluster_summary(views), "quorum": cluster_quorum(views).to_json()},
         "vault": {**vault_status(vault, listing, config, now), "prestage": prestage},
         "restores": restore_status(restores, views),
+        "drills": drills,
         "coordinator": {
             "version": __version__,
             "busy": busy,
@@ -79,10 +81,17 @@ def vault_status(vault: Vault, listing: Listing, config: CoordinatorConfig, now:
     }
 
 
-def snapshots_report(listing: Listing, location: str, now: float) -> dict[str, Any]:
-    """The reply to ``snapshots``: the entries of the last listing, newest first, and that listing."""
-    return {"entries": [e.to_json() for e in listing.entries], "location": location,
-            "listing": listing.to_json(now)}
+def snapshots_report(listing: Listing, location: str, now: float,
+                     drills: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+    """The reply to ``snapshots``: the entries of the last listing, newest first, and that listing; each
+    entry with its last restore drill (``drill``) and when a drill last proved it restorable (``proven_at``)."""
+    found = drills or {}
+    entries = []
+    for e in listing.entries:
+        drill = found.get(e.sha256)
+        proven = drill.get("proven_at") if drill else None
+        entries.append({**e.to_json(), "drill": drill["last"] if drill else None, "proven_at": proven})
+    return {"entries": entries, "location": location, "listing": listing.to_json(now)}
 
 
 def vault_phrase(listing: Listing, now: float) -> str:

@@ -84,6 +84,9 @@ def coordinator_config(tmp_path: Path, ckeys: Any, agents: list[Any], metrics_po
                         "secret_key": str(ckeys.secret_path), "request_timeout": "2s"},
         "vault": {"dir": str(tmp_path / "vault"), "interval": "1h", "keep": 10, "timeout": "2m"},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+        # no restore drills unless a test asks (extra={"drill": {"enabled": True}}): each would start a
+        # scratch etcd beside what the test measures
+        "drill": {"enabled": False},
     }
     for name, keys in (extra or {}).items():
         sections.setdefault(name, {}).update(keys)
@@ -111,6 +114,7 @@ def lone_coordinator_config(tmp_path: Path, metrics_port: Optional[int] = None,
         "metrics": {"listen": f"{format_host_port(metrics_host, metrics_port)}"} if metrics_port
         else {"enabled": False},
         "members": [{"name": "m1", "agent": "tcp://127.0.0.1:9"}],
+        "drill": {"enabled": False},
     }
     cfg = tmp_path / "coordinator.toml"
     cfg.write_text(render_toml(sections))

@@ -184,6 +184,7 @@ def test_backup_into_an_encrypted_s3_vault_with_bundle_export_pins_and_dedup(etc
             "vault.s3": {"bucket": "etcd-vault", "endpoint": moto.endpoint, "prefix": "prod/", "path_style": True,
                          "credentials_file": str(moto.credentials_file(tmp_path / "s3.credentials"))},
             "metrics": {"listen": f"127.0.0.1:{port}"},
+            "drill": {"enabled": False},
         }) + f'[[members]]\nname = "{member.name}"\nagent = "{agent.endpoint}"\n'
              f'public_key = "{agent.key_dir / "agent.key"}"\n')
         coord = Coordinator(cfg, tmp_path / "coordinator.log")

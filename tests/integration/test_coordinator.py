@@ -35,6 +35,7 @@ def minimal_config(tmp_path: Path, socket_path: Optional[Path] = None) -> Path:
                         "control_socket": str(socket_path or tmp_path / "run" / "c.sock")},
         "vault": {"dir": str(tmp_path / "vault")},
         "metrics": {"enabled": False},
+        "drill": {"enabled": False},
     }) + '[[members]]\nname = "m1"\nagent = "tcp://127.0.0.1:9"\n')
     return cfg
 

@@ -563,6 +563,7 @@ def daemon_config(tmp_path: Path, moto: MotoServer, bucket: str, endpoint: str, 
                      "part_size": PART, **(s3 or {})},
         "metrics": {"enabled": False},
         "members": [{"name": "m1", "agent": "tcp://127.0.0.1:9"}],
+        "drill": {"enabled": False},
     }))
     return cfg
 

@@ -477,6 +477,7 @@ COORDINATOR_EXTRA_KEYS = {
     "restore": {"bump_revision", "safety_snapshot", "start_timeout", "fence_settle", "step_timeout",
                 "prepare_timeout", "agent_down", "prestage", "prestage_rate", "warm_standby"},
     "scratch": {"etcd", "tool", "dir"},
+    "drill": {"enabled", "sample_keys"},
 }
 
 # The coordinator's keys, as design.md section 4 fixes them.
@@ -486,6 +487,7 @@ COORDINATOR_KEYS = {
     "vault.s3": {"endpoint", "region", "bucket", "prefix", "path_style", "credentials_file"},
     "metrics": {"listen"},
     "members": {"name", "agent", "public_key"},
+    "drill": {"interval"},
 }
 
 
