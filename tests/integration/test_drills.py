@@ -83,6 +83,7 @@ def drill_metrics(port: int) -> dict[str, float]:
     return {k: v for k, v in scrape(port).items() if k.startswith("etcdguard_drill_")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
 def test_a_scheduled_drill_proves_a_good_snapshot_and_altered_ones_fail_with_their_reason(
         tmp_path: Path, etcd_member: EtcdMember) -> None:
