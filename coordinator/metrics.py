@@ -41,6 +41,7 @@ class CoordinatorMetrics:
     duration: Histogram
     retained: Gauge
     bytes: Gauge
+    stored_bytes: Gauge
     members: Gauge
     members_reachable: Gauge
     interval: Gauge
@@ -68,6 +69,9 @@ class CoordinatorMetrics:
                                   buckets=DURATION_BUCKETS, registry=r),
             "retained": Gauge(f"{p}_snapshots_retained", "Snapshots kept in the vault", b, registry=r),
             "bytes": Gauge(f"{p}_bytes", "Bytes of snapshots in the vault (before encryption)", b, registry=r),
+            "stored_bytes": Gauge(f"{p}_stored_bytes",
+                                  "Bytes the vault's storage holds for its snapshots (compressed, encrypted)", b,
+                                  registry=r),
             "members": Gauge(f"{p}_members", "Members in the configuration", b, registry=r),
             "members_reachable": Gauge(f"{p}_members_reachable",
                                        "Agents the coordinator reached at its last attempt", b, registry=r),

@@ -74,6 +74,7 @@ def vault_status(vault: Vault, listing: Listing, config: CoordinatorConfig, now:
         "offsite_confirmed_at": vault.seen_at if vault.backend != "dir" else None,
         "count": count if listing.known else None,
         "bytes": size if listing.known else None,
+        "stored_bytes": sum(e.stored_size or e.size for e in listing.entries) if listing.known else None,
         "keep": config.vault.keep,
         "interval_seconds": config.vault.interval,
         "newest": newest.to_json() if newest else None,

@@ -156,7 +156,9 @@ def _vault_lines(v: dict[str, Any]) -> list[str]:
     held = f"as last listed {_age(listing.get('age_seconds'))}, " if state == "failed" else ""
     newest = v.get("newest")
     if newest:
-        lines.append(f"vault: {held}{v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
+        stored = v.get("stored_bytes")
+        kept = f" (stored as {format_bytes(stored)})" if stored and stored != v["bytes"] else ""
+        lines.append(f"vault: {held}{v['count']} snapshot(s), {format_bytes(v['bytes'])}{kept} in {v['dir']}; newest "
                      f"{newest['sha256'][:12]} from {newest['member']}, revision {newest['revision']}, "
                      f"taken {_age(v.get('newest_age_seconds'))}")
     else:

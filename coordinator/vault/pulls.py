@@ -135,6 +135,7 @@ class VaultPulls:
         vault = self._vault()
         self.metrics.retained.set(len(entries))
         self.metrics.bytes.set(sum(e.size for e in entries))
+        self.metrics.stored_bytes.set(sum(e.stored_size or e.size for e in entries))
         self.metrics.record_vault([e.created_unix for e in entries])
         newest = entries[0] if entries else None   # by revision, whatever the clocks stamped
         self.metrics.record_newest(fresh_as_of(newest.created_unix, vault.fresh_as_of, time.time())

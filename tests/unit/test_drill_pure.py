@@ -173,3 +173,28 @@ def test_drill_metrics():
     assert "etcdguard_drill_last_result 1.0" in text
     assert "etcdguard_drill_last_success_timestamp_seconds 1.79e+09" in text
     assert "etcdguard_drill_duration_seconds_count 2.0" in text
+
+
+def test_coordinator_check_says_whether_drills_can_run_here(tmp_path: Path):
+    from etcdguard.coordinator.checks import drill_check
+
+    def config(drill: dict, scratch: dict) -> object:
+        return parse_coordinator_config({"coordinator": {"state_dir": str(tmp_path)}, "drill": drill,
+                                         "scratch": scratch}, "c.toml")
+
+    missing = {"etcd": str(tmp_path / "no-etcd")}
+    wanted = drill_check(config({"enabled": True}, missing))
+    assert not wanted.ok and wanted.detail.startswith("CANNOT RUN ([drill] enabled = true)")
+    assert "install etcd-server" in wanted.hint
+    auto = drill_check(config({}, missing))
+    assert auto.ok and auto.warning and auto.detail.startswith("off: no scratch etcd on this host")
+    off = drill_check(config({"enabled": False}, missing))
+    assert off.ok and not off.warning and off.detail.startswith("off: [drill] enabled = false")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, out in (("etcd", "etcd Version: 3.5.30"), ("etcdutl", "etcdutl version: 3.5.30")):
+        (fake / name).write_text(f"#!/bin/sh\necho '{out}'\necho 'Git SHA: x'\n")
+        (fake / name).chmod(0o755)
+    on = drill_check(config({"interval": "6h"}, {"etcd": str(fake / "etcd")}))
+    assert on.ok and not on.warning and on.detail.startswith(f"on, with {fake / 'etcd'} and {fake / 'etcdutl'}")
+    assert on.detail.endswith("every 6h00m"), on.detail
