@@ -109,10 +109,9 @@ class FetchFiles:
         self._open[real] = entry
         return entry
 
-    def read(self, store: SnapshotStore, name: str, offset: int, size: int,
-             zstd_level: Optional[int] = None) -> tuple[dict[str, Any], bytes]:
-        """One chunk: (result, data) as the snapshot.fetch reply carries them. With ``zstd_level`` the data
-        is the chunk as one zstd frame (compression.py), and ``size`` still counts the snapshot's bytes."""
+    def read(self, store: SnapshotStore, name: str, offset: int, size: int) -> tuple[dict[str, Any], bytes]:
+        """One chunk: (result, data) as the snapshot.fetch reply carries them (plain; ``compress_chunk``
+        makes the compressed reply of it)."""
         entry = self._get(store, name, time.monotonic())
         if offset > entry.size:
             raise ProtocolError(BAD_REQUEST, f"offset {offset} is past the end of {name} ({entry.size} bytes)")
@@ -121,12 +120,8 @@ class FetchFiles:
         if len(data) != n:
             self._close(entry)
             raise SnapshotCorrupt(f"snapshot {name}: short read at offset {offset} (file truncated?)")
-        result = {"name": name, "offset": offset, "size": n, "total": entry.size, "sha256": entry.sha256,
-                  "eof": offset + n == entry.size}
-        if zstd_level is not None and n:
-            data = compression.compress_frame(data, zstd_level)
-            result["encoding"] = compression.ZSTD
-        return result, data
+        return ({"name": name, "offset": offset, "size": n, "total": entry.size, "sha256": entry.sha256,
+                 "eof": offset + n == entry.size}, data)
 
     def forget(self, path: Path) -> None:
         entry = self._open.get(path)
@@ -145,6 +140,13 @@ class FetchFiles:
     def close(self) -> None:
         for entry in list(self._open.values()):
             self._close(entry)
+
+
+def compress_chunk(chunk: tuple[dict[str, Any], Optional[bytes]], level: int) -> tuple[dict[str, Any], bytes]:
+    """A fetch reply's chunk as one zstd frame (compression.py); ``size`` still counts the snapshot's bytes.
+    Runs off the socket loop (server.py), so the loop reads the next chunk meanwhile."""
+    result, data = chunk
+    return {**result, "encoding": compression.ZSTD}, compression.compress_frame(data or b"", level)
 
 
 # ---------------------------------------------------------------------------
