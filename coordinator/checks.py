@@ -7,7 +7,8 @@ is exit 2 before any check runs. What is checked, in order: the keys (the
 coordinator's secret key and its mode, each member's agent public key), the
 state directory, the control socket's directory, the vault backend (opened as
 the daemon opens it, and listed: for S3 that is a bucket listing with the
-configured credentials), and each agent (ping, then status, over CURVE).
+configured credentials), whether restore drills can run on this host (a
+scratch etcd), and each agent (ping, then status, over CURVE).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def run_checks(config: CoordinatorConfig) -> list[CheckResult]:
     results.append(_state_dir_check(config))
     results.append(_socket_check(config))
     results.append(_vault_check(config))
+    results.append(drill_check(config))
     results.extend(_agent_checks(config, keys))
     return results
 
@@ -128,7 +130,31 @@ def _vault_check(config: CoordinatorConfig) -> CheckResult:
     except (EtcdguardError, OSError) as exc:
         return CheckResult("vault", False, f"{where}: {exc}", f"fix [vault] in {config.source} (docs/coordinator.md)")
     encrypted = f", age-encrypted to {len(v.encrypt_to)} recipient(s)" if v.encrypt_to else ""
-    return CheckResult("vault", True, f"{v.backend}: {where} lists {len(entries)} snapshot(s){encrypted}")
+    compressed = f", zstd level {v.compression_level}" if v.compression == "zstd" else ", uncompressed"
+    return CheckResult("vault", True, f"{v.backend}: {where} lists {len(entries)} snapshot(s){compressed}{encrypted}")
+
+
+def drill_check(config: CoordinatorConfig) -> CheckResult:
+    """Whether restore drills can run on this host: a warning where they are off for want of a scratch
+    etcd, a problem where [drill] enabled = true asks for them."""
+    from etcdguard.common.base.durations import format_duration
+    from etcdguard.common.base.errors import ToolError
+    from etcdguard.coordinator.drill.policy import availability
+    from etcdguard.coordinator.scratch import scratch_binaries
+
+    try:
+        binaries = scratch_binaries(config)
+        found = availability(config.drill, None, f"{binaries.etcd} and {binaries.tool.path} "
+                                                 f"(etcd {binaries.tool.version})")
+    except ToolError as exc:
+        found = availability(config.drill, str(exc))
+    every = f"; every {format_duration(config.drill.interval)}" if found.scheduled else ""
+    hint = ("install etcd-server and etcd-client on this host, or set [scratch] etcd and tool, so drills prove "
+            "the backups restorable (docs/backup.md)")
+    if found.wanted and not found.runnable:
+        return CheckResult("drills", False, found.sentence, hint)
+    return CheckResult("drills", True, found.sentence + every, "" if found.runnable else hint,
+                       warning=not found.runnable and config.drill.enabled is None)
 
 
 def _agent_checks(config: CoordinatorConfig, keys: Optional[Keys]) -> list[CheckResult]:

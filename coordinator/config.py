@@ -40,6 +40,7 @@ class CoordinatorSettings:
 
 
 BACKENDS = ("dir", "s3")
+COMPRESSIONS = ("zstd", "none")
 SSE_MODES = ("AES256", "aws:kms")
 MIN_PART_SIZE = 5 << 20             # S3's smallest multipart part
 MAX_PART_SIZE = 1 << 30
@@ -80,6 +81,8 @@ class VaultSettings:
     encrypt_to: tuple[str, ...] = ()   # age recipients: with any, nothing is stored unencrypted
     age_identity: Optional[Path] = None   # decrypts on fetch and export (0600)
     s3: Optional[S3Settings] = None    # with backend = "s3"
+    compression: str = "zstd"          # how new objects are stored: "zstd" or "none" (old objects read either way)
+    compression_level: int = 1         # zstd level, 1 (fastest) to 19
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,15 @@ class ScratchSettings:
 
 
 @dataclass(frozen=True)
+class DrillSettings:
+    """Restore drills: vault snapshots restored into a scratch etcd on this host and proven (coordinator/drill/)."""
+
+    interval: float = 86400.0        # a scheduled drill this often; 0: none (etcdguardctl drill still works)
+    enabled: Optional[bool] = None   # None: wherever a scratch etcd is available here; True: say loudly when not
+    sample_keys: int = 64            # keys read back one by one from the restored store
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: Optional[str] = "127.0.0.1:9480"   # None: no metrics endpoint
 
@@ -143,6 +155,7 @@ class CoordinatorConfig:
     members: tuple[MemberSettings, ...] = ()
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
     continuous: ContinuousSettings = field(default_factory=ContinuousSettings)
+    drill: DrillSettings = field(default_factory=DrillSettings)
 
     def member(self, name: str) -> Optional[MemberSettings]:
         for m in self.members:
@@ -164,17 +177,18 @@ def parse_coordinator_config(data: dict[str, Any], source: str) -> CoordinatorCo
     restore = _restore(Table(source, "restore", top.data.get("restore")))
     scratch = _scratch(Table(source, "scratch", top.data.get("scratch")))
     continuous = _continuous(Table(source, "continuous", top.data.get("continuous")))
+    drill = _drill(Table(source, "drill", top.data.get("drill")))
     metrics_t = Table(source, "metrics", top.data.get("metrics"))
     metrics = MetricsSettings(listen=metrics_t.listen("listen", MetricsSettings.listen))
     if metrics_t.has("enabled") and not metrics_t.flag("enabled", True):
         metrics = MetricsSettings(listen=None)
     metrics_t.finish()
     members = _members(source, top.data.get("members"), coordinator.insecure)
-    for section in ("coordinator", "vault", "restore", "metrics", "members", "scratch", "continuous"):
+    for section in ("coordinator", "vault", "restore", "metrics", "members", "scratch", "continuous", "drill"):
         top._get(section)
     top.finish()
     return CoordinatorConfig(source=source, coordinator=coordinator, vault=vault, restore=restore,
-                             metrics=metrics, members=members, scratch=scratch, continuous=continuous)
+                             metrics=metrics, members=members, scratch=scratch, continuous=continuous, drill=drill)
 
 
 def _coordinator(t: Table) -> CoordinatorSettings:
@@ -221,9 +235,20 @@ def _vault(t: Table) -> VaultSettings:
         encrypt_to=recipients,
         age_identity=t.path("age_identity"),
         s3=s3,
+        compression=t.choice("compression", COMPRESSIONS, d.compression) or d.compression,
+        compression_level=_level(t, d.compression_level),
     )
     t.finish()
     return s
+
+
+def _level(t: Table, default: int) -> int:
+    from etcdguard.common.snapshot.compression import MAX_LEVEL, MIN_LEVEL
+
+    level = t.integer("compression_level", default, minimum=MIN_LEVEL)
+    if level is not None and level > MAX_LEVEL:
+        raise t.error("compression_level", f"a zstd level from {MIN_LEVEL} (fastest) to {MAX_LEVEL}")
+    return default if level is None else level
 
 
 def _scratch(t: Table) -> ScratchSettings:
@@ -242,6 +267,17 @@ def _continuous(t: Table) -> ContinuousSettings:
     if size is None or not MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE:
         raise t.error("segment_size", "a size from 64KiB to 64MiB, e.g. '4MiB'")
     s = ContinuousSettings(enabled=t.flag("enabled", d.enabled), flush=flush, segment_size=size)
+    t.finish()
+    return s
+
+
+def _drill(t: Table) -> DrillSettings:
+    d = DrillSettings()
+    raw = t._get("interval")
+    off = not isinstance(raw, bool) and raw in ("0", 0, "0s")   # "0": no scheduled drills
+    enabled = t.flag("enabled") if t.has("enabled") else None
+    s = DrillSettings(interval=0.0 if off else (t.duration("interval", d.interval) or d.interval), enabled=enabled,
+                      sample_keys=t.integer("sample_keys", d.sample_keys, minimum=1) or d.sample_keys)
     t.finish()
     return s
 

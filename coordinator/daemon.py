@@ -5,7 +5,9 @@ older than that) the loop starts a scheduled vault pull in a worker thread;
 what a pull does (ask every agent, choose a member and a snapshot, copy it,
 apply retention) is vault/pulls.py. The control socket's commands are
 dispatched to their parts: backups and pulls (vault/pulls.py), restores
-(restore/service.py), the status report (status.py), pins (vault/commands.py).
+(restore/service.py), restore drills (drill/service.py, which also runs their
+schedule in a thread of its own), the status report (status.py), pins
+(vault/commands.py).
 
 Long work (a scheduled pull, ``etcdguardctl backup``, a restore) runs one at
 a time in the daemon's single slot (common/base/slot.py), in threads the
@@ -43,6 +45,9 @@ from etcdguard.coordinator.control.server import ControlServer, Emit, PeerCred
 from etcdguard.coordinator.diagnose.gather import gather
 from etcdguard.coordinator.diagnose.verdict import diagnose
 from etcdguard.coordinator.diagnose.verdict import to_json as verdict_json
+from etcdguard.coordinator.drill.records import FILE_NAME as DRILLS_FILE
+from etcdguard.coordinator.drill.records import DrillRecords
+from etcdguard.coordinator.drill.service import Drills
 from etcdguard.coordinator.members.service import MemberOperations
 from etcdguard.coordinator.metrics import CoordinatorMetrics
 from etcdguard.coordinator.pitr.history import history
@@ -127,6 +132,9 @@ class CoordinatorDaemon(SignalFlags):
         self.pitr = PointInTime(config=lambda: self.config, vault=lambda: self.vault, restores=self.restores,
                                 capture=self.capture, slot=self.slot)
         self._bind_continuous_metrics()
+        self.drills = Drills(config=lambda: self.config, vault=lambda: self.vault, metrics=self.metrics,
+                             records=DrillRecords(config.coordinator.state_dir / DRILLS_FILE),
+                             restoring=lambda: self.restores.active() is not None)
 
     # -- setup -------------------------------------------------------------
     def _factory(self, config: CoordinatorConfig) -> ClientFactory:
@@ -174,7 +182,8 @@ class CoordinatorDaemon(SignalFlags):
 
     def snapshots_report(self) -> dict[str, Any]:
         listing = self._answer_listing(self._ask_listing())
-        return status.snapshots_report(listing, self.vault.location, time.time(), self._continuous())
+        return status.snapshots_report(listing, self.vault.location, time.time(), self._continuous(),
+                                       self.drills.of_entries())
 
     def _continuous(self) -> dict[str, Any]:
         c = self.config.continuous
@@ -260,6 +269,7 @@ class CoordinatorDaemon(SignalFlags):
             "history": lambda args, emit: history(self.vault, args),
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
             "diagnose": lambda args, emit: self.diagnose(),
+            "drill": self.drills.command,
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
 
@@ -277,6 +287,7 @@ class CoordinatorDaemon(SignalFlags):
                 self._reschedule()
             self._wake.set()   # the loop refreshes its status line and schedule
             self.prestage.wake()
+            self.drills.wake()
 
     def _reschedule(self) -> None:
         """The next scheduled pull after the attempt just recorded."""
@@ -312,7 +323,7 @@ class CoordinatorDaemon(SignalFlags):
             views=views, vault=self.vault, listing=listing, config=self.config, restores=self.restores,
             busy=self.slot.doing, copies=self.pulls.copies.view(),
             next_pull_in=max(0.0, self.next_due - time.monotonic()) if self.next_due else None,
-            prestage=self.prestage.report(), continuous=self._continuous())
+            prestage=self.prestage.report(), continuous=self._continuous(), drills=self.drills.report())
 
     def refresh_restore_metrics(self) -> None:
         records = self.restores.records()
@@ -355,6 +366,7 @@ class CoordinatorDaemon(SignalFlags):
             self._reschedule()
             if self._worker_ok:
                 self.prestage.wake()
+                self.drills.wake()
             return
         now = time.monotonic()   # postponed (a backup or restore held the slot): nothing was attempted
         with self._schedule_lock:
@@ -414,6 +426,7 @@ class CoordinatorDaemon(SignalFlags):
         self.metrics.members.set(len(config.members))
         self.lister = self._lister_of(vault)
         self.lister.start()
+        self.drills.wake()
         if self.vault.catalog.wait_past(0, FIRST_LISTING).known:
             self.next_due = min(self.next_due, self._first_due())
         log.info("configuration reloaded from %s (%d members)", self.config_path, len(config.members))
@@ -464,6 +477,7 @@ class CoordinatorDaemon(SignalFlags):
         self.control.start()
         self.prestage.start()
         self.capture.start()
+        self.drills.start()
         try:
             self._start_metrics()
             return self._loop()
@@ -513,6 +527,7 @@ class CoordinatorDaemon(SignalFlags):
         self._restore_stop.set()   # a running restore stops at its next barrier, journaled as interrupted
         self.prestage.stop()
         self.capture.stop()
+        self.drills.stop()
         if self.control is not None:
             self.control.stop()
         # A pull or an etcdguardctl backup may still run: give it time to finish cleanly.

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the coordinator: the vault's freshness and the agents' reachability.
+"""Prometheus metrics of the coordinator: the vault's freshness, the agents' reachability, restore drills.
 
 They mirror the agent's ``etcdguard_backup_*`` metrics with an
 ``etcdguard_vault_`` prefix, and each carries a ``backend`` label (``dir`` or
@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 from etcdguard.common import __version__
 from etcdguard.common.base.freshness import Freshness, future_dated
+from etcdguard.coordinator.drill.checks import REASONS as DRILL_REASONS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # unreachable: no agent answered; no_snapshot: no healthy member had a snapshot; busy: the
@@ -29,6 +30,7 @@ FAILURE_REASONS = ("unreachable", "no_snapshot", "busy", "checksum", "transfer",
 BACKEND_OPS = ("upload", "download", "list", "delete")
 BACKEND_REASONS = ("credentials", "denied", "no_bucket", "unreachable", "checksum", "decrypt", "disk", "other")
 DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+DRILL_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
 class CoordinatorMetrics:
@@ -39,6 +41,7 @@ class CoordinatorMetrics:
     duration: Histogram
     retained: Gauge
     bytes: Gauge
+    stored_bytes: Gauge
     members: Gauge
     members_reachable: Gauge
     interval: Gauge
@@ -66,6 +69,9 @@ class CoordinatorMetrics:
                                   buckets=DURATION_BUCKETS, registry=r),
             "retained": Gauge(f"{p}_snapshots_retained", "Snapshots kept in the vault", b, registry=r),
             "bytes": Gauge(f"{p}_bytes", "Bytes of snapshots in the vault (before encryption)", b, registry=r),
+            "stored_bytes": Gauge(f"{p}_stored_bytes",
+                                  "Bytes the vault's storage holds for its snapshots (compressed, encrypted)", b,
+                                  registry=r),
             "members": Gauge(f"{p}_members", "Members in the configuration", b, registry=r),
             "members_reachable": Gauge(f"{p}_members_reachable",
                                        "Agents the coordinator reached at its last attempt", b, registry=r),
@@ -125,10 +131,53 @@ class CoordinatorMetrics:
                                          "Unix time the newest gap the vault holds was found (0: none)", registry=r)
         self.continuous_segments = Gauge("etcdguard_continuous_segments",
                                          "Continuous backup segments in the vault (gaps included)", registry=r)
+        self._drills(r)
         self.build_info = Gauge("etcdguard_build_info", "etcdguard version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.backend = ""
         self.set_backend(backend)
+
+    def _drills(self, r: CollectorRegistry) -> None:
+        """Restore drills (coordinator/drill/): when one last proved a snapshot restorable, how long they take,
+        and why they fail."""
+        self._drill_success: Optional[float] = None
+        self.drill_last_success = Gauge("etcdguard_drill_last_success_timestamp_seconds",
+                                        "Unix time the last restore drill that passed started (0: none yet)",
+                                        registry=r)
+        self.drill_age = Gauge("etcdguard_drill_age_seconds",
+                               "Seconds since the last restore drill that passed started (+Inf: none)", registry=r)
+        self.drill_age.set_function(self._drill_age)
+        self.drill_duration = Histogram("etcdguard_drill_duration_seconds", "Time one restore drill took",
+                                        buckets=DRILL_BUCKETS, registry=r)
+        self.drill_failures = Counter("etcdguard_drill_failures_total", "Restore drills that failed, by reason",
+                                      ["reason"], registry=r)
+        for reason in DRILL_REASONS:
+            self.drill_failures.labels(reason=reason)
+        self.drill_last_result = Gauge("etcdguard_drill_last_result",
+                                       "Last restore drill: 1 passed, 0 failed, -1 none yet", registry=r)
+        self.drill_last_result.set(-1)
+        self.drill_interval = Gauge("etcdguard_drill_interval_seconds",
+                                    "Configured restore drill interval (0: no scheduled drills)", registry=r)
+        self.drill_enabled = Gauge("etcdguard_drill_enabled",
+                                   "1 when scheduled restore drills are on (whether or not they can run here)",
+                                   registry=r)
+
+    def _drill_age(self) -> float:
+        last = self._drill_success
+        return float("inf") if last is None else max(0.0, time.time() - last)
+
+    def record_drill_state(self, last_success: Optional[float], last_ok: Optional[bool]) -> None:
+        """What the drills' records say (at start): the last success, and how the last drill ended."""
+        self._drill_success = last_success
+        self.drill_last_success.set(last_success or 0)
+        self.drill_last_result.set(-1 if last_ok is None else (1 if last_ok else 0))
+
+    def record_drill(self, ok: bool, reason: str, seconds: float, last_success: Optional[float]) -> None:
+        """One drill ended."""
+        self.drill_duration.observe(seconds)
+        if not ok:
+            self.drill_failures.labels(reason=reason if reason in DRILL_REASONS else "other").inc()
+        self.record_drill_state(last_success, ok)
 
     def set_backend(self, backend: str) -> None:
         """Bind the attributes to ``backend``'s series (dropping the old backend's)."""

@@ -30,7 +30,8 @@ WAITING = ("interrupted", "paused", "needs-attention")   # restore states that w
 def status_report(*, views: Sequence[MemberView], vault: Vault, listing: Listing, config: CoordinatorConfig,
                   restores: RestoreService, busy: Optional[str], next_pull_in: Optional[float],
                   copies: Copies, prestage: Optional[dict[str, Any]] = None,
-                  continuous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  continuous: Optional[dict[str, Any]] = None,
+                  drills: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The reply to ``status``: members, cluster, vault, restores and the coordinator itself.
 
     Each member's ``state`` and the cluster's ``quorum`` count only what the
@@ -44,6 +45,7 @@ def status_report(*, views: Sequence[MemberView], vault: Vault, listing: Listing
         "vault": {**vault_status(vault, listing, config, now), "prestage": prestage},
         "restores": restore_status(restores, views),
         "continuous": continuous,
+        "drills": drills,
         "coordinator": {
             "version": __version__,
             "busy": busy,
@@ -74,6 +76,7 @@ def vault_status(vault: Vault, listing: Listing, config: CoordinatorConfig, now:
         "offsite_confirmed_at": vault.seen_at if vault.backend != "dir" else None,
         "count": count if listing.known else None,
         "bytes": size if listing.known else None,
+        "stored_bytes": sum(e.stored_size or e.size for e in listing.entries) if listing.known else None,
         "keep": config.vault.keep,
         "interval_seconds": config.vault.interval,
         "newest": newest.to_json() if newest else None,
@@ -82,11 +85,18 @@ def vault_status(vault: Vault, listing: Listing, config: CoordinatorConfig, now:
 
 
 def snapshots_report(listing: Listing, location: str, now: float,
-                     continuous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The reply to ``snapshots``: the entries of the last listing, newest first, and that listing; with
-    continuous backup, the restorable window too."""
-    return {"entries": [e.to_json() for e in listing.entries], "location": location,
-            "listing": listing.to_json(now), "continuous": continuous}
+                     continuous: Optional[dict[str, Any]] = None,
+                     drills: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+    """The reply to ``snapshots``: the entries of the last listing, newest first, and that listing; each
+    entry with its last restore drill (``drill``) and when a drill last proved it restorable (``proven_at``);
+    with continuous backup, the restorable window too."""
+    found = drills or {}
+    entries = []
+    for e in listing.entries:
+        drill = found.get(e.sha256)
+        proven = drill.get("proven_at") if drill else None
+        entries.append({**e.to_json(), "drill": drill["last"] if drill else None, "proven_at": proven})
+    return {"entries": entries, "location": location, "listing": listing.to_json(now), "continuous": continuous}
 
 
 def vault_phrase(listing: Listing, now: float) -> str:

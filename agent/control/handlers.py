@@ -170,6 +170,12 @@ class Handlers:
         a = call.args
         return self.fetch.read(self.store(), a["name"], a["offset"], a["size"])
 
+    @staticmethod
+    def zstd_level(call: Call) -> Optional[int]:
+        """The zstd level a fetch asks its chunk in (None: plain)."""
+        level = call.args.get("zstd_level")
+        return level if isinstance(level, int) else None
+
     def bundle_fetch(self, call: Call) -> Result:
         a = call.args
         return read_bundle_chunk(self.store(), a["name"], a["offset"], a["size"])
@@ -250,6 +256,8 @@ class Op:
     """Where an op runs and what runs it.
 
     ``data``: its reply carries a chunk, counted in the peer's fetch window;
+    ``compress``: (data ops) the zstd level the request asks its chunk in, if any: the loop reads the chunk,
+    a compression worker compresses it and the loop sends it (server.py);
     ``label``: how logs and ``busy`` name a running long op;
     ``blocked``: (long ops) why it cannot start now, beside another long op running;
     ``cancellable``: (long ops) it takes a Cancellation that SIGTERM fires.
@@ -258,6 +266,7 @@ class Op:
     lane: Lane
     run: Callable[[Handlers, Call], Result]
     data: bool = False
+    compress: Optional[Callable[[Call], Optional[int]]] = None
     label: Callable[[Request], str] = lambda req: req.op
     blocked: Optional[Callable[[Handlers], Optional[str]]] = None
     cancellable: bool = False
@@ -266,7 +275,7 @@ class Op:
 OPS: dict[str, Op] = {
     "ping": Op(Lane.LOOP, Handlers.ping),
     "snapshot.list": Op(Lane.LOOP, Handlers.snapshot_list),
-    "snapshot.fetch": Op(Lane.LOOP, Handlers.snapshot_fetch, data=True),
+    "snapshot.fetch": Op(Lane.LOOP, Handlers.snapshot_fetch, data=True, compress=Handlers.zstd_level),
     "bundle.fetch": Op(Lane.LOOP, Handlers.bundle_fetch, data=True),
     "restore.status": Op(Lane.LOOP, Handlers.restore_status),
     "capture.read": Op(Lane.LOOP, Handlers.capture_read, data=True),

@@ -16,7 +16,10 @@ Threads, and who owns what:
   measured now" after), so a slow etcd never stalls heartbeats, fetches or
   puts;
 - the long-op worker is a single slot for snapshot.take and restore.step
-  (agent/restore/remote.py): a second long op while one runs gets ``busy``.
+  (agent/restore/remote.py): a second long op while one runs gets ``busy``;
+- two compression workers compress the chunks a fetch asks for compressed:
+  the loop reads each chunk and hands it over, so it reads the next one while
+  the last is compressed (zstd releases the GIL).
 Workers hand their replies back over an inproc PUSH/PULL pair.
 
 Security: with CURVE, a ZAP authenticator admits only the public keys found
@@ -47,10 +50,11 @@ from etcdguard.agent.config import AgentConfig
 from etcdguard.agent.control.auth import KeyRing, held_note
 from etcdguard.agent.control.handlers import OPS, Call, Handlers, Lane, Op, Peer
 from etcdguard.agent.control.outbox import RECEIVE_HWM, SEND_HWM, Outbox
+from etcdguard.agent.control.transfer import compress_chunk
 from etcdguard.agent.control.workers import Handler, Job, Worker, answer, internal_error
 from etcdguard.agent.snapshots.backup import BackupRunner
 from etcdguard.common.base.addresses import zmq_endpoint_is_ipv6
-from etcdguard.common.base.errors import ConfigError
+from etcdguard.common.base.errors import ConfigError, EtcdguardError
 from etcdguard.common.base.slot import Slot
 from etcdguard.common.etcd.client import Cancellation
 from etcdguard.common.wire.protocol import (
@@ -75,6 +79,8 @@ REPLY_CACHE = 256               # recorded replies kept for retried request ids
 REPLY_CACHE_MAX = 64 * 1024     # bytes; larger replies (fetch chunks) are not recorded
 STATUS_QUEUE = 32               # status requests waiting for the status worker; more get busy
 STOP_GRACE = 60.0               # seconds a running long op gets to finish at shutdown
+COMPRESS_WORKERS = 2            # threads that compress fetched chunks (zstd releases the GIL)
+COMPRESS_QUEUE = 4              # chunks waiting for each; beyond that the loop compresses the chunk itself
 MAX_MESSAGE = MAX_CHUNK + MAX_HEADER + 4096
 
 CacheKey = tuple[str, str]
@@ -110,6 +116,8 @@ class AgentServer:
         self.long_job: Optional[Job] = None
         self._status_worker: Optional[Worker] = None
         self._long_worker: Optional[Worker] = None
+        self._compress_workers: list[Worker] = []
+        self._next_compress = 0
         self._lanes: dict[Lane, Callable[[Op, Call], None]] = {
             Lane.LOOP: self._run_now, Lane.STAGING: self._stage, Lane.STATUS: self._to_status_worker,
             Lane.LONG: self._start_long,
@@ -200,12 +208,18 @@ class AgentServer:
         self._long_worker = Worker(ctx, self._done_endpoint, "control-long-op")
         self._status_worker.start()
         self._long_worker.start()
+        self._compress_workers = [Worker(ctx, self._done_endpoint, f"fetch-zstd-{i}", COMPRESS_QUEUE)
+                                  for i in range(COMPRESS_WORKERS)]
+        for w in self._compress_workers:
+            w.start()
         self._ready.set()
         clean = True
         try:
             self._loop(router, done)
         finally:
             self._status_worker.stop(5.0)
+            for w in self._compress_workers:
+                w.stop(5.0)
             if not self._long_worker.stop(STOP_GRACE):
                 clean = False
                 log.error("%s still running after %.0fs; leaving it behind", self.long_slot.doing or "a long operation",
@@ -251,6 +265,10 @@ class AgentServer:
         assert self._outbox is not None
         self._outbox.send(identity, frames)
 
+    def _outbox_data(self, account: str, identity: bytes, frames: list[bytes]) -> None:
+        assert self._outbox is not None
+        self._outbox.send_data(account, identity, frames)
+
     def _drain_done(self, done: zmq.Socket[Any]) -> None:
         while True:
             try:
@@ -262,7 +280,10 @@ class AgentServer:
                 continue
             frames = msg[1:]
             for identity in job.waiters:
-                self._send(identity, frames)
+                if job.data_account is not None:   # a compressed chunk: counted in the peer's fetch window
+                    self._outbox_data(job.data_account, identity, frames)
+                else:
+                    self._send(identity, frames)
             if job.cache_key is not None:
                 self._by_request.pop(job.cache_key, None)
                 self._remember(job.cache_key, job.fingerprint, frames)
@@ -336,7 +357,31 @@ class AgentServer:
                 log.warning("refused %s from %s: %s%s", req.op, peer.describe(), refusal, held_note(held))
             self._send(peer.identity, encode_error(req.id, BUSY, refusal))
             return
+        level = op.compress(call) if op.compress is not None else None
+        if level is not None:
+            self._compressed(call, handler, level)
+            return
         self._outbox.send_data(peer.account, peer.identity, answer(req.id, handler))
+
+    def _compressed(self, call: Call, read: Handler, level: int) -> None:
+        """A chunk asked for compressed: read here, compressed by a worker (the loop reads the next chunk
+        meanwhile), sent by the loop when the worker hands it back (``_drain_done``). With every worker's
+        queue full the loop compresses it itself, so the work in flight stays bounded."""
+        req, peer = call.request, call.peer
+        try:
+            chunk = read()
+        except (EtcdguardError, OSError) as exc:
+            self._send(peer.identity, answer(req.id, _raising(exc)))
+            return
+        job = self._new_job(req.op, req.id, peer, long=False)
+        job.data_account = peer.account
+        for _ in self._compress_workers:
+            worker = self._compress_workers[self._next_compress % len(self._compress_workers)]
+            self._next_compress += 1
+            if worker.submit(job, lambda: compress_chunk(chunk, level)):
+                return
+        self._jobs.pop(job.id, None)
+        self._outbox_data(peer.account, peer.identity, answer(req.id, lambda: compress_chunk(chunk, level)))
 
     def _to_status_worker(self, op: Op, call: Call) -> None:
         req, peer = call.request, call.peer
@@ -413,6 +458,13 @@ class AgentServer:
         if blocked is not None:
             self.long_slot.release()
         return blocked
+
+
+def _raising(exc: BaseException) -> Handler:
+    """A handler that raises ``exc`` (so ``answer`` encodes it as the error reply it would have been)."""
+    def handler() -> Any:
+        raise exc
+    return handler
 
 
 def attach_server(daemon: AgentDaemon) -> Optional[AgentServer]:

@@ -187,7 +187,9 @@ def summary(meta: SnapshotMeta) -> SnapshotSummary:
     return SnapshotSummary(name=meta.name, size=meta.size, sha256=meta.sha256, revision=meta.require_revision(),
                            created_at=meta.created_at, created_unix=meta.created_unix, member=meta.member,
                            member_id=meta.member_id, cluster_id=meta.cluster_id, etcd_version=meta.etcd_version,
-                           revision_source=meta.revision_source, pinned=meta.pinned, bundle=meta.bundle)
+                           revision_source=meta.revision_source, pinned=meta.pinned, bundle=meta.bundle,
+                           hashkv=meta.hashkv, hashkv_compact_revision=meta.hashkv_compact_revision,
+                           key_count=meta.key_count)
 
 
 def free_bytes(path: Path) -> Optional[int]:

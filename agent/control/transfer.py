@@ -3,7 +3,9 @@
 Both directions are credit-based (the ZeroMQ guide's fileio): the receiver
 asks for, or the sender pushes, a bounded number of chunks at a time, each
 addressed by its byte offset, so a transfer resumes at any offset and memory
-use does not grow with the file. Every file is checked end to end: its
+use does not grow with the file. A fetch may ask for its chunks compressed:
+each is then sent as one zstd frame of its own (common/snapshot/compression.py),
+so the transfer shrinks and stays addressable by offset. Every file is checked end to end: its
 sha256 and the SHA-256 trailer etcd appends to a snapshot.
 
 Uploads are written to ``<staging>/<upload>.partial`` and become
@@ -27,6 +29,7 @@ from etcdguard.agent.snapshots.store import SnapshotStore
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.durations import iso_utc
 from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UnsafeRefusal
+from etcdguard.common.snapshot import compression
 from etcdguard.common.snapshot.integrity import KnownSizeDigest
 from etcdguard.common.snapshot.sidecar import read_sidecar
 from etcdguard.common.wire.protocol import BAD_REQUEST, BUSY, CONFLICT, ProtocolError
@@ -107,7 +110,8 @@ class FetchFiles:
         return entry
 
     def read(self, store: SnapshotStore, name: str, offset: int, size: int) -> tuple[dict[str, Any], bytes]:
-        """One chunk: (result, data) as the snapshot.fetch reply carries them."""
+        """One chunk: (result, data) as the snapshot.fetch reply carries them (plain; ``compress_chunk``
+        makes the compressed reply of it)."""
         entry = self._get(store, name, time.monotonic())
         if offset > entry.size:
             raise ProtocolError(BAD_REQUEST, f"offset {offset} is past the end of {name} ({entry.size} bytes)")
@@ -136,6 +140,13 @@ class FetchFiles:
     def close(self) -> None:
         for entry in list(self._open.values()):
             self._close(entry)
+
+
+def compress_chunk(chunk: tuple[dict[str, Any], Optional[bytes]], level: int) -> tuple[dict[str, Any], bytes]:
+    """A fetch reply's chunk as one zstd frame (compression.py); ``size`` still counts the snapshot's bytes.
+    Runs off the socket loop (server.py), so the loop reads the next chunk meanwhile."""
+    result, data = chunk
+    return {**result, "encoding": compression.ZSTD}, compression.compress_frame(data or b"", level)
 
 
 # ---------------------------------------------------------------------------

@@ -88,6 +88,7 @@ class Job:
     step_key: Optional[tuple[str, str]] = None
     cancel: Optional[Cancellation] = None
     started: float = field(default_factory=time.monotonic)
+    data_account: Optional[str] = None   # its reply carries a chunk, counted in this peer's fetch window
 
 
 class Worker:

@@ -3,12 +3,15 @@
 The stream goes straight to a temp file inside the store directory (so the
 final rename stays on one filesystem), hashed on the way; memory use does not
 depend on the snapshot's size. Only a snapshot whose SHA-256 trailer checks
-out, and whose file is fsync'ed on commit, gets a name and a sidecar.
+out, and whose file is fsync'ed on commit, gets a name and a sidecar. The
+sidecar also records the member's hashkv and key count at the snapshot's
+revision: what a restore drill proves the restored store against.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -122,6 +125,30 @@ def read_file_facts(meta: SnapshotMeta, temp: Path, tool: Optional[SnapshotTool]
     return SnapshotMeta(**data)
 
 
+STORE_FACTS_TIMEOUT = 120.0   # hashkv reads every key of the store: seconds on a large database
+
+
+def record_store_facts(source: Source, meta: SnapshotMeta) -> SnapshotMeta:
+    """Add the member's hashkv and key count at the snapshot's exact revision, for restore drills.
+
+    Asked right after the snapshot, of the member it came from; HashKV and a count at a past revision
+    read the same whatever was written since. A member that has compacted past that revision, or that
+    does not answer, leaves them unrecorded (logged): the snapshot is good, a drill of it just checks less.
+    """
+    if not meta.revision_exact or meta.revision is None:
+        return meta
+    try:
+        with EtcdClient(source.endpoint, source.tls, source.dial_timeout) as client:
+            hashed = client.hashkv_full(meta.revision, timeout=STORE_FACTS_TIMEOUT)
+            count = client.count(meta.revision, timeout=STORE_FACTS_TIMEOUT)
+    except EtcdguardError as exc:
+        log.warning("snapshot at revision %d: hashkv and key count not recorded (a drill of it checks less): %s",
+                    meta.revision, exc)
+        return meta
+    return dataclasses.replace(meta, hashkv=hashed.hash, hashkv_compact_revision=hashed.compact_revision,
+                               key_count=count)
+
+
 def take_snapshot(
     source: Source, store: SnapshotStore, *, tool: Optional[SnapshotTool] = None,
     cancel: Optional[Cancellation] = None, timeout: float = 1800.0, progress: Optional[Progress] = None,
@@ -134,7 +161,7 @@ def take_snapshot(
     temp = store.temp_path()
     _, meta = stream_to_file(source, temp, cancel=cancel, timeout=timeout, progress=progress)
     try:
-        meta = read_file_facts(meta, temp, tool)
+        meta = record_store_facts(source, read_file_facts(meta, temp, tool))
         if cancel is not None and cancel.requested:
             raise Aborted(f"snapshot aborted: {cancel.reason}")
         data = meta.to_json()
@@ -166,7 +193,7 @@ def save_to_file(
     temp = fsutil.temp_path(output.parent)
     _, meta = stream_to_file(source, temp, cancel=cancel, timeout=timeout, progress=progress)
     try:
-        meta = read_file_facts(meta, temp, tool)
+        meta = record_store_facts(source, read_file_facts(meta, temp, tool))
         try:
             fsutil.commit_temp(temp, output)
         except OSError as exc:

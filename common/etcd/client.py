@@ -1,6 +1,7 @@
 """The agent's only door to etcd's gRPC API.
 
-Kept small on purpose: status, the snapshot stream, hashkv, alarms and member
+Kept small on purpose: status, the snapshot stream, hashkv and the key count at
+a revision (what a snapshot records for its restore drills), alarms and member
 list; and the few administrative calls a replacement and a defragmentation
 make (member add, remove and promote, defragment, disarm an alarm). gRPC
 alone makes the calls: requests are encoded and replies read by pbwire, so
@@ -251,12 +252,18 @@ class EtcdClient:
         reply = self.hashkv_full(revision)
         return reply.hash, reply.revision
 
-    def hashkv_full(self, revision: int = 0) -> HashKVResult:
+    def hashkv_full(self, revision: int = 0, timeout: Optional[float] = None) -> HashKVResult:
         """Everything a HashKV reply says, with the revision the hash covers where etcd (>= 3.6) sends it."""
         r: pbwire.HashKV = self._unary("/etcdserverpb.Maintenance/HashKV", pbwire.hashkv_request(revision),
-                                       pbwire.parse_hashkv)
+                                       pbwire.parse_hashkv, timeout)
         return HashKVResult(hash=r.hash, revision=r.header.revision, compact_revision=r.compact_revision,
                             hash_revision=r.hash_revision or None)
+
+    def count(self, revision: int = 0, timeout: Optional[float] = None) -> int:
+        """How many keys the store held at ``revision`` (0: now), answered by this member alone."""
+        _, n = self._unary("/etcdserverpb.KV/Range", pbwire.count_request(revision), pbwire.parse_range_count,
+                           timeout)
+        return int(n)
 
     # -- the cluster's administration (the coordinator asks an agent to make these calls) --------
     def member_add(self, peer_urls: tuple[str, ...], learner: bool,

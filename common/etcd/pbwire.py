@@ -235,6 +235,16 @@ def range_request(key: bytes) -> bytes:
     return encode_bytes_field(1, key)
 
 
+def count_request(revision: int) -> bytes:
+    """A Range of every key at ``revision`` that returns only the count, answered by the member itself.
+
+    RangeRequest {1 key, 2 range_end, 4 revision, 7 serializable, 9 count_only}: key and range_end
+    ``\\0`` mean every key; serializable, because a past revision reads the same on every member.
+    """
+    return (encode_bytes_field(1, b"\0") + encode_bytes_field(2, b"\0") + encode_varint_field(4, revision)
+            + encode_varint_field(7, 1) + encode_varint_field(9, 1))
+
+
 def txn_puts_request(puts: list[tuple[bytes, bytes]]) -> bytes:
     """A transaction with no compares whose success branch puts every (key, value)."""
     return b"".join(encode_bytes_field(2, encode_bytes_field(2, put_request(k, v))) for k, v in puts)
@@ -300,6 +310,17 @@ def parse_range_values(message: bytes) -> list[bytes]:
                     value = bytes(_bytes(w))
             values.append(value)
     return values
+
+
+def parse_range_count(message: bytes) -> tuple[Header, int]:
+    """(header, count) of a RangeResponse."""
+    header, count = Header(), 0
+    for n, v in fields(message):
+        if n == 1:
+            header = parse_header(_bytes(v))
+        elif n == 4:
+            count = _int(v)
+    return header, count
 
 
 def parse_header_of(message: bytes) -> Header:

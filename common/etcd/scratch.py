@@ -100,7 +100,9 @@ class ScratchEtcd:
         argv = [str(self.binaries.etcd), "--name", NAME, "--data-dir", str(data),
                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"{NAME}={peer}", "--log-level", "warn"]
+                "--initial-cluster", f"{NAME}={peer}", "--log-level", "warn",
+                # one member, no peers: it elects itself at once instead of after etcd's default second
+                "--heartbeat-interval", "10", "--election-timeout", "100"]
         if self.binaries.supports_unsafe_no_fsync():
             argv.append("--unsafe-no-fsync")
         log = open(self.dir / "etcd.log", "ab")   # noqa: SIM115 - handed to the child, closed with it
@@ -111,6 +113,8 @@ class ScratchEtcd:
             log.close()
 
     def _wait_serving(self) -> EtcdClient:
+        # the client port first: a gRPC channel that meets a closed port backs off for a second or more
+        poll_until(self._port_open, START_TIMEOUT, interval=0.01, what="the scratch etcd's client port")
         client = EtcdClient(self.endpoint, timeout=2.0)
 
         def serving() -> bool:
@@ -127,6 +131,16 @@ class ScratchEtcd:
             client.close()
             raise
         return client
+
+    def _port_open(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ScratchError(f"etcd exited ({self.proc.returncode}): {self.log_tail()}")
+        port = int(self.endpoint.rsplit(":", 1)[1])
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
 
     def log_tail(self, n: int = 2000) -> str:
         with contextlib.suppress(OSError):

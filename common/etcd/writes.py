@@ -1,4 +1,5 @@
-"""Writing to an etcd: transactions of puts and deletes, and leases, as a point-in-time replay needs them.
+"""Writing to an etcd: transactions of puts and deletes, leases and compaction, as a point-in-time replay
+and a restore drill need them.
 
 Only a scratch etcd is ever written to (common/etcd/scratch.py): etcdguard
 never writes to a live cluster. A replay applies each captured revision as
@@ -12,7 +13,8 @@ Messages (field numbers from etcd's rpc.proto):
   PutRequest {1 key, 2 value, 3 lease}   DeleteRangeRequest {1 key, 2 range_end}
   TxnResponse {1 header, 2 succeeded}    LeaseGrantRequest {1 TTL, 2 ID}   LeaseGrantResponse {1 header, 2 ID, 3 TTL}
   LeaseKeepAliveRequest {1 ID} (a stream)   LeaseKeepAliveResponse {1 header, 2 ID, 3 TTL}
-  RangeRequest {1 key, 2 range_end, 3 limit, 4 revision}  RangeResponse {1 header, 2 kvs, 3 more, 4 count}
+  RangeRequest {1 key, 2 range_end, 3 limit, 4 revision, 8 keys_only}  RangeResponse {1 header, 2 kvs, 3 more, 4 count}
+  CompactionRequest {1 revision, 2 physical}
   KeyValue {1 key, 2 create_revision, 3 mod_revision, 4 version, 5 value, 6 lease}
 """
 
@@ -71,9 +73,16 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\x00"   # every key
 
 
-def range_request(key: bytes, range_end: bytes = b"", revision: int = 0) -> bytes:
+def range_request(key: bytes, range_end: bytes = b"", revision: int = 0, limit: int = 0,
+                  keys_only: bool = False) -> bytes:
     return (pbwire.encode_bytes_field(1, key) + (pbwire.encode_bytes_field(2, range_end) if range_end else b"")
-            + pbwire.encode_varint_field(4, revision))
+            + pbwire.encode_varint_field(3, limit) + pbwire.encode_varint_field(4, revision)
+            + pbwire.encode_varint_field(8, 1 if keys_only else 0))
+
+
+def compaction_request(revision: int) -> bytes:
+    """CompactionRequest {1 revision, 2 physical}: physical, so the call returns once it is done."""
+    return pbwire.encode_varint_field(1, revision) + pbwire.encode_varint_field(2, 1)
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,16 @@ class EtcdWriter:
             call.cancel()
 
     def range(self, key: bytes, range_end: bytes = b"", revision: int = 0,
-              timeout: Optional[float] = None) -> tuple[int, list[KeyValue]]:
-        """Every key-value in [key, range_end) at ``revision`` (0: now); (the store's revision, the kvs)."""
+              timeout: Optional[float] = None, *, limit: int = 0,
+              keys_only: bool = False) -> tuple[int, list[KeyValue]]:
+        """Every key-value in [key, range_end) at ``revision`` (0: now), at most ``limit`` (0: all) in key
+        order, without values with ``keys_only``; (the store's revision, the kvs)."""
         result: tuple[int, list[KeyValue]] = self.client.unary(
-            "/etcdserverpb.KV/Range", range_request(key, range_end, revision), parse_range, timeout or self.timeout)
+            "/etcdserverpb.KV/Range", range_request(key, range_end, revision, limit, keys_only), parse_range,
+            timeout or self.timeout)
         return result
+
+    def compact(self, revision: int, timeout: Optional[float] = None) -> None:
+        """Compact the (scratch) store's history up to ``revision``, physically."""
+        self.client.unary("/etcdserverpb.KV/Compact", compaction_request(revision), pbwire.parse_header_of,
+                          timeout or self.timeout)

@@ -1,7 +1,8 @@
 """What is recorded about a snapshot file: its sidecar ``<file>.json``, one type with one reader.
 
 The agent's catalog writes every field when it takes a snapshot (how and when
-it was taken, its revision, the member and cluster it came from) and sends
+it was taken, its revision, the member and cluster it came from, and the
+member's hashkv and key count at that revision, which restore drills check) and sends
 the same record over the wire (``snapshot.take``, ``snapshot.list``); the
 coordinator's vault reads it there. The agent's staging area writes a
 sidecar for each verified upload with what it knows: name, sha256, size,
@@ -51,6 +52,11 @@ class SnapshotMeta:
     revision_source: str = FROM_FILE   # FROM_FILE (the tool read the file) or FROM_HEADER (a lower bound)
     total_keys: Optional[int] = None
     etcd_hash: Optional[int] = None
+    # Asked of the member right after the snapshot, at its exact revision, so that a restore drill can prove
+    # the restored store holds the same data (None: not recorded, e.g. by an older agent):
+    hashkv: Optional[int] = None                    # etcd's HashKV of the key-value store at ``revision``
+    hashkv_compact_revision: Optional[int] = None   # the compaction that hash counts from
+    key_count: Optional[int] = None                 # keys in the store at ``revision``
     trailer_verified: bool = True
     bundle: Optional[str] = None     # "encrypted" (may go to the vault), "local" (stays here), None
     pinned: Optional[str] = None     # the pin's reason; retention keeps it

@@ -37,6 +37,7 @@ from etcdguard.common.base.errors import EXIT_FAILED, EXIT_UNSAFE, EtcdguardErro
 from etcdguard.common.journal import OP_ID_PATTERN
 from etcdguard.common.ops.flows import CLUSTER_FLOWS, STEP_PARAMS, WIRE_STEPS
 from etcdguard.common.ops.steps.prepare import PARAMS as PREPARE_PARAMS
+from etcdguard.common.snapshot import compression
 from etcdguard.common.wire.schema import (
     _SURROGATE_RE,
     BAD_REQUEST,
@@ -117,6 +118,7 @@ PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes of the JSON header frame
 MAX_CHUNK = 4 * 1024 * 1024     # bytes of the data frame (one snapshot chunk)
 FETCH_WINDOW = 32 * 1024 * 1024  # bytes of data replies a peer may have in flight (credit x chunk); more is busy
+MAX_COMPRESSED_CHUNK = MAX_CHUNK - (MAX_CHUNK >> 7)   # snapshot bytes whose zstd frame always fits a data frame
 MAX_FRAMES = 2                  # header + at most one data frame
 MAX_DEPTH = 16                  # nested objects/arrays in a header, the header itself included
 MAX_ERROR_MESSAGE = 4000        # characters; longer error messages are truncated when sent
@@ -188,6 +190,12 @@ _OP_ID = Str(OP_ID_PATTERN, "an operation id")
 _UPLOAD = Str(OP_ID_PATTERN, "an upload id")
 _SNAPSHOT_NAME = Str(NAME_PATTERN, "a snapshot name")
 
+def _check_fetch(args: JSONObject, data: Optional[bytes]) -> None:
+    if "zstd_level" in args and args["size"] > MAX_COMPRESSED_CHUNK:
+        raise _bad(f"args.size: a compressed chunk is at most {MAX_COMPRESSED_CHUNK} bytes of snapshot (its frame "
+                   f"must fit a {MAX_CHUNK}-byte data frame), got {args['size']}")
+
+
 def _check_put(args: JSONObject, data: Optional[bytes]) -> None:
     end = args["offset"] + len(data or b"")
     if end > args["total_size"]:
@@ -241,7 +249,10 @@ OPS: Mapping[str, OpSpec] = _ops(
         "name": _SNAPSHOT_NAME,
         "offset": Int(0, MAX_OFFSET),
         "size": Int(1, MAX_CHUNK),
-    }), reply_data=True, idempotent=True, doc="read one chunk of a snapshot (credit-based transfer)"),
+        # given: the chunk comes as one zstd frame at this level (its reply says "encoding": "zstd")
+        "zstd_level": Int(compression.MIN_LEVEL, compression.MAX_LEVEL, required=False),
+    }), reply_data=True, idempotent=True, check=_check_fetch,
+        doc="read one chunk of a snapshot (credit-based transfer), zstd-compressed when asked"),
     OpSpec("snapshot.put", MappingProxyType({
         "upload": _UPLOAD,
         "offset": Int(0, MAX_OFFSET),

@@ -126,6 +126,9 @@ class SnapshotSummary:
     pinned: Optional[str] = None
     revision_source: str = "snapshot-status"   # "status-header": a lower bound (no etcdutl/etcdctl on the node)
     bundle: Optional[str] = None               # "encrypted": a node bundle the vault may pull; "local": stays there
+    hashkv: Optional[int] = None               # the member's hashkv at ``revision`` (None: not recorded)
+    hashkv_compact_revision: Optional[int] = None
+    key_count: Optional[int] = None            # keys in the store at ``revision``
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = to_json(self)

@@ -19,12 +19,15 @@ and a broken connection is resumed from the last contiguous byte. A fetched
 file is written to a temp file next to ``dest``, verified (sha256, and etcd's
 SHA-256 trailer for a snapshot), fsync'ed and renamed; on failure nothing is
 left behind. Snapshots (``snapshot.fetch``) and the node bundle beside one
-(``bundle.fetch``) go through the same transfer.
+(``bundle.fetch``) go through the same transfer. A snapshot may be fetched
+compressed: every chunk comes as one zstd frame, written as it comes and
+checked by what it decompresses to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -40,6 +43,7 @@ import zmq
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.addresses import zmq_endpoint_is_ipv6
 from etcdguard.common.base.errors import ConfigError, EtcdguardError, SnapshotCorrupt, UsageError
+from etcdguard.common.snapshot import compression
 from etcdguard.common.snapshot.integrity import KnownSizeDigest
 from etcdguard.common.snapshot.sink import HashingSink
 from etcdguard.common.wire import protocol as P
@@ -237,20 +241,36 @@ class AgentClient:
     def fetch_snapshot(
         self, name: str, dest: Path, *, expected_sha256: str, expected_size: int,
         progress: Optional[Progress] = None, credit: int = 4, chunk: int = 1 << 20, timeout: float = 30.0,
-    ) -> None:
-        """Copy snapshot ``name`` from the agent to ``dest``, verified end to end.
+        zstd_level: Optional[int] = None,
+    ) -> str:
+        """Copy snapshot ``name`` from the agent to ``dest``, verified end to end; the encoding written.
 
-        ``timeout`` bounds the time without progress: the transfer reconnects
-        and resumes at the last contiguous byte after a stall, and gives up
-        (AgentUnreachable) when no data arrived for ``timeout`` seconds. On any
-        failure no file exists at ``dest`` (unless one was there before) and no
-        temp file is left.
+        With ``zstd_level`` the agent compresses every chunk as it sends it and
+        ``dest`` holds the snapshot as zstd frames (compression.py): each frame
+        is decompressed as it is written, and the snapshot's sha256 and trailer
+        are checked on what it decompresses to. An agent that cannot compress
+        (one from before compression) is asked again for plain chunks. Returns
+        ``"zstd"`` or ``""`` (plain). ``timeout`` bounds the time without
+        progress: the transfer reconnects and resumes at the last contiguous
+        byte after a stall, and gives up (AgentUnreachable) when no data arrived
+        for ``timeout`` seconds. On any failure no file exists at ``dest``
+        (unless one was there before) and no temp file is left.
         """
         _check_transfer_args(credit, chunk, fetch=True)
         if expected_size <= 0:
             raise UsageError(f"expected_size must be > 0, got {expected_size}")
-        self._fetch(_Fetch("snapshot.fetch", name, name, expected_sha256, expected_size, trailer=True), Path(dest),
-                    progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+        if zstd_level is not None and chunk > P.MAX_COMPRESSED_CHUNK:
+            raise UsageError(f"a compressed fetch takes chunks of at most {P.MAX_COMPRESSED_CHUNK} bytes, got {chunk}")
+        f = _Fetch("snapshot.fetch", name, name, expected_sha256, expected_size, trailer=True, zstd_level=zstd_level)
+        try:
+            self._fetch(f, Path(dest), progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+        except P.RemoteError as exc:
+            if zstd_level is None or exc.code != P.BAD_REQUEST or "zstd_level" not in exc.message:
+                raise
+            log.info("agent %s sends no compressed chunks (an older agent): fetching %s plain", self.name, name)
+            f = dataclasses.replace(f, zstd_level=None)
+            self._fetch(f, Path(dest), progress=progress, credit=credit, chunk=chunk, timeout=timeout)
+        return compression.ZSTD if f.zstd_level is not None else ""
 
     def fetch_bundle(
         self, name: str, dest: Path, *, max_size: int, progress: Optional[Progress] = None, credit: int = 4,
@@ -305,7 +325,9 @@ class AgentClient:
     def _pull(self, f: _Fetch, fd: int, *, progress: Optional[Progress], credit: int, chunk: int,
               timeout: float) -> tuple[str, bool]:
         digest = KnownSizeDigest(f.total)
-        with HashingSink(fd, digest, batch_bytes=1, depth=SINK_DEPTH, writeback=WRITEBACK,
+        # compressed: the frames are written as they come, and hashed by what they decompress to
+        hasher = digest if f.zstd_level is None else compression.FrameHasher(digest)
+        with HashingSink(fd, hasher, batch_bytes=1, depth=SINK_DEPTH, writeback=WRITEBACK,
                          name="fetch-writer") as sink:
             self._pull_into(sink, f, progress=progress, credit=credit, chunk=chunk, timeout=timeout)
         return digest.finish()
@@ -314,19 +336,19 @@ class AgentClient:
                    timeout: float) -> None:
         p = _Pull(f, credit, chunk, timeout)
         sock = self._socket()
-        while sink.size < f.total:
+        while p.received < f.total:
             self._ask(sock, p)
             now = time.monotonic()
             if now - p.last_progress > timeout:
                 raise AgentUnreachable(f"agent {self.name} at {self.endpoint}: no data for {timeout:g}s while "
-                                       f"fetching {f.what} ({sink.size} of {f.total} bytes received)")
+                                       f"fetching {f.what} ({p.received} of {f.total} bytes received)")
             wait = min(p.stall, p.last_progress + timeout - now)
             if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
                 # Nothing for a while: the connection may have broken with requests in it. Start a
                 # fresh socket and ask again from the last contiguous byte.
                 self._reset()
                 sock = self._socket()
-                p.restart(sink.size)
+                p.restart(p.received)
                 continue
             self._receive(sink, p, sock.recv_multipart(copy=False), progress)
 
@@ -335,7 +357,10 @@ class AgentClient:
         while len(p.inflight) < p.credit and p.next_offset < p.f.total:
             size = min(p.chunk, p.f.total - p.next_offset)
             rid = f"{p.prefix}-{p.generation}-{p.next_offset}"
-            frames = P.encode_request(p.f.op, {"name": p.f.name, "offset": p.next_offset, "size": size}, rid)
+            args: dict[str, Any] = {"name": p.f.name, "offset": p.next_offset, "size": size}
+            if p.f.zstd_level is not None:
+                args["zstd_level"] = p.f.zstd_level
+            frames = P.encode_request(p.f.op, args, rid)
             if not self._send(sock, frames, time.monotonic() + p.stall):
                 return
             p.inflight[rid] = p.next_offset
@@ -352,17 +377,21 @@ class AgentClient:
         if offset is None:
             return   # stale
         result = reply.raise_for_error()
-        _check_chunk(p.f.what, result, offset, data, sha256=p.f.sha256, total=p.f.total)
+        n = _check_chunk(p.f.what, result, offset, data, sha256=p.f.sha256, total=p.f.total,
+                         compressed=p.f.zstd_level is not None)
         assert data is not None
-        if offset == sink.size:
+        if offset == p.received:
             sink.write(data)
-            while sink.size in p.early:
-                sink.write(p.early.pop(sink.size).buffer)
+            p.received += n
+            while p.received in p.early:
+                frame, size = p.early.pop(p.received)
+                sink.write(frame.buffer)
+                p.received += size
             p.last_progress = time.monotonic()
             if progress is not None:
-                progress(sink.size, p.f.total)
-        elif offset > sink.size:
-            p.early[offset] = message[1]
+                progress(p.received, p.f.total)
+        elif offset > p.received:
+            p.early[offset] = (message[1], n)
 
     # -- put -----------------------------------------------------------------
     def put_snapshot(
@@ -471,6 +500,7 @@ class _Fetch:
     sha256: str
     total: int
     trailer: bool
+    zstd_level: Optional[int] = None   # chunks asked for as zstd frames (written as they come)
 
 
 @dataclass
@@ -483,10 +513,11 @@ class _Pull:
     chunk: int
     timeout: float
     next_offset: int = 0
+    received: int = 0        # bytes of the file written, in order (compressed: the bytes they stand for)
     prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     generation: int = 0
     inflight: dict[str, int] = field(default_factory=dict)      # request id -> offset
-    early: dict[int, zmq.Frame] = field(default_factory=dict)   # offset -> chunk
+    early: dict[int, tuple[zmq.Frame, int]] = field(default_factory=dict)   # offset -> (chunk, bytes it stands for)
     last_progress: float = field(default_factory=time.monotonic)
 
     @property
@@ -549,16 +580,26 @@ def _check_transfer_args(credit: int, chunk: int, fetch: bool = False) -> None:
 
 
 def _check_chunk(name: str, result: dict[str, Any], offset: int, data: Optional[memoryview], *, sha256: str,
-                 total: int) -> None:
-    """A fetch reply must describe the file we expect and carry the bytes we asked for."""
+                 total: int, compressed: bool = False) -> int:
+    """A fetch reply must describe the file we expect and carry the bytes we asked for: how many of the
+    file's bytes it carries (compressed: the size its frame declares, which must be the reply's)."""
     if result.get("total") != total:
         raise SnapshotCorrupt(f"{name}: the agent's file has {result.get('total')} bytes, expected {total}")
     if result.get("sha256") != sha256:
         raise SnapshotCorrupt(f"{name}: the agent's file has sha256 {result.get('sha256')}, expected {sha256}")
+    if compressed and result.get("encoding") != compression.ZSTD:
+        raise P.ProtocolError(P.BAD_REQUEST, f"{name}: asked for zstd frames, the reply for offset {offset} "
+                                             f"is encoded {result.get('encoding')!r}")
     n = len(data) if data is not None else -1
+    if compressed and data is not None and n > 0:
+        try:
+            n = compression.frame_size(data)
+        except SnapshotCorrupt as exc:
+            raise SnapshotCorrupt(f"{name}: the chunk at offset {offset}: {exc}") from None
     if result.get("offset") != offset or result.get("size") != n or n <= 0:
         raise P.ProtocolError(P.BAD_REQUEST, f"{name}: reply for offset {offset} carries {n} bytes at offset "
                                              f"{result.get('offset')} (size {result.get('size')})")
+    return n
 
 
 def _digest_fd(fd: int, total: int, path: Path) -> str:

@@ -39,7 +39,7 @@ class AgentLink(Protocol):
 
     def fetch_snapshot(self, name: str, dest: Path, *, expected_sha256: str, expected_size: int,
                        progress: Optional[Callable[[int, int], None]] = None, credit: int = 4,
-                       chunk: int = 1 << 20, timeout: float = 30.0) -> None: ...
+                       chunk: int = 1 << 20, timeout: float = 30.0, zstd_level: Optional[int] = None) -> str: ...
 
     def fetch_bundle(self, name: str, dest: Path, *, max_size: int,
                      progress: Optional[Callable[[int, int], None]] = None, credit: int = 4,

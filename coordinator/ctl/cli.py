@@ -78,6 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = [*_member_lines(report["members"]), "", *_quorum_lines(report["cluster"]), _cluster_line(report["cluster"]),
              *_vault_lines(report["vault"]), *_prestage_lines(report["vault"].get("prestage")),
              *_restore_lines(report.get("restores") or {}), *continuous_lines(report.get("continuous")),
+             *drill_lines(report.get("drills")),
              *_coordinator_lines(report["coordinator"])]
     print("\n".join(lines))
     return EXIT_OK
@@ -156,7 +157,9 @@ def _vault_lines(v: dict[str, Any]) -> list[str]:
     held = f"as last listed {_age(listing.get('age_seconds'))}, " if state == "failed" else ""
     newest = v.get("newest")
     if newest:
-        lines.append(f"vault: {held}{v['count']} snapshot(s), {format_bytes(v['bytes'])} in {v['dir']}; newest "
+        stored = v.get("stored_bytes")
+        kept = f" (stored as {format_bytes(stored)})" if stored and stored != v["bytes"] else ""
+        lines.append(f"vault: {held}{v['count']} snapshot(s), {format_bytes(v['bytes'])}{kept} in {v['dir']}; newest "
                      f"{newest['sha256'][:12]} from {newest['member']}, revision {newest['revision']}, "
                      f"taken {_age(v.get('newest_age_seconds'))}")
     else:
@@ -216,6 +219,31 @@ def _since(d: dict[str, Any], key: str) -> Optional[float]:
     return max(0.0, time.time() - float(unix)) if isinstance(unix, (int, float)) else None
 
 
+def drill_lines(d: Optional[dict[str, Any]]) -> list[str]:
+    """Whether restore drills run, when one last proved a snapshot restorable, and a failed last one."""
+    if not d:
+        return []   # a daemon from before drills
+    parts = [f"drills: {d['state']}"]
+    last = d.get("last")
+    success = _since(d, "last_success_at")
+    if last and last.get("ok"):
+        parts.append(f"last passed {_age(_since(last, 'started_at'))} ({last['sha256'][:12]}, revision "
+                     f"{last['revision']}, {format_duration(float(last['seconds']))})")
+    elif success is not None:
+        parts.append(f"last passed {_age(success)}")
+    elif d.get("enabled"):
+        parts.append("no drill has passed yet")
+    if d.get("running"):
+        parts.append(f"running: {d['running']}")
+    elif d.get("next_in_seconds") is not None:
+        parts.append(f"next in {format_duration(float(d['next_in_seconds']))}")
+    lines = ["; ".join(parts)]
+    if last and not last.get("ok"):
+        lines.append(f"drills: LAST DRILL FAILED {_age(_since(last, 'started_at'))} on {last['sha256'][:12]} "
+                     f"(reason {last.get('reason')}): {last.get('message')}")
+    return lines
+
+
 def _restore_lines(restores: dict[str, Any]) -> list[str]:
     lines = []
     running = restores.get("running")
@@ -270,16 +298,37 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
               f"the vault was empty at its last listing, {_age(listing.get('age_seconds'))}")
         return EXIT_OK
     now = time.time()
-    rows = [["ID", "KIND", "TAKEN", "AGE", "SIZE", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED"]]
+    rows = [["ID", "KIND", "TAKEN", "AGE", "SIZE", "STORED", "REVISION", "MEMBER", "ETCD", "BUNDLE", "PINNED",
+             "PROVEN"]]
     for e in entries:
         rows.append([e["sha256"][:12], e.get("kind") or "-", e["created_at"],
-                     format_duration(max(0.0, now - e["created_unix"])), format_bytes(e["size"]), str(e["revision"]),
-                     e["member"], e["etcd_version"] or "-", "yes" if e.get("bundle") else "-", e.get("pinned") or "-"])
+                     format_duration(max(0.0, now - e["created_unix"])), format_bytes(e["size"]), _stored(e),
+                     str(e["revision"]), e["member"], e["etcd_version"] or "-", "yes" if e.get("bundle") else "-",
+                     e.get("pinned") or "-", _proven(e)])
     print(_table(rows))
     continuous = reply.get("continuous") if isinstance(reply, dict) else None
     if continuous and continuous.get("enabled"):
         print(f"point in time: {window_phrase(continuous)}")
     return EXIT_OK
+
+
+def _stored(e: dict[str, Any]) -> str:
+    """The bytes the vault holds for an entry (compressed, encrypted), as it stores them."""
+    stored = e.get("stored_size")
+    if not stored:
+        return "-"
+    how = [w for w, on in (("zstd", e.get("compression") == "zstd"), ("age", e.get("encrypted"))) if on]
+    return format_bytes(stored) + (f" ({'+'.join(how)})" if how else "")
+
+
+def _proven(e: dict[str, Any]) -> str:
+    """When a restore drill last proved the entry restorable; a failed last drill says so first."""
+    drill = e.get("drill") or {}
+    proven = _since(e, "proven_at")
+    when = f"{_age(proven)}" if proven is not None else ""
+    if drill and not drill.get("ok"):
+        return f"FAILED ({drill.get('reason')})" + (f", before: {when}" if when else "")
+    return when or "-"
 
 
 def _listing_warning(listing: dict[str, Any], location: str) -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from etcdguard.common.base.fsutil import disk_error
-    from etcdguard.coordinator.ctl import cli, diagnose, history, members, restore, vault_commands  # noqa: F401 - importing registers them
+    from etcdguard.coordinator.ctl import cli, diagnose, drill, history, members, restore, vault_commands  # noqa: F401 - importing registers them
 
     try:
         return cli.CLI.main(argv)

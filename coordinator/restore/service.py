@@ -166,7 +166,8 @@ class RestoreService:
     # -- planning ------------------------------------------------------------
     def _verify_vault_copy(self, entry: VaultEntry) -> Optional[str]:
         """None if the vault file is the restorable etcd snapshot it was recorded as (sha256, size, the
-        SHA-256 trailer and bbolt's meta pages); else the problem. Cached per file and mtime. An object
+        SHA-256 trailer and bbolt's meta pages; a compressed file by what it decompresses to); else the
+        problem. Cached per file and mtime. An object
         store's or an encrypted copy: against the fingerprint the coordinator recorded, else in full once
         (Vault.verify_copy)."""
         if not entry.path or entry.encrypted:
@@ -178,7 +179,11 @@ class RestoreService:
         key = (entry.sha256, st.st_size, st.st_mtime)
         if key not in self._verified:
             try:
-                verify_restorable(Path(entry.path), entry.sha256, entry.size)
+                if entry.compression:   # checked as what it decompresses to
+                    with self._vault().materialize(entry) as path:
+                        verify_restorable(path, entry.sha256, entry.size)
+                else:
+                    verify_restorable(Path(entry.path), entry.sha256, entry.size)
                 self._verified[key] = None
             except EtcdguardError as exc:
                 self._verified[key] = str(exc)

@@ -8,11 +8,11 @@ encrypted by the agent). A save is atomic: a failed or partial save never
 lists as an entry.
 
 The directory backend keeps the layout the vault always had, so existing
-vaults read unchanged: ``<sha256>.db`` (``<sha256>.db.age`` when encrypted)
-with its ``<sha256>.json`` sidecar (its metadata, the entry's kind among them), the data renamed in first
-and the sidecar
-written last (each by temp + fsync + rename); ``<sha256>.bundle.age`` beside
-it; ``<sha256>.pin`` holding a pin's reason.
+vaults read unchanged: ``<sha256>.db`` (``.db.zst`` when compressed,
+``.db.age`` or ``.db.zst.age`` when encrypted) with its ``<sha256>.json``
+sidecar (its metadata, the entry's kind among them), the data renamed in
+first and the sidecar written last (each by temp + fsync + rename);
+``<sha256>.bundle.age`` beside it; ``<sha256>.pin`` holding a pin's reason.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ from typing import IO, Any, Optional, Protocol, Union
 
 from etcdguard.common.base import fsutil
 from etcdguard.common.base.errors import SnapshotError
-from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
+from etcdguard.coordinator.vault.entry import ZSTD, VaultEntry, derive_kind
 from etcdguard.coordinator.vault.verified import ObjectStat
 
 log = logging.getLogger(__name__)
 
 DATA_SUFFIX = ".db"
 AGE_DATA_SUFFIX = ".db.age"
+ZST_DATA_SUFFIX = ".db.zst"          # the snapshot compressed (zstd frames)
+AGE_ZST_DATA_SUFFIX = ".db.zst.age"  # ... then age-encrypted
+DATA_SUFFIXES = (AGE_ZST_DATA_SUFFIX, ZST_DATA_SUFFIX, AGE_DATA_SUFFIX, DATA_SUFFIX)   # longest first
 META_SUFFIX = ".json"
 BUNDLE_SUFFIX = ".bundle.age"
 PIN_SUFFIX = ".pin"
@@ -112,8 +115,12 @@ class DirStore:
         self.location = str(directory)
 
     # -- paths -------------------------------------------------------------
-    def data_path(self, sha256: str, encrypted: bool = False) -> Path:
-        return self.dir / f"{sha256}{AGE_DATA_SUFFIX if encrypted else DATA_SUFFIX}"
+    def data_path(self, sha256: str, encrypted: bool = False, compressed: bool = False) -> Path:
+        return self.dir / f"{sha256}{DATA_SUFFIX}{'.zst' if compressed else ''}{'.age' if encrypted else ''}"
+
+    def entry_path(self, entry: VaultEntry) -> Path:
+        """Where ``entry``'s data is (or goes), by its encryption and compression."""
+        return self.data_path(entry.sha256, entry.encrypted, bool(entry.compression))
 
     def meta_path(self, sha256: str) -> Path:
         return self.dir / f"{sha256}{META_SUFFIX}"
@@ -139,7 +146,7 @@ class DirStore:
         fsutil.ensure_private_dir(self.dir)
         removed = fsutil.remove_stale_temps(self.dir)
         for entry in self.dir.iterdir():
-            sha = _sha_of(entry.name, (AGE_DATA_SUFFIX, DATA_SUFFIX, BUNDLE_SUFFIX))
+            sha = _sha_of(entry.name, (*DATA_SUFFIXES, BUNDLE_SUFFIX))
             if sha is not None and not self.meta_path(sha).exists():
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
@@ -155,8 +162,8 @@ class DirStore:
         return list(removed)
 
     def _data_of(self, sha256: str) -> Optional[Path]:
-        for encrypted in (False, True):
-            path = self.data_path(sha256, encrypted)
+        for suffix in DATA_SUFFIXES:
+            path = self.dir / f"{sha256}{suffix}"
             if path.is_file():
                 return path
         return None
@@ -178,8 +185,13 @@ class DirStore:
         reason = None
         with contextlib.suppress(FileNotFoundError):
             reason = _pin_reason(pin.read_text(encoding="utf-8", errors="replace"))
-        return entry.with_(path=str(data), encrypted=data.name.endswith(AGE_DATA_SUFFIX), pinned=reason,
-                           bundle=self.bundle_path(sha256).is_file(), kind=derive_kind(entry.kind, reason))
+        try:
+            stored = data.stat().st_size
+        except FileNotFoundError:   # deleted between the two looks: not an entry any more
+            return None
+        return entry.with_(path=str(data), encrypted=data.name.endswith(".age"), pinned=reason,
+                           bundle=self.bundle_path(sha256).is_file(), kind=derive_kind(entry.kind, reason),
+                           compression=ZSTD if ZST_DATA_SUFFIX in data.name else "", stored_size=stored)
 
     def list(self) -> builtins.list[VaultEntry]:
         if not self.dir.is_dir():
@@ -199,7 +211,7 @@ class DirStore:
 
     @contextlib.contextmanager
     def open_read(self, entry: VaultEntry, kind: str) -> Iterator[IO[bytes]]:
-        path = self.bundle_path(entry.sha256) if kind == BUNDLE else self.data_path(entry.sha256, entry.encrypted)
+        path = self.bundle_path(entry.sha256) if kind == BUNDLE else self.entry_path(entry)
         if not path.is_file():
             raise VaultBackendError(f"vault {self.dir}: {path.name} is missing", "download", "other")
         with open(path, "rb") as fh:
@@ -210,7 +222,7 @@ class DirStore:
         if kind == BUNDLE:
             self._put(self.bundle_path(entry.sha256), data)
             return
-        final = self.data_path(entry.sha256, entry.encrypted)
+        final = self.entry_path(entry)
         self._put(final, data)
         fsutil.atomic_write_json(self.meta_path(entry.sha256), entry.sidecar())
 
@@ -227,8 +239,8 @@ class DirStore:
 
     def delete(self, entry: VaultEntry) -> None:
         """Sidecar first (the entry leaves the catalog), then the data and its bundle."""
-        for path in (self.meta_path(entry.sha256), self.data_path(entry.sha256, False),
-                     self.data_path(entry.sha256, True), self.bundle_path(entry.sha256)):
+        for path in (self.meta_path(entry.sha256), *(self.dir / f"{entry.sha256}{s}" for s in DATA_SUFFIXES),
+                     self.bundle_path(entry.sha256)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         fsutil.fsync_dir(self.dir)
@@ -248,14 +260,14 @@ class DirStore:
     def stat(self, entry: VaultEntry) -> Optional[ObjectStat]:
         """The data file's size and modification time (its fingerprint) and what its sidecar records."""
         recorded = self.get(entry.sha256)
-        path = self.data_path(entry.sha256, entry.encrypted)
+        path = self.entry_path(entry)
         try:
             st = path.stat()
         except FileNotFoundError:
             return None
         return ObjectStat(tag=f"{st.st_size}:{st.st_mtime_ns}", size=st.st_size,
                           snapshot_sha256=recorded.sha256 if recorded else None,
-                          content_sha256=None if entry.encrypted else entry.sha256,
+                          content_sha256=None if entry.encrypted or entry.compression else entry.sha256,
                           recorded_size=str(recorded.size) if recorded else None)
 
     @property

@@ -35,8 +35,11 @@ LATEST_KINDS = (SCHEDULED, MANUAL)   # what 'latest' may name
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 _HEX_RE = re.compile(r"[0-9a-f]+")
 # Not in the sidecar: where the data is now, and what the backend derives from its files or keys.
-DERIVED = ("path", "pinned", "bundle", "encrypted")
-OPTIONAL: dict[str, Any] = {"revision_exact": True, "kind": ""}   # "": recorded before kinds were
+DERIVED = ("path", "pinned", "bundle", "encrypted", "compression", "stored_size")
+# Absent from records written before them: "" kind, recorded before kinds were; None, not recorded.
+OPTIONAL: dict[str, Any] = {"revision_exact": True, "kind": "", "hashkv": None, "hashkv_compact_revision": None,
+                            "key_count": None}
+ZSTD = "zstd"            # the one compression a vault object has ("": stored as the snapshot itself)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,13 @@ class VaultEntry:
     encrypted: bool = False  # stored age-encrypted
     revision_exact: bool = True    # revision read from the file (False: a lower bound from etcd's header)
     kind: str = SCHEDULED          # one of KINDS ("" only while a backend reads a record without one)
+    # What the source member answered right after the snapshot, at ``revision`` (restore drills check
+    # them; None: not recorded, e.g. by an older agent):
+    hashkv: Optional[int] = None
+    hashkv_compact_revision: Optional[int] = None
+    key_count: Optional[int] = None
+    compression: str = ""          # ZSTD: the object is the snapshot as zstd frames; "": the snapshot itself
+    stored_size: int = 0           # bytes the backend holds (compressed, encrypted); 0: not known
 
     @property
     def id(self) -> str:
@@ -92,7 +102,8 @@ class VaultEntry:
             "sha256": str, "size": int, "source_member": str, "original_name": str, "revision": int,
             "cluster_id": str, "member_id": str, "etcd_version": str, "created_at": str,
             "created_unix": (int, float), "pulled_at": str, "pulled_unix": (int, float), "revision_exact": bool,
-            "kind": str,
+            "kind": str, "hashkv": (int, type(None)), "hashkv_compact_revision": (int, type(None)),
+            "key_count": (int, type(None)),
         }
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -191,6 +202,9 @@ class Incoming:
     revision_exact: bool = True
     bundle: bool = False     # the agent holds an encrypted node bundle beside it
     kind: str = SCHEDULED    # why it is copied (KINDS): stored with the entry
+    hashkv: Optional[int] = None
+    hashkv_compact_revision: Optional[int] = None
+    key_count: Optional[int] = None
 
     @classmethod
     def from_agent(cls, member: str, meta: dict[str, Any], kind: str = SCHEDULED) -> Incoming:
@@ -207,16 +221,20 @@ class Incoming:
             revision=record.revision or 0, cluster_id=record.cluster_id, member_id=record.member_id,
             etcd_version=record.etcd_version, created_at=record.created_at or iso_utc(record.created_unix),
             created_unix=record.created_unix, revision_exact=record.revision_source == FROM_FILE,
-            bundle=record.bundle == "encrypted", kind=kind,
+            bundle=record.bundle == "encrypted", kind=kind, hashkv=record.hashkv,
+            hashkv_compact_revision=record.hashkv_compact_revision, key_count=record.key_count,
         )
 
-    def entry(self, pulled_unix: float, *, encrypted: bool = False, path: str = "") -> VaultEntry:
+    def entry(self, pulled_unix: float, *, encrypted: bool = False, path: str = "",
+              compression: str = "") -> VaultEntry:
         return VaultEntry(
             sha256=self.sha256, size=self.size, source_member=self.source_member,
             original_name=self.original_name, revision=self.revision, cluster_id=self.cluster_id,
             member_id=self.member_id, etcd_version=self.etcd_version, created_at=self.created_at,
             created_unix=self.created_unix, pulled_at=iso_utc(pulled_unix), pulled_unix=pulled_unix,
             path=path, encrypted=encrypted, revision_exact=self.revision_exact, kind=self.kind,
+            hashkv=self.hashkv, hashkv_compact_revision=self.hashkv_compact_revision, key_count=self.key_count,
+            compression=compression,
         )
 
 

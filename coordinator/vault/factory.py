@@ -55,4 +55,5 @@ def open_vault(config: CoordinatorConfig, on_failure: Optional[FailureHook] = No
     plain_dir = v.backend == "dir" and not v.encrypt_to
     return Vault(store, encrypt_to=v.encrypt_to, identity=v.age_identity,
                  work_dir=None if plain_dir else work_dir(config), on_failure=on_failure,
-                 records=ObjectRecords(config.coordinator.state_dir / FILE_NAME))
+                 records=ObjectRecords(config.coordinator.state_dir / FILE_NAME),
+                 compression="" if v.compression == "none" else v.compression, level=v.compression_level)

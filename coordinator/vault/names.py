@@ -7,13 +7,17 @@ and then tagged fields separated by ``~``, a character no field may hold::
 
     PREFIX snapshots/<sha256>~t<created ms>~r<revision>~s<size>~c<cluster id>~m<member id>
            ~e<etcd version>~f<source member>~o<original name>~p<pulled ms>~x<revision exact 0|1>
-           ~k<kind>.db[.age]
+           ~k<kind>[~h<hashkv>~g<its compact revision>][~n<key count>].db[.zst][.age]
     PREFIX bundles/<sha256>.tar.age          the node bundle pulled with that snapshot (agent-encrypted)
     PREFIX pins/<sha256>~<reason, percent-encoded>   a zero-byte keep annotation
 
-The kind (``scheduled``, ``manual``, ``pre-restore``, ``point-in-time``) is
-the last field; keys written before kinds were recorded lack it and parse
-with an empty kind (entry.derive_kind decides it from the pin). Keys this
+The kind (``scheduled``, ``manual``, ``pre-restore``, ``point-in-time``)
+follows; keys written before kinds were recorded lack it and parse with an
+empty kind (entry.derive_kind decides it from the pin). The hashkv and key
+count the source member answered at the snapshot's revision (what a restore
+drill checks) follow where they were recorded. ``.zst`` says the object is
+the snapshot compressed (zstd frames), ``.age`` that it is age-encrypted
+(after compression). Keys this
 module does not recognise are not entries (``parse_key`` returns None), so
 other objects under the prefix are never touched.
 """
@@ -30,6 +34,7 @@ BUNDLES = "bundles/"
 PINS = "pins/"
 PLAIN_SUFFIX = ".db"
 AGE_SUFFIX = ".db.age"
+ZST_SUFFIX = ".zst"
 BUNDLE_SUFFIX = ".tar.age"
 SEP = "~"
 MAX_REASON = 64
@@ -51,7 +56,8 @@ _FIELDS = (
 _KIND = r"scheduled|manual|pre-restore|point-in-time"
 _SNAPSHOT_RE = re.compile(
     rf"(?P<sha256>{_SHA})" + "".join(rf"~{tag}(?P<{name}>{pattern})" for tag, name, pattern in _FIELDS)
-    + rf"(?:~k(?P<kind>{_KIND}))?" + r"(?P<suffix>\.db(?:\.age)?)")
+    + rf"(?:~k(?P<kind>{_KIND}))?" + r"(?:~h(?P<hashkv>[0-9]{1,10})~g(?P<hashkv_compact>-?[0-9]{1,20}))?"
+    + r"(?:~n(?P<key_count>[0-9]{1,20}))?" + r"\.db(?P<zst>\.zst)?(?P<age>\.age)?")
 _BUNDLE_RE = re.compile(rf"(?P<sha256>{_SHA})\.tar\.age")
 _PIN_RE = re.compile(rf"(?P<sha256>{_SHA})~(?P<reason>[A-Za-z0-9%._-]{{1,{3 * MAX_REASON}}})")
 _REASON_RE = re.compile(rf"[A-Za-z0-9 ._:/()+-]{{1,{MAX_REASON}}}")
@@ -75,6 +81,10 @@ class SnapshotName:
     revision_exact: bool
     encrypted: bool
     kind: str = ""       # "": a key from before kinds were recorded
+    hashkv: Optional[int] = None
+    hashkv_compact_revision: Optional[int] = None
+    key_count: Optional[int] = None
+    compressed: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,8 +126,21 @@ def snapshot_key(prefix: str, n: SnapshotName) -> str:
     if n.kind and not re.fullmatch(_KIND, n.kind):
         raise ValueError(f"kind {n.kind!r} cannot be part of an object name (expected {_KIND.replace('|', ', ')})")
     kind = [f"k{n.kind}"] if n.kind else []   # none: as keys were before kinds (read back as derive_kind says)
-    body = SEP.join([n.sha256, *(f"{tag}{values[name]}" for tag, name, _ in _FIELDS), *kind])
-    return f"{prefix}{SNAPSHOTS}{body}{AGE_SUFFIX if n.encrypted else PLAIN_SUFFIX}"
+    drill = [f"h{n.hashkv}", f"g{n.hashkv_compact_revision or 0}"] if n.hashkv is not None else []
+    drill += [f"n{n.key_count}"] if n.key_count is not None else []
+    body = SEP.join([n.sha256, *(f"{tag}{values[name]}" for tag, name, _ in _FIELDS), *kind, *drill])
+    key = f"{prefix}{SNAPSHOTS}{body}{PLAIN_SUFFIX}{ZST_SUFFIX if n.compressed else ''}{'.age' if n.encrypted else ''}"
+    parsed = parse_key(prefix, key)
+    if parsed is None or parsed.snapshot is None or _recorded(parsed.snapshot) != _recorded(n):
+        raise ValueError(f"snapshot {n.sha256[:16]}: its fields do not survive an object name (hashkv "
+                         f"{n.hashkv}, compact revision {n.hashkv_compact_revision}, key count {n.key_count})")
+    return key
+
+
+def _recorded(n: SnapshotName) -> tuple[object, ...]:
+    """What a name must give back as it was given (times are kept to the millisecond)."""
+    return (n.sha256, n.revision, n.size, n.hashkv, n.hashkv_compact_revision if n.hashkv is not None else None,
+            n.key_count, n.compressed, n.encrypted)
 
 
 def bundle_key(prefix: str, sha256: str) -> str:
@@ -130,6 +153,10 @@ def pin_key(prefix: str, sha256: str, reason: str) -> str:
         raise ValueError(problem)
     quoted = urllib.parse.quote(reason, safe="").replace("~", "%7E")
     return f"{prefix}{PINS}{sha256}{SEP}{quoted}"
+
+
+def _int_or_none(text: Optional[str]) -> Optional[int]:
+    return int(text) if text is not None else None
 
 
 def parse_key(prefix: str, key: str) -> Optional[Parsed]:
@@ -147,7 +174,9 @@ def parse_key(prefix: str, key: str) -> Optional[Parsed]:
             size=int(g["size"]), cluster_id=g["cluster_id"], member_id=g["member_id"],
             etcd_version=g["etcd_version"], source_member=g["source_member"], original_name=g["original_name"],
             pulled_unix=int(g["pulled_ms"]) / 1000, revision_exact=g["revision_exact"] == "1",
-            encrypted=g["suffix"] == AGE_SUFFIX, kind=g["kind"] or ""))
+            encrypted=g["age"] is not None, kind=g["kind"] or "", hashkv=_int_or_none(g["hashkv"]),
+            hashkv_compact_revision=_int_or_none(g["hashkv_compact"]), key_count=_int_or_none(g["key_count"]),
+            compressed=g["zst"] is not None))
     if rest.startswith(BUNDLES):
         m = _BUNDLE_RE.fullmatch(rest[len(BUNDLES):])
         return Parsed("bundle", m.group("sha256")) if m else None

@@ -17,11 +17,13 @@ progress is abandoned at its next chunk and picked up after it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from etcdguard.common.base.durations import format_bytes, iso_utc
@@ -54,6 +56,20 @@ def stale_uploads(listing: Mapping[str, Any], keep: str) -> list[str]:
         if isinstance(upload, str) and upload.startswith(PREFIX) and upload != keep:
             out.append(upload)
     return sorted(out)
+
+
+class _Once:
+    """A value made by ``make`` the first time it is asked for (a failure is raised, and tried again at the
+    next ask)."""
+
+    def __init__(self, make: Callable[[], Path]) -> None:
+        self._make = make
+        self._value: Optional[Path] = None
+
+    def __call__(self) -> Path:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
 
 
 class Stopped(EtcdguardError):
@@ -151,10 +167,13 @@ class Prestager:
             log.debug("pre-staging: no newest snapshot (%s)", exc)
             return
         self.newest = entry.sha256
-        for member in self.config().members:
-            if self._stop.is_set() or self.restoring():
-                return
-            self._one(member.name, entry)
+        with contextlib.ExitStack() as stack:
+            # read back (downloaded, decrypted, decompressed, checked) once for every member that needs it
+            source = _Once(lambda: stack.enter_context(self.vault().materialize(entry)))
+            for member in self.config().members:
+                if self._stop.is_set() or self.restoring():
+                    return
+                self._one(member.name, entry, source)
         if self.config().restore.warm_standby:
             self._warm_all(entry)
         self.on_change()
@@ -198,14 +217,14 @@ class Prestager:
         finally:
             link.close()
 
-    def _one(self, member: str, entry: VaultEntry) -> None:
+    def _one(self, member: str, entry: VaultEntry, source: Callable[[], Path]) -> None:
         state = self.members.setdefault(member, MemberState())
         link = self.links().dedicated(member)
         try:
             listing = link.call("snapshot.list", {}, timeout=10.0)
             held = held_name(listing, entry.sha256, entry.size)
             if held is None:
-                held = self._send(link, member, entry)
+                held = self._send(link, member, entry, source)
                 listing = link.call("snapshot.list", {}, timeout=10.0)
             for old in stale_uploads(listing, upload_id(entry.sha256)):
                 link.call("snapshot.put.abort", {"upload": old}, timeout=10.0)
@@ -219,12 +238,12 @@ class Prestager:
         finally:
             link.close()
 
-    def _send(self, link: Any, member: str, entry: VaultEntry) -> str:
-        rate = self.config().restore.prestage_rate
+    def _send(self, link: Any, member: str, entry: VaultEntry, source: Callable[[], Path]) -> str:
+        path = source()
+        limit = RateLimit(self.config().restore.prestage_rate, lambda: self.restoring() or self._stop.is_set(),
+                          self._stop.wait)
         started = time.monotonic()
-        limit = RateLimit(rate, lambda: self.restoring() or self._stop.is_set(), self._stop.wait)
-        with self.vault().materialize(entry) as path:
-            result = link.put_snapshot(path, upload_id(entry.sha256), progress=limit, timeout=60.0)
+        result = link.put_snapshot(path, upload_id(entry.sha256), progress=limit, timeout=60.0)
         if not result.get("complete") or not isinstance(result.get("staged"), str):
             raise EtcdguardError(f"the upload to {member} did not complete: {result}")
         took = time.monotonic() - started

@@ -135,6 +135,7 @@ class VaultPulls:
         vault = self._vault()
         self.metrics.retained.set(len(entries))
         self.metrics.bytes.set(sum(e.size for e in entries))
+        self.metrics.stored_bytes.set(sum(e.stored_size or e.size for e in entries))
         self.metrics.record_vault([e.created_unix for e in entries])
         newest = entries[0] if entries else None   # by revision, whatever the clocks stamped
         self.metrics.record_newest(fresh_as_of(newest.created_unix, vault.fresh_as_of, time.time())
@@ -289,7 +290,7 @@ class VaultPulls:
         self.retention()
         return entry, pulled
 
-    def _fetcher(self, name: str, incoming: Incoming, emit: Emit) -> Callable[[Path], None]:
+    def _fetcher(self, name: str, incoming: Incoming, emit: Emit) -> Callable[[Path], Optional[str]]:
         """What the vault calls to write the snapshot at its temp path: a transfer on a client of its own."""
         progress = Throttled(emit, stage="fetch", member=name, name=incoming.original_name)
         links = self._links()
@@ -300,11 +301,15 @@ class VaultPulls:
                              f"{format_bytes(done)} of {format_bytes(total)}")
             progress(done, total)
 
-        def fetch(dest: Path) -> None:
+        level = self._vault().zstd_level
+
+        def fetch(dest: Path) -> str:
             client = links.dedicated(name)
             try:
-                client.fetch_snapshot(incoming.original_name, dest, expected_sha256=incoming.sha256,
-                                      expected_size=incoming.size, progress=track, timeout=timeout)
+                # compressed: the agent compresses each chunk as it sends it, and the vault stores the frames
+                return client.fetch_snapshot(incoming.original_name, dest, expected_sha256=incoming.sha256,
+                                             expected_size=incoming.size, progress=track, timeout=timeout,
+                                             zstd_level=level)
             finally:
                 client.close()
 

@@ -43,7 +43,7 @@ from etcdguard.common.base.errors import ConfigError, SnapshotCorrupt
 from etcdguard.coordinator.config import S3Settings
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import BUNDLE, Data, VaultBackendError
-from etcdguard.coordinator.vault.entry import VaultEntry, derive_kind
+from etcdguard.coordinator.vault.entry import ZSTD, VaultEntry, derive_kind
 from etcdguard.coordinator.vault.verified import ObjectStat
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ META_SNAPSHOT = "snapshot-sha256"
 META_CONTENT = "content-sha256"
 META_SIZE = "snapshot-size"
 META_KIND = "snapshot-kind"
+META_COMPRESSION = "snapshot-compression"
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                      "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "Forbidden", "403"}
@@ -209,42 +210,47 @@ class S3Store:
         return [PurePosixPath(u.key) for u in chosen]
 
     # -- listing -------------------------------------------------------------
-    def _keys(self, prefix: str) -> Iterator[str]:
+    def _objects(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object under ``prefix``."""
         with self._calling("list", f"listing {self.location}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []) or []:
-                    yield str(obj["Key"])
+                    yield str(obj["Key"]), int(obj.get("Size", 0) or 0)
 
-    def _entries(self, keys: Iterator[str]) -> builtins.list[VaultEntry]:
-        snapshots: dict[str, tuple[str, names.SnapshotName]] = {}
+    def _keys(self, prefix: str) -> Iterator[str]:
+        return (key for key, _ in self._objects(prefix))
+
+    def _entries(self, objects: Iterator[tuple[str, int]]) -> builtins.list[VaultEntry]:
+        snapshots: dict[str, tuple[int, names.SnapshotName]] = {}
         bundles: set[str] = set()
         pins: dict[str, str] = {}
-        for key in keys:
+        for key, size in objects:
             parsed = names.parse_key(self.prefix, key)
             if parsed is None:
                 continue
             if parsed.kind == "snapshot" and parsed.snapshot is not None:
-                snapshots[parsed.sha256] = (key, parsed.snapshot)
+                snapshots[parsed.sha256] = (size, parsed.snapshot)
             elif parsed.kind == "bundle":
                 bundles.add(parsed.sha256)
             elif parsed.kind == "pin" and parsed.reason is not None:
                 pins[parsed.sha256] = parsed.reason
-        return [_entry(n, pinned=pins.get(sha), bundle=sha in bundles) for sha, (_, n) in snapshots.items()]
+        return [_entry(n, pinned=pins.get(sha), bundle=sha in bundles, stored_size=size)
+                for sha, (size, n) in snapshots.items()]
 
     def list(self) -> builtins.list[VaultEntry]:
         """The snapshots, bundles and pins (each its own prefix: segments, many small objects, are listed
         on their own, by S3Segments)."""
-        keys = itertools.chain(*(self._keys(f"{self.prefix}{sub}") for sub in (names.SNAPSHOTS, names.BUNDLES,
-                                                                             names.PINS)))
-        return self._entries(keys)
+        objects = itertools.chain(*(self._objects(f"{self.prefix}{sub}") for sub in (names.SNAPSHOTS, names.BUNDLES,
+                                                                                   names.PINS)))
+        return self._entries(objects)
 
     def get(self, sha256: str) -> Optional[VaultEntry]:
-        keys = [*self._keys(f"{self.prefix}{names.SNAPSHOTS}{sha256}{names.SEP}")]
-        if not keys:
+        objects = [*self._objects(f"{self.prefix}{names.SNAPSHOTS}{sha256}{names.SEP}")]
+        if not objects:
             return None
-        keys += self._keys(names.bundle_key(self.prefix, sha256))
-        keys += self._keys(f"{self.prefix}{names.PINS}{sha256}{names.SEP}")
-        found = self._entries(iter(keys))
+        objects += self._objects(names.bundle_key(self.prefix, sha256))
+        objects += self._objects(f"{self.prefix}{names.PINS}{sha256}{names.SEP}")
+        found = self._entries(iter(objects))
         return found[0] if found else None
 
     def _snapshot_key(self, entry: VaultEntry) -> str:
@@ -311,9 +317,7 @@ class S3Store:
             except ValueError as exc:
                 raise VaultBackendError(f"{self.location}: cannot name snapshot {entry.sha256[:16]}: {exc}",
                                         "upload", "other") from None
-            meta = {META_SNAPSHOT: entry.sha256, META_SIZE: str(entry.size), META_KIND: entry.kind}
-            if not entry.encrypted:
-                meta[META_CONTENT] = entry.sha256
+            meta = _snapshot_meta(entry, data)
         extra: dict[str, Any] = {"Metadata": meta}
         s = self.settings
         if s.sse:
@@ -447,6 +451,20 @@ class _Checked:
         return data
 
 
+def _snapshot_meta(entry: VaultEntry, data: Data) -> dict[str, str]:
+    """A snapshot object's metadata: the snapshot it holds, and the sha256 of its bytes where known (the
+    snapshot's own, or its compressed form's; encrypted bytes are checked by decrypting them)."""
+    meta = {META_SNAPSHOT: entry.sha256, META_SIZE: str(entry.size), META_KIND: entry.kind}
+    if entry.compression:
+        meta[META_COMPRESSION] = entry.compression
+    if not entry.encrypted:
+        if not entry.compression:
+            meta[META_CONTENT] = entry.sha256
+        elif isinstance(data, Path):
+            meta[META_CONTENT] = _sha256_file(data)
+    return meta
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -460,10 +478,11 @@ def _name_of(e: VaultEntry) -> names.SnapshotName:
         sha256=e.sha256, created_unix=e.created_unix, revision=e.revision, size=e.size, cluster_id=e.cluster_id,
         member_id=e.member_id, etcd_version=e.etcd_version, source_member=e.source_member,
         original_name=e.original_name, pulled_unix=e.pulled_unix, revision_exact=e.revision_exact,
-        encrypted=e.encrypted, kind=e.kind)
+        encrypted=e.encrypted, kind=e.kind, hashkv=e.hashkv, hashkv_compact_revision=e.hashkv_compact_revision,
+        key_count=e.key_count, compressed=e.compression == ZSTD)
 
 
-def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultEntry:
+def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool, stored_size: int = 0) -> VaultEntry:
     from etcdguard.common.base.durations import iso_utc
 
     return VaultEntry(
@@ -471,7 +490,9 @@ def _entry(n: names.SnapshotName, pinned: Optional[str], bundle: bool) -> VaultE
         revision=n.revision, cluster_id=n.cluster_id, member_id=n.member_id, etcd_version=n.etcd_version,
         created_at=iso_utc(n.created_unix), created_unix=n.created_unix, pulled_at=iso_utc(n.pulled_unix),
         pulled_unix=n.pulled_unix, pinned=pinned, bundle=bundle, encrypted=n.encrypted,
-        revision_exact=n.revision_exact, kind=derive_kind(n.kind, pinned))
+        revision_exact=n.revision_exact, kind=derive_kind(n.kind, pinned), hashkv=n.hashkv,
+        hashkv_compact_revision=n.hashkv_compact_revision, key_count=n.key_count,
+        compression=ZSTD if n.compressed else "", stored_size=stored_size)
 
 
 def open_s3(settings: S3Settings, source: str) -> S3Store:

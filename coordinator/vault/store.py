@@ -42,7 +42,8 @@ from typing import IO, Callable, Optional, Union
 
 from etcdguard.common.base import agekeys, fsutil, retention
 from etcdguard.common.base.errors import EtcdguardError, SnapshotCorrupt, UsageError
-from etcdguard.common.snapshot.integrity import verify_file, verify_restorable
+from etcdguard.common.snapshot import compression as compress
+from etcdguard.common.snapshot.integrity import TrailerHasher, verify_file, verify_restorable
 from etcdguard.coordinator.vault import names
 from etcdguard.coordinator.vault.backends import (
     BUNDLE,
@@ -82,10 +83,28 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 
-# fetch(dest) writes a verified file at dest or raises, leaving no dest.
-Fetcher = Callable[[Path], None]
+# fetch(dest) writes a verified file at dest or raises, leaving no dest; it returns how it wrote the
+# snapshot: "zstd" (as zstd frames, compression.py) or None/"" (the snapshot itself).
+Fetcher = Callable[[Path], Optional[str]]
 # on_failure(op, reason): count a backend failure (the daemon's metrics).
 FailureHook = Callable[[str, str], None]
+
+
+def verify_frames(path: Path, sha256: str, size: int) -> None:
+    """SnapshotCorrupt unless the zstd frames in ``path`` decompress to the snapshot ``sha256`` of ``size``
+    bytes, with etcd's SHA-256 trailer intact."""
+    digest = TrailerHasher()
+    with open(path, "rb") as fh:
+        reader = compress.decompressing(fh)
+        while True:
+            data = reader.read(CHUNK)
+            if not data:
+                break
+            digest.update(data)
+    if digest.size != size or digest.sha256 != sha256:
+        raise SnapshotCorrupt(f"{path} decompresses to {digest.size} bytes with sha256 {digest.sha256[:16]}, "
+                              f"expected {size} bytes with sha256 {sha256[:16]}")
+    digest.check(str(path))
 
 
 class Vault:
@@ -93,10 +112,15 @@ class Vault:
 
     def __init__(self, store: Union[Path, SnapStore], *, encrypt_to: Sequence[str] = (),
                  identity: Optional[Path] = None, work_dir: Optional[Path] = None,
-                 on_failure: Optional[FailureHook] = None, records: Optional[ObjectRecords] = None) -> None:
+                 on_failure: Optional[FailureHook] = None, records: Optional[ObjectRecords] = None,
+                 compression: str = "", level: int = compress.DEFAULT_LEVEL) -> None:
         self.store: SnapStore = DirStore(store) if isinstance(store, Path) else store
         self.recipients = tuple(encrypt_to)
         self.identity = identity
+        if compression not in ("", compress.ZSTD):
+            raise ValueError(f"compression {compression!r} is not 'zstd' or ''")
+        self.compression = compression   # how new objects are stored: "zstd", or "" (the snapshot itself)
+        self.level = level
         plain_dir = isinstance(self.store, DirStore) and not self.recipients
         if work_dir is None:
             if not plain_dir:
@@ -139,6 +163,11 @@ class Vault:
     @property
     def encrypted(self) -> bool:
         return bool(self.recipients)
+
+    @property
+    def zstd_level(self) -> Optional[int]:
+        """The zstd level new objects are compressed at; None when they are stored uncompressed."""
+        return self.level if self.compression == compress.ZSTD else None
 
     def data_path(self, sha256: str) -> Path:
         return self.dir / f"{sha256}.db"
@@ -288,23 +317,49 @@ class Vault:
             ensure_space(self.work_dir, incoming.size, "vault work directory")
             self.store.ensure_space(incoming.size)
         temp = fsutil.temp_path(self.work_dir)
+        packed: Optional[Path] = None
         try:
-            fetch(temp)
-            size = temp.stat().st_size
-            if size != incoming.size:
-                raise SnapshotCorrupt(f"received {size} bytes of {incoming.original_name} from member "
-                                      f"{incoming.source_member}, expected {incoming.size}")
-            if verify:
-                verify_file(temp, incoming.sha256, incoming.size)
-            entry = self._save(temp, incoming, clock())
+            encoding = fetch(temp) or ""
+            if encoding == compress.ZSTD:
+                if verify:
+                    verify_frames(temp, incoming.sha256, incoming.size)
+            else:
+                size = temp.stat().st_size
+                if size != incoming.size:
+                    raise SnapshotCorrupt(f"received {size} bytes of {incoming.original_name} from member "
+                                          f"{incoming.source_member}, expected {incoming.size}")
+                if verify:
+                    verify_file(temp, incoming.sha256, incoming.size)
+                if self.zstd_level is not None:   # the source sent it plain: compressed here
+                    packed = self._compressed_copy(temp, incoming)
+                    encoding = compress.ZSTD
+            entry = self._save(packed or temp, incoming, clock(), encoding)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+            for path in (temp, packed):
+                if path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
         self.confirm_current(incoming.created_unix)
         return entry, True
 
-    def _save(self, temp: Path, incoming: Incoming, pulled_unix: float) -> VaultEntry:
-        entry = incoming.entry(pulled_unix, encrypted=self.encrypted)
+    def _compressed_copy(self, plain: Path, incoming: Incoming) -> Path:
+        """``plain`` as zstd frames in a temp file beside it, checked against the snapshot as it is read."""
+        out = fsutil.temp_path(self.work_dir, "zst")
+        digest = TrailerHasher()
+        try:
+            with open(plain, "rb") as src, fsutil.atomic_writer(out) as dest:
+                compress.compress_stream(src, dest, self.level, content=digest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
+            raise
+        if digest.sha256 != incoming.sha256 or digest.size != incoming.size:
+            out.unlink()
+            raise SnapshotCorrupt(f"{incoming.original_name} changed while it was being compressed")
+        return out
+
+    def _save(self, temp: Path, incoming: Incoming, pulled_unix: float, compression: str = "") -> VaultEntry:
+        entry = incoming.entry(pulled_unix, encrypted=self.encrypted, compression=compression)
         try:
             with self._counting("upload"):
                 if self.recipients:
@@ -321,9 +376,9 @@ class Vault:
         self._record(entry, UPLOADED)
         stored = self.store.get(entry.sha256) or entry
         self.catalog.put(stored)
-        log.info("vault: stored %s (%d bytes, revision %d%s) from member %s in %s", incoming.sha256[:16],
-                 incoming.size, incoming.revision, ", age-encrypted" if self.encrypted else "",
-                 incoming.source_member, self.location)
+        log.info("vault: stored %s (%d bytes, revision %d%s%s) from member %s in %s", incoming.sha256[:16],
+                 incoming.size, incoming.revision, f", {stored.stored_size} bytes compressed" if compression else "",
+                 ", age-encrypted" if self.encrypted else "", incoming.source_member, self.location)
         return stored
 
     def add_file(self, path: Path, incoming: Incoming, pin: Optional[str] = None,
@@ -333,9 +388,13 @@ class Vault:
         With ``pin`` (a reason, e.g. ``pre-restore``) the entry is pinned, also
         when the vault already had it.
         """
-        def copy(dest: Path) -> None:
+        def copy(dest: Path) -> Optional[str]:
             with open(path, "rb") as src, fsutil.atomic_writer(dest) as out:
-                agekeys.copy_stream(src, out)
+                if self.zstd_level is None:
+                    agekeys.copy_stream(src, out)
+                    return None
+                compress.compress_stream(src, out, self.zstd_level)
+                return compress.ZSTD
 
         entry, pulled = self.pull(incoming, copy, verify=True, now=(lambda: now) if now is not None else None)
         if pin is not None:
@@ -388,7 +447,20 @@ class Vault:
 
     # -- reading back ----------------------------------------------------------
     @contextlib.contextmanager
-    def _plaintext(self, entry: VaultEntry, kind: str = SNAPSHOT) -> Iterator[IO[bytes]]:
+    def _plaintext(self, entry: VaultEntry, kind: str = SNAPSHOT) -> Iterator[compress.Reader]:
+        """The entry's snapshot (or bundle): its bytes as stored, decrypted when they are encrypted and
+        decompressed when they are compressed."""
+        with self._decrypted(entry, kind) as stored:
+            if kind == SNAPSHOT and entry.compression == compress.ZSTD:
+                yield compress.decompressing(stored)
+            elif kind == SNAPSHOT and entry.compression:
+                raise UsageError(f"{entry.sha256[:12]} is stored with compression {entry.compression!r}, which this "
+                                 "coordinator cannot read")
+            else:
+                yield stored
+
+    @contextlib.contextmanager
+    def _decrypted(self, entry: VaultEntry, kind: str) -> Iterator[compress.Reader]:
         """The entry's bytes as stored, decrypted when they are encrypted."""
         with self.store.open_read(entry, kind) as raw:
             if not (entry.encrypted or kind == BUNDLE):
@@ -502,7 +574,7 @@ class Vault:
         A plain directory vault yields its own file (after re-hashing it);
         otherwise a 0600 temp file in the work directory, removed on exit.
         """
-        if isinstance(self.store, DirStore) and not entry.encrypted:
+        if isinstance(self.store, DirStore) and not entry.encrypted and not entry.compression:
             path = self.store.data_path(entry.sha256)
             with self._counting("download"):
                 verify_file(path, entry.sha256, entry.size)
@@ -536,7 +608,7 @@ class Vault:
                     agekeys.copy_stream(src, out)
             elif bundle:
                 with self._counting("download"), self._plaintext(entry, BUNDLE) as src:
-                    agekeys.copy_stream(src, out)
+                    agekeys.copy_stream(src, out)   # type: ignore[arg-type]
             else:
                 self._write_verified(entry, out)
             written = int(out.tell())

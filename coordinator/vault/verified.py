@@ -74,7 +74,7 @@ def metadata_problem(entry: VaultEntry, stat: ObjectStat) -> Optional[str]:
         return f"its metadata records snapshot sha256 {stat.snapshot_sha256[:12]}, another snapshot's"
     if stat.recorded_size is not None and stat.recorded_size != str(entry.size):
         return f"its metadata records a snapshot of {stat.recorded_size} bytes, the vault one of {entry.size}"
-    if not entry.encrypted:
+    if not entry.encrypted and not entry.compression:   # a compressed copy is checked as it is decompressed
         if stat.content_sha256 != entry.sha256:
             return f"its metadata records content sha256 {str(stat.content_sha256)[:12]}, not the snapshot's"
         if stat.size != entry.size:

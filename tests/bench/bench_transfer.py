@@ -179,6 +179,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--credit", type=int, default=4, help="chunks in flight (default 4)")
     ap.add_argument("--etcd", choices=("3.4", "3.5"), default="3.5", help="etcd build (default 3.5, else 3.4)")
     ap.add_argument("--insecure", action="store_true", help="plain TCP instead of CURVE (for comparison)")
+    ap.add_argument("--zstd-level", type=int, default=1,
+                    help="also fetch compressed at this zstd level, as the vault pulls (default 1; 0: only plain)")
+    ap.add_argument("--values", choices=("random", "objects"), default="random",
+                    help="the workload's values: random bytes (default) or Kubernetes-like objects (compressible)")
     ap.add_argument("--workdir", type=Path, help="where etcd, the agent and the copies live (default: a temp dir)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the results here as JSON")
     args = ap.parse_args(argv)
@@ -193,7 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         member.launch()
         started = time.perf_counter()
-        keys_loaded = fill_member(member, args.size_mb * MB).keys
+        keys_loaded = fill_member(member, args.size_mb * MB, values=args.values).keys
         load_s = time.perf_counter() - started
         print(f"loaded {keys_loaded} keys ({args.size_mb} MB) into etcd {build.version} in {load_s:.1f}s",
               file=sys.stderr)
@@ -214,6 +218,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         fetch_dir.mkdir()
         cp_times: list[float] = []
         fetch_times: list[float] = []
+        zstd_times: list[float] = []
+        zstd_bytes = 0
         rss_peaks: list[int] = []
         for i in range(args.rounds):
             dest = cp_dir / f"copy{i}.db"
@@ -229,9 +235,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                 fetch_times.append(time.perf_counter() - t0)
             rss_peaks.append(sampler.peak_kb)
             dest.unlink()
+            zstd = ""
+            if args.zstd_level:
+                drop_dirty()
+                warm(src)
+                t0 = time.perf_counter()
+                client.fetch_snapshot(snap["name"], dest, expected_sha256=snap["sha256"], expected_size=size,
+                                      chunk=args.chunk, credit=args.credit, timeout=60, zstd_level=args.zstd_level)
+                zstd_times.append(time.perf_counter() - t0)
+                zstd_bytes = dest.stat().st_size
+                dest.unlink()
+                zstd = f", zstd fetch {size / zstd_times[-1] / MB:.0f} MB/s of snapshot ({zstd_bytes / MB:.1f} MB sent)"
             print(f"round {i + 1}: cp+sync {size / cp_times[-1] / MB:.0f} MB/s, "
-                  f"fetch {size / fetch_times[-1] / MB:.0f} MB/s, agent RSS peak {sampler.peak_kb / 1024:.1f} MiB",
-                  file=sys.stderr)
+                  f"fetch {size / fetch_times[-1] / MB:.0f} MB/s{zstd}, agent RSS peak "
+                  f"{sampler.peak_kb / 1024:.1f} MiB", file=sys.stderr)
         client.close()
         ceilings = [zmq_ceiling(size, args.chunk, args.credit, not args.insecure) for _ in range(args.rounds)]
         ceiling = statistics.median(ceilings)
@@ -249,6 +266,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             "zmq_pipe_mb_per_s": round(ceiling, 1),
             "ratio_zmq_pipe_to_cp": round(ceiling / (size / cp_med / MB), 3),
             "ratio_fetch_to_zmq_pipe": round(size / fetch_med / MB / ceiling, 3),
+            "values": args.values,
+            "zstd_level": args.zstd_level or None,
+            "zstd_fetch_seconds": [round(t, 3) for t in zstd_times],
+            "zstd_fetch_mb_per_s": round(size / statistics.median(zstd_times) / MB, 1) if zstd_times else None,
+            "ratio_zstd_fetch_to_cp": round(cp_med / statistics.median(zstd_times), 3) if zstd_times else None,
+            "zstd_bytes": zstd_bytes or None,
+            "zstd_ratio": round(size / zstd_bytes, 3) if zstd_bytes else None,
             "agent_rss_before_kb": rss_before,
             "agent_rss_peak_during_fetch_kb": max(rss_peaks),
             "agent_rss_method": sampler.method,

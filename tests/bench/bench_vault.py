@@ -1,6 +1,8 @@
 """Vault push (into the vault) and pull (export, verified) throughput against `cp` of the same file, for the
-S3 backend on a loopback moto_server and the directory backend, with and without age encryption; and the
-peak RSS of the coordinator-side process (and of age), which must not grow with the snapshot.
+S3 backend on a loopback moto_server and the directory backend, with and without age encryption, stored
+as it is or zstd-compressed; and the peak RSS of the coordinator-side process (and of age), which must not
+grow with the snapshot. The snapshot is random bytes by default (incompressible: what compression costs
+when it saves nothing); ``--data synthetic`` repeats one block (compresses almost to nothing).
 
     python tests/bench/bench_vault.py [--size-mb 300] [--runs 2]    -> tests/bench/results/vault.json
     python tests/bench/bench_vault.py worker JSON                   (one measured operation, in a fresh process)
@@ -73,8 +75,8 @@ def measure(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 
 def vault_config(work: Path, backend: str, endpoint: str, bucket: str, creds: Path, recipient: str,
-                 identity: Path) -> dict[str, Any]:
-    vault: dict[str, Any] = {"backend": backend, "dir": str(work / f"vault-{bucket}")}
+                 identity: Path, compression: str = "zstd") -> dict[str, Any]:
+    vault: dict[str, Any] = {"backend": backend, "dir": str(work / f"vault-{bucket}"), "compression": compression}
     if recipient:
         vault.update(encrypt_to=[recipient], age_identity=str(identity))
     if backend == "s3":
@@ -92,11 +94,13 @@ def cp_seconds(src: Path, dest: Path) -> float:
 
 
 def main() -> int:
-    from tests.helpers.s3 import MotoServer, age_keypair, quiet_env, synthetic_snapshot
+    from tests.helpers.s3 import MotoServer, age_keypair, quiet_env, random_snapshot, synthetic_snapshot
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=300)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--data", choices=("random", "synthetic"), default="random")
+    ap.add_argument("--compression", default="none,zstd", help="vault compressions to measure (default both)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="etcdguard-bench-vault-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
     moto = MotoServer(work / "moto").start()
@@ -105,47 +109,49 @@ def main() -> int:
         identity, recipient = age_keypair(work / "keys")
         creds = moto.credentials_file(work / "s3.credentials")
         snap = work / "snap.db"
-        synthetic_snapshot(snap, args.size_mb << 20)
+        (random_snapshot if args.data == "random" else synthetic_snapshot)(snap, args.size_mb << 20)
         size = snap.stat().st_size
         mb = size / 1e6
         cps = [cp_seconds(snap, work / "copy.db") for _ in range(args.runs)]
         cp_rate = mb / statistics.median(cps)
         rows = []
-        for backend in ("s3", "dir"):
-            for encrypted in (False, True):
-                pushes, pulls = [], []
-                for run in range(args.runs):
-                    bucket = f"bench-{backend}-{int(encrypted)}-{run}"
-                    if backend == "s3":
-                        moto.create_bucket(bucket)
-                    config = vault_config(work, backend, moto.endpoint, bucket, creds,
-                                          recipient if encrypted else "", identity)
-                    pushes.append(measure({"op": "push", "config": config, "snapshot": str(snap)}, env))
-                    out = work / "export.db"
-                    pulls.append(measure({"op": "pull", "config": config, "snapshot": str(snap),
-                                          "output": str(out)}, env))
-                    assert out.stat().st_size == size
-                    out.unlink()
-                    shutil.rmtree(work / f"vault-{bucket}", ignore_errors=True)
-                    if backend == "s3":
-                        client = moto.client()
-                        for key in moto.keys_in_bucket(bucket):
-                            client.delete_object(Bucket=bucket, Key=key)
-                push_s = statistics.median(p["seconds"] for p in pushes)
-                pull_s = statistics.median(p["seconds"] for p in pulls)
-                rows.append({
-                    "backend": backend, "encrypted": encrypted,
-                    "push_mb_per_s": round(mb / push_s, 1), "pull_mb_per_s": round(mb / pull_s, 1),
-                    "push_ratio_to_cp": round(mb / push_s / cp_rate, 3),
-                    "pull_ratio_to_cp": round(mb / pull_s / cp_rate, 3),
-                    "push_peak_rss_mib": round(max(p["peak_rss_kib"] for p in pushes) / 1024, 1),
-                    "pull_peak_rss_mib": round(max(p["peak_rss_kib"] for p in pulls) / 1024, 1),
-                    "age_peak_rss_mib": round(max(p["age_peak_rss_kib"] for p in pushes + pulls) / 1024, 1),
-                })
-                print(json.dumps(rows[-1]), flush=True)
+        combos = [(b, e, c) for c in args.compression.split(",") for b in ("s3", "dir") for e in (False, True)]
+        for backend, encrypted, compression in combos:
+            pushes, pulls = [], []
+            for run in range(args.runs):
+                bucket = f"bench-{backend}-{int(encrypted)}-{compression}-{run}"
+                if backend == "s3":
+                    moto.create_bucket(bucket)
+                config = vault_config(work, backend, moto.endpoint, bucket, creds,
+                                      recipient if encrypted else "", identity, compression)
+                pushes.append(measure({"op": "push", "config": config, "snapshot": str(snap)}, env))
+                out = work / "export.db"
+                pulls.append(measure({"op": "pull", "config": config, "snapshot": str(snap),
+                                      "output": str(out)}, env))
+                assert out.stat().st_size == size
+                out.unlink()
+                shutil.rmtree(work / f"vault-{bucket}", ignore_errors=True)
+                if backend == "s3":
+                    client = moto.client()
+                    for key in moto.keys_in_bucket(bucket):
+                        client.delete_object(Bucket=bucket, Key=key)
+            push_s = statistics.median(p["seconds"] for p in pushes)
+            pull_s = statistics.median(p["seconds"] for p in pulls)
+            rows.append({
+                "backend": backend, "encrypted": encrypted, "compression": compression,
+                "push_mb_per_s": round(mb / push_s, 1), "pull_mb_per_s": round(mb / pull_s, 1),
+                "push_ratio_to_cp": round(mb / push_s / cp_rate, 3),
+                "pull_ratio_to_cp": round(mb / pull_s / cp_rate, 3),
+                "push_peak_rss_mib": round(max(p["peak_rss_kib"] for p in pushes) / 1024, 1),
+                "pull_peak_rss_mib": round(max(p["peak_rss_kib"] for p in pulls) / 1024, 1),
+                "age_peak_rss_mib": round(max(p["age_peak_rss_kib"] for p in pushes + pulls) / 1024, 1),
+            })
+            print(json.dumps(rows[-1]), flush=True)
         result = {"size_bytes": size, "runs": args.runs, "cp_mb_per_s": round(cp_rate, 1), "rows": rows,
-                  "note": "push: Vault.add_file (checks, encrypts, uploads); pull: export (downloads, decrypts, "
-                          "verifies the sha256, writes with fsync); cp: cp + sync of the same file"}
+                  "data": args.data,
+                  "note": "push: Vault.add_file (checks, compresses, encrypts, uploads); pull: export (downloads, "
+                          "decrypts, decompresses, verifies the sha256, writes with fsync); cp: cp + sync of the "
+                          "same file"}
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "vault.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))

@@ -301,28 +301,83 @@ def replace_section() -> list[str]:
 
 
 def transfer_section() -> list[str]:
-    transfer = load("transfer")
-    if not transfer:
+    rows = [r for name in ("transfer", "transfer-objects") if load(name) for r in load(name).get("rows", [load(name)])]
+    if not rows:
         return []
-    rows = transfer.get("rows", [transfer])
     for r in rows:
         r["agent_rss_peak_mib"] = round(r.get("agent_rss_peak_during_fetch_kb", 0) / 1024, 1)
-        r["met"] = met(r["ratio_fetch_to_cp"] >= 0.8)
         r["pipe_met"] = met(r["ratio_zmq_pipe_to_cp"] >= 0.8)
+        r["values"] = r.get("values", "random")
+        r["zstd_met"] = met(r["ratio_zstd_fetch_to_cp"] >= 1.0) if r.get("ratio_zstd_fetch_to_cp") else ""
     return [
         "## Vault pull over ZeroMQ CURVE vs `cp` + sync",
         "",
         "A snapshot fetched from a real agent by the coordinator's client (credit-based, 1 MiB chunks,",
         "sha256 and the etcd trailer checked end to end, fsync'ed) against `cp` + `sync` of the same file",
-        "on the same disk, alternating, median of the rounds. `zmq pipe` is bare ZeroMQ over CURVE at the",
-        "same settings between two processes (no file, no hashing): the ceiling of the channel on this",
-        "machine, and so the floor of what any CURVE transfer costs. Agent and coordinator share the",
-        "same 2 cores here; in production CURVE encryption and decryption run on different hosts.",
+        "on the same disk, alternating, median of the rounds: plain (`fetch`), and compressed as the vault",
+        "pulls (`zstd fetch`: the agent compresses each chunk at level 1 as it sends it, the coordinator",
+        "decompresses each frame to check the snapshot's sha256 and writes the frames), in MB/s of the",
+        "snapshot (logical). `zmq pipe` is bare ZeroMQ over CURVE at the same settings between two processes",
+        "(no file, no hashing): the ceiling of the channel on this machine. Agent and coordinator share the",
+        "same 2 cores here; in production compression, CURVE encryption and decryption run on different",
+        "hosts. `random` is the seeded workload (its values are random bytes: nothing to compress);",
+        "`objects` the same keys with Kubernetes-like objects as values.",
         "",
-        table(rows, [("size_bytes", "bytes"), ("cp_mb_per_s", "cp MB/s"), ("fetch_mb_per_s", "fetch MB/s"),
-                     ("ratio_fetch_to_cp", "fetch/cp"), ("met", ">= 0.8x"), ("zmq_pipe_mb_per_s", "zmq pipe MB/s"),
+        table(rows, [("values", "values"), ("size_bytes", "bytes"), ("cp_mb_per_s", "cp MB/s"),
+                     ("fetch_mb_per_s", "fetch MB/s"), ("ratio_fetch_to_cp", "fetch/cp"),
+                     ("zstd_fetch_mb_per_s", "zstd fetch MB/s"), ("ratio_zstd_fetch_to_cp", "zstd fetch/cp"),
+                     ("zstd_met", ">= 1.0x"), ("zstd_ratio", "zstd ratio"), ("zmq_pipe_mb_per_s", "zmq pipe MB/s"),
                      ("ratio_zmq_pipe_to_cp", "pipe/cp"), ("pipe_met", "pipe >= 0.8x cp"),
-                     ("ratio_fetch_to_zmq_pipe", "fetch/pipe"), ("agent_rss_peak_mib", "agent peak RSS MiB")]),
+                     ("agent_rss_peak_mib", "agent peak RSS MiB")]),
+        "",
+    ]
+
+
+def compression_section() -> list[str]:
+    rows = [r for name in ("compression", "compression-objects") if load(name) for r in load(name)["rows"]]
+    if not rows:
+        return []
+    for r in rows:
+        r["snap_mb"] = round(r["snapshot_bytes"] / 1e6)
+        r["stored_mb"] = round(r["stored_bytes"] / 1e6, 1)
+    return [
+        "## zstd on etcd snapshots: ratio and speed",
+        "",
+        "`etcdctl snapshot save` of one member growing through the sizes (the seeded workload), compressed",
+        "as a pull compresses it: one independent frame per 1 MiB chunk, one thread (the agent's socket",
+        "loop); read back as every reader does: decompressed across the frames and sha256-hashed, one",
+        "thread. `one stream` is the `zstd` tool's ratio on the whole file at the same level (what",
+        "independent frames give up). `random` values are incompressible (the seeded workload); `objects`",
+        "are Kubernetes-like JSON objects. MB/s are of the snapshot, median of the repeats.",
+        "",
+        table(rows, [("values", "values"), ("size_mb", "data MB"), ("snap_mb", "snapshot MB"), ("level", "level"),
+                     ("stored_mb", "stored MB"), ("ratio", "ratio"), ("one_stream_ratio", "one stream ratio"),
+                     ("compress_mb_per_s", "compress MB/s"), ("read_back_mb_per_s", "decompress + sha256 MB/s")]),
+        "",
+    ]
+
+
+def drill_section() -> list[str]:
+    d = load("drill")
+    if not d:
+        return []
+    row = {"etcd": d["etcd"], "size_mb": d["size_mb"], "snap_mb": round(d["snapshot_bytes"] / 1e6),
+           "stored_mb": round(d["stored_bytes"] / 1e6, 1), "runs": d["runs"], "drill": rng(d["drill"]),
+           "manual": rng(d["manual"]), "ratio": d["ratio_to_manual"],
+           **{k: rng(v) for k, v in d["phases"].items()}}
+    return [
+        "## Restore drill",
+        "",
+        "A drill of a compressed directory-vault entry (coordinator/drill/: the copy read back,",
+        "decompressed and sha256-checked; `etcdutl snapshot restore` into a scratch dir; etcd started on",
+        "loopback; revision, key count, hashkv and 64 keys checked; everything removed and proven gone)",
+        "against the same by hand (`zstd -d`, `etcdutl snapshot restore`, start etcd, wait until it serves,",
+        "`etcdctl endpoint hashkv`, stop, remove), alternating. Seconds are median [min-max].",
+        "",
+        table([row], [("etcd", "etcd"), ("size_mb", "data MB"), ("snap_mb", "snapshot MB"),
+                      ("stored_mb", "stored MB"), ("runs", "runs"), ("drill", "drill s"), ("manual", "by hand s"),
+                      ("ratio", "ratio"), ("read back", "read back s"), ("restore + start", "restore + start s"),
+                      ("checks + removal", "checks + removal s")]),
         "",
     ]
 
@@ -470,24 +525,30 @@ def render() -> str:
             "",
         ]
     parts += transfer_section()
+    parts += compression_section()
     vault = load("vault")
     if vault:
         parts += [
             "## Vault push and pull: S3 (moto_server on loopback) and directory, with and without age",
             "",
-            "push: `Vault.add_file` (size, sha256 and trailer checked, encrypted with `age` when configured,",
-            "uploaded in 16 MiB parts or written with fsync); pull: `etcdguardctl export`'s path (downloaded,",
-            "decrypted, sha256 verified, written with fsync). Ratios against `cp` + `sync` of the same file",
-            f"({vault['cp_mb_per_s']} MB/s, {vault['size_bytes']} bytes). moto_server is a Python process on the",
-            "same 2 cores, so the S3 rows measure it as much as etcdguard; peak RSS is the coordinator-side",
-            "process's VmHWM (flat with the snapshot's size), age's is its own.",
+            "push: `Vault.add_file` (size, sha256 and trailer checked, compressed with zstd level 1 when",
+            "configured, encrypted with `age` when configured, uploaded in 16 MiB parts or written with",
+            "fsync); pull: `etcdguardctl export`'s path (downloaded, decrypted, decompressed, sha256 verified,",
+            "written with fsync). Ratios against `cp` + `sync` of the same file",
+            f"({vault['cp_mb_per_s']} MB/s, {vault['size_bytes']} bytes of {vault.get('data', 'synthetic')} data:",
+            "random bytes do not compress, so the zstd rows show what compression costs when it saves",
+            "nothing). moto_server is a Python process on the same 2 cores, so the S3 rows measure it as",
+            "much as etcdguard; peak RSS is the coordinator-side process's VmHWM (flat with the snapshot's",
+            "size), age's is its own.",
             "",
-            table(vault["rows"], [("backend", "backend"), ("encrypted", "age"), ("push_mb_per_s", "push MB/s"),
+            table(vault["rows"], [("backend", "backend"), ("encrypted", "age"), ("compression", "compression"),
+                                  ("push_mb_per_s", "push MB/s"),
                                   ("push_ratio_to_cp", "push/cp"), ("pull_mb_per_s", "pull MB/s"),
                                   ("pull_ratio_to_cp", "pull/cp"), ("push_peak_rss_mib", "push peak RSS MiB"),
                                   ("pull_peak_rss_mib", "pull peak RSS MiB"), ("age_peak_rss_mib", "age RSS MiB")]),
             "",
         ]
+    parts += drill_section()
     parts += idle_section()
     parts += continuous_section()
     from tests.bench.profile_notes import where_the_time_goes
@@ -516,6 +577,8 @@ def main() -> int:
             run("bench_cluster_restore.py", "--build", "3.5", "--scenario", "dead", "--sizes-mb", "30", "--runs", "1")
             run("bench_replace.py", "--build", "3.5", "--size-mb", "30", "--runs", "1")
             run("bench_transfer.py", "--size-mb", "30", "--rounds", "1", "--json", str(RESULTS / "transfer.json"))
+            run("bench_compression.py", "--sizes-mb", "30", "--repeat", "1")
+            run("bench_drill.py", "--size-mb", "30", "--runs", "1")
             run("bench_idle.py", "--seconds", "15")
             run("bench_continuous.py", "--quick")
         else:
@@ -532,7 +595,12 @@ def main() -> int:
                     "--runs", "5")
             run("bench_replace.py", "--build", "3.5", "--size-mb", "300", "--runs", "3")
             run("bench_transfer.py", "--size-mb", "300", "--json", str(RESULTS / "transfer.json"))
+            run("bench_transfer.py", "--size-mb", "300", "--values", "objects", "--json",
+                str(RESULTS / "transfer-objects.json"))
+            run("bench_compression.py", "--sizes-mb", "300,1000")
+            run("bench_compression.py", "--sizes-mb", "300", "--values", "objects")
             run("bench_vault.py", "--size-mb", "300", "--runs", "2")
+            run("bench_drill.py", "--size-mb", "300", "--runs", "3")
             run("bench_idle.py", "--seconds", "60")
             run("bench_continuous.py")
     if not args.render:

@@ -1,7 +1,9 @@
 """The benchmarks' workload: a cluster filled to a chosen size with Kubernetes-like keys.
 
 Keys are ``/registry/<resource>/<namespace>/<name>`` (``/registry/<resource>/<name>`` for the
-cluster-scoped resources), as the kube-apiserver writes them; values are 1-100 KB. Everything is
+cluster-scoped resources), as the kube-apiserver writes them; values are 1-100 KB, cut from a pool of
+random bytes (the default: incompressible, the worst case for compression) or, with
+``values="objects"``, from Kubernetes-like JSON objects (as compressible as real API objects). Everything is
 drawn from one seed, so the same arguments give the same keys and values on every run and machine.
 
 Fast: values are slices of one seeded random pool (no per-value generation), requests are encoded
@@ -79,8 +81,42 @@ def plan(total_bytes: int, seed: int = 0, value_size: tuple[int, int] = VALUE_SI
     return items
 
 
-def pool(seed: int = 0) -> bytes:
+VALUES = ("random", "objects")
+
+
+def pool(seed: int = 0, values: str = "random") -> bytes:
+    """The bytes values are cut from: random (incompressible: the worst case for compression), or
+    ``objects``: Kubernetes-like JSON objects (pods with labels, images, env, status), as compressible as
+    the text of real API objects."""
+    if values == "objects":
+        return object_pool(seed)
     return random.Random(seed ^ 0x5EED).randbytes(POOL_BYTES)
+
+
+def object_pool(seed: int = 0) -> bytes:
+    import json
+
+    rng = random.Random(seed ^ 0x0B1EC7)
+    out = bytearray()
+    i = 0
+    while len(out) < POOL_BYTES:
+        i += 1
+        app = f"app-{rng.randrange(200)}"
+        obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{app}-{rng.getrandbits(40):010x}", "namespace": f"ns-{rng.randrange(NAMESPACES):03d}",
+            "uid": f"{rng.getrandbits(128):032x}", "resourceVersion": str(rng.randrange(10**8)),
+            "labels": {"app": app, "pod-template-hash": f"{rng.getrandbits(40):010x}"},
+            "annotations": {"kubectl.kubernetes.io/restartedAt": f"2026-{rng.randrange(1, 13):02d}-01T00:00:00Z"}},
+            "spec": {"containers": [{"name": app, "image": f"registry.example/{app}:v{rng.randrange(50)}",
+                                     "env": [{"name": f"VAR_{j}", "value": f"{rng.getrandbits(64):016x}"}
+                                             for j in range(rng.randrange(12))],
+                                     "resources": {"requests": {"cpu": f"{rng.randrange(1, 2000)}m",
+                                                                "memory": f"{rng.randrange(1, 4096)}Mi"}}}],
+                     "nodeName": f"node-{rng.randrange(100)}", "serviceAccountName": "default"},
+            "status": {"phase": "Running", "podIP": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{i % 256}",
+                       "conditions": [{"type": t, "status": "True"} for t in ("Ready", "Initialized")]}}
+        out += json.dumps(obj).encode()
+    return bytes(out[:POOL_BYTES])
 
 
 def batches(items: Sequence[Item], txn_bytes: int = TXN_BYTES, txn_ops: int = TXN_OPS) -> Iterator[list[Item]]:
@@ -119,11 +155,11 @@ def _channel(endpoint: str, tls: Optional[Any]) -> Any:
 
 
 def fill(endpoints: Sequence[str], size_bytes: int = DEFAULT_SIZE_MB * MB, *, seed: int = 0, tls: Optional[Any] = None,
-         threads: int = THREADS, value_size: tuple[int, int] = VALUE_SIZE) -> Loaded:
+         threads: int = THREADS, value_size: tuple[int, int] = VALUE_SIZE, values: str = "random") -> Loaded:
     """Write the seeded workload of ``size_bytes`` of values through ``endpoints`` (spread over the threads)."""
     started = time.perf_counter()
     items = plan(size_bytes, seed, value_size)
-    data = memoryview(pool(seed))
+    data = memoryview(pool(seed, values))
     work = list(batches(items))
     local = threading.local()
     channels: list[Any] = []
@@ -171,8 +207,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--endpoint", action="append", required=True, help="etcd client URL (repeatable)")
     ap.add_argument("--size-mb", type=int, default=DEFAULT_SIZE_MB)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--values", choices=VALUES, default="random", help="random bytes (default) or Kubernetes-like "
+                    "objects")
     args = ap.parse_args(argv)
-    r = fill(args.endpoint, args.size_mb * MB, seed=args.seed)
+    r = fill(args.endpoint, args.size_mb * MB, seed=args.seed, values=args.values)
     print(f"{r.keys} keys, {r.value_bytes / MB:.0f} MB of values in {r.seconds:.1f}s "
           f"({r.value_bytes / MB / r.seconds:.0f} MB/s), revision {r.revision}")
     return 0

@@ -55,7 +55,7 @@ def test_cluster_restore_from_an_encrypted_s3_vault(etcd_cluster3: EtcdCluster, 
 
         keys = moto.keys_in_bucket("etcd-vault")
         snapshots = [k for k in keys if k.startswith("prod/snapshots/")]
-        assert snapshots and all(k.endswith(".db.age") for k in snapshots)
+        assert snapshots and all(k.endswith(".db.zst.age") for k in snapshots)   # compressed, then encrypted
         pre = summary["pre_restore_snapshot"]
         assert any(k.startswith(f"prod/pins/{pre}~pre-restore") for k in keys), keys
         listed = {e["sha256"]: e for e in rig.ctl_json("snapshots")}

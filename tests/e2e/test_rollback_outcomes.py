@@ -47,6 +47,7 @@ def test_an_agent_lost_in_start_leaves_the_others_up_and_the_later_rollback_is_r
     out, err = ctl.communicate(timeout=300)
     assert ctl.returncode == 1, f"{err}\n{out}"
     summary = json.loads(out)
+    print("SUMMARY", summary["phases"], summary["error"], summary["total_seconds"])
     assert summary["state"] == "needs-attention"
     assert "m2" in summary["error"] and "m1, m3 are back on their pre-restore data with quorum" in summary["error"]
     # The two others are not left stopped: they serve their old data, under the old cluster id, with quorum.

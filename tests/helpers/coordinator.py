@@ -87,6 +87,9 @@ def coordinator_config(tmp_path: Path, ckeys: Any, agents: list[Any], metrics_po
         # continuous backup is on by default in the product; tests of other parts leave it off (its capture
         # takes a full snapshot at start and after every restore), and its own tests turn it on
         "continuous": {"enabled": False},
+        # no restore drills unless a test asks (extra={"drill": {"enabled": True}}): each would start a
+        # scratch etcd beside what the test measures
+        "drill": {"enabled": False},
     }
     for name, keys in (extra or {}).items():
         sections.setdefault(name, {}).update(keys)
@@ -115,6 +118,7 @@ def lone_coordinator_config(tmp_path: Path, metrics_port: Optional[int] = None,
         else {"enabled": False},
         "members": [{"name": "m1", "agent": "tcp://127.0.0.1:9"}],
         "continuous": {"enabled": False},
+        "drill": {"enabled": False},
     }
     cfg = tmp_path / "coordinator.toml"
     cfg.write_text(render_toml(sections))

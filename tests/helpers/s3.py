@@ -185,3 +185,24 @@ def synthetic_snapshot(path: Path, size: int, seed: int = 0) -> str:
         fh.write(trailer)
         whole.update(trailer)
     return whole.hexdigest()
+
+
+def random_snapshot(path: Path, size: int) -> str:
+    """Like synthetic_snapshot, but incompressible (random bytes): a compressed vault object stays as large
+    as the snapshot, for tests and benchmarks of the upload path at full size. Its sha256."""
+    import hashlib
+
+    body = hashlib.sha256()
+    whole = hashlib.sha256()
+    left = max(0, size - 32)
+    with open(path, "wb") as fh:
+        while left:
+            piece = os.urandom(min(left, 1 << 20))
+            fh.write(piece)
+            body.update(piece)
+            whole.update(piece)
+            left -= len(piece)
+        trailer = body.digest()
+        fh.write(trailer)
+        whole.update(trailer)
+    return whole.hexdigest()

@@ -184,6 +184,7 @@ def test_backup_into_an_encrypted_s3_vault_with_bundle_export_pins_and_dedup(etc
             "vault.s3": {"bucket": "etcd-vault", "endpoint": moto.endpoint, "prefix": "prod/", "path_style": True,
                          "credentials_file": str(moto.credentials_file(tmp_path / "s3.credentials"))},
             "metrics": {"listen": f"127.0.0.1:{port}"},
+            "drill": {"enabled": False},
         }) + f'[[members]]\nname = "{member.name}"\nagent = "{agent.endpoint}"\n'
              f'public_key = "{agent.key_dir / "agent.key"}"\n')
         coord = Coordinator(cfg, tmp_path / "coordinator.log")
@@ -196,7 +197,7 @@ def test_backup_into_an_encrypted_s3_vault_with_bundle_export_pins_and_dedup(etc
         assert first["pulled"] is True and entry["encrypted"] is True and entry["bundle"] is True
         keys = moto.keys_in_bucket("etcd-vault")
         snapshots = [k for k in keys if k.startswith("prod/snapshots/")]
-        assert snapshots and all(k.endswith(".db.age") for k in snapshots)
+        assert snapshots and all(k.endswith(".db.zst.age") for k in snapshots)   # compressed, then encrypted
         assert f"prod/bundles/{entry['sha256']}.tar.age" in keys
 
         # an idle cluster: a new snapshot of the same revision is not stored again

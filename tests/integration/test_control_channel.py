@@ -8,6 +8,7 @@ the small helpers the server is built from.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zstandard
 from etcdguard.agent.control.auth import Throttle, ZapLog
 from etcdguard.agent.control.handlers import fit_list
 from etcdguard.agent.control.transfer import NotFound
@@ -456,6 +458,50 @@ def test_fetch_over_curve_and_agent_killed_mid_transfer(etcd_member, tmp_path, c
         assert hashlib.sha256((vault / "b.db").read_bytes()).hexdigest() == meta.sha256
         assert sorted(p.name for p in vault.iterdir()) == ["a.db", "b.db"]
         assert client.reconnects >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("etcd_build", ["3.5"], indirect=True)
+def test_a_compressed_fetch_writes_frames_of_the_snapshot_and_resumes_after_the_agent_restarts(
+        etcd_member, tmp_path, ckeys, agents):
+    """The agent compresses every chunk it sends (off its socket loop); the file written is zstd frames that
+    decompress to the agent's snapshot, checked by its sha256 as they arrive; cut mid-transfer, the fetch
+    resumes at the last contiguous byte on a restarted agent."""
+    load_data(etcd_member, 24_000_000, threads=4)
+    agent = run_agent(agents, AgentProcess(etcd_member, tmp_path / "agent", authorized=[ckeys.public_path]))
+    meta = agent.seeded
+    original = Path(meta.path).read_bytes()
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    with agent.client(ckeys) as client:
+        assert client.fetch_snapshot(meta.name, vault / "a.zst", expected_sha256=meta.sha256,
+                                     expected_size=meta.size, zstd_level=3) == "zstd"
+        packed = io.BytesIO((vault / "a.zst").read_bytes())
+        assert zstandard.ZstdDecompressor().stream_reader(packed, read_across_frames=True).read() == original
+        with pytest.raises(SnapshotCorrupt, match="sha256"):
+            client.fetch_snapshot(meta.name, vault / "b.zst", expected_sha256="0" * 64, expected_size=meta.size,
+                                  zstd_level=1)
+        with pytest.raises(P.RemoteError) as info:
+            client.fetch_snapshot("snap-nope.db", vault / "b.zst", expected_sha256=meta.sha256, expected_size=10,
+                                  zstd_level=1)
+        assert info.value.code == P.NOT_FOUND
+        killed: list[int] = []
+
+        def kill_midway(done: int, total: int) -> None:
+            if done >= 6 * MiB and not killed:
+                agent.kill()
+                killed.append(done)
+
+        with pytest.raises(AgentUnreachable):
+            client.fetch_snapshot(meta.name, vault / "b.zst", expected_sha256=meta.sha256, expected_size=meta.size,
+                                  progress=kill_midway, timeout=3.0, zstd_level=1)
+        assert sorted(p.name for p in vault.iterdir()) == ["a.zst"]
+        agent.start()
+        client.fetch_snapshot(meta.name, vault / "b.zst", expected_sha256=meta.sha256, expected_size=meta.size,
+                              chunk=256 * 1024, credit=8, zstd_level=1)
+        again = zstandard.ZstdDecompressor().stream_reader(io.BytesIO((vault / "b.zst").read_bytes()),
+                                                           read_across_frames=True).read()
+        assert again == original
 
 
 def put_chunks(client: AgentClient, upload: str, data: bytes, sha: str, chunk: int = 64 * 1024) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+import zstandard
 from etcdguard.common.base.errors import ConfigError
 from etcdguard.common.wire import keys
 from etcdguard.coordinator.control import server as control
@@ -33,6 +35,7 @@ def minimal_config(tmp_path: Path, socket_path: Optional[Path] = None) -> Path:
                         "control_socket": str(socket_path or tmp_path / "run" / "c.sock")},
         "vault": {"dir": str(tmp_path / "vault")},
         "metrics": {"enabled": False},
+        "drill": {"enabled": False},
     }) + '[[members]]\nname = "m1"\nagent = "tcp://127.0.0.1:9"\n')
     return cfg
 
@@ -354,10 +357,15 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
         assert re.search(r"B / [0-9.]+ \w*B \(100%\)", r.stderr), r.stderr   # progress: bytes / total
         source = next(a for a in agents if a.member.name == result["member"])
         sidecar = json.loads((source.store_dir / (result["snapshot"]["name"] + ".json")).read_text())
-        vault_file = Path(entry["path"])
-        assert vault_file == tmp_path / "vault" / f"{sidecar['sha256']}.db"
-        assert hashlib.sha256(vault_file.read_bytes()).hexdigest() == sidecar["sha256"] == entry["sha256"]
-        assert vault_file.stat().st_size == sidecar["size"] == entry["size"]
+        vault_file = Path(entry["path"])   # compressed by the agent as it streamed it (the default)
+        assert vault_file == tmp_path / "vault" / f"{sidecar['sha256']}.db.zst" and entry["compression"] == "zstd"
+        plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(vault_file.read_bytes()),
+                                                           read_across_frames=True).read()
+        assert hashlib.sha256(plain).hexdigest() == sidecar["sha256"] == entry["sha256"]
+        assert plain == (source.store_dir / result["snapshot"]["name"]).read_bytes()
+        assert len(plain) == sidecar["size"] == entry["size"] > vault_file.stat().st_size == entry["stored_size"]
+        assert (entry["hashkv"], entry["key_count"]) == (sidecar["hashkv"], sidecar["key_count"])
+        assert entry["hashkv"] is not None and entry["key_count"] >= 1
         assert stat.S_IMODE(vault_file.stat().st_mode) == 0o600
         meta = json.loads((tmp_path / "vault" / f"{entry['sha256']}.json").read_text())
         assert meta["member"] == result["member"] != leader

@@ -57,6 +57,13 @@ def check_snapshot_cli_without_config(member, tmp_path):
     assert status["revision"] == meta["revision"] == member.revision()
     assert status["totalSize"] + 32 == meta["size"]
     assert out_file.stat().st_mode & 0o777 == 0o600
+    # what a restore drill proves a restored store against: recorded at the snapshot's own revision
+    member.put("/k/after-the-snapshot", "changes hashkv and the count now, not at the snapshot's revision")
+    assert meta["hashkv"] == member.hashkv(meta["revision"]) != member.hashkv()
+    counted = json.loads(member.etcdctl("get", "", "--prefix", "--keys-only", f"--rev={meta['revision']}",
+                                        "-w", "json").stdout)
+    assert meta["key_count"] == int(counted["count"]) == 20
+    assert isinstance(meta["hashkv_compact_revision"], int)
 
     assert run_agent("verify", str(out_file)).returncode == 0
     corrupted = bytearray(data)

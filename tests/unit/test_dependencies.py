@@ -35,6 +35,7 @@ DISTRIBUTION = {
     "botocore": "boto3",    # boto3's own dependency; its exceptions are boto3's error API
     "yaml": "pyyaml",
     "cryptography": "cryptography",
+    "zstandard": "zstandard",
 }
 # distribution -> what the .deb depends on for it
 DEBIAN = {
@@ -46,6 +47,7 @@ DEBIAN = {
     "boto3": "python3-boto3",
     "pyyaml": "python3-yaml",
     "cryptography": "python3-cryptography",
+    "zstandard": "python3-zstandard",
 }
 NOT_PYTHON_DEBIAN = {"python3", "age", "adduser"}
 NOT_PYTHON_RPM = {"python3 >= 3.9", "age", "shadow-utils"}

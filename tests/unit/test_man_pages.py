@@ -18,7 +18,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     from etcdguard.agent import cli as agent_cli
     from etcdguard.coordinator import daemon_cli
     from etcdguard.coordinator.ctl import cli as ctl_cli
-    from etcdguard.coordinator.ctl import diagnose, history, members, restore, vault_commands  # noqa: F401 - registers them
+    from etcdguard.coordinator.ctl import diagnose, drill, history, members, restore, vault_commands  # noqa: F401 - registers them
 
     agent_cli._load_extensions()
     return {"etcdguard-agent": agent_cli.CLI.parser(), "etcdguardctl": ctl_cli.CLI.parser(),

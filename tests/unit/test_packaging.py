@@ -470,7 +470,7 @@ def test_packaged_agent_config_mentions_every_key() -> None:
 # Keys the coordinator adds to the design's (documented, optional, not in the packaged file).
 COORDINATOR_EXTRA_KEYS = {
     "coordinator": {"insecure", "request_timeout", "control_timeout"},
-    "vault": {"timeout"},
+    "vault": {"timeout", "compression", "compression_level"},
     "vault.s3": {"profile", "sse", "sse_kms_key_id", "ca_bundle", "part_size", "storage_class", "connect_timeout",
                  "read_timeout", "max_attempts", "abort_incomplete_after"},
     "metrics": {"enabled"},
@@ -478,6 +478,7 @@ COORDINATOR_EXTRA_KEYS = {
                 "prepare_timeout", "agent_down", "prestage", "prestage_rate", "warm_standby"},
     "scratch": {"etcd", "tool", "dir"},
     "continuous": {"segment_size"},
+    "drill": {"enabled", "sample_keys"},
 }
 
 # The coordinator's keys, as design.md section 4 fixes them.
@@ -488,6 +489,7 @@ COORDINATOR_KEYS = {
     "metrics": {"listen"},
     "members": {"name", "agent", "public_key"},
     "continuous": {"enabled", "flush"},
+    "drill": {"interval"},
 }
 
 

@@ -714,9 +714,23 @@ def step_request(draw):
     return ("restore.step", args, None)
 
 
+@st.composite
+def fetch_request(draw):
+    """A chunk, plain or compressed (a compressed one is at most MAX_COMPRESSED_CHUNK bytes of snapshot)."""
+    name = draw(field_values(P.OPS["snapshot.fetch"].args["name"]))
+    args = {"name": name, "offset": draw(st.integers(0, P.MAX_OFFSET))}
+    if draw(st.booleans()):
+        args.update(size=draw(st.integers(1, P.MAX_COMPRESSED_CHUNK)), zstd_level=draw(st.integers(1, 19)))
+    else:
+        args["size"] = draw(st.integers(1, P.MAX_CHUNK))
+    return ("snapshot.fetch", args, None)
+
+
 def op_request(op):
     if op == "snapshot.put":
         return put_request()
+    if op == "snapshot.fetch":
+        return fetch_request()
     if op == "restore.step":
         return step_request()
     schema = P.OPS[op].args
@@ -753,7 +767,8 @@ def optional_path(op, args, path):
     if op == "etcd.admin" and path[-1] in ("peer_url", "member_id", "alarm"):
         return False   # required by the action (the cross-field check names it)
     return ((path == ("args", "params") and args.get("step") not in ("prepare", "finish", "retire", "join"))
-            or path in (("args", "hashkv_revision"), ("args", "flow"), ("args", "learner"), ("args", "timeout")))
+            or path in (("args", "hashkv_revision"), ("args", "flow"), ("args", "learner"), ("args", "timeout"),
+                        ("args", "zstd_level")))
 
 
 @examples(250)

@@ -19,12 +19,24 @@ T = 1_764_583_060.0
 
 
 def catalog(**kw: object) -> dict[str, object]:
-    """A catalog sidecar as the agent has always written it."""
+    """A catalog sidecar as the agent writes it (with the hashkv and key count restore drills check)."""
     return {"name": "snap-x.db", "path": "/s/snap-x.db", "size": 10, "sha256": SHA, "revision": 7,
             "created_at": "2025-12-01T09:57:40Z", "created_unix": T, "member": "cp1", "member_id": "a1",
             "cluster_id": "c1", "etcd_version": "3.5.16", "duration_seconds": 1.5,
             "revision_source": "snapshot-status", "total_keys": 3, "etcd_hash": 99, "trailer_verified": True,
-            "bundle": None, "pinned": None, **kw}
+            "bundle": None, "pinned": None, "hashkv": 1234567890, "hashkv_compact_revision": 2, "key_count": 3,
+            **kw}
+
+
+def test_a_sidecar_from_before_hashkv_was_recorded_reads_as_not_recorded():
+    old = catalog()
+    for key in ("hashkv", "hashkv_compact_revision", "key_count"):
+        del old[key]
+    meta = SnapshotMeta.from_json(old, "old.json")
+    assert (meta.hashkv, meta.hashkv_compact_revision, meta.key_count) == (None, None, None)
+    assert Incoming.from_agent("cp1", old).hashkv is None
+    recorded = Incoming.from_agent("cp1", catalog())
+    assert (recorded.hashkv, recorded.hashkv_compact_revision, recorded.key_count) == (1234567890, 2, 3)
 
 
 def test_a_catalog_sidecar_reads_and_writes_back_the_same_keys():
@@ -83,7 +95,7 @@ def test_the_vault_reads_the_full_record_and_the_status_summary_alike():
     full = Incoming.from_agent("m1", catalog(bundle="encrypted"))
     summary = SnapshotSummary(name="snap-x.db", size=10, sha256=SHA, revision=7, created_at="2025-12-01T09:57:40Z",
                               created_unix=T, member="cp1", member_id="a1", cluster_id="c1", etcd_version="3.5.16",
-                              bundle="encrypted")
+                              bundle="encrypted", hashkv=1234567890, hashkv_compact_revision=2, key_count=3)
     assert Incoming.from_agent("m1", summary.to_json()) == full
     assert (full.original_name, full.revision, full.revision_exact, full.bundle) == ("snap-x.db", 7, True, True)
     with pytest.raises(ValueError, match=r"^member m1: snapshot metadata lacks 'name', 'created_unix'$"):

@@ -61,12 +61,34 @@ def test_the_key_carries_the_kind_and_an_old_key_reads_without_one(kind):
         names.snapshot_key("", name(kind="hourly"))
 
 
+def test_the_key_carries_what_a_drill_checks_and_how_the_object_is_stored():
+    n = name(kind="scheduled", hashkv=4023456789, hashkv_compact_revision=12, key_count=3021, compressed=True)
+    key = names.snapshot_key("prod/", n)
+    assert key.endswith("~x1~kscheduled~h4023456789~g12~n3021.db.zst.age")
+    assert names.parse_key("prod/", key).snapshot == n
+    plain = names.snapshot_key("prod/", dataclasses.replace(n, encrypted=False))
+    assert plain.endswith(".db.zst") and names.parse_key("prod/", plain).snapshot.compressed
+    old = key.replace("~h4023456789~g12~n3021", "").replace(".zst", "")   # written before either was recorded
+    parsed = names.parse_key("prod/", old).snapshot
+    assert (parsed.hashkv, parsed.key_count, parsed.compressed) == (None, None, False)
+    no_hash = names.snapshot_key("", name(key_count=7))   # a count without a hashkv (the hash was not answered)
+    assert "~h" not in no_hash and names.parse_key("", no_hash).snapshot.key_count == 7
+    never = name(hashkv=5, hashkv_compact_revision=-1)          # etcd says -1 before its first compaction
+    assert names.parse_key("", names.snapshot_key("", never)).snapshot == never
+    with pytest.raises(ValueError, match="do not survive an object name"):
+        names.snapshot_key("", name(hashkv=2**40))
+
+
 @given(revision=st.integers(0, 2**63), size=st.integers(0, 2**50), member=st.from_regex(
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", fullmatch=True), cluster=st.from_regex(r"[0-9a-f]{0,16}", fullmatch=True),
-    created_ms=st.integers(0, 10**13), exact=st.booleans(), encrypted=st.booleans())
-def test_snapshot_names_round_trip(revision, size, member, cluster, created_ms, exact, encrypted):
+    created_ms=st.integers(0, 10**13), exact=st.booleans(), encrypted=st.booleans(), compressed=st.booleans(),
+    hashkv=st.one_of(st.none(), st.integers(0, 2**32 - 1)), keys=st.one_of(st.none(), st.integers(0, 2**40)))
+def test_snapshot_names_round_trip(revision, size, member, cluster, created_ms, exact, encrypted, compressed, hashkv,
+                                   keys):
     n = name(revision=revision, size=size, source_member=member, original_name=member, cluster_id=cluster,
-             created_unix=created_ms / 1000, pulled_unix=created_ms / 1000, revision_exact=exact, encrypted=encrypted)
+             created_unix=created_ms / 1000, pulled_unix=created_ms / 1000, revision_exact=exact, encrypted=encrypted,
+             compressed=compressed, hashkv=hashkv, hashkv_compact_revision=None if hashkv is None else revision,
+             key_count=keys)
     assert names.parse_key("p/", names.snapshot_key("p/", n)) == names.Parsed("snapshot", SHA, snapshot=n)
 
 
@@ -205,6 +227,9 @@ def vault_error(vault):
 def test_vault_defaults_and_an_s3_table():
     d = vault_config({})
     assert (d.backend, d.encrypt_to, d.age_identity, d.s3) == ("dir", (), None, None)
+    assert (d.compression, d.compression_level) == ("zstd", 1)
+    off = vault_config({"compression": "none", "compression_level": 19})
+    assert (off.compression, off.compression_level) == ("none", 19)
     v = vault_config({"backend": "s3", "encrypt_to": [RECIPIENT, OTHER], "age_identity": "/etc/etcdguard/keys/v.age",
                       "s3": {"bucket": "etcd-backups", "endpoint": "https://minio.example:9000/", "region": "eu-west-1",
                              "prefix": "prod", "path_style": True, "credentials_file": "/etc/etcdguard/keys/s3",
@@ -245,6 +270,9 @@ def test_vault_defaults_and_an_s3_table():
     ({"s3": {"bucket": "b-1", "abort_incomplete_after": "30s"}},
      "vault.s3.abort_incomplete_after: expected a duration of at least 60s"),
     ({"encrypt": True}, "unknown key(s) in [vault]: encrypt"),
+    ({"compression": "gzip"}, "vault.compression: expected one of 'zstd', 'none'"),
+    ({"compression_level": 22}, "vault.compression_level: expected a zstd level from 1 (fastest) to 19"),
+    ({"compression_level": 0}, "vault.compression_level: expected an integer >= 1"),
 ])
 def test_vault_config_errors_name_the_key(vault, words):
     assert words in vault_error(vault)
