@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 from etcdguard.common import __version__
 from etcdguard.common.base import schedule
 from etcdguard.common.base.durations import format_duration
-from etcdguard.common.base.errors import EtcdguardError, UsageError
+from etcdguard.common.base.errors import EtcdguardError, UnsafeRefusal, UsageError
 from etcdguard.common.base.notify import Notifier
 from etcdguard.common.base.signals import SignalFlags
 from etcdguard.common.base.slot import Slot
@@ -269,9 +269,17 @@ class CoordinatorDaemon(SignalFlags):
             "history": lambda args, emit: history(self.vault, args),
             "restores": lambda args, emit: status.restores_report(self.restores, self._survey()),
             "diagnose": lambda args, emit: self.diagnose(),
-            "drill": self.drills.command,
+            "drill": self._drill,
             **{cmd: self._vault_command(cmd) for cmd in vault_commands.COMMANDS},
         }
+
+    def _drill(self, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """``drill``: of a vault entry, of what the schedule drills, or of a point in time (built first)."""
+        if is_point_request(args):
+            if self.restores.active() is not None:
+                raise UnsafeRefusal("refused: a cluster restore is running; drill after it ends")
+            args = {"id": self.pitr.entry_for(args, emit).sha256}
+        return self.drills.command(args, emit)
 
     def _vault_command(self, cmd: str) -> Callable[[dict[str, Any], Emit], Any]:
         return lambda args, emit: vault_commands.handle(self.vault, cmd, args)

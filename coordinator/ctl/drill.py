@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from etcdguard.common.base.durations import format_duration, stamp_times
-from etcdguard.common.base.errors import EXIT_FAILED, EXIT_OK
+from etcdguard.common.base.errors import EXIT_FAILED, EXIT_OK, UsageError
 from etcdguard.coordinator.ctl.cli import _json_flag, ask, command, emit
+from etcdguard.coordinator.pitr.times import parse_moment
 
 _MARK = {True: "ok  ", False: "FAIL", None: "--  "}
 
@@ -23,7 +25,27 @@ def _drill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", nargs="?", metavar="SNAPSHOT",
                    help="vault id (a sha256 prefix) or 'latest'; default: what the schedule drills (the newest "
                         "scheduled or manual snapshot, and the newest point-in-time one)")
+    p.add_argument("--to-revision", type=int, metavar="N",
+                   help="drill a point in time: the snapshot of revision N built from a full snapshot and the "
+                        "captured changes (stored in the vault, pinned, as a point-in-time restore stores it)")
+    p.add_argument("--to-time", metavar="T",
+                   help="drill the point at T (RFC 3339 with a zone, or a duration ago: 5m, '5m ago')")
     _json_flag(p)
+
+
+def drill_request(args: argparse.Namespace, now: float) -> dict[str, Any]:
+    """The daemon's request for these arguments; UsageError for a combination that does not go."""
+    given = [name for name, value in (("SNAPSHOT", args.snapshot), ("--to-revision", args.to_revision),
+                                      ("--to-time", args.to_time)) if value is not None]
+    if len(given) > 1:
+        raise UsageError(f"drill: give one of SNAPSHOT, --to-revision and --to-time, not {' and '.join(given)}")
+    if args.to_revision is not None:
+        if args.to_revision < 1:
+            raise UsageError("--to-revision: a revision is a whole number >= 1")
+        return {"to_revision": args.to_revision}
+    if args.to_time is not None:
+        return {"to_time": parse_moment(args.to_time, now)}
+    return {"id": args.snapshot} if args.snapshot else {}
 
 
 def _progress(p: dict[str, Any]) -> None:
@@ -52,7 +74,7 @@ def render(result: dict[str, Any]) -> list[str]:
 
 @command("drill", "restore vault snapshots into a scratch etcd on this host, prove them, remove it", _drill_args)
 def cmd_drill(args: argparse.Namespace) -> int:
-    reply = ask(args, "drill", {"id": args.snapshot} if args.snapshot else {}, on_progress=_progress)
+    reply = ask(args, "drill", drill_request(args, time.time()), on_progress=_progress)
     text = "\n".join(line for r in reply["drills"] for line in render(stamp_times(r)))
     emit(args, reply, text)
     return EXIT_OK if reply.get("ok") else EXIT_FAILED

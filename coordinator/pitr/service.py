@@ -135,6 +135,15 @@ class PointInTime:
         result = to_json(self.restores.launch(plan, emit, until=until if isinstance(until, str) else None))
         return {**result, "point_in_time": {**point.to_json(), "snapshot": entry.sha256, "build": built}}
 
+    def entry_for(self, args: Mapping[str, Any], emit: Emit) -> VaultEntry:
+        """The vault entry of the point ``args`` name (``to_revision`` or ``to_time``): held already, or built
+        now and stored pinned, as a point-in-time restore stores it (a drill of a point uses it)."""
+        point = self.point(args)
+        emit({"phase": PHASE, "message": f"point in time: revision {point.revision}, {point.count.events} "
+                                          f"event(s) after {point.choice.base.sha256[:12]}"})
+        entry, _ = self._entry(point, emit)
+        return entry
+
     # -- building ----------------------------------------------------------------
     def _entry(self, point: PointPlan, emit: Emit) -> tuple[VaultEntry, Optional[dict[str, Any]]]:
         """The vault entry holding the point: the one there already, or one built now (with the build's

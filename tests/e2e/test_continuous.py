@@ -123,6 +123,14 @@ def test_restore_to_revisions_recorded_under_a_kubernetes_like_load(etcd_cluster
         late = rig.ctl("restore", "--to-time", "2099-01-01T00:00:00Z", "--plan", "--json")
         assert late.returncode == 2 and "outside the restorable window" in json.loads(late.stdout)["error"]
 
+        # a drill of a point in time builds it (stored pinned, as a restore would) and proves it restores
+        drilled = rig.ctl("drill", "--to-revision", str(points[0]), "--json")
+        assert drilled.returncode == 0, f"{drilled.stderr}\n{drilled.stdout}"
+        [result] = json.loads(drilled.stdout)["drills"]
+        assert result["ok"] and result["revision"] == points[0] and result["kind"] == "point-in-time"
+        assert {c["name"]: c["ok"] for c in result["checks"]}["revision"] is True
+        assert "replayed" in drilled.stderr
+
         used = {}
         for r in points:
             result = rig.ctl("restore", "--to-revision", str(r), "--yes", "--json")

@@ -198,3 +198,24 @@ def test_coordinator_check_says_whether_drills_can_run_here(tmp_path: Path):
     on = drill_check(config({"interval": "6h"}, {"etcd": str(fake / "etcd")}))
     assert on.ok and not on.warning and on.detail.startswith(f"on, with {fake / 'etcd'} and {fake / 'etcdutl'}")
     assert on.detail.endswith("every 6h00m"), on.detail
+
+
+def test_the_drill_command_line_names_one_snapshot_or_one_point():
+    import argparse
+
+    import pytest
+    from etcdguard.common.base.errors import UsageError
+    from etcdguard.coordinator.ctl.drill import drill_request
+
+    def ns(snapshot=None, to_revision=None, to_time=None):
+        return argparse.Namespace(snapshot=snapshot, to_revision=to_revision, to_time=to_time)
+
+    now = 1_800_000_000.0
+    assert drill_request(ns(), now) == {}
+    assert drill_request(ns(snapshot="5d0b8c"), now) == {"id": "5d0b8c"}
+    assert drill_request(ns(to_revision=4242), now) == {"to_revision": 4242}
+    assert drill_request(ns(to_time="5m ago"), now) == {"to_time": now - 300}
+    with pytest.raises(UsageError, match="not SNAPSHOT and --to-revision"):
+        drill_request(ns(snapshot="latest", to_revision=7), now)
+    with pytest.raises(UsageError, match="--to-revision"):
+        drill_request(ns(to_revision=0), now)
