@@ -253,14 +253,8 @@ class ProcessService:
             return
         ok, why = self.stop_proof.check()
         if not ok:
-            # Exactly our command running, just unrecorded (an earlier run died between launching it
-            # and writing the pid file): adopt it rather than start a second copy or give up.
-            same = [pid for pid in find_processes(lambda argv: same_command(argv, self.start_command))
-                    if self.proven_ours(pid)[0]]
-            if len(same) == 1:
-                self._write_pid(same[0])
-                log.warning("%s: adopted pid %d, which runs the configured command but was not recorded",
-                            self.name, same[0])
+            # Exactly our command running, just unrecorded: adopt it rather than start a second copy or give up.
+            if self._adopt_unrecorded() is not None:
                 return
             raise RuntimeError_(
                 f"{self.name} not started: {why}, but {self.pid_file} names no live {self.name}. "
@@ -300,6 +294,21 @@ class ProcessService:
                          daemon=True).start()
         log.info("%s started: pid %d, output in %s", self.name, child.pid, self.log_file)
 
+    def _adopt_unrecorded(self) -> Optional[int]:
+        """The one process running exactly the configured command, proven ours, recorded now as this
+        service's pid; None when there is not exactly one.
+
+        An agent killed between launching the command and writing the pid file leaves such a process;
+        the next start or stop must find it, not start a second copy or wait for it to go away."""
+        same = [pid for pid in find_processes(lambda argv: same_command(argv, self.start_command))
+                if self.proven_ours(pid)[0]]
+        if len(same) != 1:
+            return None
+        self._write_pid(same[0])
+        log.warning("%s: adopted pid %d, which runs the configured command but was not recorded", self.name,
+                    same[0])
+        return same[0]
+
     def _watch(self, child: subprocess.Popen[bytes]) -> None:
         """Wait for ``child`` (this pid only) and reap it as soon as it exits; say how it ended.
 
@@ -324,6 +333,8 @@ class ProcessService:
         if recorded is not None:
             self._refuse_foreign(recorded)
         pid = self.running_pid()   # proven ours just now; its start time pins that very process
+        if pid is None and not self.stop_proof.check()[0]:
+            pid = self._adopt_unrecorded()
         started = start_ticks(pid) if pid is not None else None
         self._stopping = pid
         signals: list[str] = []

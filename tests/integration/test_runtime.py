@@ -151,6 +151,19 @@ def test_process_adopts_etcd_started_by_hand(member: EtcdMember, tmp_path: Path)
     assert member.get("/adopted") == "yes"
 
 
+def test_process_stop_finds_and_stops_our_unrecorded_etcd(member: EtcdMember, tmp_path: Path) -> None:
+    # An agent killed between launching etcd and writing the pid file leaves exactly the configured
+    # command running unrecorded: the next agent's stop must stop it, not wait for it to go away.
+    member.launch()
+    member.wait_healthy(30)
+    svc = process_service(member, tmp_path / "state")
+    assert not svc.pid_file.exists() and not svc.is_running()
+    svc.stop(STOP_TIMEOUT, grace=0.0)
+    assert svc.last_stop is not None and svc.last_stop.pid == member.pid and svc.last_stop.signals == ("SIGKILL",)
+    assert_etcd_gone(member)
+    assert not svc.pid_file.exists()
+
+
 def test_process_never_signals_a_recycled_pid(member: EtcdMember, tmp_path: Path) -> None:
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
