@@ -283,6 +283,11 @@ enabled = false
         say("find the moment: etcdguardctl history")
         self.ctl("history", "/registry/configmaps/demo/")
         self.ctl("history", "/registry/demo/", "--limit", "3")
+        good = json.loads(self.ctl("history", "/registry/configmaps/demo/", "--json", show=False).stdout)["changes"]
+        at_ms = max(good, key=lambda c: c["revision"])["at_ms"]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms // 1000)) + f".{at_ms % 1000:03d}Z"
+        say("or by time: the moment of the last good change")
+        self.ctl("restore", "--to-time", stamp, "--plan")
         say(f"restore to revision {deleted_at - 1}, just before the delete")
         self.ctl("restore", "--to-revision", str(deleted_at - 1), "--plan")
         print(f"$ etcdguardctl restore --to-revision {deleted_at - 1} --yes", flush=True)
