@@ -158,16 +158,26 @@ class RemoteRestore:
                     return self._checks_without_operation(engine)
                 raise NotFound(f"no operation {op.op!r} on this node (it is created by its opening step)")
             oplog = self._open(engine, op.op, args["params"], who, flow)
-            for earlier in flow_of(oplog.record).before(name):
-                if earlier.on_agent:
-                    engine.run_step(oplog, earlier, just_verified=True)
+            self._run_earlier(engine, oplog, step)
             return self._run(engine, oplog, step, who)
         oplog = op.log()
         recorded = self._known_operation(engine, oplog, step, args, flow)
         if recorded is not None:
             return recorded
+        if step.opens:
+            # An agent stopped between opening the operation and finishing the steps before the opening one
+            # (its snapshot was verified again just now): finish them first, as the first request does.
+            self._run_earlier(engine, oplog, step)
         self._check_order(oplog, step)
         return self._run(engine, oplog, step, who, args.get("params") or {})
+
+    @staticmethod
+    def _run_earlier(engine: NodeEngine, oplog: OpLog, step: Step) -> None:
+        """The agent steps of the flow before the opening ``step`` not yet recorded as done (its snapshot was
+        verified just before); run_step answers a recorded one from its record."""
+        for earlier in flow_of(oplog.record).before(step.name):
+            if earlier.on_agent:
+                engine.run_step(oplog, earlier, just_verified=True)
 
     def _run(self, engine: NodeEngine, oplog: OpLog, step: Step, who: str,
              params: Optional[dict[str, Any]] = None) -> dict[str, Any]:

@@ -847,6 +847,37 @@ def test_a_long_snapshot_does_not_block_status(etcd_member, tmp_path, ckeys, age
 
 @pytest.mark.slow
 @pytest.mark.parametrize("etcd_build", ["3.4"], indirect=True)
+def test_an_opening_step_resent_after_a_crash_before_its_earlier_steps_finishes_them_first(etcd_member, tmp_path,
+                                                                                             ckeys, agents):
+    # An agent killed between opening the operation and recording its preflight: the journal holds the
+    # operation and nothing after. The coordinator resends prepare; the new agent must run preflight first.
+    import json
+
+    agent = run_agent(agents, AgentProcess(etcd_member, tmp_path / "agent", authorized=[ckeys.public_path]))
+    src = tmp_path / "snap.db"
+    shutil.copyfile(agent.seeded.path, src)
+    m = etcd_member
+    params = {"snapshot": "up.db", "name": m.name, "initial_cluster": f"{m.name}={m.peer_url}",
+              "token": "etcdguard-op9", "peer_url": m.peer_url, "bump_revision": 0}
+    with agent.client(ckeys) as client:
+        assert client.put_snapshot(src, "up")["staged"] == "up.db"
+        first = client.call("restore.step", {"op_id": "op9", "step": "prepare", "params": params}, timeout=120)
+    agent.stop()
+    journal = agent.state_dir / "operations" / "op9" / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    opened = next(i for i, line in enumerate(lines) if json.loads(line).get("event") == "requested")
+    journal.write_text("".join(lines[:opened + 1]))      # as the crash left it: opened, preflight not recorded
+    for leftover in (m.data_dir / ".etcdguard-op9").glob("*"):
+        shutil.rmtree(leftover)
+    agent.start()
+    with agent.client(ckeys) as client:
+        again = client.call("restore.step", {"op_id": "op9", "step": "prepare", "params": params}, timeout=120)
+        status = client.call("restore.status", {"op_id": "op9"})
+    assert again["prepared"] == first["prepared"] and Path(again["prepared"]).is_dir()
+    assert again["preflight"]["live_member"] is True
+    assert sorted(status["steps"]) == ["preflight", "prepare"] and status["state"] == "running"
+
+
 def test_restore_steps_are_recorded_and_deduplicated(etcd_member, tmp_path, ckeys, agents):
     etcd_member.put("/before", "1")
     agent = run_agent(agents, AgentProcess(etcd_member, tmp_path / "agent", authorized=[ckeys.public_path]))

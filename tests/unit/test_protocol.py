@@ -766,6 +766,8 @@ def optional_path(op, args, path):
     """May this leaf of a valid request be left out (and the request still be valid)?"""
     if op == "etcd.admin" and path[-1] in ("peer_url", "member_id", "alarm"):
         return False   # required by the action (the cross-field check names it)
+    if op == "restore.warm" and path == ("args", "revision"):
+        return True
     return ((path == ("args", "params") and args.get("step") not in ("prepare", "finish", "retire", "join"))
             or path in (("args", "hashkv_revision"), ("args", "flow"), ("args", "learner"), ("args", "timeout"),
                         ("args", "zstd_level")))
