@@ -17,14 +17,15 @@ pytestmark = pytest.mark.parametrize("etcd_build", ["3.5", "3.4"], indirect=True
 
 
 def collect(watch: Watch, until: int) -> list[WatchResponse]:
-    """Responses until one carries an event at revision ``until`` (a timer closes the watch after 20 s)."""
+    """Responses until one carries an event at revision ``until`` or etcd cancels the watch (a timer closes it
+    after 20 s)."""
     timer = threading.Timer(20.0, watch.close)
     timer.start()
     out = []
     try:
         for response in watch:
             out.append(response)
-            if any(e.revision >= until for e in response.events):
+            if response.canceled or any(e.revision >= until for e in response.events):
                 break
     finally:
         timer.cancel()

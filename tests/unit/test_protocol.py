@@ -969,7 +969,7 @@ def other_kind(value):
 MUTATIONS = ["flip", "truncate", "drop", "add", "retype", "frames", "dupkey"]
 
 
-@examples(250)
+@examples(100)
 @given(valid_requests, st.sampled_from(MUTATIONS), st.data())
 def test_fuzz_mutated_requests(item, mutation, data):
     rid, (op, args, payload) = item
