@@ -170,6 +170,8 @@ def test_coordinator_killed_at_every_phase_boundary_resumes_to_the_end(rig: Rest
             assert f"restore {op} is INTERRUPTED" in text.stdout, text.stdout
         assert rig.metrics()["etcdguard_restore_interrupted"] == 1
         ctl = rig.spawn_ctl("restore", "--resume", op, "--json")
+        # the next phase may be done already: kill the coordinator only once this resume has reached it
+        rig.wait_journal(lambda records: state_of(records) not in (None, "interrupted"), what="the resume")
     out, err = ctl.communicate(timeout=300)
     assert ctl.returncode == 0, f"{err}\n{out}"
     assert json.loads(out)["state"] == "done"

@@ -25,8 +25,10 @@ from tests.helpers.restore_rig import RestoreRig
 pytestmark = pytest.mark.slow
 
 # seconds for the whole `etcdguardctl status`: the 1.5 s survey deadline, the daemon's own work and the
-# CLI's start (about 0.35 s here); measured 1.9-2.2 s with an agent down, 0.4-0.6 s otherwise
-STATUS_WITHIN = 3.0
+# CLI's start (about 0.35 s here); measured 1.9-2.2 s with an agent down, 0.4-0.6 s otherwise, up to 3.1 s
+# with the test suite running beside it. The bound only tells that from waiting out an agent's 5 s request
+# timeout (what status did before), not how fast it is: that is the benchmarks' job.
+STATUS_WITHIN = 4.5
 INSPECT_WITHIN = 0.8    # seconds for etcd.inspect of a member without quorum or without etcd (was 5 s)
 
 
