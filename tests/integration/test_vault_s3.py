@@ -34,6 +34,8 @@ from tests.helpers.s3 import MotoServer, age_keypair, quiet_env, random_snapshot
 
 T0 = 1_790_000_000.0
 PART = 5 << 20
+# a command that must not wait for a hanging S3 answers within this (it used to take minutes)
+STATUS_AT_ONCE = 4.5
 
 
 def need_age() -> None:
@@ -604,22 +606,23 @@ def test_status_and_snapshots_answer_at_once_while_s3_hangs(tmp_path, moto, buck
             return vault if vault["listing"]["state"] == "failed" else None
 
         vault = wait_until(failed_listing_shown, 40, interval=0.5, what="status to show the failed listing")
-        assert max(seen) < 2.5, seen                                     # every answer came at once
+        # "at once": against the minutes a hanging S3 used to hold status for, with room for a busy machine
+        assert max(seen) < STATUS_AT_ONCE, seen
         assert "did not answer" in vault["error"] and vault["listing"]["error"] == vault["error"]
         assert vault["count"] == 1 and vault["newest"]["sha256"] == sha   # what the last listing held
         assert vault["listing"]["listed_at"].endswith("Z") and vault["listing"]["age_seconds"] >= 0
 
         text, took = timed(coord, "status")
-        assert text.returncode == 0 and took < 2.5, (took, text.stderr)
+        assert text.returncode == 0 and took < STATUS_AT_ONCE, (took, text.stderr)
         assert "vault: LISTING FAILED" in text.stdout and "vault: empty" not in text.stdout, text.stdout
         assert "as last listed" in text.stdout and "1 snapshot(s)" in text.stdout and sha[:12] in text.stdout
 
         listed, took = timed(coord, "snapshots")
-        assert listed.returncode == 0 and took < 2.5, (took, listed.stderr)
+        assert listed.returncode == 0 and took < STATUS_AT_ONCE, (took, listed.stderr)
         assert sha[:12] in listed.stdout and "empty" not in listed.stdout
         assert "listing the vault failed" in listed.stderr and "as last listed" in listed.stderr
         as_json, took = timed(coord, "snapshots", "--json")
-        assert as_json.returncode == 0 and took < 2.5
+        assert as_json.returncode == 0 and took < STATUS_AT_ONCE
         assert [e["sha256"] for e in json.loads(as_json.stdout)] == [sha]
 
         # a restart while it hangs: nothing listed yet, which is not "empty" either
@@ -628,11 +631,11 @@ def test_status_and_snapshots_answer_at_once_while_s3_hangs(tmp_path, moto, buck
         wait_until(lambda: timed(coord, "status", "--json")[0].returncode == 0, 30, interval=0.2,
                    what="the restarted coordinator to answer")
         r, took = timed(coord, "status")
-        assert r.returncode == 0 and took < 2.5, (took, r.stderr)
+        assert r.returncode == 0 and took < STATUS_AT_ONCE, (took, r.stderr)
         assert "vault: empty" not in r.stdout
         assert "vault: not listed yet" in r.stdout or "its contents are unknown" in r.stdout, r.stdout
         r, took = timed(coord, "snapshots", "--json")
-        assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+        assert r.returncode == 1 and took < STATUS_AT_ONCE, (took, r.stderr)
         assert json.loads(r.stdout)["exit"] == 1 and "s3://" in r.stderr
 
         # the endpoint answers again: so does the listing
