@@ -11,23 +11,12 @@ revoked, and the replay puts the key without it and says so).
 from __future__ import annotations
 
 from binascii import b2a_base64
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Callable, Optional
 
 from etcdguard.common.etcd.watchwire import WatchEvent
 
 TtlOf = Callable[[int], Optional[int]]
-
-
-def by_revision(events: Iterable[WatchEvent]) -> Iterator[tuple[int, list[WatchEvent]]]:
-    group: list[WatchEvent] = []
-    for e in events:
-        if group and e.revision != group[0].revision:
-            yield group[0].revision, group
-            group = []
-        group.append(e)
-    if group:
-        yield group[0].revision, group
 
 
 def revision_lines(revision: int, events: list[WatchEvent], time_ms: int, ttl_of: TtlOf,

@@ -31,8 +31,9 @@ import time
 from typing import Any, Callable, Optional
 
 from etcdguard.agent.capture.buffer import RevisionBuffer
-from etcdguard.agent.capture.lines import by_revision, revision_lines
+from etcdguard.agent.capture.lines import revision_lines
 from etcdguard.common.base.errors import EtcdguardError
+from etcdguard.common.capture.segment import by_revision
 from etcdguard.common.etcd.client import EtcdClient
 from etcdguard.common.etcd.pbwire import WireError
 from etcdguard.common.etcd.watch import Watch, lease_ttl

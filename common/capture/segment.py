@@ -39,7 +39,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, TypeVar
 
 FORMAT = 1
 PUT, DELETE, LEASE = "put", "del", "lease"
@@ -181,9 +181,18 @@ def decode(data: bytes, where: str = "segment") -> Segment:
                    bool(header.get("gap")), events)
 
 
-def by_revision(events: Iterable[Event]) -> Iterator[tuple[int, list[Event]]]:
-    """Events grouped by revision, in order: each group is one transaction to replay."""
-    group: list[Event] = []
+class _Revisioned(Protocol):
+    @property
+    def revision(self) -> int: ...
+
+
+_E = TypeVar("_E", bound=_Revisioned)
+
+
+def by_revision(events: Iterable[_E]) -> Iterator[tuple[int, list[_E]]]:
+    """Events (a segment's, or etcd's watch events) grouped by revision, in order: each group is one
+    transaction to replay, or one revision to capture."""
+    group: list[_E] = []
     for e in events:
         if group and e.revision != group[0].revision:
             yield group[0].revision, group

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,11 +21,11 @@ def seed(cluster: EtcdCluster) -> None:
         cluster.members[i % 3].put(f"/registry/demo/k{i:03d}", f"value-{i}")
 
 
-@pytest.fixture
-def rig(etcd_cluster3: EtcdCluster, tmp_path: Path) -> Iterator[RestoreRig]:
-    """Three members seeded, an agent each with a stand-in kube-apiserver, one coordinator; logs on failure."""
-    seed(etcd_cluster3)
-    r = RestoreRig(etcd_cluster3, tmp_path, apiservers=True)
+@contextlib.contextmanager
+def running_rig(cluster: EtcdCluster, tmp_path: Path, **options: Any) -> Iterator[RestoreRig]:
+    """The cluster seeded and a RestoreRig(**options) started around it; its logs on failure, stopped after."""
+    seed(cluster)
+    r = RestoreRig(cluster, tmp_path, **options)
     try:
         r.start()
         yield r
@@ -32,3 +34,10 @@ def rig(etcd_cluster3: EtcdCluster, tmp_path: Path) -> Iterator[RestoreRig]:
         raise
     finally:
         r.stop()
+
+
+@pytest.fixture
+def rig(etcd_cluster3: EtcdCluster, tmp_path: Path) -> Iterator[RestoreRig]:
+    """Three members seeded, an agent each with a stand-in kube-apiserver, one coordinator; logs on failure."""
+    with running_rig(etcd_cluster3, tmp_path, apiservers=True) as r:
+        yield r

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import seed
+from tests.e2e.conftest import running_rig
 from tests.helpers.etcd import EtcdCluster
 from tests.helpers.net import wait_until
 from tests.helpers.restore_rig import RestoreRig, state_of, step_started
@@ -21,16 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("etcd_build", ["3.5"], i
 @pytest.fixture
 def slow_fence_rig(etcd_cluster3: EtcdCluster, tmp_path: Path) -> Iterator[RestoreRig]:
     """A fence that waits 4 s for the revision to stand still: a window in which the restore is running."""
-    seed(etcd_cluster3)
-    r = RestoreRig(etcd_cluster3, tmp_path, apiservers=True, restore={"fence_settle": "4s"})
-    try:
-        r.start()
+    with running_rig(etcd_cluster3, tmp_path, apiservers=True, restore={"fence_settle": "4s"}) as r:
         yield r
-    except BaseException:
-        r.dump_logs()
-        raise
-    finally:
-        r.stop()
 
 
 def test_a_cancelled_restore_rolls_back_and_the_cluster_keeps_its_data(slow_fence_rig: RestoreRig):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import seed
+from tests.e2e.conftest import running_rig
 from tests.e2e.test_cluster_restore import disaster
 from tests.helpers.etcd import EtcdCluster
 from tests.helpers.net import wait_until
@@ -21,16 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("etcd_build", ["3.5"], i
 @pytest.fixture
 def quick_rig(etcd_cluster3: EtcdCluster, tmp_path: Path) -> Iterator[RestoreRig]:
     """A rig whose coordinator gives an agent that stops answering 3 s, not 30, before it counts it gone."""
-    seed(etcd_cluster3)
-    r = RestoreRig(etcd_cluster3, tmp_path, apiservers=True, restore={"agent_down": "3s"})
-    try:
-        r.start()
+    with running_rig(etcd_cluster3, tmp_path, apiservers=True, restore={"agent_down": "3s"}) as r:
         yield r
-    except BaseException:
-        r.dump_logs()
-        raise
-    finally:
-        r.stop()
 
 
 def test_an_agent_lost_in_start_leaves_the_others_up_and_the_later_rollback_is_rolled_back(quick_rig: RestoreRig):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import seed
+from tests.e2e.conftest import running_rig
 from tests.e2e.test_cluster_restore import assert_restored, disaster
 from tests.e2e.test_dead_cluster import prestaged_everywhere
 from tests.helpers.etcd import EtcdCluster
@@ -22,16 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("etcd_build", ["3.5"], i
 
 @pytest.fixture
 def warm_rig(etcd_cluster3: EtcdCluster, tmp_path: Path) -> Iterator[RestoreRig]:
-    seed(etcd_cluster3)
-    r = RestoreRig(etcd_cluster3, tmp_path, restore={"warm_standby": True})
-    try:
-        r.start()
+    with running_rig(etcd_cluster3, tmp_path, restore={"warm_standby": True}) as r:
         yield r
-    except BaseException:
-        r.dump_logs()
-        raise
-    finally:
-        r.stop()
 
 
 def warm_everywhere(rig: RestoreRig, sha: str) -> bool:

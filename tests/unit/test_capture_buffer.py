@@ -6,8 +6,8 @@ import json
 
 import pytest
 from etcdguard.agent.capture.buffer import RevisionBuffer
-from etcdguard.agent.capture.lines import by_revision, revision_lines
-from etcdguard.common.capture.segment import LEASE, PUT, Event
+from etcdguard.agent.capture.lines import revision_lines
+from etcdguard.common.capture.segment import LEASE, PUT, Event, by_revision
 from etcdguard.common.etcd.watchwire import WatchEvent
 
 

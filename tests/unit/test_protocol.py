@@ -765,7 +765,7 @@ results = st.dictionaries(st.text(max_size=8), json_values, max_size=5).filter(l
 def optional_path(op, args, path):
     """May this leaf of a valid request be left out (and the request still be valid)?"""
     if op == "etcd.admin" and path[-1] in ("peer_url", "member_id", "alarm"):
-        return False   # required by the action (the cross-field check names it)
+        return path[-1] not in P._ADMIN_NEEDS.get(args.get("action"), ())   # required by its action only
     if op == "restore.warm" and path == ("args", "revision"):
         return True
     return ((path == ("args", "params") and args.get("step") not in ("prepare", "finish", "retire", "join"))
