@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from etcdguard.common.snapshot.compression import decompressing  # noqa: E402
 from etcdguard.coordinator.config import RestoreSettings  # noqa: E402
 
 from tests.bench.common import save, spread  # noqa: E402
@@ -142,6 +143,19 @@ def drop_pre_restore(rig: RestoreRig, vault_dir: Path, keep: str) -> None:
                     meta.unlink()
 
 
+def raw_snapshot(vault_dir: Path, sha: str, work: Path) -> Path:
+    """The snapshot file the manual runbook restores: the vault's own, or its zstd object decompressed."""
+    stored = sorted(vault_dir.glob(f"{sha}*"))
+    plain = [p for p in stored if p.suffix == ".db"]
+    if plain:
+        return plain[0]
+    compressed = next(p for p in stored if p.name.endswith(".db.zst"))
+    out = work / f"{sha}.db"
+    with compressed.open("rb") as raw, out.open("wb") as dst:
+        shutil.copyfileobj(decompressing(raw), dst, 1 << 20)
+    return out
+
+
 def bench_size(rig: RestoreRig, size_mb: int, runs: int, seed: int, present: int,
                scenario: str = "live", warm: bool = False) -> dict[str, Any]:
     """Top the cluster up from ``present`` bytes of values to ``size_mb`` (seeded), then the A/B runs."""
@@ -150,7 +164,7 @@ def bench_size(rig: RestoreRig, size_mb: int, runs: int, seed: int, present: int
     entry = rig.backup()
     sha = entry["sha256"]
     vault_dir = rig.tmp / "vault"
-    snapshot = next(p for p in vault_dir.glob(f"{sha}*") if p.suffix == ".db")
+    snapshot = raw_snapshot(vault_dir, sha, rig.tmp)
     print(f"  {len(cluster.members)} members, etcd {cluster.build.version}: {size_mb} MB of values "
           f"({(present + loaded.value_bytes) / MB:.0f} MB in all) loaded in {loaded.seconds:.1f}s, vault snapshot "
           f"{entry['size'] / MB:.0f} MB rev {entry['revision']}", flush=True)
