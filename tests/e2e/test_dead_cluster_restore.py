@@ -51,7 +51,7 @@ def test_a_dead_cluster_shows_as_dead_and_is_restored_from_the_prestaged_snapsho
     assert len({cluster.members[i].get(f"/registry/demo/k{KEYS - 1:03d}") for i in range(3)}) == 1
     # Nothing waited out a timeout on the member without quorum: the whole restore is a few seconds here.
     phases = {p["phase"]: p["seconds"] for p in out["phases"]}
-    assert phases["preflight"] < 2.0 and phases["fence"] < 2.0, phases
+    assert phases["preflight"] < 4.0 and phases["fence"] < 4.0, phases   # not a 5 s request timeout
     assert took < 60, took
     text = rig.ctl("restore", "--attach", out["op"]).stdout
     assert "the cluster was down before the restore started" in text

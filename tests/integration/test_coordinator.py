@@ -399,7 +399,7 @@ def test_status_backup_snapshots_restart_and_a_dead_agent(etcd_cluster3, tmp_pat
         dead.kill()
         started = time.monotonic()
         status = coord.ctl_json("status")
-        assert time.monotonic() - started < 3.0   # each agent gets 1.5 s, not request_timeout (5 s)
+        assert time.monotonic() - started < 4.5   # each agent gets 1.5 s, not request_timeout (5 s)
         rows = {m["member"]: m for m in status["members"]}
         assert rows[dead.member.name]["reachable"] is False
         assert "did not answer status within 1.5s" in rows[dead.member.name]["error"]

@@ -1,6 +1,6 @@
 """A daemon with gRPC calls in flight forks to exec its tools (etcdutl, etcd) many times a day; gRPC's fork
 handlers must not abort those children (grpcio >= 1.80 did: grpc/grpc#43055). A real etcd, real calls from
-three threads, and 400 real fork+exec with a preexec function, as agent/restore/toolproc.py runs etcdutl."""
+three threads, and 250 real fork+exec with a preexec function, as agent/restore/toolproc.py runs etcdutl."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_children_forked_while_grpc_calls_run_exec_every_time(etcd_member: EtcdM
     env.pop("GRPC_ENABLE_FORK_SUPPORT", None)
     script = tmp_path / "forks.py"
     script.write_text(SCRIPT)
-    r = subprocess.run([sys.executable, str(script), etcd_member.client_url, "400"], capture_output=True,
+    r = subprocess.run([sys.executable, str(script), etcd_member.client_url, "250"], capture_output=True,
                        text=True, timeout=300, env=env, check=False)
     assert r.returncode == 0, r.stderr
     setting, failed = r.stdout.split()

@@ -367,7 +367,7 @@ def test_static_pod_etcd_and_apiserver(member: EtcdMember, kubelet: TestKubelet,
     # idempotent: stopping again only proves
     t0 = time.monotonic()
     rt.etcd.stop(STOP_TIMEOUT)
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 5.0   # a proof, not a wait for STOP_TIMEOUT
 
     # start: back in place with the same bytes, mode and mtime; etcd serves the old data
     rt.etcd.start(30)
@@ -413,7 +413,7 @@ def test_static_pod_stop_not_proven_when_kubelet_ignores_the_parking(member: Etc
     t0 = time.monotonic()
     with pytest.raises(StopNotProven) as err:
         svc.stop(1.0)
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 5.0   # the 1 s bound and the proof, with room for a busy machine
     assert "still answers" in str(err.value) and "is locked by pid" in str(err.value)
     assert member.healthy()
 
@@ -451,7 +451,7 @@ def test_proof_times_out_while_db_is_locked(lock_holder: tuple[Path, subprocess.
     with pytest.raises(StopNotProven) as err:
         wait_etcd_stopped([url], data_dir, timeout=1.0)
     elapsed = time.monotonic() - t0
-    assert 1.0 <= elapsed < 2.0
+    assert 1.0 <= elapsed < 4.0
     msg = str(err.value)
     assert f"is locked by pid {holder.pid}" in msg
     assert "still answers" not in msg
@@ -541,7 +541,7 @@ def test_systemd_with_standin_systemctl(member: EtcdMember, tmp_path: Path) -> N
         t0 = time.monotonic()
         with pytest.raises(StopNotProven) as err:
             svc.stop(1.0)
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 5.0   # the 1 s bound and the proof, with room for a busy machine
         assert "still answers" in str(err.value) and "is locked by pid" in str(err.value)
         assert standin.calls()[-1] == ["stop", "etcd.service"]
         assert member.healthy()  # nothing further was done
